@@ -1,0 +1,237 @@
+"""The `digitlab` command: parses flags and calls the package; no logic of its own.
+
+    digitlab explore                      # shapes, labels, counts, and the book's figures
+    digitlab train                        # chapter 5 exactly: shallow net, 200 epochs
+    digitlab train --model lenet          # the book's later nets
+    digitlab train --resume RUN           # finish a run cut short
+    digitlab predict RUN --index 0        # ask the trained network about a validation image
+    digitlab predict RUN digit.png        # ... or about your own handwriting
+    digitlab runs | compare | evaluate | report | serve | bench
+
+Bad input (a flag, a file, a run folder) prints one clear `error:` line and exits
+with status 2; Ctrl-C during training saves the run and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from digitlab import config as config_module
+from digitlab.config import MODEL_DEFAULTS, TrainConfig
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default and keeps the description's line breaks."""
+
+
+def _model_defaults(field: str) -> str:
+    return "default: the model's own (" + ", ".join(
+        f"{name} {_format_default(values[field])}" for name, values in MODEL_DEFAULTS.items()
+    ) + ")"
+
+
+def _format_default(value) -> str:
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value) or "none"
+    return str(value)
+
+
+def _add_data_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", metavar="PATH", default=None,
+        help="MNIST as a Keras-style mnist.npz or a folder of the four IDX files (default: "
+        "$DIGITLAB_DATA, then ~/.keras/datasets/mnist.npz, then a download through Keras)",
+    )
+
+
+def _add_runs_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default="runs", help="folder that holds the run folders")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digitlab", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    explore = commands.add_parser("explore", help="look at MNIST: shapes, labels, counts, figures",
+                                  formatter_class=HelpFormatter)
+    _add_data_flag(explore)
+    explore.add_argument("--out", default="figures", help="folder for the PNG figures")
+
+    train = commands.add_parser("train", help="train a network (the book's shallow net by default)",
+                                formatter_class=HelpFormatter)
+    train.add_argument("--model", default="shallow", choices=config_module.MODELS, help="which of the book's nets")
+    train.add_argument("--units", type=int, nargs="+", default=None, help=f"hidden Dense widths; {_model_defaults('units')}")
+    train.add_argument("--filters", type=int, nargs="+", default=None, help=f"Conv2D filter counts (lenet); {_model_defaults('filters')}")
+    train.add_argument("--activation", default=None, choices=config_module.ACTIVATIONS, help=f"hidden activation; {_model_defaults('activation')}")
+    train.add_argument("--batch-norm", default=None, action=argparse.BooleanOptionalAction, help=f"BatchNormalization after each hidden Dense layer; {_model_defaults('batch_norm')}")
+    train.add_argument("--dropout", type=float, nargs="+", default=None, help=f"Dropout rates; {_model_defaults('dropout')}")
+    train.add_argument("--loss", default=None, choices=config_module.LOSSES, help=f"{_model_defaults('loss')}")
+    train.add_argument("--optimizer", default=None, choices=config_module.OPTIMIZERS, help=f"{_model_defaults('optimizer')}")
+    train.add_argument("--learning-rate", type=float, default=None, help=f"{_model_defaults('learning_rate')}")
+    train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    train.add_argument("--batch-size", type=int, default=128, help="images per gradient step")
+    train.add_argument("--epochs", type=int, default=None, help=f"{_model_defaults('epochs')}")
+    train.add_argument("--seed", type=int, default=None, help="random seed; the same seed on the same machine and backend repeats a run (default: a random seed, recorded in the run)")
+    train.add_argument("--seeds", type=int, default=1, help="train this many networks side by side (seeds SEED, SEED+1, ...) and plot their spread")
+    train.add_argument("--validation", default="test", choices=config_module.VALIDATIONS, help="'test' validates on the 10,000 test images as the book does; 'holdout' holds out 10,000 training images and touches the test set once, at the end")
+    train.add_argument("--engine", default="auto", choices=config_module.ENGINES, help="'fit' is Keras's model.fit; 'fast' is digitlab's engine; 'auto' uses fast where it supports the model")
+    train.add_argument("--train-limit", type=int, default=None, help="use only the first N training images (quick experiments; default: all)")
+    train.add_argument("--checkpoint-every", type=int, default=1, help="save a checkpoint every N epochs (0: never)")
+    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs into the run folder")
+    train.add_argument("--config", metavar="CONFIG_JSON", default=None, help="re-run a saved config.json (flags are ignored)")
+    train.add_argument("--resume", metavar="RUN", default=None, help="continue an interrupted run from its last checkpoint")
+    _add_data_flag(train)
+    _add_runs_dir_flag(train)
+
+    predict = commands.add_parser("predict", help="ask a trained network about a validation image or image files",
+                                  formatter_class=HelpFormatter)
+    predict.add_argument("run", metavar="RUN", help="a run folder")
+    predict.add_argument("images", metavar="IMAGE", nargs="*", help="image files of handwritten digits")
+    predict.add_argument("--index", type=int, default=None, help="predict validation image N instead of files")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.add_argument("--show", metavar="DIR", default=None, help="write the 28x28 input the network saw for each image into DIR")
+    _add_data_flag(predict)
+
+    listing = commands.add_parser("runs", help="list saved runs", formatter_class=HelpFormatter)
+    _add_runs_dir_flag(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _config_from_args(args) -> TrainConfig:
+    if args.config:
+        return TrainConfig.load(args.config)
+    return TrainConfig(
+        model=args.model, units=args.units, filters=args.filters, activation=args.activation,
+        batch_norm=args.batch_norm, dropout=args.dropout, loss=args.loss, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size,
+        epochs=args.epochs, seed=args.seed, seeds=args.seeds, validation=args.validation,
+        engine=args.engine, train_limit=args.train_limit, checkpoint_every=args.checkpoint_every,
+        tensorboard=args.tensorboard,
+    )
+
+
+def command_explore(args) -> int:
+    from digitlab import explore
+
+    explore.explore(data_path=args.data, out_dir=args.out)
+    return 0
+
+
+def command_train(args) -> int:
+    from digitlab import training
+
+    # SIGTERM (a closed terminal, `kill`) stops training the way Ctrl-C does: saved, resumable.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        if args.resume:
+            training.resume(args.resume, data_path=args.data)
+        else:
+            config = _config_from_args(args)
+            config.resolved()  # Report a bad flag before loading anything.
+            training.train(config, runs_dir=args.runs_dir, data_path=args.data)
+    except training.TrainingInterrupted as stop:
+        print(
+            f"\nInterrupted after epoch {stop.epoch}; the run is saved. Resume it with:\n"
+            f"  digitlab train --resume {stop.run.path}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def command_predict(args) -> int:
+    from digitlab import data, predict, runs
+
+    run = runs.open_run(args.run)
+    if args.index is not None and args.images:
+        raise ValueError("Give either --index N or image files, not both.")
+    if args.index is None and not args.images:
+        raise ValueError("Say what to predict: --index N for a validation image, or one or more image files.")
+    model = run.load_model()
+    if args.index is not None:
+        config = run.config()
+        (_, _), (x_valid, y_valid), _ = data.split(data.load_arrays(args.data), config.validation)
+        results = [predict.predict_index(model, x_valid, y_valid, args.index)]
+    else:
+        results = predict.predict_files(model, args.images, show_dir=args.show)
+    if args.json:
+        print(json.dumps(results if len(results) > 1 or args.images else results[0], indent=2))
+    else:
+        for result in results:
+            print(predict.format_result(result))
+    return 0
+
+
+def command_runs(args) -> int:
+    from digitlab import runs
+
+    rows = runs.list_runs(args.runs_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"No runs in {args.runs_dir}. Train one with `digitlab train`.")
+        return 0
+    print(format_runs_table(rows))
+    return 0
+
+
+def format_runs_table(rows: list[dict]) -> str:
+    """A plain-text table of `runs.list_runs` rows."""
+    header = ("run", "status", "model", "optimizer", "lr", "epochs", "best val", "final val", "time s", "date")
+    lines = [header]
+    for row in rows:
+        lines.append((
+            row["run"], row["status"], row.get("model", "?"), row.get("optimizer", "?"),
+            _cell(row.get("learning_rate")), f"{row.get('epochs', 0)}/{row.get('epochs_planned', '?')}",
+            _cell(row.get("best_val_accuracy"), ".4f"), _cell(row.get("final_val_accuracy"), ".4f"),
+            _cell(row.get("wall_time_s"), ".1f"), row.get("date") or "-",
+        ))
+    widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def _cell(value, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+COMMANDS = {
+    "explore": command_explore,
+    "train": command_train,
+    "predict": command_predict,
+    "runs": command_runs,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as error:
+        # Every bad input (flag, file, image, run folder) arrives here as a ValueError subclass.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

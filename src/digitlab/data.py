@@ -1,0 +1,269 @@
+"""MNIST, loaded as the book loads it, checked, and turned into network inputs.
+
+    from digitlab import data
+    (X_train, y_train), (X_valid, y_valid) = data.load_mnist()   # uint8, as Keras gives it
+    x = data.to_inputs(X_valid, flat=True)                        # (10000, 784) float32 in 0-1
+    y = data.to_targets(y_valid)                                  # (10000, 10) one-hot
+
+`load_mnist` looks for the data in this order: an explicit path (the `path`
+argument, `--data` on the command line, or the `DIGITLAB_DATA` environment
+variable), Keras's own cache (`~/.keras/datasets/mnist.npz`), then a download
+through `keras.datasets.mnist.load_data()`, which verifies the file's checksum.
+A path may be a Keras-style `.npz` or a folder of the four MNIST IDX files
+(gzipped or not). Every source is checked (keys, shapes, dtypes, label range)
+before use, and archives are opened without pickle.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR = "DIGITLAB_DATA"
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+# An IDX header's magic number gives the element type (0x08 = unsigned byte) and the rank.
+_IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}
+
+
+class DataError(ValueError):
+    """The MNIST data could not be found or is not what it should be."""
+
+
+def keras_cache_path() -> Path:
+    """Where `keras.datasets.mnist.load_data()` keeps its download."""
+    keras_home = os.environ.get("KERAS_HOME", str(Path.home() / ".keras"))
+    return Path(keras_home) / "datasets" / "mnist.npz"
+
+
+def load_mnist(path: str | os.PathLike | None = None):
+    """Returns `(X_train, y_train), (X_valid, y_valid)` exactly as Keras's MNIST loader does.
+
+    The "validation" pair is MNIST's 10,000 test images, as in the book.
+    """
+    arrays = load_arrays(path)
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def load_arrays(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Finds MNIST (see the module docstring for the order) and returns its four checked arrays."""
+    if path is None and os.environ.get(ENV_VAR):
+        path = os.environ[ENV_VAR]
+        source = f"the {ENV_VAR} environment variable"
+    else:
+        source = "the given path"
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"No MNIST data at {path} (from {source}). Give the path of a Keras-style "
+                "mnist.npz or of a folder holding the four MNIST IDX files."
+            )
+        return read_path(path)
+    cache = keras_cache_path()
+    if cache.exists():
+        return read_npz(cache)
+    return _download()
+
+
+def read_path(path: Path) -> dict[str, np.ndarray]:
+    """Reads MNIST from a `.npz` archive or from a folder of IDX files."""
+    if path.is_dir():
+        return read_idx_folder(path)
+    return read_npz(path)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Reads and checks a Keras-style `mnist.npz`, never unpickling anything."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError as error:
+        raise DataError(f"{path} could not be read ({error.strerror}).") from None
+    if start != b"PK\x03\x04":
+        raise DataError(
+            f"{path} is not a readable .npz archive (it is {'empty' if not start else 'not a zip file'}). "
+            "Give Keras's mnist.npz or a folder of the four MNIST IDX files."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            if missing:
+                raise DataError(
+                    f"{path} is not an MNIST archive: it lacks the array(s) {', '.join(missing)} "
+                    f"(it holds {', '.join(archive.files) or 'nothing'}). Expected the keys "
+                    f"{', '.join(NPZ_KEYS)}, as in Keras's mnist.npz."
+                )
+            arrays = {key: archive[key] for key in NPZ_KEYS}
+    except DataError:
+        raise
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise DataError(
+                f"{path} holds pickled Python objects, which digitlab never loads. "
+                "Use an archive of plain uint8 arrays, like Keras's mnist.npz."
+            ) from None
+        raise DataError(f"{path} is not a readable .npz archive ({error}).") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error) as error:
+        raise DataError(
+            f"{path} is not a readable .npz archive; it may be truncated or corrupt ({error}). "
+            "Download it again or point digitlab at another copy."
+        ) from None
+    check_arrays(arrays, str(path))
+    return arrays
+
+
+def read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    """Reads the four MNIST IDX files (plain or `.gz`) from a folder."""
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        candidates = [folder / stem, folder / f"{stem}.gz"]
+        found = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if found is None:
+            raise DataError(
+                f"{folder} holds no {stem} (or {stem}.gz). A folder of MNIST IDX files needs all "
+                f"four: {', '.join(IDX_FILES.values())}."
+            )
+        arrays[key] = read_idx(found)
+    check_arrays(arrays, str(folder))
+    return arrays
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parses one IDX file of unsigned bytes (MNIST's original format)."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path} could not be read or unzipped ({error}).") from None
+    if len(raw) < 8:
+        raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes).")
+    magic = struct.unpack(">I", raw[:4])[0]
+    rank = magic & 0xFF
+    if rank not in _IDX_MAGIC or magic != _IDX_MAGIC[rank]:
+        raise DataError(
+            f"{path} is not an MNIST IDX file of unsigned bytes (magic number {magic:#010x}, "
+            "expected 0x00000801 for labels or 0x00000803 for images)."
+        )
+    header = 4 + 4 * rank
+    shape = struct.unpack(f">{rank}I", raw[4:header])
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path} is truncated or has extra bytes: its header promises shape {shape} "
+            f"({expected} bytes) but the file has {len(raw)}."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def check_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
+    """Raises DataError unless the arrays have MNIST's shapes, dtype and label range."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+            raise DataError(
+                f"{source}: x_{split} has shape {images.shape}; MNIST images are (N, 28, 28)."
+            )
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise DataError(
+                f"{source}: y_{split} has shape {labels.shape} but there are "
+                f"{images.shape[0]} images; expected one label per image."
+            )
+        if images.shape[0] == 0:
+            raise DataError(f"{source}: x_{split} holds no images.")
+        for name, array in ((f"x_{split}", images), (f"y_{split}", labels)):
+            if array.dtype != np.uint8:
+                raise DataError(f"{source}: {name} has dtype {array.dtype}; MNIST is uint8.")
+        if labels.max() >= NUM_CLASSES:
+            raise DataError(
+                f"{source}: y_{split} holds the label {int(labels.max())}; digits are 0 to 9."
+            )
+
+
+def _download() -> dict[str, np.ndarray]:
+    """Downloads MNIST through Keras (which checks the file hash) into Keras's cache."""
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    except Exception as error:  # Keras raises several kinds for network and hash failures.
+        raise DataError(
+            "MNIST is not on this machine and could not be downloaded "
+            f"({type(error).__name__}: {error}). Give it in one of three ways: "
+            f"pass --data PATH (a mnist.npz or a folder of the four IDX files), set the "
+            f"{ENV_VAR} environment variable to that path, or put Keras's mnist.npz at "
+            f"{keras_cache_path()}."
+        ) from None
+    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    check_arrays(arrays, "the downloaded mnist.npz")
+    return arrays
+
+
+def fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """SHA-256 of each array's raw bytes, as listed in the data's README, to record in runs."""
+    return {key: hashlib.sha256(np.ascontiguousarray(arrays[key]).tobytes()).hexdigest() for key in NPZ_KEYS}
+
+
+def to_inputs(images: np.ndarray, flat: bool = True) -> np.ndarray:
+    """Turns uint8 images into network inputs: float32 in 0-1, as 784 vectors or 28x28x1."""
+    images = np.asarray(images)
+    if flat:
+        inputs = images.reshape(len(images), 784).astype("float32")
+    else:
+        inputs = images.reshape(len(images), 28, 28, 1).astype("float32")
+    inputs /= 255
+    return inputs
+
+
+def to_targets(labels: np.ndarray) -> np.ndarray:
+    """One-hot labels, with Keras's own `to_categorical` as in the book."""
+    import keras
+
+    return keras.utils.to_categorical(labels, NUM_CLASSES).astype("float32")
+
+
+def class_counts(labels: np.ndarray) -> np.ndarray:
+    """The number of images of each digit 0-9."""
+    return np.bincount(labels, minlength=NUM_CLASSES)
+
+
+def split(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None):
+    """Chooses the training, validation and test images for a run.
+
+    `validation="test"` validates on MNIST's test images, as the book does (then
+    there is no untouched test set). `validation="holdout"` keeps the last 10,000
+    training images for validation and leaves the test images for one final check.
+    Returns `(x_train, y_train), (x_valid, y_valid), test` with `test` None or a pair.
+    """
+    from digitlab.config import HOLDOUT_SIZE
+
+    x_train, y_train = arrays["x_train"], arrays["y_train"]
+    if validation == "test":
+        valid, test = (arrays["x_test"], arrays["y_test"]), None
+    elif validation == "holdout":
+        if len(x_train) <= HOLDOUT_SIZE:
+            raise DataError(
+                f"--validation holdout needs more than {HOLDOUT_SIZE} training images; "
+                f"this data has {len(x_train)}."
+            )
+        valid = (x_train[-HOLDOUT_SIZE:], y_train[-HOLDOUT_SIZE:])
+        x_train, y_train = x_train[:-HOLDOUT_SIZE], y_train[:-HOLDOUT_SIZE]
+        test = (arrays["x_test"], arrays["y_test"])
+    else:
+        raise ValueError(f"Unknown validation {validation!r}; choose test or holdout.")
+    if train_limit is not None:
+        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
+    return (x_train, y_train), valid, test

@@ -1,0 +1,354 @@
+"""Run folders: where every training run keeps its config, history, model and status.
+
+A run folder holds:
+
+    config.json      the resolved TrainConfig (enough to re-run it)
+    status.json      running | interrupted | complete | failed, with the epoch reached
+    history.csv      one row per epoch: loss, accuracy, val_loss, val_accuracy
+    history.json     the same, as lists (per seed for multi-seed runs)
+    model.keras      the trained Keras model (seed 1 of a multi-seed run)
+    seeds/           seed-<k>.keras for multi-seed runs
+    checkpoint.npz   weights, optimizer state, epoch and random state, for --resume
+    curves.png       accuracy and loss per epoch
+    metrics.json     final metrics, wall time, engine, backend, versions, data hashes
+
+Every file is written atomically (a temporary file, then a rename), so a run
+killed at any instant leaves the previous version or the new one, never a torn
+file. `status.json` says "complete" only after everything else is written.
+
+    from digitlab import runs
+    run = runs.open_run("runs/20261125-101500-shallow-seed0")
+    run.status()["status"], run.history(), run.load_model()
+    for summary in runs.list_runs("runs"): ...
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.config import TrainConfig
+
+FORMAT_VERSION = 1
+STATUSES = ("running", "interrupted", "complete", "failed")
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _file_mode() -> int:
+    """The mode a plain `open()` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class RunError(ValueError):
+    """A run folder is missing, unreadable, or cannot be written."""
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Writes `payload` to `path` through a temporary file and a rename.
+
+    If the disk fills or the folder is read-only, the temporary file is removed,
+    `path` keeps its previous content, and RunError says what happened.
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temporary, _file_mode())
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise RunError(_describe_write_error(path, error)) from None
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+
+
+def atomic_save(path: Path, save) -> None:
+    """Calls `save(temporary_path)` (for writers that need a file name), then renames."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        save(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise RunError(_describe_write_error(path, error)) from None
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def _describe_write_error(path: Path, error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (
+            f"Could not write {path}: the disk is full or a size limit was reached ({error.strerror}). "
+            "Free some space and resume the run with --resume; the previous files are intact."
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"Could not write {path}: the folder is not writable ({error.strerror}). "
+            "Choose a writable folder with --runs-dir."
+        )
+    return f"Could not write {path} ({error.strerror or error})."
+
+
+def _remove_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot write {type(value).__name__} as JSON.")
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Run:
+    """One run folder on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # Writing.
+
+    def write_json(self, name: str, value) -> None:
+        atomic_write_json(self.file(name), value)
+
+    def set_status(self, status: str, **details) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
+        value = {
+            "status": status,
+            "updated": _now(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "format_version": FORMAT_VERSION,
+        }
+        value.update(details)
+        self.write_json("status.json", value)
+
+    # Reading.
+
+    def read_json(self, name: str):
+        path = self.file(name)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunError(f"The run {self.path} has no {name}; it may be incomplete.") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RunError(f"{path} is damaged or not JSON ({error}).") from None
+
+    def config(self) -> TrainConfig:
+        try:
+            return TrainConfig.from_dict(self.read_json("config.json")).resolved()
+        except RunError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise RunError(f"{self.file('config.json')} is not a valid digitlab config: {error}") from None
+
+    def status(self) -> dict:
+        """The run's status; a "running" run whose process is gone reads as "interrupted"."""
+        try:
+            status = self.read_json("status.json")
+        except RunError:
+            return {"status": "unknown"}
+        if not isinstance(status, dict) or status.get("status") not in STATUSES:
+            return {"status": "unknown"}
+        if (
+            status["status"] == "running"
+            and status.get("host") == socket.gethostname()
+            and isinstance(status.get("pid"), int)
+            and status["pid"] != os.getpid()
+            and not _process_alive(status["pid"])
+        ):
+            status = dict(status, status="interrupted", note="the training process is gone")
+        return status
+
+    def history(self) -> dict:
+        """Per-epoch history of the first (or only) seed: {"loss": [...], "val_accuracy": [...], ...}."""
+        histories = self.histories()
+        return histories[0]
+
+    def histories(self) -> list[dict]:
+        """Per-epoch histories, one per seed."""
+        value = self.read_json("history.json")
+        if not isinstance(value, dict) or not isinstance(value.get("seeds"), list) or not value["seeds"]:
+            raise RunError(f"{self.file('history.json')} is not a digitlab history.")
+        return value["seeds"]
+
+    def metrics(self) -> dict:
+        return self.read_json("metrics.json")
+
+    def model_path(self, seed_index: int = 0) -> Path:
+        if seed_index == 0:
+            return self.file("model.keras")
+        return self.file("seeds") / f"seed-{seed_index + 1}.keras"
+
+    def load_model(self, seed_index: int = 0):
+        """Loads the trained model with Keras's safe mode (no arbitrary code, no pickles)."""
+        import keras
+
+        path = self.model_path(seed_index)
+        if not path.is_file():
+            status = self.status().get("status")
+            raise RunError(
+                f"The run {self.path} has no trained model ({path.name} is missing; its status is "
+                f"{status}). Finish it with `digitlab train --resume {self.path}`, or choose a complete run."
+            )
+        try:
+            return keras.saving.load_model(path, safe_mode=True)
+        except Exception as error:  # Keras raises many kinds for damaged or foreign files.
+            raise RunError(
+                f"{path} could not be loaded as a Keras model ({type(error).__name__}: {error}). "
+                "The file may be damaged or from an incompatible version; train the run again."
+            ) from None
+
+    def summary(self) -> dict:
+        """One line of `digitlab runs`: model, settings, epochs, best/final val accuracy, time."""
+        row = {"run": self.name, "status": self.status().get("status", "unknown")}
+        try:
+            config = self.config()
+            row.update(
+                model=config.model, optimizer=config.optimizer, learning_rate=config.learning_rate,
+                loss=config.loss, batch_size=config.batch_size, epochs_planned=config.epochs,
+                seeds=config.seeds, validation=config.validation,
+            )
+        except RunError:
+            row.update(model="?")
+        try:
+            history = self.history()
+            accuracy = history.get("val_accuracy", [])
+            row.update(
+                epochs=len(accuracy),
+                best_val_accuracy=max(accuracy) if accuracy else None,
+                final_val_accuracy=accuracy[-1] if accuracy else None,
+            )
+        except RunError:
+            row.update(epochs=0, best_val_accuracy=None, final_val_accuracy=None)
+        try:
+            metrics = self.metrics()
+            row.update(wall_time_s=metrics.get("wall_time_s"), date=metrics.get("finished"))
+        except RunError:
+            row.update(wall_time_s=None, date=None)
+        return row
+
+
+def new_run(runs_dir: str | Path, config: TrainConfig) -> Run:
+    """Creates a fresh, uniquely named run folder, checking first that it can be written."""
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(_describe_write_error(runs_dir, error)) from None
+    if not runs_dir.is_dir():
+        raise RunError(f"{runs_dir} exists and is not a folder; choose another --runs-dir.")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    seed = "noseed" if config.seed is None else f"seed{config.seed}"
+    base = f"{stamp}-{config.model}-{seed}"
+    for attempt in range(100):
+        path = runs_dir / (base if attempt == 0 else f"{base}-{attempt + 1}")
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise RunError(_describe_write_error(path, error)) from None
+    else:
+        raise RunError(f"Could not find a free run folder name under {runs_dir}.")
+    run = Run(path)
+    check_writable(run.path)
+    return run
+
+
+def check_writable(folder: Path) -> None:
+    """Writes and removes a probe file so a read-only folder is reported before training."""
+    atomic_write_bytes(Path(folder) / ".write-probe", b"digitlab")
+    _remove_quietly(Path(folder) / ".write-probe")
+
+
+def open_run(path: str | Path) -> Run:
+    """Opens an existing run folder, with a clear error if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"No run folder at {path}. List saved runs with `digitlab runs`.")
+    if not path.is_dir():
+        raise RunError(f"{path} is a file, not a run folder. List saved runs with `digitlab runs`.")
+    if not (path / "config.json").is_file():
+        raise RunError(
+            f"{path} is not a digitlab run folder (it has no config.json). "
+            "List saved runs with `digitlab runs`."
+        )
+    run = Run(path)
+    status = run.status()
+    version = status.get("format_version", FORMAT_VERSION)
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise RunError(
+            f"{path} was written by a newer digitlab (run format {version}; this one reads "
+            f"{FORMAT_VERSION}). Upgrade digitlab to use it."
+        )
+    return run
+
+
+def list_runs(runs_dir: str | Path) -> list[dict]:
+    """Summaries of every run folder under `runs_dir`, oldest first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    rows = []
+    for path in sorted(runs_dir.iterdir()):
+        if path.is_dir() and (path / "config.json").is_file():
+            rows.append(Run(path).summary())
+    return rows

@@ -1,0 +1,109 @@
+"""Training on shrunken configurations: run folders, repeatability, re-running a saved config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from digitlab import config, runs, training
+
+QUICK = dict(epochs=3, train_limit=2000, seed=11)
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+@pytest.fixture(params=["fit", "fast"])
+def engine(request):
+    return request.param
+
+
+def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine):
+    run = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=_quiet, verbose=0)
+    names = {path.name for path in run.path.iterdir()}
+    assert {"config.json", "status.json", "history.csv", "history.json", "model.keras", "checkpoint.npz",
+            "curves.png", "metrics.json"} <= names
+    assert not [name for name in names if name.endswith(".tmp")]
+    assert run.status()["status"] == "complete"
+    history = run.history()
+    assert set(history) == set(runs.HISTORY_KEYS) and len(history["val_accuracy"]) == 3
+    csv_lines = run.file("history.csv").read_text().splitlines()
+    assert csv_lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy" and len(csv_lines) == 4
+    metrics = run.metrics()
+    assert metrics["final_val_accuracy"] == pytest.approx(history["val_accuracy"][-1])
+    assert metrics["backend"] == "jax" and metrics["wall_time_s"] > 0
+    assert metrics["engine"] == ("fit" if engine == "fit" else metrics["engine"])
+    assert "keras" in metrics["versions"] and len(metrics["data_sha256"]) == 4
+    saved = run.config()
+    assert saved == config.TrainConfig(engine=engine, **QUICK).resolved()
+    model = run.load_model()
+    assert model.count_params() == 50_890
+
+
+def test_same_seed_same_history(tmp_path, mnist_path, engine):
+    first = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=_quiet, verbose=0)
+    second = training.train(config.TrainConfig.load(first.file("config.json")), runs_dir=tmp_path,
+                            print_fn=_quiet, verbose=0)
+    assert first.path != second.path
+    assert first.history() == second.history()
+    for a, b in zip(first.load_model().get_weights(), second.load_model().get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_without_seed_records_the_one_it_drew(tmp_path, mnist_path):
+    run = training.train(config.TrainConfig(engine="fit", epochs=1, train_limit=500), runs_dir=tmp_path,
+                         print_fn=_quiet, verbose=0)
+    assert isinstance(run.config().seed, int)
+
+
+def test_holdout_validation_touches_the_test_set_once(tmp_path, mnist_path):
+    run = training.train(config.TrainConfig(engine="fit", validation="holdout", **QUICK), runs_dir=tmp_path,
+                         print_fn=_quiet, verbose=0)
+    metrics = run.metrics()
+    assert 0.0 < metrics["test_accuracy"] <= 1.0 and metrics["validation"] == "holdout"
+
+
+def test_failure_marks_the_run_failed(tmp_path, mnist_path):
+    def explode(line, *args, **kwargs):
+        if line.startswith("Engine:"):
+            raise RuntimeError("simulated failure")
+
+    with pytest.raises(RuntimeError):
+        training.train(config.TrainConfig(engine="fit", **QUICK), runs_dir=tmp_path, print_fn=explode, verbose=0)
+    (run_path,) = tmp_path.iterdir()
+    status = json.loads((run_path / "status.json").read_text())
+    assert status["status"] == "failed" and "simulated failure" in status["message"]
+    assert not (run_path / "model.keras").exists()
+
+
+def test_interrupt_saves_and_marks_interrupted(tmp_path, mnist_path):
+    calls = []
+
+    def interrupt_on_second_epoch(line, *args, **kwargs):
+        if line.startswith("Epoch 2/"):
+            calls.append(line)
+            raise KeyboardInterrupt
+
+    with pytest.raises(training.TrainingInterrupted) as stop:
+        training.train(config.TrainConfig(engine="fast", **QUICK), runs_dir=tmp_path,
+                       print_fn=interrupt_on_second_epoch, verbose=0)
+    run = stop.value.run
+    assert run.status()["status"] == "interrupted"
+    assert not run.file("model.keras").exists()
+    assert calls
+
+
+def test_tensorboard_logs(tmp_path, mnist_path):
+    run = training.train(config.TrainConfig(engine="fit", tensorboard=True, **QUICK), runs_dir=tmp_path,
+                         print_fn=_quiet, verbose=0)
+    assert list(run.file("tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_unwritable_runs_dir_is_reported_before_training(tmp_path, mnist_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(runs.RunError, match="not a folder|not writable|Could not write"):
+        training.train(config.TrainConfig(engine="fit", **QUICK), runs_dir=blocker / "runs", print_fn=_quiet)
