@@ -15,12 +15,30 @@
 
 from __future__ import annotations
 
+import random
+
 import keras
+import numpy as np
 from keras import layers
 
 from digitlab.config import TrainConfig
 
 NUM_CLASSES = 10
+
+
+def set_random_seed(seed: int) -> None:
+    """Seeds everything that decides a run's initial weights and shuffles.
+
+    Same effect as `keras.utils.set_random_seed`, whose initializers and Dropout
+    seeds are drawn from Python's generator and whose shuffles from NumPy's. Under
+    the JAX backend it skips Keras's call because that also imports TensorFlow
+    whenever it is installed: seconds of start-up, hundreds of MB and log noise.
+    """
+    if keras.backend.backend() != "jax":
+        keras.utils.set_random_seed(seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def is_convolutional(model_name: str) -> bool:

@@ -59,7 +59,10 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     `path` keeps its previous content, and RunError says what happened.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise RunError(_describe_write_error(path, error)) from None
     try:
         os.chmod(temporary, _file_mode())
         with os.fdopen(descriptor, "wb") as handle:

@@ -146,7 +146,7 @@ def _train_in(run: Run, config: TrainConfig, arrays, saved, print_fn, verbose) -
 
     networks = []
     for index in range(config.seeds):
-        keras.utils.set_random_seed(config.seed + index)
+        models.set_random_seed(config.seed + index)
         networks.append(models.create_model(config))
     if saved is None:
         networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
@@ -169,26 +169,33 @@ def _train_in(run: Run, config: TrainConfig, arrays, saved, print_fn, verbose) -
 
     print_fn(f"Engine: {engine.name} on the {keras.backend.backend()} backend")
     progress = _EpochEnd(run, config, engine, rngs, histories, print_fn, wall_time_before)
-    epoch_reached = initial_epoch
     try:
         progress.start()
         engine.fit(
             train_inputs, train_targets, validation_data, epochs=config.epochs,
             initial_epoch=initial_epoch, rngs=rngs, on_epoch_end=progress,
         )
-        epoch_reached = config.epochs
         engine.sync_to_models()
         _finish(run, config, engine, networks, histories, test, flat, progress.wall_time(),
                 arrays, print_fn)
     except KeyboardInterrupt:
         epoch_reached = progress.epochs_done or initial_epoch
-        run.set_status("interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
+        _record_status(run, "interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
         raise TrainingInterrupted(run, epoch_reached) from None
     except BaseException as error:
-        run.set_status("failed", epoch=progress.epochs_done or initial_epoch,
+        _record_status(run, "failed", epoch=progress.epochs_done or initial_epoch,
                        message=f"{type(error).__name__}: {error}")
         raise
     return run
+
+
+def _record_status(run: Run, status: str, **details) -> None:
+    """Records how a run ended; if even that cannot be written (a full disk), the error that
+    stopped the run is the one to report, and a dead "running" run reads as interrupted anyway."""
+    try:
+        run.set_status(status, **details)
+    except RunError:
+        pass
 
 
 def make_engine(networks: list[keras.Model], config: TrainConfig, verbose: int = 2):

@@ -1,0 +1,130 @@
+"""The `digitlab` command through its real entry point: exit codes, output, files, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from digitlab import cli, runs
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, mnist_path):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    assert cli.main(["train", "--epochs", "2", "--train-limit", "3000", "--seed", "1",
+                     "--runs-dir", str(runs_dir)]) == 0
+    (path,) = runs_dir.iterdir()
+    return path
+
+
+def test_explore_prints_the_facts_and_writes_the_figures(capsys, tmp_path, mnist_path):
+    code, out, _ = run_cli(capsys, "explore", "--out", tmp_path / "figures")
+    assert code == 0
+    assert "5 0 4 1 9 2 1 3 1 4 3 5" in out and "(60000, 28, 28) uint8" in out
+    assert "5923 6742 5958 6131 5842 5421 5918 6265 5851 5949" in out
+    for name in ("digits_grid.png", "digit_pixels.png", "valid_0.png", "class_counts.png"):
+        assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_prints_config_summary_epochs_and_result(capsys, tmp_path, mnist_path):
+    code, out, _ = run_cli(capsys, "train", "--epochs", "2", "--train-limit", "1000", "--seed", "3",
+                           "--runs-dir", tmp_path)
+    assert code == 0
+    assert "learning_rate" in out and "0.01" in out
+    assert "50,890" in out
+    assert "Epoch 2/2" in out and "val_accuracy" in out
+    assert out.strip().splitlines()[-1].startswith("Done: shallow net, 2 epochs")
+
+
+def test_predict_index_shows_digit_label_and_ten_probabilities(capsys, trained_run, mnist_path):
+    code, out, _ = run_cli(capsys, "predict", trained_run, "--index", "0", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["label"] == 7
+    assert len(result["probabilities"]) == 10
+    assert abs(sum(result["probabilities"]) - 1.0) < 1e-4
+    code, out, _ = run_cli(capsys, "predict", trained_run, "--index", "0")
+    assert code == 0 and "7" in out
+
+
+def test_runs_lists_saved_runs(capsys, trained_run):
+    code, out, _ = run_cli(capsys, "runs", "--runs-dir", trained_run.parent)
+    assert code == 0
+    assert trained_run.name in out and "complete" in out and "shallow" in out
+    code, out, _ = run_cli(capsys, "runs", "--runs-dir", trained_run.parent, "--json")
+    (row,) = json.loads(out)
+    assert row["epochs"] == 2 and row["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--learning-rate", "-1"], "learning_rate must be a number above 0"),
+        (["train", "--epochs", "0"], "epochs must be a whole number"),
+        (["train", "--units", "64", "64"], "give 1 value"),
+        (["train", "--data", "/nonexistent/mnist.npz"], "No MNIST data at /nonexistent/mnist.npz"),
+        (["train", "--resume", "/nonexistent/run"], "No run folder at /nonexistent/run"),
+        (["train", "--config", "/nonexistent/config.json"], "No config file"),
+        (["predict", "/nonexistent/run", "--index", "0"], "No run folder"),
+        (["explore", "--data", "/etc/hostname"], "not a readable .npz archive"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, *argv, *(["--runs-dir", tmp_path] if argv[0] == "train" else []))
+    assert code == cli.EXIT_BAD_INPUT
+    assert message in err and err.startswith("error: ")
+    assert "Traceback" not in err + out
+
+
+def test_predict_bad_index_and_incomplete_run(capsys, trained_run, tmp_path):
+    code, _, err = run_cli(capsys, "predict", trained_run, "--index", "10000")
+    assert code == 2 and "0 to 9999" in err
+    code, _, err = run_cli(capsys, "predict", trained_run)
+    assert code == 2 and "Say what to predict" in err
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((trained_run / "config.json").read_text())
+    code, _, err = run_cli(capsys, "predict", partial, "--index", "0")
+    assert code == 2 and "has no trained model" in err
+    code, _, err = run_cli(capsys, "train", "--resume", trained_run)
+    assert code == 2 and "already complete" in err
+
+
+def test_unknown_flag_and_choice_are_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--model", "resnet"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 128)" in out and "shallow 0.01" in out and "shallow 200" in out
+
+
+def test_console_script_and_python_m_agree(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "digitlab")
+    for command in ([script, "--help"], [sys.executable, "-m", "digitlab", "--help"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "train" in done.stdout
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "digitlab", "train", "--batch-size", "0",
+                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: batch_size must be") and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())
+    assert runs.list_runs(tmp_path) == []
