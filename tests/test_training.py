@@ -96,12 +96,6 @@ def test_interrupt_saves_and_marks_interrupted(tmp_path, mnist_path):
     assert calls
 
 
-def test_tensorboard_logs(tmp_path, mnist_path):
-    run = training.train(config.TrainConfig(engine="fit", tensorboard=True, **QUICK), runs_dir=tmp_path,
-                         print_fn=_quiet, verbose=0)
-    assert list(run.file("tensorboard").glob("events.out.tfevents.*"))
-
-
 def test_unwritable_runs_dir_is_reported_before_training(tmp_path, mnist_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -104,6 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("runs", help="list saved runs", formatter_class=HelpFormatter)
     _add_runs_dir_flag(listing)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, loss, per-digit scores, confusion matrix and mistakes of a run",
+                                   formatter_class=HelpFormatter)
+    evaluate.add_argument("run", metavar="RUN", help="a run folder")
+    evaluate.add_argument("--split", default="validation", choices=("validation", "test"), help="'validation' scores the images the run validated on; 'test' the 10,000 test images (for a holdout run, the one final check)")
+    evaluate.add_argument("--out", metavar="DIR", default=None, help="folder for evaluation.json, confusion.png and mistakes.png; None means the run folder")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_data_flag(evaluate)
+
+    compare = commands.add_parser("compare", help="overlay the val-accuracy curves of several runs and print a table",
+                                  formatter_class=HelpFormatter)
+    compare.add_argument("runs", metavar="RUN", nargs="+", help="run folders")
+    compare.add_argument("--out", default="compare.png", help="the PNG to write")
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    report = commands.add_parser("report", help="write one self-contained HTML report of a run",
+                                 formatter_class=HelpFormatter)
+    report.add_argument("run", metavar="RUN", help="a run folder")
+    report.add_argument("--out", metavar="FILE", default=None, help="the HTML file to write; None means RUN/report.html")
+    _add_data_flag(report)
     return parser
 
 
@@ -211,11 +231,42 @@ def _cell(value, spec: str = "") -> str:
     return format(value, spec)
 
 
+def command_evaluate(args) -> int:
+    from digitlab import evaluation, runs
+
+    result = evaluation.evaluate_run(runs.open_run(args.run), data_path=args.data, split=args.split, out_dir=args.out)
+    print(json.dumps(result, indent=2) if args.json else evaluation.format_result(result))
+    return 0
+
+
+def command_compare(args) -> int:
+    from digitlab import compare
+
+    rows = compare.compare_runs(args.runs, out_path=args.out)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(compare.format_table(rows))
+        print(f"Wrote {args.out}")
+    return 0
+
+
+def command_report(args) -> int:
+    from digitlab import report, runs
+
+    path = report.write_report(runs.open_run(args.run), data_path=args.data, out_path=args.out)
+    print(f"Wrote {path}")
+    return 0
+
+
 COMMANDS = {
     "explore": command_explore,
     "train": command_train,
     "predict": command_predict,
     "runs": command_runs,
+    "evaluate": command_evaluate,
+    "compare": command_compare,
+    "report": command_report,
 }
 
 

@@ -126,3 +126,87 @@ def training_curves(histories: list[dict], title: str = ""):
     figure.suptitle(f"{title} — final val accuracy {final:.4f}".strip(" —"))
     figure.tight_layout()
     return figure
+
+
+def confusion_matrix(matrix: np.ndarray, title: str = "Confusion matrix"):
+    """Counts of (true digit, predicted digit) with the number written in every cell.
+
+    The colour scale is a power law (gamma 0.35) so that the few dozen mistakes
+    off the diagonal stay visible beside the thousand-odd hits on it.
+    """
+    from matplotlib import colors
+
+    matrix = np.asarray(matrix)
+    figure = Figure(figsize=(7.2, 6.2))
+    axis = figure.subplots()
+    scale = colors.PowerNorm(gamma=0.35, vmin=0, vmax=max(int(matrix.max()), 1))
+    shown = axis.imshow(matrix, cmap="Blues", norm=scale)
+    for true in range(matrix.shape[0]):
+        for predicted in range(matrix.shape[1]):
+            count = int(matrix[true, predicted])
+            dark = scale(count) > 0.55
+            axis.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if dark else ("#999999" if count == 0 else "black"),
+                      fontweight="bold" if true == predicted else "normal")
+    digits = np.arange(matrix.shape[0])
+    axis.set_xticks(digits)
+    axis.set_yticks(digits)
+    axis.set_xlabel("predicted digit")
+    axis.set_ylabel("true digit")
+    axis.set_title(title)
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="images (power scale)")
+    figure.tight_layout()
+    return figure
+
+
+def mistakes_gallery(images: np.ndarray, true_labels, predicted_labels, probabilities,
+                     title: str = "The most confidently wrong digits", columns: int = 6):
+    """Misclassified digits, each titled with its true label, the prediction and its probability."""
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    figure = Figure(figsize=(columns * 1.65, rows * 1.95 + 0.5))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
+    for index, axis in enumerate(axes):
+        axis.axis("off")
+        if index >= count:
+            continue
+        axis.imshow(images[index], cmap="Greys")
+        axis.set_title(
+            f"true {int(true_labels[index])}, predicted {int(predicted_labels[index])}\n"
+            f"p = {float(probabilities[index]):.3f}",
+            fontsize=8.5,
+        )
+    if count == 0:
+        axes[0].text(0.5, 0.5, "No mistakes", ha="center", va="center", fontsize=12)
+    figure.suptitle(title, fontsize=12)
+    figure.tight_layout()
+    return figure
+
+
+def compare_curves(series: list[dict], title: str = "Validation accuracy per epoch"):
+    """Several runs' val-accuracy curves in one plot.
+
+    Each item of `series` has `label` and `val_accuracy` (a list per seed); runs
+    with several seeds show their mean as the line and the min-max as a band.
+    """
+    figure = Figure(figsize=(9, 5))
+    axis = figure.subplots()
+    colours = [f"C{index % 10}" for index in range(len(series))]
+    for item, colour in zip(series, colours):
+        values = np.array(item["val_accuracy"], dtype=float)
+        values = values.reshape(1, -1) if values.ndim == 1 else values
+        epochs = np.arange(1, values.shape[1] + 1)
+        axis.plot(epochs, values.mean(axis=0), color=colour, label=item["label"],
+                  marker="o" if values.shape[1] <= 25 else None, markersize=3)
+        if values.shape[0] > 1:
+            axis.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.2)
+    from matplotlib import ticker
+
+    axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation accuracy")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return figure

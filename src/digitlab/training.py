@@ -186,6 +186,8 @@ def _train_in(run: Run, config: TrainConfig, arrays, saved, print_fn, verbose) -
         _record_status(run, "failed", epoch=progress.epochs_done or initial_epoch,
                        message=f"{type(error).__name__}: {error}")
         raise
+    finally:
+        progress.close()
     return run
 
 
@@ -234,6 +236,11 @@ class _EpochEnd:
 
     def start(self):
         self.started = self.epoch_started = time.perf_counter()
+
+    def close(self) -> None:
+        """Writes out the TensorBoard events still queued (flush alone leaves the last one)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def wall_time(self) -> float:
         return self.wall_time_before + time.perf_counter() - self.started

@@ -1,0 +1,211 @@
+"""Evaluation of a trained run: accuracy, loss, per-digit scores, confusion matrix, mistakes.
+
+    from digitlab import evaluation, runs
+    result = evaluation.evaluate_run(runs.open_run("runs/x"))            # the run's validation data
+    result = evaluation.evaluate_run(run, split="test")                  # the test images
+    print(evaluation.format_result(result))
+
+`evaluate_run` loads the run's model and the images it validated on (the test
+images for a run trained with `--validation test`, as in the book; the 10,000
+held-out training images for `--validation holdout`), and writes into the run
+folder (or `out_dir`):
+
+    evaluation.json   accuracy, loss, precision/recall/F1 per digit, confusion matrix, mistakes
+    confusion.png     the confusion matrix, counts in every cell
+    mistakes.png      the most confidently wrong digits with true and predicted labels
+
+With `split="test"` the files are named evaluation-test.json, confusion-test.png
+and mistakes-test.png, so a holdout run's one final check on the test images
+never overwrites its validation results. `evaluate_model` does the same work on
+any model and images (the notebooks use it) and returns the figures instead of
+writing them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from digitlab import data, models, plots, runs
+
+SPLITS = ("validation", "test")
+NUM_CLASSES = data.NUM_CLASSES
+# How many of the most confidently wrong digits the gallery shows.
+GALLERY_SIZE = 24
+
+
+def confusion_matrix(true_labels, predicted_labels, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """`matrix[t, p]` counts the images of digit t that the network called p."""
+    true_labels = np.asarray(true_labels, dtype=np.int64)
+    predicted_labels = np.asarray(predicted_labels, dtype=np.int64)
+    if true_labels.shape != predicted_labels.shape or true_labels.ndim != 1:
+        raise ValueError(
+            f"Give one predicted label per true label; got shapes {true_labels.shape} "
+            f"and {predicted_labels.shape}."
+        )
+    for name, labels in (("true", true_labels), ("predicted", predicted_labels)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"The {name} labels must be digits from 0 to {num_classes - 1}.")
+    flat = np.bincount(true_labels * num_classes + predicted_labels, minlength=num_classes**2)
+    return flat.reshape(num_classes, num_classes)
+
+
+def per_digit_scores(matrix: np.ndarray) -> list[dict]:
+    """Precision, recall, F1 and support for each digit, from a confusion matrix.
+
+    A score whose denominator is zero (a digit never predicted, or absent) is 0.0.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    hits = np.diag(matrix)
+    predicted = matrix.sum(axis=0)
+    support = matrix.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
+    return [
+        dict(digit=digit, precision=float(precision[digit]), recall=float(recall[digit]),
+             f1=float(f1[digit]), support=int(support[digit]))
+        for digit in range(len(hits))
+    ]
+
+
+def confident_mistakes(probabilities: np.ndarray, true_labels, count: int = GALLERY_SIZE) -> np.ndarray:
+    """Indices of the wrongly classified images, most confident (highest top probability) first."""
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != np.asarray(true_labels))
+    confidence = probabilities[wrong, predicted[wrong]]
+    # A stable sort keeps equally confident mistakes in image order, so results repeat.
+    order = np.argsort(-confidence, kind="stable")
+    return wrong[order[:count]]
+
+
+def evaluate_model(model, images: np.ndarray, labels: np.ndarray, flat: bool = True,
+                   gallery_size: int = GALLERY_SIZE, title: str = "") -> tuple[dict, dict]:
+    """Scores a compiled Keras model on uint8 images; returns (result, figures).
+
+    `result` holds accuracy and loss (from `model.evaluate`), per-digit scores,
+    the confusion matrix and the gallery's mistakes; `figures` maps
+    "confusion" and "mistakes" to Matplotlib figures.
+    """
+    if len(images) == 0 or len(images) != len(labels):
+        raise ValueError(
+            f"Give one label per image and at least one image; got {len(images)} images "
+            f"and {len(labels)} labels."
+        )
+    inputs, targets = data.to_inputs(images, flat), data.to_targets(labels)
+    loss, accuracy = model.evaluate(inputs, targets, batch_size=1000, verbose=0)
+    probabilities = np.asarray(model.predict(inputs, batch_size=1000, verbose=0))
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted)
+    scores = per_digit_scores(matrix)
+    wrong = confident_mistakes(probabilities, labels, gallery_size)
+    mistakes = [
+        dict(index=int(index), true=int(labels[index]), predicted=int(predicted[index]),
+             probability=float(probabilities[index, predicted[index]]),
+             probability_of_true=float(probabilities[index, labels[index]]))
+        for index in wrong
+    ]
+    result = {
+        "images": int(len(images)),
+        "accuracy": float(accuracy),
+        "loss": float(loss),
+        "errors": int(len(images) - np.trace(matrix)),
+        "per_digit": scores,
+        "macro_precision": float(np.mean([score["precision"] for score in scores])),
+        "macro_recall": float(np.mean([score["recall"] for score in scores])),
+        "macro_f1": float(np.mean([score["f1"] for score in scores])),
+        "confusion_matrix": matrix.tolist(),
+        "mistakes": mistakes,
+    }
+    heading = f"{title}: " if title else ""
+    confusion_title = f"{heading}confusion matrix" if title else "Confusion matrix"
+    figures = {
+        "confusion": plots.confusion_matrix(
+            matrix, title=f"{confusion_title} ({result['errors']} errors in {len(images)})"),
+        "mistakes": plots.mistakes_gallery(
+            images[wrong], labels[wrong], predicted[wrong], probabilities[wrong, predicted[wrong]],
+            title=f"{heading}the {len(wrong)} most confidently wrong digits" if title
+            else f"The {len(wrong)} most confidently wrong digits"),
+    }
+    return result, figures
+
+
+def evaluation_images(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validation"):
+    """The images and labels `split` means for this run, and a sentence describing them."""
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose validation or test.")
+    config = run.config()
+    (_, _), (x_valid, y_valid), test = data.split(arrays, config.validation)
+    if split == "validation":
+        if config.validation == "holdout":
+            return x_valid, y_valid, "the 10,000 held-out training images the run validated on"
+        return x_valid, y_valid, "the 10,000 test images the run validated on, as in the book"
+    if test is None:
+        return arrays["x_test"], arrays["y_test"], (
+            "the 10,000 test images (this run also validated on them, so they are not an untouched check)")
+    return test[0], test[1], "the 10,000 test images, untouched during training (the one final check)"
+
+
+def evaluate(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validation") -> tuple[dict, dict]:
+    """Evaluates a run on already loaded data; returns (result, figures) without writing files."""
+    images, labels, description = evaluation_images(run, arrays, split)
+    config = run.config()
+    model = run.load_model()
+    result, figures = evaluate_model(
+        model, images, labels, flat=not models.is_convolutional(config.model),
+        title=f"{config.model} net, {split}",
+    )
+    result = {"run": run.name, "model": config.model, "split": split, "data": description,
+              "validation": config.validation, **result}
+    return result, figures
+
+
+def output_names(split: str) -> dict[str, str]:
+    """The file names an evaluation of `split` writes."""
+    suffix = "" if split == "validation" else f"-{split}"
+    return {"json": f"evaluation{suffix}.json", "confusion": f"confusion{suffix}.png",
+            "mistakes": f"mistakes{suffix}.png"}
+
+
+def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_dir=None) -> dict:
+    """Evaluates a run and writes evaluation.json, confusion.png and mistakes.png; returns the result."""
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose validation or test.")
+    out_dir = Path(out_dir) if out_dir is not None else run.path
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise runs.RunError(f"Cannot create the output folder {out_dir} ({error.strerror}).") from None
+    result, figures = evaluate(run, data.load_arrays(data_path), split)
+    names = output_names(split)
+    result["files"] = {key: str(out_dir / name) for key, name in names.items()}
+    for key in ("confusion", "mistakes"):
+        plots.save_figure(figures[key], out_dir / names[key])
+    runs.atomic_write_json(out_dir / names["json"], result)
+    return result
+
+
+def format_result(result: dict) -> str:
+    """Accuracy, loss and the per-digit table as plain text, for the command line."""
+    lines = [
+        f"{result.get('run', 'model')} ({result.get('model', '?')} net) on {result.get('data', result.get('split'))}:",
+        f"  accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}   "
+        f"errors {result['errors']} of {result['images']}",
+        "",
+        "  digit  precision  recall  f1      support",
+    ]
+    for score in result["per_digit"]:
+        lines.append(
+            f"  {score['digit']:>5}  {score['precision']:>9.4f}  {score['recall']:>6.4f}  "
+            f"{score['f1']:.4f}  {score['support']:>7}"
+        )
+    lines.append(
+        f"  {'mean':>5}  {result['macro_precision']:>9.4f}  {result['macro_recall']:>6.4f}  "
+        f"{result['macro_f1']:.4f}  {result['images']:>7}"
+    )
+    if result.get("files"):
+        lines += ["", "Wrote " + ", ".join(result["files"].values())]
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""One self-contained HTML report per run: settings, provenance, figures and per-digit scores.
+
+    from digitlab import report, runs
+    path = report.write_report(runs.open_run("runs/x"))      # runs/x/report.html
+
+The page holds the run's configuration, its results, the software versions and
+the SHA-256 of the data it was trained on (from metrics.json, checked against
+the data the report was made with), the model's layers, the first training
+digits, the training curves, the confusion matrix, the gallery of the most
+confidently wrong digits and the per-digit precision, recall and F1. Every
+image is embedded as a base64 data URI and the styles are inline, so the one
+file opens offline, in any browser, anywhere it is copied.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from pathlib import Path
+
+from digitlab import data, evaluation, plots, runs
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+       max-width: 1100px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+.subtitle { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; }
+th { background: #f4f6f8; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+code, pre { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 0.85em; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; line-height: 1.2; }
+img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
+.note { color: #555; font-size: 0.92em; }
+.ok { color: #1a7f37; } .warn { color: #b35900; }
+.cards { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.5em 0.9em; min-width: 9em; }
+.card .value { font-size: 1.4em; font-weight: 600; }
+.card .label { color: #555; font-size: 0.85em; }
+"""
+
+
+def write_report(run: runs.Run, data_path=None, out_path=None) -> Path:
+    """Writes the run's report (default: report.html in the run folder) and returns its path."""
+    out_path = Path(out_path) if out_path is not None else run.file("report.html")
+    if out_path.is_dir():
+        raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
+    if not out_path.parent.is_dir():
+        raise runs.RunError(f"Cannot write {out_path}: the folder {out_path.parent} does not exist.")
+    runs.atomic_write_text(out_path, render_report(run, data_path))
+    return out_path
+
+
+def render_report(run: runs.Run, data_path=None) -> str:
+    """The report's HTML as a string."""
+    config = run.config()
+    metrics = run.metrics()
+    histories = run.histories()
+    arrays = data.load_arrays(data_path)
+    result, figures = evaluation.evaluate(run, arrays, "validation")
+    (x_train, y_train), _, _ = data.split(arrays, config.validation, config.train_limit)
+    model = run.load_model()
+    summary_lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: summary_lines.append(line))
+
+    images = {
+        "digits": plots.figure_png(plots.digit_grid(x_train, y_train)),
+        "curves": plots.figure_png(plots.training_curves(histories, title=f"{config.model} net")),
+        "confusion": plots.figure_png(figures["confusion"]),
+        "mistakes": plots.figure_png(figures["mistakes"]),
+    }
+    title = f"digitlab run {run.name}"
+    sections = [
+        f"<h1>{_text(title)}</h1>",
+        f'<p class="subtitle">The {_text(config.model)} net, {_text(run.status().get("status", "unknown"))}; '
+        f"trained {_text(metrics.get('finished', '?'))}; "
+        f"report written {_text(datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
+        _results_section(config, metrics, result),
+        "<h2>Configuration</h2>",
+        '<p class="note">Re-run it with <code>digitlab train --config '
+        f'{_text(str(run.file("config.json")))}</code>.</p>',
+        _table(["setting", "value"], [(name, _value(value)) for name, value in config.to_dict().items()]),
+        "<h2>The network</h2>",
+        f"<pre>{_text(chr(10).join(line.rstrip() for line in summary_lines))}</pre>",
+        "<h2>The data</h2>",
+        f"<p>{_text(_data_sentence(config))}</p>",
+        _image(images["digits"], "The first 12 training digits with their labels"),
+        _data_hash_section(metrics, arrays),
+        "<h2>Training curves</h2>",
+        _image(images["curves"], "Accuracy and loss per epoch, training and validation"),
+        "<h2>Where the network errs</h2>",
+        f"<p>Evaluated on {_text(result['data'])}: accuracy {result['accuracy']:.4f}, "
+        f"loss {result['loss']:.4f}, {result['errors']} errors in {result['images']} images.</p>",
+        _image(images["confusion"], "Confusion matrix of true and predicted digits"),
+        _image(images["mistakes"], "The most confidently wrong digits"),
+        "<h3>Per digit</h3>",
+        _per_digit_table(result),
+        "<h2>Software and machine</h2>",
+        _table(["", ""], [("backend", metrics.get("backend", "?")), ("engine", metrics.get("engine", "?")),
+                          ("machine", metrics.get("machine", "?")),
+                          *[(name, version) for name, version in (metrics.get("versions") or {}).items()]]),
+    ]
+    body = "\n".join(sections)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_text(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _results_section(config, metrics: dict, result: dict) -> str:
+    cards = [
+        ("final val accuracy", f"{metrics.get('final_val_accuracy', float('nan')):.4f}"),
+        ("best val accuracy", f"{metrics.get('best_val_accuracy', float('nan')):.4f}"),
+        ("book's val accuracy", f"{config.book_val_accuracy:.3f}"),
+        ("epochs", str(metrics.get("epochs", "?"))),
+        ("wall time", f"{metrics.get('wall_time_s', 0):.1f} s"),
+    ]
+    if metrics.get("test_accuracy") is not None:
+        cards.insert(2, ("test accuracy (final check)", f"{metrics['test_accuracy']:.4f}"))
+    if metrics.get("seeds", 1) > 1:
+        cards.insert(1, (f"mean over {metrics['seeds']} seeds",
+                         f"{metrics.get('final_val_accuracy_mean', float('nan')):.4f}"))
+    items = "".join(
+        f'<div class="card"><div class="value">{_text(value)}</div><div class="label">{_text(label)}</div></div>'
+        for label, value in cards
+    )
+    return f'<h2>Results</h2>\n<div class="cards">{items}</div>'
+
+
+def _data_sentence(config) -> str:
+    available = 50_000 if config.validation == "holdout" else 60_000
+    used = min(config.train_limit or available, available)
+    training = f"the first {used:,} of the {available:,} training images" if used < available else (
+        f"the {available:,} training images")
+    if config.validation == "holdout":
+        return (f"Trained on {training} (MNIST's first 50,000); validated on the last 10,000 training "
+                "images, held out; the 10,000 test images were used once, after training.")
+    return (f"Trained on {training} and validated on the 10,000 test images, as the book does "
+            "(so there is no untouched test set).")
+
+
+def _data_hash_section(metrics: dict, arrays: dict) -> str:
+    recorded = metrics.get("data_sha256") or {}
+    current = data.fingerprint(arrays)
+    rows = []
+    for key in data.NPZ_KEYS:
+        value = recorded.get(key)
+        if value is None:
+            check = '<span class="warn">not recorded</span>'
+        elif value == current[key]:
+            check = '<span class="ok">matches the data of this report</span>'
+        else:
+            check = '<span class="warn">differs from the data of this report</span>'
+        rows.append((key, f"<code>{_text(value or '-')}</code>", check))
+    return (
+        "<h3>SHA-256 of the data the run was trained with</h3>\n"
+        + _table(["array", "sha256 (raw bytes)", "check"], rows, escape=False)
+    )
+
+
+def _per_digit_table(result: dict) -> str:
+    rows = [
+        (str(score["digit"]), f"{score['precision']:.4f}", f"{score['recall']:.4f}", f"{score['f1']:.4f}",
+         str(score["support"]))
+        for score in result["per_digit"]
+    ]
+    rows.append(("mean", f"{result['macro_precision']:.4f}", f"{result['macro_recall']:.4f}",
+                 f"{result['macro_f1']:.4f}", str(result["images"])))
+    return _table(["digit", "precision", "recall", "F1", "images"], rows, numbers=True)
+
+
+def _table(header, rows, escape: bool = True, numbers: bool = False) -> str:
+    def cell(value, tag="td"):
+        css = ' class="number"' if numbers and tag == "td" else ""
+        return f"<{tag}{css}>{_text(value) if escape else value}</{tag}>"
+
+    head = "" if not any(header) else "<tr>" + "".join(cell(name, "th") for name in header) + "</tr>"
+    body = "".join("<tr>" + "".join(cell(value) for value in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _image(png: bytes, alt: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{_text(alt)}">'
+
+
+def _value(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "none"
+    return "none" if value is None else str(value)
+
+
+def _text(value) -> str:
+    return html.escape(str(value), quote=True)
