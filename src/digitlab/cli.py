@@ -124,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", metavar="RUN", help="a run folder")
     report.add_argument("--out", metavar="FILE", default=None, help="the HTML file to write; None means RUN/report.html")
     _add_data_flag(report)
+
+    serve = commands.add_parser("serve", help="a drawing page and an HTTP API for a trained network",
+                                formatter_class=HelpFormatter)
+    serve.add_argument("run", metavar="RUN", help="a run folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+
+    bench = commands.add_parser("bench", help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
+                                formatter_class=HelpFormatter)
+    bench.add_argument("--epochs", type=int, default=3, help="epochs each contender trains")
+    bench.add_argument("--seeds", type=int, default=8, help="networks in the many-seeds engine row")
+    bench.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
+    bench.add_argument("--train-limit", type=int, default=None, help="train on the first N images only (default: all)")
+    bench.add_argument("--compare-seeds", type=int, default=0, help="also compare the final val accuracy of this many seeds, engine against fit (0: skip)")
+    bench.add_argument("--compare-epochs", type=int, default=200, help="epochs of each run in the accuracy comparison")
+    _add_data_flag(bench)
     return parser
 
 
@@ -259,6 +275,25 @@ def command_report(args) -> int:
     return 0
 
 
+def command_serve(args) -> int:
+    from digitlab import runs, serving
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
+    run = runs.open_run(args.run)
+    serving.serve(run.load_model(), host=args.host, port=args.port, run_name=run.name)
+    return 0
+
+
+def command_bench(args) -> int:
+    from digitlab import bench
+
+    bench.run_bench(epochs=args.epochs, seeds=args.seeds, out_dir=args.out, data_path=args.data,
+                    train_limit=args.train_limit, compare_seeds=args.compare_seeds,
+                    compare_epochs=args.compare_epochs)
+    return 0
+
+
 COMMANDS = {
     "explore": command_explore,
     "train": command_train,
@@ -267,6 +302,8 @@ COMMANDS = {
     "evaluate": command_evaluate,
     "compare": command_compare,
     "report": command_report,
+    "serve": command_serve,
+    "bench": command_bench,
 }
 
 

@@ -1,0 +1,329 @@
+"""The web server behind `digitlab serve RUN`: a drawing page and an HTTP API on FastAPI and uvicorn.
+
+    from digitlab import serving
+    app = serving.create_app(model, run_name="shallow-1")   # a FastAPI app (tests use it directly)
+    serving.serve(model, host="127.0.0.1", port=8000, run_name="shallow-1")
+
+Endpoints:
+
+- `GET /`: the drawing page (static/index.html, app.js, style.css; nothing from
+  the network, so it works offline).
+- `POST /api/predict`: a picture as a multipart upload (field `file`) or as the raw
+  body (`Content-Type: image/...`), or JSON `{"pixels": [[...28 numbers 0-255...] x 28]}`
+  taken as an MNIST-style input as it is (add `"prepare": true` to centre and
+  scale it like a picture first). Answers the digit, the ten probabilities and
+  the 28x28 pixels the network saw. Pictures go through `imaging.prepare_image`,
+  the same function the command line uses.
+- `GET /api/health`: the model and run being served.
+- `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
+
+Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
+wrong: bodies over 5 MB (413, from Content-Length and again while reading),
+pictures over 4096 pixels a side (413, before decoding), files that are not
+pictures or are truncated (422), malformed JSON (400), wrong shapes, values out
+of range, NaN or Infinity (422), other content types (415). Every response
+carries `X-Process-Time-Ms`, the server's own time for the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+import digitlab
+from digitlab import imaging, predict
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Multipart framing adds a few hundred bytes around the file; allow for it.
+MAX_BODY_BYTES = imaging.MAX_UPLOAD_BYTES + 64 * 1024
+TIMING_HEADER = "X-Process-Time-Ms"
+# Pictures up to this many pixels are prepared on the event loop; larger ones in a thread.
+INLINE_PIXELS = 300 * 300
+LARGE_PICTURES_AT_ONCE = 2
+PAGE_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class PredictResponse(BaseModel):
+    """What `POST /api/predict` answers."""
+
+    digit: int = Field(description="The most probable digit, 0-9.")
+    probabilities: list[float] = Field(description="The ten softmax probabilities, for digits 0 to 9.")
+    top3: list[dict] = Field(description="The three most probable digits with their probabilities.")
+    pixels: list[list[int]] = Field(description="The 28x28 input the network saw, 0-255, ink high (as MNIST).")
+    source: str = Field(description="'image' for an uploaded picture, 'pixels' for JSON pixels.")
+
+
+class PixelsRequest(BaseModel):
+    """The JSON form of `POST /api/predict` (shown in the docs; parsed by hand for clear errors)."""
+
+    pixels: list[list[float]] = Field(description="28 rows of 28 numbers 0-255, ink high, as MNIST.")
+    prepare: bool = Field(False, description="Centre and scale the pixels like a picture first.")
+
+
+class _GuardAndTime:
+    """ASGI middleware: refuses bodies whose Content-Length is over the limit and stamps every
+    response with the time the server spent on it."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+                if length < 0 or length > self.limit:
+                    detail = (
+                        f"The request body is {length} bytes; the limit is {imaging.MAX_UPLOAD_BYTES} "
+                        "(5 MB). Send a smaller picture."
+                        if length > self.limit else "The Content-Length header is not a valid size."
+                    )
+                    response = JSONResponse({"detail": detail}, status_code=413 if length > 0 else 400,
+                                            headers={"Connection": "close"})
+                    await response(scope, receive, send)
+                    return
+                break
+
+        async def send_with_time(message):
+            if message["type"] == "http.response.start":
+                elapsed = (time.perf_counter() - start) * 1000
+                headers = list(message.get("headers", [])) + [(TIMING_HEADER.lower().encode(), f"{elapsed:.3f}".encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_time)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it passes the limit (for chunked uploads)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HTTPException(413, f"The request body is over the limit of {imaging.MAX_UPLOAD_BYTES} bytes (5 MB). Send a smaller picture.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str):
+    raise HTTPException(422, f"Every pixel must be a finite number 0-255; the JSON holds {name}.")
+
+
+def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
+    """Parses and checks `{"pixels": [[...]], "prepare": false}`; raises HTTPException saying what is wrong."""
+    try:
+        document = json.loads(body, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HTTPException(400, f"The body is not valid JSON ({error}). Send {{\"pixels\": [[...], ...]}}.") from None
+    except RecursionError:
+        raise HTTPException(400, "The JSON is nested too deeply. Send {\"pixels\": [[...], ...]}.") from None
+    if not isinstance(document, dict) or "pixels" not in document:
+        raise HTTPException(422, 'The JSON must be an object with a "pixels" key holding 28 rows of 28 numbers 0-255.')
+    unknown = set(document) - {"pixels", "prepare"}
+    if unknown:
+        raise HTTPException(422, f"Unknown key(s) {', '.join(sorted(unknown))}; the JSON may hold only \"pixels\" and \"prepare\".")
+    prepare = document.get("prepare", False)
+    if not isinstance(prepare, bool):
+        raise HTTPException(422, f'"prepare" must be true or false; got {prepare!r}.')
+    rows = document["pixels"]
+    if not isinstance(rows, list) or len(rows) != imaging.FIELD:
+        found = f"a list of {len(rows)}" if isinstance(rows, list) else type(rows).__name__
+        raise HTTPException(422, f'"pixels" must be a list of 28 rows; got {found}.')
+    for row_number, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != imaging.FIELD:
+            found = f"{len(row)} values" if isinstance(row, list) else f"a {type(row).__name__}"
+            raise HTTPException(422, f"Row {row_number} of \"pixels\" must hold 28 numbers; it holds {found}.")
+        for column_number, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise HTTPException(422, f"pixels[{row_number}][{column_number}] is {json.dumps(value)}; every pixel must be a number 0-255.")
+            if not 0 <= value <= 255:  # Also false for NaN and Infinity.
+                raise HTTPException(422, f"pixels[{row_number}][{column_number}] is {value}; every pixel must lie in 0-255.")
+    return np.rint(np.array(rows, dtype=np.float64)).astype(np.uint8), prepare
+
+
+async def _file_from_multipart(request: Request, body: bytes) -> bytes:
+    """The bytes of the uploaded file (field `file`, else the only file) in a multipart body."""
+
+    async def replay():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, replay(), max_files=1, max_fields=8).parse()
+    except MultiPartException as error:
+        raise HTTPException(400, f"The multipart body could not be read ({error.message}). Send one file in a field named 'file'.") from None
+    try:
+        candidate = form.get("file")
+        if candidate is None:
+            uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            candidate = uploads[0] if uploads else None
+        if not isinstance(candidate, UploadFile):
+            raise HTTPException(422, "The multipart form holds no file; send the picture in a file field named 'file'.")
+        return await candidate.read()
+    finally:
+        await form.close()
+
+
+def _prepare_picture(data: bytes) -> np.ndarray:
+    if len(data) > imaging.MAX_UPLOAD_BYTES:
+        raise imaging.ImageTooLargeError(f"The file is {len(data)} bytes; the limit is {imaging.MAX_UPLOAD_BYTES} (5 MB).")
+    if not data:
+        raise ValueError("The uploaded file is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF picture.")
+    return imaging.prepare_image(data)
+
+
+def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
+    """The FastAPI app serving `model` (a trained Keras model); `run_name` is shown on the page."""
+    app = FastAPI(
+        title="digitlab",
+        version=digitlab.__version__,
+        description="Reads handwritten digits with the Shallow Net of Deep Learning Illustrated (chapter 5). "
+        "Draw on the page at /, or POST a picture or 28x28 pixels to /api/predict.",
+    )
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    parameters = int(model.count_params())
+    # A 4096x4096 picture needs about 0.3 GB and a second to prepare; a few at a time bounds memory.
+    large_pictures = asyncio.Semaphore(LARGE_PICTURES_AT_ONCE)
+    # Compiles the fast path now, so the first visitor does not wait for it.
+    predict.pixel_probabilities(model, np.zeros((imaging.FIELD, imaging.FIELD), dtype=np.uint8))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        messages = [f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg', '')}" for item in error.errors()]
+        return JSONResponse({"detail": "; ".join(messages) or "The request is not valid."}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception):
+        return JSONResponse({"detail": f"Internal error ({type(error).__name__}); the server is still running."}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY})
+
+    @app.get("/api/health")
+    async def health():
+        """The server is up; which model and run it serves."""
+        return {
+            "status": "ok",
+            "run": run_name,
+            "model": model.name,
+            "input_shape": list(model.input_shape[1:]),
+            "parameters": parameters,
+            "backend": keras.backend.backend(),
+            "version": digitlab.__version__,
+            "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
+            "max_side": imaging.MAX_SIDE,
+        }
+
+    @app.post(
+        "/api/predict",
+        response_model=PredictResponse,
+        responses={
+            400: {"description": "Malformed JSON or multipart body."},
+            413: {"description": "Body over 5 MB or picture over 4096 pixels a side."},
+            415: {"description": "A content type other than multipart, JSON or image/*."},
+            422: {"description": "Not a picture, truncated, empty, or pixels of the wrong shape or range."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {"type": "object", "required": ["file"],
+                                   "properties": {"file": {"type": "string", "format": "binary"}}},
+                    },
+                    "application/json": {"schema": PixelsRequest.model_json_schema()},
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
+    async def predict_digit(request: Request):
+        """Reads the digit in a picture (multipart field `file`, or the raw body) or in 28x28 JSON pixels."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await _read_body(request)
+        if not body:
+            raise HTTPException(422, "The request body is empty. Upload a picture in a field named 'file', or send {\"pixels\": [[...], ...]}.")
+        if content_type == "application/json" or content_type.endswith("+json"):
+            pixels, prepare = pixels_from_json(body)
+            source = "pixels"
+            if prepare:
+                try:
+                    pixels = imaging.prepare_array(pixels)
+                except ValueError as error:
+                    raise HTTPException(422, str(error)) from None
+        elif content_type in ("multipart/form-data", "application/octet-stream") or content_type.startswith("image/"):
+            data = await _file_from_multipart(request, body) if content_type == "multipart/form-data" else body
+            source = "image"
+            try:
+                # A small picture (the page sends 140x140) takes well under a millisecond and is
+                # read right here; a large one goes to a worker thread so other requests keep moving.
+                size = imaging.peek_size(data)
+                if size is not None and size[0] * size[1] <= INLINE_PIXELS:
+                    pixels = _prepare_picture(data)
+                else:
+                    async with large_pictures:
+                        pixels = await run_in_threadpool(_prepare_picture, data)
+            except imaging.ImageTooLargeError as error:
+                raise HTTPException(413, str(error)) from None
+            except ValueError as error:
+                raise HTTPException(422, str(error)) from None
+        else:
+            raise HTTPException(
+                415,
+                f"Unsupported Content-Type {content_type or '(none)'!r}. Upload a picture as multipart/form-data "
+                "(field 'file') or image/*, or send application/json {\"pixels\": [[...], ...]}.",
+            )
+        row = predict.pixel_probabilities(model, pixels)[0]
+        answer = predict.describe(row)
+        answer["pixels"] = pixels.tolist()
+        answer["source"] = source
+        return JSONResponse(answer)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(model: keras.Model, host: str = "127.0.0.1", port: int = 8000, run_name: str = "", access_log: bool = True) -> None:
+    """Runs the app on uvicorn until Ctrl-C. Loopback by default; another host exposes it to the network."""
+    import uvicorn
+
+    if not is_loopback(host):
+        print(f"Warning: serving on {host} makes the page and API reachable from other machines.")
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"digitlab: serving {run_name or model.name} at http://{shown_host}:{port}/  (API docs at /docs; Ctrl-C stops)")
+    uvicorn.run(create_app(model, run_name), host=host, port=port, log_level="info", access_log=access_log)

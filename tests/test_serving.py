@@ -1,0 +1,382 @@
+"""Tests of serving.py and predict.py: every endpoint, every kind of bad input, the fast path
+against model.predict, and a short loopback load test against a real uvicorn server.
+
+The model is the book's shallow architecture trained for 3 quick epochs on real MNIST
+(DIGITLAB_DATA) in a session fixture, saved and loaded back as a run's model.keras is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+import digitlab  # noqa: F401  (chooses the JAX backend)
+import keras
+from digitlab import config, data, imaging, models, predict, serving
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+load_test = load_script("load_test")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return data.load_mnist()
+
+
+@pytest.fixture(scope="session")
+def model_path(mnist, tmp_path_factory):
+    """The shallow net (784-64 sigmoid-10 softmax), 3 quick epochs with Adam, saved as model.keras."""
+    (x_train, y_train), _ = mnist
+    settings = config.TrainConfig(model="shallow", optimizer="adam", learning_rate=0.003,
+                                  loss="categorical_crossentropy", epochs=3, seed=0).resolved()
+    keras.utils.set_random_seed(0)
+    model = models.create_model(settings)
+    model.fit(data.to_inputs(x_train[:20000]), data.to_targets(y_train[:20000]), epochs=3, batch_size=128, verbose=0)
+    path = tmp_path_factory.mktemp("run") / "model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model(model_path):
+    return keras.saving.load_model(model_path, safe_mode=True)
+
+
+@pytest.fixture(scope="session")
+def client(model):
+    with TestClient(serving.create_app(model, run_name="test-run")) as test_client:
+        yield test_client
+
+
+def seven_png(size=280, dark_on_light=False) -> bytes:
+    """SYNTHETIC: a '7' drawn with a thick pen, as the page's canvas would send it."""
+    image = Image.new("L", (size, size), 255 if dark_on_light else 0)
+    ImageDraw.Draw(image).line([(0.2 * size, 0.2 * size), (0.8 * size, 0.2 * size), (0.45 * size, 0.85 * size)],
+                               fill=0 if dark_on_light else 255, width=size // 14, joint="curve")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- predict.py ---------------------------------------------------------------------------
+
+def test_fast_path_equals_model_predict(model, mnist):
+    _, (x_valid, _) = mnist
+    inputs = data.to_inputs(x_valid[:80])
+    expected = model.predict(inputs, verbose=0)
+    one_at_a_time = np.concatenate([predict.probabilities(model, inputs[i:i + 1]) for i in range(80)])
+    np.testing.assert_allclose(one_at_a_time, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predict.probabilities(model, inputs[:40]), expected[:40], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predict.probabilities(model, inputs), expected, rtol=0, atol=1e-6)  # > 64: predict
+    np.testing.assert_allclose(predict.probabilities(model, inputs[0]), expected[:1], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="takes inputs of shape"):
+        predict.probabilities(model, np.zeros((1, 28, 28)))
+
+
+def test_fast_path_follows_weights_changed_after_first_use(model, mnist):
+    _, (x_valid, _) = mnist
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    inputs = data.to_inputs(x_valid[:1])
+    predict.probabilities(twin, inputs)
+    twin.set_weights([weight * 0.5 for weight in model.get_weights()])
+    np.testing.assert_allclose(predict.probabilities(twin, inputs), twin.predict(inputs, verbose=0), atol=1e-6)
+
+
+def test_predict_index(model, mnist):
+    _, (x_valid, y_valid) = mnist
+    result = predict.predict_index(model, x_valid, y_valid, 0)
+    assert result["label"] == int(y_valid[0]) and result["index"] == 0
+    assert len(result["probabilities"]) == 10 and abs(sum(result["probabilities"]) - 1) < 1e-4
+    assert result["digit"] == int(np.argmax(result["probabilities"]))
+    assert result["correct"] == (result["digit"] == result["label"])
+    json.dumps(result)
+    text = predict.format_result(result)
+    assert "validation image 0" in text and f"true label {y_valid[0]}" in text
+    for bad in (-1, len(x_valid), 10**9):
+        with pytest.raises(ValueError, match="from 0 to 9999"):
+            predict.predict_index(model, x_valid, y_valid, bad)
+    with pytest.raises(ValueError, match="whole number"):
+        predict.predict_index(model, x_valid, y_valid, 1.5)
+
+
+def test_predict_files(model, tmp_path):
+    seven = tmp_path / "seven.png"
+    seven.write_bytes(seven_png(dark_on_light=True))
+    other = tmp_path / "other" / "seven.png"
+    other.parent.mkdir()
+    other.write_bytes(seven_png(size=500))
+    results = predict.predict_files(model, [seven, other], show_dir=tmp_path / "seen")
+    for result in results:
+        assert result["digit"] == 7
+        assert [entry["digit"] for entry in result["top3"]][0] == 7 and len(result["top3"]) == 3
+        assert result["top3"][0]["probability"] >= result["top3"][1]["probability"] >= result["top3"][2]["probability"]
+        shown = np.asarray(Image.open(result["shown"]))
+        assert shown.shape == (280, 280)
+        np.testing.assert_array_equal(shown[::10, ::10], imaging.prepare_image(Path(result["path"])))
+    assert results[0]["shown"] != results[1]["shown"]  # Same file name, two previews.
+    json.dumps(results)
+    assert "seven.png: 7" in predict.format_results(results)
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")
+    with pytest.raises(ValueError, match="broken.png"):
+        predict.predict_files(model, [seven, broken])
+    skipped = predict.predict_files(model, [seven, broken], skip_errors=True)
+    assert skipped[0]["digit"] == 7 and "not an image" in skipped[1]["error"]
+    assert "error" in predict.format_result(skipped[1])
+    with pytest.raises(ValueError, match="No image files"):
+        predict.predict_files(model, [])
+
+
+# --- Endpoints ----------------------------------------------------------------------------
+
+def test_page_and_its_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert '<canvas id="pad"' in page.text and "/static/app.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # Nothing from the network.
+    for name, kind in (("app.js", "javascript"), ("style.css", "css")):
+        answer = client.get(f"/static/{name}")
+        assert answer.status_code == 200 and kind in answer.headers["content-type"]
+        assert "https://" not in answer.text
+
+
+def test_health(client, model):
+    answer = client.get("/api/health")
+    assert answer.status_code == 200
+    health = answer.json()
+    assert health["status"] == "ok" and health["run"] == "test-run"
+    assert health["input_shape"] == [784] and health["parameters"] == model.count_params() == 50890
+    assert float(answer.headers["x-process-time-ms"]) >= 0
+
+
+def test_docs_and_openapi(client):
+    schema = client.get("/openapi.json").json()
+    content = schema["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json", "image/*"} <= set(content)
+    assert "/api/health" in schema["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_json_pixels_equal_model_predict(client, model, mnist):
+    _, (x_valid, y_valid) = mnist
+    for index in range(5):
+        answer = client.post("/api/predict", json={"pixels": x_valid[index].tolist()})
+        assert answer.status_code == 200
+        result = answer.json()
+        assert result["source"] == "pixels"
+        np.testing.assert_array_equal(result["pixels"], x_valid[index])  # Taken as they are.
+        expected = model.predict(data.to_inputs(x_valid[index:index + 1]), verbose=0)[0]
+        np.testing.assert_allclose(result["probabilities"], expected, rtol=0, atol=1e-6)
+        assert result["digit"] == int(np.argmax(expected))
+        assert float(answer.headers["x-process-time-ms"]) > 0
+
+
+def test_json_pixels_can_be_prepared_like_a_picture(client):
+    small = np.zeros((28, 28), dtype=np.uint8)
+    small[2:10, 3:5] = 255  # A short bar in a corner.
+    result = client.post("/api/predict", json={"pixels": small.tolist(), "prepare": True}).json()
+    np.testing.assert_array_equal(result["pixels"], imaging.prepare_image(small))
+
+
+@pytest.mark.parametrize("how", ["multipart", "raw body"])
+def test_uploaded_picture_equals_model_predict_on_prepared_pixels(client, model, how):
+    png = seven_png(dark_on_light=True)
+    if how == "multipart":
+        answer = client.post("/api/predict", files={"file": ("seven.png", png, "image/png")})
+    else:
+        answer = client.post("/api/predict", content=png, headers={"content-type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["digit"] == 7 and result["source"] == "image"
+    pixels = np.array(result["pixels"], dtype=np.uint8)
+    np.testing.assert_array_equal(pixels, imaging.prepare_image(png))  # The CLI's preparation.
+    expected = model.predict(imaging.model_inputs(pixels, model), verbose=0)[0]
+    np.testing.assert_allclose(result["probabilities"], expected, rtol=0, atol=1e-6)
+
+
+def test_large_photo_is_read_in_a_worker_thread(client):
+    """SYNTHETIC photo, 2400x1800 (over serving.INLINE_PIXELS): dark ink on grey paper, JPEG."""
+    photo = Image.new("RGB", (2400, 1800), (200, 198, 190))
+    ImageDraw.Draw(photo).line([(1300, 400), (1800, 400), (1450, 1500)], fill=(30, 30, 40), width=70, joint="curve")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=85)
+    answer = client.post("/api/predict", files={"file": ("photo.jpg", buffer.getvalue(), "image/jpeg")})
+    assert answer.status_code == 200 and answer.json()["digit"] == 7
+
+
+def test_multipart_with_another_field_name(client):
+    answer = client.post("/api/predict", files={"image": ("seven.png", seven_png(), "image/png")})
+    assert answer.status_code == 200 and answer.json()["digit"] == 7
+
+
+# --- Bad input: each a 4xx with a sentence, never a 500 -----------------------------------
+
+def _png_header_only(width, height):
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + header
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def _rows(value):
+    return [[0] * 28 for _ in range(27)] + [[0] * 27 + [value]]
+
+
+def _json(document):
+    return json.dumps(document).encode()
+
+
+def _upload(content, name="picture.png"):
+    boundary = "testboundary"
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode(), \
+        f"multipart/form-data; boundary={boundary}"
+
+
+JSON = "application/json"
+WIDE = io.BytesIO()
+Image.new("L", (4097, 4), 0).save(WIDE, format="PNG")
+BAD_REQUESTS = {
+    "empty body": (b"", JSON, 422, "empty"),
+    "not JSON": (b"{pixels: [", JSON, 400, "not valid JSON"),
+    "JSON list": (_json([[0] * 28] * 28), JSON, 422, '"pixels" key'),
+    "no pixels key": (_json({"pixel": []}), JSON, 422, '"pixels" key'),
+    "unknown key": (_json({"pixels": _rows(0), "colour": 1}), JSON, 422, "Unknown key"),
+    "27 rows": (_json({"pixels": [[0] * 28] * 27}), JSON, 422, "list of 28 rows; got a list of 27"),
+    "pixels a string": (_json({"pixels": "zeros"}), JSON, 422, "list of 28 rows; got str"),
+    "short row": (_json({"pixels": [[0] * 28] * 27 + [[0] * 5]}), JSON, 422, "Row 27 .* holds 5 values"),
+    "flat 784": (_json({"pixels": [0] * 784}), JSON, 422, "list of 28 rows"),
+    "28x28x1": (_json({"pixels": [[[0]] * 28] * 28}), JSON, 422, r"pixels\[0\]\[0\] is \[0\]"),
+    "string value": (_json({"pixels": _rows("7")}), JSON, 422, r'pixels\[27\]\[27\] is "7"'),
+    "null value": (_json({"pixels": _rows(None)}), JSON, 422, "is null"),
+    "boolean value": (_json({"pixels": _rows(True)}), JSON, 422, "is true"),
+    "negative": (_json({"pixels": _rows(-1)}), JSON, 422, "lie in 0-255"),
+    "over 255": (_json({"pixels": _rows(256)}), JSON, 422, "lie in 0-255"),
+    "huge integer": (_json({"pixels": _rows(10**400)}), JSON, 422, "lie in 0-255"),
+    "1e999": (_json({"pixels": _rows(0)}).replace(b"0]]", b"1e999]]"), JSON, 422, "lie in 0-255"),
+    "NaN": (_json({"pixels": _rows(0)}).replace(b"0]]", b"NaN]]"), JSON, 422, "NaN"),
+    "Infinity": (_json({"pixels": _rows(0)}).replace(b"0]]", b"Infinity]]"), JSON, 422, "Infinity"),
+    "-Infinity": (_json({"pixels": _rows(0)}).replace(b"0]]", b"-Infinity]]"), JSON, 422, "Infinity"),
+    "prepare not boolean": (_json({"pixels": _rows(0), "prepare": "yes"}), JSON, 422, "true or false"),
+    "prepare blank": (_json({"pixels": _rows(0), "prepare": True}), JSON, 422, "empty"),
+    "deeply nested": (b"[" * 100000 + b"]" * 100000, JSON, 400, "nested too deeply"),
+    "text as image": (b"hello", "image/png", 422, "not an image"),
+    "text upload": (*_upload(b"hello"), 422, "not an image"),
+    "empty upload": (*_upload(b""), 422, "empty"),
+    "truncated PNG": (seven_png()[:150], "image/png", 422, "truncated"),
+    "truncated PNG upload": (*_upload(seven_png()[:150]), 422, "truncated"),
+    "one zero byte": (*_upload(b"\x00"), 422, "not an image"),
+    "wider than 4096": (WIDE.getvalue(), "image/png", 413, "4096"),
+    "bomb header": (_png_header_only(30000, 30000), "image/png", 413, "4096"),
+    "bomb header 5000": (*_upload(_png_header_only(5000, 5000)), 413, "4096"),
+    "multipart without file": (b"--b\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--b--\r\n",
+                               "multipart/form-data; boundary=b", 422, "no file"),
+    "multipart without boundary": (b"junk", "multipart/form-data", 400, "multipart"),
+    "plain text": (b"7", "text/plain", 415, "Unsupported Content-Type 'text/plain'"),
+    "no content type": (b"7", "", 415, "Unsupported Content-Type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_sentence(client, case):
+    body, content_type, status, message = BAD_REQUESTS[case]
+    headers = {"content-type": content_type} if content_type else {}
+    answer = client.post("/api/predict", content=body, headers=headers)
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str)
+    assert __import__("re").search(message, detail), detail
+    assert client.get("/api/health").status_code == 200  # Still serving.
+
+
+def test_blank_picture_is_empty(client):
+    blank = io.BytesIO()
+    Image.new("RGB", (200, 200), (250, 250, 250)).save(blank, format="PNG")
+    answer = client.post("/api/predict", files={"file": ("blank.png", blank.getvalue(), "image/png")})
+    assert answer.status_code == 422 and "empty" in answer.json()["detail"]
+
+
+def test_oversized_body_by_content_length(client):
+    answer = client.post("/api/predict", content=b"\0" * (imaging.MAX_UPLOAD_BYTES + 100 * 1024),
+                         headers={"content-type": "image/png"})
+    assert answer.status_code == 413 and "5 MB" in answer.json()["detail"]
+
+
+def test_oversized_body_without_content_length_is_stopped_while_reading(client):
+    def chunks():  # A chunked upload declares no length; the server counts as it reads.
+        for _ in range(8):
+            yield b"\0" * (1024 * 1024)
+
+    answer = client.post("/api/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert answer.status_code == 413 and "5 MB" in answer.json()["detail"]
+
+
+def test_oversized_file_in_multipart_under_the_body_limit(client):
+    body, content_type = _upload(b"\0" * (imaging.MAX_UPLOAD_BYTES + 1))
+    answer = client.post("/api/predict", content=body, headers={"content-type": content_type})
+    assert answer.status_code == 413
+
+
+def test_other_methods_and_paths(client):
+    assert client.get("/api/predict").status_code == 405
+    missing = client.get("/api/nothing")
+    assert missing.status_code == 404 and missing.json()["detail"] == "Not Found"
+
+
+# --- A real server on loopback ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def live_server(model_path):
+    with load_test.start_server(str(model_path)) as url:
+        yield url
+
+
+def test_real_server_refuses_a_declared_6_mb_body_before_reading_it(live_server):
+    port = int(live_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                           b"Content-Length: 6291456\r\n\r\n")
+        received = b""
+        while chunk := connection.recv(65536):  # The server answers, then closes.
+            received += chunk
+    answer = received.decode()
+    assert answer.startswith("HTTP/1.1 413") and "5 MB" in answer
+
+
+def test_short_load_test_on_loopback(live_server):
+    """A small, bounded version of scripts/load_test.py (the README's figures come from the full one)."""
+    for payload in ("pixels", "png"):
+        result = load_test.run_load_test(live_server, requests=300, concurrency=20, time_limit=20, payload=payload)
+        assert result["errors"] == 0, result
+        assert result["requests"] == 300 and result["statuses"] == {"200": 300}
+        assert result["server_ms"]["p50"] < 10, result  # The issue's target for one prediction.
+        print(load_test.format_figures(result))
+
+
+def test_load_test_refuses_other_hosts():
+    with pytest.raises(ValueError, match="loopback"):
+        load_test.run_load_test("http://192.0.2.1:8000", requests=1)
+    with pytest.raises(ValueError, match="bounded"):
+        load_test.run_load_test("http://127.0.0.1:8000", requests=10**7)
