@@ -107,12 +107,13 @@ def train(config: TrainConfig, runs_dir: str | Path = "runs", data_path=None, pr
     if config.seed is None:
         # Every run gets a seed, recorded in its config, so that any run can be repeated.
         config.seed = secrets.randbelow(2**31 - config.seeds)
-    arrays = data.load_arrays(data_path)
+    session = _Session(config, data.load_arrays(data_path), print_fn, verbose)
     run = runs.new_run(runs_dir, config)
     config.save(run.file("config.json"))
     run.set_status("running", epoch=0)
     print_fn(f"digitlab: training the {config.model} net in {run.path}\n{config.describe()}")
-    return _train_in(run, config, arrays, saved=None, print_fn=print_fn, verbose=verbose)
+    session.networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
+    return session.run(run, saved=None)
 
 
 def resume(run_path: str | Path, data_path=None, print_fn=print, verbose: int | None = None) -> Run:
@@ -128,67 +129,84 @@ def resume(run_path: str | Path, data_path=None, print_fn=print, verbose: int | 
         )
     config = run.config()
     saved = checkpoint.load(run.file("checkpoint.npz"))
+    session = _Session(config, data.load_arrays(data_path), print_fn, verbose)
+    session.restore(saved)
+    runs.check_writable(run.path)
     for leftover in run.path.glob(".*.tmp*"):
         # A process killed while writing leaves its temporary file; the real file is intact.
         leftover.unlink()
-    arrays = data.load_arrays(data_path)
-    runs.check_writable(run.path)
     run.set_status("running", epoch=saved["epoch"])
     print_fn(f"digitlab: resuming {run.path} after epoch {saved['epoch']} of {config.epochs}")
-    return _train_in(run, config, arrays, saved=saved, print_fn=print_fn, verbose=verbose)
+    return session.run(run, saved=saved)
 
 
-def _train_in(run: Run, config: TrainConfig, arrays, saved, print_fn, verbose) -> Run:
-    flat = not models.is_convolutional(config.model)
-    (x_train, y_train), (x_valid, y_valid), test = data.split(arrays, config.validation, config.train_limit)
-    train_inputs, train_targets = data.to_inputs(x_train, flat), data.to_targets(y_train)
-    validation_data = (data.to_inputs(x_valid, flat), data.to_targets(y_valid))
+class _Session:
+    """Everything a run needs before its folder is touched: data, networks, engine.
 
-    networks = []
-    for index in range(config.seeds):
-        models.set_random_seed(config.seed + index)
-        networks.append(models.create_model(config))
-    if saved is None:
-        networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
-    engine = make_engine(networks, config, verbose=_default_verbose(verbose))
+    Building it first means that a configuration the engine cannot train, or a
+    checkpoint that does not fit, is reported before a run folder is created or changed.
+    """
 
-    if saved is None:
-        rngs = [np.random.RandomState(config.seed + index) for index in range(config.seeds)]
-        histories = [{key: [] for key in runs.HISTORY_KEYS} for _ in range(config.seeds)]
-        initial_epoch, wall_time_before = 0, 0.0
-    else:
-        if saved["engine"] != engine.name or saved["seeds"] != config.seeds:
+    def __init__(self, config: TrainConfig, arrays, print_fn, verbose):
+        self.config, self.arrays, self.print_fn = config, arrays, print_fn
+        self.flat = not models.is_convolutional(config.model)
+        (x_train, y_train), (x_valid, y_valid), self.test = data.split(arrays, config.validation, config.train_limit)
+        self.train_inputs, self.train_targets = data.to_inputs(x_train, self.flat), data.to_targets(y_train)
+        self.validation_data = (data.to_inputs(x_valid, self.flat), data.to_targets(y_valid))
+        self.networks = []
+        for index in range(config.seeds):
+            models.set_random_seed(config.seed + index)
+            self.networks.append(models.create_model(config))
+        self.engine = make_engine(self.networks, config, verbose=_default_verbose(verbose))
+        self.rngs = [np.random.RandomState(config.seed + index) for index in range(config.seeds)]
+        self.histories = [{key: [] for key in runs.HISTORY_KEYS} for _ in range(config.seeds)]
+
+    def restore(self, saved: dict) -> None:
+        """Loads a checkpoint's weights, optimizer state, random state and history."""
+        if saved["engine"] != self.engine.name or saved["seeds"] != self.config.seeds:
             raise RunError(
                 f"The checkpoint was written by the {saved['engine']} engine with {saved['seeds']} "
-                f"seed(s), but this run would use {engine.name} with {config.seeds}. Resume with "
-                f"--engine {'fit' if saved['engine'] == 'fit' else 'fast'}."
+                f"seed(s), but this run would use {self.engine.name} with {self.config.seeds}. Resume "
+                f"with --engine {'fit' if saved['engine'] == 'fit' else 'fast'}."
             )
-        engine.set_state(saved["state"])
-        rngs, histories = saved["rngs"], saved["histories"]
-        initial_epoch, wall_time_before = saved["epoch"], saved["wall_time_s"]
+        try:
+            self.engine.set_state(saved["state"])
+        except RunError:
+            raise
+        except ValueError as error:
+            raise RunError(
+                f"The checkpoint does not match this model ({error}); it was written for a "
+                "different configuration."
+            ) from None
+        self.rngs, self.histories = saved["rngs"], saved["histories"]
 
-    print_fn(f"Engine: {engine.name} on the {keras.backend.backend()} backend")
-    progress = _EpochEnd(run, config, engine, rngs, histories, print_fn, wall_time_before)
-    try:
-        progress.start()
-        engine.fit(
-            train_inputs, train_targets, validation_data, epochs=config.epochs,
-            initial_epoch=initial_epoch, rngs=rngs, on_epoch_end=progress,
-        )
-        engine.sync_to_models()
-        _finish(run, config, engine, networks, histories, test, flat, progress.wall_time(),
-                arrays, print_fn)
-    except KeyboardInterrupt:
-        epoch_reached = progress.epochs_done or initial_epoch
-        _record_status(run, "interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
-        raise TrainingInterrupted(run, epoch_reached) from None
-    except BaseException as error:
-        _record_status(run, "failed", epoch=progress.epochs_done or initial_epoch,
-                       message=f"{type(error).__name__}: {error}")
-        raise
-    finally:
-        progress.close()
-    return run
+    def run(self, run: Run, saved: dict | None) -> Run:
+        """Trains from the start (or from `saved`) to the end, keeping the run folder current."""
+        config, engine = self.config, self.engine
+        initial_epoch = 0 if saved is None else saved["epoch"]
+        progress = _EpochEnd(run, config, engine, self.rngs, self.histories, self.print_fn,
+                             wall_time_before=0.0 if saved is None else saved["wall_time_s"])
+        try:
+            self.print_fn(f"Engine: {engine.name} on the {keras.backend.backend()} backend")
+            progress.start()
+            engine.fit(
+                self.train_inputs, self.train_targets, self.validation_data, epochs=config.epochs,
+                initial_epoch=initial_epoch, rngs=self.rngs, on_epoch_end=progress,
+            )
+            engine.sync_to_models()
+            _finish(run, config, engine, self.networks, self.histories, self.test, self.flat,
+                    progress.wall_time(), self.arrays, self.print_fn)
+        except KeyboardInterrupt:
+            epoch_reached = progress.epochs_done or initial_epoch
+            _record_status(run, "interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
+            raise TrainingInterrupted(run, epoch_reached) from None
+        except BaseException as error:
+            _record_status(run, "failed", epoch=progress.epochs_done or initial_epoch,
+                           message=f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            progress.close()
+        return run
 
 
 def _record_status(run: Run, status: str, **details) -> None:

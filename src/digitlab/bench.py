@@ -1,0 +1,380 @@
+"""`digitlab bench`: the book's training code against digitlab's engine, side by side on this machine.
+
+Each contender trains the book's shallow net (Dense 64 sigmoid, Dense 10 softmax,
+MSE, SGD 0.01, batch 128, validation every epoch) for a few epochs in its own
+subprocess, so that Keras backends never mix and each peak memory is its own:
+
+- Keras 3 `fit` on the TensorFlow backend (needs `pip install digitlab[bench]`),
+- Keras 3 `fit` on the JAX backend,
+- digitlab's `FastEngine` with one seed, and with N seeds at once.
+
+It reports seconds per epoch (after the first, which includes compilation), the
+projected 200-epoch time, val accuracy after the epochs it ran, peak memory, and
+how far each is from the arithmetic limit: the epoch's floating-point work
+divided by this machine's measured float32 matrix-multiply speed. Speedups are
+ratios against the `fit` rows of the same run. The table is printed and written
+to `bench.json` and `bench.md`.
+
+    from digitlab import bench
+    results = bench.run_bench(epochs=3, seeds=8, out_dir="bench")
+    results = bench.run_bench(compare_seeds=5, compare_epochs=200)   # also: accuracy, engine vs fit
+
+`compare_seeds` adds the accuracy check of issue 3: S seeds of the full run with
+`fit` (JAX backend) and with the engine, from the same initial weights and batch
+orders, and their mean final val accuracy. Workers run as
+`python -m digitlab.bench --worker '{json}'`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BOOK_EPOCHS = 200
+MODEL = "shallow"
+NOT_INSTALLED = "not installed (pip install digitlab[bench])"
+
+
+def run_bench(epochs: int = 3, seeds: int = 8, out_dir: str | Path = "bench", data_path=None,
+              backends=("tensorflow", "jax"), print_fn=print, train_limit: int | None = None,
+              engine_backend: str = "auto", compare_seeds: int = 0, compare_epochs: int = BOOK_EPOCHS) -> dict:
+    """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md."""
+    _check_whole("epochs", epochs, 1)
+    _check_whole("seeds", seeds, 1)
+    _check_whole("compare_seeds", compare_seeds, 0)
+    _check_whole("compare_epochs", compare_epochs, 1)
+    if train_limit is not None:
+        _check_whole("train_limit", train_limit, 1)
+    unknown = [backend for backend in backends if backend not in ("tensorflow", "jax")]
+    if unknown:
+        raise ValueError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
+    common = dict(data_path=str(data_path) if data_path else None, train_limit=train_limit)
+    print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {machine_name()}...")
+    gflops = {"all_cores": matmul_gflops(), "one_core": matmul_gflops(threads=1)}
+    print_fn(f"float32 matrix multiply: {gflops['all_cores']:.0f} GFLOP/s "
+             f"({gflops['one_core']:.0f} on one core)")
+    rows = []
+    for backend in backends:
+        label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
+        if importlib.util.find_spec(backend) is None:
+            rows.append({"name": label, "kind": "fit", "keras_backend": backend, "status": NOT_INSTALLED})
+        else:
+            rows.append(_run_worker(label, dict(kind="fit", keras_backend=backend, epochs=epochs, seeds=[0], **common)))
+        print_fn(f"  {label}: {_short(rows[-1])}")
+    for count in sorted({1, seeds}):
+        label = f"digitlab engine, {count} seed{'s' if count > 1 else ''}"
+        rows.append(_run_worker(label, dict(kind="engine", engine_backend=engine_backend, epochs=epochs,
+                                            seeds=list(range(count)), **common)))
+        print_fn(f"  {label}: {_short(rows[-1])}")
+    # The machine's limit is its faster measured figure (a second BLAS thread can lose on a busy machine).
+    gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
+    _add_ratios(rows, gflops["limit"])
+    results = {
+        "machine": machine_info(), "gflops": gflops, "model": MODEL, "epochs": epochs,
+        "train_limit": train_limit, "rows": rows, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if compare_seeds:
+        print_fn(f"Accuracy check: {compare_seeds} seeds x {compare_epochs} epochs, fit (JAX) and the engine...")
+        results["comparison"] = run_comparison(compare_seeds, compare_epochs, engine_backend=engine_backend, **common)
+        print_fn("  " + results["comparison"]["summary"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = to_markdown(results)
+    (out_dir / "bench.md").write_text(markdown)
+    print_fn("")
+    print_fn(markdown)
+    print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
+    return results
+
+
+def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, engine_backend="auto") -> dict:
+    """Final val accuracy of `seeds` full runs with `fit` (JAX) and with the engine, same init and batches."""
+    common = dict(data_path=data_path, train_limit=train_limit, epochs=epochs, seeds=list(range(seeds)))
+    fit = _run_worker("Keras fit, JAX backend", dict(kind="fit", keras_backend="jax", **common))
+    fast = _run_worker("digitlab engine", dict(kind="engine", engine_backend=engine_backend, **common))
+    comparison = {"seeds": seeds, "epochs": epochs, "fit": fit, "engine": fast}
+    if fit["status"] != "ok" or fast["status"] != "ok":
+        comparison["summary"] = f"could not compare: fit {fit['status']}, engine {fast['status']}"
+        return comparison
+    fit_mean = statistics.mean(fit["final_val_accuracies"])
+    fast_mean = statistics.mean(fast["final_val_accuracies"])
+    comparison.update(fit_mean=fit_mean, engine_mean=fast_mean, difference=fast_mean - fit_mean,
+                      within_one_point=abs(fast_mean - fit_mean) <= 0.01)
+    comparison["summary"] = (
+        f"mean final val accuracy over {seeds} seeds x {epochs} epochs: fit {fit_mean:.4f}, "
+        f"engine {fast_mean:.4f} (difference {100 * (fast_mean - fit_mean):+.2f} points; "
+        f"fit took {fit['total_seconds']:.0f} s, the engine {fast['total_seconds']:.0f} s)"
+    )
+    return comparison
+
+
+def _check_whole(name: str, value, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}.")
+
+
+def _run_worker(label: str, spec: dict) -> dict:
+    """Runs one contender in a fresh Python process and returns its row (status "ok" or why not)."""
+    row = {"name": label, **{key: spec[key] for key in ("kind", "keras_backend", "engine_backend") if key in spec}}
+    env = dict(os.environ, KERAS_BACKEND=spec.get("keras_backend", "jax"), TF_CPP_MIN_LOG_LEVEL="3")
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "result.json"
+        command = [sys.executable, "-m", "digitlab.bench", "--worker", json.dumps({**spec, "output": str(output)})]
+        process = subprocess.run(command, env=env, capture_output=True, text=True)
+        if process.returncode != 0 or not output.exists():
+            lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
+            row["status"] = f"failed: {lines[-1] if lines else f'exit code {process.returncode}'}"
+            return row
+        row.update(json.loads(output.read_text()))
+    row["status"] = "ok"
+    return row
+
+
+def _add_ratios(rows: list[dict], gflops: float) -> None:
+    anchors = {row["keras_backend"]: row for row in rows if row["kind"] == "fit" and row["status"] == "ok"}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        row["limit_seconds_per_epoch"] = row["flops_per_epoch"] / (gflops * 1e9)
+        row["times_limit"] = row["seconds_per_epoch"] / row["limit_seconds_per_epoch"]
+        for backend, anchor in anchors.items():
+            # Per network trained: N seeds in one run count as N runs of fit.
+            row[f"speedup_vs_fit_{backend}"] = (
+                anchor["projected_seconds"] * row["networks"] / row["projected_seconds"]
+            )
+
+
+def _short(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return (f"{row['seconds_per_epoch']:.3f} s/epoch, val accuracy {row['val_accuracy']:.4f}, "
+            f"peak {row['peak_memory_mb']:.0f} MB")
+
+
+def to_markdown(results: dict) -> str:
+    """The bench results as a Markdown table with the machine it ran on."""
+    machine, gflops = results["machine"], results["gflops"]
+    lines = [
+        f"Book's shallow net (MNIST, batch 128, validation every epoch), {results['epochs']} epoch(s) measured"
+        + (f" on {results['train_limit']} training images" if results["train_limit"] else "") + ".",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul {gflops['all_cores']:.0f} GFLOP/s "
+        f"({gflops['one_core']:.0f} on one core); Keras {machine['keras']}, JAX {machine['jax']}, "
+        f"TensorFlow {machine['tensorflow']}, NumPy {machine['numpy']}; {results['created']}.",
+        "",
+        "| Engine | s/epoch | 1st epoch s | 200 epochs (projected) | val accuracy | peak memory "
+        "| × arithmetic limit | speedup vs fit TF | speedup vs fit JAX |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        if row["status"] != "ok":
+            lines.append(f"| {row['name']} | {row['status']} | | | | | | | |")
+            continue
+        speedups = [row.get(f"speedup_vs_fit_{backend}") for backend in ("tensorflow", "jax")]
+        lines.append(
+            f"| {row['name']} ({row['engine']}) | {row['seconds_per_epoch']:.3f} | {row['first_epoch_seconds']:.2f} "
+            f"| {row['projected_seconds']:.0f} s | {row['val_accuracy']:.4f} | {row['peak_memory_mb']:.0f} MB "
+            f"| {row['times_limit']:.1f} | " + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups) + " |"
+        )
+    lines += [
+        "",
+        "s/epoch: median of the epochs after the first (the first includes compilation). 200 epochs: the first "
+        "epoch plus 199 more. Rows with N seeds train N networks; their times are for all N and their speedups "
+        "are per network. × arithmetic limit: s/epoch over (the epoch's multiply-adds × 2 ÷ the measured "
+        f"GFLOP/s, {gflops['limit']:.0f}). Peak memory: the largest resident set of the process that trained.",
+    ]
+    comparison = results.get("comparison")
+    if comparison:
+        lines += ["", f"Accuracy check: {comparison['summary']}."]
+    return "\n".join(lines) + "\n"
+
+
+def machine_name() -> str:
+    info = machine_info()
+    return f"{info['cpu']} ({info['cores']} cores)"
+
+
+def machine_info() -> dict:
+    """The CPU, its core count and the library versions, read without importing Keras or TensorFlow."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib import metadata
+
+    versions = {}
+    for package, distributions in (("keras", ["keras"]), ("jax", ["jax"]), ("numpy", ["numpy"]),
+                                   ("tensorflow", ["tensorflow", "tensorflow-cpu"])):
+        versions[package] = "not installed"
+        for distribution in distributions:
+            try:
+                versions[package] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20, threads: int | None = None) -> float:
+    """This machine's float32 matrix-multiply speed (best of `repeats`), all cores or `threads` of them."""
+    from digitlab.engine import _BlasThreads
+
+    rng = np.random.default_rng(0)
+    left, right = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
+    product = np.empty_like(left)
+    best = float("inf")
+    with _BlasThreads(threads):
+        np.matmul(left, right, out=product)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            np.matmul(left, right, out=product)
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def epoch_flops(layer_sizes: list[int], train_examples: int, valid_examples: int) -> int:
+    """Floating-point operations of one epoch: forward and weight gradients, hidden-input gradients, validation.
+
+    The gradient with respect to the images themselves is not counted; neither
+    the engine nor XLA (which prunes it) computes it.
+    """
+    products = [inputs * outputs for inputs, outputs in zip(layer_sizes, layer_sizes[1:])]
+    train = 2 * (2 * sum(products) + sum(products[1:]))
+    return train * train_examples + 2 * sum(products) * valid_examples
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker side: runs in its own process, trains, and writes one JSON row.
+# ---------------------------------------------------------------------------------------------
+
+
+def _worker(spec: dict) -> dict:
+    import digitlab  # noqa: F401  (sets KERAS_BACKEND if unset)
+    from digitlab import config, data
+
+    arrays = data.load_arrays(spec.get("data_path"))
+    (x_train, y_train), (x_valid, y_valid), _ = data.split(arrays, train_limit=spec.get("train_limit"))
+    x, y = data.to_inputs(x_train), data.to_targets(y_train)
+    validation = (data.to_inputs(x_valid), data.to_targets(y_valid))
+    cfg = config.TrainConfig(model=MODEL).resolved()
+    seeds, epochs = spec["seeds"], spec["epochs"]
+    if spec["kind"] == "fit":
+        durations, histories, engine_name = _fit_worker(cfg, seeds, epochs, x, y, validation)
+    else:
+        durations, histories, engine_name = _engine_worker(cfg, seeds, epochs, x, y, validation,
+                                                           spec["engine_backend"])
+    first = float(np.mean(durations[:, 0]))
+    later = durations[:, 1:].ravel()
+    per_epoch = float(np.median(later)) if later.size else first
+    sizes = [784] + list(cfg.units) + [10]
+    final = [history[-1]["val_accuracy"] for history in histories]
+    networks_per_run = len(seeds) if spec["kind"] == "engine" else 1
+    return {
+        "engine": engine_name,
+        "networks": networks_per_run,
+        "seeds": seeds,
+        "epochs": epochs,
+        "first_epoch_seconds": first,
+        "seconds_per_epoch": per_epoch,
+        "projected_seconds": first + (BOOK_EPOCHS - 1) * per_epoch,
+        "total_seconds": float(durations.sum()),
+        "val_accuracy": float(np.mean(final)),
+        "final_val_accuracies": final,
+        "flops_per_epoch": epoch_flops(sizes, len(x), len(validation[0])) * networks_per_run,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _fit_worker(cfg, seeds, epochs, x, y, validation):
+    """Keras fit, one seed after another; returns epoch durations (seeds x epochs) and histories."""
+    import keras
+
+    from digitlab import models
+
+    durations, histories = [], []
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)
+        model = models.create_model(cfg)
+        stamps, history = [time.perf_counter()], []
+        callback = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: (stamps.append(time.perf_counter()), history.append(dict(logs)))
+        )
+        model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs, validation_data=validation, verbose=0,
+                  callbacks=[callback])
+        durations.append(np.diff(stamps))
+        histories.append(history)
+    return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
+
+
+def _engine_worker(cfg, seeds, epochs, x, y, validation, backend):
+    """The engine, all seeds at once; returns epoch durations (1 x epochs) and per-seed histories."""
+    import keras
+
+    from digitlab import engine, models
+
+    keras_models = []
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)  # The same initial weights as fit's run of this seed.
+        keras_models.append(models.create_model(cfg))
+    fast = engine.FastEngine(keras_models, cfg, backend=backend)
+    histories = [[] for _ in seeds]
+
+    def record(epoch, logs):
+        stamps.append(time.perf_counter())
+        for history, entry in zip(histories, logs):
+            history.append(entry)
+
+    stamps = [time.perf_counter()]
+    fast.fit(x, y, validation, epochs=epochs, rngs=[engine.fit_order_rng(seed, len(x)) for seed in seeds],
+             on_epoch_end=record)
+    return np.diff(stamps)[None], histories, fast.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m digitlab.bench [--epochs E] [--seeds N] [--out DIR]`, or a worker with `--worker JSON`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m digitlab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help="internal: run one contender described by this JSON")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs each contender trains (default 3)")
+    parser.add_argument("--seeds", type=int, default=8, help="networks in the many-seeds engine row (default 8)")
+    parser.add_argument("--out", default="bench", help="folder for bench.json and bench.md (default bench)")
+    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: the usual search)")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
+    parser.add_argument("--compare-seeds", type=int, default=0,
+                        help="also compare final val accuracy of this many seeds, engine vs fit (default 0: skip)")
+    parser.add_argument("--compare-epochs", type=int, default=BOOK_EPOCHS,
+                        help=f"epochs of each run in the accuracy comparison (default {BOOK_EPOCHS})")
+    args = parser.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        row = _worker(spec)
+        Path(spec["output"]).write_text(json.dumps(row))
+        return 0
+    try:
+        run_bench(epochs=args.epochs, seeds=args.seeds, out_dir=args.out, data_path=args.data,
+                  train_limit=args.train_limit, compare_seeds=args.compare_seeds,
+                  compare_epochs=args.compare_epochs)
+    except ValueError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

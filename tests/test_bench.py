@@ -1,0 +1,64 @@
+"""Tests of `digitlab bench` on a shrunken configuration: every contender runs in its own process.
+
+One epoch on a few hundred real MNIST images keeps this to about a minute, most
+of it the start-up of five worker processes (TensorFlow's is the slowest).
+"""
+
+import importlib.util
+import json
+
+import pytest
+
+from digitlab import bench
+
+ROW_NAMES = [
+    "Keras fit, TensorFlow backend",
+    "Keras fit, JAX backend",
+    "digitlab engine, 1 seed",
+    "digitlab engine, 2 seeds",
+]
+
+
+def test_run_bench_writes_every_row(tmp_path):
+    printed = []
+    results = bench.run_bench(epochs=1, seeds=2, out_dir=tmp_path, train_limit=300, print_fn=printed.append,
+                              compare_seeds=2, compare_epochs=1)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["rows"] == results["rows"]
+    assert [row["name"] for row in saved["rows"]] == ROW_NAMES
+    markdown = (tmp_path / "bench.md").read_text()
+    for row in saved["rows"]:
+        assert row["name"] in markdown
+        if row.get("keras_backend") == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
+            assert row["status"] == bench.NOT_INSTALLED
+            continue
+        assert row["status"] == "ok", row["status"]
+        assert row["seconds_per_epoch"] > 0 and row["projected_seconds"] > row["seconds_per_epoch"]
+        assert 0.0 <= row["val_accuracy"] <= 1.0
+        assert 50 < row["peak_memory_mb"] < 4000
+        assert row["times_limit"] > 0 and row["speedup_vs_fit_jax"] > 0
+    engine_rows = [row for row in saved["rows"] if row["kind"] == "engine"]
+    assert [row["networks"] for row in engine_rows] == [1, 2]
+    assert engine_rows[1]["flops_per_epoch"] == 2 * engine_rows[0]["flops_per_epoch"]
+    assert saved["gflops"]["one_core"] > 0 and saved["gflops"]["all_cores"] > 0
+    # The same seeds, initial weights and batches: fit and the engine end at the same accuracy.
+    comparison = saved["comparison"]
+    assert comparison["fit"]["final_val_accuracies"] == pytest.approx(
+        comparison["engine"]["final_val_accuracies"], abs=2e-3
+    )
+    assert comparison["within_one_point"] is True
+    assert "Accuracy check" in markdown
+    assert any("bench.md" in line for line in printed)
+
+
+def test_epoch_flops_of_the_shallow_net():
+    # Forward 784*64 + 64*10 multiply-adds, the same for weight gradients, 64*10 for the hidden input gradient.
+    assert bench.epoch_flops([784, 64, 10], 60_000, 10_000) == 2 * (2 * 50_816 + 640) * 60_000 + 2 * 50_816 * 10_000
+
+
+def test_bad_arguments_raise_value_error(tmp_path):
+    with pytest.raises(ValueError, match="epochs"):
+        bench.run_bench(epochs=0, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="Keras backend"):
+        bench.run_bench(epochs=1, backends=("torch",), out_dir=tmp_path)
+    assert bench.main(["--epochs", "0", "--out", str(tmp_path)]) == 2

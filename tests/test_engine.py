@@ -1,0 +1,261 @@
+"""Tests of the fast engine against Keras `fit` itself, on real MNIST shrunk to a few thousand images.
+
+The reference is Keras 3's own `fit` on the JAX backend: from the same initial
+weights and the same batch order the engine must end with the same weights and
+report the same history, for both of its backends.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from digitlab import config, data, engine, models
+
+TRAIN_LIMIT = 2000
+EPOCHS = 2
+SEED = 7
+BACKENDS = ("numpy", "jax")
+# The book's shallow net, the intermediate net (cross-entropy, ReLU, SGD 0.1), and Adam with momentum slots.
+CASES = {
+    "shallow-mse-sgd": dict(model="shallow"),
+    "intermediate-cce-sgd": dict(model="intermediate"),
+    "shallow-adam": dict(model="shallow", optimizer="adam", learning_rate=0.001),
+    "intermediate-sgd-momentum": dict(model="intermediate", learning_rate=0.01, momentum=0.9),
+}
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    (x_train, y_train), (x_valid, y_valid), _ = data.split(data.load_arrays(), train_limit=TRAIN_LIMIT)
+    return (
+        (data.to_inputs(x_train), data.to_targets(y_train)),
+        (data.to_inputs(x_valid[:1000]), data.to_targets(y_valid[:1000])),
+    )
+
+
+def seeded_models(settings: dict, count: int = 1, seed: int = SEED):
+    """The config and `count` compiled models built after `keras.utils.set_random_seed(seed)`."""
+    cfg = config.TrainConfig(**settings).resolved()
+    keras.utils.set_random_seed(seed)
+    return cfg, [models.create_model(cfg) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def fit_results(mnist):
+    """Keras fit's final weights and history for each case (computed once, shared by both backends)."""
+    (x, y), validation = mnist
+    results = {}
+    for case, settings in CASES.items():
+        cfg, (model,) = seeded_models(settings)
+        initial = model.get_weights()
+        np.random.seed(SEED)
+        history = model.fit(x, y, batch_size=cfg.batch_size, epochs=EPOCHS, validation_data=validation,
+                            verbose=0)
+        results[case] = (initial, model.get_weights(), history.history)
+    return results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
+    (x, y), validation = mnist
+    initial, fitted, history = fit_results[case]
+    cfg, (model,) = seeded_models(CASES[case])
+    for built, reference in zip(model.get_weights(), initial):
+        np.testing.assert_array_equal(built, reference)  # The same seed gives the same initial weights.
+    fast = engine.FastEngine([model], cfg, backend=backend)
+    logs = []
+    fast.fit(x, y, validation, epochs=EPOCHS, rngs=[engine.fit_order_rng(SEED, len(x))],
+             on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]))
+    fast.sync_to_models()
+    assert fast.name == f"fast-{backend}"
+    for trained, expected in zip(model.get_weights(), fitted):
+        np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=2e-6)
+    # The weights moved: the comparison is not between two untrained models.
+    assert max(np.abs(after - before).max() for after, before in zip(fitted, initial)) > 1e-4
+    assert len(logs) == EPOCHS
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([entry[key] for entry in logs], history[key], rtol=1e-4, atol=1e-6)
+
+
+def test_fit_shuffles_after_one_discarded_permutation(mnist):
+    """Keras fit's first permutation goes to its symbolic build; fit_order_rng skips it."""
+    (x, y), _ = mnist
+    order = engine.fit_order_rng(SEED, len(x)).permutation(len(x))
+    plain = np.random.RandomState(SEED)
+    assert not np.array_equal(order, plain.permutation(len(x)))
+    np.testing.assert_array_equal(order, plain.permutation(len(x)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_round_trip_continues_exactly(mnist, backend):
+    (x, y), validation = mnist
+    settings = dict(model="intermediate", optimizer="adam", learning_rate=0.001)
+    cfg, straight_models = seeded_models(settings, count=2)
+    straight = engine.FastEngine(straight_models, cfg, backend=backend)
+    straight_logs = []
+    straight.fit(x, y, validation, epochs=3, rngs=[np.random.RandomState(s) for s in (1, 2)],
+                 on_epoch_end=lambda epoch, logs: straight_logs.append((epoch, logs)))
+
+    cfg, first_models = seeded_models(settings, count=2)
+    first = engine.FastEngine(first_models, cfg, backend=backend)
+    first_rngs = [np.random.RandomState(s) for s in (1, 2)]
+    first.fit(x, y, validation, epochs=2, rngs=first_rngs)
+    saved = first.get_state()
+    assert int(saved["iterations"]) == 2 * int(np.ceil(len(x) / cfg.batch_size))
+    assert saved["momentum/dense_0/kernel"].shape == (2, 784, 64)
+
+    cfg, fresh_models = seeded_models(settings, count=2, seed=SEED + 1)  # Other weights, overwritten below.
+    resumed = engine.FastEngine(fresh_models, cfg, backend=backend)
+    resumed.set_state(saved)
+    resumed_logs = []
+    resumed.fit(x, y, validation, epochs=3, initial_epoch=2, rngs=first_rngs,
+                on_epoch_end=lambda epoch, logs: resumed_logs.append((epoch, logs)))
+    assert resumed_logs == straight_logs[2:]
+    final, expected = resumed.get_state(), straight.get_state()
+    assert set(final) == set(expected)
+    for name in expected:
+        np.testing.assert_array_equal(final[name], expected[name], err_msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_seeds_match_single_runs(mnist, backend):
+    (x, y), validation = mnist
+    seeds = (3, 4, 5)
+    cfg, together_models = seeded_models(dict(model="shallow"), count=len(seeds))
+    together = engine.FastEngine(together_models, cfg, backend=backend)
+    together_logs = []
+    together.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(s) for s in seeds],
+                 on_epoch_end=lambda epoch, logs: together_logs.append(logs))
+    together.sync_to_models()
+    cfg, alone_models = seeded_models(dict(model="shallow"), count=len(seeds))
+    for k, (model, seed) in enumerate(zip(alone_models, seeds)):
+        alone = engine.FastEngine([model], cfg, backend=backend)
+        alone_logs = []
+        alone.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(seed)],
+                  on_epoch_end=lambda epoch, logs: alone_logs.append(logs[0]))
+        alone.sync_to_models()
+        for single, joint in zip(model.get_weights(), together_models[k].get_weights()):
+            np.testing.assert_allclose(single, joint, rtol=1e-5, atol=1e-7)
+        for single, joint in zip(alone_logs, [logs[k] for logs in together_logs]):
+            assert single == pytest.approx(joint, rel=1e-5)
+    # Different seeds really are different networks.
+    assert not np.allclose(together_models[0].get_weights()[0], together_models[1].get_weights()[0])
+
+
+def dropout_model():
+    """A small Dense-Dropout-Dense net (not one of the book's), to exercise Dropout and RMSprop."""
+    model = keras.Sequential([
+        keras.Input(shape=(784,)),
+        layers.Dense(32, activation="tanh"),
+        layers.Dropout(0.3),
+        layers.Dense(32, activation="elu"),
+        layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSprop(0.003),
+                  metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_model_learns_and_resumes(mnist, backend):
+    (x, y), validation = mnist
+    cfg = config.TrainConfig(model="intermediate").resolved()
+    keras.utils.set_random_seed(SEED)
+    straight = engine.FastEngine([dropout_model()], cfg, backend=backend)
+    logs = []
+    straight.fit(x, y, validation, epochs=3, rngs=[np.random.RandomState(0)],
+                 on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]))
+    assert logs[-1]["val_accuracy"] > 0.8
+    keras.utils.set_random_seed(SEED)
+    first = engine.FastEngine([dropout_model()], cfg, backend=backend)
+    rng = np.random.RandomState(0)
+    first.fit(x, y, validation, epochs=2, rngs=[rng])
+    resumed = engine.FastEngine([dropout_model()], cfg, backend=backend)
+    resumed.set_state(first.get_state())
+    resumed.fit(x, y, validation, epochs=3, initial_epoch=2, rngs=[rng])
+    for name, value in straight.get_state().items():
+        np.testing.assert_array_equal(resumed.get_state()[name], value, err_msg=name)
+
+
+def test_backends_agree_on_dropout_free_models(mnist):
+    (x, y), validation = mnist
+    finals = {}
+    for backend in BACKENDS:
+        cfg, (model,) = seeded_models(dict(model="intermediate", optimizer="rmsprop", learning_rate=0.001))
+        fast = engine.FastEngine([model], cfg, backend=backend)
+        fast.fit(x, y, validation, epochs=1, rngs=[np.random.RandomState(0)])
+        finals[backend] = fast.get_state()
+    for name, value in finals["jax"].items():
+        np.testing.assert_allclose(finals["numpy"][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_unsupported_reason_names_the_problem():
+    for name in ("shallow", "intermediate"):
+        cfg = config.TrainConfig(model=name).resolved()
+        assert engine.unsupported_reason(models.create_model(cfg), cfg) is None
+    deep = config.TrainConfig(model="deep").resolved()
+    reason = engine.unsupported_reason(models.create_model(deep), deep)
+    assert "BatchNormalization" in reason and reason.endswith(".")
+    lenet = config.TrainConfig(model="lenet").resolved()
+    assert "Conv2D" in engine.unsupported_reason(models.create_model(lenet), lenet)
+    shallow = config.TrainConfig(model="shallow").resolved()
+    assert "not compiled" in engine.unsupported_reason(models.build_model(shallow), shallow)
+    model = models.build_model(shallow)
+    model.compile(loss="mean_squared_error", optimizer=keras.optimizers.Adam(amsgrad=True))
+    assert "amsgrad" in engine.unsupported_reason(model, shallow)
+    model.compile(loss="mean_absolute_error", optimizer="sgd")
+    assert "loss" in engine.unsupported_reason(model, shallow)
+    with pytest.raises(ValueError, match="BatchNormalization"):
+        engine.FastEngine([models.create_model(deep)], deep)
+
+
+def test_bad_input_raises_value_error(mnist):
+    (x, y), validation = mnist
+    cfg, (model,) = seeded_models(dict(model="shallow"))
+    with pytest.raises(ValueError, match="backend"):
+        engine.FastEngine([model], cfg, backend="tpu")
+    with pytest.raises(ValueError, match="at least one"):
+        engine.FastEngine([], cfg)
+    fast = engine.FastEngine([model], cfg, backend="numpy")
+    with pytest.raises(ValueError, match=r"\(n, 784\)"):
+        fast.fit(x[:, :100], y, validation, epochs=1)
+    with pytest.raises(ValueError, match="one random generator per model"):
+        fast.fit(x, y, validation, epochs=1, rngs=[np.random.RandomState(0)] * 2)
+    state = fast.get_state()
+    state["dense_0/kernel"] = state["dense_0/kernel"][:, :10]
+    with pytest.raises(ValueError, match="dense_0/kernel"):
+        fast.set_state(state)
+    with pytest.raises(ValueError, match="exactly the arrays"):
+        fast.set_state({"iterations": np.zeros(())})
+
+
+def test_callback_errors_propagate(mnist):
+    (x, y), validation = mnist
+    cfg, (model,) = seeded_models(dict(model="shallow"))
+    fast = engine.FastEngine([model], cfg, backend="numpy")
+
+    def stop(epoch, logs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fast.fit(x, y, validation, epochs=3, on_epoch_end=stop)
+
+
+@pytest.mark.slow
+def test_full_shallow_run_reaches_the_books_accuracy():
+    """200 epochs of the book's shallow net, two seeds at once, on all of MNIST: about 0.86."""
+    arrays = data.load_arrays()
+    (x_train, y_train), (x_valid, y_valid), _ = data.split(arrays)
+    cfg, keras_models = seeded_models(dict(model="shallow"), count=2)
+    fast = engine.FastEngine(keras_models, cfg, backend=os.environ.get("DIGITLAB_ENGINE_BACKEND", "auto"))
+    last = []
+    fast.fit(data.to_inputs(x_train), data.to_targets(y_train),
+             (data.to_inputs(x_valid), data.to_targets(y_valid)), epochs=cfg.epochs,
+             rngs=[np.random.RandomState(s) for s in (0, 1)],
+             on_epoch_end=lambda epoch, logs: last.append(logs))
+    mean_accuracy = np.mean([logs["val_accuracy"] for logs in last[-1]])
+    assert 0.845 <= mean_accuracy <= 0.9
