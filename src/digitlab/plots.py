@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib import ticker
 
 from digitlab import runs
 
@@ -116,6 +117,7 @@ def training_curves(histories: list[dict], title: str = ""):
                 axis.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.25,
                                   label=f"{name} min-max")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -200,8 +202,6 @@ def compare_curves(series: list[dict], title: str = "Validation accuracy per epo
                   marker="o" if values.shape[1] <= 25 else None, markersize=3)
         if values.shape[0] > 1:
             axis.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.2)
-    from matplotlib import ticker
-
     axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation accuracy")
