@@ -308,7 +308,7 @@ def _fit_worker(cfg, seeds, epochs, x, y, validation):
 
     durations, histories = [], []
     for seed in seeds:
-        keras.utils.set_random_seed(seed)
+        models.set_random_seed(seed)
         model = models.create_model(cfg)
         stamps, history = [time.perf_counter()], []
         callback = keras.callbacks.LambdaCallback(
@@ -323,13 +323,11 @@ def _fit_worker(cfg, seeds, epochs, x, y, validation):
 
 def _engine_worker(cfg, seeds, epochs, x, y, validation, backend):
     """The engine, all seeds at once; returns epoch durations (1 x epochs) and per-seed histories."""
-    import keras
-
     from digitlab import engine, models
 
     keras_models = []
     for seed in seeds:
-        keras.utils.set_random_seed(seed)  # The same initial weights as fit's run of this seed.
+        models.set_random_seed(seed)  # The same initial weights as fit's run of this seed.
         keras_models.append(models.create_model(cfg))
     fast = engine.FastEngine(keras_models, cfg, backend=backend)
     histories = [[] for _ in seeds]

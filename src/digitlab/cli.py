@@ -228,14 +228,14 @@ def command_runs(args) -> int:
 
 def format_runs_table(rows: list[dict]) -> str:
     """A plain-text table of `runs.list_runs` rows."""
-    header = ("run", "status", "model", "optimizer", "lr", "epochs", "best val", "final val", "time s", "date")
+    header = ("run", "status", "model", "optimizer", "lr", "epochs", "best val", "final val", "engine", "time s", "date")
     lines = [header]
     for row in rows:
         lines.append((
             row["run"], row["status"], row.get("model", "?"), row.get("optimizer", "?"),
             _cell(row.get("learning_rate")), f"{row.get('epochs', 0)}/{row.get('epochs_planned', '?')}",
             _cell(row.get("best_val_accuracy"), ".4f"), _cell(row.get("final_val_accuracy"), ".4f"),
-            _cell(row.get("wall_time_s"), ".1f"), row.get("date") or "-",
+            row.get("engine") or "-", _cell(row.get("wall_time_s"), ".1f"), row.get("date") or "-",
         ))
     widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)

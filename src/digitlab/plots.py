@@ -125,7 +125,8 @@ def training_curves(histories: list[dict], title: str = ""):
     loss_axis.set_title("Loss")
     final = histories[0]["val_accuracy"][-1] if len(histories) == 1 else np.mean(
         [history["val_accuracy"][-1] for history in histories])
-    figure.suptitle(f"{title} — final val accuracy {final:.4f}".strip(" —"))
+    label = "final val accuracy" if len(histories) == 1 else f"mean final val accuracy of {len(histories)} seeds"
+    figure.suptitle(f"{title} — {label} {final:.4f}".strip(" —"))
     figure.tight_layout()
     return figure
 

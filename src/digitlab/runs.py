@@ -282,9 +282,10 @@ class Run:
             row.update(epochs=0, best_val_accuracy=None, final_val_accuracy=None)
         try:
             metrics = self.metrics()
-            row.update(wall_time_s=metrics.get("wall_time_s"), date=metrics.get("finished"))
+            row.update(engine=metrics.get("engine"), wall_time_s=metrics.get("wall_time_s"),
+                       date=metrics.get("finished"))
         except RunError:
-            row.update(wall_time_s=None, date=None)
+            row.update(engine=None, wall_time_s=None, date=None)
         return row
 
 
