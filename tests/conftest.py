@@ -50,3 +50,20 @@ def small_npz(tmp_path, mnist_arrays) -> Path:
         x_test=mnist_arrays["x_test"][:100], y_test=mnist_arrays["y_test"][:100],
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def quick_model_path(mnist_arrays, tmp_path_factory) -> Path:
+    """The book's shallow architecture (784-64 sigmoid-10 softmax) trained for 3 quick epochs
+    (Adam and cross-entropy, so it learns in seconds) on 20,000 real images, saved as model.keras."""
+    from digitlab import config, data, models
+
+    settings = config.TrainConfig(model="shallow", optimizer="adam", learning_rate=0.003,
+                                  loss="categorical_crossentropy", epochs=3, seed=0).resolved()
+    models.set_random_seed(0)
+    model = models.create_model(settings)
+    model.fit(data.to_inputs(mnist_arrays["x_train"][:20000]), data.to_targets(mnist_arrays["y_train"][:20000]),
+              epochs=3, batch_size=128, verbose=0)
+    path = tmp_path_factory.mktemp("quick_run") / "model.keras"
+    model.save(path)
+    return path

@@ -20,8 +20,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
-import keras
-from digitlab import config, data, models
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -43,17 +41,9 @@ def load_script(name):
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    """The shallow net (784-64 sigmoid-10 softmax), 3 quick epochs with Adam, served on loopback."""
-    (x_train, y_train), _ = data.load_mnist()
-    settings = config.TrainConfig(model="shallow", optimizer="adam", learning_rate=0.003,
-                                  loss="categorical_crossentropy", epochs=3, seed=0).resolved()
-    keras.utils.set_random_seed(0)
-    model = models.create_model(settings)
-    model.fit(data.to_inputs(x_train[:20000]), data.to_targets(y_train[:20000]), epochs=3, batch_size=128, verbose=0)
-    path = tmp_path_factory.mktemp("run") / "model.keras"
-    model.save(path)
-    with load_script("load_test").start_server(str(path)) as url:
+def server_url(quick_model_path):
+    """The quick shallow net (784-64 sigmoid-10 softmax) served on loopback."""
+    with load_script("load_test").start_server(str(quick_model_path)) as url:
         yield url
 
 

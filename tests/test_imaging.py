@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
 import keras
-from digitlab import config, data, imaging, models, predict
+from digitlab import data, imaging, predict
 
 # Synthetic digits: strokes as polylines in a unit box (x right, y down).
 STROKES = {
@@ -88,19 +88,9 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
-def trained_model(mnist, tmp_path_factory):
-    """The book's shallow architecture (784-64 sigmoid-10 softmax) trained for 3 quick epochs
-    (Adam and cross-entropy so it learns in seconds), saved and loaded back as a run's model is."""
-    (x_train, y_train), _ = mnist
-    settings = config.TrainConfig(model="shallow", optimizer="adam", learning_rate=0.003,
-                                  loss="categorical_crossentropy", epochs=3, seed=0).resolved()
-    keras.utils.set_random_seed(0)
-    model = models.create_model(settings)
-    model.fit(data.to_inputs(x_train[:20000]), data.to_targets(y_train[:20000]),
-              epochs=3, batch_size=128, verbose=0)
-    path = tmp_path_factory.mktemp("run") / "model.keras"
-    model.save(path)
-    return keras.saving.load_model(path, safe_mode=True)
+def trained_model(quick_model_path):
+    """The quick shallow net, loaded back as a run's model is."""
+    return keras.saving.load_model(quick_model_path, safe_mode=True)
 
 
 @pytest.fixture(scope="session")

@@ -94,4 +94,4 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, mnist_path, engin
     assert resumed.history() == reference.history()
     for ours, theirs in zip(resumed.load_model().get_weights(), reference.load_model().get_weights()):
         np.testing.assert_array_equal(ours, theirs)
-    assert not list(run_dir.glob(".*.tmp"))
+    assert not list(run_dir.glob(".*.tmp*"))

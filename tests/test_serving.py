@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
 import keras
-from digitlab import config, data, imaging, models, predict, serving
+from digitlab import data, imaging, predict, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,22 +43,8 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
-def model_path(mnist, tmp_path_factory):
-    """The shallow net (784-64 sigmoid-10 softmax), 3 quick epochs with Adam, saved as model.keras."""
-    (x_train, y_train), _ = mnist
-    settings = config.TrainConfig(model="shallow", optimizer="adam", learning_rate=0.003,
-                                  loss="categorical_crossentropy", epochs=3, seed=0).resolved()
-    keras.utils.set_random_seed(0)
-    model = models.create_model(settings)
-    model.fit(data.to_inputs(x_train[:20000]), data.to_targets(y_train[:20000]), epochs=3, batch_size=128, verbose=0)
-    path = tmp_path_factory.mktemp("run") / "model.keras"
-    model.save(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def model(model_path):
-    return keras.saving.load_model(model_path, safe_mode=True)
+def model(quick_model_path):
+    return keras.saving.load_model(quick_model_path, safe_mode=True)
 
 
 @pytest.fixture(scope="session")
@@ -348,8 +334,8 @@ def test_other_methods_and_paths(client):
 # --- A real server on loopback ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def live_server(model_path):
-    with load_test.start_server(str(model_path)) as url:
+def live_server(quick_model_path):
+    with load_test.start_server(str(quick_model_path)) as url:
         yield url
 
 

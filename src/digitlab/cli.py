@@ -18,7 +18,6 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
 
 from digitlab import config as config_module
 from digitlab.config import MODEL_DEFAULTS, TrainConfig

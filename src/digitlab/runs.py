@@ -29,7 +29,6 @@ import errno
 import json
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,41 +40,18 @@ STATUSES = ("running", "interrupted", "complete", "failed")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-def _file_mode() -> int:
-    """The mode a plain `open()` would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 class RunError(ValueError):
     """A run folder is missing, unreadable, or cannot be written."""
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Writes `payload` to `path` through a temporary file and a rename.
+    """Writes `payload` to `path` through a temporary file and a rename (see `atomic_save`)."""
 
-    If the disk fills or the folder is read-only, the temporary file is removed,
-    `path` keeps its previous content, and RunError says what happened.
-    """
-    path = Path(path)
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise RunError(_describe_write_error(path, error)) from None
-    try:
-        os.chmod(temporary, _file_mode())
-        with os.fdopen(descriptor, "wb") as handle:
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
             handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        _remove_quietly(temporary)
-        raise RunError(_describe_write_error(path, error)) from None
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
+
+    atomic_save(path, write)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -87,7 +63,11 @@ def atomic_write_json(path: Path, value) -> None:
 
 
 def atomic_save(path: Path, save) -> None:
-    """Calls `save(temporary_path)` (for writers that need a file name), then renames."""
+    """Calls `save(temporary_path)`, flushes it to disk, then renames it to `path`.
+
+    If the disk fills or the folder is read-only, the temporary file is removed,
+    `path` keeps its previous content, and RunError says what happened.
+    """
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
