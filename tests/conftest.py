@@ -67,3 +67,18 @@ def quick_model_path(mnist_arrays, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("quick_run") / "model.keras"
     model.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, mnist_path) -> Path:
+    """A complete run folder made by `digitlab train` itself: 2 epochs on 3,000 images.
+
+    Tests that damage a run copy it first; this folder stays as it was trained.
+    """
+    from digitlab import cli
+
+    runs_dir = tmp_path_factory.mktemp("trained_runs")
+    assert cli.main(["train", "--epochs", "2", "--train-limit", "3000", "--seed", "1",
+                     "--runs-dir", str(runs_dir)]) == 0
+    (path,) = runs_dir.iterdir()
+    return path

@@ -15,15 +15,6 @@ import pytest
 from digitlab import cli
 
 
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory, mnist_path):
-    runs_dir = tmp_path_factory.mktemp("good_runs")
-    assert cli.main(["train", "--epochs", "2", "--train-limit", "1000", "--seed", "4",
-                     "--runs-dir", str(runs_dir)]) == 0
-    (path,) = runs_dir.iterdir()
-    return path
-
-
 def snapshot(folder):
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
@@ -145,21 +136,21 @@ def _write_lambda_model(path):
         ("model-with-code", "could not be loaded as a Keras model"),
     ],
 )
-def test_damaged_run_folders(capsys, tmp_path, good_run, how, message):
+def test_damaged_run_folders(capsys, tmp_path, trained_run, how, message):
     run_dir = tmp_path / "run"
-    shutil.copytree(good_run, run_dir)
+    shutil.copytree(trained_run, run_dir)
     _damage(run_dir, how)
     before = snapshot(run_dir)
-    original = snapshot(good_run)
+    original = snapshot(trained_run)
     if how == "config-not-json":
         message = "damaged or not JSON"
     expect_clear_error(capsys, ["predict", run_dir, "--index", "3"], message)
-    assert snapshot(run_dir) == before and snapshot(good_run) == original
+    assert snapshot(run_dir) == before and snapshot(trained_run) == original
 
 
-def test_unsafe_model_is_refused_with_its_reason(capsys, tmp_path, good_run):
+def test_unsafe_model_is_refused_with_its_reason(capsys, tmp_path, trained_run):
     run_dir = tmp_path / "run"
-    shutil.copytree(good_run, run_dir)
+    shutil.copytree(trained_run, run_dir)
     _write_lambda_model(run_dir / "model.keras")
     expect_clear_error(capsys, ["predict", run_dir, "--index", "3"], "safe_mode")
 
@@ -172,9 +163,9 @@ def test_unsafe_model_is_refused_with_its_reason(capsys, tmp_path, good_run):
         ("other-config", "does not match this model"),
     ],
 )
-def test_bad_checkpoints_cannot_be_resumed(capsys, tmp_path, good_run, how, message):
+def test_bad_checkpoints_cannot_be_resumed(capsys, tmp_path, trained_run, how, message):
     run_dir = tmp_path / "run"
-    shutil.copytree(good_run, run_dir)
+    shutil.copytree(trained_run, run_dir)
     status = json.loads((run_dir / "status.json").read_text())
     (run_dir / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
     if how == "missing":
@@ -189,11 +180,11 @@ def test_bad_checkpoints_cannot_be_resumed(capsys, tmp_path, good_run, how, mess
     assert snapshot(run_dir) == before
 
 
-def test_runs_listing_survives_damaged_folders(capsys, tmp_path, good_run):
-    shutil.copytree(good_run, tmp_path / "good")
-    shutil.copytree(good_run, tmp_path / "bad-history")
+def test_runs_listing_survives_damaged_folders(capsys, tmp_path, trained_run):
+    shutil.copytree(trained_run, tmp_path / "good")
+    shutil.copytree(trained_run, tmp_path / "bad-history")
     (tmp_path / "bad-history" / "history.json").write_text("[1, 2")
-    shutil.copytree(good_run, tmp_path / "bad-status")
+    shutil.copytree(trained_run, tmp_path / "bad-status")
     (tmp_path / "bad-status" / "status.json").write_bytes(b"\xff\xfe")
     (tmp_path / "stray-file.txt").write_text("not a run")
     assert cli.main(["runs", "--runs-dir", str(tmp_path)]) == 0

@@ -18,15 +18,6 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, mnist_path):
-    runs_dir = tmp_path_factory.mktemp("runs")
-    assert cli.main(["train", "--epochs", "2", "--train-limit", "3000", "--seed", "1",
-                     "--runs-dir", str(runs_dir)]) == 0
-    (path,) = runs_dir.iterdir()
-    return path
-
-
 def test_explore_prints_the_facts_and_writes_the_figures(capsys, tmp_path, mnist_path):
     code, out, _ = run_cli(capsys, "explore", "--out", tmp_path / "figures")
     assert code == 0
