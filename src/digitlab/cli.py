@@ -27,7 +27,12 @@ EXIT_INTERRUPTED = 130
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each flag's default and keeps the description's line breaks."""
+    """Shows each flag's default (unless its help already says it) and keeps line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _model_defaults(field: str) -> str:
@@ -56,7 +61,9 @@ def _add_runs_dir_flag(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="digitlab", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        prog="digitlab", formatter_class=HelpFormatter,
+        description="The Shallow Net in Keras of Deep Learning Illustrated (chapter 5), and the book's later "
+        "MNIST nets: look at the data, train, evaluate, compare, predict your own digits.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
