@@ -6,7 +6,7 @@
 
 Two engines do the epochs. `fit` is Keras's own `model.fit`, exactly the book's
 code. The fast engine (`digitlab.engine`) runs the same computation (same Keras
-model and initial weights, same loss, optimizer and shuffled batches) much faster,
+model and initial weights, same loss, optimizer and shuffled batches) faster,
 and trains several seeds side by side; `engine="auto"` uses it whenever it
 supports the model. After every epoch the history is written and, every
 `checkpoint_every` epochs, a checkpoint, so an interrupted run loses at most the
