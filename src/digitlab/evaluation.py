@@ -149,11 +149,14 @@ def evaluation_images(run: runs.Run, arrays: dict[str, np.ndarray], split: str =
     return test[0], test[1], "the 10,000 test images, untouched during training (the one final check)"
 
 
-def evaluate(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validation") -> tuple[dict, dict]:
-    """Evaluates a run on already loaded data; returns (result, figures) without writing files."""
+def evaluate(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validation",
+             model=None) -> tuple[dict, dict]:
+    """Evaluates a run on already loaded data (and its model, if already loaded); returns
+    (result, figures) without writing files."""
     images, labels, description = evaluation_images(run, arrays, split)
     config = run.config()
-    model = run.load_model()
+    if model is None:
+        model = run.load_model()
     result, figures = evaluate_model(
         model, images, labels, flat=not models.is_convolutional(config.model),
         title=f"{config.model} net, {split}",

@@ -60,9 +60,9 @@ def render_report(run: runs.Run, data_path=None) -> str:
     metrics = run.metrics()
     histories = run.histories()
     arrays = data.load_arrays(data_path)
-    result, figures = evaluation.evaluate(run, arrays, "validation")
-    (x_train, y_train), _, _ = data.split(arrays, config.validation, config.train_limit)
     model = run.load_model()
+    result, figures = evaluation.evaluate(run, arrays, "validation", model=model)
+    (x_train, y_train), _, _ = data.split(arrays, config.validation, config.train_limit)
     summary_lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: summary_lines.append(line))
 
