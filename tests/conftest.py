@@ -40,6 +40,14 @@ def mnist_arrays(mnist_path):
     return data.load_arrays(mnist_path)
 
 
+@pytest.fixture(scope="session")
+def mnist(mnist_path):
+    """`(X_train, y_train), (X_valid, y_valid)` as the book loads them."""
+    from digitlab import data
+
+    return data.load_mnist(mnist_path)
+
+
 @pytest.fixture
 def small_npz(tmp_path, mnist_arrays) -> Path:
     """A real-MNIST subset (600 training and 100 test images) in Keras's npz layout."""

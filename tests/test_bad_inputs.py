@@ -15,6 +15,13 @@ import pytest
 from digitlab import cli
 
 
+@pytest.fixture
+def run_copy(tmp_path, trained_run):
+    """A copy of the trained run to damage; the original must stay as it was."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
 def snapshot(folder):
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
@@ -126,7 +133,7 @@ def _write_lambda_model(path):
     "how, message",
     [
         ("no-config", "not a digitlab run folder"),
-        ("config-not-json", "not readable JSON|damaged or not JSON"),
+        ("config-not-json", "damaged or not JSON"),
         ("config-unknown-field", "Unknown config field(s) colour"),
         ("config-bad-value", "learning_rate must be a number above 0"),
         ("newer-version", "written by a newer digitlab"),
@@ -136,23 +143,18 @@ def _write_lambda_model(path):
         ("model-with-code", "could not be loaded as a Keras model"),
     ],
 )
-def test_damaged_run_folders(capsys, tmp_path, trained_run, how, message):
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained_run, run_dir)
+def test_damaged_run_folders(capsys, run_copy, trained_run, how, message):
+    run_dir = run_copy
     _damage(run_dir, how)
     before = snapshot(run_dir)
     original = snapshot(trained_run)
-    if how == "config-not-json":
-        message = "damaged or not JSON"
     expect_clear_error(capsys, ["predict", run_dir, "--index", "3"], message)
     assert snapshot(run_dir) == before and snapshot(trained_run) == original
 
 
-def test_unsafe_model_is_refused_with_its_reason(capsys, tmp_path, trained_run):
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained_run, run_dir)
-    _write_lambda_model(run_dir / "model.keras")
-    expect_clear_error(capsys, ["predict", run_dir, "--index", "3"], "safe_mode")
+def test_unsafe_model_is_refused_with_its_reason(capsys, run_copy):
+    _write_lambda_model(run_copy / "model.keras")
+    expect_clear_error(capsys, ["predict", run_copy, "--index", "3"], "safe_mode")
 
 
 @pytest.mark.parametrize(
@@ -163,9 +165,8 @@ def test_unsafe_model_is_refused_with_its_reason(capsys, tmp_path, trained_run):
         ("other-config", "does not match this model"),
     ],
 )
-def test_bad_checkpoints_cannot_be_resumed(capsys, tmp_path, trained_run, how, message):
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained_run, run_dir)
+def test_bad_checkpoints_cannot_be_resumed(capsys, run_copy, how, message):
+    run_dir = run_copy
     status = json.loads((run_dir / "status.json").read_text())
     (run_dir / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
     if how == "missing":

@@ -83,11 +83,6 @@ def check_mnist_form(pixels):
 
 
 @pytest.fixture(scope="session")
-def mnist():
-    return data.load_mnist()
-
-
-@pytest.fixture(scope="session")
 def trained_model(quick_model_path):
     """The quick shallow net, loaded back as a run's model is."""
     return keras.saving.load_model(quick_model_path, safe_mode=True)

@@ -38,11 +38,6 @@ load_test = load_script("load_test")
 
 
 @pytest.fixture(scope="session")
-def mnist():
-    return data.load_mnist()
-
-
-@pytest.fixture(scope="session")
 def model(quick_model_path):
     return keras.saving.load_model(quick_model_path, safe_mode=True)
 
