@@ -135,7 +135,9 @@ def predict_files(
             pixels = imaging.prepare_image(path)
         except ValueError as error:
             if not skip_errors:
-                raise ValueError(f"{path}: {error}") from None
+                # Name the file once: errors from opening it already do, those about its content not.
+                message = str(error)
+                raise ValueError(message if str(path) in message else f"{path}: {message}") from None
             results.append({"path": str(path), "error": str(error)})
             continue
         result = {"path": str(path)}
