@@ -1,9 +1,11 @@
 # The two commands README shows: `make train` and `make test`. Each sets up everything first.
+# `make check` is the fast tier to run before every commit (minutes; no full-length training,
+# no killed processes, servers or browsers).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser train test
+.PHONY: setup browser train check test
 
 setup: $(STAMP)
 
@@ -25,6 +27,12 @@ browser:
 train: setup
 	$(VENV)/bin/digitlab train
 
-# The whole suite, slow reproduction tests included.
+# The fast tier: unit tests on shrunken configurations, one pytest worker per core (whole files
+# to a worker, so each module's fixtures are built once).
+CHECK_TIER := not slow and not heavy and not browser
+check: setup
+	$(PYTHON) -m pytest -ra -m "$(CHECK_TIER)" -n auto --dist loadfile
+
+# The whole suite: slow reproduction tests, killed processes, servers and browsers included.
 test: setup browser
 	$(PYTHON) -m pytest -ra

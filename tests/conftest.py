@@ -1,4 +1,5 @@
-"""Shared fixtures: the real MNIST file, small synthetic MNIST-shaped archives, quick configs.
+"""Shared fixtures: the real MNIST file, small synthetic MNIST-shaped archives, quick configs,
+a quick trained model and its server on loopback, headless Chromium, and small helpers.
 
 The tests need the real MNIST. They find it through the DIGITLAB_DATA environment
 variable (which .ci/run sets to ../shared/data/mnist.npz), or at that path beside
@@ -7,6 +8,8 @@ the project; if it is in neither place the tests fail rather than skip.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from pathlib import Path
 
@@ -19,6 +22,11 @@ SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 if not os.environ.get("DIGITLAB_DATA") and SHARED_MNIST.is_file():
     os.environ["DIGITLAB_DATA"] = str(SHARED_MNIST)
 os.environ.setdefault("KERAS_BACKEND", "jax")
+
+# Debian's chromium package (`make test` installs it); never a browser that Playwright downloads.
+CHROMIUM = os.environ.get("DIGITLAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +98,52 @@ def trained_run(tmp_path_factory, mnist_path) -> Path:
                      "--runs-dir", str(runs_dir)]) == 0
     (path,) = runs_dir.iterdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def quick_model(quick_model_path):
+    """The quick shallow net, loaded back as a run's model.keras is."""
+    import keras
+
+    return keras.saving.load_model(quick_model_path, safe_mode=True)
+
+
+@pytest.fixture(scope="session")
+def quiet():
+    """A print function that prints nothing, for `training.train(print_fn=quiet)`."""
+    return lambda *args, **kwargs: None
+
+
+@functools.cache
+def _import_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Imports a file of scripts/ as a module: `load_script("load_test").start_server(...)`."""
+    return _import_script
+
+
+@pytest.fixture(scope="module")
+def live_server(quick_model_path, load_script):
+    """The quick shallow net served by a real uvicorn in a child process on 127.0.0.1; its URL."""
+    with load_script("load_test").start_server(str(quick_model_path)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Headless Chromium (CHROMIUM) launched through Playwright; fails, never skips, when it is absent."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Headless Chromium is needed at {CHROMIUM}: install Debian's chromium package "
+                    "(apt-get install chromium; make test does) or set DIGITLAB_CHROMIUM.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -19,6 +19,7 @@ ROW_NAMES = [
 ]
 
 
+@pytest.mark.heavy
 def test_run_bench_writes_every_row(tmp_path):
     printed = []
     results = bench.run_bench(epochs=1, seeds=2, out_dir=tmp_path, train_limit=300, print_fn=printed.append,

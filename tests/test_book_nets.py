@@ -7,11 +7,10 @@ checks the final validation accuracy against the book: intermediate 0.976
 
 LeNet's convolutions are slow on a CPU with Keras's JAX backend (two to five
 minutes an epoch on a 2-core machine, against under a minute with TensorFlow's
-oneDNN kernels). So the book's full 10-epoch LeNet run is checked on the
+oneDNN kernels). So the book's full 10-epoch LeNet run is checked once, on the
 TensorFlow backend (the book's own), in a separate process since a process has
-one Keras backend; on the default JAX backend LeNet trains LENET_EPOCHS = 2 of
-its 10 epochs, which already comes within one point of the book (set
-DIGITLAB_LENET_EPOCHS=10 for all ten).
+one Keras backend; on the default JAX backend LeNet trains on a few hundred
+images, enough to show that it runs and learns there.
 """
 
 from __future__ import annotations
@@ -26,20 +25,17 @@ import pytest
 
 from digitlab import config, training
 
-LENET_EPOCHS = int(os.environ.get("DIGITLAB_LENET_EPOCHS", 2))
 TOLERANCE = 0.01  # One percentage point.
-
-
-def _quiet(*args, **kwargs):
-    pass
+# LeNet on the JAX backend: a few hundred images, a few epochs; a net that learns passes, chance is 0.1.
+LENET_QUICK = {"images": 500, "epochs": 3, "val_accuracy_at_least": 0.6}  # Measured: 0.77.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, epochs", [("intermediate", None), ("deep", None), ("lenet", LENET_EPOCHS)])
-def test_book_net_reaches_the_books_val_accuracy(model, epochs, tmp_path, mnist_path):
-    settings = config.TrainConfig(model=model, epochs=epochs, seed=0)
+@pytest.mark.parametrize("model", ["intermediate", "deep"])
+def test_book_net_reaches_the_books_val_accuracy(model, tmp_path, mnist_path, quiet):
+    settings = config.TrainConfig(model=model, seed=0)
     started = time.perf_counter()
-    run = training.train(settings, runs_dir=tmp_path, print_fn=_quiet, verbose=0)
+    run = training.train(settings, runs_dir=tmp_path, print_fn=quiet, verbose=0)
     seconds = time.perf_counter() - started
     metrics = run.metrics()
     book = settings.resolved().book_val_accuracy
@@ -50,6 +46,18 @@ def test_book_net_reaches_the_books_val_accuracy(model, epochs, tmp_path, mnist_
     assert abs(final - book) <= TOLERANCE, (
         f"The {model} net ended at val accuracy {final:.4f}, more than one point from the book's {book}."
     )
+
+
+@pytest.mark.slow
+def test_lenet_learns_on_the_default_jax_backend(tmp_path, mnist_path, quiet):
+    settings = config.TrainConfig(model="lenet", epochs=LENET_QUICK["epochs"], train_limit=LENET_QUICK["images"],
+                                  seed=0)
+    run = training.train(settings, runs_dir=tmp_path, print_fn=quiet, verbose=0)
+    metrics = run.metrics()
+    print(f"lenet on jax: {metrics['epochs']} epochs on {LENET_QUICK['images']} images, "
+          f"{metrics['wall_time_s']:.0f} s, final val accuracy {metrics['final_val_accuracy']:.4f}")
+    assert metrics["backend"] == "jax" and metrics["engine"] == "fit"
+    assert metrics["final_val_accuracy"] >= LENET_QUICK["val_accuracy_at_least"]
 
 
 @pytest.mark.slow

@@ -4,16 +4,14 @@ The real server (uvicorn, in a child process on 127.0.0.1) serves a shallow net 
 for a few seconds on real MNIST; Playwright drives Debian's /usr/bin/chromium (never a
 downloaded browser), draws a 7 stroke by stroke with the mouse, and checks that the
 prediction, the ten bars and the 28x28 preview appear, with no console errors.
+The server and the browser are conftest's `live_server` and `chromium` fixtures.
 Fails when /usr/bin/chromium is absent: `make test` installs it, so CI always runs this.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,10 +19,6 @@ from PIL import Image, ImageDraw
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ROOT = Path(__file__).resolve().parents[1]
 ONE_DIGIT = re.compile(r"^[0-9]$")
 # Playwright's expect() polls inside the page without eval, which the page's Content
 # Security Policy forbids (so page.wait_for_function cannot be used here).
@@ -33,41 +27,16 @@ from playwright.sync_api import expect  # noqa: E402
 pytestmark = pytest.mark.browser
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def server_url(quick_model_path):
-    """The quick shallow net (784-64 sigmoid-10 softmax) served on loopback."""
-    with load_script("load_test").start_server(str(quick_model_path)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Headless Chromium is needed at {CHROMIUM}: apt-get install chromium (make test does).")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
-def page(browser, server_url):
-    context = browser.new_context(viewport={"width": 1200, "height": 860}, has_touch=True)
+def page(chromium, live_server):
+    """A fresh page on the drawing page of the quick shallow net (784-64 sigmoid-10 softmax)."""
+    context = chromium.new_context(viewport={"width": 1200, "height": 860}, has_touch=True)
     page = context.new_page()
     problems = []
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.problems = problems
-    page.goto(server_url + "/")
+    page.goto(live_server + "/")
     page.wait_for_selector("#model-badge.ok")
     yield page
     context.close()

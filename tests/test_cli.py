@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from digitlab import cli, runs
+from digitlab import cli, config, runs
 
 
 def run_cli(capsys, *argv):
@@ -45,7 +46,9 @@ def test_predict_index_shows_digit_label_and_ten_probabilities(capsys, trained_r
     assert len(result["probabilities"]) == 10
     assert abs(sum(result["probabilities"]) - 1.0) < 1e-4
     code, out, _ = run_cli(capsys, "predict", trained_run, "--index", "0")
-    assert code == 0 and "7" in out
+    verdict = "right" if result["digit"] == 7 else "wrong"
+    assert code == 0
+    assert f"validation image 0: predicted {result['digit']}, true label 7 ({verdict})" in out
 
 
 def test_runs_lists_saved_runs(capsys, trained_run):
@@ -101,10 +104,11 @@ def test_unknown_flag_and_choice_are_rejected_by_argparse(capsys):
 def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # As read, whatever the terminal's width.
     assert "(default: 128)" in out and "shallow 0.01" in out and "shallow 200" in out
 
 
+@pytest.mark.heavy
 def test_console_script_and_python_m_agree(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "digitlab")
     for command in ([script, "--help"], [sys.executable, "-m", "digitlab", "--help"]):
@@ -112,6 +116,7 @@ def test_console_script_and_python_m_agree(tmp_path):
         assert done.returncode == 0 and "train" in done.stdout
 
 
+@pytest.mark.heavy
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "digitlab", "train", "--batch-size", "0",
                            "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -119,3 +124,37 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     assert done.stderr.startswith("error: batch_size must be") and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())
     assert runs.list_runs(tmp_path) == []
+
+
+def test_train_flags_are_generated_from_the_config_fields(capsys):
+    parser = cli.build_parser()
+    assert cli.config_from_args(parser.parse_args(["train"])) == config.TrainConfig()
+    every = ["--model", "deep", "--units", "32", "16", "8", "--filters", "--activation", "tanh", "--no-batch-norm",
+             "--dropout", "0.1", "--loss", "mean_squared_error", "--optimizer", "rmsprop", "--learning-rate", "0.5",
+             "--momentum", "0.5", "--batch-size", "64", "--epochs", "7", "--seed", "3", "--seeds", "2",
+             "--validation", "holdout", "--engine", "fit", "--train-limit", "99", "--checkpoint-every", "0",
+             "--tensorboard"]
+    every.remove("--filters")
+    parsed = cli.config_from_args(parser.parse_args(["train", *every]))
+    assert parsed == config.TrainConfig(
+        model="deep", units=[32, 16, 8], activation="tanh", batch_norm=False, dropout=[0.1],
+        loss="mean_squared_error", optimizer="rmsprop", learning_rate=0.5, momentum=0.5, batch_size=64, epochs=7,
+        seed=3, seeds=2, validation="holdout", engine="fit", train_limit=99, checkpoint_every=0, tensorboard=True)
+    # Every field is a flag (a field added to TrainConfig needs nothing else to reach the command line).
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    shown = capsys.readouterr().out
+    for field in dataclasses.fields(config.TrainConfig):
+        assert f"--{field.name.replace('_', '-')} " in shown and field.metadata["help"][:30] in " ".join(shown.split())
+    assert config.field_type("units") == (int, True) and config.field_type("learning_rate") == (float, False)
+    assert config.field_type("batch_norm") == (bool, False) and config.field_type("model") == (str, False)
+
+
+def test_bench_flags_share_the_config_fields_with_the_benchs_defaults():
+    from digitlab import bench
+
+    args = cli.build_parser().parse_args(["bench"])
+    assert (args.epochs, args.seeds, args.train_limit) == (bench.DEFAULTS["epochs"], bench.DEFAULTS["seeds"], None)
+    assert args.compare_epochs == config.MODEL_DEFAULTS["shallow"]["epochs"]
+    args = cli.build_parser().parse_args(["bench", "--epochs", "2", "--seeds", "4", "--train-limit", "500"])
+    assert (args.epochs, args.seeds, args.train_limit) == (2, 4, 500)

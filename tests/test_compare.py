@@ -8,23 +8,19 @@ import struct
 import pytest
 from PIL import Image
 
-from digitlab import cli, compare, config, runs, training
+from digitlab import atomic, cli, compare, config, runs, training
 
 
-def _quiet(*args, **kwargs):
-    pass
-
-
-def _train(runs_dir, **settings):
+def _train(runs_dir, quiet, **settings):
     settings = dict(epochs=3, train_limit=2000, seed=1, engine="fit", **settings)
-    return training.train(config.TrainConfig(**settings), runs_dir=runs_dir, print_fn=_quiet, verbose=0)
+    return training.train(config.TrainConfig(**settings), runs_dir=runs_dir, print_fn=quiet, verbose=0)
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, mnist_path):
+def two_runs(tmp_path_factory, mnist_path, quiet):
     """Two real short runs: the shallow net at two learning rates."""
     runs_dir = tmp_path_factory.mktemp("runs")
-    return _train(runs_dir, learning_rate=0.01), _train(runs_dir, learning_rate=1.0, tensorboard=True)
+    return _train(runs_dir, quiet, learning_rate=0.01), _train(runs_dir, quiet, learning_rate=1.0, tensorboard=True)
 
 
 def test_compare_runs_writes_the_overlay_and_returns_rows(two_runs, tmp_path):
@@ -54,9 +50,9 @@ def test_compare_includes_an_interrupted_run(two_runs, tmp_path):
     for name in ("config.json", "status.json"):
         (cut / name).write_bytes(two_runs[0].file(name).read_bytes())
     history = two_runs[0].history()
-    runs.atomic_write_json(cut / "history.json", {"seeds": [{key: values[:1] for key, values in history.items()}]})
+    atomic.write_json(cut / "history.json", {"seeds": [{key: values[:1] for key, values in history.items()}]})
     status = json.loads((cut / "status.json").read_text())
-    runs.atomic_write_json(cut / "status.json", dict(status, status="interrupted", epoch=1))
+    atomic.write_json(cut / "status.json", dict(status, status="interrupted", epoch=1))
     rows = compare.compare_runs([two_runs[0].path, cut], out_path=tmp_path / "c.png")
     assert rows[1]["status"] == "interrupted" and rows[1]["epochs"] == 1 and rows[1]["wall_time_s"] is None
     assert "1/3" in compare.format_table(rows)

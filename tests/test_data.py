@@ -198,3 +198,31 @@ def test_holdout_split_keeps_test_images_apart(mnist_arrays):
     assert len(x_train) == 1000 and test is None
     np.testing.assert_array_equal(x_valid, mnist_arrays["x_test"])
     assert hashlib.sha256(x_valid.tobytes()).hexdigest() == MNIST_SHA256["x_test"]
+
+
+def test_load_recorded_finds_a_runs_data_again(tmp_path, small_npz, mnist_path, monkeypatch):
+    record = data.load(small_npz).record()
+    assert record == {"path": str(small_npz.absolute()), "origin": "--data", "sha256": data.fingerprint(
+        data.read_npz(small_npz))}
+    # The recorded path wins over DIGITLAB_DATA while it holds the same arrays.
+    assert data.load_recorded(record).origin == "the run's record"
+    # Moved: found through the usual search, checked against the recorded hashes.
+    moved = tmp_path / "moved.npz"
+    small_npz.rename(moved)
+    monkeypatch.setenv(data.ENV_VAR, str(moved))
+    found = data.load_recorded(record)
+    assert found.path == moved and found.origin == data.ENV_VAR
+    # Other data, wherever it is found, is refused with a sentence; an explicit path is checked too.
+    monkeypatch.setenv(data.ENV_VAR, str(mnist_path))
+    with pytest.raises(data.DataError, match="not the data this run was trained on"):
+        data.load_recorded(record)
+    with pytest.raises(data.DataError, match="not the data this run was trained on"):
+        data.load_recorded(record, mnist_path)
+    assert data.load_recorded(record, moved).sha256 == record["sha256"]
+    # Gone, with nothing else to find: the message names the run's recorded path.
+    monkeypatch.delenv(data.ENV_VAR)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # Empty; the real download fails offline.
+    with pytest.raises(data.DataError, match=f"trained on the MNIST at {small_npz.absolute()}"):
+        data.load_recorded(record)
+    # A run from before data.json (an empty record): the usual search, unchecked.
+    assert data.load_recorded({}, moved).path == moved

@@ -18,6 +18,8 @@ import pytest
 
 from digitlab import checkpoint, runs
 
+pytestmark = pytest.mark.heavy
+
 
 @contextlib.contextmanager
 def tmpfs(path, options):

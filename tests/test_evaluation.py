@@ -12,23 +12,19 @@ from PIL import Image
 from digitlab import cli, config, evaluation, runs, training
 
 
-def _quiet(*args, **kwargs):
-    pass
-
-
 @pytest.fixture(scope="module")
-def test_run(tmp_path_factory, mnist_path):
+def test_run(tmp_path_factory, mnist_path, quiet):
     """A real intermediate net, 2 epochs on 3,000 images, validated on the test images as in the book."""
     settings = config.TrainConfig(model="intermediate", epochs=2, train_limit=3000, seed=5, engine="fit")
-    return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=_quiet, verbose=0)
+    return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=quiet, verbose=0)
 
 
 @pytest.fixture(scope="module")
-def holdout_run(tmp_path_factory, mnist_path):
+def holdout_run(tmp_path_factory, mnist_path, quiet):
     """A real shallow net, 1 epoch on 2,000 images, with --validation holdout."""
     settings = config.TrainConfig(model="shallow", epochs=1, train_limit=2000, seed=6, engine="fit",
                                   validation="holdout", learning_rate=1.0)
-    return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=_quiet, verbose=0)
+    return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=quiet, verbose=0)
 
 
 def _reference_scores(true_labels, predicted_labels):

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
-import keras
 from digitlab import data, imaging, predict
 
 # Synthetic digits: strokes as polylines in a unit box (x right, y down).
@@ -80,12 +79,6 @@ def check_mnist_form(pixels):
     assert 19 <= longer <= 21, f"longer side {longer}"
     row, column = centre_of_mass(pixels)
     assert abs(row - 14) <= 0.75 and abs(column - 14) <= 0.75, (row, column)
-
-
-@pytest.fixture(scope="session")
-def trained_model(quick_model_path):
-    """The quick shallow net, loaded back as a run's model is."""
-    return keras.saving.load_model(quick_model_path, safe_mode=True)
 
 
 @pytest.fixture(scope="session")
@@ -225,7 +218,7 @@ def test_mnist_digits_are_nearly_unchanged(mnist):
     assert np.mean(correlations) > 0.95 and min(correlations) > 0.75
 
 
-def test_trained_model_reads_mnist_digits_rendered_big_and_off_centre(mnist, trained_model):
+def test_trained_model_reads_mnist_digits_rendered_big_and_off_centre(mnist, quick_model):
     """Real MNIST test digits, enlarged 5-25x onto a 1400x1000 sheet of paper (dark ink on light,
     at a random place), read back through the preparation: accuracy must hold, while shrinking the
     whole sheet to 28x28 (what naive code does) fails."""
@@ -244,7 +237,7 @@ def test_trained_model_reads_mnist_digits_rendered_big_and_off_centre(mnist, tra
         naive.append(255 - np.asarray(Image.fromarray(sheet.astype(np.uint8)).resize((28, 28), Image.LANCZOS)))
 
     def accuracy(pixels):
-        return float((predict.pixel_probabilities(trained_model, np.stack(pixels)).argmax(axis=1) == labels).mean())
+        return float((predict.pixel_probabilities(quick_model, np.stack(pixels)).argmax(axis=1) == labels).mean())
 
     original = accuracy(list(images))
     assert original > 0.85
@@ -252,26 +245,26 @@ def test_trained_model_reads_mnist_digits_rendered_big_and_off_centre(mnist, tra
     assert accuracy(naive) < 0.5
 
 
-def test_trained_model_reads_the_made_up_drawings(trained_model):
+def test_trained_model_reads_the_made_up_drawings(quick_model):
     for digit in ("7", "4", "1", "0"):
         for variant in sorted(VARIANTS):
             pixels = imaging.prepare_image(draw_digit(digit, **VARIANTS[variant]))
-            probabilities = predict.pixel_probabilities(trained_model, pixels)[0]
+            probabilities = predict.pixel_probabilities(quick_model, pixels)[0]
             assert probabilities.argmax() == int(digit), (digit, variant, probabilities.round(2))
 
 
 # --- Shapes for the model -----------------------------------------------------------------
 
-def test_model_inputs_follow_the_model(trained_model):
+def test_model_inputs_follow_the_model(quick_model):
     pixels = np.full((28, 28), 255, dtype=np.uint8)
-    flat = imaging.model_inputs(pixels, trained_model)
+    flat = imaging.model_inputs(pixels, quick_model)
     assert flat.shape == (1, 784) and flat.dtype == np.float32 and flat.max() == 1.0
     assert imaging.model_inputs(np.stack([pixels] * 3), (None, 28, 28, 1)).shape == (3, 28, 28, 1)  # LeNet's shape.
     np.testing.assert_array_equal(imaging.model_inputs(pixels, (None, 784)), data.to_inputs(pixels[np.newaxis]))
     with pytest.raises(ValueError, match="takes inputs of shape"):
         imaging.model_inputs(pixels, (None, 32, 32, 3))
     with pytest.raises(ValueError, match="Expected 28x28"):
-        imaging.model_inputs(np.zeros((20, 20)), trained_model)
+        imaging.model_inputs(np.zeros((20, 20)), quick_model)
 
 
 def test_preview_is_the_input_enlarged(tmp_path):

@@ -38,6 +38,7 @@ def _outputs_text(cell) -> str:
     return "".join(parts)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name, train_limit", CASES)
 def test_notebook_runs_start_to_finish(name, train_limit, mnist_path, monkeypatch, tmp_path):
     try:

@@ -1,8 +1,8 @@
 """The HTML report of a run: self-contained, and rendered without errors by real headless Chromium.
 
 The browser test drives Debian's `chromium` (installed by the project's test
-setup) through Playwright; set DIGITLAB_CHROMIUM to use another binary. It never
-downloads a browser. Set DIGITLAB_REPORT_SCREENSHOT to a file name to keep the
+setup) through Playwright, by conftest's `chromium` fixture; set DIGITLAB_CHROMIUM
+to use another binary. It never downloads a browser. Set DIGITLAB_REPORT_SCREENSHOT to a file name to keep the
 screenshot it takes.
 """
 
@@ -17,21 +17,12 @@ import pytest
 
 from digitlab import cli, config, report, runs, training
 
-CHROMIUM = os.environ.get("DIGITLAB_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def _quiet(*args, **kwargs):
-    pass
-
-
 @pytest.fixture(scope="module")
-def holdout_run(tmp_path_factory, mnist_path):
+def holdout_run(tmp_path_factory, mnist_path, quiet):
     """A real deep net, 2 epochs on 3,000 images, validated on held-out training images."""
     settings = config.TrainConfig(model="deep", epochs=2, train_limit=3000, seed=2, engine="fit",
                                   validation="holdout")
-    return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=_quiet, verbose=0)
+    return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=quiet, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -72,32 +63,25 @@ def test_report_of_an_unfinished_run_is_refused(holdout_run, tmp_path):
 
 
 @pytest.mark.browser
-def test_report_renders_in_headless_chromium(report_path, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Headless Chromium is needed at {CHROMIUM}: install Debian's chromium package "
-                    "(apt-get install chromium) or set DIGITLAB_CHROMIUM.")
-    from playwright.sync_api import sync_playwright
-
+def test_report_renders_in_headless_chromium(report_path, tmp_path, chromium):
     problems, requests = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("request", lambda request: requests.append(request.url))
-            # Offline: any request that leaves the file fails, and would show up as a console error.
-            page.route(re.compile(r"^https?://"), lambda route: route.abort())
-            page.goto(report_path.as_uri(), wait_until="load")
-            images = page.evaluate(
-                "Array.from(document.images).map(image => ({alt: image.alt, complete: image.complete,"
-                " width: image.naturalWidth, height: image.naturalHeight}))"
-            )
-            heading = page.text_content("h1")
-            screenshot = Path(os.environ.get("DIGITLAB_REPORT_SCREENSHOT") or tmp_path / "report.png")
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        # Offline: any request that leaves the file fails, and would show up as a console error.
+        page.route(re.compile(r"^https?://"), lambda route: route.abort())
+        page.goto(report_path.as_uri(), wait_until="load")
+        images = page.evaluate(
+            "Array.from(document.images).map(image => ({alt: image.alt, complete: image.complete,"
+            " width: image.naturalWidth, height: image.naturalHeight}))"
+        )
+        heading = page.text_content("h1")
+        screenshot = Path(os.environ.get("DIGITLAB_REPORT_SCREENSHOT") or tmp_path / "report.png")
+        page.screenshot(path=str(screenshot), full_page=True)
+    finally:
+        page.close()
     assert problems == []
     assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
     assert len(images) == 4

@@ -1,5 +1,6 @@
 """Tests of serving.py and predict.py: every endpoint, every kind of bad input, the fast path
-against model.predict, and a short loopback load test against a real uvicorn server.
+against model.predict, and against a real uvicorn server (marked heavy): oversized uploads from a
+client that does not wait for `Expect: 100-continue`, and a short loopback load test.
 
 The model is the book's shallow architecture trained for 3 quick epochs on real MNIST
 (DIGITLAB_DATA) in a session fixture, saved and loaded back as a run's model.keras is.
@@ -7,11 +8,12 @@ The model is the book's shallow architecture trained for 3 quick epochs on real 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import socket
 import struct
+import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -24,27 +26,10 @@ import digitlab  # noqa: F401  (chooses the JAX backend)
 import keras
 from digitlab import data, imaging, predict, serving
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-load_test = load_script("load_test")
-
 
 @pytest.fixture(scope="session")
-def model(quick_model_path):
-    return keras.saving.load_model(quick_model_path, safe_mode=True)
-
-
-@pytest.fixture(scope="session")
-def client(model):
-    with TestClient(serving.create_app(model, run_name="test-run")) as test_client:
+def client(quick_model):
+    with TestClient(serving.create_app(quick_model, run_name="test-run")) as test_client:
         yield test_client
 
 
@@ -60,32 +45,32 @@ def seven_png(size=280, dark_on_light=False) -> bytes:
 
 # --- predict.py ---------------------------------------------------------------------------
 
-def test_fast_path_equals_model_predict(model, mnist):
+def test_fast_path_equals_model_predict(quick_model, mnist):
     _, (x_valid, _) = mnist
     inputs = data.to_inputs(x_valid[:80])
-    expected = model.predict(inputs, verbose=0)
-    one_at_a_time = np.concatenate([predict.probabilities(model, inputs[i:i + 1]) for i in range(80)])
+    expected = quick_model.predict(inputs, verbose=0)
+    one_at_a_time = np.concatenate([predict.probabilities(quick_model, inputs[i:i + 1]) for i in range(80)])
     np.testing.assert_allclose(one_at_a_time, expected, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(predict.probabilities(model, inputs[:40]), expected[:40], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(predict.probabilities(model, inputs), expected, rtol=0, atol=1e-6)  # > 64: predict
-    np.testing.assert_allclose(predict.probabilities(model, inputs[0]), expected[:1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predict.probabilities(quick_model, inputs[:40]), expected[:40], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predict.probabilities(quick_model, inputs), expected, rtol=0, atol=1e-6)  # > 64: predict
+    np.testing.assert_allclose(predict.probabilities(quick_model, inputs[0]), expected[:1], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="takes inputs of shape"):
-        predict.probabilities(model, np.zeros((1, 28, 28)))
+        predict.probabilities(quick_model, np.zeros((1, 28, 28)))
 
 
-def test_fast_path_follows_weights_changed_after_first_use(model, mnist):
+def test_fast_path_follows_weights_changed_after_first_use(quick_model, mnist):
     _, (x_valid, _) = mnist
-    twin = keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
+    twin = keras.models.clone_model(quick_model)
+    twin.set_weights(quick_model.get_weights())
     inputs = data.to_inputs(x_valid[:1])
     predict.probabilities(twin, inputs)
-    twin.set_weights([weight * 0.5 for weight in model.get_weights()])
+    twin.set_weights([weight * 0.5 for weight in quick_model.get_weights()])
     np.testing.assert_allclose(predict.probabilities(twin, inputs), twin.predict(inputs, verbose=0), atol=1e-6)
 
 
-def test_predict_index(model, mnist):
+def test_predict_index(quick_model, mnist):
     _, (x_valid, y_valid) = mnist
-    result = predict.predict_index(model, x_valid, y_valid, 0)
+    result = predict.predict_index(quick_model, x_valid, y_valid, 0)
     assert result["label"] == int(y_valid[0]) and result["index"] == 0
     assert len(result["probabilities"]) == 10 and abs(sum(result["probabilities"]) - 1) < 1e-4
     assert result["digit"] == int(np.argmax(result["probabilities"]))
@@ -95,18 +80,18 @@ def test_predict_index(model, mnist):
     assert "validation image 0" in text and f"true label {y_valid[0]}" in text
     for bad in (-1, len(x_valid), 10**9):
         with pytest.raises(ValueError, match="from 0 to 9999"):
-            predict.predict_index(model, x_valid, y_valid, bad)
+            predict.predict_index(quick_model, x_valid, y_valid, bad)
     with pytest.raises(ValueError, match="whole number"):
-        predict.predict_index(model, x_valid, y_valid, 1.5)
+        predict.predict_index(quick_model, x_valid, y_valid, 1.5)
 
 
-def test_predict_files(model, tmp_path):
+def test_predict_files(quick_model, tmp_path):
     seven = tmp_path / "seven.png"
     seven.write_bytes(seven_png(dark_on_light=True))
     other = tmp_path / "other" / "seven.png"
     other.parent.mkdir()
     other.write_bytes(seven_png(size=500))
-    results = predict.predict_files(model, [seven, other], show_dir=tmp_path / "seen")
+    results = predict.predict_files(quick_model, [seven, other], show_dir=tmp_path / "seen")
     for result in results:
         assert result["digit"] == 7
         assert [entry["digit"] for entry in result["top3"]][0] == 7 and len(result["top3"]) == 3
@@ -121,12 +106,12 @@ def test_predict_files(model, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a picture")
     with pytest.raises(ValueError, match="broken.png"):
-        predict.predict_files(model, [seven, broken])
-    skipped = predict.predict_files(model, [seven, broken], skip_errors=True)
+        predict.predict_files(quick_model, [seven, broken])
+    skipped = predict.predict_files(quick_model, [seven, broken], skip_errors=True)
     assert skipped[0]["digit"] == 7 and "not an image" in skipped[1]["error"]
     assert "error" in predict.format_result(skipped[1])
     with pytest.raises(ValueError, match="No image files"):
-        predict.predict_files(model, [])
+        predict.predict_files(quick_model, [])
 
 
 # --- Endpoints ----------------------------------------------------------------------------
@@ -143,12 +128,12 @@ def test_page_and_its_files(client):
         assert "https://" not in answer.text
 
 
-def test_health(client, model):
+def test_health(client, quick_model):
     answer = client.get("/api/health")
     assert answer.status_code == 200
     health = answer.json()
     assert health["status"] == "ok" and health["run"] == "test-run"
-    assert health["input_shape"] == [784] and health["parameters"] == model.count_params() == 50890
+    assert health["input_shape"] == [784] and health["parameters"] == quick_model.count_params() == 50890
     assert float(answer.headers["x-process-time-ms"]) >= 0
 
 
@@ -160,7 +145,7 @@ def test_docs_and_openapi(client):
     assert client.get("/docs").status_code == 200
 
 
-def test_json_pixels_equal_model_predict(client, model, mnist):
+def test_json_pixels_equal_model_predict(client, quick_model, mnist):
     _, (x_valid, y_valid) = mnist
     for index in range(5):
         answer = client.post("/api/predict", json={"pixels": x_valid[index].tolist()})
@@ -168,7 +153,7 @@ def test_json_pixels_equal_model_predict(client, model, mnist):
         result = answer.json()
         assert result["source"] == "pixels"
         np.testing.assert_array_equal(result["pixels"], x_valid[index])  # Taken as they are.
-        expected = model.predict(data.to_inputs(x_valid[index:index + 1]), verbose=0)[0]
+        expected = quick_model.predict(data.to_inputs(x_valid[index:index + 1]), verbose=0)[0]
         np.testing.assert_allclose(result["probabilities"], expected, rtol=0, atol=1e-6)
         assert result["digit"] == int(np.argmax(expected))
         assert float(answer.headers["x-process-time-ms"]) > 0
@@ -182,7 +167,7 @@ def test_json_pixels_can_be_prepared_like_a_picture(client):
 
 
 @pytest.mark.parametrize("how", ["multipart", "raw body"])
-def test_uploaded_picture_equals_model_predict_on_prepared_pixels(client, model, how):
+def test_uploaded_picture_equals_model_predict_on_prepared_pixels(client, quick_model, how):
     png = seven_png(dark_on_light=True)
     if how == "multipart":
         answer = client.post("/api/predict", files={"file": ("seven.png", png, "image/png")})
@@ -193,7 +178,7 @@ def test_uploaded_picture_equals_model_predict_on_prepared_pixels(client, model,
     assert result["digit"] == 7 and result["source"] == "image"
     pixels = np.array(result["pixels"], dtype=np.uint8)
     np.testing.assert_array_equal(pixels, imaging.prepare_image(png))  # The CLI's preparation.
-    expected = model.predict(imaging.model_inputs(pixels, model), verbose=0)[0]
+    expected = quick_model.predict(imaging.model_inputs(pixels, quick_model), verbose=0)[0]
     np.testing.assert_allclose(result["probabilities"], expected, rtol=0, atol=1e-6)
 
 
@@ -326,29 +311,82 @@ def test_other_methods_and_paths(client):
     assert missing.status_code == 404 and missing.json()["detail"] == "Not Found"
 
 
-# --- A real server on loopback ------------------------------------------------------------
+# --- A real server on loopback (conftest's live_server) ----------------------------------
 
-@pytest.fixture(scope="module")
-def live_server(quick_model_path):
-    with load_test.start_server(str(quick_model_path)) as url:
-        yield url
+def _post_with_urllib(url, body, content_type="image/png"):
+    """POSTs as most clients do: urllib sends the whole body at once, with no `Expect: 100-continue`.
+    A `bytes` body goes with its Content-Length, an iterator of chunks with `Transfer-Encoding: chunked`."""
+    request = urllib.request.Request(url + "/api/predict", data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
-def test_real_server_refuses_a_declared_6_mb_body_before_reading_it(live_server):
+def _chunks(size, chunk=1024 * 1024):
+    for start in range(0, size, chunk):
+        yield b"\0" * min(chunk, size - start)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("framing", ["Content-Length", "chunked"])
+def test_real_server_answers_413_to_a_client_that_sends_6_mb_without_waiting(live_server, framing):
+    """The body is read (and thrown away) before the answer, so the client gets the 413 and its sentence,
+    not "connection reset by peer"; the next request on a new connection is served."""
+    size = 6 * 1024 * 1024
+    status, answer = _post_with_urllib(live_server, b"\0" * size if framing == "Content-Length" else _chunks(size))
+    assert status == 413 and "5 MB" in answer["detail"], answer
+    assert "Send a smaller picture" in answer["detail"]
+    with urllib.request.urlopen(live_server + "/api/health", timeout=10) as health:
+        assert health.status == 200
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("framing", ["Content-Length", "chunked"])
+def test_real_server_closes_on_a_body_past_the_drain_limit(live_server, framing):
+    """Past serving.DRAIN_LIMIT_BYTES the server answers 413 and closes the connection without reading on:
+    a client still sending sees the connection closed under it (broken pipe or reset), never a hang,
+    and the server goes on serving."""
+    size = serving.DRAIN_LIMIT_BYTES + 8 * 1024 * 1024
+    try:
+        status, answer = _post_with_urllib(live_server, b"\0" * size if framing == "Content-Length" else _chunks(size))
+    except urllib.error.URLError as error:
+        assert isinstance(error.reason, (BrokenPipeError, ConnectionResetError)), error
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    else:  # The 413 came back before the close (the kernel had taken the whole body).
+        assert status == 413 and "5 MB" in answer["detail"], answer
+    with urllib.request.urlopen(live_server + "/api/health", timeout=10) as health:
+        assert health.status == 200
+
+
+def _send_head_and_read_answer(live_server, head: bytes) -> str:
     port = int(live_server.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                           b"Content-Length: 6291456\r\n\r\n")
+        connection.sendall(head)
         received = b""
         while chunk := connection.recv(65536):  # The server answers, then closes.
             received += chunk
-    answer = received.decode()
+    return received.decode()
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("declared, expect", [(6291456, b"Expect: 100-continue\r\n"), (64 * 1024 * 1024, b"")])
+def test_real_server_refuses_a_declared_large_body_before_reading_it(live_server, declared, expect):
+    """A client that waits for "100 Continue" (as curl does) gets the 413 before sending its 6 MB, and so
+    does any client declaring more than serving.DRAIN_LIMIT_BYTES; then the server closes."""
+    answer = _send_head_and_read_answer(live_server, b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                        b"Content-Type: image/png\r\nContent-Length: %d\r\n%s\r\n" % (declared, expect))
     assert answer.startswith("HTTP/1.1 413") and "5 MB" in answer
+    assert "100 Continue" not in answer and "connection: close" in answer.lower()
 
 
-def test_short_load_test_on_loopback(live_server):
+@pytest.mark.heavy
+def test_short_load_test_on_loopback(live_server, load_script):
     """A small, bounded version of scripts/load_test.py: no errors under concurrency. (Speed targets
     are judged from the full script's figures in README, not by timing assertions here.)"""
+    load_test = load_script("load_test")
     for payload in ("pixels", "png"):
         result = load_test.run_load_test(live_server, requests=300, concurrency=20, time_limit=20, payload=payload)
         assert result["errors"] == 0, result
@@ -357,7 +395,8 @@ def test_short_load_test_on_loopback(live_server):
         print(load_test.format_figures(result))
 
 
-def test_load_test_refuses_other_hosts():
+def test_load_test_refuses_other_hosts(load_script):
+    load_test = load_script("load_test")
     with pytest.raises(ValueError, match="loopback"):
         load_test.run_load_test("http://192.0.2.1:8000", requests=1)
     with pytest.raises(ValueError, match="bounded"):

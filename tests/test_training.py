@@ -12,20 +12,16 @@ from digitlab import config, runs, training
 QUICK = dict(epochs=3, train_limit=2000, seed=11)
 
 
-def _quiet(*args, **kwargs):
-    pass
-
-
 @pytest.fixture(params=["fit", "fast"])
 def engine(request):
     return request.param
 
 
-def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine):
-    run = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=_quiet, verbose=0)
+def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine, quiet):
+    run = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0)
     names = {path.name for path in run.path.iterdir()}
     assert {"config.json", "status.json", "history.csv", "history.json", "model.keras", "checkpoint.npz",
-            "curves.png", "metrics.json"} <= names
+            "curves.png", "metrics.json", "data.json"} <= names
     assert not [name for name in names if ".tmp" in name]
     assert run.status()["status"] == "complete"
     history = run.history()
@@ -35,33 +31,37 @@ def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine):
     metrics = run.metrics()
     assert metrics["final_val_accuracy"] == pytest.approx(history["val_accuracy"][-1])
     assert metrics["backend"] == "jax" and metrics["wall_time_s"] > 0
-    assert metrics["engine"] == ("fit" if engine == "fit" else metrics["engine"])
+    # The fast engine runs its NumPy backend on a CPU (JAX here is the CPU build).
+    assert metrics["engine"] == {"fit": "fit", "fast": "fast-numpy"}[engine]
     assert "keras" in metrics["versions"] and len(metrics["data_sha256"]) == 4
+    recorded = run.read_json("data.json")
+    assert recorded == {"path": str(mnist_path.absolute()), "origin": "DIGITLAB_DATA",
+                        "sha256": metrics["data_sha256"]}
     saved = run.config()
     assert saved == config.TrainConfig(engine=engine, **QUICK).resolved()
     model = run.load_model()
     assert model.count_params() == 50_890
 
 
-def test_same_seed_same_history(tmp_path, mnist_path, engine):
-    first = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=_quiet, verbose=0)
+def test_same_seed_same_history(tmp_path, mnist_path, engine, quiet):
+    first = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0)
     second = training.train(config.TrainConfig.load(first.file("config.json")), runs_dir=tmp_path,
-                            print_fn=_quiet, verbose=0)
+                            print_fn=quiet, verbose=0)
     assert first.path != second.path
     assert first.history() == second.history()
     for a, b in zip(first.load_model().get_weights(), second.load_model().get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_run_without_seed_records_the_one_it_drew(tmp_path, mnist_path):
+def test_a_run_without_seed_records_the_one_it_drew(tmp_path, mnist_path, quiet):
     run = training.train(config.TrainConfig(engine="fit", epochs=1, train_limit=500), runs_dir=tmp_path,
-                         print_fn=_quiet, verbose=0)
+                         print_fn=quiet, verbose=0)
     assert isinstance(run.config().seed, int)
 
 
-def test_holdout_validation_touches_the_test_set_once(tmp_path, mnist_path):
+def test_holdout_validation_touches_the_test_set_once(tmp_path, mnist_path, quiet):
     run = training.train(config.TrainConfig(engine="fit", validation="holdout", **QUICK), runs_dir=tmp_path,
-                         print_fn=_quiet, verbose=0)
+                         print_fn=quiet, verbose=0)
     metrics = run.metrics()
     assert 0.0 < metrics["test_accuracy"] <= 1.0 and metrics["validation"] == "holdout"
 
@@ -96,8 +96,8 @@ def test_interrupt_saves_and_marks_interrupted(tmp_path, mnist_path):
     assert calls
 
 
-def test_unwritable_runs_dir_is_reported_before_training(tmp_path, mnist_path):
+def test_unwritable_runs_dir_is_reported_before_training(tmp_path, mnist_path, quiet):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(runs.RunError, match="not a folder|not writable|Could not write"):
-        training.train(config.TrainConfig(engine="fit", **QUICK), runs_dir=blocker / "runs", print_fn=_quiet)
+        training.train(config.TrainConfig(engine="fit", **QUICK), runs_dir=blocker / "runs", print_fn=quiet)

@@ -27,10 +27,10 @@ orders, and their mean final val accuracy. Workers run as
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,14 +41,20 @@ from pathlib import Path
 
 import numpy as np
 
-BOOK_EPOCHS = 200
+from digitlab import system
+from digitlab.config import MODEL_DEFAULTS
+
 MODEL = "shallow"
+BOOK_EPOCHS = MODEL_DEFAULTS[MODEL]["epochs"]
+# The defaults of `digitlab bench` (and of `run_bench`): a few epochs, and 8 seeds in the many-seeds row.
+DEFAULTS = {"epochs": 3, "seeds": 8, "train_limit": None, "compare_epochs": BOOK_EPOCHS}
 NOT_INSTALLED = "not installed (pip install digitlab[bench])"
 
 
-def run_bench(epochs: int = 3, seeds: int = 8, out_dir: str | Path = "bench", data_path=None,
+def run_bench(epochs: int = DEFAULTS["epochs"], seeds: int = DEFAULTS["seeds"], out_dir: str | Path = "bench", data_path=None,
               backends=("tensorflow", "jax"), print_fn=print, train_limit: int | None = None,
-              engine_backend: str = "auto", compare_seeds: int = 0, compare_epochs: int = BOOK_EPOCHS) -> dict:
+              engine_backend: str = "auto", compare_seeds: int = 0,
+              compare_epochs: int = DEFAULTS["compare_epochs"]) -> dict:
     """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md."""
     _check_whole("epochs", epochs, 1)
     _check_whole("seeds", seeds, 1)
@@ -201,44 +207,26 @@ def to_markdown(results: dict) -> str:
 
 
 def machine_name() -> str:
-    info = machine_info()
+    info = system.machine_info()
     return f"{info['cpu']} ({info['cores']} cores)"
 
 
 def machine_info() -> dict:
-    """The CPU, its core count and the library versions, read without importing Keras or TensorFlow."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib import metadata
-
-    versions = {}
-    for package, distributions in (("keras", ["keras"]), ("jax", ["jax"]), ("numpy", ["numpy"]),
-                                   ("tensorflow", ["tensorflow", "tensorflow-cpu"])):
-        versions[package] = "not installed"
-        for distribution in distributions:
-            try:
-                versions[package] = metadata.version(distribution)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+    """The machine and the versions the table names, read without importing Keras or TensorFlow."""
+    versions = system.software_versions()
+    return {**system.machine_info(), "python": versions["python"],
+            **{package: system.version_of(versions, package) for package in ("keras", "jax", "numpy", "tensorflow")}}
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20, threads: int | None = None) -> float:
     """This machine's float32 matrix-multiply speed (best of `repeats`), all cores or `threads` of them."""
-    from digitlab.engine import _BlasThreads
+    from digitlab.engine import blas
 
     rng = np.random.default_rng(0)
     left, right = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
     product = np.empty_like(left)
     best = float("inf")
-    with _BlasThreads(threads):
+    with blas.BlasThreads(threads):
         np.matmul(left, right, out=product)
         for _ in range(repeats):
             start = time.perf_counter()
@@ -267,17 +255,14 @@ def _worker(spec: dict) -> dict:
     import digitlab  # noqa: F401  (sets KERAS_BACKEND if unset)
     from digitlab import config, data
 
-    arrays = data.load_arrays(spec.get("data_path"))
-    (x_train, y_train), (x_valid, y_valid), _ = data.split(arrays, train_limit=spec.get("train_limit"))
-    x, y = data.to_inputs(x_train), data.to_targets(y_train)
-    validation = (data.to_inputs(x_valid), data.to_targets(y_valid))
-    cfg = config.TrainConfig(model=MODEL).resolved()
-    seeds, epochs = spec["seeds"], spec["epochs"]
+    seeds = spec["seeds"]  # Consecutive: 0, 1, ..., N-1.
+    cfg = config.TrainConfig(model=MODEL, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds),
+                             train_limit=spec.get("train_limit")).resolved()
+    (x, y), validation, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit)
     if spec["kind"] == "fit":
-        durations, histories, engine_name = _fit_worker(cfg, seeds, epochs, x, y, validation)
+        durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
     else:
-        durations, histories, engine_name = _engine_worker(cfg, seeds, epochs, x, y, validation,
-                                                           spec["engine_backend"])
+        durations, histories, engine_name = _engine_worker(cfg, x, y, validation, spec["engine_backend"])
     first = float(np.mean(durations[:, 0]))
     later = durations[:, 1:].ravel()
     per_epoch = float(np.median(later)) if later.size else first
@@ -288,7 +273,7 @@ def _worker(spec: dict) -> dict:
         "engine": engine_name,
         "networks": networks_per_run,
         "seeds": seeds,
-        "epochs": epochs,
+        "epochs": cfg.epochs,
         "first_epoch_seconds": first,
         "seconds_per_epoch": per_epoch,
         "projected_seconds": first + (BOOK_EPOCHS - 1) * per_epoch,
@@ -300,77 +285,64 @@ def _worker(spec: dict) -> dict:
     }
 
 
-def _fit_worker(cfg, seeds, epochs, x, y, validation):
-    """Keras fit, one seed after another; returns epoch durations (seeds x epochs) and histories."""
+def _fit_worker(cfg, x, y, validation):
+    """Keras fit through `FitEngine`, one seed after another; returns epoch durations (seeds x epochs), histories.
+
+    Seed s shuffles with `np.random.RandomState(s)`, as in the engine rows: both train on the same batches.
+    """
     import keras
 
-    from digitlab import models
+    from digitlab import engine, models
 
     durations, histories = [], []
-    for seed in seeds:
-        models.set_random_seed(seed)
-        model = models.create_model(cfg)
-        stamps, history = [time.perf_counter()], []
-        callback = keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: (stamps.append(time.perf_counter()), history.append(dict(logs)))
-        )
-        model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs, validation_data=validation, verbose=0,
-                  callbacks=[callback])
-        durations.append(np.diff(stamps))
-        histories.append(history)
+    for index in range(cfg.seeds):
+        single = dataclasses.replace(cfg, seed=cfg.seed + index, seeds=1)
+        (network,) = models.create_seeded_models(single)
+        fit = engine.FitEngine(network, single, verbose=0)
+        timer = _EpochTimer(1)
+        fit.fit(x, y, validation, epochs=single.epochs, rngs=[np.random.RandomState(single.seed)], on_epoch_end=timer)
+        durations.append(timer.durations())
+        histories += timer.histories
     return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
 
 
-def _engine_worker(cfg, seeds, epochs, x, y, validation, backend):
+def _engine_worker(cfg, x, y, validation, backend):
     """The engine, all seeds at once; returns epoch durations (1 x epochs) and per-seed histories."""
     from digitlab import engine, models
 
-    keras_models = []
-    for seed in seeds:
-        models.set_random_seed(seed)  # The same initial weights as fit's run of this seed.
-        keras_models.append(models.create_model(cfg))
-    fast = engine.FastEngine(keras_models, cfg, backend=backend)
-    histories = [[] for _ in seeds]
+    # The same initial weights and batches as fit's run of each seed.
+    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend)
+    timer = _EpochTimer(cfg.seeds)
+    fast.fit(x, y, validation, epochs=cfg.epochs, rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
+             on_epoch_end=timer)
+    return timer.durations()[None], timer.histories, fast.name
 
-    def record(epoch, logs):
-        stamps.append(time.perf_counter())
-        for history, entry in zip(histories, logs):
+
+class _EpochTimer:
+    """An engine's `on_epoch_end` for the workers: when each epoch ended, and each model's logs."""
+
+    def __init__(self, count: int):
+        self.stamps = [time.perf_counter()]
+        self.histories = [[] for _ in range(count)]
+
+    def __call__(self, epoch: int, logs: list[dict]) -> None:
+        self.stamps.append(time.perf_counter())
+        for history, entry in zip(self.histories, logs):
             history.append(entry)
 
-    stamps = [time.perf_counter()]
-    fast.fit(x, y, validation, epochs=epochs, rngs=[engine.fit_order_rng(seed, len(x)) for seed in seeds],
-             on_epoch_end=record)
-    return np.diff(stamps)[None], histories, fast.name
+    def durations(self) -> np.ndarray:
+        """Seconds of each epoch, from the timer's creation on."""
+        return np.diff(self.stamps)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m digitlab.bench [--epochs E] [--seeds N] [--out DIR]`, or a worker with `--worker JSON`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m digitlab.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", help="internal: run one contender described by this JSON")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs each contender trains (default 3)")
-    parser.add_argument("--seeds", type=int, default=8, help="networks in the many-seeds engine row (default 8)")
-    parser.add_argument("--out", default="bench", help="folder for bench.json and bench.md (default bench)")
-    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: the usual search)")
-    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
-    parser.add_argument("--compare-seeds", type=int, default=0,
-                        help="also compare final val accuracy of this many seeds, engine vs fit (default 0: skip)")
-    parser.add_argument("--compare-epochs", type=int, default=BOOK_EPOCHS,
-                        help=f"epochs of each run in the accuracy comparison (default {BOOK_EPOCHS})")
-    args = parser.parse_args(argv)
-    if args.worker:
-        spec = json.loads(args.worker)
-        row = _worker(spec)
-        Path(spec["output"]).write_text(json.dumps(row))
-        return 0
-    try:
-        run_bench(epochs=args.epochs, seeds=args.seeds, out_dir=args.out, data_path=args.data,
-                  train_limit=args.train_limit, compare_seeds=args.compare_seeds,
-                  compare_epochs=args.compare_epochs)
-    except ValueError as error:
-        print(f"Error: {error}", file=sys.stderr)
+    """`python -m digitlab.bench --worker JSON`: runs one contender (the command is `digitlab bench`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["--worker"] or len(argv) != 2:
+        print("This module runs the benchmark's workers; run the benchmark with `digitlab bench`.", file=sys.stderr)
         return 2
+    spec = json.loads(argv[1])
+    Path(spec["output"]).write_text(json.dumps(_worker(spec)))
     return 0
 
 

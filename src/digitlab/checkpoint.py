@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.runs import RunError, atomic_write_bytes
+from digitlab import atomic
+from digitlab.runs import RunError
 
 FORMAT_VERSION = 1
 
@@ -47,7 +48,7 @@ def save(path: Path, *, engine: str, epoch: int, state: dict[str, np.ndarray],
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    atomic.write_bytes(Path(path), buffer.getvalue())
 
 
 def load(path: Path) -> dict:

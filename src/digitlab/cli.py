@@ -15,6 +15,7 @@ with status 2; Ctrl-C during training saves the run and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -74,25 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a network (the book's shallow net by default)",
                                 formatter_class=HelpFormatter)
-    train.add_argument("--model", default="shallow", choices=config_module.MODELS, help="which of the book's nets")
-    train.add_argument("--units", type=int, nargs="+", default=None, help=f"hidden Dense widths; {_model_defaults('units')}")
-    train.add_argument("--filters", type=int, nargs="+", default=None, help=f"Conv2D filter counts (lenet); {_model_defaults('filters')}")
-    train.add_argument("--activation", default=None, choices=config_module.ACTIVATIONS, help=f"hidden activation; {_model_defaults('activation')}")
-    train.add_argument("--batch-norm", default=None, action=argparse.BooleanOptionalAction, help=f"BatchNormalization after each hidden Dense layer; {_model_defaults('batch_norm')}")
-    train.add_argument("--dropout", type=float, nargs="+", default=None, help=f"Dropout rates; {_model_defaults('dropout')}")
-    train.add_argument("--loss", default=None, choices=config_module.LOSSES, help=f"{_model_defaults('loss')}")
-    train.add_argument("--optimizer", default=None, choices=config_module.OPTIMIZERS, help=f"{_model_defaults('optimizer')}")
-    train.add_argument("--learning-rate", type=float, default=None, help=f"{_model_defaults('learning_rate')}")
-    train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    train.add_argument("--batch-size", type=int, default=128, help="images per gradient step")
-    train.add_argument("--epochs", type=int, default=None, help=f"{_model_defaults('epochs')}")
-    train.add_argument("--seed", type=int, default=None, help="random seed; the same seed on the same machine and backend repeats a run (default: a random seed, recorded in the run)")
-    train.add_argument("--seeds", type=int, default=1, help="train this many networks side by side (seeds SEED, SEED+1, ...) and plot their spread")
-    train.add_argument("--validation", default="test", choices=config_module.VALIDATIONS, help="'test' validates on the 10,000 test images as the book does; 'holdout' holds out 10,000 training images and touches the test set once, at the end")
-    train.add_argument("--engine", default="auto", choices=config_module.ENGINES, help="'fit' is Keras's model.fit; 'fast' is digitlab's engine; 'auto' uses fast where it supports the model")
-    train.add_argument("--train-limit", type=int, default=None, help="use only the first N training images (quick experiments; default: all)")
-    train.add_argument("--checkpoint-every", type=int, default=1, help="save a checkpoint every N epochs (0: never)")
-    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs into the run folder")
+    add_config_flags(train)
     train.add_argument("--config", metavar="CONFIG_JSON", default=None, help="re-run a saved config.json (flags are ignored)")
     train.add_argument("--resume", metavar="RUN", default=None, help="continue an interrupted run from its last checkpoint")
     _add_data_flag(train)
@@ -137,29 +120,54 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
 
+    bench_defaults = _bench_defaults()
     bench = commands.add_parser("bench", help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
                                 formatter_class=HelpFormatter)
-    bench.add_argument("--epochs", type=int, default=3, help="epochs each contender trains")
-    bench.add_argument("--seeds", type=int, default=8, help="networks in the many-seeds engine row")
+    add_config_flags(bench, names=("epochs", "seeds", "train_limit"), defaults=bench_defaults)
     bench.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
-    bench.add_argument("--train-limit", type=int, default=None, help="train on the first N images only (default: all)")
     bench.add_argument("--compare-seeds", type=int, default=0, help="also compare the final val accuracy of this many seeds, engine against fit (0: skip)")
-    bench.add_argument("--compare-epochs", type=int, default=200, help="epochs of each run in the accuracy comparison")
+    bench.add_argument("--compare-epochs", type=int, default=bench_defaults["compare_epochs"], help="epochs of each run in the accuracy comparison")
     _add_data_flag(bench)
     return parser
 
 
-def _config_from_args(args) -> TrainConfig:
+def add_config_flags(parser: argparse.ArgumentParser, names=None, defaults=None) -> None:
+    """Adds a flag for each named TrainConfig field (all by default), from the field itself.
+
+    The flag's type, choices, help and default come from the dataclass field (its type
+    hint, its metadata and its default); `defaults` overrides a default for this parser.
+    Fields left at None take the model's own value, which the help lists.
+    """
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    for name in names or fields:
+        field, defaults_here = fields[name], defaults or {}
+        kind, is_list = config_module.field_type(name)
+        default = defaults_here.get(name, field.default)
+        help_text = field.metadata["help"]
+        if default is None and name in next(iter(MODEL_DEFAULTS.values())):
+            help_text += f"; {_model_defaults(name)}"
+        options = dict(default=default, help=help_text, dest=name)
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            if is_list:
+                options["nargs"] = "+"
+            if "choices" in field.metadata:
+                options["choices"] = field.metadata["choices"]
+        parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+def config_from_args(args) -> TrainConfig:
     if args.config:
         return TrainConfig.load(args.config)
-    return TrainConfig(
-        model=args.model, units=args.units, filters=args.filters, activation=args.activation,
-        batch_norm=args.batch_norm, dropout=args.dropout, loss=args.loss, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size,
-        epochs=args.epochs, seed=args.seed, seeds=args.seeds, validation=args.validation,
-        engine=args.engine, train_limit=args.train_limit, checkpoint_every=args.checkpoint_every,
-        tensorboard=args.tensorboard,
-    )
+    return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+
+
+def _bench_defaults() -> dict:
+    from digitlab import bench
+
+    return bench.DEFAULTS
 
 
 def command_explore(args) -> int:
@@ -178,7 +186,7 @@ def command_train(args) -> int:
         if args.resume:
             training.resume(args.resume, data_path=args.data)
         else:
-            config = _config_from_args(args)
+            config = config_from_args(args)
             config.resolved()  # Report a bad flag before loading anything.
             training.train(config, runs_dir=args.runs_dir, data_path=args.data)
     except training.TrainingInterrupted as stop:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from pathlib import Path
+
+from digitlab import atomic
 
 # The book's settings for each of its MNIST nets (chapters 5, 8, 9 and 10).
 MODEL_DEFAULTS: dict[str, dict] = {
@@ -51,29 +54,45 @@ VALIDATIONS = ("test", "holdout")
 HOLDOUT_SIZE = 10_000
 
 
+def _field(default, help: str, **metadata):
+    """A TrainConfig field with the help text its command-line flag shows (and, optionally, choices)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, **metadata))
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """The hyperparameters of one training run. `None` means "the model's default"."""
+    """The hyperparameters of one training run. `None` means "the model's default".
 
-    model: str = "shallow"
-    units: list[int] | None = None
-    filters: list[int] | None = None
-    activation: str | None = None
-    batch_norm: bool | None = None
-    dropout: list[float] | None = None
-    loss: str | None = None
-    optimizer: str | None = None
-    learning_rate: float | None = None
-    momentum: float = 0.0
-    batch_size: int = 128
-    epochs: int | None = None
-    seed: int | None = None
-    seeds: int = 1
-    validation: str = "test"
-    engine: str = "auto"
-    train_limit: int | None = None
-    checkpoint_every: int = 1
-    tensorboard: bool = False
+    Each field's metadata holds the help text (and choices) of its `digitlab train`
+    flag, which the command line generates from these fields: a field added here
+    is a flag there, with this default.
+    """
+
+    model: str = _field("shallow", "which of the book's nets", choices=MODELS)
+    units: list[int] | None = _field(None, "hidden Dense widths")
+    filters: list[int] | None = _field(None, "Conv2D filter counts (lenet)")
+    activation: str | None = _field(None, "hidden activation", choices=ACTIVATIONS)
+    batch_norm: bool | None = _field(None, "BatchNormalization after each hidden Dense layer")
+    dropout: list[float] | None = _field(None, "Dropout rates")
+    loss: str | None = _field(None, "loss function", choices=LOSSES)
+    optimizer: str | None = _field(None, "optimizer", choices=OPTIMIZERS)
+    learning_rate: float | None = _field(None, "optimizer step size")
+    momentum: float = _field(0.0, "SGD momentum")
+    batch_size: int = _field(128, "images per gradient step")
+    epochs: int | None = _field(None, "passes over the training images")
+    seed: int | None = _field(
+        None, "random seed; the same seed on the same machine and backend repeats a run "
+        "(default: a random seed, recorded in the run)")
+    seeds: int = _field(1, "train this many networks side by side (seeds SEED, SEED+1, ...) and plot their spread")
+    validation: str = _field(
+        "test", "'test' validates on the 10,000 test images as the book does; 'holdout' holds out "
+        "10,000 training images and touches the test set once, at the end", choices=VALIDATIONS)
+    engine: str = _field(
+        "auto", "'fit' is Keras's model.fit; 'fast' is digitlab's engine; 'auto' uses fast where it "
+        "supports the model", choices=ENGINES)
+    train_limit: int | None = _field(None, "use only the first N training images (quick experiments; default: all)")
+    checkpoint_every: int = _field(1, "save a checkpoint every N epochs (0: never)")
+    tensorboard: bool = _field(False, "also write TensorBoard logs into the run folder")
 
     def resolved(self) -> "TrainConfig":
         """Returns a copy with every `None` replaced by the model's default, after checking it."""
@@ -165,7 +184,8 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Writes the config as JSON, atomically (see `digitlab.atomic`)."""
+        atomic.write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -184,6 +204,16 @@ class TrainConfig:
         values = self.to_dict()
         width = max(len(name) for name in values)
         return "\n".join(f"  {name.ljust(width)}  {value}" for name, value in values.items())
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """The value type of a TrainConfig field and whether it holds a list: ("units") -> (int, True)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
+    kind = args[0]
+    if typing.get_origin(kind) is list:
+        return typing.get_args(kind)[0], True
+    return kind, False
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:

@@ -16,6 +16,8 @@ before use, and archives are opened without pickle.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import hashlib
 import os
@@ -59,25 +61,90 @@ def load_mnist(path: str | os.PathLike | None = None):
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
+@dataclasses.dataclass
+class Loaded:
+    """MNIST's four checked arrays and where they came from, as a run records it."""
+
+    arrays: dict[str, np.ndarray]
+    path: Path | None  # The file or folder read (Keras's cache after a download).
+    origin: str  # How it was found: "--data", "DIGITLAB_DATA", "Keras's cache", "download", "the run's record".
+
+    @functools.cached_property
+    def sha256(self) -> dict[str, str]:
+        return fingerprint(self.arrays)
+
+    def record(self) -> dict:
+        """What a run keeps in data.json so that `--resume` finds the same data again."""
+        return {"path": None if self.path is None else str(self.path), "origin": self.origin, "sha256": self.sha256}
+
+
 def load_arrays(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """Finds MNIST (see the module docstring for the order) and returns its four checked arrays."""
+    return load(path).arrays
+
+
+def load(path: str | os.PathLike | None = None, origin: str = "--data") -> Loaded:
+    """Finds MNIST as `load_arrays` does, and says where: the arrays, the absolute path, the origin."""
     if path is None and os.environ.get(ENV_VAR):
-        path = os.environ[ENV_VAR]
-        source = f"the {ENV_VAR} environment variable"
-    else:
-        source = "the given path"
+        path, origin = os.environ[ENV_VAR], ENV_VAR
     if path is not None:
-        path = Path(path).expanduser()
+        path = Path(path).expanduser().absolute()
         if not path.exists():
+            source = f"the {ENV_VAR} environment variable" if origin == ENV_VAR else "the given path"
             raise DataError(
                 f"No MNIST data at {path} (from {source}). Give the path of a Keras-style "
                 "mnist.npz or of a folder holding the four MNIST IDX files."
             )
-        return read_path(path)
+        return Loaded(read_path(path), path, origin)
     cache = keras_cache_path()
     if cache.exists():
-        return read_npz(cache)
-    return _download()
+        return Loaded(read_npz(cache), cache.absolute(), "Keras's cache")
+    return Loaded(_download(), keras_cache_path().absolute(), "download")
+
+
+def load_recorded(record: dict, path: str | os.PathLike | None = None) -> Loaded:
+    """The data a run was trained on, found again from its `Loaded.record()` (data.json).
+
+    With `path` given, that data is read. Otherwise the recorded path is tried first,
+    and used if it still holds the same arrays; else the usual search order
+    (`DIGITLAB_DATA`, Keras's cache, a download). Whatever is found must have the
+    recorded SHA-256s: different data raises DataError, never a silent resume on it.
+    """
+    expected = record.get("sha256")
+    recorded = record.get("path")
+    replaced = None  # Data at the recorded path that is not the run's.
+    if path is None and recorded and Path(recorded).exists():
+        try:
+            loaded = load(recorded, origin="the run's record")
+        except DataError:
+            loaded = None  # Damaged since: look elsewhere, as for a moved file.
+        if loaded is not None and loaded.sha256 == expected:
+            return loaded
+        replaced = loaded
+    try:
+        loaded = load(path)
+    except DataError as error:
+        if replaced is not None:
+            raise _not_the_runs_data(replaced, expected, recorded) from None
+        if path is None and recorded:
+            raise DataError(
+                f"This run was trained on the MNIST at {recorded}, which is no longer there or has "
+                f"changed. {error}"
+            ) from None
+        raise
+    if expected and loaded.sha256 != expected:
+        raise _not_the_runs_data(loaded, expected, recorded)
+    return loaded
+
+
+def _not_the_runs_data(loaded: Loaded, expected: dict, recorded: str | None) -> DataError:
+    where = f" (at {recorded})" if recorded else ""
+    return DataError(
+        f"The MNIST data at {loaded.path} (from {loaded.origin}) is not the data this run was "
+        f"trained on{where}: their SHA-256s differ (x_train {loaded.sha256['x_train'][:12]}..., "
+        f"recorded {expected.get('x_train', '?')[:12]}...). Resume with --data PATH pointing at "
+        "the run's data, or start a new run."
+    )
 
 
 def read_path(path: Path) -> dict[str, np.ndarray]:
@@ -238,6 +305,17 @@ def to_targets(labels: np.ndarray) -> np.ndarray:
 def class_counts(labels: np.ndarray) -> np.ndarray:
     """The number of images of each digit 0-9."""
     return np.bincount(labels, minlength=NUM_CLASSES)
+
+
+def prepare(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None,
+            flat: bool = True):
+    """`split`, then network inputs and one-hot targets: `(x, y), (x_valid, y_valid), test`.
+
+    `test` stays raw uint8 images and labels (None unless `validation="holdout"`).
+    """
+    (x_train, y_train), (x_valid, y_valid), test = split(arrays, validation, train_limit)
+    return ((to_inputs(x_train, flat), to_targets(y_train)),
+            (to_inputs(x_valid, flat), to_targets(y_valid)), test)
 
 
 def split(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None):

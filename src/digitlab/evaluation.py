@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import data, models, plots, runs
+from digitlab import atomic, data, models, plots, runs
 
 SPLITS = ("validation", "test")
 NUM_CLASSES = data.NUM_CLASSES
@@ -187,7 +187,7 @@ def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_d
     result["files"] = {key: str(out_dir / name) for key, name in names.items()}
     for key in ("confusion", "mistakes"):
         plots.save_figure(figures[key], out_dir / names[key])
-    runs.atomic_write_json(out_dir / names["json"], result)
+    atomic.write_json(out_dir / names["json"], result)
     return result
 
 

@@ -91,3 +91,13 @@ def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
 def create_model(config: TrainConfig) -> keras.Sequential:
     """`build_model` then `compile_model`."""
     return compile_model(build_model(config), config)
+
+
+def create_seeded_models(config: TrainConfig) -> list[keras.Sequential]:
+    """`config.seeds` compiled networks: network k is built right after seeding with `config.seed + k`,
+    so it has the initial weights (and Dropout seeds) of a single run with that seed."""
+    networks = []
+    for index in range(config.seeds):
+        set_random_seed(config.seed + index)
+        networks.append(create_model(config))
+    return networks

@@ -19,12 +19,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib import ticker
 
-from digitlab import runs
+from digitlab import atomic
 
 
 def save_figure(figure, path: str | Path, dpi: int = 110) -> Path:
     """Writes the figure to a PNG through a temporary file."""
-    runs.atomic_write_bytes(Path(path), figure_png(figure, dpi))
+    atomic.write_bytes(Path(path), figure_png(figure, dpi))
     return Path(path)
 
 

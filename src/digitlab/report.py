@@ -19,7 +19,7 @@ import datetime
 import html
 from pathlib import Path
 
-from digitlab import data, evaluation, plots, runs
+from digitlab import atomic, data, evaluation, plots, runs
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
@@ -50,7 +50,7 @@ def write_report(run: runs.Run, data_path=None, out_path=None) -> Path:
         raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
     if not out_path.parent.is_dir():
         raise runs.RunError(f"Cannot write {out_path}: the folder {out_path.parent} does not exist.")
-    runs.atomic_write_text(out_path, render_report(run, data_path))
+    atomic.write_text(out_path, render_report(run, data_path))
     return out_path
 
 

@@ -3,6 +3,7 @@
 A run folder holds:
 
     config.json      the resolved TrainConfig (enough to re-run it)
+    data.json        where the MNIST data came from, and its SHA-256s (so --resume finds it)
     status.json      running | interrupted | complete | failed, with the epoch reached
     history.csv      one row per epoch: loss, accuracy, val_loss, val_accuracy
     history.json     the same, as lists (per seed for multi-seed runs)
@@ -24,15 +25,15 @@ file. `status.json` says "complete" only after everything else is written.
 
 from __future__ import annotations
 
+import csv
 import datetime
-import errno
+import io
 import json
 import os
 import socket
 from pathlib import Path
 
-import numpy as np
-
+from digitlab import atomic
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -44,74 +45,16 @@ class RunError(ValueError):
     """A run folder is missing, unreadable, or cannot be written."""
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Writes `payload` to `path` through a temporary file and a rename (see `atomic_save`)."""
-
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
-            handle.write(payload)
-
-    atomic_save(path, write)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, value) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n")
-
-
-def atomic_save(path: Path, save) -> None:
-    """Calls `save(temporary_path)`, flushes it to disk, then renames it to `path`.
-
-    If the disk fills or the folder is read-only, the temporary file is removed,
-    `path` keeps its previous content, and RunError says what happened.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        save(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        _remove_quietly(temporary)
-        raise RunError(_describe_write_error(path, error)) from None
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
-
-
-def _describe_write_error(path: Path, error: OSError) -> str:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (
-            f"Could not write {path}: the disk is full or a size limit was reached ({error.strerror}). "
-            "Free some space and resume the run with --resume; the previous files are intact."
-        )
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (
-            f"Could not write {path}: the folder is not writable ({error.strerror}). "
-            "Choose a writable folder with --runs-dir."
-        )
-    return f"Could not write {path} ({error.strerror or error})."
-
-
-def _remove_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Cannot write {type(value).__name__} as JSON.")
+def history_csv(histories: list[dict]) -> str:
+    """The history as CSV: one row per epoch, or per seed and epoch when a run trained several seeds."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    several = len(histories) > 1
+    writer.writerow(["seed"] * several + ["epoch", *HISTORY_KEYS])
+    for seed, history in enumerate(histories, start=1):
+        for epoch, row in enumerate(zip(*(history[key] for key in HISTORY_KEYS)), start=1):
+            writer.writerow([seed] * several + [epoch, *(f"{value:.6f}" for value in row)])
+    return text.getvalue()
 
 
 def _now() -> str:
@@ -147,7 +90,12 @@ class Run:
     # Writing.
 
     def write_json(self, name: str, value) -> None:
-        atomic_write_json(self.file(name), value)
+        atomic.write_json(self.file(name), value)
+
+    def write_history(self, histories: list[dict]) -> None:
+        """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`)."""
+        self.write_json("history.json", {"seeds": histories})
+        atomic.write_text(self.file("history.csv"), history_csv(histories))
 
     def set_status(self, status: str, **details) -> None:
         if status not in STATUSES:
@@ -275,7 +223,7 @@ def new_run(runs_dir: str | Path, config: TrainConfig) -> Run:
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RunError(_describe_write_error(runs_dir, error)) from None
+        raise RunError(atomic.describe_write_error(runs_dir, error)) from None
     if not runs_dir.is_dir():
         raise RunError(f"{runs_dir} exists and is not a folder; choose another --runs-dir.")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -289,7 +237,7 @@ def new_run(runs_dir: str | Path, config: TrainConfig) -> Run:
         except FileExistsError:
             continue
         except OSError as error:
-            raise RunError(_describe_write_error(path, error)) from None
+            raise RunError(atomic.describe_write_error(path, error)) from None
     else:
         raise RunError(f"Could not find a free run folder name under {runs_dir}.")
     run = Run(path)
@@ -299,8 +247,8 @@ def new_run(runs_dir: str | Path, config: TrainConfig) -> Run:
 
 def check_writable(folder: Path) -> None:
     """Writes and removes a probe file so a read-only folder is reported before training."""
-    atomic_write_bytes(Path(folder) / ".write-probe", b"digitlab")
-    _remove_quietly(Path(folder) / ".write-probe")
+    atomic.write_bytes(Path(folder) / ".write-probe", b"digitlab")
+    atomic.remove_quietly(Path(folder) / ".write-probe")
 
 
 def open_run(path: str | Path) -> Run:

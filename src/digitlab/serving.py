@@ -18,7 +18,9 @@ Endpoints:
 - `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
-wrong: bodies over 5 MB (413, from Content-Length and again while reading),
+wrong: bodies over 5 MB (413, from Content-Length and again while reading; the
+body is read to its end, up to DRAIN_LIMIT_BYTES, before the answer, so that clients
+which do not wait for `Expect: 100-continue` see the 413 rather than a reset),
 pictures over 4096 pixels a side (413, before decoding), files that are not
 pictures or are truncated (422), malformed JSON (400), wrong shapes, values out
 of range, NaN or Infinity (422), other content types (415). Every response
@@ -32,6 +34,7 @@ import ipaddress
 import json
 import time
 from pathlib import Path
+from typing import Annotated
 
 import keras
 import numpy as np
@@ -39,7 +42,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -50,6 +53,12 @@ from digitlab import imaging, predict
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing adds a few hundred bytes around the file; allow for it.
 MAX_BODY_BYTES = imaging.MAX_UPLOAD_BYTES + 64 * 1024
+# A body over the limit is still read, and thrown away, up to this size before the 413 answer.
+# Most clients (urllib, requests, browsers) send the whole body without waiting for an answer, and
+# closing a socket that holds unread data makes the kernel reset the connection: such a client would
+# see "connection reset by peer", never the 413. Past this size the server answers at once and closes
+# (that client may see the reset), so a huge upload costs at most this much reading.
+DRAIN_LIMIT_BYTES = 32 * 1024 * 1024
 TIMING_HEADER = "X-Process-Time-Ms"
 # Pictures up to this many pixels are prepared on the event loop; larger ones in a thread.
 INLINE_PIXELS = 300 * 300
@@ -70,15 +79,22 @@ class PredictResponse(BaseModel):
     source: str = Field(description="'image' for an uploaded picture, 'pixels' for JSON pixels.")
 
 
-class PixelsRequest(BaseModel):
-    """The JSON form of `POST /api/predict` (shown in the docs; parsed by hand for clear errors)."""
+Pixel = Annotated[float, Field(ge=0, le=255)]
+PixelRow = Annotated[list[Pixel], Field(min_length=imaging.FIELD, max_length=imaging.FIELD)]
 
-    pixels: list[list[float]] = Field(description="28 rows of 28 numbers 0-255, ink high, as MNIST.")
+
+class PixelsRequest(BaseModel):
+    """The JSON form of `POST /api/predict`; strict: numbers only, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    pixels: list[PixelRow] = Field(min_length=imaging.FIELD, max_length=imaging.FIELD,
+                                   description="28 rows of 28 numbers 0-255, ink high, as MNIST.")
     prepare: bool = Field(False, description="Centre and scale the pixels like a picture first.")
 
 
 class _GuardAndTime:
-    """ASGI middleware: refuses bodies whose Content-Length is over the limit and stamps every
+    """ASGI middleware: refuses bodies whose Content-Length is over the limit (413) and stamps every
     response with the time the server spent on it."""
 
     def __init__(self, app, limit: int):
@@ -90,23 +106,6 @@ class _GuardAndTime:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = -1
-                if length < 0 or length > self.limit:
-                    detail = (
-                        f"The request body is {length} bytes; the limit is {imaging.MAX_UPLOAD_BYTES} "
-                        "(5 MB). Send a smaller picture."
-                        if length > self.limit else "The Content-Length header is not a valid size."
-                    )
-                    response = JSONResponse({"detail": detail}, status_code=413 if length > 0 else 400,
-                                            headers={"Connection": "close"})
-                    await response(scope, receive, send)
-                    return
-                break
 
         async def send_with_time(message):
             if message["type"] == "http.response.start":
@@ -115,17 +114,62 @@ class _GuardAndTime:
                 message = {**message, "headers": headers}
             await send(message)
 
+        headers = dict(scope["headers"])
+        if b"content-length" in headers:
+            try:
+                length = int(headers[b"content-length"])
+            except ValueError:
+                length = -1
+            if length < 0:
+                response = JSONResponse({"detail": "The Content-Length header is not a valid size."}, status_code=400,
+                                        headers={"Connection": "close"})
+                await response(scope, receive, send_with_time)
+                return
+            if length > self.limit:
+                # A client that waits for "100 Continue" (curl) has sent nothing yet: answer now and close;
+                # it never sends the body. Any other client is sending it: read it first (DRAIN_LIMIT_BYTES).
+                waiting = headers.get(b"expect", b"").lower() == b"100-continue"
+                drained = not waiting and length <= DRAIN_LIMIT_BYTES and await _drain(receive)
+                response = JSONResponse({"detail": _too_large(f"is {length} bytes")}, status_code=413,
+                                        headers=None if drained else {"Connection": "close"})
+                await response(scope, receive, send_with_time)
+                return
         await self.app(scope, receive, send_with_time)
 
 
+def _too_large(size: str) -> str:
+    return f"The request body {size}; the limit is {imaging.MAX_UPLOAD_BYTES} bytes (5 MB). Send a smaller picture."
+
+
+async def _drain(receive) -> bool:
+    """Reads the rest of a request body and throws it away; False when the client left or the
+    body ran past DRAIN_LIMIT_BYTES (then the connection must be closed)."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        size += len(message.get("body", b""))
+        if size > DRAIN_LIMIT_BYTES:
+            return False
+        if not message.get("more_body", False):
+            return True
+
+
 async def _read_body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it passes the limit (for chunked uploads)."""
+    """The request body. One over the limit (a chunked upload declares no length, so it is counted
+    as it comes) is refused with 413 once it has been read to its end or to DRAIN_LIMIT_BYTES."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HTTPException(413, f"The request body is over the limit of {imaging.MAX_UPLOAD_BYTES} bytes (5 MB). Send a smaller picture.")
-        chunks.append(chunk)
+        if size > DRAIN_LIMIT_BYTES:
+            break
+        if size <= MAX_BODY_BYTES:
+            chunks.append(chunk)
+    if size > DRAIN_LIMIT_BYTES:
+        raise HTTPException(413, _too_large(f"is over {DRAIN_LIMIT_BYTES} bytes"), headers={"Connection": "close"})
+    if size > MAX_BODY_BYTES:
+        raise HTTPException(413, _too_large(f"is {size} bytes"))
     return b"".join(chunks)
 
 
@@ -133,36 +177,51 @@ def _reject_constant(name: str):
     raise HTTPException(422, f"Every pixel must be a finite number 0-255; the JSON holds {name}.")
 
 
+def _describe_pixels_error(errors: list[dict]) -> str:
+    """One sentence for pydantic's errors about a JSON body: the first in the order a reader checks
+    it (the object and its "pixels" key, unknown keys, "prepare", then the pixels, outermost first)."""
+
+    def rank(error):
+        order = {"model_type": 0, "missing": 0, "extra_forbidden": 1}.get(error["type"])
+        if order is None:
+            order = 2 if error["loc"] == ("prepare",) else 2 + len(error["loc"])
+        return order
+
+    error = min(errors, key=rank)
+    kind, location, value = error["type"], error["loc"], error["input"]
+    if kind in ("model_type", "missing"):
+        return 'The JSON must be an object with a "pixels" key holding 28 rows of 28 numbers 0-255.'
+    if kind == "extra_forbidden":
+        unknown = sorted(str(error["loc"][0]) for error in errors if error["type"] == "extra_forbidden")
+        return f"Unknown key(s) {', '.join(unknown)}; the JSON may hold only \"pixels\" and \"prepare\"."
+    if location == ("prepare",):
+        return f'"prepare" must be true or false; got {value!r}.'
+    if len(location) == 1:
+        found = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+        return f'"pixels" must be a list of 28 rows; got {found}.'
+    if len(location) == 2:
+        found = f"{len(value)} values" if isinstance(value, list) else f"a {type(value).__name__}"
+        return f'Row {location[1]} of "pixels" must hold 28 numbers; it holds {found}.'
+    where = f"pixels[{location[1]}][{location[2]}]"
+    if kind == "float_type" and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"{where} is {json.dumps(value)}; every pixel must be a number 0-255."
+    return f"{where} is {value}; every pixel must lie in 0-255."  # Also a whole number too large for a float.
+
+
 def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
-    """Parses and checks `{"pixels": [[...]], "prepare": false}`; raises HTTPException saying what is wrong."""
+    """Parses `{"pixels": [[...]], "prepare": false}` and checks it against PixelsRequest; raises
+    HTTPException saying what is wrong (400 for JSON that does not parse, 422 for the rest)."""
     try:
         document = json.loads(body, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"The body is not valid JSON ({error}). Send {{\"pixels\": [[...], ...]}}.") from None
     except RecursionError:
         raise HTTPException(400, "The JSON is nested too deeply. Send {\"pixels\": [[...], ...]}.") from None
-    if not isinstance(document, dict) or "pixels" not in document:
-        raise HTTPException(422, 'The JSON must be an object with a "pixels" key holding 28 rows of 28 numbers 0-255.')
-    unknown = set(document) - {"pixels", "prepare"}
-    if unknown:
-        raise HTTPException(422, f"Unknown key(s) {', '.join(sorted(unknown))}; the JSON may hold only \"pixels\" and \"prepare\".")
-    prepare = document.get("prepare", False)
-    if not isinstance(prepare, bool):
-        raise HTTPException(422, f'"prepare" must be true or false; got {prepare!r}.')
-    rows = document["pixels"]
-    if not isinstance(rows, list) or len(rows) != imaging.FIELD:
-        found = f"a list of {len(rows)}" if isinstance(rows, list) else type(rows).__name__
-        raise HTTPException(422, f'"pixels" must be a list of 28 rows; got {found}.')
-    for row_number, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != imaging.FIELD:
-            found = f"{len(row)} values" if isinstance(row, list) else f"a {type(row).__name__}"
-            raise HTTPException(422, f"Row {row_number} of \"pixels\" must hold 28 numbers; it holds {found}.")
-        for column_number, value in enumerate(row):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise HTTPException(422, f"pixels[{row_number}][{column_number}] is {json.dumps(value)}; every pixel must be a number 0-255.")
-            if not 0 <= value <= 255:  # Also false for NaN and Infinity.
-                raise HTTPException(422, f"pixels[{row_number}][{column_number}] is {value}; every pixel must lie in 0-255.")
-    return np.rint(np.array(rows, dtype=np.float64)).astype(np.uint8), prepare
+    try:
+        request = PixelsRequest.model_validate(document)
+    except ValidationError as error:
+        raise HTTPException(422, _describe_pixels_error(error.errors())) from None
+    return np.rint(np.array(request.pixels, dtype=np.float64)).astype(np.uint8), request.prepare
 
 
 async def _file_from_multipart(request: Request, body: bytes) -> bytes:

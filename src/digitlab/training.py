@@ -16,10 +16,7 @@ an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import platform
 import secrets
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import checkpoint, data, models, plots, runs
+from digitlab import atomic, checkpoint, data, engine, models, plots, runs, system
 from digitlab.config import TrainConfig
 from digitlab.runs import Run, RunError
 
@@ -41,61 +38,6 @@ class TrainingInterrupted(Exception):
         self.epoch = epoch
 
 
-class FitEngine:
-    """Keras's own `model.fit`, the book's code, behind the interface the fast engine has."""
-
-    name = "fit"
-
-    def __init__(self, model: keras.Model, config: TrainConfig, verbose: int = 2):
-        self.model = model
-        self.config = config
-        self.verbose = verbose
-
-    def fit(self, x, y, validation_data, epochs, initial_epoch=0, rngs=(), on_epoch_end=None):
-        # Keras shuffles NumPy data with the global NumPy generator (np.random.permutation),
-        # so the run's own generator is loaded into it, and copied back after every epoch.
-        rng = rngs[0]
-        # The first `fit` of a fresh model draws one batch (and so one permutation) just to build
-        # its metrics. Building them here, on one unshuffled image, keeps that draw out of the run's
-        # generator: epoch e then always shuffles with the generator's e-th permutation, in a fresh
-        # run and in a resumed one alike, and the same as the fast engine.
-        self.model.evaluate(x[:1], y[:1], verbose=0)
-        np.random.set_state(rng.get_state())
-
-        class Bridge(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                rng.set_state(np.random.get_state())
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, [dict(logs or {})])
-
-        self.model.fit(
-            x, y, batch_size=self.config.batch_size, epochs=epochs, initial_epoch=initial_epoch,
-            verbose=self.verbose, validation_data=validation_data, shuffle=True, callbacks=[Bridge()],
-        )
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        state = {f"variable/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.model.variables)}
-        for i, variable in enumerate(self.model.optimizer.variables):
-            state[f"optimizer/{i}"] = np.asarray(variable.numpy())
-        return state
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        if not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        for prefix, variables in (("variable", self.model.variables), ("optimizer", self.model.optimizer.variables)):
-            for i, variable in enumerate(variables):
-                value = state.get(f"{prefix}/{i}")
-                if value is None or tuple(value.shape) != tuple(variable.shape):
-                    raise RunError(
-                        "The checkpoint does not match this model (a variable is missing or has "
-                        "another shape); it was written for a different configuration."
-                    )
-                variable.assign(value)
-
-    def sync_to_models(self) -> None:
-        """The Keras model already holds the weights."""
-
-
 def train(config: TrainConfig, runs_dir: str | Path = "runs", data_path=None, print_fn=print,
           verbose: int | None = None) -> Run:
     """Trains the configured net and returns its complete run folder.
@@ -107,9 +49,10 @@ def train(config: TrainConfig, runs_dir: str | Path = "runs", data_path=None, pr
     if config.seed is None:
         # Every run gets a seed, recorded in its config, so that any run can be repeated.
         config.seed = secrets.randbelow(2**31 - config.seeds)
-    session = _Session(config, data.load_arrays(data_path), print_fn, verbose)
+    session = _Session(config, data.load(data_path), print_fn, verbose)
     run = runs.new_run(runs_dir, config)
     config.save(run.file("config.json"))
+    run.write_json("data.json", session.data.record())
     run.set_status("running", epoch=0)
     print_fn(f"digitlab: training the {config.model} net in {run.path}\n{config.describe()}")
     session.networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
@@ -129,9 +72,13 @@ def resume(run_path: str | Path, data_path=None, print_fn=print, verbose: int | 
         )
     config = run.config()
     saved = checkpoint.load(run.file("checkpoint.npz"))
-    session = _Session(config, data.load_arrays(data_path), print_fn, verbose)
+    # The run's own data, found from its record (a run from before data.json: the usual search).
+    record = run.read_json("data.json") if run.file("data.json").is_file() else {}
+    session = _Session(config, data.load_recorded(record, data_path), print_fn, verbose)
     session.restore(saved)
     runs.check_writable(run.path)
+    if session.data.record()["path"] != record.get("path"):
+        run.write_json("data.json", session.data.record())  # Found elsewhere: the next resume looks there.
     for leftover in run.path.glob(".*.tmp*"):
         # A process killed while writing leaves its temporary file; the real file is intact.
         leftover.unlink()
@@ -147,17 +94,13 @@ class _Session:
     checkpoint that does not fit, is reported before a run folder is created or changed.
     """
 
-    def __init__(self, config: TrainConfig, arrays, print_fn, verbose):
-        self.config, self.arrays, self.print_fn = config, arrays, print_fn
+    def __init__(self, config: TrainConfig, loaded: data.Loaded, print_fn, verbose):
+        self.config, self.data, self.print_fn = config, loaded, print_fn
         self.flat = not models.is_convolutional(config.model)
-        (x_train, y_train), (x_valid, y_valid), self.test = data.split(arrays, config.validation, config.train_limit)
-        self.train_inputs, self.train_targets = data.to_inputs(x_train, self.flat), data.to_targets(y_train)
-        self.validation_data = (data.to_inputs(x_valid, self.flat), data.to_targets(y_valid))
-        self.networks = []
-        for index in range(config.seeds):
-            models.set_random_seed(config.seed + index)
-            self.networks.append(models.create_model(config))
-        self.engine = make_engine(self.networks, config, verbose=_default_verbose(verbose))
+        (self.train_inputs, self.train_targets), self.validation_data, self.test = data.prepare(
+            loaded.arrays, config.validation, config.train_limit, self.flat)
+        self.networks = models.create_seeded_models(config)
+        self.engine = engine.make_engine(self.networks, config, verbose=_default_verbose(verbose))
         self.rngs = [np.random.RandomState(config.seed + index) for index in range(config.seeds)]
         self.histories = [{key: [] for key in runs.HISTORY_KEYS} for _ in range(config.seeds)]
 
@@ -195,7 +138,7 @@ class _Session:
             )
             engine.sync_to_models()
             _finish(run, config, engine, self.networks, self.histories, self.test, self.flat,
-                    progress.wall_time(), self.arrays, self.print_fn)
+                    progress.wall_time(), self.data, self.print_fn)
         except KeyboardInterrupt:
             epoch_reached = progress.epochs_done or initial_epoch
             _record_status(run, "interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
@@ -214,27 +157,8 @@ def _record_status(run: Run, status: str, **details) -> None:
     stopped the run is the one to report, and a dead "running" run reads as interrupted anyway."""
     try:
         run.set_status(status, **details)
-    except RunError:
+    except atomic.WriteError:
         pass
-
-
-def make_engine(networks: list[keras.Model], config: TrainConfig, verbose: int = 2):
-    """The engine `config.engine` asks for; "auto" prefers the fast engine where it applies."""
-    reason = None
-    if config.engine != "fit":
-        from digitlab import engine as fast
-
-        reason = fast.unsupported_reason(networks[0], config)
-        if reason is None:
-            return fast.FastEngine(networks, config)
-        if config.engine == "fast":
-            raise ValueError(f"--engine fast cannot train the {config.model} net: {reason} Use --engine fit.")
-    if config.seeds > 1:
-        raise ValueError(
-            f"--seeds {config.seeds} trains networks side by side with the fast engine, which "
-            f"cannot run here: {reason or '--engine fit trains one network at a time.'}"
-        )
-    return FitEngine(networks[0], config, verbose=verbose)
 
 
 class _EpochEnd:
@@ -288,19 +212,7 @@ class _EpochEnd:
         self.epoch_started = time.perf_counter()
 
     def _write_history(self) -> None:
-        self.run.write_json("history.json", {"seeds": self.histories})
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        if len(self.histories) == 1:
-            writer.writerow(["epoch", *runs.HISTORY_KEYS])
-            for epoch, row in enumerate(zip(*(self.histories[0][key] for key in runs.HISTORY_KEYS)), start=1):
-                writer.writerow([epoch, *(f"{v:.6f}" for v in row)])
-        else:
-            writer.writerow(["seed", "epoch", *runs.HISTORY_KEYS])
-            for seed, history in enumerate(self.histories, start=1):
-                for epoch, row in enumerate(zip(*(history[key] for key in runs.HISTORY_KEYS)), start=1):
-                    writer.writerow([seed, epoch, *(f"{v:.6f}" for v in row)])
-        runs.atomic_write_text(self.run.file("history.csv"), text.getvalue())
+        self.run.write_history(self.histories)
         self.run.set_status("running", epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch)
 
 
@@ -323,13 +235,13 @@ def _default_verbose(verbose: int | None) -> int:
     return 1 if os.isatty(1) else 2
 
 
-def _finish(run, config, engine, networks, histories, test, flat, wall_time, arrays, print_fn):
+def _finish(run, config, engine, networks, histories, test, flat, wall_time, loaded, print_fn):
     """Writes the trained model(s), curves and metrics, then marks the run complete."""
-    runs.atomic_save(run.file("model.keras"), networks[0].save)
+    atomic.atomic_save(run.file("model.keras"), networks[0].save)
     if len(networks) > 1:
         run.file("seeds").mkdir(exist_ok=True)
         for index, network in enumerate(networks[1:], start=1):
-            runs.atomic_save(run.model_path(index), network.save)
+            atomic.atomic_save(run.model_path(index), network.save)
     plots.save_figure(plots.training_curves(histories, title=f"{config.model} net"), run.file("curves.png"))
     final = [history["val_accuracy"][-1] for history in histories]
     metrics = {
@@ -344,9 +256,9 @@ def _finish(run, config, engine, networks, histories, test, flat, wall_time, arr
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "validation": config.validation,
         "backend": keras.backend.backend(),
-        "versions": software_versions(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "data_sha256": data.fingerprint(arrays),
+        "versions": system.software_versions(),
+        "machine": system.machine_summary(),
+        "data_sha256": loaded.sha256,
     }
     if len(histories) > 1:
         metrics.update(
@@ -372,16 +284,3 @@ def _finish(run, config, engine, networks, histories, test, flat, wall_time, arr
         f"Done: {config.model} net, {metrics['epochs']} epochs in {wall_time:.1f} s "
         f"({engine.name} engine, {metrics['backend']} backend): {summary}. Saved in {run.path}"
     )
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that decide a run's numbers."""
-    import importlib.metadata
-
-    versions = {"python": platform.python_version()}
-    for package in ("digitlab", "keras", "jax", "jaxlib", "numpy", "tensorflow", "tensorflow-cpu", "torch"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions

@@ -1,36 +1,39 @@
-"""The JAX backend of `engine.FastEngine` (name `fast-jax`): its natural path on a GPU.
+"""The JAX backend of `FastEngine` (name `fast-jax`): its natural path on a GPU.
 
 `FastEngine(models, config, backend="jax")` (or `backend="auto"` when JAX sees a
-GPU) builds a `_JaxBackend` here; nothing else should use it directly. It keeps
-the N models' weights and optimizer slots stacked in JAX arrays and trains them
-with the same formulas as Keras's JAX backend: each epoch is one `jax.jit`-compiled
+GPU) builds a `JaxBackend` here; nothing else should need it. It keeps the N
+models' weights and optimizer slots stacked in JAX arrays and trains them with
+the same formulas as Keras's JAX backend: each epoch is one `jax.jit`-compiled
 call (compiled once per training-set size) that runs a `lax.scan` over the
 epoch's batches, with `vmap` over the N models inside each step, plus one more
 step for a last partial batch. Validation is one more jitted, vmapped call.
+The compiled functions live in a `Program`, shared by every backend of the same
+network, batch size and number of models, so a process that builds several
+engines (a resume, the tests) compiles each function once.
 
-`engine.py` imports this module lazily, inside `_make_backend`, so that
-`import digitlab.engine` does not load it; the helpers both backends share
-(`NetworkSpec`, the clipping constant) stay in `engine.py` and are imported from there.
+`fast.py` imports this module only when a run asks for the JAX backend, so that
+`import digitlab.engine` does not load it; what both backends share (`NetworkSpec`,
+the weight names, the clipping constant) comes from `spec.py`.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from digitlab.engine import _CLIP, NetworkSpec
+from digitlab.engine import spec
 
 
-class _JaxBackend:
+class JaxBackend:
     """Trains the stacked models with JAX; the same formulas as Keras's JAX backend."""
 
-    def __init__(self, spec: NetworkSpec, batch_size: int, state: dict):
+    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict):
         import jax
 
-        self.jax, self.spec, self.batch_size = jax, spec, batch_size
-        self.names = [f"dense_{index}/{part}" for index in range(len(spec.dense)) for part in ("kernel", "bias")]
-        self.count = len(state["dense_0/kernel"])
+        self.jax = jax
+        self.program = program(network, batch_size, len(state["dense_0/kernel"]))
         self.load(state)
-        self.compiled: dict = {}
 
     def state(self) -> dict:
         state = {name: np.asarray(value) for name, value in self.arrays.items()}
@@ -51,17 +54,41 @@ class _JaxBackend:
                                jnp.asarray(np.argmax(validation[1], axis=1).astype(np.int32)))
 
     def train_epoch(self, orders: np.ndarray):
-        size = orders.shape[1]
-        if size not in self.compiled:
-            self.compiled[size] = self.jax.jit(self._epoch_function(size), donate_argnums=0)
-        self.arrays, loss_sums, correct = self.compiled[size](self.arrays, *self.data, orders.astype(np.int32))
+        epoch = self.program.epoch(orders.shape[1])
+        self.arrays, loss_sums, correct = epoch(self.arrays, *self.data, orders.astype(np.int32))
         return np.asarray(loss_sums, np.float64), np.asarray(correct, np.int64)
 
     def evaluate(self):
-        if "evaluate" not in self.compiled:
-            self.compiled["evaluate"] = self.jax.jit(self._evaluate_function())
-        loss_sums, correct = self.compiled["evaluate"](self.arrays, *self.validation)
+        loss_sums, correct = self.program.evaluate(self.arrays, *self.validation)
         return np.asarray(loss_sums, np.float64), np.asarray(correct, np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def program(network: spec.NetworkSpec, batch_size: int, count: int) -> "Program":
+    """The one `Program` of this network, batch size and number of models in this process."""
+    return Program(network, batch_size, count)
+
+
+class Program:
+    """The jitted epoch and validation functions of one network, batch size and number of models.
+
+    It holds no weights and no data (they are arguments), so sharing it between
+    backends shares only compiled code.
+    """
+
+    def __init__(self, network: spec.NetworkSpec, batch_size: int, count: int):
+        import jax
+
+        self.jax, self.network, self.batch_size, self.count = jax, network, batch_size, count
+        self.names = spec.weight_names(network)
+        self.epochs: dict = {}
+        self.evaluate = jax.jit(self._evaluate_function())
+
+    def epoch(self, size: int):
+        """The jitted epoch over `size` training examples (compiled on first use)."""
+        if size not in self.epochs:
+            self.epochs[size] = self.jax.jit(self._epoch_function(size), donate_argnums=0)
+        return self.epochs[size]
 
     def _forward(self, weights: dict, x, key):
         jax, jnp = self.jax, self.jax.numpy
@@ -70,7 +97,7 @@ class _JaxBackend:
             "selu": jax.nn.selu, "linear": lambda value: value, "softmax": lambda value: jax.nn.softmax(value, axis=-1),
         }
         activations = x
-        for number, layer in enumerate(self.spec.dense):
+        for number, layer in enumerate(self.network.dense):
             if layer.dropout and key is not None:
                 keep = 1.0 - layer.dropout
                 mask = jax.random.bernoulli(jax.random.fold_in(key, number), keep, activations.shape)
@@ -82,17 +109,17 @@ class _JaxBackend:
     def _losses(self, outputs, targets, labels):
         """Per-example losses (Keras's formulas) and per-example hits."""
         jnp = self.jax.numpy
-        if self.spec.loss == "mean_squared_error":
+        if self.network.loss == "mean_squared_error":
             losses = jnp.mean(jnp.square(targets - outputs), axis=-1)
         else:
             normalized = outputs / jnp.sum(outputs, axis=-1, keepdims=True)
-            normalized = jnp.clip(normalized, _CLIP, 1.0 - _CLIP)
+            normalized = jnp.clip(normalized, spec.CROSSENTROPY_CLIP, 1.0 - spec.CROSSENTROPY_CLIP)
             losses = -jnp.sum(targets * jnp.log(normalized), axis=-1)
         return losses, jnp.argmax(outputs, axis=-1) == labels
 
     def _update(self, weights: dict, slots: dict, grads: dict, iterations):
         """One optimizer step for one model, Keras's formulas."""
-        jnp, optimizer = self.jax.numpy, self.spec.optimizer
+        jnp, optimizer = self.jax.numpy, self.network.optimizer
         rate = jnp.float32(optimizer.learning_rate)
         new_weights, new_slots = {}, dict(slots)
         for name in self.names:
@@ -137,7 +164,7 @@ class _JaxBackend:
 
     def _epoch_function(self, size: int):
         jax, jnp = self.jax, self.jax.numpy
-        has_dropout = any(layer.dropout for layer in self.spec.dense)
+        has_dropout = any(layer.dropout for layer in self.network.dense)
 
         def model_step(weights, slots, seed, x, y, labels, iterations):
             key = jax.random.fold_in(jax.random.PRNGKey(seed), iterations) if has_dropout else None
