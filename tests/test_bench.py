@@ -38,6 +38,8 @@ def test_run_bench_writes_every_row(tmp_path):
         assert 0.0 <= row["val_accuracy"] <= 1.0
         assert 50 < row["peak_memory_mb"] < 4000
         assert row["times_limit"] > 0 and row["speedup_vs_fit_jax"] > 0
+        # Fewer useful multiply-adds than dense ones: the useful limit is the stricter one.
+        assert row["times_useful_limit"] > row["times_limit"]
     engine_rows = [row for row in saved["rows"] if row["kind"] == "engine"]
     assert [row["networks"] for row in engine_rows] == [1, 2]
     assert engine_rows[1]["flops_per_epoch"] == 2 * engine_rows[0]["flops_per_epoch"]
@@ -50,6 +52,23 @@ def test_run_bench_writes_every_row(tmp_path):
     assert comparison["within_one_point"] is True
     assert "Accuracy check" in markdown
     assert any("bench.md" in line for line in printed)
+
+
+@pytest.mark.heavy
+def test_lenet_bench_times_each_backend_and_marks_the_default(tmp_path):
+    results = bench.run_lenet_bench(steps=bench.WARMUP_STEPS + 2, out_dir=tmp_path, print_fn=lambda line: None)
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert rows == results["rows"]
+    assert [row.get("keras_backend") for row in rows] == ["tensorflow", "jax", "tensorflow"]
+    assert [row.get("default", False) for row in rows] == [False, False, True]
+    assert all(row["status"] == "ok" and row["ms_per_step"] > 0 and row["times_fastest"] >= 1 for row in rows)
+    assert "**`digitlab train --model lenet`" in (tmp_path / "bench.md").read_text()
+
+
+def test_useful_flops_count_only_nonzero_pixels():
+    dense = bench.epoch_flops([784, 64, 10], 100, 10)
+    assert bench.useful_epoch_flops([784, 64, 10], 100, 10, 100 * 784, 10 * 784) == dense
+    assert bench.useful_epoch_flops([784, 64, 10], 100, 10, 0, 0) == dense - 2 * 2 * 784 * 64 * 100 - 2 * 784 * 64 * 10
 
 
 def test_epoch_flops_of_the_shallow_net():

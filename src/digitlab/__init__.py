@@ -1,13 +1,13 @@
 """digitlab: the Shallow Net in Keras of Deep Learning Illustrated (chapter 5), made real.
 
 Importing the package chooses Keras's JAX backend unless `KERAS_BACKEND` says
-otherwise (TensorFlow and PyTorch stay selectable), and quiets TensorFlow's
-start-up logging when TensorFlow happens to be installed.
+otherwise, and quiets TensorFlow's start-up logging when TensorFlow is imported
+later. `digitlab train` then picks the fastest backend per net before Keras is
+imported (LeNet on TensorFlow): see `digitlab.backends`.
 """
 
-import os
+from digitlab import backends
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+backends.set_default()
 
 __version__ = "0.1.0"

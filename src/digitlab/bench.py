@@ -19,6 +19,10 @@ to `bench.json` and `bench.md`.
     results = bench.run_bench(epochs=3, seeds=8, out_dir="bench")
     results = bench.run_bench(compare_seeds=5, compare_epochs=200)   # also: accuracy, engine vs fit
 
+`run_lenet_bench(steps=100)` (`digitlab bench --model lenet`) times LeNet's `fit`
+steps instead: on each installed Keras backend, and on the one `digitlab train
+--model lenet` chooses by default (`digitlab.backends`), marked `"default": true`.
+
 `compare_seeds` adds the accuracy check of issue 3: S seeds of the full run with
 `fit` (JAX backend) and with the engine, from the same initial weights and batch
 orders, and their mean final val accuracy. Workers run as
@@ -41,13 +45,15 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import system
+from digitlab import backends, system
 from digitlab.config import MODEL_DEFAULTS
 
 MODEL = "shallow"
 BOOK_EPOCHS = MODEL_DEFAULTS[MODEL]["epochs"]
 # The defaults of `digitlab bench` (and of `run_bench`): a few epochs, and 8 seeds in the many-seeds row.
-DEFAULTS = {"epochs": 3, "seeds": 8, "train_limit": None, "compare_epochs": BOOK_EPOCHS}
+DEFAULTS = {"epochs": 3, "seeds": 8, "train_limit": None, "compare_epochs": BOOK_EPOCHS, "steps": 100}
+# `digitlab bench --model lenet` times this many first steps of `fit` as compilation, and leaves them out.
+WARMUP_STEPS = 5
 NOT_INSTALLED = "not installed (pip install digitlab[bench])"
 
 
@@ -105,6 +111,75 @@ def run_bench(epochs: int = DEFAULTS["epochs"], seeds: int = DEFAULTS["seeds"], 
     return results
 
 
+def run_lenet_bench(steps: int = DEFAULTS["steps"], out_dir: str | Path = "bench", data_path=None,
+                    backends=("tensorflow", "jax"), print_fn=print) -> dict:
+    """Times LeNet's `fit` steps on each installed Keras backend and on the default one, side by side.
+
+    Each row trains chapter 10's LeNet (batch 128) for `steps` steps in its own process;
+    the first `WARMUP_STEPS` steps (compilation) are left out of its ms/step. The last row
+    is what `digitlab train --model lenet` uses with no KERAS_BACKEND set (`"default": true`).
+    """
+    _check_whole("steps", steps, WARMUP_STEPS + 1)
+    common = dict(kind="steps", model="lenet", steps=steps, data_path=str(data_path) if data_path else None)
+    print_fn(f"Benchmarking LeNet's fit for {steps} steps per backend on {machine_name()}...")
+    rows = []
+    for backend in backends:
+        label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
+        if importlib.util.find_spec(backend) is None:
+            rows.append({"name": label, "kind": "steps", "keras_backend": backend, "status": NOT_INSTALLED})
+        else:
+            rows.append(_run_worker(label, dict(common, keras_backend=backend)))
+        print_fn(f"  {label}: {_short_steps(rows[-1])}")
+    default = _run_worker("`digitlab train --model lenet`, its default backend", dict(common, keras_backend=None))
+    default["default"] = True
+    rows.append(default)
+    print_fn(f"  {default['name']}: {_short_steps(default)}")
+    timed = [row["ms_per_step"] for row in rows if row["status"] == "ok"]
+    for row in rows:
+        if row["status"] == "ok":
+            row["times_fastest"] = row["ms_per_step"] / min(timed)
+    results = {"machine": machine_info(), "model": "lenet", "steps": steps, "rows": rows,
+               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = lenet_markdown(results)
+    (out_dir / "bench.md").write_text(markdown)
+    print_fn("")
+    print_fn(markdown)
+    print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
+    return results
+
+
+def _short_steps(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return f"{row['ms_per_step']:.0f} ms/step on {row['keras_backend']}, peak {row['peak_memory_mb']:.0f} MB"
+
+
+def lenet_markdown(results: dict) -> str:
+    """The LeNet step timings as a Markdown table with the machine it ran on."""
+    machine = results["machine"]
+    lines = [
+        f"LeNet (chapter 10, batch 128), Keras fit, {results['steps']} steps per row, each in its own process.",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; Keras {machine['keras']}, JAX {machine['jax']}, "
+        f"TensorFlow {machine['tensorflow']}; {results['created']}.",
+        "",
+        "| Row | backend | ms/step | epoch of 469 steps (projected) | × fastest | peak memory |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        name = f"**{row['name']}**" if row.get("default") else row["name"]
+        if row["status"] != "ok":
+            lines.append(f"| {name} | {row.get('keras_backend') or ''} | {row['status']} | | | |")
+            continue
+        lines.append(f"| {name} | {row['keras_backend']} | {row['ms_per_step']:.0f} | "
+                     f"{row['ms_per_step'] * 469 / 1000:.0f} s | {row['times_fastest']:.2f} | "
+                     f"{row['peak_memory_mb']:.0f} MB |")
+    lines += ["", f"ms/step: median step after the first {WARMUP_STEPS} (compilation); an epoch adds validation."]
+    return "\n".join(lines) + "\n"
+
+
 def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, engine_backend="auto") -> dict:
     """Final val accuracy of `seeds` full runs with `fit` (JAX) and with the engine, same init and batches."""
     common = dict(data_path=data_path, train_limit=train_limit, epochs=epochs, seeds=list(range(seeds)))
@@ -134,7 +209,14 @@ def _check_whole(name: str, value, least: int) -> None:
 def _run_worker(label: str, spec: dict) -> dict:
     """Runs one contender in a fresh Python process and returns its row (status "ok" or why not)."""
     row = {"name": label, **{key: spec[key] for key in ("kind", "keras_backend", "engine_backend") if key in spec}}
-    env = dict(os.environ, KERAS_BACKEND=spec.get("keras_backend", "jax"), TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if spec.get("keras_backend", "jax") is None:
+        # The default: as a user's shell with no KERAS_BACKEND, so that digitlab chooses.
+        env.pop("KERAS_BACKEND", None)
+        env.pop(backends.MARKER, None)
+    else:
+        env["KERAS_BACKEND"] = spec.get("keras_backend", "jax")
+        env.pop(backends.MARKER, None)  # A backend named here is chosen, as a user's KERAS_BACKEND is.
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "result.json"
         command = [sys.executable, "-m", "digitlab.bench", "--worker", json.dumps({**spec, "output": str(output)})]
@@ -155,6 +237,8 @@ def _add_ratios(rows: list[dict], gflops: float) -> None:
             continue
         row["limit_seconds_per_epoch"] = row["flops_per_epoch"] / (gflops * 1e9)
         row["times_limit"] = row["seconds_per_epoch"] / row["limit_seconds_per_epoch"]
+        row["useful_limit_seconds_per_epoch"] = row["useful_flops_per_epoch"] / (gflops * 1e9)
+        row["times_useful_limit"] = row["seconds_per_epoch"] / row["useful_limit_seconds_per_epoch"]
         for backend, anchor in anchors.items():
             # Per network trained: N seeds in one run count as N runs of fit.
             row[f"speedup_vs_fit_{backend}"] = (
@@ -166,7 +250,7 @@ def _short(row: dict) -> str:
     if row["status"] != "ok":
         return row["status"]
     return (f"{row['seconds_per_epoch']:.3f} s/epoch, val accuracy {row['val_accuracy']:.4f}, "
-            f"peak {row['peak_memory_mb']:.0f} MB")
+            f"peak {row['peak_memory_mb']:.0f} MB ({row['path']})")
 
 
 def to_markdown(results: dict) -> str:
@@ -180,7 +264,7 @@ def to_markdown(results: dict) -> str:
         f"TensorFlow {machine['tensorflow']}, NumPy {machine['numpy']}; {results['created']}.",
         "",
         "| Engine | s/epoch | 1st epoch s | 200 epochs (projected) | val accuracy | peak memory "
-        "| × arithmetic limit | speedup vs fit TF | speedup vs fit JAX |",
+        "| × arithmetic limit (dense / useful) | speedup vs fit TF | speedup vs fit JAX |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
@@ -191,14 +275,16 @@ def to_markdown(results: dict) -> str:
         lines.append(
             f"| {row['name']} ({row['engine']}) | {row['seconds_per_epoch']:.3f} | {row['first_epoch_seconds']:.2f} "
             f"| {row['projected_seconds']:.0f} s | {row['val_accuracy']:.4f} | {row['peak_memory_mb']:.0f} MB "
-            f"| {row['times_limit']:.1f} | " + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups) + " |"
+            f"| {row['times_limit']:.1f} / {row['times_useful_limit']:.1f} | " + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups) + " |"
         )
     lines += [
         "",
         "s/epoch: median of the epochs after the first (the first includes compilation). 200 epochs: the first "
         "epoch plus 199 more. Rows with N seeds train N networks; their times are for all N and their speedups "
         "are per network. × arithmetic limit: s/epoch over (the epoch's multiply-adds × 2 ÷ the measured "
-        f"GFLOP/s, {gflops['limit']:.0f}). Peak memory: the largest resident set of the process that trained.",
+        f"GFLOP/s, {gflops['limit']:.0f}); dense counts every pixel, useful only the nonzero ones (the first "
+        "layer's products with zero pixels add nothing). Peak memory: the largest resident set of the process "
+        "that trained.",
     ]
     comparison = results.get("comparison")
     if comparison:
@@ -235,6 +321,19 @@ def matmul_gflops(size: int = 1024, repeats: int = 20, threads: int | None = Non
     return 2 * size**3 / best / 1e9
 
 
+def useful_epoch_flops(layer_sizes: list[int], train_examples: int, valid_examples: int,
+                       train_nonzeros: int, valid_nonzeros: int) -> int:
+    """`epoch_flops` with the first layer's multiply-adds counted for nonzero inputs only.
+
+    81% of MNIST's pixels are zero, and a product with zero adds nothing: this is the
+    arithmetic an engine cannot avoid, where `epoch_flops` is what a dense product does.
+    """
+    first = layer_sizes[1]
+    dense_first = 2 * 2 * layer_sizes[0] * first * train_examples + 2 * layer_sizes[0] * first * valid_examples
+    useful_first = 2 * 2 * train_nonzeros * first + 2 * valid_nonzeros * first
+    return epoch_flops(layer_sizes, train_examples, valid_examples) - dense_first + useful_first
+
+
 def epoch_flops(layer_sizes: list[int], train_examples: int, valid_examples: int) -> int:
     """Floating-point operations of one epoch: forward and weight gradients, hidden-input gradients, validation.
 
@@ -255,14 +354,17 @@ def _worker(spec: dict) -> dict:
     import digitlab  # noqa: F401  (sets KERAS_BACKEND if unset)
     from digitlab import config, data
 
+    if spec["kind"] == "steps":
+        return _steps_worker(spec)
     seeds = spec["seeds"]  # Consecutive: 0, 1, ..., N-1.
     cfg = config.TrainConfig(model=MODEL, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds),
                              train_limit=spec.get("train_limit")).resolved()
     (x, y), validation, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit)
     if spec["kind"] == "fit":
         durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
+        path = "Keras fit"
     else:
-        durations, histories, engine_name = _engine_worker(cfg, x, y, validation, spec["engine_backend"])
+        durations, histories, engine_name, path = _engine_worker(cfg, x, y, validation, spec["engine_backend"])
     first = float(np.mean(durations[:, 0]))
     later = durations[:, 1:].ravel()
     per_epoch = float(np.median(later)) if later.size else first
@@ -271,6 +373,7 @@ def _worker(spec: dict) -> dict:
     networks_per_run = len(seeds) if spec["kind"] == "engine" else 1
     return {
         "engine": engine_name,
+        "path": path,
         "networks": networks_per_run,
         "seeds": seeds,
         "epochs": cfg.epochs,
@@ -281,6 +384,37 @@ def _worker(spec: dict) -> dict:
         "val_accuracy": float(np.mean(final)),
         "final_val_accuracies": final,
         "flops_per_epoch": epoch_flops(sizes, len(x), len(validation[0])) * networks_per_run,
+        "useful_flops_per_epoch": useful_epoch_flops(sizes, len(x), len(validation[0]), int(np.count_nonzero(x)),
+                                                     int(np.count_nonzero(validation[0]))) * networks_per_run,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _steps_worker(spec: dict) -> dict:
+    """Times `spec["steps"]` steps of Keras fit on the net `spec["model"]`, on the backend digitlab chooses."""
+    from digitlab import config, data
+
+    backend = backends.use_for(spec["model"])  # Before Keras is imported, as `digitlab train` does.
+    import keras
+
+    from digitlab import models
+
+    cfg = config.TrainConfig(model=spec["model"], seed=0).resolved()
+    images = spec["steps"] * cfg.batch_size
+    (x, y), _, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=images,
+                                flat=not models.is_convolutional(cfg.model))
+    (network,) = models.create_seeded_models(cfg)
+    stamps = []
+    timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter()))
+    started = time.perf_counter()
+    network.fit(x, y, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    durations = np.diff([started] + stamps)
+    return {
+        "keras_backend": keras.backend.backend(),
+        "chosen": backend,
+        "steps": len(durations),
+        "first_steps_seconds": float(durations[:WARMUP_STEPS].sum()),
+        "ms_per_step": 1000 * float(np.median(durations[WARMUP_STEPS:])),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -315,7 +449,7 @@ def _engine_worker(cfg, x, y, validation, backend):
     timer = _EpochTimer(cfg.seeds)
     fast.fit(x, y, validation, epochs=cfg.epochs, rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
              on_epoch_end=timer)
-    return timer.durations()[None], timer.histories, fast.name
+    return timer.durations()[None], timer.histories, fast.name, getattr(fast, "path", "")
 
 
 class _EpochTimer:

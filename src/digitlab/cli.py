@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
                                 formatter_class=HelpFormatter)
     add_config_flags(bench, names=("epochs", "seeds", "train_limit"), defaults=bench_defaults)
+    bench.add_argument("--model", default="shallow", choices=("shallow", "lenet"), help="'shallow': fit against the engine, per epoch; 'lenet': fit's steps on each Keras backend and the default one")
+    bench.add_argument("--steps", type=int, default=bench_defaults["steps"], help="--model lenet: the training steps timed per backend")
     bench.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
     bench.add_argument("--compare-seeds", type=int, default=0, help="also compare the final val accuracy of this many seeds, engine against fit (0: skip)")
     bench.add_argument("--compare-epochs", type=int, default=bench_defaults["compare_epochs"], help="epochs of each run in the accuracy comparison")
@@ -178,6 +180,13 @@ def command_explore(args) -> int:
 
 
 def command_train(args) -> int:
+    from digitlab import backends
+
+    # The Keras backend is chosen per net before Keras is first imported (by `training`).
+    if args.resume:
+        backends.use_for(_resumed_model(args.resume))
+    else:
+        backends.use_for(config_from_args(args).model)
     from digitlab import training
 
     # SIGTERM (a closed terminal, `kill`) stops training the way Ctrl-C does: saved, resumable.
@@ -197,6 +206,20 @@ def command_train(args) -> int:
         )
         return EXIT_INTERRUPTED
     return 0
+
+
+def _resumed_model(run_path: str) -> str:
+    """The model a run to resume was started with, read from its config.json without Keras.
+
+    A missing or damaged run folder falls back to the default model here; `training.resume`
+    then reports it properly.
+    """
+    from pathlib import Path
+
+    try:
+        return TrainConfig.load(Path(run_path) / "config.json").model
+    except (OSError, ValueError):
+        return TrainConfig().model
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -302,6 +325,9 @@ def command_serve(args) -> int:
 def command_bench(args) -> int:
     from digitlab import bench
 
+    if args.model == "lenet":
+        bench.run_lenet_bench(steps=args.steps, out_dir=args.out, data_path=args.data)
+        return 0
     bench.run_bench(epochs=args.epochs, seeds=args.seeds, out_dir=args.out, data_path=args.data,
                     train_limit=args.train_limit, compare_seeds=args.compare_seeds,
                     compare_epochs=args.compare_epochs)

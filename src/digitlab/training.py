@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import atomic, checkpoint, data, engine, models, plots, runs, system
+from digitlab import atomic, backends, checkpoint, data, engine, models, plots, runs, system
 from digitlab.config import TrainConfig
 from digitlab.runs import Run, RunError
 
@@ -130,7 +130,12 @@ class _Session:
         progress = _EpochEnd(run, config, engine, self.rngs, self.histories, self.print_fn,
                              wall_time_before=0.0 if saved is None else saved["wall_time_s"])
         try:
-            self.print_fn(f"Engine: {engine.name} on the {keras.backend.backend()} backend")
+            path = getattr(engine, "path", None)
+            self.print_fn(f"Engine: {engine.name} on the {keras.backend.backend()} backend"
+                          + (f" ({path})" if path else ""))
+            note = backends.mismatch_note(config.model, keras.backend.backend())
+            if note:
+                self.print_fn(note)
             progress.start()
             engine.fit(
                 self.train_inputs, self.train_targets, self.validation_data, epochs=config.epochs,
