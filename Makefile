@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# A virtual environment with digitlab, its test tools and TensorFlow (for `digitlab bench`).
-$(STAMP): pyproject.toml
+# A virtual environment with digitlab (its C kernel built from setup.py) and its test tools.
+$(STAMP): pyproject.toml setup.py src/digitlab/engine/_kernels.c
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test,bench]'
+	$(PYTHON) -m pip install --quiet -e '.[test]'
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP)
 

@@ -12,6 +12,7 @@ import pytest
 from keras import layers
 
 from digitlab import config, data, engine, models
+from digitlab.engine import sparse
 
 TRAIN_LIMIT = 2000
 EPOCHS = 2
@@ -82,6 +83,84 @@ def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
     assert len(logs) == EPOCHS
     for key in HISTORY_KEYS:
         np.testing.assert_allclose([entry[key] for entry in logs], history[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def kernel_setting(request, monkeypatch):
+    """The NumPy backend's first-layer path: the C kernel's portable version, or no C kernel at all."""
+    if request.param == "portable":
+        monkeypatch.setenv(sparse.SCALAR_VARIABLE, "1")
+    else:
+        monkeypatch.setenv(sparse.DISABLE_VARIABLE, "1")
+    sparse.reload()
+    yield request.param
+    monkeypatch.undo()
+    sparse.reload()
+
+
+@pytest.mark.parametrize("kernel_setting", ["portable", "off"], indirect=True)
+@pytest.mark.parametrize("case", ["shallow-mse-sgd", "intermediate-sgd-momentum"])
+def test_every_first_layer_path_matches_keras_fit(mnist, fit_results, case, kernel_setting):
+    """The AVX2 kernel runs in the test above; here its portable C version, and NumPy alone (no kernel)."""
+    (x, y), validation = mnist
+    initial, fitted, history = fit_results[case]
+    cfg, (model,) = seeded_models(CASES[case])
+    fast = engine.FastEngine([model], cfg, backend="numpy")
+    logs = []
+    fast.fit(x, y, validation, epochs=EPOCHS, rngs=[np.random.RandomState(SEED)],
+             on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]))
+    fast.sync_to_models()
+    expected_path = "sparse first layer in C (portable C" if kernel_setting == "portable" else "NumPy only: the C kernel is disabled"
+    assert fast.path.startswith(expected_path), fast.path
+    for trained, expected in zip(model.get_weights(), fitted):
+        np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=2e-6)
+    for key in HISTORY_KEYS:
+        np.testing.assert_allclose([entry[key] for entry in logs], history[key], rtol=1e-4, atol=1e-6)
+
+
+def test_the_default_path_is_the_avx2_kernel_where_it_is_built(mnist):
+    # This machine (CI) builds the kernel at install and has AVX2; a machine without either trains on NumPy.
+    cfg, (model,) = seeded_models(dict(model="shallow"))
+    fast = engine.FastEngine([model], cfg, backend="numpy")
+    (x, y), validation = mnist
+    fast.fit(x, y, validation, epochs=1)
+    assert sparse.available(), sparse.unavailable_reason()
+    assert fast.path.startswith("sparse first layer in C (AVX2") and "inputs are nonzero" in fast.path
+
+
+def test_a_missing_kernel_library_is_said_and_numpy_trains(mnist, monkeypatch):
+    monkeypatch.setattr(sparse, "LIBRARY_NAME", "_no_such_kernels")
+    sparse.reload()
+    try:
+        cfg, (model,) = seeded_models(dict(model="shallow"))
+        fast = engine.FastEngine([model], cfg, backend="numpy")
+        assert "was not built at install time" in fast.path
+        (x, y), validation = mnist
+        logs = []
+        fast.fit(x[:500], y[:500], validation, epochs=1, on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs))
+        assert logs[0][0]["val_accuracy"] > 0
+    finally:
+        monkeypatch.undo()
+        sparse.reload()
+
+
+@pytest.mark.parametrize("case", ["shallow-mse-sgd", "shallow-adam"])
+def test_threads_over_seeds_train_as_one_thread_does(mnist, case):
+    (x, y), validation = mnist
+    results = {}
+    for workers in (1, 2):
+        cfg, group = seeded_models(CASES[case], count=3)
+        fast = engine.FastEngine(group, cfg, backend="numpy", workers=workers)
+        logs = []
+        fast.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(s) for s in (1, 2, 3)],
+                 on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs))
+        results[workers] = (fast.get_state(), logs, fast.path)
+    assert "2 threads over the seeds" in results[2][2] and "threads" not in results[1][2]
+    for name, value in results[1][0].items():
+        np.testing.assert_allclose(results[2][0][name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    for one, two in zip(results[1][1], results[2][1]):
+        for single, threaded in zip(one, two):
+            assert threaded == pytest.approx(single, rel=1e-5)
 
 
 def test_fit_engine_shuffles_with_one_permutation_per_epoch(mnist):

@@ -15,6 +15,8 @@ backend's sums into the history `fit` would report.
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 from keras import layers
@@ -41,11 +43,13 @@ class FastEngine:
     `threads` is the number of OpenBLAS threads the NumPy backend uses while it trains
     (None leaves OpenBLAS's own setting). One is the default because it measured
     fastest: the products here are small, and on a 2-core machine a second BLAS
-    thread made epochs 1.5 to 10 times slower.
+    thread made epochs 1.5 to 10 times slower. `workers` is the number of threads
+    that share N seeds on the NumPy backend (None: one per core; 1: no threads).
+    `path` says in words how the first layer runs (sparse C kernel or NumPy, and why).
     """
 
     def __init__(self, models: list[keras.Model], config: TrainConfig, backend: str = "auto",
-                 threads: int | None = 1):
+                 threads: int | None = 1, workers: int | None = None):
         if not models:
             raise ValueError("FastEngine needs at least one compiled Keras model.")
         if backend not in BACKENDS:
@@ -70,7 +74,14 @@ class FastEngine:
         if any(layer.dropout for layer in self.network.dense):
             state["dropout_seeds"] = np.array([_dropout_seed(model) for model in models], np.uint32)
         self._shapes = {name: (array.shape, array.dtype) for name, array in state.items()}
-        self._impl = _make_backend(backend, self.network, self.batch_size, state, threads)
+        if workers is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._impl = _make_backend(backend, self.network, self.batch_size, state, threads, workers)
+
+    @property
+    def path(self) -> str:
+        """How the backend runs the layers, in words (the NumPy backend: the sparse C kernel or why not)."""
+        return getattr(self._impl, "path", "jax.jit over each epoch")
 
     def fit(self, x, y, validation_data=None, epochs: int = 1, initial_epoch: int = 0,
             rngs: list[np.random.RandomState] | None = None, on_epoch_end=None) -> None:
@@ -154,10 +165,13 @@ def _dropout_seed(model: keras.Model) -> int:
     return 0
 
 
-def _make_backend(backend: str, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None):
+def _make_backend(backend: str, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None,
+                  workers: int):
     if backend == "jax":
         # Imported here, not at the top: only runs that ask for the JAX backend pay for loading it.
         from digitlab.engine import jax_backend
 
         return jax_backend.JaxBackend(network, batch_size, state)
+    if workers > 1 and len(state["dense_0/kernel"]) > 1:
+        return numpy_backend.SeedThreads(network, batch_size, state, threads, workers)
     return numpy_backend.NumpyBackend(network, batch_size, state, threads)

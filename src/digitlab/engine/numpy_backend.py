@@ -7,13 +7,19 @@ each step as batched matrix products over the N models, on buffers allocated onc
 per batch size (`_Workspace`), with Keras's own formulas (JAX backend) for the
 activations, the loss and the optimizer update. All its products run inside
 `blas.BlasThreads(threads)`.
+
+Where the C kernel is built (`sparse.py`), the first layer runs on the images'
+nonzero pixels only: its forward product, and its weight gradient through each
+batch's transpose (with plain SGD, the C kernel also applies the update, to the
+weight rows the batch touches). `SeedThreads` runs N seeds as one `NumpyBackend`
+per core, in threads.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from digitlab.engine import blas, spec
+from digitlab.engine import blas, sparse, spec
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -49,9 +55,11 @@ class _Workspace:
 class NumpyBackend:
     """Trains the stacked models with NumPy over OpenBLAS; weights live in `self.arrays`."""
 
-    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None):
+    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None,
+                 copy: bool = True):
         self.network, self.batch_size, self.threads = network, batch_size, threads
-        self.arrays = {name: np.array(value) for name, value in state.items()}
+        # copy=False: train the given arrays in place (SeedThreads hands each thread views of its models).
+        self.arrays = {name: np.array(value) if copy else value for name, value in state.items()}
         self.count = len(self.arrays["dense_0/kernel"])
         # With one model the 2-D views skip NumPy's stacked-matmul loop; they share memory.
         self.lead = () if self.count == 1 else (self.count,)
@@ -59,6 +67,10 @@ class NumpyBackend:
         self.grads = {name: np.zeros_like(self.arrays[name]) for name in self.names}
         self.temps = {name: np.zeros_like(self.arrays[name]) for name in self.names}
         self.workspaces: dict[int, _Workspace] = {}
+        self.sparse_rows, self.transposes = None, None
+        # Plain SGD on a sparse first layer: the C kernel updates the touched weight rows itself.
+        self.fused_sgd = network.optimizer.name == "sgd" and not network.optimizer.momentum
+        self.path = self._path(None)
         # Views made once (the arrays are only ever updated in place), to keep the step loop lean.
         layers_range = range(len(network.dense))
         self.kernels = [self._view(self.arrays[f"dense_{index}/kernel"]) for index in layers_range]
@@ -77,11 +89,43 @@ class NumpyBackend:
         for name, value in state.items():
             self.arrays[name][...] = value
 
-    def start(self, x, y, validation) -> None:
+    def start(self, x, y, validation, sparse_rows="build") -> None:
+        """Takes the data; `sparse_rows` shares the (train, validation) rows, or None, another backend built."""
         self.x, self.y, self.labels = x, y, np.argmax(y, axis=1)
         self.validation = None
         if validation is not None:
             self.validation = (validation[0], validation[1], np.argmax(validation[1], axis=1))
+        if isinstance(sparse_rows, str):
+            sparse_rows = self.build_sparse_rows(x, validation)
+        else:
+            self.path = self._path(x)
+        self.sparse_rows = sparse_rows
+        if self.sparse_rows is not None and self.transposes is None:
+            units = self.network.dense[0].units
+            self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units)
+                               for _ in range(self.count)]
+
+    def build_sparse_rows(self, x, validation):
+        """The (train, validation) CSR rows for the C kernel, or None where the first layer stays dense."""
+        self.path = self._path(x)
+        if not self.path.startswith("sparse"):
+            return None
+        return (sparse.SparseRows(x), None if validation is None else sparse.SparseRows(validation[0]))
+
+    def _path(self, x) -> str:
+        """How the first layer runs, in words (the engine prints it)."""
+        reason = sparse.unavailable_reason()
+        if reason is not None:
+            return f"NumPy only: {reason}"
+        if self.network.dense[0].dropout:
+            return "NumPy only: the C kernel does not run a first layer with Dropout on its input"
+        kind = "AVX2" if sparse.simd() else "portable C"
+        if x is None:
+            return f"sparse first layer in C ({kind})"
+        share = sparse.density(x)
+        if share > sparse.MAX_DENSITY:
+            return f"NumPy only: {share:.0%} of the inputs are nonzero, too many for the sparse C kernel"
+        return f"sparse first layer in C ({kind}; {share:.0%} of the inputs are nonzero)"
 
     def _workspace(self, rows: int) -> _Workspace:
         if rows not in self.workspaces:
@@ -103,7 +147,8 @@ class NumpyBackend:
 
     def _step(self, work: _Workspace, index: np.ndarray):
         # "clip" mode skips the bounds-check buffer that the default "raise" mode copies through.
-        np.take(self.x, index, axis=0, out=work.inputs, mode="clip")
+        if self.sparse_rows is None:
+            np.take(self.x, index, axis=0, out=work.inputs, mode="clip")
         np.take(self.y, index, axis=0, out=work.targets, mode="clip")
         np.take(self.labels, index, axis=0, out=work.labels, mode="clip")
         activations = work.inputs
@@ -112,14 +157,25 @@ class NumpyBackend:
                 activations = self._dropout(work, number, activations)
             work.layer_inputs[number] = activations
             output = work.outputs[number]
-            np.matmul(activations, self.kernels[number], out=output)
-            output += self.biases[number]
+            if number == 0 and self.sparse_rows is not None:
+                self._sparse_forward(self.sparse_rows[0], index, output, transposes=self.transposes)
+            else:
+                np.matmul(activations, self.kernels[number], out=output)
+                output += self.biases[number]
             _activate(output, layer.activation, work.scratch[number], work.row)
             activations = output
         loss_sums, correct = self._loss(work, activations, work.targets, work.labels, work.gradients[-1])
         for number in reversed(range(len(self.network.dense))):
             gradient, layer = work.gradients[number], self.network.dense[number]
-            np.matmul(np.swapaxes(work.layer_inputs[number], -1, -2), gradient, out=self.kernel_grads[number])
+            if number == 0 and self.sparse_rows is not None:
+                kernels, rate = self.arrays["dense_0/kernel"], np.float32(self.network.optimizer.learning_rate)
+                for k, (dz, grad) in enumerate(self._per_model(gradient, self.kernel_grads[0])):
+                    if self.fused_sgd:
+                        sparse.sgd_update(self.transposes[k], dz, kernels[k], rate)
+                    else:
+                        sparse.weight_gradient(self.transposes[k], dz, grad)
+            else:
+                np.matmul(np.swapaxes(work.layer_inputs[number], -1, -2), gradient, out=self.kernel_grads[number])
             np.sum(gradient, axis=-2, out=self.bias_grads[number])
             if number == 0:
                 break  # The gradient with respect to the images themselves is never needed.
@@ -132,6 +188,21 @@ class NumpyBackend:
                                  work.scratch[number - 1])
         self._update()
         return loss_sums, correct
+
+    def _per_model(self, *arrays):
+        """Model k's slice of each stacked array, for k = 0 .. count - 1 (the arrays themselves for one model)."""
+        if self.count == 1:
+            return [arrays]
+        return [tuple(array[k] for array in arrays) for k in range(self.count)]
+
+    def _sparse_forward(self, rows: sparse.SparseRows, index, output, first: int = 0, transposes=None) -> None:
+        """The first layer's product plus bias through the C kernel, model by model (and each batch's transpose)."""
+        kernels, biases = self.arrays["dense_0/kernel"], self.arrays["dense_0/bias"]
+        for k in range(self.count):
+            model_index = None if index is None else (index if self.count == 1 else index[k])
+            model_output = output if self.count == 1 else output[k]
+            sparse.forward(rows, model_index, kernels[k], biases[k], model_output, first=first,
+                           transpose=None if transposes is None else transposes[k])
 
     def _dropout(self, work: _Workspace, number: int, activations: np.ndarray) -> np.ndarray:
         # Each model's mask comes from its own seed, the step count and the layer: resumable exactly.
@@ -197,6 +268,8 @@ class NumpyBackend:
             power_2 = np.power(np.float32(optimizer.beta_2), step)
             alpha = rate * np.sqrt(np.float32(1) - power_2) / (np.float32(1) - power_1)
         for name in self.names:
+            if name == "dense_0/kernel" and self.fused_sgd and self.sparse_rows is not None:
+                continue  # Already updated by the C kernel (sparse.sgd_update).
             weight, grad, temp = self.arrays[name], self.grads[name], self.temps[name]
             if optimizer.name == "sgd":
                 grad *= rate
@@ -257,6 +330,11 @@ class NumpyBackend:
                 for number, layer in enumerate(self.network.dense):
                     kernel = self.arrays[f"dense_{number}/kernel"]
                     output = work.outputs[number]
+                    if number == 0 and self.sparse_rows is not None and self.sparse_rows[1] is not None:
+                        self._sparse_forward(self.sparse_rows[1], None, output, first=start)
+                        _activate(output, layer.activation, work.scratch[number], work.row)
+                        activations = output
+                        continue
                     if number == 0 and self.count > 1:
                         # One product for all models: (rows, inputs) @ (inputs, models * units).
                         joined = kernel.transpose(1, 0, 2).reshape(kernel.shape[1], -1)
@@ -275,6 +353,64 @@ class NumpyBackend:
                 loss_sums += batch_loss
                 correct += batch_correct
         return loss_sums, correct
+
+
+class SeedThreads:
+    """N models trained by one `NumpyBackend` per core, each on its share of the models, in threads.
+
+    The models are independent, so the groups never wait for each other within an
+    epoch; the C kernel (ctypes) and NumPy's larger operations release the GIL.
+    Each group trains views of this object's stacked arrays, so `state()` and
+    `load()` see and set every model at once; the MNIST rows for the C kernel are
+    built once and shared. OpenBLAS is held to `threads` (one) per thread for the epoch.
+    """
+
+    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None, workers: int):
+        from concurrent import futures
+
+        self.threads = threads
+        self.arrays = {name: np.array(value) for name, value in state.items()}
+        count = len(self.arrays["dense_0/kernel"])
+        bounds = np.linspace(0, count, min(workers, count) + 1).astype(int)
+        self.slices = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+        self.groups = [
+            NumpyBackend(network, batch_size, {
+                # The step count is one number per group (all groups step together); the rest are views.
+                name: np.array(value) if value.ndim == 0 else value[part] for name, value in self.arrays.items()
+            }, threads=None, copy=False)
+            for part in self.slices
+        ]
+        self.pool = futures.ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="digitlab-seeds")
+        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+
+    def state(self) -> dict:
+        self.arrays["iterations"][...] = self.groups[0].arrays["iterations"]
+        return self.arrays
+
+    def load(self, state: dict) -> None:
+        for name, value in state.items():
+            self.arrays[name][...] = value
+        for group in self.groups:
+            group.arrays["iterations"][...] = self.arrays["iterations"]
+
+    def start(self, x, y, validation) -> None:
+        shared = self.groups[0].build_sparse_rows(x, validation)
+        for group in self.groups:
+            group.start(x, y, validation, sparse_rows=shared)
+        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+
+    def _each(self, method: str, *per_group):
+        with blas.BlasThreads(self.threads):
+            jobs = [self.pool.submit(getattr(group, method), *(args[index] for args in per_group))
+                    for index, group in enumerate(self.groups)]
+            results = [job.result() for job in jobs]
+        return np.concatenate([loss for loss, _ in results]), np.concatenate([hits for _, hits in results])
+
+    def train_epoch(self, orders: np.ndarray):
+        return self._each("train_epoch", [orders[part] for part in self.slices])
+
+    def evaluate(self):
+        return self._each("evaluate")
 
 
 def _activate(values: np.ndarray, activation: str, scratch: np.ndarray, row: np.ndarray) -> None:

@@ -1,0 +1,185 @@
+"""The sparse first layer: C kernels (`_kernels.c`) for images that are mostly zero pixels.
+
+    from digitlab.engine import sparse
+    if sparse.available():                         # else sparse.unavailable_reason() says why
+        rows = sparse.SparseRows(x)                # CSR of the float32 images, built once
+        transpose = sparse.Transpose(rows, batch_size, units)
+        sparse.forward(rows, index, kernel, bias, out, transpose=transpose)   # out = x[index] @ kernel + bias
+        sparse.weight_gradient(transpose, dz, grad)                           # grad = x[index].T @ dz
+
+81% of MNIST's pixels are zero, so the first layer's forward product and its
+weight gradient need about a fifth of the dense multiply-adds. The kernels are
+a plain shared library that `pip install` builds from `_kernels.c` (setup.py;
+the build is optional) and that this module loads with ctypes, which releases
+the GIL during each call, so threads over seeds run on every core. A machine
+where the library could not be built, or a run with `DIGITLAB_NO_KERNEL=1` in
+the environment, trains on the NumPy path instead, and `unavailable_reason`
+says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but skips its AVX2
+versions (the portable ones then run; the tests use it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+
+import numpy as np
+
+LIBRARY_NAME = "_kernels"
+DISABLE_VARIABLE = "DIGITLAB_NO_KERNEL"
+SCALAR_VARIABLE = "DIGITLAB_KERNEL_SCALAR"
+# Above this fraction of nonzero inputs the dense BLAS product is the faster path.
+MAX_DENSITY = 0.5
+
+_library = None
+_reason = None
+
+
+def _load():
+    global _library, _reason
+    if _library is not None or _reason is not None:
+        return _library
+    if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
+        _reason = f"the C kernel is disabled ({DISABLE_VARIABLE} is set)"
+        return None
+    here = Path(__file__).parent
+    candidates = [here / f"{LIBRARY_NAME}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        _reason = ("the C kernel was not built at install time (no compiler, or not x86-64/Linux?); "
+                   "reinstall with a C compiler to get it")
+        return None
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        _reason = f"the C kernel {path.name} could not be loaded ({error})"
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    library.digitlab_kernels_simd.argtypes = [ctypes.c_int]
+    library.digitlab_kernels_simd.restype = ctypes.c_int
+    library.digitlab_sparse_forward.argtypes = [pointer] * 4 + [size] * 3 + [pointer] * 2 + [size] + [pointer] * 4
+    library.digitlab_sparse_forward.restype = None
+    library.digitlab_sparse_weight_gradient.argtypes = [pointer] * 3 + [size, pointer, size, pointer, pointer,
+                                                                       ctypes.c_float]
+    library.digitlab_sparse_weight_gradient.restype = None
+    library.digitlab_kernels_simd(int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0")))
+    _library = library
+    return _library
+
+
+def reload() -> None:
+    """Forgets the loaded library, so that the next call re-reads DIGITLAB_NO_KERNEL and DIGITLAB_KERNEL_SCALAR."""
+    global _library, _reason
+    _library, _reason = None, None
+
+
+def available() -> bool:
+    """True when the C kernels are built, loadable and not disabled."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot run here, as a phrase; None when they can."""
+    _load()
+    return _reason
+
+
+def simd() -> bool:
+    """True when the kernels run their AVX2+FMA versions (else the portable C ones)."""
+    library = _load()
+    return bool(library is not None and library.digitlab_kernels_simd(
+        int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0"))))
+
+
+def density(x: np.ndarray) -> float:
+    """The fraction of nonzero entries of `x`."""
+    return float(np.count_nonzero(x)) / max(x.size, 1)
+
+
+class SparseRows:
+    """A float32 matrix's rows in CSR form (row starts, column numbers, values), for the kernels."""
+
+    def __init__(self, x: np.ndarray):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] > np.iinfo(np.uint16).max:
+            raise ValueError(f"SparseRows takes a matrix of at most 65535 columns, got shape {x.shape}.")
+        self.shape = x.shape
+        rows, cols = np.nonzero(x)  # Row by row, columns ascending.
+        self.cols = cols.astype(np.uint16)  # Two bytes a pixel: the kernels read less memory.
+        self.vals = np.ascontiguousarray(x[rows, cols])
+        self.starts = np.zeros(len(x) + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(x)), out=self.starts[1:])
+        self.most_per_row = int(np.diff(self.starts).max()) if len(x) else 0
+        self._pointers = (self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
+
+
+class Transpose:
+    """A batch's transpose, built by `forward` and used by `weight_gradient`: one per model in training."""
+
+    def __init__(self, data: SparseRows, rows: int, units: int):
+        capacity = max(1, data.most_per_row * rows)
+        self.capacity, self.inputs = capacity, data.shape[1]
+        self.offsets = np.empty(data.shape[1] + 1, np.int32)
+        self.rows = np.empty(capacity, np.int32)
+        self.vals = np.empty(capacity, np.float32)
+        self.gradient_row = np.empty(units, np.float32)  # Scratch for the fused SGD update.
+        self._pointers = (self.offsets.ctypes.data, self.rows.ctypes.data, self.vals.ctypes.data)
+
+
+def _kernels():
+    library = _library if _library is not None else _load()
+    if library is None:
+        raise RuntimeError(f"The sparse C kernel cannot run: {_reason}.")
+    return library
+
+
+def _check(array: np.ndarray, dtype) -> int:
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        raise ValueError(f"The C kernel needs C-contiguous {np.dtype(dtype).name} arrays, got {array.dtype}.")
+    return array.ctypes.data
+
+
+def forward(data: SparseRows, index: np.ndarray | None, kernel: np.ndarray, bias: np.ndarray, out: np.ndarray,
+            first: int = 0, transpose: Transpose | None = None) -> None:
+    """out = data[index] @ kernel + bias (index None: rows first, first + 1, ..., first + len(out) - 1).
+
+    With `transpose`, also builds the batch's transpose for `weight_gradient`.
+    """
+    rows, units = out.shape
+    inputs = data.shape[1]
+    if kernel.shape != (inputs, units) or bias.shape != (units,):
+        raise ValueError(f"forward: kernel {kernel.shape} and bias {bias.shape} do not fit out {out.shape}.")
+    if index is not None:
+        _check(index, np.intp)
+        if len(index) != rows:
+            raise ValueError("index and out must have the same number of rows.")
+    elif not 0 <= first <= data.shape[0] - rows:
+        raise ValueError("The rows asked for are outside the data.")
+    if transpose is not None and (transpose.inputs != inputs or rows * data.most_per_row > transpose.capacity):
+        raise ValueError("forward: the transpose buffers are too small for this batch.")
+    _kernels().digitlab_sparse_forward(
+        *data._pointers, None if index is None else index.ctypes.data, first, rows, inputs,
+        _check(kernel, np.float32), _check(bias, np.float32), units, _check(out, np.float32),
+        *(transpose._pointers if transpose is not None else (None, None, None)),
+    )
+
+
+def weight_gradient(transpose: Transpose, dz: np.ndarray, grad: np.ndarray) -> None:
+    """grad = x_batch.T @ dz, for the batch whose transpose `forward` built, over its nonzero pixels only."""
+    units = dz.shape[1]
+    if grad.shape != (transpose.inputs, units):
+        raise ValueError(f"weight_gradient: grad {grad.shape} does not fit dz {dz.shape}.")
+    _kernels().digitlab_sparse_weight_gradient(
+        *transpose._pointers, transpose.inputs, _check(dz, np.float32), units, _check(grad, np.float32), None, 0.0)
+
+
+def sgd_update(transpose: Transpose, dz: np.ndarray, weight: np.ndarray, rate: np.float32) -> None:
+    """weight -= (x_batch.T @ dz) * rate, as Keras's plain SGD, on the rows of the pixels the batch touches."""
+    units = dz.shape[1]
+    if weight.shape != (transpose.inputs, units) or len(transpose.gradient_row) != units:
+        raise ValueError(f"sgd_update: weight {weight.shape} does not fit dz {dz.shape}.")
+    _kernels().digitlab_sparse_weight_gradient(
+        *transpose._pointers, transpose.inputs, _check(dz, np.float32), units,
+        transpose.gradient_row.ctypes.data, _check(weight, np.float32), float(rate))
