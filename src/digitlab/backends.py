@@ -13,7 +13,7 @@ The choice, measured with `digitlab bench --model lenet` on a 2-core CPU:
 
 - the dense nets (shallow, intermediate, deep) train on JAX, where `fit` is
   fastest and the fast engine runs on its own CPU path anyway;
-- LeNet trains on TensorFlow, whose oneDNN convolutions ran about 7 times faster
+- LeNet trains on TensorFlow, whose oneDNN convolutions ran 4 to 7 times faster
   than XLA's here (JAX remains the fallback when TensorFlow is not installed).
 
 A `KERAS_BACKEND` that the user set always wins. Importing `digitlab` sets
