@@ -100,12 +100,15 @@ def test_evaluate_run_matches_keras_and_writes_its_files(test_run, mnist_arrays,
         assert mistake["true"] != mistake["predicted"] and y_test[mistake["index"]] == mistake["true"]
         assert mistake["probability"] > mistake["probability_of_true"]
     assert json.loads((tmp_path / "evaluation.json").read_text())["accuracy"] == result["accuracy"]
-    for name in ("confusion.png", "mistakes.png"):
+    for name in ("confusion.png", "mistakes.png", "hidden_units.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and image.width > 500 and image.height > 400
+    assert result["files"]["hidden_units"] == str(tmp_path / "hidden_units.png")
+    assert not (tmp_path / "filters.png").exists()  # Only LeNet has convolution filters.
     # Without out_dir the files go into the run folder.
     evaluation.evaluate_run(test_run)
-    assert {"evaluation.json", "confusion.png", "mistakes.png"} <= {path.name for path in test_run.path.iterdir()}
+    assert {"evaluation.json", "confusion.png", "mistakes.png", "hidden_units.png"} <= {
+        path.name for path in test_run.path.iterdir()}
 
 
 def test_holdout_run_validates_on_training_images_and_tests_once(holdout_run, mnist_arrays, tmp_path):
@@ -119,7 +122,8 @@ def test_holdout_run_validates_on_training_images_and_tests_once(holdout_run, mn
         mnist_arrays["y_test"], minlength=10).tolist()
     assert test["accuracy"] == pytest.approx(holdout_run.metrics()["test_accuracy"], abs=1e-5)
     names = {path.name for path in tmp_path.iterdir()}
-    assert {"evaluation.json", "evaluation-test.json", "confusion-test.png", "mistakes-test.png"} <= names
+    assert {"evaluation.json", "evaluation-test.json", "confusion-test.png", "mistakes-test.png",
+            "hidden_units-test.png"} <= names
 
 
 def test_bad_split_and_unfinished_run_are_reported(test_run, tmp_path):

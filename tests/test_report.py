@@ -33,11 +33,12 @@ def report_path(holdout_run, tmp_path_factory):
 def test_report_is_self_contained_and_complete(report_path, holdout_run):
     page = report_path.read_text(encoding="utf-8")
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 4 and all(source.startswith("data:image/png;base64,") for source in sources)
+    assert len(sources) == 5 and all(source.startswith("data:image/png;base64,") for source in sources)
     assert not re.search(r"<(script|link|iframe)\b", page)
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", page, flags=re.IGNORECASE)
     metrics = holdout_run.metrics()
     for expected in ("Configuration", "categorical_crossentropy", "holdout", "Per digit", "Confusion matrix",
+                     "A look inside the network", "28×28 image",
                      metrics["versions"]["keras"], metrics["data_sha256"]["x_train"],
                      f"{metrics['test_accuracy']:.4f}", "matches the data of this report"):
         assert expected in page, f"the report lacks {expected!r}"

@@ -6,6 +6,7 @@
     digitlab train --resume RUN           # finish a run cut short
     digitlab predict RUN --index 0        # ask the trained network about a validation image
     digitlab predict RUN digit.png        # ... or about your own handwriting
+    digitlab tensorboard RUN              # a run's --tensorboard logs in TensorBoard
     digitlab runs | compare | evaluate | report | serve | bench
 
 Bad input (a flag, a file, a run folder) prints one clear `error:` line and exits
@@ -119,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("run", metavar="RUN", help="a run folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+
+    from digitlab.board import DEFAULT_PORT
+
+    board = commands.add_parser("tensorboard", help="show a run's --tensorboard logs in TensorBoard",
+                                formatter_class=HelpFormatter)
+    board.add_argument("run", metavar="RUN", help="a run folder trained with --tensorboard")
+    board.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
+    board.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
 
     bench_defaults = _bench_defaults()
     bench = commands.add_parser("bench", help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
@@ -322,6 +331,12 @@ def command_serve(args) -> int:
     return 0
 
 
+def command_tensorboard(args) -> int:
+    from digitlab import board, runs
+
+    return board.serve(runs.open_run(args.run), host=args.host, port=args.port)
+
+
 def command_bench(args) -> int:
     from digitlab import bench
 
@@ -343,6 +358,7 @@ COMMANDS = {
     "compare": command_compare,
     "report": command_report,
     "serve": command_serve,
+    "tensorboard": command_tensorboard,
     "bench": command_bench,
 }
 

@@ -13,9 +13,13 @@ folder (or `out_dir`):
     evaluation.json   accuracy, loss, precision/recall/F1 per digit, confusion matrix, mistakes
     confusion.png     the confusion matrix, counts in every cell
     mistakes.png      the most confidently wrong digits with true and predicted labels
+    hidden_units.png  (dense nets) the first layer's weights as 28x28 images, and its
+                      activations and the ten probabilities for the first image (see digitlab.inside)
+    filters.png       (LeNet) the first convolution's filters
+    feature_maps.png  (LeNet) the maps they make of the first image
 
-With `split="test"` the files are named evaluation-test.json, confusion-test.png
-and mistakes-test.png, so a holdout run's one final check on the test images
+With `split="test"` the files are named evaluation-test.json, confusion-test.png,
+mistakes-test.png and so on, so a holdout run's one final check on the test images
 never overwrites its validation results. `evaluate_model` does the same work on
 any model and images (the notebooks use it) and returns the figures instead of
 writing them.
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, data, models, plots, runs
+from digitlab import atomic, data, inside, models, plots, runs
 
 SPLITS = ("validation", "test")
 NUM_CLASSES = data.NUM_CLASSES
@@ -83,12 +87,14 @@ def confident_mistakes(probabilities: np.ndarray, true_labels, count: int = GALL
 
 
 def evaluate_model(model, images: np.ndarray, labels: np.ndarray, flat: bool = True,
-                   gallery_size: int = GALLERY_SIZE, title: str = "") -> tuple[dict, dict]:
+                   gallery_size: int = GALLERY_SIZE, title: str = "",
+                   digit_name: str = "X_valid[0]") -> tuple[dict, dict]:
     """Scores a compiled Keras model on uint8 images; returns (result, figures).
 
     `result` holds accuracy and loss (from `model.evaluate`), per-digit scores,
-    the confusion matrix and the gallery's mistakes; `figures` maps
-    "confusion" and "mistakes" to Matplotlib figures.
+    the confusion matrix and the gallery's mistakes; `figures` maps "confusion",
+    "mistakes" and the look inside the network at the first image ("hidden_units",
+    or "filters" and "feature_maps"; see `inside.figures`) to Matplotlib figures.
     """
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(
@@ -129,6 +135,7 @@ def evaluate_model(model, images: np.ndarray, labels: np.ndarray, flat: bool = T
             images[wrong], labels[wrong], predicted[wrong], probabilities[wrong, predicted[wrong]],
             title=f"{heading}the {len(wrong)} most confidently wrong digits" if title
             else f"The {len(wrong)} most confidently wrong digits"),
+        **inside.figures(model, images[0], int(labels[0]), flat=flat, digit_name=digit_name),
     }
     return result, figures
 
@@ -159,22 +166,22 @@ def evaluate(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validat
         model = run.load_model()
     result, figures = evaluate_model(
         model, images, labels, flat=not models.is_convolutional(config.model),
-        title=f"{config.model} net, {split}",
+        title=f"{config.model} net, {split}", digit_name=f"{split} image 0",
     )
     result = {"run": run.name, "model": config.model, "split": split, "data": description,
               "validation": config.validation, **result}
     return result, figures
 
 
-def output_names(split: str) -> dict[str, str]:
-    """The file names an evaluation of `split` writes."""
+def output_names(split: str, figures=("confusion", "mistakes")) -> dict[str, str]:
+    """The file names an evaluation of `split` writes: the JSON and one PNG per figure."""
     suffix = "" if split == "validation" else f"-{split}"
-    return {"json": f"evaluation{suffix}.json", "confusion": f"confusion{suffix}.png",
-            "mistakes": f"mistakes{suffix}.png"}
+    return {"json": f"evaluation{suffix}.json", **{name: f"{name}{suffix}.png" for name in figures}}
 
 
 def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_dir=None) -> dict:
-    """Evaluates a run and writes evaluation.json, confusion.png and mistakes.png; returns the result."""
+    """Evaluates a run and writes evaluation.json and its figures (confusion.png, mistakes.png and the
+    look inside); returns the result."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose validation or test.")
     out_dir = Path(out_dir) if out_dir is not None else run.path
@@ -183,10 +190,10 @@ def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_d
     except OSError as error:
         raise runs.RunError(f"Cannot create the output folder {out_dir} ({error.strerror}).") from None
     result, figures = evaluate(run, data.load_arrays(data_path), split)
-    names = output_names(split)
+    names = output_names(split, figures)
     result["files"] = {key: str(out_dir / name) for key, name in names.items()}
-    for key in ("confusion", "mistakes"):
-        plots.save_figure(figures[key], out_dir / names[key])
+    for key in figures:
+        plots.save_figure(figures[key], out_dir / names[key], palette=inside.is_inside_figure(key))
     atomic.write_json(out_dir / names["json"], result)
     return result
 

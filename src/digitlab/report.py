@@ -7,7 +7,8 @@ The page holds the run's configuration, its results, the software versions and
 the SHA-256 of the data it was trained on (from metrics.json, checked against
 the data the report was made with), the model's layers, the first training
 digits, the training curves, the confusion matrix, the gallery of the most
-confidently wrong digits and the per-digit precision, recall and F1. Every
+confidently wrong digits, the per-digit precision, recall and F1, and a look
+inside the network (its first layer's weights and how it answers one digit). Every
 image is embedded as a base64 data URI and the styles are inline, so the one
 file opens offline, in any browser, anywhere it is copied.
 """
@@ -19,7 +20,7 @@ import datetime
 import html
 from pathlib import Path
 
-from digitlab import atomic, data, evaluation, plots, runs
+from digitlab import atomic, data, evaluation, inside, plots, runs
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
@@ -71,6 +72,8 @@ def render_report(run: runs.Run, data_path=None) -> str:
         "curves": plots.figure_png(plots.training_curves(histories, title=f"{config.model} net")),
         "confusion": plots.figure_png(figures["confusion"]),
         "mistakes": plots.figure_png(figures["mistakes"]),
+        **{name: plots.figure_png(figure, palette=True) for name, figure in figures.items()
+           if inside.is_inside_figure(name)},
     }
     title = f"digitlab run {run.name}"
     sections = [
@@ -98,6 +101,7 @@ def render_report(run: runs.Run, data_path=None) -> str:
         _image(images["mistakes"], "The most confidently wrong digits"),
         "<h3>Per digit</h3>",
         _per_digit_table(result),
+        _inside_section(images),
         "<h2>Software and machine</h2>",
         _table(["", ""], [("backend", metrics.get("backend", "?")), ("engine", metrics.get("engine", "?")),
                           ("machine", metrics.get("machine", "?")),
@@ -129,6 +133,23 @@ def _results_section(config, metrics: dict, result: dict) -> str:
         for label, value in cards
     )
     return f'<h2>Results</h2>\n<div class="cards">{items}</div>'
+
+
+INSIDE_CAPTIONS = {
+    "hidden_units": (
+        "Each tile is one neuron of the first hidden layer: its 784 weights drawn as a 28×28 image, all on "
+        "one colour scale symmetric around 0 (red pixels excite the neuron, blue ones inhibit it). Beside "
+        "them, the first validation image, the activations it gives the neurons (placed as the tiles) and "
+        "the network's ten output probabilities."),
+    "filters": "The first convolution's 3×3 filters, on one colour scale symmetric around 0.",
+    "feature_maps": "The maps those filters make of the first validation image, on one colour scale.",
+}
+
+
+def _inside_section(images: dict) -> str:
+    parts = [f"<p>{_text(caption)}</p>\n{_image(images[name], caption)}"
+             for name, caption in INSIDE_CAPTIONS.items() if name in images]
+    return "<h2>A look inside the network</h2>\n" + "\n".join(parts) if parts else ""
 
 
 def _data_sentence(config) -> str:
