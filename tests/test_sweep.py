@@ -371,6 +371,10 @@ def test_a_sweep_on_a_ray_head_records_a_failed_trial_and_finishes_the_others(ra
     assert refused.returncode == 2 and refused.stderr.startswith("error: Could not start or reach the Ray cluster")
     assert "RAY_AUTH_MODE=token" in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
     assert time.monotonic() - started < 30 and not out.exists()
+    greedy = _sweep("--address", ray_head, "--grid", "learning_rate=0.1", "--cpus-per-trial", "3", "--out", out,
+                    env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"))
+    assert greedy.returncode == 2 and not out.exists()
+    assert greedy.stderr == "error: Each trial asks for 3 CPUs (--cpus-per-trial), but this Ray has only 2.\n"
 
     result = _sweep("--address", ray_head, "--grid", "model=shallow,lenet", "--engine", "fast", "--epochs", "2",
                     "--train-limit", "1000", "--out", out, env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"))
@@ -382,3 +386,24 @@ def test_a_sweep_on_a_ray_head_records_a_failed_trial_and_finishes_the_others(ra
     assert [row["model"] for row in rows] == ["shallow", "lenet"]
     assert rows[1]["status"].startswith("failed (1 of 1 seeds): ValueError: --engine fast cannot train the lenet net")
     assert "0 failed" not in result.stdout.splitlines()[-1] and "1 failed" in result.stdout.splitlines()[-1]
+
+
+@pytest.mark.heavy
+def test_early_stopping_stops_the_trials_that_trail_and_says_so(tmp_path, mnist_path):
+    """Learning rates from good to hopeless for the book's net, so that ASHA (rungs at epochs 1, 3
+    and 9) has good trials to compare the later ones with."""
+    out = tmp_path / "sweep"
+    result = _sweep("--grid", "learning_rate=3,1,0.3,0.03,0.003,0.001,0.0003,0.0001", "--epochs", "9",
+                    "--train-limit", "1000", "--early-stop", "--out", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = json.loads((out / "sweep.json").read_text())
+    stopped = [trial for trial in state["trials"] if trial["status"] == "stopped"]
+    assert stopped and {trial["status"] for trial in state["trials"]} <= {"complete", "stopped"}
+    for trial in stopped:
+        # Interrupted by the scheduler after an epoch, or with its worker ended mid-epoch: resumable either way.
+        # (Tune stops a trial asynchronously: a fast one may train a few epochs past the decision.)
+        assert runs.Run(out / "runs" / trial["run"]).status()["status"] == "interrupted"
+    rows = {row["learning_rate"]: row for row in _results_without_time(out)}
+    for trial in stopped:
+        assert rows[sweep.value_text(trial["params"]["learning_rate"])]["status"] == "stopped early (1 of 1 seeds)"
+    assert f"{len(stopped)} stopped early" in result.stdout.splitlines()[-1]

@@ -12,7 +12,13 @@ an ordinary run folder with `training.train` (or continues one with
 MNIST arrays go into Ray's object store once (`tune.with_parameters` puts them
 there), so workers never read the data file. Each trial asks for `cpus_per_trial`
 CPUs (1 by default), so an embedded Ray on a 2-core machine trains two at once.
-`--early-stop` adds Tune's ASHA scheduler on val_accuracy, epoch by epoch.
+`--early-stop` adds Tune's ASHA scheduler on val_accuracy, epoch by epoch. A worker
+process trains one trial after another (Tune's `reuse_actors`, except with early
+stopping), so Keras and JAX load once per worker, not once per trial.
+
+A cluster given by `--address` is reached within CONNECT_TIMEOUT_S or reported
+unreachable. Ray's clusters ask for a token by default, which Ray sends to an explicit
+address only with RAY_AUTH_MODE=token in the driver's environment: the error says so.
 
 Ray's own console output (its trial tables, its workers' logs) is switched off; a
 Tune callback keeps `sweep.json` current and prints one progress line: trials done,
@@ -93,6 +99,15 @@ def connect(address: str | None):
         ray.shutdown()
 
 
+def check_resources(cpus_per_trial: float) -> None:
+    """Refuses trials that ask for more CPUs than the whole cluster has (Tune would wait for them forever)."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus_per_trial > cpus:
+        raise sweep_module.SweepError(
+            f"Each trial asks for {cpus_per_trial:g} CPUs (--cpus-per-trial), but this Ray has only {cpus:g}."
+        )
+
+
 def check_reachable(address: str) -> None:
     """A TCP connection to HOST:PORT within CONNECT_TIMEOUT_S, or a SweepError saying what to check."""
     host, _, port = address.rpartition(":")
@@ -122,8 +137,9 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
     scheduler = None
     if settings["early_stop"]:
         longest = max(trial["config"]["epochs"] for trial in sweep.trials)
+        # stop_last_trials=False: a trial that reaches its last epoch finishes its run (model, metrics).
         scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=longest,
-                                  grace_period=max(1, longest // 8), reduction_factor=3)
+                                  grace_period=max(1, longest // 8), reduction_factor=3, stop_last_trials=False)
     storage = sweep.file(".tune")
     storage.mkdir(exist_ok=True)
     tuner = tune.Tuner(
@@ -131,8 +147,9 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
         param_space={"trial": tune.grid_search(indices)},
         tune_config=tune.TuneConfig(
             # A worker process trains one trial after another, so Keras and JAX are imported once
-            # per worker, not once per trial; every trial seeds everything itself.
-            scheduler=scheduler, reuse_actors=True,
+            # per worker, not once per trial; every trial seeds everything itself. Not with early
+            # stopping: a stopped trial's worker is ended, so nothing of it trains on beside the next.
+            scheduler=scheduler, reuse_actors=not settings["early_stop"],
             trial_name_creator=lambda trial: sweep.trials[trial.config["trial"]]["run"],
             trial_dirname_creator=lambda trial: sweep.trials[trial.config["trial"]]["run"],
         ),

@@ -356,6 +356,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], seeds: list[int], out_di
     from digitlab import raytune  # Imported here: Ray is loaded only once every other check has passed.
 
     with raytune.connect(address):
+        raytune.check_resources(cpus_per_trial)
         sweep = create(out_dir, trials, settings, loaded)
         print_fn(f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
                  f"{len(seeds)} seed(s)) in {sweep.path}")
@@ -370,6 +371,7 @@ def resume_sweep(out_dir: str | Path, data_path=None, address: str | None = None
     sweep = open_sweep(out_dir)
     loaded = data.load_recorded(sweep.state.get("data") or {}, data_path)
     with raytune.connect(address):
+        raytune.check_resources(sweep.state["settings"]["cpus_per_trial"])
         left = sweep.unfinished()
         print_fn(f"digitlab: resuming the sweep in {sweep.path}: {len(sweep.trials) - len(left)} of "
                  f"{len(sweep.trials)} trials finished, {len(left)} to go")
@@ -421,14 +423,24 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
 
     runs_dir = Path(runs_dir)
     path = runs_dir / trial["run"]
+    last_epoch, final = trial["config"]["epochs"], {}
 
     def on_epoch_end(epoch, histories, wall_time_s):
         history = histories[0]
+        metrics = {"epoch": epoch, "wall_time_s": wall_time_s, **{key: history[key][-1] for key in runs.HISTORY_KEYS}}
+        if epoch == last_epoch:
+            final.update(metrics)  # Reported once the run is complete, so no stop can cut its saving.
+            return
         try:
-            report({"epoch": epoch, "wall_time_s": wall_time_s,
-                    **{key: history[key][-1] for key in runs.HISTORY_KEYS}})
+            report(metrics)
         except SystemExit:
             raise KeyboardInterrupt from None  # Training's own way to stop cleanly and resumably.
+
+    def report_final():
+        try:
+            report(final)
+        except SystemExit:
+            pass  # A stop after the last epoch: the run is complete anyway.
 
     quiet = lambda *args, **kwargs: None  # noqa: E731 - the worker's output goes nowhere.
     try:
@@ -441,11 +453,13 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
                 return
             if run.file("checkpoint.npz").is_file():
                 training.resume(path, loaded=loaded, print_fn=quiet, verbose=0, on_epoch_end=on_epoch_end)
+                report_final()
                 return
         if path.exists():
             shutil.rmtree(path)  # Killed before its first checkpoint: nothing to keep.
         training.train(TrainConfig.from_dict(trial["config"]), runs_dir, loaded=loaded, run_name=trial["run"],
                        print_fn=quiet, verbose=0, on_epoch_end=on_epoch_end)
+        report_final()
     except training.TrainingInterrupted as stop:
         status = stop.run.status()
         stop.run.set_status("interrupted", epoch=stop.epoch, checkpoint_epoch=status.get("checkpoint_epoch"),
