@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -358,6 +359,7 @@ def ray_head(tmp_path):
         except subprocess.TimeoutExpired:
             head.kill()
         _wait_gone(started, 60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.heavy
