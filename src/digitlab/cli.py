@@ -7,6 +7,7 @@
     digitlab predict RUN --index 0        # ask the trained network about a validation image
     digitlab predict RUN digit.png        # ... or about your own handwriting
     digitlab tensorboard RUN              # a run's --tensorboard logs in TensorBoard
+    digitlab sweep --grid learning_rate=0.01,0.1 --seeds 3 --out sweeps/lr   # many runs at once, on Ray
     digitlab runs | compare | evaluate | report | serve | bench
 
 Bad input (a flag, a file, a run folder) prints one clear `error:` line and exits
@@ -18,8 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import signal
 import sys
+import time
+from pathlib import Path
 
 from digitlab import config as config_module
 from digitlab.config import MODEL_DEFAULTS, TrainConfig
@@ -128,6 +132,43 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("run", metavar="RUN", help="a run folder trained with --tensorboard")
     board.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
     board.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    sweep = commands.add_parser(
+        "sweep", help="train many configurations and seeds at once on Ray Tune, and tabulate them",
+        formatter_class=HelpFormatter,
+        description="Every trial (one configuration, one seed) is a normal run folder under OUT/runs/; "
+        "results go to OUT/results.csv, .json, .md, curves.png and (two swept fields) heatmap.png. "
+        "Every train flag below applies to all trials; --grid and --sample values override it.\n\n"
+        "  digitlab sweep --grid loss=mean_squared_error,categorical_crossentropy \\\n"
+        "                 --grid activation=sigmoid,relu --grid learning_rate=0.01,0.1 \\\n"
+        "                 --seeds 3 --epochs 20 --out sweeps/chapter8\n"
+        "  digitlab sweep --sample learning_rate=loguniform:1e-3:1 --samples 20 --epochs 5\n"
+        "  digitlab sweep --resume sweeps/chapter8",
+    )
+    sweep.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                       help="sweep FIELD (any train flag's field, as in config.json) over these values; repeat "
+                       "for more fields (the sweep is their product); list fields separate items by spaces: "
+                       "--grid 'units=64 64,128 128' (default: none)")
+    sweep.add_argument("--sample", action="append", default=[], metavar="FIELD=DIST:...",
+                       help=sweep_module_help() + " (default: none)")
+    sweep.add_argument("--samples", type=int, default=None,
+                       help="how many random configurations --sample draws (default: 10 with --sample)")
+    sweep.add_argument("--seeds", type=int, default=1,
+                       help="seeds per configuration (SEED, SEED+1, ...), each its own trial")
+    sweep.add_argument("--seed", type=int, default=0, help="the first seed; also seeds the draws of --sample")
+    sweep.add_argument("--out", default=None,
+                       help="the sweep folder, new or empty (default: sweeps/DATE-TIME)")
+    sweep.add_argument("--resume", metavar="OUT", default=None,
+                       help="finish an interrupted sweep: finished trials are kept, cut ones resume from their checkpoints")
+    sweep.add_argument("--address", default=None,
+                       help="HOST:PORT of a running Ray cluster, or 'auto' (default: an embedded Ray on this machine)")
+    sweep.add_argument("--early-stop", action="store_true",
+                       help="stop hopeless trials early with an ASHA scheduler on val_accuracy")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1.0,
+                       help="CPUs Ray gives each trial (1: as many trials at once as cores)")
+    sweep.add_argument("--yes", action="store_true", help=f"allow a sweep of more than {_trial_limit()} trials")
+    add_config_flags(sweep, names=[field.name for field in dataclasses.fields(TrainConfig)
+                                   if field.name not in ("seed", "seeds")])
+    _add_data_flag(sweep)
 
     bench_defaults = _bench_defaults()
     bench = commands.add_parser("bench", help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
@@ -173,6 +214,18 @@ def config_from_args(args) -> TrainConfig:
     if args.config:
         return TrainConfig.load(args.config)
     return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+
+
+def sweep_module_help() -> str:
+    from digitlab import sweep
+
+    return sweep.SAMPLE_HELP
+
+
+def _trial_limit() -> int:
+    from digitlab import sweep
+
+    return sweep.TRIAL_LIMIT
 
 
 def _bench_defaults() -> dict:
@@ -233,6 +286,33 @@ def _resumed_model(run_path: str) -> str:
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def command_sweep(args) -> int:
+    from digitlab import sweep
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        if args.resume:
+            sweep.resume_sweep(args.resume, data_path=args.data, address=args.address)
+            return 0
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+        base = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
+                              if field.name not in sweep.NOT_SWEPT})
+        samples = args.samples if args.samples is not None else (10 if args.sample else 0)
+        sweep.run_sweep(
+            base, grid=sweep.parse_grid(args.grid), sample=sweep.parse_sample(args.sample), samples=samples,
+            sample_seed=args.seed, seeds=list(range(args.seed, args.seed + args.seeds)),
+            out_dir=args.out or f"sweeps/{time.strftime('%Y%m%d-%H%M%S')}", data_path=args.data,
+            address=args.address, early_stop=args.early_stop, cpus_per_trial=args.cpus_per_trial,
+            yes=args.yes, command="digitlab " + shlex.join(args.argv),
+        )
+    except sweep.SweepInterrupted as stop:
+        print(f"\nInterrupted; finished trials are saved. Resume the sweep with:\n"
+              f"  digitlab sweep --resume {stop.out_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
 
 
 def command_predict(args) -> int:
@@ -314,9 +394,12 @@ def command_compare(args) -> int:
 
 
 def command_report(args) -> int:
-    from digitlab import report, runs
+    from digitlab import report, runs, sweep
 
-    path = report.write_report(runs.open_run(args.run), data_path=args.data, out_path=args.out)
+    if (Path(args.run) / sweep.STATE_FILE).is_file():
+        path = report.write_sweep_report(sweep.open_sweep(args.run), out_path=args.out)
+    else:
+        path = report.write_report(runs.open_run(args.run), data_path=args.data, out_path=args.out)
     print(f"Wrote {path}")
     return 0
 
@@ -359,6 +442,7 @@ COMMANDS = {
     "report": command_report,
     "serve": command_serve,
     "tensorboard": command_tensorboard,
+    "sweep": command_sweep,
     "bench": command_bench,
 }
 
@@ -366,6 +450,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command](args)
     except ValueError as error:

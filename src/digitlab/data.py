@@ -102,8 +102,11 @@ def load(path: str | os.PathLike | None = None, origin: str = "--data") -> Loade
     return Loaded(_download(), keras_cache_path().absolute(), "download")
 
 
-def load_recorded(record: dict, path: str | os.PathLike | None = None) -> Loaded:
+def load_recorded(record: dict, path: str | os.PathLike | None = None, loaded: Loaded | None = None) -> Loaded:
     """The data a run was trained on, found again from its `Loaded.record()` (data.json).
+
+    With `loaded` given (data already in memory, as a sweep's workers get it from Ray's
+    object store), nothing is read: only its SHA-256s are checked against the record.
 
     With `path` given, that data is read. Otherwise the recorded path is tried first,
     and used if it still holds the same arrays; else the usual search order
@@ -112,6 +115,10 @@ def load_recorded(record: dict, path: str | os.PathLike | None = None) -> Loaded
     """
     expected = record.get("sha256")
     recorded = record.get("path")
+    if loaded is not None:
+        if expected and loaded.sha256 != expected:
+            raise _not_the_runs_data(loaded, expected, recorded)
+        return loaded
     replaced = None  # Data at the recorded path that is not the run's.
     if path is None and recorded and Path(recorded).exists():
         try:

@@ -1,7 +1,8 @@
-"""One self-contained HTML report per run: settings, provenance, figures and per-digit scores.
+"""One self-contained HTML report per run (settings, provenance, figures, per-digit scores), or per sweep.
 
-    from digitlab import report, runs
+    from digitlab import report, runs, sweep
     path = report.write_report(runs.open_run("runs/x"))      # runs/x/report.html
+    path = report.write_sweep_report(sweep.open_sweep("sweeps/x"))   # sweeps/x/report.html
 
 The page holds the run's configuration, its results, the software versions and
 the SHA-256 of the data it was trained on (from metrics.json, checked against
@@ -217,3 +218,73 @@ def _value(value) -> str:
 
 def _text(value) -> str:
     return html.escape(str(value), quote=True)
+
+
+def write_sweep_report(sweep, out_path=None) -> Path:
+    """Writes one HTML page for a sweep folder (default: report.html in it) and returns its path.
+
+    The page holds the command, the results table (best first), the curves and the
+    heatmap (from the sweep's results files, which it writes first if they are
+    missing), and every trial with its run folder, seed, status and final val accuracy.
+    """
+    from digitlab import sweep as sweep_module
+
+    out_path = Path(out_path) if out_path is not None else sweep.file("report.html")
+    if out_path.is_dir():
+        raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
+    rows = sweep_module.results(sweep)
+    if not sweep.file("curves.png").is_file():
+        sweep_module.finish(sweep, print_fn=lambda *args: None)
+    settings = sweep.state["settings"]
+    swept = settings["swept"]
+    header = [*swept, "seeds", "val accuracy mean", "std", "min", "max", "best mean (epoch)", "epochs",
+              "wall time s", "status"]
+    table_rows = [
+        [sweep_module.value_text(row[name]) for name in swept] + [
+            row["seeds"], _number(row["val_accuracy_mean"]), _number(row["val_accuracy_std"]),
+            _number(row["val_accuracy_min"]), _number(row["val_accuracy_max"]),
+            f"{_number(row['best_val_accuracy_mean'])} ({row['best_epoch']})", row["epochs"],
+            f"{row['wall_time_s']:.1f}", row["status"]]
+        for row in rows
+    ]
+    trial_rows = [
+        (trial["run"], sweep_module.label(trial["params"]), trial["seed"], trial["status"],
+         trial.get("epochs") or 0, _number(trial.get("val_accuracy")), trial.get("error") or "")
+        for trial in sweep.trials
+    ]
+    figures = [_image(sweep.file(name).read_bytes(), alt) for name, alt in (
+        ("curves.png", "Validation accuracy per epoch for each configuration, mean and min-max over seeds"),
+        ("heatmap.png", "Mean final validation accuracy of each pair of values of the two swept fields"),
+    ) if sweep.file(name).is_file()]
+    base = {name: value for name, value in sweep.trials[0]["config"].items() if name not in (*swept, "seed", "seeds")}
+    title = f"digitlab sweep {sweep.path.name}"
+    sections = [
+        f"<h1>{_text(title)}</h1>",
+        f'<p class="subtitle">{len(sweep.trials)} trials: {len(rows)} configurations x '
+        f"{len(settings['seeds'])} seed(s), swept over {_text(', '.join(swept))}; started "
+        f"{_text(sweep.state.get('created', '?'))}; report written "
+        f"{_text(datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
+        f"<p><code>{_text(settings.get('command') or '')}</code></p>",
+        "<h2>Results, best first</h2>",
+        '<p class="note">One row per configuration; the statistics are over seeds, of the val accuracy '
+        "after the last epoch each seed ran.</p>",
+        _table(header, table_rows),
+        "<h2>Curves</h2>", *figures,
+        "<h2>Settings shared by every trial</h2>",
+        _table(["setting", "value"], [(name, _value(value)) for name, value in base.items()]),
+        "<h2>Trials</h2>",
+        f'<p class="note">Each is a run folder under <code>{_text(str(sweep.runs_dir))}</code>; '
+        "<code>digitlab report RUN</code> gives its own page.</p>",
+        _table(["run", "configuration", "seed", "status", "epochs", "final val accuracy", "error"], trial_rows),
+    ]
+    body = "\n".join(sections)
+    atomic.write_text(out_path, (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_text(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    ))
+    return out_path
+
+
+def _number(value) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"

@@ -217,8 +217,12 @@ class Run:
         return row
 
 
-def new_run(runs_dir: str | Path, config: TrainConfig) -> Run:
-    """Creates a fresh, uniquely named run folder, checking first that it can be written."""
+def new_run(runs_dir: str | Path, config: TrainConfig, name: str | None = None) -> Run:
+    """Creates a fresh, uniquely named run folder, checking first that it can be written.
+
+    With `name`, the folder gets exactly that name (a sweep names its trials' runs in
+    advance, so it knows where each one is before it starts); it must not exist yet.
+    """
     runs_dir = Path(runs_dir)
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -228,8 +232,8 @@ def new_run(runs_dir: str | Path, config: TrainConfig) -> Run:
         raise RunError(f"{runs_dir} exists and is not a folder; choose another --runs-dir.")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     seed = "noseed" if config.seed is None else f"seed{config.seed}"
-    base = f"{stamp}-{config.model}-{seed}"
-    for attempt in range(100):
+    base = name or f"{stamp}-{config.model}-{seed}"
+    for attempt in range(1 if name else 100):
         path = runs_dir / (base if attempt == 0 else f"{base}-{attempt + 1}")
         try:
             path.mkdir()
@@ -239,6 +243,8 @@ def new_run(runs_dir: str | Path, config: TrainConfig) -> Run:
         except OSError as error:
             raise RunError(atomic.describe_write_error(path, error)) from None
     else:
+        if name:
+            raise RunError(f"The run folder {runs_dir / name} already exists; choose another name.")
         raise RunError(f"Could not find a free run folder name under {runs_dir}.")
     run = Run(path)
     check_writable(run.path)

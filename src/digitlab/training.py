@@ -39,18 +39,22 @@ class TrainingInterrupted(Exception):
 
 
 def train(config: TrainConfig, runs_dir: str | Path = "runs", data_path=None, print_fn=print,
-          verbose: int | None = None) -> Run:
+          verbose: int | None = None, loaded: data.Loaded | None = None, run_name: str | None = None,
+          on_epoch_end=None) -> Run:
     """Trains the configured net and returns its complete run folder.
 
-    Raises ValueError (DataError, RunError) for bad input before any training,
-    and TrainingInterrupted on Ctrl-C after saving the run's state.
+    `loaded` gives the data already in memory (else it is loaded from `data_path`);
+    `run_name` names the run folder (else a time stamp does); `on_epoch_end(epoch,
+    histories, wall_time_s)` is called after each epoch's history and checkpoint are written (a
+    sweep reports them to Ray Tune). Raises ValueError (DataError, RunError) for bad
+    input before any training, and TrainingInterrupted on Ctrl-C after saving the run's state.
     """
     config = config.resolved()
     if config.seed is None:
         # Every run gets a seed, recorded in its config, so that any run can be repeated.
         config.seed = secrets.randbelow(2**31 - config.seeds)
-    session = _Session(config, data.load(data_path), print_fn, verbose)
-    run = runs.new_run(runs_dir, config)
+    session = _Session(config, loaded or data.load(data_path), print_fn, verbose, on_epoch_end)
+    run = runs.new_run(runs_dir, config, name=run_name)
     config.save(run.file("config.json"))
     run.write_json("data.json", session.data.record())
     run.set_status("running", epoch=0)
@@ -59,8 +63,10 @@ def train(config: TrainConfig, runs_dir: str | Path = "runs", data_path=None, pr
     return session.run(run, saved=None)
 
 
-def resume(run_path: str | Path, data_path=None, print_fn=print, verbose: int | None = None) -> Run:
-    """Continues an interrupted run from its last checkpoint to the end."""
+def resume(run_path: str | Path, data_path=None, print_fn=print, verbose: int | None = None,
+           loaded: data.Loaded | None = None, on_epoch_end=None) -> Run:
+    """Continues an interrupted run from its last checkpoint to the end (`loaded` and
+    `on_epoch_end` as for `train`; given data must be the run's own, by its SHA-256s)."""
     run = runs.open_run(run_path)
     status = run.status()
     if status["status"] == "complete":
@@ -74,7 +80,7 @@ def resume(run_path: str | Path, data_path=None, print_fn=print, verbose: int | 
     saved = checkpoint.load(run.file("checkpoint.npz"))
     # The run's own data, found from its record (a run from before data.json: the usual search).
     record = run.read_json("data.json") if run.file("data.json").is_file() else {}
-    session = _Session(config, data.load_recorded(record, data_path), print_fn, verbose)
+    session = _Session(config, data.load_recorded(record, data_path, loaded), print_fn, verbose, on_epoch_end)
     session.restore(saved)
     runs.check_writable(run.path)
     if session.data.record()["path"] != record.get("path"):
@@ -94,8 +100,9 @@ class _Session:
     checkpoint that does not fit, is reported before a run folder is created or changed.
     """
 
-    def __init__(self, config: TrainConfig, loaded: data.Loaded, print_fn, verbose):
+    def __init__(self, config: TrainConfig, loaded: data.Loaded, print_fn, verbose, on_epoch_end=None):
         self.config, self.data, self.print_fn = config, loaded, print_fn
+        self.on_epoch_end = on_epoch_end
         self.flat = not models.is_convolutional(config.model)
         (self.train_inputs, self.train_targets), self.validation_data, self.test = data.prepare(
             loaded.arrays, config.validation, config.train_limit, self.flat)
@@ -128,7 +135,8 @@ class _Session:
         config, engine = self.config, self.engine
         initial_epoch = 0 if saved is None else saved["epoch"]
         progress = _EpochEnd(run, config, engine, self.rngs, self.histories, self.print_fn,
-                             wall_time_before=0.0 if saved is None else saved["wall_time_s"])
+                             wall_time_before=0.0 if saved is None else saved["wall_time_s"],
+                             hook=self.on_epoch_end)
         try:
             path = getattr(engine, "path", None)
             self.print_fn(f"Engine: {engine.name} on the {keras.backend.backend()} backend"
@@ -169,8 +177,8 @@ def _record_status(run: Run, status: str, **details) -> None:
 class _EpochEnd:
     """Called after every epoch: records history, writes it, checkpoints, prints progress."""
 
-    def __init__(self, run, config, engine, rngs, histories, print_fn, wall_time_before):
-        self.run, self.config, self.engine = run, config, engine
+    def __init__(self, run, config, engine, rngs, histories, print_fn, wall_time_before, hook=None):
+        self.run, self.config, self.engine, self.hook = run, config, engine, hook
         self.rngs, self.histories, self.print_fn = rngs, histories, print_fn
         self.wall_time_before = wall_time_before
         self.epochs_done = 0
@@ -214,6 +222,8 @@ class _EpochEnd:
             self.tensorboard.flush()
         if self.engine.name != "fit":
             self.print_fn(_progress_line(epoch + 1, self.config.epochs, seconds, logs))
+        if self.hook is not None:
+            self.hook(self.epochs_done, self.histories, self.wall_time())
         self.epoch_started = time.perf_counter()
 
     def _write_history(self) -> None:
