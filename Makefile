@@ -51,4 +51,4 @@ check: setup
 
 # The whole suite: slow reproduction tests, killed processes, servers and browsers included.
 test: setup browser
-	$(PYTHON) -m pytest -ra
+	$(PYTHON) -m pytest -ra --durations=25
