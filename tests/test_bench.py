@@ -1,7 +1,7 @@
 """Tests of `digitlab bench` on a shrunken configuration: every contender runs in its own process.
 
 One epoch on a few hundred real MNIST images keeps this to about a minute, most
-of it the start-up of five worker processes (TensorFlow's is the slowest).
+of it the start-up of a worker process per row (TensorFlow's is the slowest).
 """
 
 import importlib.util
@@ -15,6 +15,7 @@ ROW_NAMES = [
     "Keras fit, TensorFlow backend",
     "Keras fit, JAX backend",
     "digitlab engine, 1 seed",
+    "digitlab engine, 1 seed, one core",  # On a machine with more than one core, as CI's.
     "digitlab engine, 2 seeds",
 ]
 
@@ -41,8 +42,12 @@ def test_run_bench_writes_every_row(tmp_path):
         # Fewer useful multiply-adds than dense ones: the useful limit is the stricter one.
         assert row["times_useful_limit"] > row["times_limit"]
     engine_rows = [row for row in saved["rows"] if row["kind"] == "engine"]
-    assert [row["networks"] for row in engine_rows] == [1, 2]
-    assert engine_rows[1]["flops_per_epoch"] == 2 * engine_rows[0]["flops_per_epoch"]
+    assert [row["networks"] for row in engine_rows] == [1, 1, 2]
+    assert [row["workers"] for row in engine_rows] == [None, 1, None]
+    assert engine_rows[2]["flops_per_epoch"] == 2 * engine_rows[0]["flops_per_epoch"]
+    # Per network against one seed on one core, for the other engine rows.
+    assert set(saved["scaling"]) == {ROW_NAMES[2], ROW_NAMES[4]} and all(ratio > 0 for ratio in saved["scaling"].values())
+    assert "against one seed on one core" in markdown
     assert saved["gflops"]["one_core"] > 0 and saved["gflops"]["all_cores"] > 0
     # The same seeds, initial weights and batches: fit and the engine end at the same accuracy.
     comparison = saved["comparison"]

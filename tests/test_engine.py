@@ -12,7 +12,7 @@ import pytest
 from keras import layers
 
 from digitlab import config, data, engine, models
-from digitlab.engine import sparse
+from digitlab.engine import numpy_backend, sparse
 
 TRAIN_LIMIT = 2000
 EPOCHS = 2
@@ -87,21 +87,31 @@ def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
 
 @pytest.fixture
 def kernel_setting(request, monkeypatch):
-    """The NumPy backend's first-layer path: the C kernel's portable version, or no C kernel at all."""
-    if request.param == "portable":
-        monkeypatch.setenv(sparse.SCALAR_VARIABLE, "1")
-    else:
-        monkeypatch.setenv(sparse.DISABLE_VARIABLE, "1")
+    """The NumPy backend's path: the C kernel's portable version, per-batch steps in NumPy around the
+    C kernel (no whole epochs in C), or no C kernel at all."""
+    variable = {"portable": sparse.SCALAR_VARIABLE, "per-batch": numpy_backend.NO_FUSED_VARIABLE,
+                "off": sparse.DISABLE_VARIABLE}[request.param]
+    monkeypatch.setenv(variable, "1")
     sparse.reload()
     yield request.param
     monkeypatch.undo()
     sparse.reload()
 
 
-@pytest.mark.parametrize("kernel_setting", ["portable", "off"], indirect=True)
-@pytest.mark.parametrize("case", ["shallow-mse-sgd", "intermediate-sgd-momentum"])
+# How the first layer runs in each setting; plain SGD runs whole epochs in C where the kernel is on.
+EXPECTED_PATHS = {
+    ("shallow-mse-sgd", "portable"): "whole epochs in C, sparse first layer (portable C",
+    ("shallow-mse-sgd", "per-batch"): "sparse first layer in C (AVX2",
+    ("shallow-mse-sgd", "off"): "NumPy only: the C kernel is disabled",
+    ("intermediate-sgd-momentum", "portable"): "sparse first layer in C (portable C",
+    ("intermediate-sgd-momentum", "off"): "NumPy only: the C kernel is disabled",
+    ("intermediate-cce-sgd", "per-batch"): "sparse first layer in C (AVX2",
+}
+
+
+@pytest.mark.parametrize(("case", "kernel_setting"), list(EXPECTED_PATHS), indirect=["kernel_setting"])
 def test_every_first_layer_path_matches_keras_fit(mnist, fit_results, case, kernel_setting):
-    """The AVX2 kernel runs in the test above; here its portable C version, and NumPy alone (no kernel)."""
+    """The default path runs in the test above; here the portable C, the per-batch steps, and NumPy alone."""
     (x, y), validation = mnist
     initial, fitted, history = fit_results[case]
     cfg, (model,) = seeded_models(CASES[case])
@@ -110,8 +120,7 @@ def test_every_first_layer_path_matches_keras_fit(mnist, fit_results, case, kern
     fast.fit(x, y, validation, epochs=EPOCHS, rngs=[np.random.RandomState(SEED)],
              on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]))
     fast.sync_to_models()
-    expected_path = "sparse first layer in C (portable C" if kernel_setting == "portable" else "NumPy only: the C kernel is disabled"
-    assert fast.path.startswith(expected_path), fast.path
+    assert fast.path.startswith(EXPECTED_PATHS[case, kernel_setting]), fast.path
     for trained, expected in zip(model.get_weights(), fitted):
         np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=2e-6)
     for key in HISTORY_KEYS:
@@ -125,7 +134,7 @@ def test_the_default_path_is_the_avx2_kernel_where_it_is_built(mnist):
     (x, y), validation = mnist
     fast.fit(x, y, validation, epochs=1)
     assert sparse.available(), sparse.unavailable_reason()
-    assert fast.path.startswith("sparse first layer in C (AVX2") and "inputs are nonzero" in fast.path
+    assert fast.path.startswith("whole epochs in C, sparse first layer (AVX2") and "inputs are nonzero" in fast.path
 
 
 def test_a_missing_kernel_library_is_said_and_numpy_trains(mnist, monkeypatch):
@@ -163,6 +172,25 @@ def test_threads_over_seeds_train_as_one_thread_does(mnist, case):
             assert threaded == pytest.approx(single, rel=1e-5)
 
 
+@pytest.mark.parametrize("case", ["shallow-mse-sgd", "intermediate-cce-sgd"])
+def test_threads_within_one_network_change_nothing(mnist, case):
+    """Whole epochs in C split each batch's first layer over threads; every thread count gives the same bits."""
+    (x, y), validation = mnist
+    results = {}
+    for workers in (1, 2, 3):
+        cfg, (model,) = seeded_models(CASES[case])
+        fast = engine.FastEngine([model], cfg, backend="numpy", workers=workers)
+        logs = []
+        fast.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(1)],
+                 on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs))
+        results[workers] = (fast.get_state(), logs)
+        assert fast.path.startswith("whole epochs in C") and (workers == 1) != (f"{workers} threads" in fast.path)
+    for workers in (2, 3):
+        assert results[workers][1] == results[1][1]
+        for name, value in results[1][0].items():
+            np.testing.assert_array_equal(results[workers][0][name], value, err_msg=name)
+
+
 def test_fit_engine_shuffles_with_one_permutation_per_epoch(mnist):
     """FitEngine keeps fit's one-off build draw out of the generator: epoch e uses its e-th permutation."""
     (x, y), validation = mnist
@@ -176,10 +204,13 @@ def test_fit_engine_shuffles_with_one_permutation_per_epoch(mnist):
     np.testing.assert_array_equal(rng.permutation(len(x)), expected.permutation(len(x)))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_state_round_trip_continues_exactly(mnist, backend):
+@pytest.mark.parametrize(("backend", "settings"), [
+    ("numpy", dict(model="intermediate", optimizer="adam", learning_rate=0.001)),
+    ("jax", dict(model="intermediate", optimizer="adam", learning_rate=0.001)),
+    ("numpy", dict(model="intermediate")),  # Plain SGD: whole epochs in C.
+])
+def test_state_round_trip_continues_exactly(mnist, backend, settings):
     (x, y), validation = mnist
-    settings = dict(model="intermediate", optimizer="adam", learning_rate=0.001)
     cfg, straight_models = seeded_models(settings, count=2)
     straight = engine.FastEngine(straight_models, cfg, backend=backend)
     straight_logs = []
@@ -192,7 +223,8 @@ def test_state_round_trip_continues_exactly(mnist, backend):
     first.fit(x, y, validation, epochs=2, rngs=first_rngs)
     saved = first.get_state()
     assert int(saved["iterations"]) == 2 * int(np.ceil(len(x) / cfg.batch_size))
-    assert saved["momentum/dense_0/kernel"].shape == (2, 784, 64)
+    if settings.get("optimizer") == "adam":
+        assert saved["momentum/dense_0/kernel"].shape == (2, 784, 64)
 
     cfg, fresh_models = seeded_models(settings, count=2, seed=SEED + 1)  # Other weights, overwritten below.
     resumed = engine.FastEngine(fresh_models, cfg, backend=backend)

@@ -84,17 +84,21 @@ def run_bench(epochs: int = DEFAULTS["epochs"], seeds: int = DEFAULTS["seeds"], 
         else:
             rows.append(_run_worker(label, dict(kind="fit", keras_backend=backend, epochs=epochs, seeds=[0], **common)))
         print_fn(f"  {label}: {_short(rows[-1])}")
-    for count in sorted({1, seeds}):
-        label = f"digitlab engine, {count} seed{'s' if count > 1 else ''}"
+    # The engine on every core (its default), and with one seed on one core: the anchor of the seeds' scaling.
+    contenders = [(1, None)] + ([(1, 1)] if system.machine_info()["cores"] > 1 else []) + (
+        [(seeds, None)] if seeds > 1 else [])
+    for count, workers in contenders:
+        label = f"digitlab engine, {count} seed{'s' if count > 1 else ''}" + (", one core" if workers == 1 else "")
         rows.append(_run_worker(label, dict(kind="engine", engine_backend=engine_backend, epochs=epochs,
-                                            seeds=list(range(count)), **common)))
+                                            seeds=list(range(count)), workers=workers, **common)))
         print_fn(f"  {label}: {_short(rows[-1])}")
     # The machine's limit is its faster measured figure (a second BLAS thread can lose on a busy machine).
     gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
     _add_ratios(rows, gflops["limit"])
+    scaling = seed_scaling(rows)
     results = {
         "machine": machine_info(), "gflops": gflops, "model": MODEL, "epochs": epochs,
-        "train_limit": train_limit, "rows": rows, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "train_limit": train_limit, "rows": rows, "scaling": scaling, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if compare_seeds:
         print_fn(f"Accuracy check: {compare_seeds} seeds x {compare_epochs} epochs, fit (JAX) and the engine...")
@@ -208,7 +212,8 @@ def _check_whole(name: str, value, least: int) -> None:
 
 def _run_worker(label: str, spec: dict) -> dict:
     """Runs one contender in a fresh Python process and returns its row (status "ok" or why not)."""
-    row = {"name": label, **{key: spec[key] for key in ("kind", "keras_backend", "engine_backend") if key in spec}}
+    row = {"name": label, **{key: spec[key] for key in ("kind", "keras_backend", "engine_backend", "workers")
+                             if key in spec}}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if spec.get("keras_backend", "jax") is None:
         # The default: as a user's shell with no KERAS_BACKEND, so that digitlab chooses.
@@ -244,6 +249,18 @@ def _add_ratios(rows: list[dict], gflops: float) -> None:
             row[f"speedup_vs_fit_{backend}"] = (
                 anchor["projected_seconds"] * row["networks"] / row["projected_seconds"]
             )
+
+
+def seed_scaling(rows: list[dict]) -> dict:
+    """Per-network throughput of the engine's rows against one seed on one core (the "one core" row):
+    how much the other cores add, for one network and for N seeds. Empty without that row."""
+    engine_rows = [row for row in rows if row["kind"] == "engine" and row["status"] == "ok"]
+    anchor = next((row for row in engine_rows if row.get("workers") == 1), None)
+    if anchor is None:
+        return {}
+    per_network = anchor["seconds_per_epoch"] / anchor["networks"]
+    return {row["name"]: per_network / (row["seconds_per_epoch"] / row["networks"])
+            for row in engine_rows if row is not anchor}
 
 
 def _short(row: dict) -> str:
@@ -286,6 +303,9 @@ def to_markdown(results: dict) -> str:
         "layer's products with zero pixels add nothing). Peak memory: the largest resident set of the process "
         "that trained.",
     ]
+    if results.get("scaling"):
+        lines += ["", "Per network, against one seed on one core (the other cores' worth): " + "; ".join(
+            f"{name}: {ratio:.2f}×" for name, ratio in results["scaling"].items()) + "."]
     comparison = results.get("comparison")
     if comparison:
         lines += ["", f"Accuracy check: {comparison['summary']}."]
@@ -364,7 +384,8 @@ def _worker(spec: dict) -> dict:
         durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
         path = "Keras fit"
     else:
-        durations, histories, engine_name, path = _engine_worker(cfg, x, y, validation, spec["engine_backend"])
+        durations, histories, engine_name, path = _engine_worker(cfg, x, y, validation, spec["engine_backend"],
+                                                                 spec.get("workers"))
     first = float(np.mean(durations[:, 0]))
     later = durations[:, 1:].ravel()
     per_epoch = float(np.median(later)) if later.size else first
@@ -440,12 +461,13 @@ def _fit_worker(cfg, x, y, validation):
     return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
 
 
-def _engine_worker(cfg, x, y, validation, backend):
-    """The engine, all seeds at once; returns epoch durations (1 x epochs) and per-seed histories."""
+def _engine_worker(cfg, x, y, validation, backend, workers=None):
+    """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs)
+    and per-seed histories."""
     from digitlab import engine, models
 
     # The same initial weights and batches as fit's run of each seed.
-    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend)
+    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers)
     timer = _EpochTimer(cfg.seeds)
     fast.fit(x, y, validation, epochs=cfg.epochs, rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
              on_epoch_end=timer)

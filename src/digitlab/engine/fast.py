@@ -37,6 +37,17 @@ def jax_has_gpu() -> bool:
         return False
 
 
+def default_workers() -> int:
+    """The cores this process may use: its CPU affinity, capped by OMP_NUM_THREADS where that is set
+    (as Ray sets it to each trial's CPUs, so two 1-CPU trials on 2 cores do not fight over them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        limit = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return cores
+    return max(1, min(cores, limit))
+
+
 class FastEngine:
     """Trains N compiled Keras models of one architecture together, as `fit` would train each.
 
@@ -75,7 +86,7 @@ class FastEngine:
             state["dropout_seeds"] = np.array([_dropout_seed(model) for model in models], np.uint32)
         self._shapes = {name: (array.shape, array.dtype) for name, array in state.items()}
         if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = default_workers()
         self._impl = _make_backend(backend, self.network, self.batch_size, state, threads, workers)
 
     @property
@@ -174,4 +185,5 @@ def _make_backend(backend: str, network: spec.NetworkSpec, batch_size: int, stat
         return jax_backend.JaxBackend(network, batch_size, state)
     if workers > 1 and len(state["dense_0/kernel"]) > 1:
         return numpy_backend.SeedThreads(network, batch_size, state, threads, workers)
-    return numpy_backend.NumpyBackend(network, batch_size, state, threads)
+    # One network: where the C kernel runs whole epochs, the workers share each batch instead.
+    return numpy_backend.NumpyBackend(network, batch_size, state, threads, epoch_threads=workers)

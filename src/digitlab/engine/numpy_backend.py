@@ -11,16 +11,23 @@ activations, the loss and the optimizer update. All its products run inside
 Where the C kernel is built (`sparse.py`), the first layer runs on the images'
 nonzero pixels only: its forward product, and its weight gradient through each
 batch's transpose (with plain SGD, the C kernel also applies the update, to the
-weight rows the batch touches). `SeedThreads` runs N seeds as one `NumpyBackend`
+weight rows the batch touches). With plain SGD and no Dropout the C kernel runs
+whole epochs instead (`sparse.train_epoch`: no Python between batches), one call
+per model, with `epoch_threads` threads sharing each batch; `DIGITLAB_NO_FUSED=1`
+keeps the per-batch steps. `SeedThreads` runs N seeds as one `NumpyBackend`
 per core, in threads.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from digitlab.engine import blas, sparse, spec
 
+# Set to 1 to keep the per-batch NumPy steps even where the C kernel could run whole epochs.
+NO_FUSED_VARIABLE = "DIGITLAB_NO_FUSED"
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
@@ -56,8 +63,9 @@ class NumpyBackend:
     """Trains the stacked models with NumPy over OpenBLAS; weights live in `self.arrays`."""
 
     def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None,
-                 copy: bool = True):
-        self.network, self.batch_size, self.threads = network, batch_size, threads
+                 copy: bool = True, epoch_threads: int = 1):
+        # threads: OpenBLAS's, for the NumPy products; epoch_threads: the C kernel's, within one model's epoch.
+        self.network, self.batch_size, self.threads, self.epoch_threads = network, batch_size, threads, epoch_threads
         # copy=False: train the given arrays in place (SeedThreads hands each thread views of its models).
         self.arrays = {name: np.array(value) if copy else value for name, value in state.items()}
         self.count = len(self.arrays["dense_0/kernel"])
@@ -104,6 +112,23 @@ class NumpyBackend:
             units = self.network.dense[0].units
             self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units)
                                for _ in range(self.count)]
+        self.plans = None
+        if self.sparse_rows is not None and self._fusable():
+            self.plans = [sparse.EpochPlan(
+                [self.arrays[f"dense_{number}/kernel"][k] for number in range(len(self.network.dense))],
+                [self.arrays[f"dense_{number}/bias"][k] for number in range(len(self.network.dense))],
+                [layer.activation for layer in self.network.dense], self.network.loss,
+                np.float32(self.network.optimizer.learning_rate), spec.CROSSENTROPY_CLIP,
+            ) for k in range(self.count)]
+            self.path = self.path.replace("sparse first layer in C", "whole epochs in C, sparse first layer", 1)
+            if self.epoch_threads > 1:
+                self.path += f"; {self.epoch_threads} threads per network"
+
+    def _fusable(self) -> bool:
+        """True when the C kernel can run whole epochs: plain SGD, no Dropout, activations it knows."""
+        return (self.fused_sgd and os.environ.get(NO_FUSED_VARIABLE, "") in ("", "0")
+                and all(layer.activation in sparse.FUSED_ACTIVATIONS and not layer.dropout
+                        for layer in self.network.dense))
 
     def build_sparse_rows(self, x, validation):
         """The (train, validation) CSR rows for the C kernel, or None where the first layer stays dense."""
@@ -134,6 +159,11 @@ class NumpyBackend:
 
     def train_epoch(self, orders: np.ndarray):
         count, size = orders.shape
+        if self.plans is not None:
+            results = [sparse.train_epoch(self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan,
+                                          threads=self.epoch_threads) for k, plan in enumerate(self.plans)]
+            self.arrays["iterations"] += -(-size // self.batch_size)
+            return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         orders = orders[0] if self.count == 1 else orders
         loss_sums, correct = np.zeros(count), np.zeros(count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):
@@ -377,7 +407,7 @@ class SeedThreads:
             NumpyBackend(network, batch_size, {
                 # The step count is one number per group (all groups step together); the rest are views.
                 name: np.array(value) if value.ndim == 0 else value[part] for name, value in self.arrays.items()
-            }, threads=None, copy=False)
+            }, threads=None, copy=False, epoch_threads=max(1, workers // len(self.slices)))
             for part in self.slices
         ]
         self.pool = futures.ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="digitlab-seeds")

@@ -6,12 +6,17 @@
         transpose = sparse.Transpose(rows, batch_size, units)
         sparse.forward(rows, index, kernel, bias, out, transpose=transpose)   # out = x[index] @ kernel + bias
         sparse.weight_gradient(transpose, dz, grad)                           # grad = x[index].T @ dz
+        plan = sparse.EpochPlan(kernels, biases, activations, loss, rate, clip)
+        loss_sum, correct = sparse.train_epoch(rows, y, labels, order, 128, plan, threads=2)  # a whole epoch
 
 81% of MNIST's pixels are zero, so the first layer's forward product and its
 weight gradient need about a fifth of the dense multiply-adds. The kernels are
 a plain shared library that `pip install` builds from `_kernels.c` (setup.py;
 the build is optional) and that this module loads with ctypes, which releases
-the GIL during each call, so threads over seeds run on every core. A machine
+the GIL during each call, so threads over seeds run on every core. For plain
+SGD without Dropout, `train_epoch` runs a whole epoch of a dense net in one call
+(`_train.c`: every batch's layers, loss, backward pass and update), with threads
+sharing each batch's first layer. A machine
 where the library could not be built, or a run with `DIGITLAB_NO_KERNEL=1` in
 the environment, trains on the NumPy path instead, and `unavailable_reason`
 says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but skips its AVX2
@@ -64,9 +69,16 @@ def _load():
     library.digitlab_sparse_weight_gradient.argtypes = [pointer] * 3 + [size, pointer, size, pointer, pointer,
                                                                        ctypes.c_float]
     library.digitlab_sparse_weight_gradient.restype = None
+    library.digitlab_train_epoch.argtypes = [pointer] * 3 + [size] + [pointer] * 3 + [size] * 3 + [pointer] * 4 + [
+        ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer]
+    library.digitlab_train_epoch.restype = ctypes.c_int
     library.digitlab_kernels_simd(int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0")))
     _library = library
     return _library
+
+
+FUSED_ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "tanh": 3, "softmax": 4}
+FUSED_LOSSES = {"mean_squared_error": 0, "categorical_crossentropy": 1}
 
 
 def reload() -> None:
@@ -183,3 +195,49 @@ def sgd_update(transpose: Transpose, dz: np.ndarray, weight: np.ndarray, rate: n
     _kernels().digitlab_sparse_weight_gradient(
         *transpose._pointers, transpose.inputs, _check(dz, np.float32), units,
         transpose.gradient_row.ctypes.data, _check(weight, np.float32), float(rate))
+
+
+class EpochPlan:
+    """What `train_epoch` needs of one model besides the data: its layers, loss and SGD rate, as C sees them."""
+
+    def __init__(self, kernels: list[np.ndarray], biases: list[np.ndarray], activations: list[str], loss: str,
+                 rate: float, clip: float):
+        if len(kernels) != len(biases) or len(kernels) != len(activations) or not kernels:
+            raise ValueError("train_epoch needs one kernel, bias and activation per layer.")
+        widths = [kernels[0].shape[0]] + [kernel.shape[1] for kernel in kernels]
+        for number, (kernel, bias) in enumerate(zip(kernels, biases)):
+            if kernel.shape != (widths[number], widths[number + 1]) or bias.shape != (widths[number + 1],):
+                raise ValueError(f"train_epoch: layer {number}'s kernel {kernel.shape} and bias {bias.shape} "
+                                 "do not chain.")
+            _check(kernel, np.float32)
+            _check(bias, np.float32)
+        self.units = np.array(widths, np.int64)
+        self.activations = np.array([FUSED_ACTIVATIONS[name] for name in activations], np.int32)
+        self.kernels = (ctypes.c_void_p * len(kernels))(*[kernel.ctypes.data for kernel in kernels])
+        self.biases = (ctypes.c_void_p * len(biases))(*[bias.ctypes.data for bias in biases])
+        self.loss, self.rate, self.clip = FUSED_LOSSES[loss], float(rate), float(clip)
+        self._arrays = (kernels, biases)  # Keeps the arrays the pointers point into alive.
+
+
+def train_epoch(data: SparseRows, targets: np.ndarray, labels: np.ndarray, order: np.ndarray, batch_size: int,
+                plan: EpochPlan, threads: int = 1) -> tuple[float, int]:
+    """One epoch of plain SGD in C, in place on the plan's arrays: (the loss sum, the correct answers).
+
+    The batches are `order`'s consecutive slices of `batch_size` images; the formulas are
+    the NumPy backend's (Keras's), the first layer on the nonzero pixels only. `threads`
+    threads share the first layer's units within each batch (the results do not depend on it).
+    """
+    if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
+        raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
+    if data.shape[1] != plan.units[0]:
+        raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
+    loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
+    status = _kernels().digitlab_train_epoch(
+        *data._pointers, data.most_per_row, _check(targets, np.float32), _check(labels, np.int64),
+        _check(order, np.int64), len(order), int(batch_size), len(plan.activations), plan.units.ctypes.data,
+        plan.activations.ctypes.data, ctypes.cast(plan.kernels, ctypes.c_void_p),
+        ctypes.cast(plan.biases, ctypes.c_void_p), plan.loss, plan.rate, plan.clip, max(1, min(int(threads), 64)),
+        ctypes.byref(loss_sum), ctypes.byref(correct))
+    if status != 0:
+        raise MemoryError("The C training epoch could not allocate its batch buffers.")
+    return loss_sum.value, correct.value
