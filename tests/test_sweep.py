@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from digitlab import cli, config, plots, runs, sweep, training
+from digitlab import cli, config, plots, plots_sweep, runs, sweep, training
 
 # The sweep every Ray test compares against: 2 learning rates x 2 seeds of the shallow net.
 SWEEP_ARGS = ["--grid", "learning_rate=0.05,0.5", "--seeds", "2", "--seed", "3", "--epochs", "6",
@@ -110,9 +110,9 @@ def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_e
     series = [{"label": f"loss=categorical_crossentropy, activation=relu, learning_rate={rate}",
                "val_accuracy": [[0.1 + 0.01 * epoch * (1 + index) for epoch in range(epochs)] for epochs in (8, 8, 5)]}
               for index, rate in enumerate([0.001 * 2 ** k for k in range(12)])]
-    figure = plots.sweep_curves(series)
+    figure = plots_sweep.sweep_curves(series)
     assert len([axis for axis in figure.axes if axis.has_data()]) == 12
-    heat = plots.sweep_heatmap(
+    heat = plots_sweep.sweep_heatmap(
         [{"activation": a, "learning_rate": r, "val_accuracy_mean": 0.5} for a in ("sigmoid", "relu") for r in (0.01, 0.1)],
         ["activation", "learning_rate"], {"activation": ["sigmoid", "relu"], "learning_rate": [0.01, 0.1]})
     assert plots.figure_png(heat)[:4] == b"\x89PNG"

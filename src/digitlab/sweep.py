@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, config as config_module, data, plots, runs
+from digitlab import atomic, config as config_module, data, plots, plots_sweep, runs
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -544,10 +544,10 @@ def finish(sweep: Sweep, print_fn=print) -> list[dict]:
     series = [{"label": label({name: row[name] for name in swept}), "val_accuracy": row["curves"]}
               for row in rows if row["curves"]]
     if series:
-        plots.save_figure(plots.sweep_curves(series), sweep.file("curves.png"))
+        plots.save_figure(plots_sweep.sweep_curves(series), sweep.file("curves.png"))
     grid = sweep.state["settings"].get("grid") or {}
     if len(swept) == 2 and len(grid) == 2:
-        plots.save_figure(plots.sweep_heatmap(rows, swept, grid), sweep.file("heatmap.png"))
+        plots.save_figure(plots_sweep.sweep_heatmap(rows, swept, grid), sweep.file("heatmap.png"))
     print_fn(results_markdown(rows, swept))
     counts = {status: sum(trial["status"] == status for trial in sweep.trials) for status in FINISHED}
     print_fn(f"Done: {len(sweep.trials)} trials ({counts['complete']} complete, {counts['stopped']} stopped early, "
