@@ -217,15 +217,15 @@ def config_from_args(args) -> TrainConfig:
 
 
 def sweep_module_help() -> str:
-    from digitlab import sweep
+    from digitlab import sweep_plan
 
-    return sweep.SAMPLE_HELP
+    return sweep_plan.SAMPLE_HELP
 
 
 def _trial_limit() -> int:
-    from digitlab import sweep
+    from digitlab import sweep_plan
 
-    return sweep.TRIAL_LIMIT
+    return sweep_plan.TRIAL_LIMIT
 
 
 def _bench_defaults() -> dict:
@@ -289,7 +289,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def command_sweep(args) -> int:
-    from digitlab import sweep
+    from digitlab import sweep, sweep_plan
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -299,10 +299,10 @@ def command_sweep(args) -> int:
         if args.seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
         base = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
-                              if field.name not in sweep.NOT_SWEPT})
+                              if field.name not in sweep_plan.NOT_SWEPT})
         samples = args.samples if args.samples is not None else (10 if args.sample else 0)
         sweep.run_sweep(
-            base, grid=sweep.parse_grid(args.grid), sample=sweep.parse_sample(args.sample), samples=samples,
+            base, grid=sweep_plan.parse_grid(args.grid), sample=sweep_plan.parse_sample(args.sample), samples=samples,
             sample_seed=args.seed, seeds=list(range(args.seed, args.seed + args.seeds)),
             out_dir=args.out or f"sweeps/{time.strftime('%Y%m%d-%H%M%S')}", data_path=args.data,
             address=args.address, early_stop=args.early_stop, cpus_per_trial=args.cpus_per_trial,
@@ -394,10 +394,10 @@ def command_compare(args) -> int:
 
 
 def command_report(args) -> int:
-    from digitlab import report, runs, sweep
+    from digitlab import report, runs, sweep_state
 
-    if (Path(args.run) / sweep.STATE_FILE).is_file():
-        path = report.write_sweep_report(sweep.open_sweep(args.run), out_path=args.out)
+    if (Path(args.run) / sweep_state.STATE_FILE).is_file():
+        path = report.write_sweep_report(sweep_state.open_sweep(args.run), out_path=args.out)
     else:
         path = report.write_report(runs.open_run(args.run), data_path=args.data, out_path=args.out)
     print(f"Wrote {path}")
