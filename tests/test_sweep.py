@@ -121,12 +121,6 @@ def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_e
 # Bad input: one error line, exit status 2, before any trial (these start no Ray).
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--grid", "nonsense=1,2"], "unknown field 'nonsense'"),
     (["--grid", "learning_rate=a,b"], "learning_rate takes numbers"),
@@ -155,9 +149,9 @@ def test_an_out_folder_holding_other_things_is_refused(capsys, tmp_path):
     assert code == 2 and "is not a sweep folder" in err
 
 
-def test_an_unreachable_address_fails_fast(capsys, tmp_path):
+def test_an_unreachable_address_fails_fast(capsys, tmp_path, free_port):
     started = time.monotonic()
-    code, _, err = run_cli(capsys, "sweep", "--grid", "learning_rate=0.1", "--address", f"127.0.0.1:{_free_port()}",
+    code, _, err = run_cli(capsys, "sweep", "--grid", "learning_rate=0.1", "--address", f"127.0.0.1:{free_port}",
                            "--out", tmp_path / "out")
     assert code == 2 and "No Ray cluster reachable at 127.0.0.1:" in err, err
     assert time.monotonic() - started < 30
@@ -331,14 +325,15 @@ def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sw
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head(tmp_path, load_script):
     """A Ray head on loopback, started with `ray start --head --block` and stopped by ending that process."""
-    port = _free_port()
+    free_port = load_script("load_test").free_port
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Short: Ray's socket paths must fit 107 bytes.
     ray = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--include-dashboard", "false", "--ray-client-server-port", str(_free_port()),
+         "--num-cpus", "2", "--include-dashboard", "false", "--ray-client-server-port", str(free_port()),
          "--temp-dir", temp_dir, "--disable-usage-stats"],
         env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
