@@ -13,7 +13,7 @@ server's own time per request (its `X-Process-Time-Ms` header) and the errors.
 
 Payloads: `pixels` (JSON 28x28, the prediction alone) or `png` (a 140x140 PNG of a
 drawn digit as a multipart upload, what the drawing page sends). Tests import
-`run_load_test` and `start_server` from here.
+`run_load_test`, `start_server` and `run_server` from here.
 """
 
 from __future__ import annotations
@@ -192,6 +192,47 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def run_server(command: list[str], ready_url: str, timeout: float = 120.0, env: dict | None = None):
+    """Starts `command` as a child process and waits until `ready_url` answers 200; yields the child,
+    and stops it afterwards (SIGTERM, then SIGKILL after 20 s).
+
+    Raises RuntimeError, with the end of the child's output, when it exits early or does not
+    answer within `timeout` seconds. The tests' `running_server` fixture is this function."""
+    # The child's output goes to a file, never a pipe that nobody reads (a full pipe would stall it).
+    log = tempfile.TemporaryFile()
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-3000:]
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if child.poll() is not None:
+                raise RuntimeError(f"The server exited early: {output()}")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"The server did not answer on {ready_url} within {timeout:g} s: {output()}")
+            time.sleep(0.2)
+        yield child
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        log.close()
+
+
+@contextlib.contextmanager
 def start_server(model_path: str, port: int | None = None, timeout: float = 60.0, access_log: bool = False):
     """Runs `digitlab`'s server for a saved model in a child process on 127.0.0.1; yields its URL.
 
@@ -200,34 +241,9 @@ def start_server(model_path: str, port: int | None = None, timeout: float = 60.0
     command = [sys.executable, os.path.abspath(__file__), "--serve-model", str(model_path), "--port", str(port)]
     if access_log:
         command.append("--access-log")
-    # The child's messages go to a file, never a pipe that nobody reads (a full pipe would stall it).
-    log = tempfile.TemporaryFile()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if child.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"The server exited early: {log.read().decode(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"The server did not answer on {url} within {timeout} s.")
-            time.sleep(0.2)
+    with run_server(command, f"{url}/api/health", timeout):
         yield url
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        log.close()
 
 
 def _serve_model(model_path: str, port: int, access_log: bool) -> None:

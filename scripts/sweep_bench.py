@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from digitlab import cli, config, runs, sweep, system
+from digitlab import cli, config, runs, sweep_plan, system
 from digitlab.config import TrainConfig
 
 
@@ -32,9 +32,9 @@ def main(argv: list[str]) -> int:
     if out.exists():
         raise SystemExit(f"error: {out} exists; give a new --out.")
     base = TrainConfig(**{name: getattr(args, name) for name in config.TrainConfig.__dataclass_fields__
-                          if name not in sweep.NOT_SWEPT})
+                          if name not in sweep_plan.NOT_SWEPT})
     seeds = list(range(args.seed, args.seed + args.seeds))
-    trials = sweep.plan_trials(base, sweep.parse_grid(args.grid), [], seeds)
+    trials = sweep_plan.plan_trials(base, sweep_plan.parse_grid(args.grid), [], seeds)
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     machine = system.machine_info()
     print(f"{len(trials)} trials on {machine['cpu']}, {machine['cores']} cores; load average "

@@ -8,14 +8,9 @@ the project; if it is in neither place the tests fail rather than skip.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import os
-import subprocess
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -154,41 +149,11 @@ def chromium():
         browser.close()
 
 
-@contextlib.contextmanager
-def _running(command: list[str], ready_url: str, timeout: float = 120.0, env: dict | None = None):
-    """Starts `command` as a child process and waits until `ready_url` answers 200; stops it afterwards
-    (SIGTERM, then SIGKILL after 20 s). The child's output goes to a file, shown if it fails to start."""
-    log = tempfile.TemporaryFile()
-    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if child.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"{command[:4]} did not start in {timeout:.0f} s:\n"
-                            f"{log.read().decode(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(ready_url, timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        yield child
-    finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        log.close()
-
-
 @pytest.fixture(scope="session")
-def running_server():
-    """`with running_server(command, ready_url) as child:` runs a real server process for a test."""
-    return _running
+def running_server(load_script):
+    """`with running_server(command, ready_url) as child:` runs a real server process for a test
+    (scripts/load_test.py's `run_server`: waits until ready_url answers 200, stops it afterwards)."""
+    return load_script("load_test").run_server
 
 
 @pytest.fixture

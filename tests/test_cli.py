@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from digitlab import cli, config, runs
+from digitlab import cli, cli_flags, config, runs
 
 
 def run_cli(capsys, *argv):
@@ -128,14 +128,14 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
 
 def test_train_flags_are_generated_from_the_config_fields(capsys):
     parser = cli.build_parser()
-    assert cli.config_from_args(parser.parse_args(["train"])) == config.TrainConfig()
+    assert cli_flags.config_from_args(parser.parse_args(["train"])) == config.TrainConfig()
     every = ["--model", "deep", "--units", "32", "16", "8", "--filters", "--activation", "tanh", "--no-batch-norm",
              "--dropout", "0.1", "--loss", "mean_squared_error", "--optimizer", "rmsprop", "--learning-rate", "0.5",
              "--momentum", "0.5", "--batch-size", "64", "--epochs", "7", "--seed", "3", "--seeds", "2",
              "--validation", "holdout", "--engine", "fit", "--train-limit", "99", "--checkpoint-every", "0",
              "--tensorboard"]
     every.remove("--filters")
-    parsed = cli.config_from_args(parser.parse_args(["train", *every]))
+    parsed = cli_flags.config_from_args(parser.parse_args(["train", *every]))
     assert parsed == config.TrainConfig(
         model="deep", units=[32, 16, 8], activation="tanh", batch_norm=False, dropout=[0.1],
         loss="mean_squared_error", optimizer="rmsprop", learning_rate=0.5, momentum=0.5, batch_size=64, epochs=7,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitlab import config, data, evaluation, inside, models, plots
+from digitlab import config, data, evaluation, inside, models, plots_inside
 
 
 def _axes(figure) -> dict:
@@ -41,7 +41,7 @@ def test_hidden_units_draw_the_first_layers_weights_activations_and_probabilitie
     for unit, tile in enumerate(tiles):
         np.testing.assert_array_equal(_drawn(tile), kernel[:, unit].reshape(28, 28))
         assert tile.images[0].get_clim() == pytest.approx((-limit, limit))
-        assert tile.images[0].get_cmap().name == plots.WEIGHT_COLOURS
+        assert tile.images[0].get_cmap().name == plots_inside.WEIGHT_COLOURS
     # The tiles form an 8 x 8 grid: 8 distinct rows and columns of positions.
     positions = np.array([tile.get_position().bounds[:2] for tile in tiles])
     assert len(np.unique(positions[:, 0].round(4))) == 8 and len(np.unique(positions[:, 1].round(4))) == 8

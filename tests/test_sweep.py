@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from digitlab import cli, config, plots, runs, sweep, training
+from digitlab import cli, config, plots, plots_sweep, runs, sweep_plan, sweep_results, training
 
 # The sweep every Ray test compares against: 2 learning rates x 2 seeds of the shallow net.
 SWEEP_ARGS = ["--grid", "learning_rate=0.05,0.5", "--seeds", "2", "--seed", "3", "--epochs", "6",
@@ -39,8 +39,8 @@ def run_cli(capsys, *argv):
 
 
 def test_grid_values_take_each_fields_type():
-    grid = sweep.parse_grid(["learning_rate=0.01,0.1", "activation=sigmoid,relu", "units=64 64,128 32",
-                             "batch-norm=true,no", "batch_size=32"])
+    grid = sweep_plan.parse_grid(["learning_rate=0.01,0.1", "activation=sigmoid,relu", "units=64 64,128 32",
+                                  "batch-norm=true,no", "batch_size=32"])
     assert grid == {"learning_rate": [0.01, 0.1], "activation": ["sigmoid", "relu"],
                     "units": [[64, 64], [128, 32]], "batch_norm": [True, False], "batch_size": [32]}
 
@@ -56,8 +56,8 @@ def test_grid_values_take_each_fields_type():
     ("seed=1,2", "use --seed FIRST and --seeds N"),
 ])
 def test_bad_grids_say_what_is_wrong(spec, message):
-    with pytest.raises(sweep.SweepError, match=message):
-        sweep.parse_grid([spec])
+    with pytest.raises(sweep_plan.SweepError, match=message):
+        sweep_plan.parse_grid([spec])
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -69,16 +69,16 @@ def test_bad_grids_say_what_is_wrong(spec, message):
     ("activation=int:1:5", "activation takes choice"),
 ])
 def test_bad_samples_say_what_is_wrong(spec, message):
-    with pytest.raises(sweep.SweepError, match=message):
-        sweep.parse_sample([spec])
+    with pytest.raises(sweep_plan.SweepError, match=message):
+        sweep_plan.parse_sample([spec])
 
 
 def test_samples_are_drawn_within_their_ranges_and_repeatably():
-    distributions = sweep.parse_sample(["learning_rate=loguniform:1e-3:1", "batch_size=int:16:256",
-                                        "activation=choice:sigmoid,relu,tanh", "momentum=uniform:0:0.9"])
-    drawn = sweep.draw_samples(distributions, 200, seed=7)
-    assert drawn == sweep.draw_samples(distributions, 200, seed=7)
-    assert drawn != sweep.draw_samples(distributions, 200, seed=8)
+    distributions = sweep_plan.parse_sample(["learning_rate=loguniform:1e-3:1", "batch_size=int:16:256",
+                                             "activation=choice:sigmoid,relu,tanh", "momentum=uniform:0:0.9"])
+    drawn = sweep_plan.draw_samples(distributions, 200, seed=7)
+    assert drawn == sweep_plan.draw_samples(distributions, 200, seed=7)
+    assert drawn != sweep_plan.draw_samples(distributions, 200, seed=8)
     rates = [values["learning_rate"] for values in drawn]
     assert 1e-3 <= min(rates) and max(rates) <= 1 and min(rates) < 0.01 and max(rates) > 0.1  # Log-spread.
     assert {values["batch_size"] for values in drawn} <= set(range(16, 257))
@@ -89,8 +89,8 @@ def test_samples_are_drawn_within_their_ranges_and_repeatably():
 def test_the_plan_is_the_product_of_the_grid_times_the_samples_times_the_seeds():
     base = config.TrainConfig(epochs=2, train_limit=100)
     grid = {"activation": ["sigmoid", "relu"], "units": [[32], [64]]}
-    samples = sweep.draw_samples(sweep.parse_sample(["learning_rate=uniform:0.01:0.1"]), 3, seed=0)
-    trials = sweep.plan_trials(base, grid, samples, seeds=[5, 6])
+    samples = sweep_plan.draw_samples(sweep_plan.parse_sample(["learning_rate=uniform:0.01:0.1"]), 3, seed=0)
+    trials = sweep_plan.plan_trials(base, grid, samples, seeds=[5, 6])
     assert len(trials) == 3 * 4 * 2
     assert [trial["seed"] for trial in trials[:4]] == [5, 6, 5, 6]
     assert [trial["configuration"] for trial in trials[:4]] == [0, 0, 1, 1]
@@ -102,29 +102,23 @@ def test_the_plan_is_the_product_of_the_grid_times_the_samples_times_the_seeds()
 
 
 def test_a_value_train_would_refuse_is_refused_for_the_whole_sweep():
-    with pytest.raises(sweep.SweepError, match="learning_rate=-0.1 is not valid: learning_rate must be"):
-        sweep.plan_trials(config.TrainConfig(), {"learning_rate": [0.1, -0.1]}, [], seeds=[0])
+    with pytest.raises(sweep_plan.SweepError, match="learning_rate=-0.1 is not valid: learning_rate must be"):
+        sweep_plan.plan_trials(config.TrainConfig(), {"learning_rate": [0.1, -0.1]}, [], seeds=[0])
 
 
 def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_early():
     series = [{"label": f"loss=categorical_crossentropy, activation=relu, learning_rate={rate}",
                "val_accuracy": [[0.1 + 0.01 * epoch * (1 + index) for epoch in range(epochs)] for epochs in (8, 8, 5)]}
               for index, rate in enumerate([0.001 * 2 ** k for k in range(12)])]
-    figure = plots.sweep_curves(series)
+    figure = plots_sweep.sweep_curves(series)
     assert len([axis for axis in figure.axes if axis.has_data()]) == 12
-    heat = plots.sweep_heatmap(
+    heat = plots_sweep.sweep_heatmap(
         [{"activation": a, "learning_rate": r, "val_accuracy_mean": 0.5} for a in ("sigmoid", "relu") for r in (0.01, 0.1)],
         ["activation", "learning_rate"], {"activation": ["sigmoid", "relu"], "learning_rate": [0.01, 0.1]})
     assert plots.figure_png(heat)[:4] == b"\x89PNG"
 
 
 # Bad input: one error line, exit status 2, before any trial (these start no Ray).
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -155,9 +149,9 @@ def test_an_out_folder_holding_other_things_is_refused(capsys, tmp_path):
     assert code == 2 and "is not a sweep folder" in err
 
 
-def test_an_unreachable_address_fails_fast(capsys, tmp_path):
+def test_an_unreachable_address_fails_fast(capsys, tmp_path, free_port):
     started = time.monotonic()
-    code, _, err = run_cli(capsys, "sweep", "--grid", "learning_rate=0.1", "--address", f"127.0.0.1:{_free_port()}",
+    code, _, err = run_cli(capsys, "sweep", "--grid", "learning_rate=0.1", "--address", f"127.0.0.1:{free_port}",
                            "--out", tmp_path / "out")
     assert code == 2 and "No Ray cluster reachable at 127.0.0.1:" in err, err
     assert time.monotonic() - started < 30
@@ -216,7 +210,7 @@ def test_a_sweep_trains_what_train_trains(reference_sweep, tmp_path, quiet):
 
     rows = _results_without_time(out)
     assert [row["learning_rate"] for row in rows] == ["0.5", "0.05"]  # Best first.
-    assert set(rows[0]) == {"learning_rate", *sweep.RESULT_COLUMNS} - {"wall_time_s"}
+    assert set(rows[0]) == {"learning_rate", *sweep_results.RESULT_COLUMNS} - {"wall_time_s"}
     assert rows[0]["seeds"] == "2" and rows[0]["status"] == "complete" and rows[0]["epochs"] == "6"
     assert float(rows[0]["val_accuracy_min"]) <= float(rows[0]["val_accuracy_mean"]) <= float(rows[0]["val_accuracy_max"])
     assert json.loads((out / "results.json").read_text())[0]["learning_rate"] == 0.5
@@ -331,14 +325,15 @@ def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sw
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head(tmp_path, load_script):
     """A Ray head on loopback, started with `ray start --head --block` and stopped by ending that process."""
-    port = _free_port()
+    free_port = load_script("load_test").free_port
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Short: Ray's socket paths must fit 107 bytes.
     ray = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--include-dashboard", "false", "--ray-client-server-port", str(_free_port()),
+         "--num-cpus", "2", "--include-dashboard", "false", "--ray-client-server-port", str(free_port()),
          "--temp-dir", temp_dir, "--disable-usage-stats"],
         env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -407,5 +402,5 @@ def test_early_stopping_stops_the_trials_that_trail_and_says_so(tmp_path, mnist_
         assert runs.Run(out / "runs" / trial["run"]).status()["status"] == "interrupted"
     rows = {row["learning_rate"]: row for row in _results_without_time(out)}
     for trial in stopped:
-        assert rows[sweep.value_text(trial["params"]["learning_rate"])]["status"] == "stopped early (1 of 1 seeds)"
+        assert rows[sweep_plan.value_text(trial["params"]["learning_rate"])]["status"] == "stopped early (1 of 1 seeds)"
     assert f"{len(stopped)} stopped early" in result.stdout.splitlines()[-1]

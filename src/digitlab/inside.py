@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from digitlab import data, plots
+from digitlab import data, plots_inside
 
 # The figures `figures` returns, by kind of first layer. They are many small images of weights, so
 # they are saved with a 256-colour palette (`plots.figure_png(palette=True)`): a few times smaller.
@@ -60,12 +60,12 @@ def figures(model: keras.Model, image: np.ndarray, label: int, flat: bool | None
         flat = not convolutional
     look = look_inside(model, image, flat=flat)
     if not convolutional:
-        return {"hidden_units": plots.hidden_units(look["kernel"], look["activations"], look["probabilities"],
-                                                   image, label, digit_name=digit_name)}
+        return {"hidden_units": plots_inside.hidden_units(look["kernel"], look["activations"], look["probabilities"],
+                                                          image, label, digit_name=digit_name)}
     return {
-        "filters": plots.conv_filters(look["kernel"]),
-        "feature_maps": plots.feature_maps(image, label, look["activations"], look["probabilities"],
-                                           digit_name=digit_name),
+        "filters": plots_inside.conv_filters(look["kernel"]),
+        "feature_maps": plots_inside.feature_maps(image, label, look["activations"], look["probabilities"],
+                                                  digit_name=digit_name),
     }
 
 

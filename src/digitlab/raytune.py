@@ -6,7 +6,7 @@
     with raytune.connect("10.0.0.5:6379"):    # an existing cluster (or "auto")
         ...
 
-Each trial is a Ray Tune function trial that calls `sweep.train_trial`, which trains
+Each trial is a Ray Tune function trial that calls `sweep_trial.train_trial`, which trains
 an ordinary run folder with `training.train` (or continues one with
 `training.resume`) and reports every epoch's metrics with `ray.tune.report`. The
 MNIST arrays go into Ray's object store once (`tune.with_parameters` puts them
@@ -35,8 +35,7 @@ import sys
 import tempfile
 import time
 
-from digitlab import runs
-from digitlab import sweep as sweep_module
+from digitlab import runs, sweep_plan, sweep_trial
 
 
 def _quiet_environment() -> None:
@@ -89,7 +88,7 @@ def connect(address: str | None):
             if "InvalidAuthToken" in said or "Unauthenticated" in said:
                 hint = (" The cluster asks for a token: set RAY_AUTH_MODE=token, with the cluster's token in "
                         "~/.ray/auth_token or RAY_AUTH_TOKEN (see `ray get-auth-token`).")
-            raise sweep_module.SweepError(
+            raise sweep_plan.SweepError(
                 f"Could not start or reach {where}: {type(error).__name__}: {error}.{hint}") from None
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -103,7 +102,7 @@ def check_resources(cpus_per_trial: float) -> None:
     """Refuses trials that ask for more CPUs than the whole cluster has (Tune would wait for them forever)."""
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus_per_trial > cpus:
-        raise sweep_module.SweepError(
+        raise sweep_plan.SweepError(
             f"Each trial asks for {cpus_per_trial:g} CPUs (--cpus-per-trial), but this Ray has only {cpus:g}."
         )
 
@@ -112,12 +111,12 @@ def check_reachable(address: str) -> None:
     """A TCP connection to HOST:PORT within CONNECT_TIMEOUT_S, or a SweepError saying what to check."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise sweep_module.SweepError(f"--address {address!r} is not HOST:PORT (or auto).")
+        raise sweep_plan.SweepError(f"--address {address!r} is not HOST:PORT (or auto).")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as error:
-        raise sweep_module.SweepError(
+        raise sweep_plan.SweepError(
             f"No Ray cluster reachable at {address} ({error.strerror or error}). Start one with "
             f"`ray start --head --port {port}` on {host}, or leave out --address for an embedded Ray."
         ) from None
@@ -165,7 +164,7 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
 
 def _trainable(params: dict, loaded, trials: list[dict], runs_dir: str) -> None:
     """A Tune function trial: train the trial `params["trial"]`, reporting each epoch to Tune."""
-    sweep_module.train_trial(trials[params["trial"]], runs_dir, loaded, tune.report)
+    sweep_trial.train_trial(trials[params["trial"]], runs_dir, loaded, tune.report)
 
 
 @contextlib.contextmanager
@@ -251,7 +250,7 @@ class Progress(tune.Callback):
         if scored:
             best = max(scored, key=lambda trial: trial["val_accuracy"])
             text += (f"; best so far val_accuracy {best['val_accuracy']:.4f} "
-                     f"({sweep_module.label(best['params'])}, seed {best['seed']}, epoch {best.get('epochs')})")
+                     f"({sweep_plan.label(best['params'])}, seed {best['seed']}, epoch {best.get('epochs')})")
         return text
 
     def close(self) -> None:

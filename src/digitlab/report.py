@@ -1,8 +1,8 @@
 """One self-contained HTML report per run (settings, provenance, figures, per-digit scores), or per sweep.
 
-    from digitlab import report, runs, sweep
+    from digitlab import report, runs, sweep_state
     path = report.write_report(runs.open_run("runs/x"))      # runs/x/report.html
-    path = report.write_sweep_report(sweep.open_sweep("sweeps/x"))   # sweeps/x/report.html
+    path = report.write_sweep_report(sweep_state.open_sweep("sweeps/x"))   # sweeps/x/report.html
 
 The page holds the run's configuration, its results, the software versions and
 the SHA-256 of the data it was trained on (from metrics.json, checked against
@@ -227,20 +227,20 @@ def write_sweep_report(sweep, out_path=None) -> Path:
     heatmap (from the sweep's results files, which it writes first if they are
     missing), and every trial with its run folder, seed, status and final val accuracy.
     """
-    from digitlab import sweep as sweep_module
+    from digitlab import sweep_plan, sweep_results
 
     out_path = Path(out_path) if out_path is not None else sweep.file("report.html")
     if out_path.is_dir():
         raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
-    rows = sweep_module.results(sweep)
+    rows = sweep_results.results(sweep)
     if not sweep.file("curves.png").is_file():
-        sweep_module.finish(sweep, print_fn=lambda *args: None)
+        sweep_results.finish(sweep, print_fn=lambda *args: None)
     settings = sweep.state["settings"]
     swept = settings["swept"]
     header = [*swept, "seeds", "val accuracy mean", "std", "min", "max", "best mean (epoch)", "epochs",
               "wall time s", "status"]
     table_rows = [
-        [sweep_module.value_text(row[name]) for name in swept] + [
+        [sweep_plan.value_text(row[name]) for name in swept] + [
             row["seeds"], _number(row["val_accuracy_mean"]), _number(row["val_accuracy_std"]),
             _number(row["val_accuracy_min"]), _number(row["val_accuracy_max"]),
             f"{_number(row['best_val_accuracy_mean'])} ({row['best_epoch']})", row["epochs"],
@@ -248,7 +248,7 @@ def write_sweep_report(sweep, out_path=None) -> Path:
         for row in rows
     ]
     trial_rows = [
-        (trial["run"], sweep_module.label(trial["params"]), trial["seed"], trial["status"],
+        (trial["run"], sweep_plan.label(trial["params"]), trial["seed"], trial["status"],
          trial.get("epochs") or 0, _number(trial.get("val_accuracy")), trial.get("error") or "")
         for trial in sweep.trials
     ]

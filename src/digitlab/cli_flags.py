@@ -1,0 +1,85 @@
+"""Flags that `digitlab`'s commands share: the help formatter, --data, --runs-dir, one per TrainConfig field.
+
+    from digitlab import cli_flags
+    train = commands.add_parser("train", formatter_class=cli_flags.HelpFormatter)
+    cli_flags.add_config_flags(train)               # --model, --units, ..., each from its dataclass field
+    cli_flags.add_data_flag(train)
+    config = cli_flags.config_from_args(parser.parse_args(["train", "--epochs", "5"]))
+
+A flag's type, choices, help and default come from TrainConfig's field (see `digitlab.config`),
+so a field added there reaches every command that takes config flags with nothing else to write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from digitlab import config as config_module
+from digitlab.config import MODEL_DEFAULTS, TrainConfig
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default (unless its help already says it) and keeps line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _model_defaults(field: str) -> str:
+    return "default: the model's own (" + ", ".join(
+        f"{name} {_format_default(values[field])}" for name, values in MODEL_DEFAULTS.items()
+    ) + ")"
+
+
+def _format_default(value) -> str:
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value) or "none"
+    return str(value)
+
+
+def add_data_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", metavar="PATH", default=None,
+        help="MNIST as a Keras-style mnist.npz or a folder of the four IDX files (default: "
+        "$DIGITLAB_DATA, then ~/.keras/datasets/mnist.npz, then a download through Keras)",
+    )
+
+
+def add_runs_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default="runs", help="folder that holds the run folders")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names=None, defaults=None) -> None:
+    """Adds a flag for each named TrainConfig field (all by default), from the field itself.
+
+    The flag's type, choices, help and default come from the dataclass field (its type
+    hint, its metadata and its default); `defaults` overrides a default for this parser.
+    Fields left at None take the model's own value, which the help lists.
+    """
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    for name in names or fields:
+        field, defaults_here = fields[name], defaults or {}
+        kind, is_list = config_module.field_type(name)
+        default = defaults_here.get(name, field.default)
+        help_text = field.metadata["help"]
+        if default is None and name in next(iter(MODEL_DEFAULTS.values())):
+            help_text += f"; {_model_defaults(name)}"
+        options = dict(default=default, help=help_text, dest=name)
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            if is_list:
+                options["nargs"] = "+"
+            if "choices" in field.metadata:
+                options["choices"] = field.metadata["choices"]
+        parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+def config_from_args(args) -> TrainConfig:
+    if args.config:
+        return TrainConfig.load(args.config)
+    return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})

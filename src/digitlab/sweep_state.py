@@ -1,0 +1,105 @@
+"""A sweep's folder and its record, `sweep.json`: the plan and each trial's run folder and status.
+
+    from digitlab import sweep_state
+    sweep = sweep_state.open_sweep("sweeps/x")       # a clear SweepError if it is not a sweep folder
+    sweep.update(3, status="running")                # trial 3's record changed, sweep.json rewritten
+    left = sweep.unfinished()
+
+`create` makes the folder (which must be new or empty) and writes the plan; every later
+change is written atomically, so a sweep killed at any moment leaves a readable record
+that `digitlab sweep --resume` continues from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from digitlab import atomic, data, sweep_plan
+
+FORMAT_VERSION = 1
+STATE_FILE = "sweep.json"
+# A trial in one of these states is not run again by a resumed sweep.
+FINISHED = ("complete", "stopped", "failed")
+
+
+class Sweep:
+    """A sweep folder: `sweep.json` (the plan and each trial's status), `runs/`, and the results."""
+
+    def __init__(self, path: str | Path, state: dict):
+        self.path = Path(path).absolute()
+        self.state = state
+
+    @property
+    def trials(self) -> list[dict]:
+        return self.state["trials"]
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def save(self) -> None:
+        atomic.write_json(self.file(STATE_FILE), self.state)
+
+    def update(self, index: int, **values) -> None:
+        """Changes a trial's record and writes sweep.json (atomically)."""
+        self.trials[index].update(values)
+        self.save()
+
+    def unfinished(self) -> list[dict]:
+        return [trial for trial in self.trials if trial["status"] not in FINISHED]
+
+    def resume_command(self) -> str:
+        return f"digitlab sweep --resume {self.path}"
+
+
+def create(out_dir: str | Path, trials: list[dict], settings: dict, loaded: data.Loaded) -> Sweep:
+    """Makes the sweep folder and its sweep.json; the folder must be new, or empty."""
+    out_dir = Path(out_dir)
+    check_new_folder(out_dir)
+    try:
+        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise sweep_plan.SweepError(atomic.describe_write_error(out_dir, error)) from None
+    state = {
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": settings,
+        "data": loaded.record(),
+        "trials": trials,
+    }
+    sweep = Sweep(out_dir, state)
+    sweep.save()
+    return sweep
+
+
+def check_new_folder(out_dir: Path) -> None:
+    """Refuses an --out that is a file, a sweep already (resume it instead) or a folder holding other things."""
+    if (out_dir / STATE_FILE).is_file():
+        raise sweep_plan.SweepError(f"{out_dir} already holds a sweep. Finish it with "
+                                    f"`digitlab sweep --resume {out_dir}`, or choose another --out.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise sweep_plan.SweepError(f"--out {out_dir} is a file; choose a new or empty folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise sweep_plan.SweepError(f"--out {out_dir} already holds other files; choose a new or empty folder.")
+
+
+def open_sweep(out_dir: str | Path) -> Sweep:
+    """Opens a sweep folder, with a clear error if it is not one."""
+    out_dir = Path(out_dir)
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        raise sweep_plan.SweepError(f"{out_dir} is not a sweep folder (it has no {STATE_FILE}).")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise sweep_plan.SweepError(f"{path} is damaged or not JSON ({error}).") from None
+    if not isinstance(state, dict) or not isinstance(state.get("trials"), list):
+        raise sweep_plan.SweepError(f"{path} is not a digitlab sweep record.")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise sweep_plan.SweepError(f"{path} is from another digitlab version (format {state.get('format_version')}).")
+    return Sweep(out_dir, state)
