@@ -8,9 +8,16 @@ the project; if it is in neither place the tests fail rather than skip.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.util
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +167,57 @@ def running_server(load_script):
 def free_port(load_script) -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     return load_script("load_test").free_port()
+
+
+# The book's full LeNet run (chapter 10, 10 epochs on TensorFlow, about a quarter of an hour on 2 cores)
+# is the suite's longest test. When it is selected, its process starts as soon as the session knows
+# its tests and trains beside them; its test runs last and waits for it.
+LENET_FULL_TEST = "test_lenet_full_ten_epochs_on_its_default_backend"
+_lenet_runs: dict = {}
+
+
+def start_lenet_full_run() -> dict:
+    """Starts `digitlab train --model lenet --seed 0` as a user runs it (no KERAS_BACKEND) in a new folder."""
+    from digitlab.backends import MARKER
+
+    folder = Path(tempfile.mkdtemp(prefix="digitlab-lenet-"))
+    environment = {key: value for key, value in os.environ.items() if key not in ("KERAS_BACKEND", MARKER)}
+    log = (folder / "output.txt").open("w")
+    command = [sys.executable, "-m", "digitlab", "train", "--model", "lenet", "--seed", "0",
+               "--runs-dir", str(folder / "runs")]
+    process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=_die_with_parent)
+    return {"process": process, "folder": folder, "log": log, "started": time.perf_counter()}
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: Linux kills it when pytest ends, however pytest ends."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@pytest.hookimpl(trylast=True)  # After -m and -k have deselected what they deselect.
+def pytest_collection_modifyitems(config, items):
+    chosen = [item for item in items if item.name == LENET_FULL_TEST]
+    if not chosen or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item.name != LENET_FULL_TEST] + chosen
+    if not os.environ.get("PYTEST_XDIST_WORKER") and len(items) > 1:
+        _lenet_runs["full"] = start_lenet_full_run()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    run = _lenet_runs.pop("full", None)
+    if run is not None:
+        run["process"].kill()
+        run["process"].wait()
+        run["log"].close()
+        shutil.rmtree(run["folder"], ignore_errors=True)
+
+
+@pytest.fixture
+def lenet_full_run() -> dict:
+    """The full LeNet run's process, folder and start time: the one started with the session, or a new one."""
+    return _lenet_runs.get("full") or _lenet_runs.setdefault("full", start_lenet_full_run())

@@ -10,22 +10,21 @@ minutes an epoch on a 2-core machine, against about a minute with TensorFlow's
 oneDNN kernels), so `digitlab train --model lenet` chooses TensorFlow by default
 (`digitlab.backends`). The book's full 10-epoch LeNet run is checked once, as a
 user runs it (a separate process with no KERAS_BACKEND, since a process has one
-Keras backend); on the JAX backend LeNet trains on a few hundred images, enough
+Keras backend); conftest starts that process when the session starts, so that its
+quarter of an hour passes beside the other tests, and this test, moved last,
+waits for it. On the JAX backend LeNet trains on a few hundred images, enough
 to show that it runs and learns there too.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from digitlab import config, training
-from digitlab.backends import MARKER
 
 TOLERANCE = 0.01  # One percentage point.
 # LeNet on the JAX backend: a few hundred images, a few epochs; a net that learns passes, chance is 0.1.
@@ -63,17 +62,19 @@ def test_lenet_learns_on_the_jax_backend(tmp_path, mnist_path, quiet):
 
 
 @pytest.mark.slow
-def test_lenet_full_ten_epochs_on_its_default_backend(tmp_path, mnist_path):
-    environment = {key: value for key, value in os.environ.items() if key not in ("KERAS_BACKEND", MARKER)}
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "digitlab", "train", "--model", "lenet", "--seed", "0", "--runs-dir", str(tmp_path)],
-        env=environment, capture_output=True, text=True, timeout=3000,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    (run_dir,) = tmp_path.iterdir()
+def test_lenet_full_ten_epochs_on_its_default_backend(lenet_full_run):
+    # Started with the session by conftest (it trains beside the other tests) and waited for here, last.
+    process = lenet_full_run["process"]
+    try:
+        process.wait(timeout=3000)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    output = (lenet_full_run["folder"] / "output.txt").read_text()
+    assert process.returncode == 0, output[-2000:]
+    (run_dir,) = (lenet_full_run["folder"] / "runs").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(f"lenet on tensorflow: {metrics['epochs']} epochs, {time.perf_counter() - started:.0f} s, "
-          f"final val accuracy {metrics['final_val_accuracy']:.4f} (book 0.992)")
+    print(f"lenet on tensorflow: {metrics['epochs']} epochs, {time.perf_counter() - lenet_full_run['started']:.0f} s "
+          f"(beside the other tests), final val accuracy {metrics['final_val_accuracy']:.4f} (book 0.992)")
     assert metrics["backend"] == "tensorflow" and metrics["epochs"] == 10
     assert abs(metrics["final_val_accuracy"] - 0.992) <= TOLERANCE
