@@ -1,15 +1,19 @@
 /* The fast engine's sparse first layer, in C: MNIST's images are 81% zero pixels.
  *
- * Built at install time as a plain shared library (setup.py) and loaded with ctypes by
- * sparse.py, which releases the GIL around every call. Two functions, each with an AVX2+FMA
- * version (chosen at run time, so the library runs on any x86-64) and a portable scalar one:
+ * Built at install time as a plain shared library (setup.py, with _train.c) and loaded with
+ * ctypes by sparse.py, which releases the GIL around every call. The two products, each with an
+ * AVX2+FMA version (chosen at run time, so the library runs on any x86-64) and a portable one:
  *
- *   sparse_forward:         out[r, :] = sum_j vals[j] * kernel[cols[j], :] + bias, over the
- *                           nonzero pixels j of image index[r] (CSR rows: starts, cols, vals).
- *   sparse_weight_gradient: grad[p, :] = sum over the batch's images with pixel p nonzero of
- *                           value * dz[r, :], i.e. x_batch.T @ dz, through the batch's transpose
- *                           (built by a counting sort), accumulated per pixel in registers.
+ *   forward:         out[r, :] = sum_j vals[j] * kernel[cols[j], :] + bias, over the nonzero
+ *                    pixels j of image index[r] (CSR rows: starts, cols, vals).
+ *   weight gradient: grad[p, :] = sum over the batch's images with pixel p nonzero of
+ *                    value * dz[r, :], i.e. x_batch.T @ dz, through the batch's transpose
+ *                    (built by a counting sort), accumulated per pixel in registers.
  *
+ * The entry points: digitlab_sparse_forward (with the transpose) and
+ * digitlab_sparse_weight_gradient (or the SGD update) for the NumPy backend's per-batch steps;
+ * digitlab_sparse_forward_block, digitlab_sparse_transpose (of a range of the batch's rows) and
+ * digitlab_sparse_sgd_rows (a range of pixels) for _train.c's threads.
  * Units are handled in blocks of 64 (eight AVX2 registers), then of 8, then one by one.
  */
 

@@ -6,9 +6,12 @@
  * error, or categorical cross-entropy on a softmax output), the backward pass and the SGD update,
  * with the formulas of numpy_backend.py (Keras's own, JAX backend) in float32. Python calls it
  * once per epoch and model, with the GIL released (ctypes), so threads over seeds run on every
- * core and no per-batch interpreter work is left.
+ * core and no per-batch interpreter work is left. Within one model's epoch, `threads` pthreads
+ * share every batch (run_worker): rows for the first layer's forward product and transpose,
+ * pixels for its update, thread 0 for the small layers above; each sum runs in the same order
+ * for any number of threads, so the results are the same bits.
  *
- * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax (the last layer only).
+ * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax (the last layer only, as spec.py checks).
  * Losses: 0 mean squared error, 1 categorical cross-entropy.
  */
 
@@ -183,7 +186,7 @@ static void activation_gradient(float *gradient, const float *output, int64_t si
 static void loss_and_gradient(const float *outputs, const float *targets, const int64_t *labels,
                               const int64_t *index, int64_t rows, int64_t classes, int32_t loss,
                               int32_t activation, float clip, float *gradient, double *loss_sum,
-                              int64_t *correct) {
+                              int64_t *correct, double *row_losses) {
     for (int64_t r = 0; r < rows; r++) {
         const float *p = outputs + r * classes, *t = targets + index[r] * classes;
         float *g = gradient + r * classes;
@@ -200,6 +203,7 @@ static void loss_and_gradient(const float *outputs, const float *targets, const 
                 g[c] *= scale;
             }
             *loss_sum += sum / (double)classes;
+            if (row_losses) row_losses[r] = sum / (double)classes;
         } else {
             /* Keras: normalize by the row sum, clip to [clip, 1 - clip], -sum(t log p); the clip
              * passes no gradient for entries outside the interval. */
@@ -213,6 +217,7 @@ static void loss_and_gradient(const float *outputs, const float *targets, const 
                 weighted += g[c] * p[c];
             }
             *loss_sum -= sum;
+            if (row_losses) row_losses[r] = -sum;
             weighted /= row_sum;
             for (int64_t c = 0; c < classes; c++) g[c] = (g[c] - weighted) / row_sum;
         }
@@ -292,7 +297,7 @@ static void dense_tail(Epoch *e, const int64_t *index, int64_t rows) {
     }
     float *gradient = layers == 1 ? e->dz0 : e->gradient, *below = e->below;
     loss_and_gradient(e->layer_out[layers - 1], e->targets, e->labels, index, rows, units[layers], e->loss,
-                      e->activations[layers - 1], e->clip, gradient, &e->loss_sum, &e->correct);
+                      e->activations[layers - 1], e->clip, gradient, &e->loss_sum, &e->correct, NULL);
     for (int64_t l = layers - 1; l >= 1; l--) {
         const int64_t in = units[l], out = units[l + 1];
         float *kernel = e->kernels[l], *bias = e->biases[l], *kernel_t = e->kernel_t[l];
@@ -469,5 +474,103 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     free(rows_t);
     free(vals_t);
     free(scratch);
+    return failed ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------ validation */
+
+typedef struct {
+    const int64_t *starts;
+    const uint16_t *cols;
+    const float *vals;
+    const float *targets;
+    const int64_t *labels, *index;
+    int64_t first, last, layers, chunk;
+    const int64_t *units;
+    const int32_t *activations;
+    float *const *kernels, *const *biases;
+    float *const *kernel_t;
+    int32_t loss;
+    float clip;
+    float *outputs, *gradient; /* This thread's buffers: chunk x (all layers' units), chunk x classes. */
+    double *row_losses;
+    int64_t correct;
+} Check;
+
+/* One thread's rows of the validation images, in chunks: forward through every layer, then each row's
+ * loss (into row_losses) and whether its answer is right. */
+static void *run_check(void *argument) {
+    Check *c = argument;
+    const int64_t layers = c->layers, *units = c->units;
+    float *out[MAX_LAYERS];
+    out[0] = c->outputs;
+    for (int64_t l = 1; l < layers; l++) out[l] = out[l - 1] + c->chunk * units[l];
+    double ignored = 0.0;
+    for (int64_t start = c->first; start < c->last; start += c->chunk) {
+        const int64_t rows = c->last - start < c->chunk ? c->last - start : c->chunk;
+        const int64_t *index = c->index + start;
+        digitlab_sparse_forward_block(c->starts, c->cols, c->vals, index, rows, c->kernels[0], c->biases[0], units[1],
+                                      units[1], out[0]);
+        activate(out[0], rows, units[1], c->activations[0]);
+        for (int64_t l = 1; l < layers; l++) {
+            dense_forward(out[l - 1], rows, units[l], c->kernel_t[l], c->biases[l], units[l + 1], out[l]);
+            activate(out[l], rows, units[l + 1], c->activations[l]);
+        }
+        loss_and_gradient(out[layers - 1], c->targets, c->labels, index, rows, units[layers], c->loss,
+                          c->activations[layers - 1], c->clip, c->gradient, &ignored, &c->correct,
+                          c->row_losses + start);
+    }
+    return NULL;
+}
+
+/* Validation of a dense net on the images in `index` (n of them): each image's loss into row_losses
+ * (as Keras computes it; the caller sums them in order) and the number of right answers into *correct.
+ * `threads` threads share the images; the results do not depend on their number. Returns 0, or -1 when
+ * memory could not be had. */
+int digitlab_evaluate(const int64_t *starts, const uint16_t *cols, const float *vals, const float *targets,
+                      const int64_t *labels, const int64_t *index, int64_t n, int64_t layers, const int64_t *units,
+                      const int32_t *activations, float *const *kernels, float *const *biases, int32_t loss,
+                      float clip, int64_t threads, double *row_losses, int64_t *correct) {
+    if (layers < 1 || layers > MAX_LAYERS || threads < 1 || threads > MAX_THREADS) return -1;
+    const int64_t chunk = 256;
+    int64_t widest = 0, total = 0;
+    for (int64_t l = 1; l <= layers; l++) {
+        widest = units[l] > widest ? units[l] : widest;
+        total += units[l];
+    }
+    float *transposes = malloc(sizeof(float) * widest * widest * layers);
+    float *outputs = malloc(sizeof(float) * chunk * total * threads);
+    float *gradients = malloc(sizeof(float) * chunk * units[layers] * threads);
+    int failed = !transposes || !outputs || !gradients;
+    if (!failed) {
+        float *kernel_t[MAX_LAYERS] = {NULL};
+        for (int64_t l = 1; l < layers; l++) {
+            kernel_t[l] = transposes + l * widest * widest;
+            for (int64_t i = 0; i < units[l]; i++)
+                for (int64_t u = 0; u < units[l + 1]; u++)
+                    kernel_t[l][u * units[l] + i] = kernels[l][i * units[l + 1] + u];
+        }
+        Check checks[MAX_THREADS];
+        pthread_t handles[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
+        for (int64_t t = 0; t < threads; t++) {
+            checks[t] = (Check){starts, cols, vals, targets, labels, index, n * t / threads, n * (t + 1) / threads,
+                                layers, chunk, units, activations, kernels, biases, kernel_t, loss, clip,
+                                outputs + chunk * total * t, gradients + chunk * units[layers] * t, row_losses, 0};
+            /* Thread 0 is this one; a thread that cannot be started has its rows done here too. */
+            if (t > 0) started[t] = pthread_create(&handles[t], NULL, run_check, &checks[t]) == 0;
+        }
+        run_check(&checks[0]);
+        for (int64_t t = 1; t < threads; t++) {
+            if (started[t])
+                pthread_join(handles[t], NULL);
+            else
+                run_check(&checks[t]);
+        }
+        for (int64_t t = 0; t < threads; t++) *correct += checks[t].correct;
+    }
+    free(transposes);
+    free(outputs);
+    free(gradients);
     return failed ? -1 : 0;
 }

@@ -351,6 +351,10 @@ class NumpyBackend:
     def evaluate(self, chunk: int = 2000):
         """Per-model sums of validation loss and correct answers, in chunks of images."""
         x, y, labels = self.validation
+        if self.plans is not None and self.sparse_rows[1] is not None:
+            results = [sparse.evaluate(self.sparse_rows[1], y, labels, plan, threads=self.epoch_threads)
+                       for plan in self.plans]
+            return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         loss_sums, correct = np.zeros(self.count), np.zeros(self.count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):
             for start in range(0, len(x), chunk):

@@ -16,7 +16,7 @@ the build is optional) and that this module loads with ctypes, which releases
 the GIL during each call, so threads over seeds run on every core. For plain
 SGD without Dropout, `train_epoch` runs a whole epoch of a dense net in one call
 (`_train.c`: every batch's layers, loss, backward pass and update), with threads
-sharing each batch's first layer. A machine
+sharing each batch. A machine
 where the library could not be built, or a run with `DIGITLAB_NO_KERNEL=1` in
 the environment, trains on the NumPy path instead, and `unavailable_reason`
 says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but skips its AVX2
@@ -72,6 +72,9 @@ def _load():
     library.digitlab_train_epoch.argtypes = [pointer] * 3 + [size] + [pointer] * 3 + [size] * 3 + [pointer] * 4 + [
         ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer]
     library.digitlab_train_epoch.restype = ctypes.c_int
+    library.digitlab_evaluate.argtypes = [pointer] * 6 + [size] * 2 + [pointer] * 4 + [
+        ctypes.c_int32, ctypes.c_float, size, pointer, pointer]
+    library.digitlab_evaluate.restype = ctypes.c_int
     library.digitlab_kernels_simd(int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0")))
     _library = library
     return _library
@@ -225,10 +228,13 @@ def train_epoch(data: SparseRows, targets: np.ndarray, labels: np.ndarray, order
 
     The batches are `order`'s consecutive slices of `batch_size` images; the formulas are
     the NumPy backend's (Keras's), the first layer on the nonzero pixels only. `threads`
-    threads share the first layer's units within each batch (the results do not depend on it).
+    threads share each batch (its rows for the forward pass, its pixels for the first layer's
+    update); every sum runs in the same order, so the results do not depend on their number.
     """
     if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
         raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
+    if len(order) and not (0 <= order.min() and order.max() < data.shape[0]):
+        raise ValueError(f"train_epoch: the order names images outside 0 ... {data.shape[0] - 1}.")
     if data.shape[1] != plan.units[0]:
         raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
@@ -241,3 +247,26 @@ def train_epoch(data: SparseRows, targets: np.ndarray, labels: np.ndarray, order
     if status != 0:
         raise MemoryError("The C training epoch could not allocate its batch buffers.")
     return loss_sum.value, correct.value
+
+
+def evaluate(data: SparseRows, targets: np.ndarray, labels: np.ndarray, plan: EpochPlan,
+             threads: int = 1) -> tuple[float, int]:
+    """Validation of the plan's net on every row of `data`, in C: (the loss sum, the correct answers).
+
+    Each image's loss is computed as Keras computes it and summed here in image order, so
+    the result does not depend on the number of `threads` that share the images.
+    """
+    if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
+        raise ValueError(f"evaluate: targets {targets.shape} and labels {labels.shape} do not fit the data.")
+    if data.shape[1] != plan.units[0]:
+        raise ValueError(f"evaluate: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
+    index = np.arange(data.shape[0], dtype=np.int64)
+    row_losses, correct = np.empty(data.shape[0], np.float64), ctypes.c_int64(0)
+    status = _kernels().digitlab_evaluate(
+        *data._pointers, _check(targets, np.float32), _check(labels, np.int64), index.ctypes.data, len(index),
+        len(plan.activations), plan.units.ctypes.data, plan.activations.ctypes.data,
+        ctypes.cast(plan.kernels, ctypes.c_void_p), ctypes.cast(plan.biases, ctypes.c_void_p), plan.loss, plan.clip,
+        max(1, min(int(threads), 64)), row_losses.ctypes.data, ctypes.byref(correct))
+    if status != 0:
+        raise MemoryError("The C validation could not allocate its buffers.")
+    return float(row_losses.sum()), correct.value
