@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from digitlab import bench
+from digitlab import bench, bench_worker
 
 ROW_NAMES = [
     "Keras fit, TensorFlow backend",
@@ -86,4 +86,4 @@ def test_bad_arguments_raise_value_error(tmp_path):
         bench.run_bench(epochs=0, out_dir=tmp_path)
     with pytest.raises(ValueError, match="Keras backend"):
         bench.run_bench(epochs=1, backends=("torch",), out_dir=tmp_path)
-    assert bench.main(["--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert bench_worker.main(["--epochs", "0", "--out", str(tmp_path)]) == 2  # It only runs --worker.

@@ -26,16 +26,14 @@ steps instead: on each installed Keras backend, and on the one `digitlab train
 `compare_seeds` adds the accuracy check of issue 3: S seeds of the full run with
 `fit` (JAX backend) and with the engine, from the same initial weights and batch
 orders, and their mean final val accuracy. Workers run as
-`python -m digitlab.bench --worker '{json}'`.
+`python -m digitlab.bench_worker --worker '{json}'` (`bench_worker.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -224,7 +222,8 @@ def _run_worker(label: str, spec: dict) -> dict:
         env.pop(backends.MARKER, None)  # A backend named here is chosen, as a user's KERAS_BACKEND is.
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "digitlab.bench", "--worker", json.dumps({**spec, "output": str(output)})]
+        command = [sys.executable, "-m", "digitlab.bench_worker", "--worker",
+                   json.dumps({**spec, "output": str(output)})]
         process = subprocess.run(command, env=env, capture_output=True, text=True)
         if process.returncode != 0 or not output.exists():
             lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
@@ -363,144 +362,3 @@ def epoch_flops(layer_sizes: list[int], train_examples: int, valid_examples: int
     products = [inputs * outputs for inputs, outputs in zip(layer_sizes, layer_sizes[1:])]
     train = 2 * (2 * sum(products) + sum(products[1:]))
     return train * train_examples + 2 * sum(products) * valid_examples
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker side: runs in its own process, trains, and writes one JSON row.
-# ---------------------------------------------------------------------------------------------
-
-
-def _worker(spec: dict) -> dict:
-    import digitlab  # noqa: F401  (sets KERAS_BACKEND if unset)
-    from digitlab import config, data
-
-    if spec["kind"] == "steps":
-        return _steps_worker(spec)
-    seeds = spec["seeds"]  # Consecutive: 0, 1, ..., N-1.
-    cfg = config.TrainConfig(model=MODEL, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds),
-                             train_limit=spec.get("train_limit")).resolved()
-    (x, y), validation, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit)
-    if spec["kind"] == "fit":
-        durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
-        path = "Keras fit"
-    else:
-        durations, histories, engine_name, path = _engine_worker(cfg, x, y, validation, spec["engine_backend"],
-                                                                 spec.get("workers"))
-    first = float(np.mean(durations[:, 0]))
-    later = durations[:, 1:].ravel()
-    per_epoch = float(np.median(later)) if later.size else first
-    sizes = [784] + list(cfg.units) + [10]
-    final = [history[-1]["val_accuracy"] for history in histories]
-    networks_per_run = len(seeds) if spec["kind"] == "engine" else 1
-    return {
-        "engine": engine_name,
-        "path": path,
-        "networks": networks_per_run,
-        "seeds": seeds,
-        "epochs": cfg.epochs,
-        "first_epoch_seconds": first,
-        "seconds_per_epoch": per_epoch,
-        "projected_seconds": first + (BOOK_EPOCHS - 1) * per_epoch,
-        "total_seconds": float(durations.sum()),
-        "val_accuracy": float(np.mean(final)),
-        "final_val_accuracies": final,
-        "flops_per_epoch": epoch_flops(sizes, len(x), len(validation[0])) * networks_per_run,
-        "useful_flops_per_epoch": useful_epoch_flops(sizes, len(x), len(validation[0]), int(np.count_nonzero(x)),
-                                                     int(np.count_nonzero(validation[0]))) * networks_per_run,
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
-def _steps_worker(spec: dict) -> dict:
-    """Times `spec["steps"]` steps of Keras fit on the net `spec["model"]`, on the backend digitlab chooses."""
-    from digitlab import config, data
-
-    backend = backends.use_for(spec["model"])  # Before Keras is imported, as `digitlab train` does.
-    import keras
-
-    from digitlab import models
-
-    cfg = config.TrainConfig(model=spec["model"], seed=0).resolved()
-    images = spec["steps"] * cfg.batch_size
-    (x, y), _, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=images,
-                                flat=not models.is_convolutional(cfg.model))
-    (network,) = models.create_seeded_models(cfg)
-    stamps = []
-    timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter()))
-    started = time.perf_counter()
-    network.fit(x, y, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
-    durations = np.diff([started] + stamps)
-    return {
-        "keras_backend": keras.backend.backend(),
-        "chosen": backend,
-        "steps": len(durations),
-        "first_steps_seconds": float(durations[:WARMUP_STEPS].sum()),
-        "ms_per_step": 1000 * float(np.median(durations[WARMUP_STEPS:])),
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
-def _fit_worker(cfg, x, y, validation):
-    """Keras fit through `FitEngine`, one seed after another; returns epoch durations (seeds x epochs), histories.
-
-    Seed s shuffles with `np.random.RandomState(s)`, as in the engine rows: both train on the same batches.
-    """
-    import keras
-
-    from digitlab import engine, models
-
-    durations, histories = [], []
-    for index in range(cfg.seeds):
-        single = dataclasses.replace(cfg, seed=cfg.seed + index, seeds=1)
-        (network,) = models.create_seeded_models(single)
-        fit = engine.FitEngine(network, single, verbose=0)
-        timer = _EpochTimer(1)
-        fit.fit(x, y, validation, epochs=single.epochs, rngs=[np.random.RandomState(single.seed)], on_epoch_end=timer)
-        durations.append(timer.durations())
-        histories += timer.histories
-    return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
-
-
-def _engine_worker(cfg, x, y, validation, backend, workers=None):
-    """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs)
-    and per-seed histories."""
-    from digitlab import engine, models
-
-    # The same initial weights and batches as fit's run of each seed.
-    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers)
-    timer = _EpochTimer(cfg.seeds)
-    fast.fit(x, y, validation, epochs=cfg.epochs, rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
-             on_epoch_end=timer)
-    return timer.durations()[None], timer.histories, fast.name, getattr(fast, "path", "")
-
-
-class _EpochTimer:
-    """An engine's `on_epoch_end` for the workers: when each epoch ended, and each model's logs."""
-
-    def __init__(self, count: int):
-        self.stamps = [time.perf_counter()]
-        self.histories = [[] for _ in range(count)]
-
-    def __call__(self, epoch: int, logs: list[dict]) -> None:
-        self.stamps.append(time.perf_counter())
-        for history, entry in zip(self.histories, logs):
-            history.append(entry)
-
-    def durations(self) -> np.ndarray:
-        """Seconds of each epoch, from the timer's creation on."""
-        return np.diff(self.stamps)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m digitlab.bench --worker JSON`: runs one contender (the command is `digitlab bench`)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] != ["--worker"] or len(argv) != 2:
-        print("This module runs the benchmark's workers; run the benchmark with `digitlab bench`.", file=sys.stderr)
-        return 2
-    spec = json.loads(argv[1])
-    Path(spec["output"]).write_text(json.dumps(_worker(spec)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,7 +22,7 @@ import numpy as np
 from keras import layers
 
 from digitlab.config import TrainConfig
-from digitlab.engine import numpy_backend, spec
+from digitlab.engine import numpy_backend, seeds, spec
 
 BACKENDS = ("auto", "numpy", "jax")
 
@@ -184,6 +184,6 @@ def _make_backend(backend: str, network: spec.NetworkSpec, batch_size: int, stat
 
         return jax_backend.JaxBackend(network, batch_size, state)
     if workers > 1 and len(state["dense_0/kernel"]) > 1:
-        return numpy_backend.SeedThreads(network, batch_size, state, threads, workers)
+        return seeds.SeedThreads(network, batch_size, state, threads, workers)
     # One network: where the C kernel runs whole epochs, the workers share each batch instead.
     return numpy_backend.NumpyBackend(network, batch_size, state, threads, epoch_threads=workers)

@@ -14,7 +14,7 @@ batch's transpose (with plain SGD, the C kernel also applies the update, to the
 weight rows the batch touches). With plain SGD and no Dropout the C kernel runs
 whole epochs instead (`sparse.train_epoch`: no Python between batches), one call
 per model, with `epoch_threads` threads sharing each batch; `DIGITLAB_NO_FUSED=1`
-keeps the per-batch steps. `SeedThreads` runs N seeds as one `NumpyBackend`
+keeps the per-batch steps. `seeds.SeedThreads` runs N seeds as one `NumpyBackend`
 per core, in threads.
 """
 
@@ -24,12 +24,10 @@ import os
 
 import numpy as np
 
-from digitlab.engine import blas, sparse, spec
+from digitlab.engine import activations, blas, sparse, spec
 
 # Set to 1 to keep the per-batch NumPy steps even where the C kernel could run whole epochs.
 NO_FUSED_VARIABLE = "DIGITLAB_NO_FUSED"
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
 
 
 class _Workspace:
@@ -181,20 +179,20 @@ class NumpyBackend:
             np.take(self.x, index, axis=0, out=work.inputs, mode="clip")
         np.take(self.y, index, axis=0, out=work.targets, mode="clip")
         np.take(self.labels, index, axis=0, out=work.labels, mode="clip")
-        activations = work.inputs
+        values = work.inputs
         for number, layer in enumerate(self.network.dense):
             if layer.dropout:
-                activations = self._dropout(work, number, activations)
-            work.layer_inputs[number] = activations
+                values = self._dropout(work, number, values)
+            work.layer_inputs[number] = values
             output = work.outputs[number]
             if number == 0 and self.sparse_rows is not None:
                 self._sparse_forward(self.sparse_rows[0], index, output, transposes=self.transposes)
             else:
-                np.matmul(activations, self.kernels[number], out=output)
+                np.matmul(values, self.kernels[number], out=output)
                 output += self.biases[number]
-            _activate(output, layer.activation, work.scratch[number], work.row)
-            activations = output
-        loss_sums, correct = self._loss(work, activations, work.targets, work.labels, work.gradients[-1])
+            activations.apply(output, layer.activation, work.scratch[number], work.row)
+            values = output
+        loss_sums, correct = self._loss(work, values, work.targets, work.labels, work.gradients[-1])
         for number in reversed(range(len(self.network.dense))):
             gradient, layer = work.gradients[number], self.network.dense[number]
             if number == 0 and self.sparse_rows is not None:
@@ -214,7 +212,7 @@ class NumpyBackend:
             if layer.dropout:
                 below /= np.float32(1.0 - layer.dropout)
                 below *= work.masks[number]
-            _activation_gradient(below, work.outputs[number - 1], self.network.dense[number - 1].activation,
+            activations.backward(below, work.outputs[number - 1], self.network.dense[number - 1].activation,
                                  work.scratch[number - 1])
         self._update()
         return loss_sums, correct
@@ -234,7 +232,7 @@ class NumpyBackend:
             sparse.forward(rows, model_index, kernels[k], biases[k], model_output, first=first,
                            transpose=None if transposes is None else transposes[k])
 
-    def _dropout(self, work: _Workspace, number: int, activations: np.ndarray) -> np.ndarray:
+    def _dropout(self, work: _Workspace, number: int, values: np.ndarray) -> np.ndarray:
         # Each model's mask comes from its own seed, the step count and the layer: resumable exactly.
         keep = np.float32(1.0 - self.network.dense[number].dropout)
         uniform = work.uniform[number].reshape((self.count,) + work.uniform[number].shape[-2:])
@@ -242,7 +240,7 @@ class NumpyBackend:
             seed = [int(self.arrays["dropout_seeds"][k]), int(self.arrays["iterations"]), number]
             np.random.default_rng(seed).random(dtype=np.float32, out=uniform[k])
         np.less(work.uniform[number], keep, out=work.masks[number])
-        np.divide(activations, keep, out=work.dropped[number])
+        np.divide(values, keep, out=work.dropped[number])
         work.dropped[number] *= work.masks[number]
         return work.dropped[number]
 
@@ -285,7 +283,7 @@ class NumpyBackend:
             gradient -= work.row
             gradient *= outputs
         else:
-            _activation_gradient(gradient, outputs, self.network.dense[-1].activation, square)
+            activations.backward(gradient, outputs, self.network.dense[-1].activation, square)
         return loss_sums, correct
 
     def _update(self) -> None:
@@ -360,141 +358,30 @@ class NumpyBackend:
             for start in range(0, len(x), chunk):
                 stop = min(start + chunk, len(x))
                 work = self._workspace(-(stop - start))  # Negative keys: evaluation buffers.
-                activations = x[start:stop]
+                values = x[start:stop]
                 for number, layer in enumerate(self.network.dense):
                     kernel = self.arrays[f"dense_{number}/kernel"]
                     output = work.outputs[number]
                     if number == 0 and self.sparse_rows is not None and self.sparse_rows[1] is not None:
                         self._sparse_forward(self.sparse_rows[1], None, output, first=start)
-                        _activate(output, layer.activation, work.scratch[number], work.row)
-                        activations = output
+                        activations.apply(output, layer.activation, work.scratch[number], work.row)
+                        values = output
                         continue
                     if number == 0 and self.count > 1:
                         # One product for all models: (rows, inputs) @ (inputs, models * units).
                         joined = kernel.transpose(1, 0, 2).reshape(kernel.shape[1], -1)
                         flat = work.scratch[0].reshape(stop - start, -1)
-                        np.matmul(activations, joined, out=flat)
+                        np.matmul(values, joined, out=flat)
                         output[...] = flat.reshape(stop - start, self.count, -1).transpose(1, 0, 2)
                     else:
-                        np.matmul(activations, self.kernels[number], out=output)
+                        np.matmul(values, self.kernels[number], out=output)
                     output += self.biases[number]
-                    _activate(output, layer.activation, work.scratch[number], work.row)
-                    activations = output
+                    activations.apply(output, layer.activation, work.scratch[number], work.row)
+                    values = output
                 work_labels = np.broadcast_to(labels[start:stop], work.labels.shape)
                 targets = np.broadcast_to(y[start:stop], work.targets.shape)
-                batch_loss, batch_correct = self._loss(work, activations, targets, work_labels,
+                batch_loss, batch_correct = self._loss(work, values, targets, work_labels,
                                                        work.gradients[-1])
                 loss_sums += batch_loss
                 correct += batch_correct
         return loss_sums, correct
-
-
-class SeedThreads:
-    """N models trained by one `NumpyBackend` per core, each on its share of the models, in threads.
-
-    The models are independent, so the groups never wait for each other within an
-    epoch; the C kernel (ctypes) and NumPy's larger operations release the GIL.
-    Each group trains views of this object's stacked arrays, so `state()` and
-    `load()` see and set every model at once; the MNIST rows for the C kernel are
-    built once and shared. OpenBLAS is held to `threads` (one) per thread for the epoch.
-    """
-
-    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None, workers: int):
-        from concurrent import futures
-
-        self.threads = threads
-        self.arrays = {name: np.array(value) for name, value in state.items()}
-        count = len(self.arrays["dense_0/kernel"])
-        bounds = np.linspace(0, count, min(workers, count) + 1).astype(int)
-        self.slices = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-        self.groups = [
-            NumpyBackend(network, batch_size, {
-                # The step count is one number per group (all groups step together); the rest are views.
-                name: np.array(value) if value.ndim == 0 else value[part] for name, value in self.arrays.items()
-            }, threads=None, copy=False, epoch_threads=max(1, workers // len(self.slices)))
-            for part in self.slices
-        ]
-        self.pool = futures.ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="digitlab-seeds")
-        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
-
-    def state(self) -> dict:
-        self.arrays["iterations"][...] = self.groups[0].arrays["iterations"]
-        return self.arrays
-
-    def load(self, state: dict) -> None:
-        for name, value in state.items():
-            self.arrays[name][...] = value
-        for group in self.groups:
-            group.arrays["iterations"][...] = self.arrays["iterations"]
-
-    def start(self, x, y, validation) -> None:
-        shared = self.groups[0].build_sparse_rows(x, validation)
-        for group in self.groups:
-            group.start(x, y, validation, sparse_rows=shared)
-        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
-
-    def _each(self, method: str, *per_group):
-        with blas.BlasThreads(self.threads):
-            jobs = [self.pool.submit(getattr(group, method), *(args[index] for args in per_group))
-                    for index, group in enumerate(self.groups)]
-            results = [job.result() for job in jobs]
-        return np.concatenate([loss for loss, _ in results]), np.concatenate([hits for _, hits in results])
-
-    def train_epoch(self, orders: np.ndarray):
-        return self._each("train_epoch", [orders[part] for part in self.slices])
-
-    def evaluate(self):
-        return self._each("evaluate")
-
-
-def _activate(values: np.ndarray, activation: str, scratch: np.ndarray, row: np.ndarray) -> None:
-    """Applies a Keras activation in place (JAX backend formulas)."""
-    if activation == "sigmoid":
-        np.negative(values, out=values)
-        np.exp(values, out=values)
-        values += np.float32(1)
-        np.reciprocal(values, out=values)
-    elif activation == "relu":
-        np.maximum(values, np.float32(0), out=values)
-    elif activation == "tanh":
-        np.tanh(values, out=values)
-    elif activation in ("elu", "selu"):
-        np.minimum(values, np.float32(0), out=scratch)
-        np.expm1(scratch, out=scratch)
-        np.maximum(values, np.float32(0), out=values)
-        if activation == "selu":
-            scratch *= np.float32(_SELU_ALPHA)
-        values += scratch
-        if activation == "selu":
-            values *= np.float32(_SELU_SCALE)
-    elif activation == "softmax":
-        np.max(values, axis=-1, keepdims=True, out=row)
-        values -= row
-        np.exp(values, out=values)
-        np.sum(values, axis=-1, keepdims=True, out=row)
-        values /= row
-
-
-def _activation_gradient(gradient: np.ndarray, output: np.ndarray, activation: str, scratch: np.ndarray) -> None:
-    """Multiplies `gradient` in place by the activation's derivative, written in terms of its output."""
-    if activation == "sigmoid":
-        np.subtract(np.float32(1), output, out=scratch)
-        scratch *= output
-        gradient *= scratch
-    elif activation == "relu":
-        np.greater(output, np.float32(0), out=scratch)
-        gradient *= scratch
-    elif activation == "tanh":
-        np.multiply(output, output, out=scratch)
-        np.subtract(np.float32(1), scratch, out=scratch)
-        gradient *= scratch
-    elif activation == "elu":
-        np.add(output, np.float32(1), out=scratch)
-        np.minimum(scratch, np.float32(1), out=scratch)
-        gradient *= scratch
-    elif activation == "selu":
-        np.add(output, np.float32(_SELU_SCALE * _SELU_ALPHA), out=scratch)
-        np.copyto(scratch, np.float32(_SELU_SCALE), where=output > 0)
-        gradient *= scratch
-    elif activation == "softmax":
-        raise ValueError("softmax is only supported on the last layer, where the loss handles it.")

@@ -1,0 +1,157 @@
+"""The worker side of `digitlab bench`: one contender, in its own process, trains and writes one JSON row.
+
+`bench.py` starts each row as `python -m digitlab.bench_worker --worker '{json}'`: the spec
+names the kind (Keras `fit`, the engine, or LeNet's `fit` steps), the seeds, the epochs and
+the file to write. A worker measures each epoch's (or step's) time, the histories, the epoch's
+floating-point work and the process's peak memory; `bench.py` turns the rows into the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from digitlab import backends
+from digitlab.bench import BOOK_EPOCHS, MODEL, WARMUP_STEPS, epoch_flops, useful_epoch_flops
+
+
+def _worker(spec: dict) -> dict:
+    import digitlab  # noqa: F401  (sets KERAS_BACKEND if unset)
+    from digitlab import config, data
+
+    if spec["kind"] == "steps":
+        return _steps_worker(spec)
+    seeds = spec["seeds"]  # Consecutive: 0, 1, ..., N-1.
+    cfg = config.TrainConfig(model=MODEL, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds),
+                             train_limit=spec.get("train_limit")).resolved()
+    (x, y), validation, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit)
+    if spec["kind"] == "fit":
+        durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
+        path = "Keras fit"
+    else:
+        durations, histories, engine_name, path = _engine_worker(cfg, x, y, validation, spec["engine_backend"],
+                                                                 spec.get("workers"))
+    first = float(np.mean(durations[:, 0]))
+    later = durations[:, 1:].ravel()
+    per_epoch = float(np.median(later)) if later.size else first
+    sizes = [784] + list(cfg.units) + [10]
+    final = [history[-1]["val_accuracy"] for history in histories]
+    networks_per_run = len(seeds) if spec["kind"] == "engine" else 1
+    return {
+        "engine": engine_name,
+        "path": path,
+        "networks": networks_per_run,
+        "seeds": seeds,
+        "epochs": cfg.epochs,
+        "first_epoch_seconds": first,
+        "seconds_per_epoch": per_epoch,
+        "projected_seconds": first + (BOOK_EPOCHS - 1) * per_epoch,
+        "total_seconds": float(durations.sum()),
+        "val_accuracy": float(np.mean(final)),
+        "final_val_accuracies": final,
+        "flops_per_epoch": epoch_flops(sizes, len(x), len(validation[0])) * networks_per_run,
+        "useful_flops_per_epoch": useful_epoch_flops(sizes, len(x), len(validation[0]), int(np.count_nonzero(x)),
+                                                     int(np.count_nonzero(validation[0]))) * networks_per_run,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _steps_worker(spec: dict) -> dict:
+    """Times `spec["steps"]` steps of Keras fit on the net `spec["model"]`, on the backend digitlab chooses."""
+    from digitlab import config, data
+
+    backend = backends.use_for(spec["model"])  # Before Keras is imported, as `digitlab train` does.
+    import keras
+
+    from digitlab import models
+
+    cfg = config.TrainConfig(model=spec["model"], seed=0).resolved()
+    images = spec["steps"] * cfg.batch_size
+    (x, y), _, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=images,
+                                flat=not models.is_convolutional(cfg.model))
+    (network,) = models.create_seeded_models(cfg)
+    stamps = []
+    timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter()))
+    started = time.perf_counter()
+    network.fit(x, y, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    durations = np.diff([started] + stamps)
+    return {
+        "keras_backend": keras.backend.backend(),
+        "chosen": backend,
+        "steps": len(durations),
+        "first_steps_seconds": float(durations[:WARMUP_STEPS].sum()),
+        "ms_per_step": 1000 * float(np.median(durations[WARMUP_STEPS:])),
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _fit_worker(cfg, x, y, validation):
+    """Keras fit through `FitEngine`, one seed after another; returns epoch durations (seeds x epochs), histories.
+
+    Seed s shuffles with `np.random.RandomState(s)`, as in the engine rows: both train on the same batches.
+    """
+    import keras
+
+    from digitlab import engine, models
+
+    durations, histories = [], []
+    for index in range(cfg.seeds):
+        single = dataclasses.replace(cfg, seed=cfg.seed + index, seeds=1)
+        (network,) = models.create_seeded_models(single)
+        fit = engine.FitEngine(network, single, verbose=0)
+        timer = _EpochTimer(1)
+        fit.fit(x, y, validation, epochs=single.epochs, rngs=[np.random.RandomState(single.seed)], on_epoch_end=timer)
+        durations.append(timer.durations())
+        histories += timer.histories
+    return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
+
+
+def _engine_worker(cfg, x, y, validation, backend, workers=None):
+    """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs)
+    and per-seed histories."""
+    from digitlab import engine, models
+
+    # The same initial weights and batches as fit's run of each seed.
+    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers)
+    timer = _EpochTimer(cfg.seeds)
+    fast.fit(x, y, validation, epochs=cfg.epochs, rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
+             on_epoch_end=timer)
+    return timer.durations()[None], timer.histories, fast.name, getattr(fast, "path", "")
+
+
+class _EpochTimer:
+    """An engine's `on_epoch_end` for the workers: when each epoch ended, and each model's logs."""
+
+    def __init__(self, count: int):
+        self.stamps = [time.perf_counter()]
+        self.histories = [[] for _ in range(count)]
+
+    def __call__(self, epoch: int, logs: list[dict]) -> None:
+        self.stamps.append(time.perf_counter())
+        for history, entry in zip(self.histories, logs):
+            history.append(entry)
+
+    def durations(self) -> np.ndarray:
+        """Seconds of each epoch, from the timer's creation on."""
+        return np.diff(self.stamps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m digitlab.bench_worker --worker JSON`: runs one contender (the command is `digitlab bench`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["--worker"] or len(argv) != 2:
+        print("This module runs the benchmark's workers; run the benchmark with `digitlab bench`.", file=sys.stderr)
+        return 2
+    spec = json.loads(argv[1])
+    Path(spec["output"]).write_text(json.dumps(_worker(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""`SeedThreads`: N seeds trained by one `NumpyBackend` per core, in threads (the CPU path of `--seeds N`).
+
+`FastEngine` builds it when it trains more than one network on more than one core. Each
+thread trains its share of the networks, on views of one stacked state; the C kernel
+(ctypes) releases the GIL for whole epochs, so the threads run on every core.
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import numpy as np
+
+from digitlab.engine import blas, spec
+from digitlab.engine.numpy_backend import NumpyBackend
+
+
+class SeedThreads:
+    """N models trained by one `NumpyBackend` per core, each on its share of the models, in threads.
+
+    The models are independent, so the groups never wait for each other within an
+    epoch; the C kernel (ctypes) and NumPy's larger operations release the GIL.
+    Each group trains views of this object's stacked arrays, so `state()` and
+    `load()` see and set every model at once; the MNIST rows for the C kernel are
+    built once and shared. OpenBLAS is held to `threads` (one) per thread for the epoch.
+    """
+
+    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None, workers: int):
+        self.threads = threads
+        self.arrays = {name: np.array(value) for name, value in state.items()}
+        count = len(self.arrays["dense_0/kernel"])
+        bounds = np.linspace(0, count, min(workers, count) + 1).astype(int)
+        self.slices = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+        self.groups = [
+            NumpyBackend(network, batch_size, {
+                # The step count is one number per group (all groups step together); the rest are views.
+                name: np.array(value) if value.ndim == 0 else value[part] for name, value in self.arrays.items()
+            }, threads=None, copy=False, epoch_threads=max(1, workers // len(self.slices)))
+            for part in self.slices
+        ]
+        self.pool = futures.ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="digitlab-seeds")
+        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+
+    def state(self) -> dict:
+        self.arrays["iterations"][...] = self.groups[0].arrays["iterations"]
+        return self.arrays
+
+    def load(self, state: dict) -> None:
+        for name, value in state.items():
+            self.arrays[name][...] = value
+        for group in self.groups:
+            group.arrays["iterations"][...] = self.arrays["iterations"]
+
+    def start(self, x, y, validation) -> None:
+        shared = self.groups[0].build_sparse_rows(x, validation)
+        for group in self.groups:
+            group.start(x, y, validation, sparse_rows=shared)
+        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+
+    def _each(self, method: str, *per_group):
+        with blas.BlasThreads(self.threads):
+            jobs = [self.pool.submit(getattr(group, method), *(args[index] for args in per_group))
+                    for index, group in enumerate(self.groups)]
+            results = [job.result() for job in jobs]
+        return np.concatenate([loss for loss, _ in results]), np.concatenate([hits for _, hits in results])
+
+    def train_epoch(self, orders: np.ndarray):
+        return self._each("train_epoch", [orders[part] for part in self.slices])
+
+    def evaluate(self):
+        return self._each("evaluate")
