@@ -230,6 +230,17 @@ static void loss_and_gradient(const float *outputs, const float *targets, const 
     if (activation != SOFTMAX) activation_gradient(gradient, outputs, rows * classes, activation);
 }
 
+/* kernel_t[l] = the transpose of dense layer l's kernel (units x inputs), for l = 1 ... layers - 1, each in
+ * its widest x widest slot of `transposes`: dense_forward and dense_backward read them. */
+static void transpose_kernels(int64_t layers, const int64_t *units, float *const *kernels, int64_t widest,
+                              float *transposes, float **kernel_t) {
+    for (int64_t l = 1; l < layers; l++) {
+        kernel_t[l] = transposes + l * widest * widest;
+        for (int64_t i = 0; i < units[l]; i++)
+            for (int64_t u = 0; u < units[l + 1]; u++) kernel_t[l][u * units[l] + i] = kernels[l][i * units[l + 1] + u];
+    }
+}
+
 /* ------------------------------------------------------------------------------ the epoch */
 
 /* A barrier for the threads of one epoch: spins (the wait is a few microseconds when each thread has its
@@ -423,13 +434,8 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     if (!failed) {
         e.layer_out[0] = outputs;
         for (int64_t l = 1; l < layers; l++) e.layer_out[l] = e.layer_out[l - 1] + batch * units[l];
-        /* Each dense layer's kernel, transposed (units x inputs), kept in step with its updates. */
-        for (int64_t l = 1; l < layers; l++) {
-            e.kernel_t[l] = transposes + l * widest * widest;
-            for (int64_t i = 0; i < units[l]; i++)
-                for (int64_t u = 0; u < units[l + 1]; u++)
-                    e.kernel_t[l][u * units[l] + i] = kernels[l][i * units[l + 1] + u];
-        }
+        /* Each dense layer's kernel, transposed; dense_tail keeps them in step with its updates. */
+        transpose_kernels(layers, units, kernels, widest, transposes, e.kernel_t);
         Worker workers[MAX_THREADS];
         int64_t bounds[MAX_THREADS + 1];
         split_pixels(starts, cols, order, n, inputs, threads, bounds);
@@ -544,12 +550,7 @@ int digitlab_evaluate(const int64_t *starts, const uint16_t *cols, const float *
     int failed = !transposes || !outputs || !gradients;
     if (!failed) {
         float *kernel_t[MAX_LAYERS] = {NULL};
-        for (int64_t l = 1; l < layers; l++) {
-            kernel_t[l] = transposes + l * widest * widest;
-            for (int64_t i = 0; i < units[l]; i++)
-                for (int64_t u = 0; u < units[l + 1]; u++)
-                    kernel_t[l][u * units[l] + i] = kernels[l][i * units[l + 1] + u];
-        }
+        transpose_kernels(layers, units, kernels, widest, transposes, kernel_t);
         Check checks[MAX_THREADS];
         pthread_t handles[MAX_THREADS];
         int started[MAX_THREADS] = {0};
