@@ -6,13 +6,18 @@ same `np.random.RandomState(seed)` given to both engines) the fast engine must
 end with the same weights and report the same history, for both of its backends.
 """
 
+import os
+import subprocess
+import sys
+import time
+
 import keras
 import numpy as np
 import pytest
 from keras import layers
 
 from digitlab import config, data, engine, models
-from digitlab.engine import numpy_backend, sparse
+from digitlab.engine import cores, numpy_backend, sparse
 
 TRAIN_LIMIT = 2000
 EPOCHS = 2
@@ -173,9 +178,11 @@ def test_threads_over_seeds_train_as_one_thread_does(mnist, case):
 
 
 @pytest.mark.parametrize("case", ["shallow-mse-sgd", "intermediate-cce-sgd"])
-def test_threads_within_one_network_change_nothing(mnist, case):
+def test_threads_within_one_network_change_nothing(mnist, case, monkeypatch):
     """Whole epochs in C split each batch's first layer over threads; every thread count gives the same bits."""
     (x, y), validation = mnist
+    # Each count as asked, however busy the machine is (the engine would use fewer on busy cores).
+    monkeypatch.setattr(cores.FreeCores, "threads", lambda self, wanted: wanted)
     results = {}
     for workers in (1, 2, 3):
         cfg, (model,) = seeded_models(CASES[case])
@@ -189,6 +196,23 @@ def test_threads_within_one_network_change_nothing(mnist, case):
         assert results[workers][1] == results[1][1]
         for name, value in results[1][0].items():
             np.testing.assert_array_equal(results[workers][0][name], value, err_msg=name)
+
+
+def test_busy_cores_leave_one_thread_per_network():
+    """Programs keeping every core busy (here one spinning process per core) leave the engine one thread;
+    the count is never below one, nor above what was asked."""
+    free = cores.FreeCores()
+    count = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(cores.WINDOW_S + 0.2)
+        assert free.threads(count) == 1
+        assert free.free is not None and free.free < 0.5
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert free.threads(1) == 1
 
 
 def test_fit_engine_shuffles_with_one_permutation_per_epoch(mnist):

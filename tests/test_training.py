@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
 
-from digitlab import config, runs, training
+from digitlab import config, interrupts, runs, training
 
 QUICK = dict(epochs=3, train_limit=2000, seed=11)
 
@@ -94,6 +97,45 @@ def test_interrupt_saves_and_marks_interrupted(tmp_path, mnist_path):
     assert run.status()["status"] == "interrupted"
     assert not run.file("model.keras").exists()
     assert calls
+
+
+def test_ctrl_c_during_training_stops_it_between_batches(tmp_path, mnist_path, engine, quiet):
+    """A real SIGINT, sent from inside training, is only a request there: training goes on to the
+    next safe point (the next batch of Keras fit, the next epoch of the fast engine) and stops there,
+    with the epochs before it saved. Afterwards Ctrl-C is Python's KeyboardInterrupt again."""
+    after_the_signal = []
+
+    def press_ctrl_c(epochs_done, histories, wall_time_s):
+        if epochs_done == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            after_the_signal.append(epochs_done)  # Reached: the signal did not raise here.
+
+    with pytest.raises(training.TrainingInterrupted) as stop:
+        training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0,
+                       on_epoch_end=press_ctrl_c)
+    assert after_the_signal == [1]
+    assert stop.value.epoch == 1
+    run = stop.value.run
+    assert run.status() | {"status": "interrupted", "epoch": 1, "checkpoint_epoch": 1} == run.status()
+    assert len(run.history()["val_accuracy"]) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.requests_stop():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # The first is a request: nothing is raised yet.
+            reached = True
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+            reached = False
+    assert reached
+    interrupts.check()  # The request ended with the block.
 
 
 def test_unwritable_runs_dir_is_reported_before_training(tmp_path, mnist_path, quiet):

@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import atomic, backends, checkpoint, data, engine, models, plots, runs, system
+from digitlab import atomic, backends, checkpoint, data, engine, interrupts, models, plots, runs, system
 from digitlab.config import TrainConfig
 from digitlab.runs import Run, RunError
 
@@ -145,10 +145,11 @@ class _Session:
             if note:
                 self.print_fn(note)
             progress.start()
-            engine.fit(
-                self.train_inputs, self.train_targets, self.validation_data, epochs=config.epochs,
-                initial_epoch=initial_epoch, rngs=self.rngs, on_epoch_end=progress,
-            )
+            with interrupts.requests_stop():  # Ctrl-C stops training between batches, never inside Keras.
+                engine.fit(
+                    self.train_inputs, self.train_targets, self.validation_data, epochs=config.epochs,
+                    initial_epoch=initial_epoch, rngs=self.rngs, on_epoch_end=progress,
+                )
             engine.sync_to_models()
             _finish(run, config, engine, self.networks, self.histories, self.test, self.flat,
                     progress.wall_time(), self.data, self.print_fn)

@@ -15,9 +15,19 @@
  * Losses: 0 mean squared error, 1 categorical cross-entropy.
  */
 
+#ifdef __linux__
+#define _GNU_SOURCE /* syscall() and clock_gettime() under -std=c99 */
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
+#ifdef __linux__
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,22 +253,54 @@ static void transpose_kernels(int64_t layers, const int64_t *units, float *const
 
 /* ------------------------------------------------------------------------------ the epoch */
 
-/* A barrier for the threads of one epoch: spins (the wait is a few microseconds when each thread has its
- * core; yielding at once measured 1.3x slower), then, after about a millisecond, yields the core to others. */
+/* A barrier for the threads of one epoch. It spins first: with a core per thread the wait is a few
+ * microseconds (thread 0's share of the batch), and sleeping at once measured 1.3x slower. Past
+ * SPIN_NS a thread sleeps (a futex on Linux, else it yields), so that when other programs hold the
+ * cores the thread it waits for gets one: spinning there made two threads 2x slower than one. */
+#define SPIN_NS 200000
 typedef struct {
-    int count, sense, threads;
+    int count, sense, threads, sleepers;
 } Barrier;
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void barrier_sleep(Barrier *barrier, int old_sense) {
+#ifdef __linux__
+    /* Sleeps only while sense still holds old_sense (the kernel checks it), so a wake cannot be missed:
+     * the last thread stores sense, then reads sleepers; a sleeper adds itself, then the kernel reads sense. */
+    __atomic_add_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &barrier->sense, FUTEX_WAIT_PRIVATE, old_sense, NULL, NULL, 0);
+    __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+#else
+    (void)barrier;
+    (void)old_sense;
+    sched_yield();
+#endif
+}
 
 static void barrier_wait(Barrier *barrier, int *local_sense) {
     if (barrier->threads == 1) return;
     *local_sense = !*local_sense;
     if (__atomic_sub_fetch(&barrier->count, 1, __ATOMIC_ACQ_REL) == 0) {
         __atomic_store_n(&barrier->count, barrier->threads, __ATOMIC_RELAXED);
-        __atomic_store_n(&barrier->sense, *local_sense, __ATOMIC_RELEASE);
+        __atomic_store_n(&barrier->sense, *local_sense, __ATOMIC_SEQ_CST);
+#ifdef __linux__
+        if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
+            syscall(SYS_futex, &barrier->sense, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#endif
         return;
     }
-    for (int spins = 0; __atomic_load_n(&barrier->sense, __ATOMIC_ACQUIRE) != *local_sense; spins++) {
-        if (spins > 200000) sched_yield();
+    int64_t deadline = 0;
+    for (int spins = 1; __atomic_load_n(&barrier->sense, __ATOMIC_ACQUIRE) != *local_sense; spins++) {
+        if (spins % 64 == 0) {
+            const int64_t now = now_ns();
+            if (!deadline) deadline = now + SPIN_NS;
+            else if (now > deadline) barrier_sleep(barrier, !*local_sense);
+        }
 #ifdef HAVE_X86
         __builtin_ia32_pause();
 #endif
@@ -445,7 +487,7 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
             e.rows_t[t] = rows_t + capacity * t;
             e.vals_t[t] = vals_t + capacity * t;
         }
-        e.barrier = (Barrier){(int)threads, 0, (int)threads};
+        e.barrier = (Barrier){(int)threads, 0, (int)threads, 0};
         pthread_t handles[MAX_THREADS];
         int started = 1;
         for (; started < threads; started++)
@@ -457,7 +499,7 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
             __atomic_store_n(&e.go, 1, __ATOMIC_RELEASE);
             for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
             e.n = n;
-            e.barrier = (Barrier){1, 0, 1};
+            e.barrier = (Barrier){1, 0, 1, 0};
             workers[0].threads = 1;
             workers[0].first_pixel = 0;
             workers[0].last_pixel = inputs;

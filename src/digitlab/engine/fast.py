@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from digitlab import interrupts
 from digitlab.config import TrainConfig
 from digitlab.engine import numpy_backend, seeds, spec
 
@@ -118,6 +119,7 @@ class FastEngine:
             raise ValueError(f"Need whole numbers 0 <= initial_epoch <= epochs, got {initial_epoch} and {epochs}.")
         self._impl.start(x, y, validation_data)
         for epoch in range(initial_epoch, epochs):
+            interrupts.check()  # A Ctrl-C during training stops it here, between epochs.
             orders = np.stack([rng.permutation(len(x)) for rng in rngs])
             loss_sums, correct = self._impl.train_epoch(orders)
             logs = [{"loss": float(loss_sums[k]) / len(x), "accuracy": float(correct[k]) / len(x)}

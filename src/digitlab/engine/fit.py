@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from digitlab import interrupts
 from digitlab.config import TrainConfig
 from digitlab.runs import RunError
 
@@ -50,6 +51,10 @@ class FitEngine:
         np.random.set_state(rng.get_state())
 
         class Bridge(keras.callbacks.Callback):
+            # Before each batch, not after: a batch-end hook makes Keras wait for every batch's logs.
+            def on_train_batch_begin(self, batch, logs=None):
+                interrupts.check()  # A Ctrl-C during training stops it here, between batches.
+
             def on_epoch_end(self, epoch, logs=None):
                 rng.set_state(np.random.get_state())
                 if on_epoch_end is not None:

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from digitlab.engine import activations, blas, sparse, spec
+from digitlab.engine import activations, blas, cores, sparse, spec
 
 # Set to 1 to keep the per-batch NumPy steps even where the C kernel could run whole epochs.
 NO_FUSED_VARIABLE = "DIGITLAB_NO_FUSED"
@@ -120,7 +120,13 @@ class NumpyBackend:
             ) for k in range(self.count)]
             self.path = self.path.replace("sparse first layer in C", "whole epochs in C, sparse first layer", 1)
             if self.epoch_threads > 1:
-                self.path += f"; {self.epoch_threads} threads per network"
+                self.path += f"; up to {self.epoch_threads} threads per network, as many as cores are free"
+                self.free_cores = cores.FreeCores()
+
+    def _threads_now(self) -> int:
+        """The C epoch's threads: epoch_threads, fewer while other programs keep cores busy (cores.py);
+        any count gives the same bits."""
+        return self.free_cores.threads(self.epoch_threads) if self.epoch_threads > 1 else 1
 
     def _fusable(self) -> bool:
         """True when the C kernel can run whole epochs: plain SGD, no Dropout, activations it knows."""
@@ -158,8 +164,9 @@ class NumpyBackend:
     def train_epoch(self, orders: np.ndarray):
         count, size = orders.shape
         if self.plans is not None:
+            threads = self._threads_now()
             results = [sparse.train_epoch(self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan,
-                                          threads=self.epoch_threads) for k, plan in enumerate(self.plans)]
+                                          threads=threads) for k, plan in enumerate(self.plans)]
             self.arrays["iterations"] += -(-size // self.batch_size)
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         orders = orders[0] if self.count == 1 else orders
@@ -350,8 +357,8 @@ class NumpyBackend:
         """Per-model sums of validation loss and correct answers, in chunks of images."""
         x, y, labels = self.validation
         if self.plans is not None and self.sparse_rows[1] is not None:
-            results = [sparse.evaluate(self.sparse_rows[1], y, labels, plan, threads=self.epoch_threads)
-                       for plan in self.plans]
+            threads = self._threads_now()
+            results = [sparse.evaluate(self.sparse_rows[1], y, labels, plan, threads=threads) for plan in self.plans]
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         loss_sums, correct = np.zeros(self.count), np.zeros(self.count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):

@@ -1,0 +1,65 @@
+"""Ctrl-C and SIGTERM while training: a request to stop, acted on between batches.
+
+Python turns Ctrl-C into a KeyboardInterrupt raised wherever the main thread happens to be.
+During training that is usually inside JAX, TensorFlow or Keras: in a garbage-collection
+callback, which swallows it (training then runs to the end as if nothing was pressed), or
+half-way through dispatching a computation, after which the process can hang at exit. Both
+were seen here, about once in twenty interrupts of `digitlab train --engine fit`.
+
+So while `requests_stop()` is active, the first Ctrl-C or SIGTERM only records the request;
+training calls `check()` where stopping is safe (before each batch of Keras `fit`, after each
+epoch of the fast engine), and that raises the KeyboardInterrupt there, in digitlab's own code.
+A second Ctrl-C or SIGTERM stops at once, as Python would.
+
+    with interrupts.requests_stop():
+        for batch in batches:
+            interrupts.check()
+            train(batch)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_requests = 0
+
+
+def check() -> None:
+    """Raises KeyboardInterrupt if a stop was requested since `requests_stop()` began."""
+    if _requests:
+        raise KeyboardInterrupt
+
+
+def _request(signum, frame) -> None:
+    global _requests
+    _requests += 1
+    if _requests > 1:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def requests_stop():
+    """Turns Ctrl-C and SIGTERM into requests that `check()` acts on; restores the handlers after.
+
+    Signal handlers belong to the main thread: elsewhere (a Ray trial's thread) this does nothing,
+    and whoever runs the thread stops it its own way.
+    """
+    global _requests
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # getsignal gives None for a handler installed outside Python; the default stands in for it.
+    previous = {number: signal.getsignal(number) or signal.SIG_DFL for number in SIGNALS}
+    _requests = 0
+    for number in SIGNALS:
+        signal.signal(number, _request)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        _requests = 0
