@@ -99,7 +99,15 @@ def test_interrupt_saves_and_marks_interrupted(tmp_path, mnist_path):
     assert calls
 
 
-def test_ctrl_c_during_training_stops_it_between_batches(tmp_path, mnist_path, engine, quiet):
+@pytest.fixture
+def python_ctrl_c():
+    """Ctrl-C as Python sets it up in a terminal (a test process may have inherited it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_during_training_stops_it_between_batches(tmp_path, mnist_path, engine, quiet, python_ctrl_c):
     """A real SIGINT, sent from inside training, is only a request there: training goes on to the
     next safe point (the next batch of Keras fit, the next epoch of the fast engine) and stops there,
     with the epochs before it saved. Afterwards Ctrl-C is Python's KeyboardInterrupt again."""
@@ -125,7 +133,7 @@ def test_ctrl_c_during_training_stops_it_between_batches(tmp_path, mnist_path, e
         time.sleep(1)
 
 
-def test_a_second_ctrl_c_stops_at_once(tmp_path):
+def test_a_second_ctrl_c_stops_at_once(python_ctrl_c):
     with pytest.raises(KeyboardInterrupt):
         with interrupts.requests_stop():
             os.kill(os.getpid(), signal.SIGINT)
@@ -136,6 +144,18 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
             reached = False
     assert reached
     interrupts.check()  # The request ended with the block.
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts.requests_stop():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            interrupts.check()
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_unwritable_runs_dir_is_reported_before_training(tmp_path, mnist_path, quiet):

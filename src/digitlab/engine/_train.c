@@ -7,9 +7,9 @@
  * with the formulas of numpy_backend.py (Keras's own, JAX backend) in float32. Python calls it
  * once per epoch and model, with the GIL released (ctypes), so threads over seeds run on every
  * core and no per-batch interpreter work is left. Within one model's epoch, `threads` pthreads
- * share every batch (run_worker): rows for the first layer's forward product and transpose,
- * pixels for its update, thread 0 for the small layers above; each sum runs in the same order
- * for any number of threads, so the results are the same bits.
+ * share every batch (run_worker): rows for the forward and backward passes through every layer,
+ * then pixels for the first layer's update and units for the other layers' and the biases'; each
+ * sum runs in the same order for any number of threads, so the results are the same bits.
  *
  * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax (the last layer only, as spec.py checks).
  * Losses: 0 mean squared error, 1 categorical cross-entropy.
@@ -127,13 +127,14 @@ CLONES static void dense_backward(const float *g, int64_t rows, int64_t units, c
     }
 }
 
-/* grad_t[u, :] = (a.T @ g)[:, u]: the kernel's gradient, transposed (units x inputs). */
+/* grad_t[u, :] = (a.T @ g)[:, u] for units u0 <= u < u1: the kernel's gradient, transposed (units x inputs),
+ * each entry summed over the rows in order (so any split of the units gives the same bits). */
 CLONES static void dense_weight_gradient(const float *a, const float *g, int64_t rows, int64_t inputs,
-                                         int64_t units, float *grad_t) {
-    memset(grad_t, 0, sizeof(float) * units * inputs);
+                                         int64_t units, int64_t u0, int64_t u1, float *grad_t) {
+    memset(grad_t + u0 * inputs, 0, sizeof(float) * (u1 - u0) * inputs);
     for (int64_t r = 0; r < rows; r++) {
         const float *x = a + r * inputs;
-        for (int64_t u = 0; u < units; u++) {
+        for (int64_t u = u0; u < u1; u++) {
             const float value = g[r * units + u];
             float *d = grad_t + u * inputs;
             for (int64_t i = 0; i < inputs; i++) d[i] += x[i] * value;
@@ -191,12 +192,13 @@ static void activation_gradient(float *gradient, const float *output, int64_t si
     }
 }
 
-/* The batch's loss sum (float64, per example as Keras reports it), its correct answers, and
- * dLoss/d(pre-activation) of the last layer into `gradient`. */
+/* For `rows` rows of a batch of `batch_rows`: each row's loss (float64, as Keras reports it) into
+ * row_losses, the right answers added to *correct, and dLoss/d(pre-activation) of the last layer
+ * (the batch's mean loss) into `gradient`. */
 static void loss_and_gradient(const float *outputs, const float *targets, const int64_t *labels,
-                              const int64_t *index, int64_t rows, int64_t classes, int32_t loss,
-                              int32_t activation, float clip, float *gradient, double *loss_sum,
-                              int64_t *correct, double *row_losses) {
+                              const int64_t *index, int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss,
+                              int32_t activation, float clip, float *gradient, int64_t *correct,
+                              double *row_losses) {
     for (int64_t r = 0; r < rows; r++) {
         const float *p = outputs + r * classes, *t = targets + index[r] * classes;
         float *g = gradient + r * classes;
@@ -206,14 +208,13 @@ static void loss_and_gradient(const float *outputs, const float *targets, const 
         *correct += best == labels[index[r]];
         double sum = 0.0;
         if (loss == MEAN_SQUARED_ERROR) {
-            const float scale = 2.0f / (float)classes / (float)rows;
+            const float scale = 2.0f / (float)classes / (float)batch_rows;
             for (int64_t c = 0; c < classes; c++) {
                 g[c] = p[c] - t[c];
                 sum += (double)(g[c] * g[c]);
                 g[c] *= scale;
             }
-            *loss_sum += sum / (double)classes;
-            if (row_losses) row_losses[r] = sum / (double)classes;
+            row_losses[r] = sum / (double)classes;
         } else {
             /* Keras: normalize by the row sum, clip to [clip, 1 - clip], -sum(t log p); the clip
              * passes no gradient for entries outside the interval. */
@@ -223,11 +224,10 @@ static void loss_and_gradient(const float *outputs, const float *targets, const 
                 const float q = p[c] / row_sum;
                 const float kept = q < clip ? clip : (q > 1.0f - clip ? 1.0f - clip : q);
                 sum += (double)(logf(kept) * t[c]);
-                g[c] = (q >= clip && q <= 1.0f - clip) ? t[c] / kept * (-1.0f / (float)rows) : 0.0f;
+                g[c] = (q >= clip && q <= 1.0f - clip) ? t[c] / kept * (-1.0f / (float)batch_rows) : 0.0f;
                 weighted += g[c] * p[c];
             }
-            *loss_sum -= sum;
-            if (row_losses) row_losses[r] = -sum;
+            row_losses[r] = -sum;
             weighted /= row_sum;
             for (int64_t c = 0; c < classes; c++) g[c] = (g[c] - weighted) / row_sum;
         }
@@ -320,17 +320,18 @@ typedef struct {
     float *const *kernels, *const *biases;
     int32_t loss;
     float rate, clip;
-    /* Shared buffers: layer outputs, the first layer's pre-activation gradient, the tail's scratch. */
+    /* Shared buffers, a batch of rows each: every layer's outputs, every layer's gradient with respect to
+     * its pre-activations (delta[0]: the first layer's), each row's loss; each kernel's gradient. */
     float *layer_out[MAX_LAYERS];
-    float *kernel_t[MAX_LAYERS];
-    float *dz0, *gradient, *below, *grad_t, *bias_grad;
+    float *delta[MAX_LAYERS];
+    double *row_losses;
+    float *kernel_t[MAX_LAYERS], *grad_t[MAX_LAYERS];
     /* Each thread's transpose of its rows of the batch; all of them are read by every thread's update. */
     int32_t *offsets[MAX_THREADS], *rows_t[MAX_THREADS];
     float *vals_t[MAX_THREADS];
     Barrier barrier;
     int go; /* Set once every thread is started: the workers wait for it. */
     double loss_sum;
-    int64_t correct;
 } Epoch;
 
 typedef struct {
@@ -338,49 +339,64 @@ typedef struct {
     int thread, threads;
     int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates. */
     float *scratch;
+    int64_t correct;
 } Worker;
 
-/* The layers above the first, the loss and the backward pass down to the first layer's pre-activation
- * gradient (into dz0), with each of those layers' SGD updates: one thread runs it per batch. */
-static void dense_tail(Epoch *e, const int64_t *index, int64_t rows) {
-    const int64_t layers = e->layers, *units = e->units;
+/* Rows first <= r < last of a batch of `rows`, after the first layer: the layers above it, the loss, and
+ * the backward pass down to the first layer's pre-activation gradient (delta[0]). Each row needs only its
+ * own values and the kernels, which no thread changes until every thread has passed the next barrier. */
+static void rows_forward_backward(Epoch *e, const int64_t *index, int64_t first, int64_t last, int64_t rows,
+                                  int64_t *correct) {
+    const int64_t layers = e->layers, *units = e->units, count = last - first;
+    if (count <= 0) return;
     for (int64_t l = 1; l < layers; l++) {
-        dense_forward(e->layer_out[l - 1], rows, units[l], e->kernel_t[l], e->biases[l], units[l + 1], e->layer_out[l]);
-        activate(e->layer_out[l], rows, units[l + 1], e->activations[l]);
+        float *out = e->layer_out[l] + first * units[l + 1];
+        dense_forward(e->layer_out[l - 1] + first * units[l], count, units[l], e->kernel_t[l], e->biases[l],
+                      units[l + 1], out);
+        activate(out, count, units[l + 1], e->activations[l]);
     }
-    float *gradient = layers == 1 ? e->dz0 : e->gradient, *below = e->below;
-    loss_and_gradient(e->layer_out[layers - 1], e->targets, e->labels, index, rows, units[layers], e->loss,
-                      e->activations[layers - 1], e->clip, gradient, &e->loss_sum, &e->correct, NULL);
+    loss_and_gradient(e->layer_out[layers - 1] + first * units[layers], e->targets, e->labels, index + first, count,
+                      rows, units[layers], e->loss, e->activations[layers - 1], e->clip,
+                      e->delta[layers - 1] + first * units[layers], correct, e->row_losses + first);
     for (int64_t l = layers - 1; l >= 1; l--) {
-        const int64_t in = units[l], out = units[l + 1];
-        float *kernel = e->kernels[l], *bias = e->biases[l], *kernel_t = e->kernel_t[l];
-        if (l == 1) below = e->dz0;
-        for (int64_t u = 0; u < out; u++) e->bias_grad[u] = 0.0f;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t u = 0; u < out; u++) e->bias_grad[u] += gradient[r * out + u];
-        dense_weight_gradient(e->layer_out[l - 1], gradient, rows, in, out, e->grad_t);
-        dense_backward(gradient, rows, out, kernel_t, in, below);
-        activation_gradient(below, e->layer_out[l - 1], rows * in, e->activations[l - 1]);
-        for (int64_t i = 0; i < in; i++)
-            for (int64_t u = 0; u < out; u++) {
-                const float step = e->grad_t[u * in + i] * e->rate;
-                kernel[i * out + u] -= step;
-                kernel_t[u * in + i] = kernel[i * out + u];
-            }
-        for (int64_t u = 0; u < out; u++) {
-            const float step = e->bias_grad[u] * e->rate;
-            bias[u] -= step;
-        }
-        float *swap = gradient;
-        gradient = below;
-        below = swap;
+        float *below = e->delta[l - 1] + first * units[l];
+        dense_backward(e->delta[l] + first * units[l + 1], count, units[l + 1], e->kernel_t[l], units[l], below);
+        activation_gradient(below, e->layer_out[l - 1] + first * units[l], count * units[l], e->activations[l - 1]);
     }
 }
 
-/* One thread's share of every batch: the first layer forward for its share of the batch's rows, and the
- * transpose of those rows; then thread 0 runs the rest of the net; then each thread updates its share of
- * the first layer's kernel rows (pixels), from every thread's transpose in row order. Each row and each
- * pixel is summed in the same order whatever the number of threads: every thread count gives the same bits. */
+/* One thread's share of the SGD updates of the layers above the first and of every bias: units
+ * u0 <= u < u1 of each (kernel columns, and the rows of its transpose), every sum over the batch's rows
+ * in row order, so any split gives the same bits. */
+static void update_units(Epoch *e, int thread, int threads, int64_t rows) {
+    const int64_t layers = e->layers, *units = e->units;
+    for (int64_t l = 0; l < layers; l++) {
+        const int64_t in = units[l], out = units[l + 1], u0 = out * thread / threads, u1 = out * (thread + 1) / threads;
+        const float *g = e->delta[l];
+        if (l > 0) {
+            float *kernel = e->kernels[l], *kernel_t = e->kernel_t[l], *grad_t = e->grad_t[l];
+            dense_weight_gradient(e->layer_out[l - 1], g, rows, in, out, u0, u1, grad_t);
+            for (int64_t i = 0; i < in; i++)
+                for (int64_t u = u0; u < u1; u++) {
+                    const float step = grad_t[u * in + i] * e->rate;
+                    kernel[i * out + u] -= step;
+                    kernel_t[u * in + i] = kernel[i * out + u];
+                }
+        }
+        for (int64_t u = u0; u < u1; u++) {
+            float sum = 0.0f;
+            for (int64_t r = 0; r < rows; r++) sum += g[r * out + u];
+            const float step = sum * e->rate;
+            e->biases[l][u] -= step;
+        }
+    }
+}
+
+/* One thread's share of every batch: its rows of the batch through the whole net and back (the first
+ * layer's forward product, the transpose of those rows, the layers above, the loss, the backward pass);
+ * then, once every row is done, its pixels of the first layer's kernel (from every thread's transpose in
+ * row order) and its units of the other kernels and of the biases. Each sum runs in the same order
+ * whatever the number of threads: every thread count gives the same bits. */
 static void *run_worker(void *argument) {
     Worker *w = argument;
     Epoch *e = w->epoch;
@@ -399,21 +415,14 @@ static void *run_worker(void *argument) {
         }
         digitlab_sparse_transpose(e->starts, e->cols, e->vals, index, first, last, e->inputs,
                                   e->offsets[w->thread], e->rows_t[w->thread], e->vals_t[w->thread]);
+        rows_forward_backward(e, index, first, last, rows, &w->correct);
         barrier_wait(&e->barrier, &sense);
-        if (w->thread == 0) dense_tail(e, index, rows);
-        barrier_wait(&e->barrier, &sense);
-        digitlab_sparse_sgd_rows(e->offsets, e->rows_t, e->vals_t, w->threads, w->first_pixel, w->last_pixel, e->dz0,
-                                 units, w->scratch, e->kernels[0], e->rate);
-        if (w->thread == 0) {
-            for (int64_t u = 0; u < units; u++) e->bias_grad[u] = 0.0f;
-            for (int64_t r = 0; r < rows; r++)
-                for (int64_t u = 0; u < units; u++) e->bias_grad[u] += e->dz0[r * units + u];
-            for (int64_t u = 0; u < units; u++) {
-                const float step = e->bias_grad[u] * e->rate;
-                e->biases[0][u] -= step;
-            }
-        }
-        barrier_wait(&e->barrier, &sense); /* The next batch's forward reads every updated kernel row. */
+        digitlab_sparse_sgd_rows(e->offsets, e->rows_t, e->vals_t, w->threads, w->first_pixel, w->last_pixel,
+                                 e->delta[0], units, w->scratch, e->kernels[0], e->rate);
+        update_units(e, w->thread, w->threads, rows);
+        if (w->thread == 0)
+            for (int64_t r = 0; r < rows; r++) e->loss_sum += e->row_losses[r];
+        barrier_wait(&e->barrier, &sense); /* The next batch reads every updated kernel and the row losses' room. */
     }
     return NULL;
 }
@@ -459,30 +468,32 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         total += units[l];
     }
     const int64_t widest = e.widest, inputs = units[0], capacity = batch * most_per_row;
-    float *outputs = malloc(sizeof(float) * batch * total);
+    float *outputs = malloc(sizeof(float) * batch * total), *deltas = malloc(sizeof(float) * batch * total);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
-    e.dz0 = malloc(sizeof(float) * batch * widest);
-    e.gradient = malloc(sizeof(float) * batch * widest);
-    e.below = malloc(sizeof(float) * batch * widest);
-    e.grad_t = malloc(sizeof(float) * widest * widest);
-    e.bias_grad = malloc(sizeof(float) * widest);
+    float *gradients = malloc(sizeof(float) * widest * widest * layers);
+    e.row_losses = malloc(sizeof(double) * batch);
     /* Per thread: the transpose of its rows (room for a whole batch: a thread may be left to do all),
      * and a row of scratch for the update. */
     int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1) * threads);
     int32_t *rows_t = malloc(sizeof(int32_t) * capacity * threads);
     float *vals_t = malloc(sizeof(float) * capacity * threads), *scratch = malloc(sizeof(float) * units[1] * threads);
-    int failed = !outputs || !transposes || !e.dz0 || !e.gradient || !e.below || !e.grad_t || !e.bias_grad ||
-                 !offsets || !rows_t || !vals_t || !scratch;
+    int failed = !outputs || !deltas || !transposes || !gradients || !e.row_losses || !offsets || !rows_t ||
+                 !vals_t || !scratch;
     if (!failed) {
         e.layer_out[0] = outputs;
-        for (int64_t l = 1; l < layers; l++) e.layer_out[l] = e.layer_out[l - 1] + batch * units[l];
-        /* Each dense layer's kernel, transposed; dense_tail keeps them in step with its updates. */
+        e.delta[0] = deltas;
+        for (int64_t l = 1; l < layers; l++) {
+            e.layer_out[l] = e.layer_out[l - 1] + batch * units[l];
+            e.delta[l] = e.delta[l - 1] + batch * units[l];
+            e.grad_t[l] = gradients + l * widest * widest;
+        }
+        /* Each dense layer's kernel, transposed; update_units keeps them in step with its updates. */
         transpose_kernels(layers, units, kernels, widest, transposes, e.kernel_t);
         Worker workers[MAX_THREADS];
         int64_t bounds[MAX_THREADS + 1];
         split_pixels(starts, cols, order, n, inputs, threads, bounds);
         for (int t = 0; t < threads; t++) {
-            workers[t] = (Worker){&e, t, (int)threads, bounds[t], bounds[t + 1], scratch + units[1] * t};
+            workers[t] = (Worker){&e, t, (int)threads, bounds[t], bounds[t + 1], scratch + units[1] * t, 0};
             e.offsets[t] = offsets + (inputs + 1) * t;
             e.rows_t[t] = rows_t + capacity * t;
             e.vals_t[t] = vals_t + capacity * t;
@@ -509,15 +520,13 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         run_worker(&workers[0]);
         for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
         *loss_sum += e.loss_sum;
-        *correct += e.correct;
+        for (int t = 0; t < threads; t++) *correct += workers[t].correct;
     }
     free(outputs);
+    free(deltas);
     free(transposes);
-    free(e.dz0);
-    free(e.gradient);
-    free(e.below);
-    free(e.grad_t);
-    free(e.bias_grad);
+    free(gradients);
+    free(e.row_losses);
     free(offsets);
     free(rows_t);
     free(vals_t);
@@ -553,7 +562,6 @@ static void *run_check(void *argument) {
     float *out[MAX_LAYERS];
     out[0] = c->outputs;
     for (int64_t l = 1; l < layers; l++) out[l] = out[l - 1] + c->chunk * units[l];
-    double ignored = 0.0;
     for (int64_t start = c->first; start < c->last; start += c->chunk) {
         const int64_t rows = c->last - start < c->chunk ? c->last - start : c->chunk;
         const int64_t *index = c->index + start;
@@ -564,9 +572,8 @@ static void *run_check(void *argument) {
             dense_forward(out[l - 1], rows, units[l], c->kernel_t[l], c->biases[l], units[l + 1], out[l]);
             activate(out[l], rows, units[l + 1], c->activations[l]);
         }
-        loss_and_gradient(out[layers - 1], c->targets, c->labels, index, rows, units[layers], c->loss,
-                          c->activations[layers - 1], c->clip, c->gradient, &ignored, &c->correct,
-                          c->row_losses + start);
+        loss_and_gradient(out[layers - 1], c->targets, c->labels, index, rows, rows, units[layers], c->loss,
+                          c->activations[layers - 1], c->clip, c->gradient, &c->correct, c->row_losses + start);
     }
     return NULL;
 }

@@ -76,7 +76,8 @@ class NumpyBackend:
         self.sparse_rows, self.transposes = None, None
         # Plain SGD on a sparse first layer: the C kernel updates the touched weight rows itself.
         self.fused_sgd = network.optimizer.name == "sgd" and not network.optimizer.momentum
-        self.path = self._path(None)
+        self.free_cores = cores.FreeCores() if epoch_threads > 1 else None
+        self.path = self._describe(None)
         # Views made once (the arrays are only ever updated in place), to keep the step loop lean.
         layers_range = range(len(network.dense))
         self.kernels = [self._view(self.arrays[f"dense_{index}/kernel"]) for index in layers_range]
@@ -104,12 +105,8 @@ class NumpyBackend:
         if isinstance(sparse_rows, str):
             sparse_rows = self.build_sparse_rows(x, validation)
         else:
-            self.path = self._path(x)
+            self.path = self._describe(x)
         self.sparse_rows = sparse_rows
-        if self.sparse_rows is not None and self.transposes is None:
-            units = self.network.dense[0].units
-            self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units)
-                               for _ in range(self.count)]
         self.plans = None
         if self.sparse_rows is not None and self._fusable():
             self.plans = [sparse.EpochPlan(
@@ -118,14 +115,14 @@ class NumpyBackend:
                 [layer.activation for layer in self.network.dense], self.network.loss,
                 np.float32(self.network.optimizer.learning_rate), spec.CROSSENTROPY_CLIP,
             ) for k in range(self.count)]
-            self.path = self.path.replace("sparse first layer in C", "whole epochs in C, sparse first layer", 1)
-            if self.epoch_threads > 1:
-                self.path += f"; up to {self.epoch_threads} threads per network, as many as cores are free"
-                self.free_cores = cores.FreeCores()
+        elif self.sparse_rows is not None and self.transposes is None:
+            # Per batch: each model's transpose of the batch, for the C kernel's weight update.
+            units = self.network.dense[0].units
+            self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units)
+                               for _ in range(self.count)]
 
     def _threads_now(self) -> int:
-        """The C epoch's threads: epoch_threads, fewer while other programs keep cores busy (cores.py);
-        any count gives the same bits."""
+        """epoch_threads, fewer while other programs keep cores busy (cores.py): same bits for any count."""
         return self.free_cores.threads(self.epoch_threads) if self.epoch_threads > 1 else 1
 
     def _fusable(self) -> bool:
@@ -136,10 +133,19 @@ class NumpyBackend:
 
     def build_sparse_rows(self, x, validation):
         """The (train, validation) CSR rows for the C kernel, or None where the first layer stays dense."""
-        self.path = self._path(x)
-        if not self.path.startswith("sparse"):
+        self.path = self._describe(x)
+        if self.path.startswith("NumPy only"):
             return None
         return (sparse.SparseRows(x), None if validation is None else sparse.SparseRows(validation[0]))
+
+    def _describe(self, x) -> str:
+        """`_path`, and whether whole epochs run in C, on how many threads."""
+        path = self._path(x)
+        if path.startswith("sparse") and self._fusable():
+            path = path.replace("sparse first layer in C", "whole epochs in C, sparse first layer", 1)
+            if self.epoch_threads > 1:
+                path += f"; up to {self.epoch_threads} threads per network, as many as cores are free"
+        return path
 
     def _path(self, x) -> str:
         """How the first layer runs, in words (the engine prints it)."""
