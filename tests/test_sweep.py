@@ -311,13 +311,14 @@ def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sw
         pytest.skip("the sweep finished before the kill arrived; the machine was too fast for this timing")
     checkpoints_before = _checkpoints(out)
 
-    # Resumed at once, as a user would (the killed sweep's Ray may still be ending), then interrupted
-    # (Ctrl-C) once it is training again, then resumed to the end.
+    # Resumed at once, as a user would (the killed sweep's Ray may still be ending), then stopped with
+    # Ctrl-C or SIGTERM (a closed terminal, `kill`), one or the other at random, once it is training
+    # again, then resumed to the end. (Ray's start made SIGTERM exit at once, leaving trials "running".)
     resume = [sys.executable, "-m", "digitlab", "sweep", "--resume", str(out)]
     process = subprocess.Popen(resume, env=ENVIRONMENT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_a_new_checkpoint(process, out, before=checkpoints_before)
     time.sleep(rng.uniform(0.0, 1.0))
-    process.send_signal(signal.SIGINT)
+    process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM]))
     output, errors = process.communicate(timeout=120)
     if process.returncode != 0:
         assert process.returncode == 130, output + errors

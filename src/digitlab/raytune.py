@@ -30,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 
 from digitlab import runs, sweep_plan, sweep_trial
@@ -76,6 +78,9 @@ def connect(address: str | None):
     if not address:
         # "local" always starts a new instance, never joining a cluster someone else started here.
         options.update(object_store_memory=OBJECT_STORE_BYTES)
+    # ray.init makes SIGTERM exit the process at once (sys.exit), which would leave the sweep's trials
+    # marked running; digitlab's own handler (Ctrl-C's way: saved, resumable) is put back after it.
+    sigterm = signal.getsignal(signal.SIGTERM)
     with tempfile.TemporaryFile() as log:
         try:
             with _stderr_to(log):  # Ray's C++ core logs each failed try on file descriptor 2.
@@ -90,6 +95,8 @@ def connect(address: str | None):
                         "~/.ray/auth_token or RAY_AUTH_TOKEN (see `ray get-auth-token`).")
             raise sweep_plan.SweepError(
                 f"Could not start or reach {where}: {type(error).__name__}: {error}.{hint}") from None
+    if sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
