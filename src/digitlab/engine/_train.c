@@ -254,7 +254,7 @@ static void transpose_kernels(int64_t layers, const int64_t *units, float *const
 /* ------------------------------------------------------------------------------ the epoch */
 
 /* A barrier for the threads of one epoch. It spins first: with a core per thread the wait is a few
- * microseconds (thread 0's share of the batch), and sleeping at once measured 1.3x slower. Past
+ * microseconds (the threads' shares differ a little), and sleeping at once measured 1.3x slower. Past
  * SPIN_NS a thread sleeps (a futex on Linux, else it yields), so that when other programs hold the
  * cores the thread it waits for gets one: spinning there made two threads 2x slower than one. */
 #define SPIN_NS 200000

@@ -30,11 +30,13 @@ class FreeCores:
         """How many of `wanted` threads to run now (never fewer than one)."""
         if wanted <= 1:
             return 1
-        sample = self._sample()
-        if sample is None or self.last is None:
+        if self.last is None:
             return wanted
-        (wall, busy, own), (wall_before, busy_before, own_before) = sample, self.last
-        if wall - wall_before >= WINDOW_S:
+        if time.monotonic() - self.last[0] >= WINDOW_S:  # /proc/stat is read once per window, not per call.
+            sample = self._sample()
+            if sample is None:
+                return wanted
+            (wall, busy, own), (wall_before, busy_before, own_before) = sample, self.last
             others = max(0.0, (busy - busy_before) - (own - own_before)) / (wall - wall_before)
             self.free = len(self.cores) - others
             self.last = sample
