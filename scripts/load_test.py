@@ -250,7 +250,7 @@ def _serve_model(model_path: str, port: int, access_log: bool) -> None:
     import digitlab  # noqa: F401  (chooses the JAX backend before Keras loads)
     import keras
 
-    from digitlab import serving
+    from digitlab.serve import app as serving
 
     model = keras.saving.load_model(model_path, safe_mode=True)
     serving.serve(model, host="127.0.0.1", port=port, run_name=os.path.basename(os.path.dirname(model_path)),

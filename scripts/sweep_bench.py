@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from digitlab import cli, config, runs, sweep_plan, system
+from digitlab import cli, config, runs, system
+from digitlab.sweep import plan as sweep_plan
 from digitlab.config import TrainConfig
 
 

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from digitlab import bench, bench_worker
+from digitlab.bench import runner as bench
+from digitlab.bench import worker as bench_worker
 
 ROW_NAMES = [
     "Keras fit, TensorFlow backend",

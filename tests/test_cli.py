@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from digitlab import cli, cli_flags, config, runs
+from digitlab import cli, config, runs
+from digitlab.cli import flags as cli_flags
 
 
 def run_cli(capsys, *argv):
@@ -151,7 +152,7 @@ def test_train_flags_are_generated_from_the_config_fields(capsys):
 
 
 def test_bench_flags_share_the_config_fields_with_the_benchs_defaults():
-    from digitlab import bench
+    from digitlab.bench import runner as bench
 
     args = cli.build_parser().parse_args(["bench"])
     assert (args.epochs, args.seeds, args.train_limit) == (bench.DEFAULTS["epochs"], bench.DEFAULTS["seeds"], None)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitlab import config, data, evaluation, inside, models, plots_inside
+from digitlab import config, data, evaluation, inside, models
+from digitlab.plots import inside as plots_inside
 
 
 def _axes(figure) -> dict:

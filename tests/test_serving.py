@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
 import keras
-from digitlab import data, imaging, predict, serving
+from digitlab import data, imaging, predict
+from digitlab.serve import app as serving
 
 
 @pytest.fixture(scope="session")

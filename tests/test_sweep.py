@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from digitlab import cli, config, plots, plots_sweep, runs, sweep_plan, sweep_results, training
+from digitlab import cli, config, plots, runs, training
+from digitlab.plots import sweep as plots_sweep
+from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep import results as sweep_results
 
 # The sweep every Ray test compares against: 2 learning rates x 2 seeds of the shallow net.
 SWEEP_ARGS = ["--grid", "learning_rate=0.05,0.5", "--seeds", "2", "--seed", "3", "--epochs", "6",

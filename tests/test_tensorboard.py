@@ -15,7 +15,8 @@ import urllib.request
 
 import pytest
 
-from digitlab import board, cli, config, runs, training
+from digitlab import cli, config, runs, training
+from digitlab.serve import board
 
 
 @pytest.fixture(scope="module")

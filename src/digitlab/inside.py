@@ -21,7 +21,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from digitlab import data, plots_inside
+from digitlab import data
+from digitlab.plots import inside as plots_inside
 
 # The figures `figures` returns, by kind of first layer. They are many small images of weights, so
 # they are saved with a 256-colour palette (`plots.figure_png(palette=True)`): a few times smaller.

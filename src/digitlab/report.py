@@ -1,8 +1,7 @@
-"""One self-contained HTML report per run (settings, provenance, figures, per-digit scores), or per sweep.
+"""One self-contained HTML report per run: settings, provenance, figures, per-digit scores.
 
-    from digitlab import report, runs, sweep_state
+    from digitlab import report, runs
     path = report.write_report(runs.open_run("runs/x"))      # runs/x/report.html
-    path = report.write_sweep_report(sweep_state.open_sweep("sweeps/x"))   # sweeps/x/report.html
 
 The page holds the run's configuration, its results, the software versions and
 the SHA-256 of the data it was trained on (from metrics.json, checked against
@@ -48,10 +47,7 @@ img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
 def write_report(run: runs.Run, data_path=None, out_path=None) -> Path:
     """Writes the run's report (default: report.html in the run folder) and returns its path."""
     out_path = Path(out_path) if out_path is not None else run.file("report.html")
-    if out_path.is_dir():
-        raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
-    if not out_path.parent.is_dir():
-        raise runs.RunError(f"Cannot write {out_path}: the folder {out_path.parent} does not exist.")
+    check_out_path(out_path)
     atomic.write_text(out_path, render_report(run, data_path))
     return out_path
 
@@ -78,42 +74,37 @@ def render_report(run: runs.Run, data_path=None) -> str:
     }
     title = f"digitlab run {run.name}"
     sections = [
-        f"<h1>{_text(title)}</h1>",
-        f'<p class="subtitle">The {_text(config.model)} net, {_text(run.status().get("status", "unknown"))}; '
-        f"trained {_text(metrics.get('finished', '?'))}; "
-        f"report written {_text(datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="subtitle">The {escape(config.model)} net, {escape(run.status().get("status", "unknown"))}; '
+        f"trained {escape(metrics.get('finished', '?'))}; "
+        f"report written {escape(datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
         _results_section(config, metrics, result),
         "<h2>Configuration</h2>",
         '<p class="note">Re-run it with <code>digitlab train --config '
-        f'{_text(str(run.file("config.json")))}</code>.</p>',
-        _table(["setting", "value"], [(name, _value(value)) for name, value in config.to_dict().items()]),
+        f'{escape(str(run.file("config.json")))}</code>.</p>',
+        table(["setting", "value"], [(name, value_text(value)) for name, value in config.to_dict().items()]),
         "<h2>The network</h2>",
-        f"<pre>{_text(chr(10).join(line.rstrip() for line in summary_lines))}</pre>",
+        f"<pre>{escape(chr(10).join(line.rstrip() for line in summary_lines))}</pre>",
         "<h2>The data</h2>",
-        f"<p>{_text(_data_sentence(config))}</p>",
-        _image(images["digits"], "The first 12 training digits with their labels"),
+        f"<p>{escape(_data_sentence(config))}</p>",
+        image(images["digits"], "The first 12 training digits with their labels"),
         _data_hash_section(metrics, arrays),
         "<h2>Training curves</h2>",
-        _image(images["curves"], "Accuracy and loss per epoch, training and validation"),
+        image(images["curves"], "Accuracy and loss per epoch, training and validation"),
         "<h2>Where the network errs</h2>",
-        f"<p>Evaluated on {_text(result['data'])}: accuracy {result['accuracy']:.4f}, "
+        f"<p>Evaluated on {escape(result['data'])}: accuracy {result['accuracy']:.4f}, "
         f"loss {result['loss']:.4f}, {result['errors']} errors in {result['images']} images.</p>",
-        _image(images["confusion"], "Confusion matrix of true and predicted digits"),
-        _image(images["mistakes"], "The most confidently wrong digits"),
+        image(images["confusion"], "Confusion matrix of true and predicted digits"),
+        image(images["mistakes"], "The most confidently wrong digits"),
         "<h3>Per digit</h3>",
         _per_digit_table(result),
         _inside_section(images),
         "<h2>Software and machine</h2>",
-        _table(["", ""], [("backend", metrics.get("backend", "?")), ("engine", metrics.get("engine", "?")),
+        table(["", ""], [("backend", metrics.get("backend", "?")), ("engine", metrics.get("engine", "?")),
                           ("machine", metrics.get("machine", "?")),
                           *[(name, version) for name, version in (metrics.get("versions") or {}).items()]]),
     ]
-    body = "\n".join(sections)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_text(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
+    return page(title, sections)
 
 
 def _results_section(config, metrics: dict, result: dict) -> str:
@@ -130,7 +121,7 @@ def _results_section(config, metrics: dict, result: dict) -> str:
         cards.insert(1, (f"mean over {metrics['seeds']} seeds",
                          f"{metrics.get('final_val_accuracy_mean', float('nan')):.4f}"))
     items = "".join(
-        f'<div class="card"><div class="value">{_text(value)}</div><div class="label">{_text(label)}</div></div>'
+        f'<div class="card"><div class="value">{escape(value)}</div><div class="label">{escape(label)}</div></div>'
         for label, value in cards
     )
     return f'<h2>Results</h2>\n<div class="cards">{items}</div>'
@@ -148,7 +139,7 @@ INSIDE_CAPTIONS = {
 
 
 def _inside_section(images: dict) -> str:
-    parts = [f"<p>{_text(caption)}</p>\n{_image(images[name], caption)}"
+    parts = [f"<p>{escape(caption)}</p>\n{image(images[name], caption)}"
              for name, caption in INSIDE_CAPTIONS.items() if name in images]
     return "<h2>A look inside the network</h2>\n" + "\n".join(parts) if parts else ""
 
@@ -177,10 +168,10 @@ def _data_hash_section(metrics: dict, arrays: dict) -> str:
             check = '<span class="ok">matches the data of this report</span>'
         else:
             check = '<span class="warn">differs from the data of this report</span>'
-        rows.append((key, f"<code>{_text(value or '-')}</code>", check))
+        rows.append((key, f"<code>{escape(value or '-')}</code>", check))
     return (
         "<h3>SHA-256 of the data the run was trained with</h3>\n"
-        + _table(["array", "sha256 (raw bytes)", "check"], rows, escape=False)
+        + table(["array", "sha256 (raw bytes)", "check"], rows, escaped=False)
     )
 
 
@@ -192,99 +183,48 @@ def _per_digit_table(result: dict) -> str:
     ]
     rows.append(("mean", f"{result['macro_precision']:.4f}", f"{result['macro_recall']:.4f}",
                  f"{result['macro_f1']:.4f}", str(result["images"])))
-    return _table(["digit", "precision", "recall", "F1", "images"], rows, numbers=True)
+    return table(["digit", "precision", "recall", "F1", "images"], rows, numbers=True)
 
 
-def _table(header, rows, escape: bool = True, numbers: bool = False) -> str:
+def table(header, rows, escaped: bool = True, numbers: bool = False) -> str:
+    """An HTML table; `escaped=False` takes the cells as HTML already."""
     def cell(value, tag="td"):
         css = ' class="number"' if numbers and tag == "td" else ""
-        return f"<{tag}{css}>{_text(value) if escape else value}</{tag}>"
+        return f"<{tag}{css}>{escape(value) if escaped else value}</{tag}>"
 
     head = "" if not any(header) else "<tr>" + "".join(cell(name, "th") for name in header) + "</tr>"
     body = "".join("<tr>" + "".join(cell(value) for value in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"
 
 
-def _image(png: bytes, alt: str) -> str:
+def image(png: bytes, alt: str) -> str:
     encoded = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{_text(alt)}">'
+    return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}">'
 
 
-def _value(value) -> str:
+def value_text(value) -> str:
     if isinstance(value, list):
         return ", ".join(str(item) for item in value) or "none"
     return "none" if value is None else str(value)
 
 
-def _text(value) -> str:
+def escape(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def write_sweep_report(sweep, out_path=None) -> Path:
-    """Writes one HTML page for a sweep folder (default: report.html in it) and returns its path.
-
-    The page holds the command, the results table (best first), the curves and the
-    heatmap (from the sweep's results files, which it writes first if they are
-    missing), and every trial with its run folder, seed, status and final val accuracy.
-    """
-    from digitlab import sweep_plan, sweep_results
-
-    out_path = Path(out_path) if out_path is not None else sweep.file("report.html")
-    if out_path.is_dir():
-        raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
-    rows = sweep_results.results(sweep)
-    if not sweep.file("curves.png").is_file():
-        sweep_results.finish(sweep, print_fn=lambda *args: None)
-    settings = sweep.state["settings"]
-    swept = settings["swept"]
-    header = [*swept, "seeds", "val accuracy mean", "std", "min", "max", "best mean (epoch)", "epochs",
-              "wall time s", "status"]
-    table_rows = [
-        [sweep_plan.value_text(row[name]) for name in swept] + [
-            row["seeds"], _number(row["val_accuracy_mean"]), _number(row["val_accuracy_std"]),
-            _number(row["val_accuracy_min"]), _number(row["val_accuracy_max"]),
-            f"{_number(row['best_val_accuracy_mean'])} ({row['best_epoch']})", row["epochs"],
-            f"{row['wall_time_s']:.1f}", row["status"]]
-        for row in rows
-    ]
-    trial_rows = [
-        (trial["run"], sweep_plan.label(trial["params"]), trial["seed"], trial["status"],
-         trial.get("epochs") or 0, _number(trial.get("val_accuracy")), trial.get("error") or "")
-        for trial in sweep.trials
-    ]
-    figures = [_image(sweep.file(name).read_bytes(), alt) for name, alt in (
-        ("curves.png", "Validation accuracy per epoch for each configuration, mean and min-max over seeds"),
-        ("heatmap.png", "Mean final validation accuracy of each pair of values of the two swept fields"),
-    ) if sweep.file(name).is_file()]
-    base = {name: value for name, value in sweep.trials[0]["config"].items() if name not in (*swept, "seed", "seeds")}
-    title = f"digitlab sweep {sweep.path.name}"
-    sections = [
-        f"<h1>{_text(title)}</h1>",
-        f'<p class="subtitle">{len(sweep.trials)} trials: {len(rows)} configurations x '
-        f"{len(settings['seeds'])} seed(s), swept over {_text(', '.join(swept))}; started "
-        f"{_text(sweep.state.get('created', '?'))}; report written "
-        f"{_text(datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
-        f"<p><code>{_text(settings.get('command') or '')}</code></p>",
-        "<h2>Results, best first</h2>",
-        '<p class="note">One row per configuration; the statistics are over seeds, of the val accuracy '
-        "after the last epoch each seed ran.</p>",
-        _table(header, table_rows),
-        "<h2>Curves</h2>", *figures,
-        "<h2>Settings shared by every trial</h2>",
-        _table(["setting", "value"], [(name, _value(value)) for name, value in base.items()]),
-        "<h2>Trials</h2>",
-        f'<p class="note">Each is a run folder under <code>{_text(str(sweep.runs_dir))}</code>; '
-        "<code>digitlab report RUN</code> gives its own page.</p>",
-        _table(["run", "configuration", "seed", "status", "epochs", "final val accuracy", "error"], trial_rows),
-    ]
+def page(title: str, sections: list[str]) -> str:
+    """A whole self-contained HTML page: the title, the inline styles and the sections in order."""
     body = "\n".join(sections)
-    atomic.write_text(out_path, (
+    return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_text(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    ))
-    return out_path
+        f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
-def _number(value) -> str:
-    return "-" if value is None or value != value else f"{value:.4f}"
+def check_out_path(out_path: Path) -> None:
+    """Refuses a report path that is a folder, or whose folder does not exist."""
+    if out_path.is_dir():
+        raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
+    if not out_path.parent.is_dir():
+        raise runs.RunError(f"Cannot write {out_path}: the folder {out_path.parent} does not exist.")

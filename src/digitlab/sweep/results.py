@@ -1,6 +1,7 @@
 """A sweep's results: one row per configuration from its trials' run folders, best first, and the files.
 
-    from digitlab import sweep_results, sweep_state
+    from digitlab.sweep import results as sweep_results
+    from digitlab.sweep import state as sweep_state
     sweep = sweep_state.open_sweep("sweeps/x")
     rows = sweep_results.results(sweep)       # mean, std, min and max final val accuracy over seeds, ...
     sweep_results.finish(sweep)               # results.csv, .json, .md, curves.png, heatmap.png; prints the table
@@ -17,7 +18,10 @@ import math
 
 import numpy as np
 
-from digitlab import atomic, plots, plots_sweep, runs, sweep_plan, sweep_state
+from digitlab import atomic, plots, runs
+from digitlab.plots import sweep as plots_sweep
+from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep import state as sweep_state
 
 RESULT_COLUMNS = ("seeds", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_min", "val_accuracy_max",
                   "best_val_accuracy_mean", "best_epoch", "epochs", "wall_time_s", "status")

@@ -1,6 +1,7 @@
 """Figures of a look inside the network (see `digitlab.inside`): first-layer weights, filters, feature maps.
 
-    from digitlab import plots, plots_inside
+    from digitlab import plots
+    from digitlab.plots import inside as plots_inside
     figure = plots_inside.hidden_units(kernel, activations, probabilities, X_valid[0], y_valid[0])
     plots.save_figure(figure, "hidden_units.png", palette=True)
     plots_inside.conv_filters(kernel)                   # LeNet's first convolution, 3x3 weights written in

@@ -15,7 +15,7 @@ divided by this machine's measured float32 matrix-multiply speed. Speedups are
 ratios against the `fit` rows of the same run. The table is printed and written
 to `bench.json` and `bench.md`.
 
-    from digitlab import bench
+    from digitlab.bench import runner as bench
     results = bench.run_bench(epochs=3, seeds=8, out_dir="bench")
     results = bench.run_bench(compare_seeds=5, compare_epochs=200)   # also: accuracy, engine vs fit
 
@@ -26,7 +26,7 @@ steps instead: on each installed Keras backend, and on the one `digitlab train
 `compare_seeds` adds the accuracy check of issue 3: S seeds of the full run with
 `fit` (JAX backend) and with the engine, from the same initial weights and batch
 orders, and their mean final val accuracy. Workers run as
-`python -m digitlab.bench_worker --worker '{json}'` (`bench_worker.py`).
+`python -m digitlab.bench.worker --worker '{json}'` (`bench/worker.py`).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def _run_worker(label: str, spec: dict) -> dict:
         env.pop(backends.MARKER, None)  # A backend named here is chosen, as a user's KERAS_BACKEND is.
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "digitlab.bench_worker", "--worker",
+        command = [sys.executable, "-m", "digitlab.bench.worker", "--worker",
                    json.dumps({**spec, "output": str(output)})]
         process = subprocess.run(command, env=env, capture_output=True, text=True)
         if process.returncode != 0 or not output.exists():

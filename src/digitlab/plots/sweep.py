@@ -1,6 +1,7 @@
-"""Figures of a sweep (see `digitlab.sweep_results`): each configuration's curves, and a heatmap of two fields.
+"""Figures of a sweep (see `digitlab.sweep.results`): each configuration's curves, and a heatmap of two fields.
 
-    from digitlab import plots, plots_sweep
+    from digitlab import plots
+    from digitlab.plots import sweep as plots_sweep
     plots.save_figure(plots_sweep.sweep_curves(series), "sweeps/x/curves.png")
     plots.save_figure(plots_sweep.sweep_heatmap(rows, ["activation", "learning_rate"], grid), "sweeps/x/heatmap.png")
 

@@ -1,6 +1,6 @@
 """Flags that `digitlab`'s commands share: the help formatter, --data, --runs-dir, one per TrainConfig field.
 
-    from digitlab import cli_flags
+    from digitlab.cli import flags as cli_flags
     train = commands.add_parser("train", formatter_class=cli_flags.HelpFormatter)
     cli_flags.add_config_flags(train)               # --model, --units, ..., each from its dataclass field
     cli_flags.add_data_flag(train)

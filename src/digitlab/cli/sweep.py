@@ -1,11 +1,11 @@
 """`digitlab sweep`'s flags, and the sweep they start or resume.
 
-    from digitlab import cli_sweep
+    from digitlab.cli import sweep as cli_sweep
     cli_sweep.add_parser(commands)     # in cli.build_parser: --grid, --sample, --seeds, ..., and train's flags
-    cli_sweep.run(args)                # in cli.command_sweep: sweep.run_sweep, or sweep.resume_sweep with --resume
+    cli_sweep.run(args)                # in cli.commands.command_sweep: sweep_runner.run_sweep, or resume_sweep with --resume
 
 Like the rest of the command, it only turns flags into a call: the sweep itself is
-`digitlab.sweep`, its plan and its checks `digitlab.sweep_plan`.
+`digitlab.sweep.runner`, its plan and its checks `digitlab.sweep.plan`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import dataclasses
 import shlex
 import time
 
-from digitlab import cli_flags, sweep_plan
+from digitlab.cli import flags as cli_flags
+from digitlab.sweep import plan as sweep_plan
 from digitlab.config import TrainConfig
 
 
@@ -62,17 +63,17 @@ def add_parser(commands) -> None:
 
 def run(args) -> None:
     """Runs the sweep the flags describe, or resumes the one --resume names; SweepInterrupted on Ctrl-C."""
-    from digitlab import sweep
+    from digitlab.sweep import runner as sweep_runner
 
     if args.resume:
-        sweep.resume_sweep(args.resume, data_path=args.data, address=args.address)
+        sweep_runner.resume_sweep(args.resume, data_path=args.data, address=args.address)
         return
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
     base = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
                           if field.name not in sweep_plan.NOT_SWEPT})
     samples = args.samples if args.samples is not None else (10 if args.sample else 0)
-    sweep.run_sweep(
+    sweep_runner.run_sweep(
         base, grid=sweep_plan.parse_grid(args.grid), sample=sweep_plan.parse_sample(args.sample), samples=samples,
         sample_seed=args.seed, seeds=list(range(args.seed, args.seed + args.seeds)),
         out_dir=args.out or f"sweeps/{time.strftime('%Y%m%d-%H%M%S')}", data_path=args.data,

@@ -1,6 +1,6 @@
 """A sweep's folder and its record, `sweep.json`: the plan and each trial's run folder and status.
 
-    from digitlab import sweep_state
+    from digitlab.sweep import state as sweep_state
     sweep = sweep_state.open_sweep("sweeps/x")       # a clear SweepError if it is not a sweep folder
     sweep.update(3, status="running")                # trial 3's record changed, sweep.json rewritten
     left = sweep.unfinished()
@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from digitlab import atomic, data, sweep_plan
+from digitlab import atomic, data
+from digitlab.sweep import plan as sweep_plan
 
 FORMAT_VERSION = 1
 STATE_FILE = "sweep.json"

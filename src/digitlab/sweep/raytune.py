@@ -1,6 +1,6 @@
 """Ray for `digitlab sweep`: starting or joining Ray, the Tune trial, and the one-line progress.
 
-    from digitlab import raytune
+    from digitlab.sweep import raytune
     with raytune.connect(None):               # an embedded Ray on this machine, stopped afterwards
         raytune.run_trials(sweep, loaded, print)
     with raytune.connect("10.0.0.5:6379"):    # an existing cluster (or "auto")
@@ -37,7 +37,9 @@ import tempfile
 import threading
 import time
 
-from digitlab import runs, sweep_plan, sweep_trial
+from digitlab import runs
+from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep import trial as sweep_trial
 
 
 def _quiet_environment() -> None:

@@ -3,7 +3,7 @@
 Every function returns a Matplotlib `Figure` built without pyplot (so it works
 headless, in a server thread, and inline in Jupyter); `save_figure` writes one
 to a PNG atomically, `figure_png` gives its bytes. The look inside the network
-draws with `plots_inside`, a sweep with `plots_sweep`.
+draws with `plots.inside`, a sweep with `plots.sweep`.
 
     from digitlab import plots
     plots.save_figure(plots.digit_grid(X_train, y_train), "digits.png")   # the 3x4 grid

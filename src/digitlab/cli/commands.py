@@ -22,7 +22,8 @@ import signal
 import sys
 from pathlib import Path
 
-from digitlab import cli_flags, cli_sweep
+from digitlab.cli import flags as cli_flags
+from digitlab.cli import sweep as cli_sweep
 from digitlab.config import TrainConfig
 
 EXIT_BAD_INPUT = 2
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
 
-    from digitlab.board import DEFAULT_PORT
+    from digitlab.serve.board import DEFAULT_PORT
 
     board = commands.add_parser("tensorboard", help="show a run's --tensorboard logs in TensorBoard",
                                 formatter_class=cli_flags.HelpFormatter)
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bench_defaults() -> dict:
-    from digitlab import bench
+    from digitlab.bench import runner as bench
 
     return bench.DEFAULTS
 
@@ -172,12 +173,12 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def command_sweep(args) -> int:
-    from digitlab import sweep
+    from digitlab.sweep import runner as sweep_runner
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         cli_sweep.run(args)
-    except sweep.SweepInterrupted as stop:
+    except sweep_runner.SweepInterrupted as stop:
         print(f"\nInterrupted; finished trials are saved. Resume the sweep with:\n"
               f"  digitlab sweep --resume {stop.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -263,10 +264,12 @@ def command_compare(args) -> int:
 
 
 def command_report(args) -> int:
-    from digitlab import report, runs, sweep_state
+    from digitlab import report, runs
+    from digitlab.sweep import report as sweep_report
+    from digitlab.sweep import state as sweep_state
 
     if (Path(args.run) / sweep_state.STATE_FILE).is_file():
-        path = report.write_sweep_report(sweep_state.open_sweep(args.run), out_path=args.out)
+        path = sweep_report.write_sweep_report(sweep_state.open_sweep(args.run), out_path=args.out)
     else:
         path = report.write_report(runs.open_run(args.run), data_path=args.data, out_path=args.out)
     print(f"Wrote {path}")
@@ -274,7 +277,8 @@ def command_report(args) -> int:
 
 
 def command_serve(args) -> int:
-    from digitlab import runs, serving
+    from digitlab import runs
+    from digitlab.serve import app as serving
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
@@ -284,13 +288,14 @@ def command_serve(args) -> int:
 
 
 def command_tensorboard(args) -> int:
-    from digitlab import board, runs
+    from digitlab import runs
+    from digitlab.serve import board
 
     return board.serve(runs.open_run(args.run), host=args.host, port=args.port)
 
 
 def command_bench(args) -> int:
-    from digitlab import bench
+    from digitlab.bench import runner as bench
 
     if args.model == "lenet":
         bench.run_lenet_bench(steps=args.steps, out_dir=args.out, data_path=args.data)

@@ -1,6 +1,6 @@
 """The worker side of `digitlab bench`: one contender, in its own process, trains and writes one JSON row.
 
-`bench.py` starts each row as `python -m digitlab.bench_worker --worker '{json}'`: the spec
+`bench/runner.py` starts each row as `python -m digitlab.bench.worker --worker '{json}'`: the spec
 names the kind (Keras `fit`, the engine, or LeNet's `fit` steps), the seeds, the epochs and
 the file to write. A worker measures each epoch's (or step's) time, the histories, the epoch's
 floating-point work and the process's peak memory; `bench.py` turns the rows into the table.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import backends
-from digitlab.bench import BOOK_EPOCHS, MODEL, WARMUP_STEPS, epoch_flops, useful_epoch_flops
+from digitlab.bench.runner import BOOK_EPOCHS, MODEL, WARMUP_STEPS, epoch_flops, useful_epoch_flops
 
 
 def _worker(spec: dict) -> dict:
@@ -143,7 +143,7 @@ class _EpochTimer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m digitlab.bench_worker --worker JSON`: runs one contender (the command is `digitlab bench`)."""
+    """`python -m digitlab.bench.worker --worker JSON`: runs one contender (the command is `digitlab bench`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] != ["--worker"] or len(argv) != 2:
         print("This module runs the benchmark's workers; run the benchmark with `digitlab bench`.", file=sys.stderr)

@@ -1,6 +1,6 @@
 """One trial of a sweep: training it into its run folder, and settling a run that a killed sweep left.
 
-    from digitlab import sweep_trial
+    from digitlab.sweep import trial as sweep_trial
     sweep_trial.train_trial(trial, "sweeps/x/runs", loaded, report)   # what a Ray Tune trial runs
     sweep_trial.settle_run(sweep, trial)                               # before a resumed sweep runs it again
 
@@ -15,7 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
-from digitlab import data, runs, sweep_state
+from digitlab import data, runs
+from digitlab.sweep import state as sweep_state
 from digitlab.config import TrainConfig
 
 

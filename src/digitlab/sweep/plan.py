@@ -1,6 +1,6 @@
 """A sweep's plan: `--grid` and `--sample` parsed and checked, random samples drawn, and every trial named.
 
-    from digitlab import sweep_plan
+    from digitlab.sweep import plan as sweep_plan
     grid = sweep_plan.parse_grid(["activation=sigmoid,relu", "learning_rate=0.01,0.1"])
     samples = sweep_plan.draw_samples(sweep_plan.parse_sample(["dropout=uniform:0:0.5"]), count=10, seed=0)
     trials = sweep_plan.plan_trials(TrainConfig(epochs=20), grid, samples, seeds=[0, 1, 2])
@@ -8,7 +8,7 @@
 Each value takes its TrainConfig field's type, and each trial's configuration is checked
 as `digitlab train` checks it, so a bad sweep is refused before anything runs. Random
 samples are drawn here with a seeded generator, not by a Tune searcher, so the plan is
-whole before any trial starts (see `digitlab.sweep`). `SweepError` is every sweep's
+whole before any trial starts (see `digitlab.sweep.runner`). `SweepError` is every sweep's
 bad-input error; `value_text` and `label` write a configuration as the tables show it.
 """
 

@@ -1,6 +1,6 @@
 """The web server behind `digitlab serve RUN`: a drawing page and an HTTP API on FastAPI and uvicorn.
 
-    from digitlab import serving
+    from digitlab.serve import app as serving
     app = serving.create_app(model, run_name="shallow-1")   # a FastAPI app (tests use it directly)
     serving.serve(model, host="127.0.0.1", port=8000, run_name="shallow-1")
 

@@ -1,16 +1,17 @@
 """`digitlab sweep`: many runs at once, one per configuration and seed, on Ray Tune.
 
-    from digitlab import sweep, sweep_plan
+    from digitlab.sweep import runner as sweep_runner
+    from digitlab.sweep import plan as sweep_plan
     grid = sweep_plan.parse_grid(["activation=sigmoid,relu", "learning_rate=0.01,0.1"])
-    rows = sweep.run_sweep(TrainConfig(epochs=20), grid=grid, seeds=[0, 1, 2], out_dir="sweeps/x")
-    rows = sweep.resume_sweep("sweeps/x")        # after a kill or Ctrl-C: finishes what is left
+    rows = sweep_runner.run_sweep(TrainConfig(epochs=20), grid=grid, seeds=[0, 1, 2], out_dir="sweeps/x")
+    rows = sweep_runner.resume_sweep("sweeps/x")        # after a kill or Ctrl-C: finishes what is left
 
-A sweep is planned in full before anything runs (`digitlab.sweep_plan`): `--grid FIELD=V1,V2`
+A sweep is planned in full before anything runs (`digitlab.sweep.plan`): `--grid FIELD=V1,V2`
 values (their product), `--sample FIELD=DIST:...` values drawn with a seeded generator, times
 the seeds. Each trial (one configuration, one seed) is an ordinary run folder under
 `OUT/runs/`, named in advance, trained by `training.train` (or continued by
-`training.resume`) inside a Ray Tune trial (`digitlab.raytune`, `digitlab.sweep_trial`). The
-sweep's own record is `OUT/sweep.json` (`digitlab.sweep_state`): the plan, and each trial's run
+`training.resume`) inside a Ray Tune trial (`digitlab.sweep.raytune`, `digitlab.sweep.trial`). The
+sweep's own record is `OUT/sweep.json` (`digitlab.sweep.state`): the plan, and each trial's run
 folder and status, written atomically whenever a trial starts, reports an epoch or ends.
 
 Why our own record, not Ray Tune's experiment restore: everything a trial needs to
@@ -21,17 +22,21 @@ one, looking at its own folder, either skips (complete), resumes from its checkp
 or starts afresh. That is exact by construction, and works the same on an embedded Ray
 and on a cluster, whereas Tune's restore replays its own trial state and searcher and
 would still have to be reconciled with the run folders. Random samples are drawn by
-`sweep_plan`, not by a Tune searcher, for the same reason: the plan is written before any trial runs.
+`sweep.plan`, not by a Tune searcher, for the same reason: the plan is written before any trial runs.
 
 Results (`results.csv`, `.json`, `.md`, `curves.png`, `heatmap.png`) are computed from
-the run folders, one row per configuration, best first (`digitlab.sweep_results`).
+the run folders, one row per configuration, best first (`digitlab.sweep.results`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from digitlab import data, sweep_plan, sweep_results, sweep_state, sweep_trial
+from digitlab import data
+from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep import results as sweep_results
+from digitlab.sweep import state as sweep_state
+from digitlab.sweep import trial as sweep_trial
 from digitlab.config import TrainConfig
 
 
@@ -76,7 +81,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], seeds: list[int], out_di
     settings = {"swept": list(grid) + list(sample), "grid": grid, "sample": sample, "samples": samples,
                 "sample_seed": sample_seed, "seeds": seeds, "early_stop": early_stop,
                 "cpus_per_trial": cpus_per_trial, "command": command}
-    from digitlab import raytune  # Imported here: Ray is loaded only once every other check has passed.
+    from digitlab.sweep import raytune  # Imported here: Ray is loaded only once every other check has passed.
 
     with raytune.connect(address):
         raytune.check_resources(cpus_per_trial)
@@ -89,7 +94,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], seeds: list[int], out_di
 
 def resume_sweep(out_dir: str | Path, data_path=None, address: str | None = None, print_fn=print) -> list[dict]:
     """Finishes an interrupted sweep: finished trials are kept, the others resume or start."""
-    from digitlab import raytune
+    from digitlab.sweep import raytune
 
     sweep = sweep_state.open_sweep(out_dir)
     loaded = data.load_recorded(sweep.state.get("data") or {}, data_path)
@@ -105,7 +110,7 @@ def resume_sweep(out_dir: str | Path, data_path=None, address: str | None = None
 
 
 def _run(sweep: sweep_state.Sweep, loaded: data.Loaded, print_fn) -> None:
-    from digitlab import raytune
+    from digitlab.sweep import raytune
 
     try:
         raytune.run_trials(sweep, loaded, print_fn)

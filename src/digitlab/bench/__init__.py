@@ -1,0 +1,6 @@
+"""`digitlab bench`: Keras `fit` against digitlab's engine, every row measured side by side in one run.
+
+- `runner`: `run_bench` (the shallow net, per epoch) and `run_lenet_bench` (LeNet's steps per
+  backend); the machine's matrix-multiply speed, the arithmetic limits, the tables;
+- `worker`: one row in its own process (`python -m digitlab.bench.worker --worker JSON`).
+"""

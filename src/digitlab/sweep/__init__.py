@@ -1,0 +1,12 @@
+"""`digitlab sweep`: many runs at once, one per configuration and seed, on Ray Tune.
+
+- `runner`: `run_sweep` and `resume_sweep`, the whole sweep from plan to results;
+- `plan`: `--grid` and `--sample` parsed and checked, samples drawn, every trial named (`SweepError`);
+- `state`: the sweep folder and its record, `sweep.json`;
+- `trial`: one trial, trained, resumed or skipped by what its run folder holds (no Ray needed);
+- `results`: one row per configuration from the run folders, and the results files;
+- `raytune`: Ray, embedded or a cluster, the Tune trial and the progress line;
+- `report`: the sweep's HTML page.
+
+Nothing is imported here, so `from digitlab.sweep import plan` loads neither Ray nor Matplotlib.
+"""
