@@ -72,9 +72,13 @@ def build_payload(kind: str) -> tuple[bytes, str]:
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="PNG")
         body = (
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"drawing.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n"
-        ).encode() + buffer.getvalue() + f"\r\n--{BOUNDARY}--\r\n".encode()
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="drawing.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + buffer.getvalue()
+            + f"\r\n--{BOUNDARY}--\r\n".encode()
+        )
         return body, f"multipart/form-data; boundary={BOUNDARY}"
     raise ValueError(f"Unknown payload {kind!r}; choose pixels or png.")
 
@@ -92,8 +96,17 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return status, headers, body
 
 
-async def _load(host: str, port: int, path: str, body: bytes, content_type: str,
-                requests: int, concurrency: int, time_limit: float, warmup: int) -> dict:
+async def _load(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str,
+    requests: int,
+    concurrency: int,
+    time_limit: float,
+    warmup: int,
+) -> dict:
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
@@ -160,15 +173,29 @@ async def _load(host: str, port: int, path: str, body: bytes, content_type: str,
         "elapsed_s": round(elapsed, 3),
         "stopped_by_time_limit": time.perf_counter() > deadline,
         "requests_per_s": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
-        "latency_ms": {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90),
-                       "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
-        "server_ms": {"p50": percentile(server_times, 50), "p90": percentile(server_times, 90),
-                      "p99": percentile(server_times, 99), "max": percentile(server_times, 100)},
+        "latency_ms": {
+            "p50": percentile(latencies, 50),
+            "p90": percentile(latencies, 90),
+            "p99": percentile(latencies, 99),
+            "max": percentile(latencies, 100),
+        },
+        "server_ms": {
+            "p50": percentile(server_times, 50),
+            "p90": percentile(server_times, 90),
+            "p99": percentile(server_times, 99),
+            "max": percentile(server_times, 100),
+        },
     }
 
 
-def run_load_test(url: str = "http://127.0.0.1:8000", requests: int = 2000, concurrency: int = 50,
-                  time_limit: float = 30.0, payload: str = "pixels", warmup: int = 50) -> dict:
+def run_load_test(
+    url: str = "http://127.0.0.1:8000",
+    requests: int = 2000,
+    concurrency: int = 50,
+    time_limit: float = 30.0,
+    payload: str = "pixels",
+    warmup: int = 50,
+) -> dict:
     """Sends at most `requests` predictions over `concurrency` connections within `time_limit`
     seconds to a loopback server, and returns the figures (see the module docstring)."""
     parts = urllib.parse.urlsplit(url)
@@ -178,8 +205,19 @@ def run_load_test(url: str = "http://127.0.0.1:8000", requests: int = 2000, conc
     if not 1 <= requests <= 100_000 or not 1 <= concurrency <= 1000 or not 0 < time_limit <= 600:
         raise ValueError("Keep the test bounded: 1-100,000 requests, 1-1,000 connections, a time limit of 0-600 s.")
     body, content_type = build_payload(payload)
-    result = asyncio.run(_load(parts.hostname, parts.port or 80, "/api/predict", body, content_type,
-                               requests, concurrency, time_limit, warmup))
+    result = asyncio.run(
+        _load(
+            parts.hostname,
+            parts.port or 80,
+            "/api/predict",
+            body,
+            content_type,
+            requests,
+            concurrency,
+            time_limit,
+            warmup,
+        )
+    )
     result["payload"] = payload
     return result
 
@@ -253,22 +291,29 @@ def _serve_model(model_path: str, port: int, access_log: bool) -> None:
     from digitlab.serve import app as serving
 
     model = keras.saving.load_model(model_path, safe_mode=True)
-    serving.serve(model, host="127.0.0.1", port=port, run_name=os.path.basename(os.path.dirname(model_path)),
-                  access_log=access_log)
+    serving.serve(
+        model,
+        host="127.0.0.1",
+        port=port,
+        run_name=os.path.basename(os.path.dirname(model_path)),
+        access_log=access_log,
+    )
 
 
 def format_figures(result: dict) -> str:
     """The figures as a few lines of text."""
     latency, server = result["latency_ms"], result["server_ms"]
-    return "\n".join([
-        f"payload {result['payload']}: {result['requests']} requests over {result['concurrency']} connections "
-        f"in {result['elapsed_s']} s{' (stopped by the time limit)' if result['stopped_by_time_limit'] else ''}",
-        f"  throughput        {result['requests_per_s']} requests/s",
-        f"  client latency    p50 {latency['p50']} ms   p90 {latency['p90']} ms   p99 {latency['p99']} ms   max {latency['max']} ms",
-        f"  server time       p50 {server['p50']} ms   p90 {server['p90']} ms   p99 {server['p99']} ms   (X-Process-Time-Ms)",
-        f"  errors            {result['errors']}  statuses {result['statuses']}"
-        + (f"  e.g. {result['failures'][0]}" if result["failures"] else ""),
-    ])
+    return "\n".join(
+        [
+            f"payload {result['payload']}: {result['requests']} requests over {result['concurrency']} connections "
+            f"in {result['elapsed_s']} s{' (stopped by the time limit)' if result['stopped_by_time_limit'] else ''}",
+            f"  throughput        {result['requests_per_s']} requests/s",
+            f"  client latency    p50 {latency['p50']} ms   p90 {latency['p90']} ms   p99 {latency['p99']} ms   max {latency['max']} ms",
+            f"  server time       p50 {server['p50']} ms   p90 {server['p90']} ms   p99 {server['p99']} ms   (X-Process-Time-Ms)",
+            f"  errors            {result['errors']}  statuses {result['statuses']}"
+            + (f"  e.g. {result['failures'][0]}" if result["failures"] else ""),
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -282,10 +327,17 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests to send (default: 2000)")
     parser.add_argument("--concurrency", type=int, default=50, help="keep-alive connections (default: 50)")
     parser.add_argument("--time-limit", type=float, default=30.0, help="stop after this many seconds (default: 30)")
-    parser.add_argument("--payload", choices=("pixels", "png", "both"), default="both",
-                        help="JSON 28x28 pixels, a PNG upload like the page's, or both (default: both)")
-    parser.add_argument("--access-log", action="store_true",
-                        help="let the started server log every request, as `digitlab serve` does (default: off)")
+    parser.add_argument(
+        "--payload",
+        choices=("pixels", "png", "both"),
+        default="both",
+        help="JSON 28x28 pixels, a PNG upload like the page's, or both (default: both)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="let the started server log every request, as `digitlab serve` does (default: off)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.serve_model:
@@ -301,7 +353,9 @@ def main(argv=None) -> int:
                 parser.error("give --url of a running server, or --run/--model naming a saved model.keras")
             server = start_server(model_path, args.port, access_log=args.access_log)
         with server as url:
-            results = [run_load_test(url, args.requests, args.concurrency, args.time_limit, payload) for payload in payloads]
+            results = [
+                run_load_test(url, args.requests, args.concurrency, args.time_limit, payload) for payload in payloads
+            ]
     except (ValueError, RuntimeError) as error:
         print(f"load test: {error}", file=sys.stderr)
         return 2

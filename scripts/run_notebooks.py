@@ -65,8 +65,12 @@ def merge_streams(notebook) -> None:
         merged = []
         for output in cell.get("outputs", []):
             previous = merged[-1] if merged else None
-            if (output.get("output_type") == "stream" and previous is not None
-                    and previous.get("output_type") == "stream" and previous.get("name") == output.get("name")):
+            if (
+                output.get("output_type") == "stream"
+                and previous is not None
+                and previous.get("output_type") == "stream"
+                and previous.get("name") == output.get("name")
+            ):
                 previous["text"] += output["text"]
             else:
                 merged.append(output)
@@ -86,8 +90,13 @@ def run_notebook(path: Path, backend: str, timeout_s: int = 4 * 3600) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter stays out of the log.
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3", record_timing=False,
-                                resources={"metadata": {"path": workdir}})
+        client = NotebookClient(
+            notebook,
+            timeout=timeout_s,
+            kernel_name="python3",
+            record_timing=False,
+            resources={"metadata": {"path": workdir}},
+        )
         client.execute()
     wall_time_s = time.perf_counter() - started
     merge_streams(notebook)
@@ -105,12 +114,18 @@ def run_notebook(path: Path, backend: str, timeout_s: int = 4 * 3600) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("names", nargs="*", metavar="NET",
-                        help=f"which notebooks to run ({', '.join(CHAPTERS)}; default: all)")
-    parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default=None,
-                        help="Keras backend for every notebook (default: tensorflow for lenet, jax for the others)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NET", help=f"which notebooks to run ({', '.join(CHAPTERS)}; default: all)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("jax", "tensorflow", "torch"),
+        default=None,
+        help="Keras backend for every notebook (default: tensorflow for lenet, jax for the others)",
+    )
     parser.add_argument("--check", action="store_true", help="only list notebooks whose outputs are out of date")
     args = parser.parse_args(argv)
     names = args.names or list(CHAPTERS)

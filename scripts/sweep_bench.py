@@ -32,14 +32,21 @@ def main(argv: list[str]) -> int:
     out = Path(args.out or "bench-sweep")
     if out.exists():
         raise SystemExit(f"error: {out} exists; give a new --out.")
-    base = TrainConfig(**{name: getattr(args, name) for name in config.TrainConfig.__dataclass_fields__
-                          if name not in sweep_plan.NOT_SWEPT})
+    base = TrainConfig(
+        **{
+            name: getattr(args, name)
+            for name in config.TrainConfig.__dataclass_fields__
+            if name not in sweep_plan.NOT_SWEPT
+        }
+    )
     seeds = list(range(args.seed, args.seed + args.seeds))
     trials = sweep_plan.plan_trials(base, sweep_plan.parse_grid(args.grid), [], seeds)
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     machine = system.machine_info()
-    print(f"{len(trials)} trials on {machine['cpu']}, {machine['cores']} cores; load average "
-          f"{os.getloadavg()[0]:.1f} at the start")
+    print(
+        f"{len(trials)} trials on {machine['cpu']}, {machine['cores']} cores; load average "
+        f"{os.getloadavg()[0]:.1f} at the start"
+    )
 
     sweep_argv = [a for a in argv if a != "--out" and a != args.out]
     command = [sys.executable, "-m", "digitlab", "sweep", *sweep_argv, "--out", str(out / "sweep")]
@@ -53,9 +60,21 @@ def main(argv: list[str]) -> int:
     for trial in trials:
         path = out / "configs" / f"{trial['run']}.json"
         TrainConfig.from_dict(trial["config"]).save(path)
-        subprocess.run([sys.executable, "-m", "digitlab", "train", "--config", str(path),
-                        "--runs-dir", str(out / "one-by-one" / trial["run"])],
-                       env=environment, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "digitlab",
+                "train",
+                "--config",
+                str(path),
+                "--runs-dir",
+                str(out / "one-by-one" / trial["run"]),
+            ],
+            env=environment,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     loop_seconds = time.perf_counter() - started
     print(f"digitlab train, one after another: {loop_seconds:.1f} s")
 
@@ -66,24 +85,31 @@ def main(argv: list[str]) -> int:
     )
     load = os.getloadavg()[0]
     result = {
-        "trials": len(trials), "command": "python scripts/sweep_bench.py " + shlex.join(argv),
-        "sweep_s": round(sweep_seconds, 1), "one_by_one_s": round(loop_seconds, 1),
-        "speedup": round(loop_seconds / sweep_seconds, 2), "same_histories": same,
-        "machine": machine, "load_average_end": round(load, 2), "versions": system.software_versions(),
+        "trials": len(trials),
+        "command": "python scripts/sweep_bench.py " + shlex.join(argv),
+        "sweep_s": round(sweep_seconds, 1),
+        "one_by_one_s": round(loop_seconds, 1),
+        "speedup": round(loop_seconds / sweep_seconds, 2),
+        "same_histories": same,
+        "machine": machine,
+        "load_average_end": round(load, 2),
+        "versions": system.software_versions(),
     }
-    table = "\n".join([
-        f"{len(trials)} trials ({result['command']}) on {machine['cpu']}, {machine['cores']} cores; "
-        f"load average {load:.1f} at the end (a shared machine)",
-        "",
-        "| way | trials | wall time | per trial | speedup |",
-        "|---|---:|---:|---:|---:|",
-        f"| `digitlab train`, one after another | {len(trials)} | {loop_seconds:.1f} s | "
-        f"{loop_seconds / len(trials):.1f} s | 1.0× |",
-        f"| `digitlab sweep` (embedded Ray) | {len(trials)} | {sweep_seconds:.1f} s | "
-        f"{sweep_seconds / len(trials):.1f} s | {loop_seconds / sweep_seconds:.2f}× |",
-        "",
-        f"Every trial's history the same both ways: {'yes' if same else 'NO'}.",
-    ])
+    table = "\n".join(
+        [
+            f"{len(trials)} trials ({result['command']}) on {machine['cpu']}, {machine['cores']} cores; "
+            f"load average {load:.1f} at the end (a shared machine)",
+            "",
+            "| way | trials | wall time | per trial | speedup |",
+            "|---|---:|---:|---:|---:|",
+            f"| `digitlab train`, one after another | {len(trials)} | {loop_seconds:.1f} s | "
+            f"{loop_seconds / len(trials):.1f} s | 1.0× |",
+            f"| `digitlab sweep` (embedded Ray) | {len(trials)} | {sweep_seconds:.1f} s | "
+            f"{sweep_seconds / len(trials):.1f} s | {loop_seconds / sweep_seconds:.2f}× |",
+            "",
+            f"Every trial's history the same both ways: {'yes' if same else 'NO'}.",
+        ]
+    )
     print(table)
     (out / "bench.md").write_text(table + "\n")
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -32,8 +32,14 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 # Debian's chromium package (`make test` installs it); never a browser that Playwright downloads.
 CHROMIUM = os.environ.get("DIGITLAB_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +47,7 @@ def mnist_path() -> Path:
     """The real MNIST archive; a test that needs it fails (not skips) when it is missing."""
     path = os.environ.get("DIGITLAB_DATA")
     if not path or not Path(path).is_file():
-        pytest.fail(
-            "The real MNIST is needed: set DIGITLAB_DATA to a mnist.npz "
-            f"(CI uses {SHARED_MNIST})."
-        )
+        pytest.fail(f"The real MNIST is needed: set DIGITLAB_DATA to a mnist.npz (CI uses {SHARED_MNIST}).")
     return Path(path)
 
 
@@ -69,8 +72,10 @@ def small_npz(tmp_path, mnist_arrays) -> Path:
     path = tmp_path / "small_mnist.npz"
     np.savez(
         path,
-        x_train=mnist_arrays["x_train"][:600], y_train=mnist_arrays["y_train"][:600],
-        x_test=mnist_arrays["x_test"][:100], y_test=mnist_arrays["y_test"][:100],
+        x_train=mnist_arrays["x_train"][:600],
+        y_train=mnist_arrays["y_train"][:600],
+        x_test=mnist_arrays["x_test"][:100],
+        y_test=mnist_arrays["y_test"][:100],
     )
     return path
 
@@ -81,12 +86,18 @@ def quick_model_path(mnist_arrays, tmp_path_factory) -> Path:
     (Adam and cross-entropy, so it learns in seconds) on 20,000 real images, saved as model.keras."""
     from digitlab import config, data, models
 
-    settings = config.TrainConfig(model="shallow", optimizer="adam", learning_rate=0.003,
-                                  loss="categorical_crossentropy", epochs=3, seed=0).resolved()
+    settings = config.TrainConfig(
+        model="shallow", optimizer="adam", learning_rate=0.003, loss="categorical_crossentropy", epochs=3, seed=0
+    ).resolved()
     models.set_random_seed(0)
     model = models.create_model(settings)
-    model.fit(data.to_inputs(mnist_arrays["x_train"][:20000]), data.to_targets(mnist_arrays["y_train"][:20000]),
-              epochs=3, batch_size=128, verbose=0)
+    model.fit(
+        data.to_inputs(mnist_arrays["x_train"][:20000]),
+        data.to_targets(mnist_arrays["y_train"][:20000]),
+        epochs=3,
+        batch_size=128,
+        verbose=0,
+    )
     path = tmp_path_factory.mktemp("quick_run") / "model.keras"
     model.save(path)
     return path
@@ -101,8 +112,9 @@ def trained_run(tmp_path_factory, mnist_path) -> Path:
     from digitlab import cli
 
     runs_dir = tmp_path_factory.mktemp("trained_runs")
-    assert cli.main(["train", "--epochs", "2", "--train-limit", "3000", "--seed", "1",
-                     "--runs-dir", str(runs_dir)]) == 0
+    assert (
+        cli.main(["train", "--epochs", "2", "--train-limit", "3000", "--seed", "1", "--runs-dir", str(runs_dir)]) == 0
+    )
     (path,) = runs_dir.iterdir()
     return path
 
@@ -146,8 +158,10 @@ def live_server(quick_model_path, load_script):
 def chromium():
     """Headless Chromium (CHROMIUM) launched through Playwright; fails, never skips, when it is absent."""
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Headless Chromium is needed at {CHROMIUM}: install Debian's chromium package "
-                    "(apt-get install chromium; make test does) or set DIGITLAB_CHROMIUM.")
+        pytest.fail(
+            f"Headless Chromium is needed at {CHROMIUM}: install Debian's chromium package "
+            "(apt-get install chromium; make test does) or set DIGITLAB_CHROMIUM."
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -183,10 +197,21 @@ def start_lenet_full_run() -> dict:
     folder = Path(tempfile.mkdtemp(prefix="digitlab-lenet-"))
     environment = {key: value for key, value in os.environ.items() if key not in ("KERAS_BACKEND", MARKER)}
     log = (folder / "output.txt").open("w")
-    command = [sys.executable, "-m", "digitlab", "train", "--model", "lenet", "--seed", "0",
-               "--runs-dir", str(folder / "runs")]
-    process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=_die_with_parent)
+    command = [
+        sys.executable,
+        "-m",
+        "digitlab",
+        "train",
+        "--model",
+        "lenet",
+        "--seed",
+        "0",
+        "--runs-dir",
+        str(folder / "runs"),
+    ]
+    process = subprocess.Popen(
+        command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent
+    )
     return {"process": process, "folder": folder, "log": log, "started": time.perf_counter()}
 
 

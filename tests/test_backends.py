@@ -59,12 +59,32 @@ def test_once_keras_is_imported_the_mismatch_is_said_not_hidden(environment):
 
 
 def _train(tmp_path, mnist_path, *flags) -> tuple[subprocess.CompletedProcess, dict]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("KERAS_BACKEND", backends.MARKER, "TF_CPP_MIN_LOG_LEVEL")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("KERAS_BACKEND", backends.MARKER, "TF_CPP_MIN_LOG_LEVEL")
+    }
     env["DIGITLAB_DATA"] = str(mnist_path)
     runs_dir = tmp_path / "runs"
-    done = subprocess.run([sys.executable, "-m", "digitlab", "train", "--runs-dir", str(runs_dir), "--epochs", "1",
-                           "--train-limit", "256", *flags], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitlab",
+            "train",
+            "--runs-dir",
+            str(runs_dir),
+            "--epochs",
+            "1",
+            "--train-limit",
+            "256",
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (run_dir,) = runs_dir.iterdir()
     return done, json.loads((run_dir / "metrics.json").read_text()) | {"path": str(run_dir)}
@@ -85,8 +105,13 @@ def test_the_shallow_net_stays_on_jax_and_saving_loading_is_quiet(tmp_path, mnis
     env = {key: value for key, value in os.environ.items() if key not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
     env["DIGITLAB_DATA"] = str(mnist_path)
     # Loading the saved model with Keras on JAX and TensorFlow installed beside it.
-    predicted = subprocess.run([sys.executable, "-m", "digitlab", "predict", metrics["path"], "--index", "0"],
-                               env=env, capture_output=True, text=True, timeout=600)
+    predicted = subprocess.run(
+        [sys.executable, "-m", "digitlab", "predict", metrics["path"], "--index", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert predicted.returncode == 0 and predicted.stderr == ""
 
 
@@ -95,9 +120,26 @@ def test_a_users_keras_backend_wins_over_the_nets_choice(tmp_path, mnist_path, m
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     env = dict(os.environ, DIGITLAB_DATA=str(mnist_path))
     env.pop(backends.MARKER, None)
-    done = subprocess.run([sys.executable, "-m", "digitlab", "train", "--model", "lenet", "--epochs", "1",
-                           "--train-limit", "128", "--runs-dir", str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitlab",
+            "train",
+            "--model",
+            "lenet",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "128",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (run_dir,) = tmp_path.iterdir()
     assert json.loads((run_dir / "metrics.json").read_text())["backend"] == "jax"

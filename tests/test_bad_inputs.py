@@ -79,8 +79,11 @@ def test_bad_data_from_the_environment(capsys, tmp_path, monkeypatch, contents, 
     ],
 )
 def test_bad_flag_values(capsys, tmp_path, mnist_path, flags, message):
-    expect_clear_error(capsys, ["train", *flags, "--epochs" if "--epochs" not in flags else "--seed",
-                                "1", "--runs-dir", tmp_path], message)
+    expect_clear_error(
+        capsys,
+        ["train", *flags, "--epochs" if "--epochs" not in flags else "--seed", "1", "--runs-dir", tmp_path],
+        message,
+    )
     assert not any(path for path in tmp_path.iterdir() if (path / "model.keras").exists())
 
 
@@ -122,8 +125,9 @@ def _write_lambda_model(path):
     """A .keras file whose Lambda layer carries Python code, which safe mode must refuse to run."""
     import keras
 
-    model = keras.Sequential([keras.Input(shape=(784,)), keras.layers.Lambda(lambda x: x * 2),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input(shape=(784,)), keras.layers.Lambda(lambda x: x * 2), keras.layers.Dense(10, activation="softmax")]
+    )
     model.save(path)
     with zipfile.ZipFile(path) as archive:
         assert "lambda" in archive.read("config.json").decode().lower()

@@ -24,8 +24,9 @@ ROW_NAMES = [
 @pytest.mark.heavy
 def test_run_bench_writes_every_row(tmp_path):
     printed = []
-    results = bench.run_bench(epochs=1, seeds=2, out_dir=tmp_path, train_limit=300, print_fn=printed.append,
-                              compare_seeds=2, compare_epochs=1)
+    results = bench.run_bench(
+        epochs=1, seeds=2, out_dir=tmp_path, train_limit=300, print_fn=printed.append, compare_seeds=2, compare_epochs=1
+    )
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"] == results["rows"]
     assert [row["name"] for row in saved["rows"]] == ROW_NAMES
@@ -47,7 +48,9 @@ def test_run_bench_writes_every_row(tmp_path):
     assert [row["workers"] for row in engine_rows] == [None, 1, None]
     assert engine_rows[2]["flops_per_epoch"] == 2 * engine_rows[0]["flops_per_epoch"]
     # Per network against one seed on one core, for the other engine rows.
-    assert set(saved["scaling"]) == {ROW_NAMES[2], ROW_NAMES[4]} and all(ratio > 0 for ratio in saved["scaling"].values())
+    assert set(saved["scaling"]) == {ROW_NAMES[2], ROW_NAMES[4]} and all(
+        ratio > 0 for ratio in saved["scaling"].values()
+    )
     assert "against one seed on one core" in markdown
     assert saved["gflops"]["one_core"] > 0 and saved["gflops"]["all_cores"] > 0
     # The same seeds, initial weights and batches: fit and the engine end at the same accuracy.

@@ -41,8 +41,10 @@ def test_book_net_reaches_the_books_val_accuracy(model, tmp_path, mnist_path, qu
     metrics = run.metrics()
     book = settings.resolved().book_val_accuracy
     final = metrics["final_val_accuracy"]
-    print(f"{model}: {metrics['epochs']} epochs, {metrics['engine']} engine, {seconds:.0f} s, "
-          f"final val accuracy {final:.4f} (book {book})")
+    print(
+        f"{model}: {metrics['epochs']} epochs, {metrics['engine']} engine, {seconds:.0f} s, "
+        f"final val accuracy {final:.4f} (book {book})"
+    )
     assert metrics["epochs"] == settings.resolved().epochs
     assert abs(final - book) <= TOLERANCE, (
         f"The {model} net ended at val accuracy {final:.4f}, more than one point from the book's {book}."
@@ -51,12 +53,15 @@ def test_book_net_reaches_the_books_val_accuracy(model, tmp_path, mnist_path, qu
 
 @pytest.mark.slow
 def test_lenet_learns_on_the_jax_backend(tmp_path, mnist_path, quiet):
-    settings = config.TrainConfig(model="lenet", epochs=LENET_QUICK["epochs"], train_limit=LENET_QUICK["images"],
-                                  seed=0)
+    settings = config.TrainConfig(
+        model="lenet", epochs=LENET_QUICK["epochs"], train_limit=LENET_QUICK["images"], seed=0
+    )
     run = training.train(settings, runs_dir=tmp_path, print_fn=quiet, verbose=0)
     metrics = run.metrics()
-    print(f"lenet on jax: {metrics['epochs']} epochs on {LENET_QUICK['images']} images, "
-          f"{metrics['wall_time_s']:.0f} s, final val accuracy {metrics['final_val_accuracy']:.4f}")
+    print(
+        f"lenet on jax: {metrics['epochs']} epochs on {LENET_QUICK['images']} images, "
+        f"{metrics['wall_time_s']:.0f} s, final val accuracy {metrics['final_val_accuracy']:.4f}"
+    )
     assert metrics["backend"] == "jax" and metrics["engine"] == "fit"
     assert metrics["final_val_accuracy"] >= LENET_QUICK["val_accuracy_at_least"]
 
@@ -74,7 +79,9 @@ def test_lenet_full_ten_epochs_on_its_default_backend(lenet_full_run):
     assert process.returncode == 0, output[-2000:]
     (run_dir,) = (lenet_full_run["folder"] / "runs").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(f"lenet on tensorflow: {metrics['epochs']} epochs, {time.perf_counter() - lenet_full_run['started']:.0f} s "
-          f"(beside the other tests), final val accuracy {metrics['final_val_accuracy']:.4f} (book 0.992)")
+    print(
+        f"lenet on tensorflow: {metrics['epochs']} epochs, {time.perf_counter() - lenet_full_run['started']:.0f} s "
+        f"(beside the other tests), final val accuracy {metrics['final_val_accuracy']:.4f} (book 0.992)"
+    )
     assert metrics["backend"] == "tensorflow" and metrics["epochs"] == 10
     assert abs(metrics["final_val_accuracy"] - 0.992) <= TOLERANCE

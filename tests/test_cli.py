@@ -30,8 +30,9 @@ def test_explore_prints_the_facts_and_writes_the_figures(capsys, tmp_path, mnist
 
 
 def test_train_prints_config_summary_epochs_and_result(capsys, tmp_path, mnist_path):
-    code, out, _ = run_cli(capsys, "train", "--epochs", "2", "--train-limit", "1000", "--seed", "3",
-                           "--runs-dir", tmp_path)
+    code, out, _ = run_cli(
+        capsys, "train", "--epochs", "2", "--train-limit", "1000", "--seed", "3", "--runs-dir", tmp_path
+    )
     assert code == 0
     assert "learning_rate" in out and "0.01" in out
     assert "50,890" in out
@@ -119,8 +120,12 @@ def test_console_script_and_python_m_agree(tmp_path):
 
 @pytest.mark.heavy
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "digitlab", "train", "--batch-size", "0",
-                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "digitlab", "train", "--batch-size", "0", "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: batch_size must be") and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())
@@ -130,17 +135,67 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
 def test_train_flags_are_generated_from_the_config_fields(capsys):
     parser = cli.build_parser()
     assert cli_flags.config_from_args(parser.parse_args(["train"])) == config.TrainConfig()
-    every = ["--model", "deep", "--units", "32", "16", "8", "--filters", "--activation", "tanh", "--no-batch-norm",
-             "--dropout", "0.1", "--loss", "mean_squared_error", "--optimizer", "rmsprop", "--learning-rate", "0.5",
-             "--momentum", "0.5", "--batch-size", "64", "--epochs", "7", "--seed", "3", "--seeds", "2",
-             "--validation", "holdout", "--engine", "fit", "--train-limit", "99", "--checkpoint-every", "0",
-             "--tensorboard"]
+    every = [
+        "--model",
+        "deep",
+        "--units",
+        "32",
+        "16",
+        "8",
+        "--filters",
+        "--activation",
+        "tanh",
+        "--no-batch-norm",
+        "--dropout",
+        "0.1",
+        "--loss",
+        "mean_squared_error",
+        "--optimizer",
+        "rmsprop",
+        "--learning-rate",
+        "0.5",
+        "--momentum",
+        "0.5",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "7",
+        "--seed",
+        "3",
+        "--seeds",
+        "2",
+        "--validation",
+        "holdout",
+        "--engine",
+        "fit",
+        "--train-limit",
+        "99",
+        "--checkpoint-every",
+        "0",
+        "--tensorboard",
+    ]
     every.remove("--filters")
     parsed = cli_flags.config_from_args(parser.parse_args(["train", *every]))
     assert parsed == config.TrainConfig(
-        model="deep", units=[32, 16, 8], activation="tanh", batch_norm=False, dropout=[0.1],
-        loss="mean_squared_error", optimizer="rmsprop", learning_rate=0.5, momentum=0.5, batch_size=64, epochs=7,
-        seed=3, seeds=2, validation="holdout", engine="fit", train_limit=99, checkpoint_every=0, tensorboard=True)
+        model="deep",
+        units=[32, 16, 8],
+        activation="tanh",
+        batch_norm=False,
+        dropout=[0.1],
+        loss="mean_squared_error",
+        optimizer="rmsprop",
+        learning_rate=0.5,
+        momentum=0.5,
+        batch_size=64,
+        epochs=7,
+        seed=3,
+        seeds=2,
+        validation="holdout",
+        engine="fit",
+        train_limit=99,
+        checkpoint_every=0,
+        tensorboard=True,
+    )
     # Every field is a flag (a field added to TrainConfig needs nothing else to reach the command line).
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])

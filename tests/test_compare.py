@@ -85,8 +85,8 @@ def _read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
         payload = path.read_bytes()
         offset = 0
         while offset < len(payload):
-            (length,) = struct.unpack("<Q", payload[offset:offset + 8])
-            record = payload[offset + 12:offset + 12 + length]
+            (length,) = struct.unpack("<Q", payload[offset : offset + 8])
+            record = payload[offset + 12 : offset + 12 + length]
             offset += 12 + length + 4
             event = event_pb2.Event.FromString(record)
             for value in event.summary.value:

@@ -127,7 +127,7 @@ def test_truncated_archive_is_reported(tmp_path, small_npz, cut):
 
 def test_corrupt_bytes_are_reported(tmp_path, small_npz):
     payload = bytearray(small_npz.read_bytes())
-    payload[len(payload) // 3: len(payload) // 3 + 2000] = bytes(2000)
+    payload[len(payload) // 3 : len(payload) // 3 + 2000] = bytes(2000)
     path = tmp_path / "corrupt.npz"
     path.write_bytes(bytes(payload))
     with pytest.raises(data.DataError) as error:
@@ -202,8 +202,11 @@ def test_holdout_split_keeps_test_images_apart(mnist_arrays):
 
 def test_load_recorded_finds_a_runs_data_again(tmp_path, small_npz, mnist_path, monkeypatch):
     record = data.load(small_npz).record()
-    assert record == {"path": str(small_npz.absolute()), "origin": "--data", "sha256": data.fingerprint(
-        data.read_npz(small_npz))}
+    assert record == {
+        "path": str(small_npz.absolute()),
+        "origin": "--data",
+        "sha256": data.fingerprint(data.read_npz(small_npz)),
+    }
     # The recorded path wins over DIGITLAB_DATA while it holds the same arrays.
     assert data.load_recorded(record).origin == "the run's record"
     # Moved: found through the usual search, checked against the recorded hashes.

@@ -39,20 +39,35 @@ def last_line(text: str) -> str:
 
 
 def _train(runs_dir, *extra):
-    return [sys.executable, "-m", "digitlab", "train", "--epochs", "6", "--train-limit", "20000", "--seed", "9",
-            "--runs-dir", str(runs_dir), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "digitlab",
+        "train",
+        "--epochs",
+        "6",
+        "--train-limit",
+        "20000",
+        "--seed",
+        "9",
+        "--runs-dir",
+        str(runs_dir),
+        *extra,
+    ]
 
 
 def test_disk_filling_during_training_loses_nothing(tmp_path, mnist_path):
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
-    reference = subprocess.run(_train(tmp_path / "reference"), env=environment, capture_output=True, text=True,
-                               timeout=600)
+    reference = subprocess.run(
+        _train(tmp_path / "reference"), env=environment, capture_output=True, text=True, timeout=600
+    )
     assert reference.returncode == 0, reference.stderr
     (reference_run,) = [runs.Run(path) for path in (tmp_path / "reference").iterdir()]
 
     with tmpfs(tmp_path / "disk", "size=8m") as disk:
-        process = subprocess.Popen(_train(disk / "runs"), env=environment, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            _train(disk / "runs"), env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 120
         run_dir = None
         while time.monotonic() < deadline and process.poll() is None:
@@ -80,8 +95,13 @@ def test_disk_filling_during_training_loses_nothing(tmp_path, mnist_path):
         assert runs.Run(run_dir).status()["status"] in ("interrupted", "failed")
 
         (disk / "filler").unlink()
-        resumed = subprocess.run([sys.executable, "-m", "digitlab", "train", "--resume", str(run_dir)],
-                                 env=environment, capture_output=True, text=True, timeout=600)
+        resumed = subprocess.run(
+            [sys.executable, "-m", "digitlab", "train", "--resume", str(run_dir)],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert resumed.returncode == 0, resumed.stderr
         run = runs.Run(run_dir)
         assert run.status()["status"] == "complete"
@@ -100,16 +120,19 @@ def test_read_only_runs_folder_is_reported_before_training(tmp_path, mnist_path)
 
 def test_resume_into_a_read_only_run_is_reported(tmp_path, mnist_path):
     with tmpfs(tmp_path / "disk", "size=4m") as disk:
-        stopped = subprocess.run(_train(disk / "runs", "--engine", "fit"), capture_output=True, text=True,
-                                 timeout=300)
+        stopped = subprocess.run(_train(disk / "runs", "--engine", "fit"), capture_output=True, text=True, timeout=300)
         assert stopped.returncode == 0, stopped.stderr
         (run_dir,) = (disk / "runs").iterdir()
         status = json.loads((run_dir / "status.json").read_text())
         (run_dir / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
         before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        done = subprocess.run([sys.executable, "-m", "digitlab", "train", "--resume", str(run_dir)],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "digitlab", "train", "--resume", str(run_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 2 and "not writable" in done.stderr and "Traceback" not in done.stderr
         after = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
         assert before == after

@@ -59,7 +59,11 @@ def fit_results(mnist):
         initial = model.get_weights()
         logs = []
         engine.FitEngine(model, cfg, verbose=0).fit(
-            x, y, validation, epochs=EPOCHS, rngs=[np.random.RandomState(SEED)],
+            x,
+            y,
+            validation,
+            epochs=EPOCHS,
+            rngs=[np.random.RandomState(SEED)],
             on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
         )
         history = {key: [entry[key] for entry in logs] for key in HISTORY_KEYS}
@@ -77,8 +81,14 @@ def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
         np.testing.assert_array_equal(built, reference)  # The same seed gives the same initial weights.
     fast = engine.FastEngine([model], cfg, backend=backend)
     logs = []
-    fast.fit(x, y, validation, epochs=EPOCHS, rngs=[np.random.RandomState(SEED)],
-             on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]))
+    fast.fit(
+        x,
+        y,
+        validation,
+        epochs=EPOCHS,
+        rngs=[np.random.RandomState(SEED)],
+        on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
+    )
     fast.sync_to_models()
     assert fast.name == f"fast-{backend}"
     for trained, expected in zip(model.get_weights(), fitted):
@@ -94,8 +104,11 @@ def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
 def kernel_setting(request, monkeypatch):
     """The NumPy backend's path: the C kernel's portable version, per-batch steps in NumPy around the
     C kernel (no whole epochs in C), or no C kernel at all."""
-    variable = {"portable": sparse.SCALAR_VARIABLE, "per-batch": numpy_backend.NO_FUSED_VARIABLE,
-                "off": sparse.DISABLE_VARIABLE}[request.param]
+    variable = {
+        "portable": sparse.SCALAR_VARIABLE,
+        "per-batch": numpy_backend.NO_FUSED_VARIABLE,
+        "off": sparse.DISABLE_VARIABLE,
+    }[request.param]
     monkeypatch.setenv(variable, "1")
     sparse.reload()
     yield request.param
@@ -122,8 +135,14 @@ def test_every_first_layer_path_matches_keras_fit(mnist, fit_results, case, kern
     cfg, (model,) = seeded_models(CASES[case])
     fast = engine.FastEngine([model], cfg, backend="numpy")
     logs = []
-    fast.fit(x, y, validation, epochs=EPOCHS, rngs=[np.random.RandomState(SEED)],
-             on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]))
+    fast.fit(
+        x,
+        y,
+        validation,
+        epochs=EPOCHS,
+        rngs=[np.random.RandomState(SEED)],
+        on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
+    )
     fast.sync_to_models()
     assert fast.path.startswith(EXPECTED_PATHS[case, kernel_setting]), fast.path
     for trained, expected in zip(model.get_weights(), fitted):
@@ -166,8 +185,14 @@ def test_threads_over_seeds_train_as_one_thread_does(mnist, case):
         cfg, group = seeded_models(CASES[case], count=3)
         fast = engine.FastEngine(group, cfg, backend="numpy", workers=workers)
         logs = []
-        fast.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(s) for s in (1, 2, 3)],
-                 on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs))
+        fast.fit(
+            x,
+            y,
+            validation,
+            epochs=2,
+            rngs=[np.random.RandomState(s) for s in (1, 2, 3)],
+            on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs),
+        )
         results[workers] = (fast.get_state(), logs, fast.path)
     assert "2 threads over the seeds" in results[2][2] and "threads" not in results[1][2]
     for name, value in results[1][0].items():
@@ -188,8 +213,14 @@ def test_threads_within_one_network_change_nothing(mnist, case, monkeypatch):
         cfg, (model,) = seeded_models(CASES[case])
         fast = engine.FastEngine([model], cfg, backend="numpy", workers=workers)
         logs = []
-        fast.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(1)],
-                 on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs))
+        fast.fit(
+            x,
+            y,
+            validation,
+            epochs=2,
+            rngs=[np.random.RandomState(1)],
+            on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs),
+        )
         results[workers] = (fast.get_state(), logs)
         assert fast.path.startswith("whole epochs in C") and (workers == 1) != (f"{workers} threads" in fast.path)
     for workers in (2, 3):
@@ -228,18 +259,27 @@ def test_fit_engine_shuffles_with_one_permutation_per_epoch(mnist):
     np.testing.assert_array_equal(rng.permutation(len(x)), expected.permutation(len(x)))
 
 
-@pytest.mark.parametrize(("backend", "settings"), [
-    ("numpy", dict(model="intermediate", optimizer="adam", learning_rate=0.001)),
-    ("jax", dict(model="intermediate", optimizer="adam", learning_rate=0.001)),
-    ("numpy", dict(model="intermediate")),  # Plain SGD: whole epochs in C.
-])
+@pytest.mark.parametrize(
+    ("backend", "settings"),
+    [
+        ("numpy", dict(model="intermediate", optimizer="adam", learning_rate=0.001)),
+        ("jax", dict(model="intermediate", optimizer="adam", learning_rate=0.001)),
+        ("numpy", dict(model="intermediate")),  # Plain SGD: whole epochs in C.
+    ],
+)
 def test_state_round_trip_continues_exactly(mnist, backend, settings):
     (x, y), validation = mnist
     cfg, straight_models = seeded_models(settings, count=2)
     straight = engine.FastEngine(straight_models, cfg, backend=backend)
     straight_logs = []
-    straight.fit(x, y, validation, epochs=3, rngs=[np.random.RandomState(s) for s in (1, 2)],
-                 on_epoch_end=lambda epoch, logs: straight_logs.append((epoch, logs)))
+    straight.fit(
+        x,
+        y,
+        validation,
+        epochs=3,
+        rngs=[np.random.RandomState(s) for s in (1, 2)],
+        on_epoch_end=lambda epoch, logs: straight_logs.append((epoch, logs)),
+    )
 
     cfg, first_models = seeded_models(settings, count=2)
     first = engine.FastEngine(first_models, cfg, backend=backend)
@@ -254,8 +294,15 @@ def test_state_round_trip_continues_exactly(mnist, backend, settings):
     resumed = engine.FastEngine(fresh_models, cfg, backend=backend)
     resumed.set_state(saved)
     resumed_logs = []
-    resumed.fit(x, y, validation, epochs=3, initial_epoch=2, rngs=first_rngs,
-                on_epoch_end=lambda epoch, logs: resumed_logs.append((epoch, logs)))
+    resumed.fit(
+        x,
+        y,
+        validation,
+        epochs=3,
+        initial_epoch=2,
+        rngs=first_rngs,
+        on_epoch_end=lambda epoch, logs: resumed_logs.append((epoch, logs)),
+    )
     assert resumed_logs == straight_logs[2:]
     final, expected = resumed.get_state(), straight.get_state()
     assert set(final) == set(expected)
@@ -270,15 +317,27 @@ def test_many_seeds_match_single_runs(mnist, backend):
     cfg, together_models = seeded_models(dict(model="shallow"), count=len(seeds))
     together = engine.FastEngine(together_models, cfg, backend=backend)
     together_logs = []
-    together.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(s) for s in seeds],
-                 on_epoch_end=lambda epoch, logs: together_logs.append(logs))
+    together.fit(
+        x,
+        y,
+        validation,
+        epochs=2,
+        rngs=[np.random.RandomState(s) for s in seeds],
+        on_epoch_end=lambda epoch, logs: together_logs.append(logs),
+    )
     together.sync_to_models()
     cfg, alone_models = seeded_models(dict(model="shallow"), count=len(seeds))
     for k, (model, seed) in enumerate(zip(alone_models, seeds)):
         alone = engine.FastEngine([model], cfg, backend=backend)
         alone_logs = []
-        alone.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(seed)],
-                  on_epoch_end=lambda epoch, logs: alone_logs.append(logs[0]))
+        alone.fit(
+            x,
+            y,
+            validation,
+            epochs=2,
+            rngs=[np.random.RandomState(seed)],
+            on_epoch_end=lambda epoch, logs: alone_logs.append(logs[0]),
+        )
         alone.sync_to_models()
         for single, joint in zip(model.get_weights(), together_models[k].get_weights()):
             np.testing.assert_allclose(single, joint, rtol=1e-5, atol=1e-7)
@@ -290,15 +349,16 @@ def test_many_seeds_match_single_runs(mnist, backend):
 
 def dropout_model():
     """A small Dense-Dropout-Dense net (not one of the book's), to exercise Dropout and RMSprop."""
-    model = keras.Sequential([
-        keras.Input(shape=(784,)),
-        layers.Dense(32, activation="tanh"),
-        layers.Dropout(0.3),
-        layers.Dense(32, activation="elu"),
-        layers.Dense(10, activation="softmax"),
-    ])
-    model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSprop(0.003),
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(784,)),
+            layers.Dense(32, activation="tanh"),
+            layers.Dropout(0.3),
+            layers.Dense(32, activation="elu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSprop(0.003), metrics=["accuracy"])
     return model
 
 
@@ -309,8 +369,14 @@ def test_dropout_model_learns_and_resumes(mnist, backend):
     keras.utils.set_random_seed(SEED)
     straight = engine.FastEngine([dropout_model()], cfg, backend=backend)
     logs = []
-    straight.fit(x, y, validation, epochs=3, rngs=[np.random.RandomState(0)],
-                 on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]))
+    straight.fit(
+        x,
+        y,
+        validation,
+        epochs=3,
+        rngs=[np.random.RandomState(0)],
+        on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
+    )
     assert logs[-1]["val_accuracy"] > 0.8
     keras.utils.set_random_seed(SEED)
     first = engine.FastEngine([dropout_model()], cfg, backend=backend)

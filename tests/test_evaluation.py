@@ -22,8 +22,9 @@ def test_run(tmp_path_factory, mnist_path, quiet):
 @pytest.fixture(scope="module")
 def holdout_run(tmp_path_factory, mnist_path, quiet):
     """A real shallow net, 1 epoch on 2,000 images, with --validation holdout."""
-    settings = config.TrainConfig(model="shallow", epochs=1, train_limit=2000, seed=6, engine="fit",
-                                  validation="holdout", learning_rate=1.0)
+    settings = config.TrainConfig(
+        model="shallow", epochs=1, train_limit=2000, seed=6, engine="fit", validation="holdout", learning_rate=1.0
+    )
     return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=quiet, verbose=0)
 
 
@@ -76,7 +77,12 @@ def test_confusion_matrix_rejects_bad_labels():
 def test_confident_mistakes_are_wrong_and_most_confident_first():
     probabilities = np.full((5, 10), 0.01)
     probabilities[0, 3], probabilities[1, 1], probabilities[2, 4], probabilities[3, 7], probabilities[4, 2] = (
-        0.90, 0.91, 0.60, 0.99, 0.70)
+        0.90,
+        0.91,
+        0.60,
+        0.99,
+        0.70,
+    )
     labels = np.array([3, 0, 5, 1, 2])  # Images 1, 2 and 3 are wrong.
     assert evaluation.confident_mistakes(probabilities, labels).tolist() == [3, 1, 2]
     assert evaluation.confident_mistakes(probabilities, labels, count=1).tolist() == [3]
@@ -108,7 +114,8 @@ def test_evaluate_run_matches_keras_and_writes_its_files(test_run, mnist_arrays,
     # Without out_dir the files go into the run folder.
     evaluation.evaluate_run(test_run)
     assert {"evaluation.json", "confusion.png", "mistakes.png", "hidden_units.png"} <= {
-        path.name for path in test_run.path.iterdir()}
+        path.name for path in test_run.path.iterdir()
+    }
 
 
 def test_holdout_run_validates_on_training_images_and_tests_once(holdout_run, mnist_arrays, tmp_path):
@@ -118,12 +125,19 @@ def test_holdout_run_validates_on_training_images_and_tests_once(holdout_run, mn
     assert validation["accuracy"] == pytest.approx(holdout_run.metrics()["final_val_accuracy"], abs=1e-5)
     test = evaluation.evaluate_run(holdout_run, split="test", out_dir=tmp_path)
     assert "untouched" in test["data"]
-    assert np.array(test["confusion_matrix"]).sum(axis=1).tolist() == np.bincount(
-        mnist_arrays["y_test"], minlength=10).tolist()
+    assert (
+        np.array(test["confusion_matrix"]).sum(axis=1).tolist()
+        == np.bincount(mnist_arrays["y_test"], minlength=10).tolist()
+    )
     assert test["accuracy"] == pytest.approx(holdout_run.metrics()["test_accuracy"], abs=1e-5)
     names = {path.name for path in tmp_path.iterdir()}
-    assert {"evaluation.json", "evaluation-test.json", "confusion-test.png", "mistakes-test.png",
-            "hidden_units-test.png"} <= names
+    assert {
+        "evaluation.json",
+        "evaluation-test.json",
+        "confusion-test.png",
+        "mistakes-test.png",
+        "hidden_units-test.png",
+    } <= names
 
 
 def test_bad_split_and_unfinished_run_are_reported(test_run, tmp_path):

@@ -65,7 +65,8 @@ def correlation(first, second):
     first, second = first.astype(float), second.astype(float)
     return max(
         float(np.corrcoef(np.roll(first, (rows, columns), axis=(0, 1)).ravel(), second.ravel())[0, 1])
-        for rows in (-1, 0, 1) for columns in (-1, 0, 1)
+        for rows in (-1, 0, 1)
+        for columns in (-1, 0, 1)
     )
 
 
@@ -147,6 +148,7 @@ def test_light_and_dark_versions_give_the_same_input():
 
 # --- Every common format ------------------------------------------------------------------
 
+
 def _as_format(name):
     picture = draw_digit("7", ink=0, paper=255)
     if name == "PNG":
@@ -173,8 +175,17 @@ def _as_format(name):
     raise KeyError(name)
 
 
-FORMATS = ["PNG", "JPEG", "WebP", "BMP", "GIF (first frame)", "TIFF", "16-bit PNG",
-           "palette PNG with transparency", "grey with alpha"]
+FORMATS = [
+    "PNG",
+    "JPEG",
+    "WebP",
+    "BMP",
+    "GIF (first frame)",
+    "TIFF",
+    "16-bit PNG",
+    "palette PNG with transparency",
+    "grey with alpha",
+]
 
 
 @pytest.mark.parametrize("format_name", FORMATS)
@@ -207,6 +218,7 @@ def test_camera_rotation_is_applied(reference):
 
 # --- Real MNIST digits -------------------------------------------------------------------
 
+
 def test_mnist_digits_are_nearly_unchanged(mnist):
     _, (x_valid, _) = mnist
     correlations = []
@@ -231,7 +243,7 @@ def test_trained_model_reads_mnist_digits_rendered_big_and_off_centre(mnist, qui
         big = np.asarray(Image.fromarray(image).resize((side, side), Image.BICUBIC), dtype=np.float64)
         sheet = np.zeros((1000, 1400))
         top, left = int(rng.integers(0, 1000 - side)), int(rng.integers(0, 1400 - side))
-        sheet[top:top + side, left:left + side] = np.clip(big, 0, 255)
+        sheet[top : top + side, left : left + side] = np.clip(big, 0, 255)
         sheet = 255 - sheet
         prepared.append(imaging.prepare_image(sheet))
         naive.append(255 - np.asarray(Image.fromarray(sheet.astype(np.uint8)).resize((28, 28), Image.LANCZOS)))
@@ -255,6 +267,7 @@ def test_trained_model_reads_the_made_up_drawings(quick_model):
 
 # --- Shapes for the model -----------------------------------------------------------------
 
+
 def test_model_inputs_follow_the_model(quick_model):
     pixels = np.full((28, 28), 255, dtype=np.uint8)
     flat = imaging.model_inputs(pixels, quick_model)
@@ -277,12 +290,20 @@ def test_preview_is_the_input_enlarged(tmp_path):
 
 # --- Bad pictures -------------------------------------------------------------------------
 
+
 def _png_header_only(width, height):
     """A PNG that claims to be `width` x `height` but holds no pixel data (a bomb's header)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + header
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(header))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", 0)
+        + b"IEND"
+        + struct.pack(">I", zlib.crc32(b"IEND"))
+    )
 
 
 BAD_PICTURES = {
@@ -291,8 +312,11 @@ BAD_PICTURES = {
     "truncated PNG": (_as_format("PNG")[:200], ValueError, "truncated"),
     "truncated JPEG": (_as_format("JPEG")[:600], ValueError, "truncated"),
     "blank white": (encode(Image.new("L", (100, 100), 255), "PNG"), ValueError, "empty"),
-    "blank grey noise": (encode(Image.fromarray(np.random.default_rng(0).integers(120, 130, (64, 64)).astype(np.uint8)), "PNG"),
-                         ValueError, "empty"),
+    "blank grey noise": (
+        encode(Image.fromarray(np.random.default_rng(0).integers(120, 130, (64, 64)).astype(np.uint8)), "PNG"),
+        ValueError,
+        "empty",
+    ),
     "fully transparent": (encode(Image.new("RGBA", (50, 50), (0, 0, 0, 0)), "PNG"), ValueError, "transparent"),
     "wider than 4096": (encode(Image.new("L", (4097, 8), 0), "PNG"), imaging.ImageTooLargeError, "4096"),
     "bomb header 5000x5000": (_png_header_only(5000, 5000), imaging.ImageTooLargeError, "4096"),

@@ -55,8 +55,10 @@ def test_hidden_units_draw_the_first_layers_weights_activations_and_probabilitie
     heights = [bar.get_height() for bar in axes["probabilities"].patches]
     np.testing.assert_allclose(heights, probabilities, rtol=1e-6)
     np.testing.assert_array_equal(_drawn(axes["digit"]), image)
-    assert "a 7" in axes["digit"].get_title() and f"predicted {np.argmax(probabilities)}" in \
-        axes["probabilities"].get_title()
+    assert (
+        "a 7" in axes["digit"].get_title()
+        and f"predicted {np.argmax(probabilities)}" in axes["probabilities"].get_title()
+    )
 
 
 def test_lenet_filters_and_feature_maps_are_the_convolutions_own(lenet, mnist):

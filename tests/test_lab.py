@@ -38,9 +38,18 @@ def test_make_lab_starts_jupyterlab_on_the_notebooks_on_loopback():
 def test_jupyter_lists_the_notebooks_and_the_projects_kernel(free_port, running_server, tmp_path):
     token = secrets.token_hex(16)
     url = f"http://127.0.0.1:{free_port}"
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-               f"--ServerApp.port={free_port}", "--ServerApp.port_retries=0",
-               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={NOTEBOOKS}"]
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={free_port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={NOTEBOOKS}",
+    ]
     if os.geteuid() == 0:
         command.append("--allow-root")  # As `make lab` does for root.
     # The server's runtime files go to a temporary folder; the kernels are found as for a reader.
@@ -53,8 +62,9 @@ def test_jupyter_lists_the_notebooks_and_the_projects_kernel(free_port, running_
         assert listed == sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")) and len(listed) == 4
         kernelspecs = _get(f"{url}/api/kernelspecs", token)
         # Each notebook names the python3 kernel; here it is this environment's Python, digitlab's.
-        assert {json.loads((NOTEBOOKS / name).read_text())["metadata"]["kernelspec"]["name"]
-                for name in listed} == {"python3"}
+        assert {json.loads((NOTEBOOKS / name).read_text())["metadata"]["kernelspec"]["name"] for name in listed} == {
+            "python3"
+        }
         spec = kernelspecs["kernelspecs"]["python3"]["spec"]
         assert Path(spec["argv"][0]).resolve() == Path(sys.executable).resolve()
         assert spec["display_name"] == "Python 3 (digitlab)"

@@ -26,10 +26,16 @@ def test_shallow_net_is_the_books():
     "name, parameters, layer_types",
     [
         ("intermediate", 784 * 64 + 64 + 64 * 64 + 64 + 650, ["Dense", "Dense", "Dense"]),
-        ("deep", 50_240 + 256 + 4160 + 256 + 4160 + 256 + 650,
-         ["Dense", "BatchNormalization"] * 3 + ["Dropout", "Dense"]),
-        ("lenet", 320 + 18_496 + 9216 * 128 + 128 + 1290,
-         ["Conv2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dropout", "Dense"]),
+        (
+            "deep",
+            50_240 + 256 + 4160 + 256 + 4160 + 256 + 650,
+            ["Dense", "BatchNormalization"] * 3 + ["Dropout", "Dense"],
+        ),
+        (
+            "lenet",
+            320 + 18_496 + 9216 * 128 + 128 + 1290,
+            ["Conv2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dropout", "Dense"],
+        ),
     ],
 )
 def test_later_nets(name, parameters, layer_types):
@@ -44,8 +50,9 @@ def test_later_nets(name, parameters, layer_types):
 
 
 def test_flags_change_the_net():
-    cfg = config.TrainConfig(model="intermediate", units=[32, 16], activation="tanh", optimizer="adam",
-                             learning_rate=0.005).resolved()
+    cfg = config.TrainConfig(
+        model="intermediate", units=[32, 16], activation="tanh", optimizer="adam", learning_rate=0.005
+    ).resolved()
     model = models.create_model(cfg)
     assert [layer.units for layer in model.layers] == [32, 16, 10]
     assert model.layers[0].activation.__name__ == "tanh"

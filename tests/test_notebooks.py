@@ -43,7 +43,8 @@ MAX_NOTEBOOK_BYTES = 1_500_000
 def test_every_notebook_is_tested(load_script):
     assert sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")) == sorted(name for name, _, _ in CASES)
     assert {name: file for name, (file, _) in load_script("run_notebooks").CHAPTERS.items()} == {
-        net: file for file, net, _ in CASES}
+        net: file for file, net, _ in CASES
+    }
 
 
 def _layer_facts(model) -> list[dict]:
@@ -51,22 +52,36 @@ def _layer_facts(model) -> list[dict]:
     facts = []
     for layer in model.layers:
         settings = layer.get_config()
-        facts.append({
-            "type": type(layer).__name__,
-            "activation": settings.get("activation"),
-            **{key: settings.get(key) for key in ("units", "filters", "kernel_size", "strides", "padding",
-                                                  "pool_size", "rate", "use_bias", "momentum", "epsilon")
-               if key in settings},
-            "output_shape": tuple(layer.output.shape),
-            "parameters": layer.count_params(),
-        })
+        facts.append(
+            {
+                "type": type(layer).__name__,
+                "activation": settings.get("activation"),
+                **{
+                    key: settings.get(key)
+                    for key in (
+                        "units",
+                        "filters",
+                        "kernel_size",
+                        "strides",
+                        "padding",
+                        "pool_size",
+                        "rate",
+                        "use_bias",
+                        "momentum",
+                        "epsilon",
+                    )
+                    if key in settings
+                },
+                "output_shape": tuple(layer.output.shape),
+                "parameters": layer.count_params(),
+            }
+        )
     return facts
 
 
 def _run_model_cells(notebook) -> dict:
     """Executes the cells tagged "model", in order, and returns their namespace."""
-    cells = [cell for cell in notebook.cells
-             if cell.cell_type == "code" and "model" in cell.metadata.get("tags", [])]
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code" and "model" in cell.metadata.get("tags", [])]
     assert len(cells) == 3, "expected three cells tagged 'model': imports, architecture, compile"
     # LeNet's output layer uses the book's n_classes, which its preprocessing cell defines.
     namespace = {"n_classes": 10}
@@ -103,7 +118,8 @@ def test_saved_outputs_are_a_full_run_of_the_current_code(name, net, train_limit
     notebook = json.loads(path.read_text(encoding="utf-8"))
     assert script.is_current(notebook), (
         f"{name}'s code changed after its saved outputs were made: run "
-        f"`python scripts/run_notebooks.py {net}` and commit the result.")
+        f"`python scripts/run_notebooks.py {net}` and commit the result."
+    )
     record = notebook["metadata"][script.METADATA_KEY]
     assert record["backend"] == script.CHAPTERS[net][1]
     epochs = config.MODEL_DEFAULTS[net]["epochs"]
@@ -115,8 +131,9 @@ def test_saved_outputs_are_a_full_run_of_the_current_code(name, net, train_limit
     assert "━" not in text.split("Epoch 1/")[1], "the saved log has progress bars (use verbose=2)"
     assert "accuracy 0.9" in text or (net == "shallow" and "accuracy 0.8" in text)
     assert "predicted 7 - true label 7" in text
-    images = sum(1 for cell in code_cells for output in cell.get("outputs", [])
-                 if "image/png" in output.get("data", {}))
+    images = sum(
+        1 for cell in code_cells for output in cell.get("outputs", []) if "image/png" in output.get("data", {})
+    )
     assert images >= 4  # Curves, confusion matrix, mistakes and the look inside at least.
     assert not any(output.get("output_type") == "error" for cell in code_cells for output in cell["outputs"])
     assert path.stat().st_size < MAX_NOTEBOOK_BYTES
@@ -124,6 +141,7 @@ def test_saved_outputs_are_a_full_run_of_the_current_code(name, net, train_limit
 
 def _outputs_text(cell) -> str:
     """A code cell's printed and displayed text (sources may be strings or lists of lines, as saved)."""
+
     def text(value) -> str:
         return "".join(value) if isinstance(value, list) else value
 
@@ -139,8 +157,9 @@ def _outputs_text(cell) -> str:
 def test_a_changed_code_cell_makes_the_saved_outputs_stale(load_script):
     script = load_script("run_notebooks")
     notebook = json.loads((NOTEBOOKS / "shallow_net_in_keras.ipynb").read_text(encoding="utf-8"))
-    code_cell = next(cell for cell in notebook["cells"] if cell["cell_type"] == "code" and "Dense(64" in
-                     "".join(cell["source"]))
+    code_cell = next(
+        cell for cell in notebook["cells"] if cell["cell_type"] == "code" and "Dense(64" in "".join(cell["source"])
+    )
     code_cell["source"] = "".join(code_cell["source"]).replace("Dense(64", "Dense(32")
     assert not script.is_current(notebook)
     # Markdown is not code: rewording the text keeps the outputs current.
@@ -156,8 +175,10 @@ def test_notebook_runs_start_to_finish(name, net, train_limit, mnist_path, monke
     try:
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
-        pytest.fail("No python3 Jupyter kernel: install ipykernel into this environment "
-                    "(pip install ipykernel, or python -m ipykernel install --sys-prefix).")
+        pytest.fail(
+            "No python3 Jupyter kernel: install ipykernel into this environment "
+            "(pip install ipykernel, or python -m ipykernel install --sys-prefix)."
+        )
     monkeypatch.setenv("DIGITLAB_NOTEBOOK_EPOCHS", "2")
     monkeypatch.setenv("DIGITLAB_NOTEBOOK_TRAIN_LIMIT", str(train_limit))
     monkeypatch.setenv("DIGITLAB_DATA", str(mnist_path))
@@ -167,8 +188,9 @@ def test_notebook_runs_start_to_finish(name, net, train_limit, mnist_path, monke
     first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
     assert "EPOCHS" in first_code.source and "DIGITLAB_NOTEBOOK_EPOCHS" in first_code.source
 
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # Raises CellExecutionError, naming the cell, if any cell fails.
 
     text = "\n".join(_outputs_text(cell) for cell in notebook.cells if cell.cell_type == "code")
@@ -181,6 +203,7 @@ def test_notebook_runs_start_to_finish(name, net, train_limit, mnist_path, monke
     probability_lines = [line for line in text.splitlines() if line[:2] in {f"{d}:" for d in range(10)}]
     assert len(probability_lines) == 10
     assert sum(float(line.split()[1]) for line in probability_lines) == pytest.approx(1.0, abs=2e-3)
-    images = sum(1 for cell in notebook.cells for output in cell.get("outputs", [])
-                 if "image/png" in output.get("data", {}))
+    images = sum(
+        1 for cell in notebook.cells for output in cell.get("outputs", []) if "image/png" in output.get("data", {})
+    )
     assert images >= 4  # Curves, confusion matrix, mistakes and the look inside at least.

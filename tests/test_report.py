@@ -17,11 +17,11 @@ import pytest
 
 from digitlab import cli, config, report, runs, training
 
+
 @pytest.fixture(scope="module")
 def holdout_run(tmp_path_factory, mnist_path, quiet):
     """A real deep net, 2 epochs on 3,000 images, validated on held-out training images."""
-    settings = config.TrainConfig(model="deep", epochs=2, train_limit=3000, seed=2, engine="fit",
-                                  validation="holdout")
+    settings = config.TrainConfig(model="deep", epochs=2, train_limit=3000, seed=2, engine="fit", validation="holdout")
     return training.train(settings, runs_dir=tmp_path_factory.mktemp("runs"), print_fn=quiet, verbose=0)
 
 
@@ -37,10 +37,19 @@ def test_report_is_self_contained_and_complete(report_path, holdout_run):
     assert not re.search(r"<(script|link|iframe)\b", page)
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", page, flags=re.IGNORECASE)
     metrics = holdout_run.metrics()
-    for expected in ("Configuration", "categorical_crossentropy", "holdout", "Per digit", "Confusion matrix",
-                     "A look inside the network", "28×28 image",
-                     metrics["versions"]["keras"], metrics["data_sha256"]["x_train"],
-                     f"{metrics['test_accuracy']:.4f}", "matches the data of this report"):
+    for expected in (
+        "Configuration",
+        "categorical_crossentropy",
+        "holdout",
+        "Per digit",
+        "Confusion matrix",
+        "A look inside the network",
+        "28×28 image",
+        metrics["versions"]["keras"],
+        metrics["data_sha256"]["x_train"],
+        f"{metrics['test_accuracy']:.4f}",
+        "matches the data of this report",
+    ):
         assert expected in page, f"the report lacks {expected!r}"
     assert page.count("<tr>") >= 11 + 4  # Ten digits and the mean, plus the four data hashes.
 

@@ -28,8 +28,23 @@ EPOCHS = 8
 
 
 def _train_command(runs_dir, engine, *extra):
-    return [sys.executable, "-m", "digitlab", "train", "--engine", engine, "--epochs", str(EPOCHS),
-            "--train-limit", "20000", "--seed", "5", "--runs-dir", str(runs_dir), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "digitlab",
+        "train",
+        "--engine",
+        engine,
+        "--epochs",
+        str(EPOCHS),
+        "--train-limit",
+        "20000",
+        "--seed",
+        "5",
+        "--runs-dir",
+        str(runs_dir),
+        *extra,
+    ]
 
 
 def _status(run_dir):
@@ -70,12 +85,19 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, mnist_path, engin
     rng = random.Random(os.getpid())
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     reference_dir, cut_dir = tmp_path / "reference", tmp_path / "cut"
-    subprocess.run(_train_command(reference_dir, engine), check=True, env=environment,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    subprocess.run(
+        _train_command(reference_dir, engine),
+        check=True,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=600,
+    )
     (reference,) = [runs.Run(path) for path in reference_dir.iterdir()]
 
-    process = subprocess.Popen(_train_command(cut_dir, engine), env=environment, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        _train_command(cut_dir, engine), env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     run_dir, code, output = _kill_at_random_moment(process, cut_dir, signal.SIGKILL, rng)
     if code == 0:
         pytest.skip("training finished before the kill arrived; the machine was too fast for this timing")
@@ -109,10 +131,23 @@ def test_the_printed_resume_command_finds_the_runs_own_data(tmp_path, mnist_path
     environment = {key: value for key, value in os.environ.items() if key != "DIGITLAB_DATA"}
     environment.update(PYTHONUNBUFFERED="1", HOME=str(tmp_path / "home"), KERAS_HOME=str(tmp_path / "keras"))
     script = os.path.join(os.path.dirname(sys.executable), "digitlab")
-    train = [script, "train", "--data", "data/mnist.npz", "--epochs", "30", "--train-limit", "3000",
-             "--seed", "4", "--runs-dir", "runs"]
-    process = subprocess.Popen(train, cwd=tmp_path, env=environment, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    train = [
+        script,
+        "train",
+        "--data",
+        "data/mnist.npz",
+        "--epochs",
+        "30",
+        "--train-limit",
+        "3000",
+        "--seed",
+        "4",
+        "--runs-dir",
+        "runs",
+    ]
+    process = subprocess.Popen(
+        train, cwd=tmp_path, env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     run_dir, code, output = _kill_at_random_moment(process, tmp_path / "runs", signal.SIGINT, rng)
     if code == 0:
         pytest.skip("training finished before the interrupt arrived; the machine was too fast for this timing")
@@ -122,8 +157,9 @@ def test_the_printed_resume_command_finds_the_runs_own_data(tmp_path, mnist_path
     resume = [script, *printed[1:]]
 
     def run_resume(**extra):
-        return subprocess.run(resume, cwd=tmp_path, env=dict(environment, **extra), text=True,
-                              capture_output=True, timeout=600)
+        return subprocess.run(
+            resume, cwd=tmp_path, env=dict(environment, **extra), text=True, capture_output=True, timeout=600
+        )
 
     # Other data at the recorded path is refused, and the run is left as it was.
     os.replace(tmp_path / "data" / "mnist.npz", tmp_path / "elsewhere.npz")
@@ -140,8 +176,13 @@ def test_the_printed_resume_command_finds_the_runs_own_data(tmp_path, mnist_path
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert json.loads((run_dir / "data.json").read_text())["path"] == str(tmp_path / "moved.npz")
 
-    reference = subprocess.run([*train[:3], str(tmp_path / "moved.npz"), *train[4:-1], "reference"],
-                               cwd=tmp_path, env=environment, capture_output=True, timeout=600)
+    reference = subprocess.run(
+        [*train[:3], str(tmp_path / "moved.npz"), *train[4:-1], "reference"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        timeout=600,
+    )
     assert reference.returncode == 0
     (reference_dir,) = (tmp_path / "reference").iterdir()
     assert runs.Run(run_dir).history() == runs.Run(reference_dir).history()
@@ -156,12 +197,18 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, mnist_path):
     script = os.path.join(os.path.dirname(sys.executable), "digitlab")
     process = subprocess.Popen(
         [script, "train", "--data", "mnist.npz", "--epochs", "30", "--train-limit", "3000", "--seed", "4"],
-        cwd=tmp_path, env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=tmp_path,
+        env=environment,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     run_dir, code, output = _kill_at_random_moment(process, tmp_path / "runs", signal.SIGINT, rng)
     if code == 0:
         pytest.skip("training finished before the interrupt arrived; the machine was too fast for this timing")
     printed = output.strip().splitlines()[-1].split()
-    finished = subprocess.run([script, *printed[1:]], cwd=tmp_path, env=environment, text=True,
-                              capture_output=True, timeout=600)
+    finished = subprocess.run(
+        [script, *printed[1:]], cwd=tmp_path, env=environment, text=True, capture_output=True, timeout=600
+    )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert runs.Run(run_dir).status()["status"] == "complete"

@@ -37,8 +37,12 @@ def client(quick_model):
 def seven_png(size=280, dark_on_light=False) -> bytes:
     """SYNTHETIC: a '7' drawn with a thick pen, as the page's canvas would send it."""
     image = Image.new("L", (size, size), 255 if dark_on_light else 0)
-    ImageDraw.Draw(image).line([(0.2 * size, 0.2 * size), (0.8 * size, 0.2 * size), (0.45 * size, 0.85 * size)],
-                               fill=0 if dark_on_light else 255, width=size // 14, joint="curve")
+    ImageDraw.Draw(image).line(
+        [(0.2 * size, 0.2 * size), (0.8 * size, 0.2 * size), (0.45 * size, 0.85 * size)],
+        fill=0 if dark_on_light else 255,
+        width=size // 14,
+        joint="curve",
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -46,11 +50,12 @@ def seven_png(size=280, dark_on_light=False) -> bytes:
 
 # --- predict.py ---------------------------------------------------------------------------
 
+
 def test_fast_path_equals_model_predict(quick_model, mnist):
     _, (x_valid, _) = mnist
     inputs = data.to_inputs(x_valid[:80])
     expected = quick_model.predict(inputs, verbose=0)
-    one_at_a_time = np.concatenate([predict.probabilities(quick_model, inputs[i:i + 1]) for i in range(80)])
+    one_at_a_time = np.concatenate([predict.probabilities(quick_model, inputs[i : i + 1]) for i in range(80)])
     np.testing.assert_allclose(one_at_a_time, expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(predict.probabilities(quick_model, inputs[:40]), expected[:40], rtol=0, atol=1e-6)
     np.testing.assert_allclose(predict.probabilities(quick_model, inputs), expected, rtol=0, atol=1e-6)  # > 64: predict
@@ -117,6 +122,7 @@ def test_predict_files(quick_model, tmp_path):
 
 # --- Endpoints ----------------------------------------------------------------------------
 
+
 def test_page_and_its_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -154,7 +160,7 @@ def test_json_pixels_equal_model_predict(client, quick_model, mnist):
         result = answer.json()
         assert result["source"] == "pixels"
         np.testing.assert_array_equal(result["pixels"], x_valid[index])  # Taken as they are.
-        expected = quick_model.predict(data.to_inputs(x_valid[index:index + 1]), verbose=0)[0]
+        expected = quick_model.predict(data.to_inputs(x_valid[index : index + 1]), verbose=0)[0]
         np.testing.assert_allclose(result["probabilities"], expected, rtol=0, atol=1e-6)
         assert result["digit"] == int(np.argmax(expected))
         assert float(answer.headers["x-process-time-ms"]) > 0
@@ -200,11 +206,19 @@ def test_multipart_with_another_field_name(client):
 
 # --- Bad input: each a 4xx with a sentence, never a 500 -----------------------------------
 
+
 def _png_header_only(width, height):
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + header
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(header))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", 0)
+        + b"IEND"
+        + struct.pack(">I", zlib.crc32(b"IEND"))
+    )
 
 
 def _rows(value):
@@ -217,9 +231,10 @@ def _json(document):
 
 def _upload(content, name="picture.png"):
     boundary = "testboundary"
-    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode(), \
-        f"multipart/form-data; boundary={boundary}"
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode() + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 JSON = "application/json"
@@ -258,8 +273,12 @@ BAD_REQUESTS = {
     "wider than 4096": (WIDE.getvalue(), "image/png", 413, "4096"),
     "bomb header": (_png_header_only(30000, 30000), "image/png", 413, "4096"),
     "bomb header 5000": (*_upload(_png_header_only(5000, 5000)), 413, "4096"),
-    "multipart without file": (b"--b\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--b--\r\n",
-                               "multipart/form-data; boundary=b", 422, "no file"),
+    "multipart without file": (
+        b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b--\r\n',
+        "multipart/form-data; boundary=b",
+        422,
+        "no file",
+    ),
     "multipart without boundary": (b"junk", "multipart/form-data", 400, "multipart"),
     "plain text": (b"7", "text/plain", 415, "Unsupported Content-Type 'text/plain'"),
     "no content type": (b"7", "", 415, "Unsupported Content-Type"),
@@ -286,8 +305,9 @@ def test_blank_picture_is_empty(client):
 
 
 def test_oversized_body_by_content_length(client):
-    answer = client.post("/api/predict", content=b"\0" * (imaging.MAX_UPLOAD_BYTES + 100 * 1024),
-                         headers={"content-type": "image/png"})
+    answer = client.post(
+        "/api/predict", content=b"\0" * (imaging.MAX_UPLOAD_BYTES + 100 * 1024), headers={"content-type": "image/png"}
+    )
     assert answer.status_code == 413 and "5 MB" in answer.json()["detail"]
 
 
@@ -313,6 +333,7 @@ def test_other_methods_and_paths(client):
 
 
 # --- A real server on loopback (conftest's live_server) ----------------------------------
+
 
 def _post_with_urllib(url, body, content_type="image/png"):
     """POSTs as most clients do: urllib sends the whole body at once, with no `Expect: 100-continue`.
@@ -377,8 +398,11 @@ def _send_head_and_read_answer(live_server, head: bytes) -> str:
 def test_real_server_refuses_a_declared_large_body_before_reading_it(live_server, declared, expect):
     """A client that waits for "100 Continue" (as curl does) gets the 413 before sending its 6 MB, and so
     does any client declaring more than serving.DRAIN_LIMIT_BYTES; then the server closes."""
-    answer = _send_head_and_read_answer(live_server, b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                        b"Content-Type: image/png\r\nContent-Length: %d\r\n%s\r\n" % (declared, expect))
+    answer = _send_head_and_read_answer(
+        live_server,
+        b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: image/png\r\nContent-Length: %d\r\n%s\r\n" % (declared, expect),
+    )
     assert answer.startswith("HTTP/1.1 413") and "5 MB" in answer
     assert "100 Continue" not in answer and "connection: close" in answer.lower()
 

@@ -27,8 +27,18 @@ from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
 
 # The sweep every Ray test compares against: 2 learning rates x 2 seeds of the shallow net.
-SWEEP_ARGS = ["--grid", "learning_rate=0.05,0.5", "--seeds", "2", "--seed", "3", "--epochs", "6",
-              "--train-limit", "6000"]
+SWEEP_ARGS = [
+    "--grid",
+    "learning_rate=0.05,0.5",
+    "--seeds",
+    "2",
+    "--seed",
+    "3",
+    "--epochs",
+    "6",
+    "--train-limit",
+    "6000",
+]
 ENVIRONMENT = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
@@ -42,43 +52,67 @@ def run_cli(capsys, *argv):
 
 
 def test_grid_values_take_each_fields_type():
-    grid = sweep_plan.parse_grid(["learning_rate=0.01,0.1", "activation=sigmoid,relu", "units=64 64,128 32",
-                                  "batch-norm=true,no", "batch_size=32"])
-    assert grid == {"learning_rate": [0.01, 0.1], "activation": ["sigmoid", "relu"],
-                    "units": [[64, 64], [128, 32]], "batch_norm": [True, False], "batch_size": [32]}
+    grid = sweep_plan.parse_grid(
+        [
+            "learning_rate=0.01,0.1",
+            "activation=sigmoid,relu",
+            "units=64 64,128 32",
+            "batch-norm=true,no",
+            "batch_size=32",
+        ]
+    )
+    assert grid == {
+        "learning_rate": [0.01, 0.1],
+        "activation": ["sigmoid", "relu"],
+        "units": [[64, 64], [128, 32]],
+        "batch_norm": [True, False],
+        "batch_size": [32],
+    }
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("learnig_rate=0.1", "unknown field 'learnig_rate'"),
-    ("learning_rate", "not of the form FIELD=V1,V2"),
-    ("learning_rate=", "empty value"),
-    ("learning_rate=0.1,,0.2", "empty value"),
-    ("learning_rate=fast", "learning_rate takes numbers; 'fast' is not one"),
-    ("batch_size=12.5", "batch_size takes whole numbers"),
-    ("batch_norm=maybe", "batch_norm takes true or false"),
-    ("seed=1,2", "use --seed FIRST and --seeds N"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("learnig_rate=0.1", "unknown field 'learnig_rate'"),
+        ("learning_rate", "not of the form FIELD=V1,V2"),
+        ("learning_rate=", "empty value"),
+        ("learning_rate=0.1,,0.2", "empty value"),
+        ("learning_rate=fast", "learning_rate takes numbers; 'fast' is not one"),
+        ("batch_size=12.5", "batch_size takes whole numbers"),
+        ("batch_norm=maybe", "batch_norm takes true or false"),
+        ("seed=1,2", "use --seed FIRST and --seeds N"),
+    ],
+)
 def test_bad_grids_say_what_is_wrong(spec, message):
     with pytest.raises(sweep_plan.SweepError, match=message):
         sweep_plan.parse_grid([spec])
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("learning_rate=normal:0:1", "unknown distribution 'normal'"),
-    ("learning_rate=loguniform:0:1", "loguniform needs LOW above 0"),
-    ("learning_rate=uniform:1:0.5", "LOW must be below HIGH"),
-    ("learning_rate=uniform:1", "write learning_rate=uniform:LOW:HIGH"),
-    ("batch_size=uniform:1:5", "batch_size takes int:LOW:HIGH or choice"),
-    ("activation=int:1:5", "activation takes choice"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("learning_rate=normal:0:1", "unknown distribution 'normal'"),
+        ("learning_rate=loguniform:0:1", "loguniform needs LOW above 0"),
+        ("learning_rate=uniform:1:0.5", "LOW must be below HIGH"),
+        ("learning_rate=uniform:1", "write learning_rate=uniform:LOW:HIGH"),
+        ("batch_size=uniform:1:5", "batch_size takes int:LOW:HIGH or choice"),
+        ("activation=int:1:5", "activation takes choice"),
+    ],
+)
 def test_bad_samples_say_what_is_wrong(spec, message):
     with pytest.raises(sweep_plan.SweepError, match=message):
         sweep_plan.parse_sample([spec])
 
 
 def test_samples_are_drawn_within_their_ranges_and_repeatably():
-    distributions = sweep_plan.parse_sample(["learning_rate=loguniform:1e-3:1", "batch_size=int:16:256",
-                                             "activation=choice:sigmoid,relu,tanh", "momentum=uniform:0:0.9"])
+    distributions = sweep_plan.parse_sample(
+        [
+            "learning_rate=loguniform:1e-3:1",
+            "batch_size=int:16:256",
+            "activation=choice:sigmoid,relu,tanh",
+            "momentum=uniform:0:0.9",
+        ]
+    )
     drawn = sweep_plan.draw_samples(distributions, 200, seed=7)
     assert drawn == sweep_plan.draw_samples(distributions, 200, seed=7)
     assert drawn != sweep_plan.draw_samples(distributions, 200, seed=8)
@@ -99,7 +133,11 @@ def test_the_plan_is_the_product_of_the_grid_times_the_samples_times_the_seeds()
     assert [trial["configuration"] for trial in trials[:4]] == [0, 0, 1, 1]
     first = trials[0]
     assert first["params"] == {"activation": "sigmoid", "units": [32], "learning_rate": samples[0]["learning_rate"]}
-    assert first["config"]["epochs"] == 2 and first["config"]["seeds"] == 1 and first["config"]["loss"] == "mean_squared_error"
+    assert (
+        first["config"]["epochs"] == 2
+        and first["config"]["seeds"] == 1
+        and first["config"]["loss"] == "mean_squared_error"
+    )
     assert first["run"].startswith("t000-sigmoid-32-0.0") and first["run"].endswith("-seed5")
     assert len({trial["run"] for trial in trials}) == len(trials)
 
@@ -110,32 +148,47 @@ def test_a_value_train_would_refuse_is_refused_for_the_whole_sweep():
 
 
 def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_early():
-    series = [{"label": f"loss=categorical_crossentropy, activation=relu, learning_rate={rate}",
-               "val_accuracy": [[0.1 + 0.01 * epoch * (1 + index) for epoch in range(epochs)] for epochs in (8, 8, 5)]}
-              for index, rate in enumerate([0.001 * 2 ** k for k in range(12)])]
+    series = [
+        {
+            "label": f"loss=categorical_crossentropy, activation=relu, learning_rate={rate}",
+            "val_accuracy": [[0.1 + 0.01 * epoch * (1 + index) for epoch in range(epochs)] for epochs in (8, 8, 5)],
+        }
+        for index, rate in enumerate([0.001 * 2**k for k in range(12)])
+    ]
     figure = plots_sweep.sweep_curves(series)
     assert len([axis for axis in figure.axes if axis.has_data()]) == 12
     heat = plots_sweep.sweep_heatmap(
-        [{"activation": a, "learning_rate": r, "val_accuracy_mean": 0.5} for a in ("sigmoid", "relu") for r in (0.01, 0.1)],
-        ["activation", "learning_rate"], {"activation": ["sigmoid", "relu"], "learning_rate": [0.01, 0.1]})
+        [
+            {"activation": a, "learning_rate": r, "val_accuracy_mean": 0.5}
+            for a in ("sigmoid", "relu")
+            for r in (0.01, 0.1)
+        ],
+        ["activation", "learning_rate"],
+        {"activation": ["sigmoid", "relu"], "learning_rate": [0.01, 0.1]},
+    )
     assert plots.figure_png(heat)[:4] == b"\x89PNG"
 
 
 # Bad input: one error line, exit status 2, before any trial (these start no Ray).
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--grid", "nonsense=1,2"], "unknown field 'nonsense'"),
-    (["--grid", "learning_rate=a,b"], "learning_rate takes numbers"),
-    (["--grid", "learning_rate=0.1,20"], "learning_rate must be a number above 0 and at most 10"),
-    (["--grid", "activation=relu,swish"], "Unknown activation 'swish'"),
-    (["--grid", "learning_rate="], "empty value"),
-    ([], "Nothing to sweep"),
-    (["--grid", "learning_rate=0.1", "--seeds", "0"], "--seeds must be at least 1"),
-    (["--grid", "batch_size=" + ",".join(str(size) for size in range(1, 41)), "--seeds", "30"],
-     "1200 trials (over 1000); add --yes"),
-    (["--grid", "learning_rate=0.1", "--samples", "3"], "--samples needs at least one --sample"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--grid", "nonsense=1,2"], "unknown field 'nonsense'"),
+        (["--grid", "learning_rate=a,b"], "learning_rate takes numbers"),
+        (["--grid", "learning_rate=0.1,20"], "learning_rate must be a number above 0 and at most 10"),
+        (["--grid", "activation=relu,swish"], "Unknown activation 'swish'"),
+        (["--grid", "learning_rate="], "empty value"),
+        ([], "Nothing to sweep"),
+        (["--grid", "learning_rate=0.1", "--seeds", "0"], "--seeds must be at least 1"),
+        (
+            ["--grid", "batch_size=" + ",".join(str(size) for size in range(1, 41)), "--seeds", "30"],
+            "1200 trials (over 1000); add --yes",
+        ),
+        (["--grid", "learning_rate=0.1", "--samples", "3"], "--samples needs at least one --sample"),
+    ],
+)
 def test_bad_sweeps_get_one_error_line_and_status_2(capsys, tmp_path, argv, message):
     code, out, err = run_cli(capsys, "sweep", *argv, "--out", tmp_path / "out")
     assert code == 2
@@ -154,8 +207,9 @@ def test_an_out_folder_holding_other_things_is_refused(capsys, tmp_path):
 
 def test_an_unreachable_address_fails_fast(capsys, tmp_path, free_port):
     started = time.monotonic()
-    code, _, err = run_cli(capsys, "sweep", "--grid", "learning_rate=0.1", "--address", f"127.0.0.1:{free_port}",
-                           "--out", tmp_path / "out")
+    code, _, err = run_cli(
+        capsys, "sweep", "--grid", "learning_rate=0.1", "--address", f"127.0.0.1:{free_port}", "--out", tmp_path / "out"
+    )
     assert code == 2 and "No Ray cluster reachable at 127.0.0.1:" in err, err
     assert time.monotonic() - started < 30
     assert not (tmp_path / "out").exists()
@@ -165,8 +219,9 @@ def test_an_unreachable_address_fails_fast(capsys, tmp_path, free_port):
 def test_an_address_that_never_answers_fails_within_30_seconds(capsys, tmp_path):
     """A black-holed address (TEST-NET-1, never routed) times out rather than hangs."""
     started = time.monotonic()
-    code, _, err = run_cli(capsys, "sweep", "--grid", "learning_rate=0.1", "--address", "192.0.2.1:6379",
-                           "--out", tmp_path / "out")
+    code, _, err = run_cli(
+        capsys, "sweep", "--grid", "learning_rate=0.1", "--address", "192.0.2.1:6379", "--out", tmp_path / "out"
+    )
     assert code == 2 and "No Ray cluster reachable at 192.0.2.1:6379" in err, err
     assert time.monotonic() - started < 30
 
@@ -175,8 +230,13 @@ def test_an_address_that_never_answers_fails_within_30_seconds(capsys, tmp_path)
 
 
 def _sweep(*argv, timeout=900, env=ENVIRONMENT):
-    return subprocess.run([sys.executable, "-m", "digitlab", "sweep", *map(str, argv)], env=env,
-                          text=True, capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "digitlab", "sweep", *map(str, argv)],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def _results_without_time(out: Path) -> list[dict]:
@@ -206,16 +266,23 @@ def test_a_sweep_trains_what_train_trains(reference_sweep, tmp_path, quiet):
     state = json.loads((out / "sweep.json").read_text())
     assert [trial["status"] for trial in state["trials"]] == ["complete"] * 4
     for trial in state["trials"]:
-        alone = training.train(config.TrainConfig(learning_rate=trial["params"]["learning_rate"], seed=trial["seed"],
-                                                  epochs=6, train_limit=6000),
-                               runs_dir=tmp_path, print_fn=quiet, verbose=0)
+        alone = training.train(
+            config.TrainConfig(
+                learning_rate=trial["params"]["learning_rate"], seed=trial["seed"], epochs=6, train_limit=6000
+            ),
+            runs_dir=tmp_path,
+            print_fn=quiet,
+            verbose=0,
+        )
         assert runs.Run(out / "runs" / trial["run"]).history() == alone.history()
 
     rows = _results_without_time(out)
     assert [row["learning_rate"] for row in rows] == ["0.5", "0.05"]  # Best first.
     assert set(rows[0]) == {"learning_rate", *sweep_results.RESULT_COLUMNS} - {"wall_time_s"}
     assert rows[0]["seeds"] == "2" and rows[0]["status"] == "complete" and rows[0]["epochs"] == "6"
-    assert float(rows[0]["val_accuracy_min"]) <= float(rows[0]["val_accuracy_mean"]) <= float(rows[0]["val_accuracy_max"])
+    assert (
+        float(rows[0]["val_accuracy_min"]) <= float(rows[0]["val_accuracy_mean"]) <= float(rows[0]["val_accuracy_max"])
+    )
     assert json.loads((out / "results.json").read_text())[0]["learning_rate"] == 0.5
     assert (out / "results.md").read_text() in result.stdout
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG" and not (out / "heatmap.png").exists()
@@ -302,8 +369,13 @@ def _wait_for_a_new_checkpoint(process, out: Path, before: dict[str, int]) -> No
 def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sweep, tmp_path):
     rng = random.Random(os.getpid())
     out = tmp_path / "sweep"
-    process = subprocess.Popen([sys.executable, "-m", "digitlab", "sweep", *SWEEP_ARGS, "--out", str(out)],
-                               env=ENVIRONMENT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digitlab", "sweep", *SWEEP_ARGS, "--out", str(out)],
+        env=ENVIRONMENT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     _wait_for_a_new_checkpoint(process, out, before={})
     time.sleep(rng.uniform(0.0, 1.5))
     ray_processes = _descendants(process.pid)
@@ -346,10 +418,30 @@ def ray_head(tmp_path, load_script):
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Short: Ray's socket paths must fit 107 bytes.
     ray = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--include-dashboard", "false", "--ray-client-server-port", str(free_port()),
-         "--temp-dir", temp_dir, "--disable-usage-stats"],
-        env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--ray-client-server-port",
+            str(free_port()),
+            "--temp-dir",
+            temp_dir,
+            "--disable-usage-stats",
+        ],
+        env=ENVIRONMENT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -377,18 +469,47 @@ def test_a_sweep_on_a_ray_head_records_a_failed_trial_and_finishes_the_others(ra
     # given an address sends only when told to: without RAY_AUTH_MODE=token it is refused, clearly and fast.
     out = tmp_path / "sweep"
     started = time.monotonic()
-    refused = _sweep("--address", ray_head, "--grid", "learning_rate=0.1", "--out", out,
-                     env={key: value for key, value in ENVIRONMENT.items() if key != "RAY_AUTH_MODE"})
+    refused = _sweep(
+        "--address",
+        ray_head,
+        "--grid",
+        "learning_rate=0.1",
+        "--out",
+        out,
+        env={key: value for key, value in ENVIRONMENT.items() if key != "RAY_AUTH_MODE"},
+    )
     assert refused.returncode == 2 and refused.stderr.startswith("error: Could not start or reach the Ray cluster")
     assert "RAY_AUTH_MODE=token" in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
     assert time.monotonic() - started < 30 and not out.exists()
-    greedy = _sweep("--address", ray_head, "--grid", "learning_rate=0.1", "--cpus-per-trial", "3", "--out", out,
-                    env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"))
+    greedy = _sweep(
+        "--address",
+        ray_head,
+        "--grid",
+        "learning_rate=0.1",
+        "--cpus-per-trial",
+        "3",
+        "--out",
+        out,
+        env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"),
+    )
     assert greedy.returncode == 2 and not out.exists()
     assert greedy.stderr == "error: Each trial asks for 3 CPUs (--cpus-per-trial), but this Ray has only 2.\n"
 
-    result = _sweep("--address", ray_head, "--grid", "model=shallow,lenet", "--engine", "fast", "--epochs", "2",
-                    "--train-limit", "1000", "--out", out, env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"))
+    result = _sweep(
+        "--address",
+        ray_head,
+        "--grid",
+        "model=shallow,lenet",
+        "--engine",
+        "fast",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "1000",
+        "--out",
+        out,
+        env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     state = json.loads((out / "sweep.json").read_text())
     assert [trial["status"] for trial in state["trials"]] == ["complete", "failed"]
@@ -404,8 +525,17 @@ def test_early_stopping_stops_the_trials_that_trail_and_says_so(tmp_path, mnist_
     """Learning rates from good to hopeless for the book's net, so that ASHA (rungs at epochs 1, 3
     and 9) has good trials to compare the later ones with."""
     out = tmp_path / "sweep"
-    result = _sweep("--grid", "learning_rate=3,1,0.3,0.03,0.003,0.001,0.0003,0.0001", "--epochs", "9",
-                    "--train-limit", "1000", "--early-stop", "--out", out)
+    result = _sweep(
+        "--grid",
+        "learning_rate=3,1,0.3,0.03,0.003,0.001,0.0003,0.0001",
+        "--epochs",
+        "9",
+        "--train-limit",
+        "1000",
+        "--early-stop",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     state = json.loads((out / "sweep.json").read_text())
     stopped = [trial for trial in state["trials"] if trial["status"] == "stopped"]

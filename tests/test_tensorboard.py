@@ -42,7 +42,7 @@ def test_tensorboard_serves_the_logged_scalars(logged_run, free_port, running_se
                 break
             time.sleep(0.5)
         assert len(tags) == 1, tags
-        (run_name, run_tags), = tags.items()
+        ((run_name, run_tags),) = tags.items()
         history = logged_run.history()
         for split, prefix in (("train", ""), ("validation", "val_")):
             for metric in ("accuracy", "loss"):

@@ -23,8 +23,17 @@ def engine(request):
 def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine, quiet):
     run = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0)
     names = {path.name for path in run.path.iterdir()}
-    assert {"config.json", "status.json", "history.csv", "history.json", "model.keras", "checkpoint.npz",
-            "curves.png", "metrics.json", "data.json"} <= names
+    assert {
+        "config.json",
+        "status.json",
+        "history.csv",
+        "history.json",
+        "model.keras",
+        "checkpoint.npz",
+        "curves.png",
+        "metrics.json",
+        "data.json",
+    } <= names
     assert not [name for name in names if ".tmp" in name]
     assert run.status()["status"] == "complete"
     history = run.history()
@@ -38,8 +47,7 @@ def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine, quiet):
     assert metrics["engine"] == {"fit": "fit", "fast": "fast-numpy"}[engine]
     assert "keras" in metrics["versions"] and len(metrics["data_sha256"]) == 4
     recorded = run.read_json("data.json")
-    assert recorded == {"path": str(mnist_path.absolute()), "origin": "DIGITLAB_DATA",
-                        "sha256": metrics["data_sha256"]}
+    assert recorded == {"path": str(mnist_path.absolute()), "origin": "DIGITLAB_DATA", "sha256": metrics["data_sha256"]}
     saved = run.config()
     assert saved == config.TrainConfig(engine=engine, **QUICK).resolved()
     model = run.load_model()
@@ -48,8 +56,9 @@ def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine, quiet):
 
 def test_same_seed_same_history(tmp_path, mnist_path, engine, quiet):
     first = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0)
-    second = training.train(config.TrainConfig.load(first.file("config.json")), runs_dir=tmp_path,
-                            print_fn=quiet, verbose=0)
+    second = training.train(
+        config.TrainConfig.load(first.file("config.json")), runs_dir=tmp_path, print_fn=quiet, verbose=0
+    )
     assert first.path != second.path
     assert first.history() == second.history()
     for a, b in zip(first.load_model().get_weights(), second.load_model().get_weights()):
@@ -57,14 +66,16 @@ def test_same_seed_same_history(tmp_path, mnist_path, engine, quiet):
 
 
 def test_a_run_without_seed_records_the_one_it_drew(tmp_path, mnist_path, quiet):
-    run = training.train(config.TrainConfig(engine="fit", epochs=1, train_limit=500), runs_dir=tmp_path,
-                         print_fn=quiet, verbose=0)
+    run = training.train(
+        config.TrainConfig(engine="fit", epochs=1, train_limit=500), runs_dir=tmp_path, print_fn=quiet, verbose=0
+    )
     assert isinstance(run.config().seed, int)
 
 
 def test_holdout_validation_touches_the_test_set_once(tmp_path, mnist_path, quiet):
-    run = training.train(config.TrainConfig(engine="fit", validation="holdout", **QUICK), runs_dir=tmp_path,
-                         print_fn=quiet, verbose=0)
+    run = training.train(
+        config.TrainConfig(engine="fit", validation="holdout", **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0
+    )
     metrics = run.metrics()
     assert 0.0 < metrics["test_accuracy"] <= 1.0 and metrics["validation"] == "holdout"
 
@@ -91,8 +102,9 @@ def test_interrupt_saves_and_marks_interrupted(tmp_path, mnist_path):
             raise KeyboardInterrupt
 
     with pytest.raises(training.TrainingInterrupted) as stop:
-        training.train(config.TrainConfig(engine="fast", **QUICK), runs_dir=tmp_path,
-                       print_fn=interrupt_on_second_epoch, verbose=0)
+        training.train(
+            config.TrainConfig(engine="fast", **QUICK), runs_dir=tmp_path, print_fn=interrupt_on_second_epoch, verbose=0
+        )
     run = stop.value.run
     assert run.status()["status"] == "interrupted"
     assert not run.file("model.keras").exists()
@@ -120,8 +132,13 @@ def test_ctrl_c_during_training_stops_it_between_batches(tmp_path, mnist_path, e
             after_the_signal.append(epochs_done)  # Reached: the signal did not raise here.
 
     with pytest.raises(training.TrainingInterrupted) as stop:
-        training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0,
-                       on_epoch_end=press_ctrl_c)
+        training.train(
+            config.TrainConfig(engine=engine, **QUICK),
+            runs_dir=tmp_path,
+            print_fn=quiet,
+            verbose=0,
+            on_epoch_end=press_ctrl_c,
+        )
     assert after_the_signal == [1]
     assert stop.value.epoch == 1
     run = stop.value.run

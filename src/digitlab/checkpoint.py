@@ -28,8 +28,16 @@ from digitlab.runs import RunError
 FORMAT_VERSION = 1
 
 
-def save(path: Path, *, engine: str, epoch: int, state: dict[str, np.ndarray],
-         rngs: list[np.random.RandomState], histories: list[dict], wall_time_s: float) -> None:
+def save(
+    path: Path,
+    *,
+    engine: str,
+    epoch: int,
+    state: dict[str, np.ndarray],
+    rngs: list[np.random.RandomState],
+    histories: list[dict],
+    wall_time_s: float,
+) -> None:
     """Writes a checkpoint atomically; raises RunError (previous checkpoint kept) on failure."""
     arrays = {f"state/{name}": np.asarray(value) for name, value in state.items()}
     for index, rng in enumerate(rngs):
@@ -81,5 +89,5 @@ def load(path: Path) -> dict:
         rng = np.random.RandomState()
         rng.set_state(("MT19937", keys, position, has_gauss, gaussian))
         rngs.append(rng)
-    state = {name[len("state/"):]: value for name, value in arrays.items() if name.startswith("state/")}
+    state = {name[len("state/") :]: value for name, value in arrays.items() if name.startswith("state/")}
     return dict(meta, state=state, rngs=rngs)

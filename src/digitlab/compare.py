@@ -56,8 +56,9 @@ def compare_runs(run_paths, out_path: str | Path = "compare.png") -> list[dict]:
             "wall_time_s": metrics.get("wall_time_s"),
         }
         rows.append(row)
-        series.append({"label": f"{run.name} ({config.model}, lr {config.learning_rate:g})",
-                       "val_accuracy": values.tolist()})
+        series.append(
+            {"label": f"{run.name} ({config.model}, lr {config.learning_rate:g})", "val_accuracy": values.tolist()}
+        )
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise runs.RunError(f"Cannot write {out_path}: the folder {out_path.parent} does not exist.")
@@ -76,20 +77,36 @@ def _metrics_or_empty(run: runs.Run) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """The comparison as an aligned plain-text table, best final val accuracy marked with '*'."""
-    header = ("run", "status", "model", "optimizer", "lr", "validation", "epochs",
-              "best val (epoch)", "final val", "test", "time s")
+    header = (
+        "run",
+        "status",
+        "model",
+        "optimizer",
+        "lr",
+        "validation",
+        "epochs",
+        "best val (epoch)",
+        "final val",
+        "test",
+        "time s",
+    )
     best = max(range(len(rows)), key=lambda index: rows[index]["final_val_accuracy"]) if rows else None
     lines = [header]
     for index, row in enumerate(rows):
-        lines.append((
-            row["run"] + (" *" if index == best and len(rows) > 1 else ""),
-            row["status"], row["model"], row["optimizer"], f"{row['learning_rate']:g}",
-            row["validation"], f"{row['epochs']}/{row['epochs_planned']}",
-            f"{row['best_val_accuracy']:.4f} ({row['best_epoch']})", f"{row['final_val_accuracy']:.4f}",
-            "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}",
-            "-" if row["wall_time_s"] is None else f"{row['wall_time_s']:.1f}",
-        ))
+        lines.append(
+            (
+                row["run"] + (" *" if index == best and len(rows) > 1 else ""),
+                row["status"],
+                row["model"],
+                row["optimizer"],
+                f"{row['learning_rate']:g}",
+                row["validation"],
+                f"{row['epochs']}/{row['epochs_planned']}",
+                f"{row['best_val_accuracy']:.4f} ({row['best_epoch']})",
+                f"{row['final_val_accuracy']:.4f}",
+                "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}",
+                "-" if row["wall_time_s"] is None else f"{row['wall_time_s']:.1f}",
+            )
+        )
     widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
-    return "\n".join(
-        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines
-    )
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)

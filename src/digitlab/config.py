@@ -24,23 +24,51 @@ from digitlab import atomic
 # The book's settings for each of its MNIST nets (chapters 5, 8, 9 and 10).
 MODEL_DEFAULTS: dict[str, dict] = {
     "shallow": dict(
-        units=[64], filters=[], activation="sigmoid", batch_norm=False, dropout=[],
-        loss="mean_squared_error", optimizer="sgd", learning_rate=0.01, epochs=200,
+        units=[64],
+        filters=[],
+        activation="sigmoid",
+        batch_norm=False,
+        dropout=[],
+        loss="mean_squared_error",
+        optimizer="sgd",
+        learning_rate=0.01,
+        epochs=200,
         book_val_accuracy=0.86,
     ),
     "intermediate": dict(
-        units=[64, 64], filters=[], activation="relu", batch_norm=False, dropout=[],
-        loss="categorical_crossentropy", optimizer="sgd", learning_rate=0.1, epochs=20,
+        units=[64, 64],
+        filters=[],
+        activation="relu",
+        batch_norm=False,
+        dropout=[],
+        loss="categorical_crossentropy",
+        optimizer="sgd",
+        learning_rate=0.1,
+        epochs=20,
         book_val_accuracy=0.976,
     ),
     "deep": dict(
-        units=[64, 64, 64], filters=[], activation="relu", batch_norm=True, dropout=[0.2],
-        loss="categorical_crossentropy", optimizer="adam", learning_rate=0.001, epochs=20,
+        units=[64, 64, 64],
+        filters=[],
+        activation="relu",
+        batch_norm=True,
+        dropout=[0.2],
+        loss="categorical_crossentropy",
+        optimizer="adam",
+        learning_rate=0.001,
+        epochs=20,
         book_val_accuracy=0.977,
     ),
     "lenet": dict(
-        units=[128], filters=[32, 64], activation="relu", batch_norm=False, dropout=[0.25, 0.5],
-        loss="categorical_crossentropy", optimizer="adam", learning_rate=0.001, epochs=10,
+        units=[128],
+        filters=[32, 64],
+        activation="relu",
+        batch_norm=False,
+        dropout=[0.25, 0.5],
+        loss="categorical_crossentropy",
+        optimizer="adam",
+        learning_rate=0.001,
+        epochs=10,
         book_val_accuracy=0.992,
     ),
 }
@@ -81,15 +109,22 @@ class TrainConfig:
     batch_size: int = _field(128, "images per gradient step")
     epochs: int | None = _field(None, "passes over the training images")
     seed: int | None = _field(
-        None, "random seed; the same seed on the same machine and backend repeats a run "
-        "(default: a random seed, recorded in the run)")
+        None,
+        "random seed; the same seed on the same machine and backend repeats a run "
+        "(default: a random seed, recorded in the run)",
+    )
     seeds: int = _field(1, "train this many networks side by side (seeds SEED, SEED+1, ...) and plot their spread")
     validation: str = _field(
-        "test", "'test' validates on the 10,000 test images as the book does; 'holdout' holds out "
-        "10,000 training images and touches the test set once, at the end", choices=VALIDATIONS)
+        "test",
+        "'test' validates on the 10,000 test images as the book does; 'holdout' holds out "
+        "10,000 training images and touches the test set once, at the end",
+        choices=VALIDATIONS,
+    )
     engine: str = _field(
-        "auto", "'fit' is Keras's model.fit; 'fast' is digitlab's engine; 'auto' uses fast where it "
-        "supports the model", choices=ENGINES)
+        "auto",
+        "'fit' is Keras's model.fit; 'fast' is digitlab's engine; 'auto' uses fast where it supports the model",
+        choices=ENGINES,
+    )
     train_limit: int | None = _field(None, "use only the first N training images (quick experiments; default: all)")
     checkpoint_every: int = _field(1, "save a checkpoint every N epochs (0: never)")
     tensorboard: bool = _field(False, "also write TensorBoard logs into the run folder")
@@ -97,9 +132,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Returns a copy with every `None` replaced by the model's default, after checking it."""
         if self.model not in MODEL_DEFAULTS:
-            raise ValueError(
-                f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}."
-            )
+            raise ValueError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.")
         defaults = MODEL_DEFAULTS[self.model]
         values = dataclasses.asdict(self)
         for name, value in values.items():
@@ -141,9 +174,7 @@ class TrainConfig:
                 f"that many rates, each at least 0 and below 1, not {self.dropout!r}."
             )
         if not _is_number(self.learning_rate) or not 0.0 < self.learning_rate <= 10.0:
-            raise ValueError(
-                f"learning_rate must be a number above 0 and at most 10, got {self.learning_rate!r}."
-            )
+            raise ValueError(f"learning_rate must be a number above 0 and at most 10, got {self.learning_rate!r}.")
         if not _is_number(self.momentum) or not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be at least 0 and below 1, got {self.momentum!r}.")
         if not _is_int(self.batch_size) or not 1 <= self.batch_size <= 60_000:
@@ -226,8 +257,4 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

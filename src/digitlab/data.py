@@ -135,8 +135,7 @@ def load_recorded(record: dict, path: str | os.PathLike | None = None, loaded: L
             raise _not_the_runs_data(replaced, expected, recorded) from None
         if path is None and recorded:
             raise DataError(
-                f"This run was trained on the MNIST at {recorded}, which is no longer there or has "
-                f"changed. {error}"
+                f"This run was trained on the MNIST at {recorded}, which is no longer there or has changed. {error}"
             ) from None
         raise
     if expected and loaded.sha256 != expected:
@@ -248,9 +247,7 @@ def check_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-            raise DataError(
-                f"{source}: x_{split} has shape {images.shape}; MNIST images are (N, 28, 28)."
-            )
+            raise DataError(f"{source}: x_{split} has shape {images.shape}; MNIST images are (N, 28, 28).")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise DataError(
                 f"{source}: y_{split} has shape {labels.shape} but there are "
@@ -262,9 +259,7 @@ def check_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
             if array.dtype != np.uint8:
                 raise DataError(f"{source}: {name} has dtype {array.dtype}; MNIST is uint8.")
         if labels.max() >= NUM_CLASSES:
-            raise DataError(
-                f"{source}: y_{split} holds the label {int(labels.max())}; digits are 0 to 9."
-            )
+            raise DataError(f"{source}: y_{split} holds the label {int(labels.max())}; digits are 0 to 9.")
 
 
 def _download() -> dict[str, np.ndarray]:
@@ -314,15 +309,13 @@ def class_counts(labels: np.ndarray) -> np.ndarray:
     return np.bincount(labels, minlength=NUM_CLASSES)
 
 
-def prepare(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None,
-            flat: bool = True):
+def prepare(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None, flat: bool = True):
     """`split`, then network inputs and one-hot targets: `(x, y), (x_valid, y_valid), test`.
 
     `test` stays raw uint8 images and labels (None unless `validation="holdout"`).
     """
     (x_train, y_train), (x_valid, y_valid), test = split(arrays, validation, train_limit)
-    return ((to_inputs(x_train, flat), to_targets(y_train)),
-            (to_inputs(x_valid, flat), to_targets(y_valid)), test)
+    return ((to_inputs(x_train, flat), to_targets(y_train)), (to_inputs(x_valid, flat), to_targets(y_valid)), test)
 
 
 def split(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None):
@@ -341,8 +334,7 @@ def split(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: 
     elif validation == "holdout":
         if len(x_train) <= HOLDOUT_SIZE:
             raise DataError(
-                f"--validation holdout needs more than {HOLDOUT_SIZE} training images; "
-                f"this data has {len(x_train)}."
+                f"--validation holdout needs more than {HOLDOUT_SIZE} training images; this data has {len(x_train)}."
             )
         valid = (x_train[-HOLDOUT_SIZE:], y_train[-HOLDOUT_SIZE:])
         x_train, y_train = x_train[:-HOLDOUT_SIZE], y_train[:-HOLDOUT_SIZE]

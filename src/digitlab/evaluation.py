@@ -45,8 +45,7 @@ def confusion_matrix(true_labels, predicted_labels, num_classes: int = NUM_CLASS
     predicted_labels = np.asarray(predicted_labels, dtype=np.int64)
     if true_labels.shape != predicted_labels.shape or true_labels.ndim != 1:
         raise ValueError(
-            f"Give one predicted label per true label; got shapes {true_labels.shape} "
-            f"and {predicted_labels.shape}."
+            f"Give one predicted label per true label; got shapes {true_labels.shape} and {predicted_labels.shape}."
         )
     for name, labels in (("true", true_labels), ("predicted", predicted_labels)):
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -69,8 +68,13 @@ def per_digit_scores(matrix: np.ndarray) -> list[dict]:
     total = precision + recall
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
     return [
-        dict(digit=digit, precision=float(precision[digit]), recall=float(recall[digit]),
-             f1=float(f1[digit]), support=int(support[digit]))
+        dict(
+            digit=digit,
+            precision=float(precision[digit]),
+            recall=float(recall[digit]),
+            f1=float(f1[digit]),
+            support=int(support[digit]),
+        )
         for digit in range(len(hits))
     ]
 
@@ -86,9 +90,15 @@ def confident_mistakes(probabilities: np.ndarray, true_labels, count: int = GALL
     return wrong[order[:count]]
 
 
-def evaluate_model(model, images: np.ndarray, labels: np.ndarray, flat: bool = True,
-                   gallery_size: int = GALLERY_SIZE, title: str = "",
-                   digit_name: str = "X_valid[0]") -> tuple[dict, dict]:
+def evaluate_model(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    flat: bool = True,
+    gallery_size: int = GALLERY_SIZE,
+    title: str = "",
+    digit_name: str = "X_valid[0]",
+) -> tuple[dict, dict]:
     """Scores a compiled Keras model on uint8 images; returns (result, figures).
 
     `result` holds accuracy and loss (from `model.evaluate`), per-digit scores,
@@ -98,8 +108,7 @@ def evaluate_model(model, images: np.ndarray, labels: np.ndarray, flat: bool = T
     """
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(
-            f"Give one label per image and at least one image; got {len(images)} images "
-            f"and {len(labels)} labels."
+            f"Give one label per image and at least one image; got {len(images)} images and {len(labels)} labels."
         )
     inputs, targets = data.to_inputs(images, flat), data.to_targets(labels)
     loss, accuracy = model.evaluate(inputs, targets, batch_size=1000, verbose=0)
@@ -109,9 +118,13 @@ def evaluate_model(model, images: np.ndarray, labels: np.ndarray, flat: bool = T
     scores = per_digit_scores(matrix)
     wrong = confident_mistakes(probabilities, labels, gallery_size)
     mistakes = [
-        dict(index=int(index), true=int(labels[index]), predicted=int(predicted[index]),
-             probability=float(probabilities[index, predicted[index]]),
-             probability_of_true=float(probabilities[index, labels[index]]))
+        dict(
+            index=int(index),
+            true=int(labels[index]),
+            predicted=int(predicted[index]),
+            probability=float(probabilities[index, predicted[index]]),
+            probability_of_true=float(probabilities[index, labels[index]]),
+        )
         for index in wrong
     ]
     result = {
@@ -130,11 +143,17 @@ def evaluate_model(model, images: np.ndarray, labels: np.ndarray, flat: bool = T
     confusion_title = f"{heading}confusion matrix" if title else "Confusion matrix"
     figures = {
         "confusion": plots.confusion_matrix(
-            matrix, title=f"{confusion_title} ({result['errors']} errors in {len(images)})"),
+            matrix, title=f"{confusion_title} ({result['errors']} errors in {len(images)})"
+        ),
         "mistakes": plots.mistakes_gallery(
-            images[wrong], labels[wrong], predicted[wrong], probabilities[wrong, predicted[wrong]],
-            title=f"{heading}the {len(wrong)} most confidently wrong digits" if title
-            else f"The {len(wrong)} most confidently wrong digits"),
+            images[wrong],
+            labels[wrong],
+            predicted[wrong],
+            probabilities[wrong, predicted[wrong]],
+            title=f"{heading}the {len(wrong)} most confidently wrong digits"
+            if title
+            else f"The {len(wrong)} most confidently wrong digits",
+        ),
         **inside.figures(model, images[0], int(labels[0]), flat=flat, digit_name=digit_name),
     }
     return result, figures
@@ -151,13 +170,15 @@ def evaluation_images(run: runs.Run, arrays: dict[str, np.ndarray], split: str =
             return x_valid, y_valid, "the 10,000 held-out training images the run validated on"
         return x_valid, y_valid, "the 10,000 test images the run validated on, as in the book"
     if test is None:
-        return arrays["x_test"], arrays["y_test"], (
-            "the 10,000 test images (this run also validated on them, so they are not an untouched check)")
+        return (
+            arrays["x_test"],
+            arrays["y_test"],
+            ("the 10,000 test images (this run also validated on them, so they are not an untouched check)"),
+        )
     return test[0], test[1], "the 10,000 test images, untouched during training (the one final check)"
 
 
-def evaluate(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validation",
-             model=None) -> tuple[dict, dict]:
+def evaluate(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validation", model=None) -> tuple[dict, dict]:
     """Evaluates a run on already loaded data (and its model, if already loaded); returns
     (result, figures) without writing files."""
     images, labels, description = evaluation_images(run, arrays, split)
@@ -165,11 +186,21 @@ def evaluate(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validat
     if model is None:
         model = run.load_model()
     result, figures = evaluate_model(
-        model, images, labels, flat=not models.is_convolutional(config.model),
-        title=f"{config.model} net, {split}", digit_name=f"{split} image 0",
+        model,
+        images,
+        labels,
+        flat=not models.is_convolutional(config.model),
+        title=f"{config.model} net, {split}",
+        digit_name=f"{split} image 0",
     )
-    result = {"run": run.name, "model": config.model, "split": split, "data": description,
-              "validation": config.validation, **result}
+    result = {
+        "run": run.name,
+        "model": config.model,
+        "split": split,
+        "data": description,
+        "validation": config.validation,
+        **result,
+    }
     return result, figures
 
 

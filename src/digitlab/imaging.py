@@ -95,8 +95,7 @@ def open_image(source) -> Image.Image:
         stream = source
     else:
         raise ValueError(
-            f"Cannot read an image from a {type(source).__name__}; "
-            "give a path, bytes or a binary file object."
+            f"Cannot read an image from a {type(source).__name__}; give a path, bytes or a binary file object."
         )
     if isinstance(stream, io.BytesIO) and not stream.getbuffer().nbytes:
         raise ValueError(f"{name} is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF file.")
@@ -116,7 +115,9 @@ def open_image(source) -> Image.Image:
             f"{name} is not an image digitlab can read; send a PNG, JPEG, WebP, BMP or GIF file."
         ) from None
     except Exception as error:  # Pillow's header parsers raise many kinds on malformed files.
-        raise ValueError(f"{name} could not be read as an image ({error}); it is probably truncated or corrupt.") from None
+        raise ValueError(
+            f"{name} could not be read as an image ({error}); it is probably truncated or corrupt."
+        ) from None
     width, height = image.size
     if width > MAX_SIDE or height > MAX_SIDE:
         raise ImageTooLargeError(
@@ -132,8 +133,7 @@ def open_image(source) -> Image.Image:
             image = ImageOps.exif_transpose(image)
     except Exception as error:  # Decoders raise OSError, SyntaxError, ValueError, zlib errors...
         raise ValueError(
-            f"{name} could not be decoded ({error}); it is probably truncated or corrupt. "
-            "Save or export it again."
+            f"{name} could not be decoded ({error}); it is probably truncated or corrupt. Save or export it again."
         ) from None
     return image
 
@@ -197,9 +197,11 @@ def background_plane(levels: np.ndarray) -> tuple[np.ndarray | float, float]:
         residuals = values - design @ coefficients
         spread = 1.4826 * float(np.median(np.abs(residuals[keep])))
         keep = np.abs(residuals) <= max(3 * spread, 2.0)
-    plane = (np.float32(coefficients[0])
-             + np.float32(coefficients[1]) * (np.arange(rows, dtype=np.float32) / rows)[:, np.newaxis]
-             + np.float32(coefficients[2]) * (np.arange(columns, dtype=np.float32) / columns)[np.newaxis, :])
+    plane = (
+        np.float32(coefficients[0])
+        + np.float32(coefficients[1]) * (np.arange(rows, dtype=np.float32) / rows)[:, np.newaxis]
+        + np.float32(coefficients[2]) * (np.arange(columns, dtype=np.float32) / columns)[np.newaxis, :]
+    )
     return plane, spread
 
 
@@ -216,8 +218,7 @@ def ink_map(levels: np.ndarray) -> np.ndarray:
     strongest = float(ink.max())
     if strongest < MIN_CONTRAST:
         raise ValueError(
-            "The image is empty: no ink stands out from the background. "
-            "Draw or photograph a digit with clear contrast."
+            "The image is empty: no ink stands out from the background. Draw or photograph a digit with clear contrast."
         )
     # Paper texture, sensor noise and JPEG ringing lie below the floor and are cleared.
     floor = max(NOISE_FLOOR * strongest, 4.0 * noise)
@@ -247,7 +248,7 @@ def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
     columns = np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
         raise ValueError("The image is empty: no ink was found. Draw or photograph a digit.")
-    return ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    return ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
 
 def _max_pool(ink: np.ndarray, factor: int) -> np.ndarray:
@@ -261,8 +262,11 @@ def _dilate(ink: np.ndarray, radius: int) -> np.ndarray:
     grown = np.pad(ink, radius)
     for _ in range(radius):
         padded = np.pad(grown, 1)
-        shifted = [padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        shifted = [
+            padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+        ]
         grown = np.max(shifted, axis=0)
     return grown
 
@@ -304,7 +308,7 @@ def center_like_mnist(ink: np.ndarray) -> np.ndarray:
     top = int(np.clip(round(CENTRE - centre_row), 0, FIELD - height))
     left = int(np.clip(round(CENTRE - centre_column), 0, FIELD - breadth))
     field = np.zeros((FIELD, FIELD), dtype=np.float32)
-    field[top:top + height, left:left + breadth] = small
+    field[top : top + height, left : left + breadth] = small
     return np.round(field * 255).astype(np.uint8)
 
 

@@ -28,6 +28,7 @@ from digitlab.plots import inside as plots_inside
 # they are saved with a 256-colour palette (`plots.figure_png(palette=True)`): a few times smaller.
 FIGURE_NAMES = {"dense": ("hidden_units",), "convolution": ("filters", "feature_maps")}
 
+
 def first_layer(model: keras.Model) -> layers.Layer:
     """The network's first layer, which must be a Dense or a Conv2D layer (as in the book's four nets)."""
     if not model.layers or not isinstance(model.layers[0], (layers.Dense, layers.Conv2D)):
@@ -51,8 +52,9 @@ def look_inside(model: keras.Model, image: np.ndarray, flat: bool = True) -> dic
     return {"kernel": kernel, "bias": bias, "activations": activations, "probabilities": probabilities}
 
 
-def figures(model: keras.Model, image: np.ndarray, label: int, flat: bool | None = None,
-            digit_name: str = "X_valid[0]") -> dict:
+def figures(
+    model: keras.Model, image: np.ndarray, label: int, flat: bool | None = None, digit_name: str = "X_valid[0]"
+) -> dict:
     """The look inside as Matplotlib figures: {"hidden_units"} for a dense net, {"filters",
     "feature_maps"} for a convolutional one. `flat` defaults to what the first layer takes."""
     layer = first_layer(model)
@@ -61,12 +63,16 @@ def figures(model: keras.Model, image: np.ndarray, label: int, flat: bool | None
         flat = not convolutional
     look = look_inside(model, image, flat=flat)
     if not convolutional:
-        return {"hidden_units": plots_inside.hidden_units(look["kernel"], look["activations"], look["probabilities"],
-                                                          image, label, digit_name=digit_name)}
+        return {
+            "hidden_units": plots_inside.hidden_units(
+                look["kernel"], look["activations"], look["probabilities"], image, label, digit_name=digit_name
+            )
+        }
     return {
         "filters": plots_inside.conv_filters(look["kernel"]),
-        "feature_maps": plots_inside.feature_maps(image, label, look["activations"], look["probabilities"],
-                                                  digit_name=digit_name),
+        "feature_maps": plots_inside.feature_maps(
+            image, label, look["activations"], look["probabilities"], digit_name=digit_name
+        ),
     }
 
 

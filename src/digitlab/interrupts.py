@@ -54,8 +54,11 @@ def requests_stop():
         return
     # getsignal gives None for a handler installed outside Python; the default stands in for it.
     # A signal ignored on purpose (a job started with `&` by a script ignores Ctrl-C) stays ignored.
-    previous = {number: signal.getsignal(number) or signal.SIG_DFL for number in SIGNALS
-                if signal.getsignal(number) is not signal.SIG_IGN}
+    previous = {
+        number: signal.getsignal(number) or signal.SIG_DFL
+        for number in SIGNALS
+        if signal.getsignal(number) is not signal.SIG_IGN
+    }
     _requests = 0
     for number in previous:
         signal.signal(number, _request)

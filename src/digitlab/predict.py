@@ -160,11 +160,15 @@ def format_result(result: dict) -> str:
     top = ", ".join(f"{entry['digit']} {entry['probability']:.1%}" for entry in result["top3"])
     if "index" in result:
         verdict = "right" if result["correct"] else "wrong"
-        head = f"validation image {result['index']}: predicted {result['digit']}, true label {result['label']} ({verdict})"
+        head = (
+            f"validation image {result['index']}: predicted {result['digit']}, true label {result['label']} ({verdict})"
+        )
     else:
         head = f"{result['path']}: {result['digit']}"
     lines = [head, f"  top three: {top}"]
-    lines.append("  all ten:   " + "  ".join(f"{digit}:{value:.3f}" for digit, value in enumerate(result["probabilities"])))
+    lines.append(
+        "  all ten:   " + "  ".join(f"{digit}:{value:.3f}" for digit, value in enumerate(result["probabilities"]))
+    )
     if result.get("shown"):
         lines.append(f"  input the network saw: {result['shown']}")
     return "\n".join(lines)

@@ -69,8 +69,11 @@ def render_report(run: runs.Run, data_path=None) -> str:
         "curves": plots.figure_png(plots.training_curves(histories, title=f"{config.model} net")),
         "confusion": plots.figure_png(figures["confusion"]),
         "mistakes": plots.figure_png(figures["mistakes"]),
-        **{name: plots.figure_png(figure, palette=True) for name, figure in figures.items()
-           if inside.is_inside_figure(name)},
+        **{
+            name: plots.figure_png(figure, palette=True)
+            for name, figure in figures.items()
+            if inside.is_inside_figure(name)
+        },
     }
     title = f"digitlab run {run.name}"
     sections = [
@@ -81,7 +84,7 @@ def render_report(run: runs.Run, data_path=None) -> str:
         _results_section(config, metrics, result),
         "<h2>Configuration</h2>",
         '<p class="note">Re-run it with <code>digitlab train --config '
-        f'{escape(str(run.file("config.json")))}</code>.</p>',
+        f"{escape(str(run.file('config.json')))}</code>.</p>",
         table(["setting", "value"], [(name, value_text(value)) for name, value in config.to_dict().items()]),
         "<h2>The network</h2>",
         f"<pre>{escape(chr(10).join(line.rstrip() for line in summary_lines))}</pre>",
@@ -100,9 +103,15 @@ def render_report(run: runs.Run, data_path=None) -> str:
         _per_digit_table(result),
         _inside_section(images),
         "<h2>Software and machine</h2>",
-        table(["", ""], [("backend", metrics.get("backend", "?")), ("engine", metrics.get("engine", "?")),
-                          ("machine", metrics.get("machine", "?")),
-                          *[(name, version) for name, version in (metrics.get("versions") or {}).items()]]),
+        table(
+            ["", ""],
+            [
+                ("backend", metrics.get("backend", "?")),
+                ("engine", metrics.get("engine", "?")),
+                ("machine", metrics.get("machine", "?")),
+                *[(name, version) for name, version in (metrics.get("versions") or {}).items()],
+            ],
+        ),
     ]
     return page(title, sections)
 
@@ -118,8 +127,9 @@ def _results_section(config, metrics: dict, result: dict) -> str:
     if metrics.get("test_accuracy") is not None:
         cards.insert(2, ("test accuracy (final check)", f"{metrics['test_accuracy']:.4f}"))
     if metrics.get("seeds", 1) > 1:
-        cards.insert(1, (f"mean over {metrics['seeds']} seeds",
-                         f"{metrics.get('final_val_accuracy_mean', float('nan')):.4f}"))
+        cards.insert(
+            1, (f"mean over {metrics['seeds']} seeds", f"{metrics.get('final_val_accuracy_mean', float('nan')):.4f}")
+        )
     items = "".join(
         f'<div class="card"><div class="value">{escape(value)}</div><div class="label">{escape(label)}</div></div>'
         for label, value in cards
@@ -132,28 +142,39 @@ INSIDE_CAPTIONS = {
         "Each tile is one neuron of the first hidden layer: its 784 weights drawn as a 28×28 image, all on "
         "one colour scale symmetric around 0 (red pixels excite the neuron, blue ones inhibit it). Beside "
         "them, the first validation image, the activations it gives the neurons (placed as the tiles) and "
-        "the network's ten output probabilities."),
+        "the network's ten output probabilities."
+    ),
     "filters": "The first convolution's 3×3 filters, on one colour scale symmetric around 0.",
     "feature_maps": "The maps those filters make of the first validation image, on one colour scale.",
 }
 
 
 def _inside_section(images: dict) -> str:
-    parts = [f"<p>{escape(caption)}</p>\n{image(images[name], caption)}"
-             for name, caption in INSIDE_CAPTIONS.items() if name in images]
+    parts = [
+        f"<p>{escape(caption)}</p>\n{image(images[name], caption)}"
+        for name, caption in INSIDE_CAPTIONS.items()
+        if name in images
+    ]
     return "<h2>A look inside the network</h2>\n" + "\n".join(parts) if parts else ""
 
 
 def _data_sentence(config) -> str:
     available = 50_000 if config.validation == "holdout" else 60_000
     used = min(config.train_limit or available, available)
-    training = f"the first {used:,} of the {available:,} training images" if used < available else (
-        f"the {available:,} training images")
+    training = (
+        f"the first {used:,} of the {available:,} training images"
+        if used < available
+        else (f"the {available:,} training images")
+    )
     if config.validation == "holdout":
-        return (f"Trained on {training} (MNIST's first 50,000); validated on the last 10,000 training "
-                "images, held out; the 10,000 test images were used once, after training.")
-    return (f"Trained on {training} and validated on the 10,000 test images, as the book does "
-            "(so there is no untouched test set).")
+        return (
+            f"Trained on {training} (MNIST's first 50,000); validated on the last 10,000 training "
+            "images, held out; the 10,000 test images were used once, after training."
+        )
+    return (
+        f"Trained on {training} and validated on the 10,000 test images, as the book does "
+        "(so there is no untouched test set)."
+    )
 
 
 def _data_hash_section(metrics: dict, arrays: dict) -> str:
@@ -169,25 +190,37 @@ def _data_hash_section(metrics: dict, arrays: dict) -> str:
         else:
             check = '<span class="warn">differs from the data of this report</span>'
         rows.append((key, f"<code>{escape(value or '-')}</code>", check))
-    return (
-        "<h3>SHA-256 of the data the run was trained with</h3>\n"
-        + table(["array", "sha256 (raw bytes)", "check"], rows, escaped=False)
+    return "<h3>SHA-256 of the data the run was trained with</h3>\n" + table(
+        ["array", "sha256 (raw bytes)", "check"], rows, escaped=False
     )
 
 
 def _per_digit_table(result: dict) -> str:
     rows = [
-        (str(score["digit"]), f"{score['precision']:.4f}", f"{score['recall']:.4f}", f"{score['f1']:.4f}",
-         str(score["support"]))
+        (
+            str(score["digit"]),
+            f"{score['precision']:.4f}",
+            f"{score['recall']:.4f}",
+            f"{score['f1']:.4f}",
+            str(score["support"]),
+        )
         for score in result["per_digit"]
     ]
-    rows.append(("mean", f"{result['macro_precision']:.4f}", f"{result['macro_recall']:.4f}",
-                 f"{result['macro_f1']:.4f}", str(result["images"])))
+    rows.append(
+        (
+            "mean",
+            f"{result['macro_precision']:.4f}",
+            f"{result['macro_recall']:.4f}",
+            f"{result['macro_f1']:.4f}",
+            str(result["images"]),
+        )
+    )
     return table(["digit", "precision", "recall", "F1", "images"], rows, numbers=True)
 
 
 def table(header, rows, escaped: bool = True, numbers: bool = False) -> str:
     """An HTML table; `escaped=False` takes the cells as HTML already."""
+
     def cell(value, tag="td"):
         css = ' class="number"' if numbers and tag == "td" else ""
         return f"<{tag}{css}>{escape(value) if escaped else value}</{tag}>"
@@ -216,7 +249,7 @@ def page(title: str, sections: list[str]) -> str:
     """A whole self-contained HTML page: the title, the inline styles and the sections in order."""
     body = "\n".join(sections)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )

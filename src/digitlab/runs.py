@@ -192,9 +192,14 @@ class Run:
         try:
             config = self.config()
             row.update(
-                model=config.model, optimizer=config.optimizer, learning_rate=config.learning_rate,
-                loss=config.loss, batch_size=config.batch_size, epochs_planned=config.epochs,
-                seeds=config.seeds, validation=config.validation,
+                model=config.model,
+                optimizer=config.optimizer,
+                learning_rate=config.learning_rate,
+                loss=config.loss,
+                batch_size=config.batch_size,
+                epochs_planned=config.epochs,
+                seeds=config.seeds,
+                validation=config.validation,
             )
         except RunError:
             row.update(model="?")
@@ -210,8 +215,9 @@ class Run:
             row.update(epochs=0, best_val_accuracy=None, final_val_accuracy=None)
         try:
             metrics = self.metrics()
-            row.update(engine=metrics.get("engine"), wall_time_s=metrics.get("wall_time_s"),
-                       date=metrics.get("finished"))
+            row.update(
+                engine=metrics.get("engine"), wall_time_s=metrics.get("wall_time_s"), date=metrics.get("finished")
+            )
         except RunError:
             row.update(engine=None, wall_time_s=None, date=None)
         return row
@@ -266,8 +272,7 @@ def open_run(path: str | Path) -> Run:
         raise RunError(f"{path} is a file, not a run folder. List saved runs with `digitlab runs`.")
     if not (path / "config.json").is_file():
         raise RunError(
-            f"{path} is not a digitlab run folder (it has no config.json). "
-            "List saved runs with `digitlab runs`."
+            f"{path} is not a digitlab run folder (it has no config.json). List saved runs with `digitlab runs`."
         )
     run = Run(path)
     status = run.status()

@@ -38,9 +38,16 @@ class TrainingInterrupted(Exception):
         self.epoch = epoch
 
 
-def train(config: TrainConfig, runs_dir: str | Path = "runs", data_path=None, print_fn=print,
-          verbose: int | None = None, loaded: data.Loaded | None = None, run_name: str | None = None,
-          on_epoch_end=None) -> Run:
+def train(
+    config: TrainConfig,
+    runs_dir: str | Path = "runs",
+    data_path=None,
+    print_fn=print,
+    verbose: int | None = None,
+    loaded: data.Loaded | None = None,
+    run_name: str | None = None,
+    on_epoch_end=None,
+) -> Run:
     """Trains the configured net and returns its complete run folder.
 
     `loaded` gives the data already in memory (else it is loaded from `data_path`);
@@ -63,8 +70,14 @@ def train(config: TrainConfig, runs_dir: str | Path = "runs", data_path=None, pr
     return session.run(run, saved=None)
 
 
-def resume(run_path: str | Path, data_path=None, print_fn=print, verbose: int | None = None,
-           loaded: data.Loaded | None = None, on_epoch_end=None) -> Run:
+def resume(
+    run_path: str | Path,
+    data_path=None,
+    print_fn=print,
+    verbose: int | None = None,
+    loaded: data.Loaded | None = None,
+    on_epoch_end=None,
+) -> Run:
     """Continues an interrupted run from its last checkpoint to the end (`loaded` and
     `on_epoch_end` as for `train`; given data must be the run's own, by its SHA-256s)."""
     run = runs.open_run(run_path)
@@ -105,7 +118,8 @@ class _Session:
         self.on_epoch_end = on_epoch_end
         self.flat = not models.is_convolutional(config.model)
         (self.train_inputs, self.train_targets), self.validation_data, self.test = data.prepare(
-            loaded.arrays, config.validation, config.train_limit, self.flat)
+            loaded.arrays, config.validation, config.train_limit, self.flat
+        )
         self.networks = models.create_seeded_models(config)
         self.engine = engine.make_engine(self.networks, config, verbose=_default_verbose(verbose))
         self.rngs = [np.random.RandomState(config.seed + index) for index in range(config.seeds)]
@@ -125,8 +139,7 @@ class _Session:
             raise
         except ValueError as error:
             raise RunError(
-                f"The checkpoint does not match this model ({error}); it was written for a "
-                "different configuration."
+                f"The checkpoint does not match this model ({error}); it was written for a different configuration."
             ) from None
         self.rngs, self.histories = saved["rngs"], saved["histories"]
 
@@ -134,32 +147,56 @@ class _Session:
         """Trains from the start (or from `saved`) to the end, keeping the run folder current."""
         config, engine = self.config, self.engine
         initial_epoch = 0 if saved is None else saved["epoch"]
-        progress = _EpochEnd(run, config, engine, self.rngs, self.histories, self.print_fn,
-                             wall_time_before=0.0 if saved is None else saved["wall_time_s"],
-                             hook=self.on_epoch_end)
+        progress = _EpochEnd(
+            run,
+            config,
+            engine,
+            self.rngs,
+            self.histories,
+            self.print_fn,
+            wall_time_before=0.0 if saved is None else saved["wall_time_s"],
+            hook=self.on_epoch_end,
+        )
         try:
             path = getattr(engine, "path", None)
-            self.print_fn(f"Engine: {engine.name} on the {keras.backend.backend()} backend"
-                          + (f" ({path})" if path else ""))
+            self.print_fn(
+                f"Engine: {engine.name} on the {keras.backend.backend()} backend" + (f" ({path})" if path else "")
+            )
             note = backends.mismatch_note(config.model, keras.backend.backend())
             if note:
                 self.print_fn(note)
             progress.start()
             with interrupts.requests_stop():  # Ctrl-C stops training between batches, never inside Keras.
                 engine.fit(
-                    self.train_inputs, self.train_targets, self.validation_data, epochs=config.epochs,
-                    initial_epoch=initial_epoch, rngs=self.rngs, on_epoch_end=progress,
+                    self.train_inputs,
+                    self.train_targets,
+                    self.validation_data,
+                    epochs=config.epochs,
+                    initial_epoch=initial_epoch,
+                    rngs=self.rngs,
+                    on_epoch_end=progress,
                 )
             engine.sync_to_models()
-            _finish(run, config, engine, self.networks, self.histories, self.test, self.flat,
-                    progress.wall_time(), self.data, self.print_fn)
+            _finish(
+                run,
+                config,
+                engine,
+                self.networks,
+                self.histories,
+                self.test,
+                self.flat,
+                progress.wall_time(),
+                self.data,
+                self.print_fn,
+            )
         except KeyboardInterrupt:
             epoch_reached = progress.epochs_done or initial_epoch
             _record_status(run, "interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
             raise TrainingInterrupted(run, epoch_reached) from None
         except BaseException as error:
-            _record_status(run, "failed", epoch=progress.epochs_done or initial_epoch,
-                           message=f"{type(error).__name__}: {error}")
+            _record_status(
+                run, "failed", epoch=progress.epochs_done or initial_epoch, message=f"{type(error).__name__}: {error}"
+            )
             raise
         finally:
             progress.close()
@@ -211,8 +248,12 @@ class _EpochEnd:
         every = self.config.checkpoint_every
         if every and (self.epochs_done % every == 0 or self.epochs_done == self.config.epochs):
             checkpoint.save(
-                self.run.file("checkpoint.npz"), engine=self.engine.name, epoch=self.epochs_done,
-                state=self.engine.get_state(), rngs=self.rngs, histories=self.histories,
+                self.run.file("checkpoint.npz"),
+                engine=self.engine.name,
+                epoch=self.epochs_done,
+                state=self.engine.get_state(),
+                rngs=self.rngs,
+                histories=self.histories,
                 wall_time_s=self.wall_time(),
             )
             self.checkpoint_epoch = self.epochs_done
@@ -292,8 +333,10 @@ def _finish(run, config, engine, networks, histories, test, flat, wall_time, loa
     run.set_status("complete", epoch=metrics["epochs"])
     summary = f"val_accuracy {final[0]:.4f}"
     if len(histories) > 1:
-        summary = (f"val_accuracy mean {np.mean(final):.4f} over {len(final)} seeds "
-                   f"(min {np.min(final):.4f}, max {np.max(final):.4f})")
+        summary = (
+            f"val_accuracy mean {np.mean(final):.4f} over {len(final)} seeds "
+            f"(min {np.min(final):.4f}, max {np.max(final):.4f})"
+        )
     if test is not None:
         summary += f", test_accuracy {metrics['test_accuracy']:.4f}"
     print_fn(

@@ -55,10 +55,18 @@ WARMUP_STEPS = 5
 NOT_INSTALLED = "not installed (pip install digitlab[bench])"
 
 
-def run_bench(epochs: int = DEFAULTS["epochs"], seeds: int = DEFAULTS["seeds"], out_dir: str | Path = "bench", data_path=None,
-              backends=("tensorflow", "jax"), print_fn=print, train_limit: int | None = None,
-              engine_backend: str = "auto", compare_seeds: int = 0,
-              compare_epochs: int = DEFAULTS["compare_epochs"]) -> dict:
+def run_bench(
+    epochs: int = DEFAULTS["epochs"],
+    seeds: int = DEFAULTS["seeds"],
+    out_dir: str | Path = "bench",
+    data_path=None,
+    backends=("tensorflow", "jax"),
+    print_fn=print,
+    train_limit: int | None = None,
+    engine_backend: str = "auto",
+    compare_seeds: int = 0,
+    compare_epochs: int = DEFAULTS["compare_epochs"],
+) -> dict:
     """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md."""
     _check_whole("epochs", epochs, 1)
     _check_whole("seeds", seeds, 1)
@@ -72,8 +80,7 @@ def run_bench(epochs: int = DEFAULTS["epochs"], seeds: int = DEFAULTS["seeds"], 
     common = dict(data_path=str(data_path) if data_path else None, train_limit=train_limit)
     print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {machine_name()}...")
     gflops = {"all_cores": matmul_gflops(), "one_core": matmul_gflops(threads=1)}
-    print_fn(f"float32 matrix multiply: {gflops['all_cores']:.0f} GFLOP/s "
-             f"({gflops['one_core']:.0f} on one core)")
+    print_fn(f"float32 matrix multiply: {gflops['all_cores']:.0f} GFLOP/s ({gflops['one_core']:.0f} on one core)")
     rows = []
     for backend in backends:
         label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
@@ -83,20 +90,38 @@ def run_bench(epochs: int = DEFAULTS["epochs"], seeds: int = DEFAULTS["seeds"], 
             rows.append(_run_worker(label, dict(kind="fit", keras_backend=backend, epochs=epochs, seeds=[0], **common)))
         print_fn(f"  {label}: {_short(rows[-1])}")
     # The engine on every core (its default), and with one seed on one core: the anchor of the seeds' scaling.
-    contenders = [(1, None)] + ([(1, 1)] if system.machine_info()["cores"] > 1 else []) + (
-        [(seeds, None)] if seeds > 1 else [])
+    contenders = (
+        [(1, None)] + ([(1, 1)] if system.machine_info()["cores"] > 1 else []) + ([(seeds, None)] if seeds > 1 else [])
+    )
     for count, workers in contenders:
         label = f"digitlab engine, {count} seed{'s' if count > 1 else ''}" + (", one core" if workers == 1 else "")
-        rows.append(_run_worker(label, dict(kind="engine", engine_backend=engine_backend, epochs=epochs,
-                                            seeds=list(range(count)), workers=workers, **common)))
+        rows.append(
+            _run_worker(
+                label,
+                dict(
+                    kind="engine",
+                    engine_backend=engine_backend,
+                    epochs=epochs,
+                    seeds=list(range(count)),
+                    workers=workers,
+                    **common,
+                ),
+            )
+        )
         print_fn(f"  {label}: {_short(rows[-1])}")
     # The machine's limit is its faster measured figure (a second BLAS thread can lose on a busy machine).
     gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
     _add_ratios(rows, gflops["limit"])
     scaling = seed_scaling(rows)
     results = {
-        "machine": machine_info(), "gflops": gflops, "model": MODEL, "epochs": epochs,
-        "train_limit": train_limit, "rows": rows, "scaling": scaling, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_info(),
+        "gflops": gflops,
+        "model": MODEL,
+        "epochs": epochs,
+        "train_limit": train_limit,
+        "rows": rows,
+        "scaling": scaling,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if compare_seeds:
         print_fn(f"Accuracy check: {compare_seeds} seeds x {compare_epochs} epochs, fit (JAX) and the engine...")
@@ -113,8 +138,13 @@ def run_bench(epochs: int = DEFAULTS["epochs"], seeds: int = DEFAULTS["seeds"], 
     return results
 
 
-def run_lenet_bench(steps: int = DEFAULTS["steps"], out_dir: str | Path = "bench", data_path=None,
-                    backends=("tensorflow", "jax"), print_fn=print) -> dict:
+def run_lenet_bench(
+    steps: int = DEFAULTS["steps"],
+    out_dir: str | Path = "bench",
+    data_path=None,
+    backends=("tensorflow", "jax"),
+    print_fn=print,
+) -> dict:
     """Times LeNet's `fit` steps on each installed Keras backend and on the default one, side by side.
 
     Each row trains chapter 10's LeNet (batch 128) for `steps` steps in its own process;
@@ -140,8 +170,13 @@ def run_lenet_bench(steps: int = DEFAULTS["steps"], out_dir: str | Path = "bench
     for row in rows:
         if row["status"] == "ok":
             row["times_fastest"] = row["ms_per_step"] / min(timed)
-    results = {"machine": machine_info(), "model": "lenet", "steps": steps, "rows": rows,
-               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results = {
+        "machine": machine_info(),
+        "model": "lenet",
+        "steps": steps,
+        "rows": rows,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -175,9 +210,11 @@ def lenet_markdown(results: dict) -> str:
         if row["status"] != "ok":
             lines.append(f"| {name} | {row.get('keras_backend') or ''} | {row['status']} | | | |")
             continue
-        lines.append(f"| {name} | {row['keras_backend']} | {row['ms_per_step']:.0f} | "
-                     f"{row['ms_per_step'] * 469 / 1000:.0f} s | {row['times_fastest']:.2f} | "
-                     f"{row['peak_memory_mb']:.0f} MB |")
+        lines.append(
+            f"| {name} | {row['keras_backend']} | {row['ms_per_step']:.0f} | "
+            f"{row['ms_per_step'] * 469 / 1000:.0f} s | {row['times_fastest']:.2f} | "
+            f"{row['peak_memory_mb']:.0f} MB |"
+        )
     lines += ["", f"ms/step: median step after the first {WARMUP_STEPS} (compilation); an epoch adds validation."]
     return "\n".join(lines) + "\n"
 
@@ -193,8 +230,12 @@ def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, en
         return comparison
     fit_mean = statistics.mean(fit["final_val_accuracies"])
     fast_mean = statistics.mean(fast["final_val_accuracies"])
-    comparison.update(fit_mean=fit_mean, engine_mean=fast_mean, difference=fast_mean - fit_mean,
-                      within_one_point=abs(fast_mean - fit_mean) <= 0.01)
+    comparison.update(
+        fit_mean=fit_mean,
+        engine_mean=fast_mean,
+        difference=fast_mean - fit_mean,
+        within_one_point=abs(fast_mean - fit_mean) <= 0.01,
+    )
     comparison["summary"] = (
         f"mean final val accuracy over {seeds} seeds x {epochs} epochs: fit {fit_mean:.4f}, "
         f"engine {fast_mean:.4f} (difference {100 * (fast_mean - fit_mean):+.2f} points; "
@@ -210,8 +251,10 @@ def _check_whole(name: str, value, least: int) -> None:
 
 def _run_worker(label: str, spec: dict) -> dict:
     """Runs one contender in a fresh Python process and returns its row (status "ok" or why not)."""
-    row = {"name": label, **{key: spec[key] for key in ("kind", "keras_backend", "engine_backend", "workers")
-                             if key in spec}}
+    row = {
+        "name": label,
+        **{key: spec[key] for key in ("kind", "keras_backend", "engine_backend", "workers") if key in spec},
+    }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if spec.get("keras_backend", "jax") is None:
         # The default: as a user's shell with no KERAS_BACKEND, so that digitlab chooses.
@@ -222,8 +265,13 @@ def _run_worker(label: str, spec: dict) -> dict:
         env.pop(backends.MARKER, None)  # A backend named here is chosen, as a user's KERAS_BACKEND is.
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "digitlab.bench.worker", "--worker",
-                   json.dumps({**spec, "output": str(output)})]
+        command = [
+            sys.executable,
+            "-m",
+            "digitlab.bench.worker",
+            "--worker",
+            json.dumps({**spec, "output": str(output)}),
+        ]
         process = subprocess.run(command, env=env, capture_output=True, text=True)
         if process.returncode != 0 or not output.exists():
             lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
@@ -245,9 +293,7 @@ def _add_ratios(rows: list[dict], gflops: float) -> None:
         row["times_useful_limit"] = row["seconds_per_epoch"] / row["useful_limit_seconds_per_epoch"]
         for backend, anchor in anchors.items():
             # Per network trained: N seeds in one run count as N runs of fit.
-            row[f"speedup_vs_fit_{backend}"] = (
-                anchor["projected_seconds"] * row["networks"] / row["projected_seconds"]
-            )
+            row[f"speedup_vs_fit_{backend}"] = anchor["projected_seconds"] * row["networks"] / row["projected_seconds"]
 
 
 def seed_scaling(rows: list[dict]) -> dict:
@@ -258,15 +304,20 @@ def seed_scaling(rows: list[dict]) -> dict:
     if anchor is None:
         return {}
     per_network = anchor["seconds_per_epoch"] / anchor["networks"]
-    return {row["name"]: per_network / (row["seconds_per_epoch"] / row["networks"])
-            for row in engine_rows if row is not anchor}
+    return {
+        row["name"]: per_network / (row["seconds_per_epoch"] / row["networks"])
+        for row in engine_rows
+        if row is not anchor
+    }
 
 
 def _short(row: dict) -> str:
     if row["status"] != "ok":
         return row["status"]
-    return (f"{row['seconds_per_epoch']:.3f} s/epoch, val accuracy {row['val_accuracy']:.4f}, "
-            f"peak {row['peak_memory_mb']:.0f} MB ({row['path']})")
+    return (
+        f"{row['seconds_per_epoch']:.3f} s/epoch, val accuracy {row['val_accuracy']:.4f}, "
+        f"peak {row['peak_memory_mb']:.0f} MB ({row['path']})"
+    )
 
 
 def to_markdown(results: dict) -> str:
@@ -274,7 +325,8 @@ def to_markdown(results: dict) -> str:
     machine, gflops = results["machine"], results["gflops"]
     lines = [
         f"Book's shallow net (MNIST, batch 128, validation every epoch), {results['epochs']} epoch(s) measured"
-        + (f" on {results['train_limit']} training images" if results["train_limit"] else "") + ".",
+        + (f" on {results['train_limit']} training images" if results["train_limit"] else "")
+        + ".",
         f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul {gflops['all_cores']:.0f} GFLOP/s "
         f"({gflops['one_core']:.0f} on one core); Keras {machine['keras']}, JAX {machine['jax']}, "
         f"TensorFlow {machine['tensorflow']}, NumPy {machine['numpy']}; {results['created']}.",
@@ -291,7 +343,9 @@ def to_markdown(results: dict) -> str:
         lines.append(
             f"| {row['name']} ({row['engine']}) | {row['seconds_per_epoch']:.3f} | {row['first_epoch_seconds']:.2f} "
             f"| {row['projected_seconds']:.0f} s | {row['val_accuracy']:.4f} | {row['peak_memory_mb']:.0f} MB "
-            f"| {row['times_limit']:.1f} / {row['times_useful_limit']:.1f} | " + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups) + " |"
+            f"| {row['times_limit']:.1f} / {row['times_useful_limit']:.1f} | "
+            + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups)
+            + " |"
         )
     lines += [
         "",
@@ -303,8 +357,12 @@ def to_markdown(results: dict) -> str:
         "that trained.",
     ]
     if results.get("scaling"):
-        lines += ["", "Per network, against one seed on one core (the other cores' worth): " + "; ".join(
-            f"{name}: {ratio:.2f}×" for name, ratio in results["scaling"].items()) + "."]
+        lines += [
+            "",
+            "Per network, against one seed on one core (the other cores' worth): "
+            + "; ".join(f"{name}: {ratio:.2f}×" for name, ratio in results["scaling"].items())
+            + ".",
+        ]
     comparison = results.get("comparison")
     if comparison:
         lines += ["", f"Accuracy check: {comparison['summary']}."]
@@ -319,8 +377,11 @@ def machine_name() -> str:
 def machine_info() -> dict:
     """The machine and the versions the table names, read without importing Keras or TensorFlow."""
     versions = system.software_versions()
-    return {**system.machine_info(), "python": versions["python"],
-            **{package: system.version_of(versions, package) for package in ("keras", "jax", "numpy", "tensorflow")}}
+    return {
+        **system.machine_info(),
+        "python": versions["python"],
+        **{package: system.version_of(versions, package) for package in ("keras", "jax", "numpy", "tensorflow")},
+    }
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20, threads: int | None = None) -> float:
@@ -340,8 +401,9 @@ def matmul_gflops(size: int = 1024, repeats: int = 20, threads: int | None = Non
     return 2 * size**3 / best / 1e9
 
 
-def useful_epoch_flops(layer_sizes: list[int], train_examples: int, valid_examples: int,
-                       train_nonzeros: int, valid_nonzeros: int) -> int:
+def useful_epoch_flops(
+    layer_sizes: list[int], train_examples: int, valid_examples: int, train_nonzeros: int, valid_nonzeros: int
+) -> int:
     """`epoch_flops` with the first layer's multiply-adds counted for nonzero inputs only.
 
     81% of MNIST's pixels are zero, and a product with zero adds nothing: this is the

@@ -28,15 +28,17 @@ def _worker(spec: dict) -> dict:
     if spec["kind"] == "steps":
         return _steps_worker(spec)
     seeds = spec["seeds"]  # Consecutive: 0, 1, ..., N-1.
-    cfg = config.TrainConfig(model=MODEL, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds),
-                             train_limit=spec.get("train_limit")).resolved()
+    cfg = config.TrainConfig(
+        model=MODEL, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds), train_limit=spec.get("train_limit")
+    ).resolved()
     (x, y), validation, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit)
     if spec["kind"] == "fit":
         durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
         path = "Keras fit"
     else:
-        durations, histories, engine_name, path = _engine_worker(cfg, x, y, validation, spec["engine_backend"],
-                                                                 spec.get("workers"))
+        durations, histories, engine_name, path = _engine_worker(
+            cfg, x, y, validation, spec["engine_backend"], spec.get("workers")
+        )
     first = float(np.mean(durations[:, 0]))
     later = durations[:, 1:].ravel()
     per_epoch = float(np.median(later)) if later.size else first
@@ -56,8 +58,10 @@ def _worker(spec: dict) -> dict:
         "val_accuracy": float(np.mean(final)),
         "final_val_accuracies": final,
         "flops_per_epoch": epoch_flops(sizes, len(x), len(validation[0])) * networks_per_run,
-        "useful_flops_per_epoch": useful_epoch_flops(sizes, len(x), len(validation[0]), int(np.count_nonzero(x)),
-                                                     int(np.count_nonzero(validation[0]))) * networks_per_run,
+        "useful_flops_per_epoch": useful_epoch_flops(
+            sizes, len(x), len(validation[0]), int(np.count_nonzero(x)), int(np.count_nonzero(validation[0]))
+        )
+        * networks_per_run,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -73,8 +77,9 @@ def _steps_worker(spec: dict) -> dict:
 
     cfg = config.TrainConfig(model=spec["model"], seed=0).resolved()
     images = spec["steps"] * cfg.batch_size
-    (x, y), _, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=images,
-                                flat=not models.is_convolutional(cfg.model))
+    (x, y), _, _ = data.prepare(
+        data.load_arrays(spec.get("data_path")), train_limit=images, flat=not models.is_convolutional(cfg.model)
+    )
     (network,) = models.create_seeded_models(cfg)
     stamps = []
     timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter()))
@@ -120,8 +125,14 @@ def _engine_worker(cfg, x, y, validation, backend, workers=None):
     # The same initial weights and batches as fit's run of each seed.
     fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers)
     timer = _EpochTimer(cfg.seeds)
-    fast.fit(x, y, validation, epochs=cfg.epochs, rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
-             on_epoch_end=timer)
+    fast.fit(
+        x,
+        y,
+        validation,
+        epochs=cfg.epochs,
+        rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
+        on_epoch_end=timer,
+    )
     return timer.durations()[None], timer.histories, fast.name, getattr(fast, "path", "")
 
 

@@ -32,82 +32,135 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="digitlab", formatter_class=cli_flags.HelpFormatter,
+        prog="digitlab",
+        formatter_class=cli_flags.HelpFormatter,
         description="The Shallow Net in Keras of Deep Learning Illustrated (chapter 5), and the book's later "
         "MNIST nets: look at the data, train, evaluate, compare, predict your own digits.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    explore = commands.add_parser("explore", help="look at MNIST: shapes, labels, counts, figures",
-                                  formatter_class=cli_flags.HelpFormatter)
+    explore = commands.add_parser(
+        "explore", help="look at MNIST: shapes, labels, counts, figures", formatter_class=cli_flags.HelpFormatter
+    )
     cli_flags.add_data_flag(explore)
     explore.add_argument("--out", default="figures", help="folder for the PNG figures")
 
-    train = commands.add_parser("train", help="train a network (the book's shallow net by default)",
-                                formatter_class=cli_flags.HelpFormatter)
+    train = commands.add_parser(
+        "train", help="train a network (the book's shallow net by default)", formatter_class=cli_flags.HelpFormatter
+    )
     cli_flags.add_config_flags(train)
-    train.add_argument("--config", metavar="CONFIG_JSON", default=None, help="re-run a saved config.json (flags are ignored)")
-    train.add_argument("--resume", metavar="RUN", default=None, help="continue an interrupted run from its last checkpoint")
+    train.add_argument(
+        "--config", metavar="CONFIG_JSON", default=None, help="re-run a saved config.json (flags are ignored)"
+    )
+    train.add_argument(
+        "--resume", metavar="RUN", default=None, help="continue an interrupted run from its last checkpoint"
+    )
     cli_flags.add_data_flag(train)
     cli_flags.add_runs_dir_flag(train)
 
-    predict = commands.add_parser("predict", help="ask a trained network about a validation image or image files",
-                                  formatter_class=cli_flags.HelpFormatter)
+    predict = commands.add_parser(
+        "predict",
+        help="ask a trained network about a validation image or image files",
+        formatter_class=cli_flags.HelpFormatter,
+    )
     predict.add_argument("run", metavar="RUN", help="a run folder")
     predict.add_argument("images", metavar="IMAGE", nargs="*", help="image files of handwritten digits")
     predict.add_argument("--index", type=int, default=None, help="predict validation image N instead of files")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
-    predict.add_argument("--show", metavar="DIR", default=None, help="write the 28x28 input the network saw for each image into DIR")
+    predict.add_argument(
+        "--show", metavar="DIR", default=None, help="write the 28x28 input the network saw for each image into DIR"
+    )
     cli_flags.add_data_flag(predict)
 
     listing = commands.add_parser("runs", help="list saved runs", formatter_class=cli_flags.HelpFormatter)
     cli_flags.add_runs_dir_flag(listing)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    evaluate = commands.add_parser("evaluate", help="accuracy, loss, per-digit scores, confusion matrix and mistakes of a run",
-                                   formatter_class=cli_flags.HelpFormatter)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy, loss, per-digit scores, confusion matrix and mistakes of a run",
+        formatter_class=cli_flags.HelpFormatter,
+    )
     evaluate.add_argument("run", metavar="RUN", help="a run folder")
-    evaluate.add_argument("--split", default="validation", choices=("validation", "test"), help="'validation' scores the images the run validated on; 'test' the 10,000 test images (for a holdout run, the one final check)")
-    evaluate.add_argument("--out", metavar="DIR", default=None, help="folder for evaluation.json, confusion.png and mistakes.png; None means the run folder")
+    evaluate.add_argument(
+        "--split",
+        default="validation",
+        choices=("validation", "test"),
+        help="'validation' scores the images the run validated on; 'test' the 10,000 test images (for a holdout run, the one final check)",
+    )
+    evaluate.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="folder for evaluation.json, confusion.png and mistakes.png; None means the run folder",
+    )
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
     cli_flags.add_data_flag(evaluate)
 
-    compare = commands.add_parser("compare", help="overlay the val-accuracy curves of several runs and print a table",
-                                  formatter_class=cli_flags.HelpFormatter)
+    compare = commands.add_parser(
+        "compare",
+        help="overlay the val-accuracy curves of several runs and print a table",
+        formatter_class=cli_flags.HelpFormatter,
+    )
     compare.add_argument("runs", metavar="RUN", nargs="+", help="run folders")
     compare.add_argument("--out", default="compare.png", help="the PNG to write")
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    report = commands.add_parser("report", help="write one self-contained HTML report of a run",
-                                 formatter_class=cli_flags.HelpFormatter)
+    report = commands.add_parser(
+        "report", help="write one self-contained HTML report of a run", formatter_class=cli_flags.HelpFormatter
+    )
     report.add_argument("run", metavar="RUN", help="a run folder")
-    report.add_argument("--out", metavar="FILE", default=None, help="the HTML file to write; None means RUN/report.html")
+    report.add_argument(
+        "--out", metavar="FILE", default=None, help="the HTML file to write; None means RUN/report.html"
+    )
     cli_flags.add_data_flag(report)
 
-    serve = commands.add_parser("serve", help="a drawing page and an HTTP API for a trained network",
-                                formatter_class=cli_flags.HelpFormatter)
+    serve = commands.add_parser(
+        "serve", help="a drawing page and an HTTP API for a trained network", formatter_class=cli_flags.HelpFormatter
+    )
     serve.add_argument("run", metavar="RUN", help="a run folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
 
     from digitlab.serve.board import DEFAULT_PORT
 
-    board = commands.add_parser("tensorboard", help="show a run's --tensorboard logs in TensorBoard",
-                                formatter_class=cli_flags.HelpFormatter)
+    board = commands.add_parser(
+        "tensorboard", help="show a run's --tensorboard logs in TensorBoard", formatter_class=cli_flags.HelpFormatter
+    )
     board.add_argument("run", metavar="RUN", help="a run folder trained with --tensorboard")
     board.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
     board.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     cli_sweep.add_parser(commands)
 
     bench_defaults = _bench_defaults()
-    bench = commands.add_parser("bench", help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
-                                formatter_class=cli_flags.HelpFormatter)
+    bench = commands.add_parser(
+        "bench",
+        help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
+        formatter_class=cli_flags.HelpFormatter,
+    )
     cli_flags.add_config_flags(bench, names=("epochs", "seeds", "train_limit"), defaults=bench_defaults)
-    bench.add_argument("--model", default="shallow", choices=("shallow", "lenet"), help="'shallow': fit against the engine, per epoch; 'lenet': fit's steps on each Keras backend and the default one")
-    bench.add_argument("--steps", type=int, default=bench_defaults["steps"], help="--model lenet: the training steps timed per backend")
+    bench.add_argument(
+        "--model",
+        default="shallow",
+        choices=("shallow", "lenet"),
+        help="'shallow': fit against the engine, per epoch; 'lenet': fit's steps on each Keras backend and the default one",
+    )
+    bench.add_argument(
+        "--steps", type=int, default=bench_defaults["steps"], help="--model lenet: the training steps timed per backend"
+    )
     bench.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
-    bench.add_argument("--compare-seeds", type=int, default=0, help="also compare the final val accuracy of this many seeds, engine against fit (0: skip)")
-    bench.add_argument("--compare-epochs", type=int, default=bench_defaults["compare_epochs"], help="epochs of each run in the accuracy comparison")
+    bench.add_argument(
+        "--compare-seeds",
+        type=int,
+        default=0,
+        help="also compare the final val accuracy of this many seeds, engine against fit (0: skip)",
+    )
+    bench.add_argument(
+        "--compare-epochs",
+        type=int,
+        default=bench_defaults["compare_epochs"],
+        help="epochs of each run in the accuracy comparison",
+    )
     cli_flags.add_data_flag(bench)
     return parser
 
@@ -179,8 +232,11 @@ def command_sweep(args) -> int:
     try:
         cli_sweep.run(args)
     except sweep_runner.SweepInterrupted as stop:
-        print(f"\nInterrupted; finished trials are saved. Resume the sweep with:\n"
-              f"  digitlab sweep --resume {stop.out_dir}", file=sys.stderr)
+        print(
+            f"\nInterrupted; finished trials are saved. Resume the sweep with:\n"
+            f"  digitlab sweep --resume {stop.out_dir}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return 0
 
@@ -224,15 +280,36 @@ def command_runs(args) -> int:
 
 def format_runs_table(rows: list[dict]) -> str:
     """A plain-text table of `runs.list_runs` rows."""
-    header = ("run", "status", "model", "optimizer", "lr", "epochs", "best val", "final val", "engine", "time s", "date")
+    header = (
+        "run",
+        "status",
+        "model",
+        "optimizer",
+        "lr",
+        "epochs",
+        "best val",
+        "final val",
+        "engine",
+        "time s",
+        "date",
+    )
     lines = [header]
     for row in rows:
-        lines.append((
-            row["run"], row["status"], row.get("model", "?"), row.get("optimizer", "?"),
-            _cell(row.get("learning_rate")), f"{row.get('epochs', 0)}/{row.get('epochs_planned', '?')}",
-            _cell(row.get("best_val_accuracy"), ".4f"), _cell(row.get("final_val_accuracy"), ".4f"),
-            row.get("engine") or "-", _cell(row.get("wall_time_s"), ".1f"), row.get("date") or "-",
-        ))
+        lines.append(
+            (
+                row["run"],
+                row["status"],
+                row.get("model", "?"),
+                row.get("optimizer", "?"),
+                _cell(row.get("learning_rate")),
+                f"{row.get('epochs', 0)}/{row.get('epochs_planned', '?')}",
+                _cell(row.get("best_val_accuracy"), ".4f"),
+                _cell(row.get("final_val_accuracy"), ".4f"),
+                row.get("engine") or "-",
+                _cell(row.get("wall_time_s"), ".1f"),
+                row.get("date") or "-",
+            )
+        )
     widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
@@ -300,9 +377,15 @@ def command_bench(args) -> int:
     if args.model == "lenet":
         bench.run_lenet_bench(steps=args.steps, out_dir=args.out, data_path=args.data)
         return 0
-    bench.run_bench(epochs=args.epochs, seeds=args.seeds, out_dir=args.out, data_path=args.data,
-                    train_limit=args.train_limit, compare_seeds=args.compare_seeds,
-                    compare_epochs=args.compare_epochs)
+    bench.run_bench(
+        epochs=args.epochs,
+        seeds=args.seeds,
+        out_dir=args.out,
+        data_path=args.data,
+        train_limit=args.train_limit,
+        compare_seeds=args.compare_seeds,
+        compare_epochs=args.compare_epochs,
+    )
     return 0
 
 

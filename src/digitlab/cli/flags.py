@@ -29,9 +29,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def _model_defaults(field: str) -> str:
-    return "default: the model's own (" + ", ".join(
-        f"{name} {_format_default(values[field])}" for name, values in MODEL_DEFAULTS.items()
-    ) + ")"
+    return (
+        "default: the model's own ("
+        + ", ".join(f"{name} {_format_default(values[field])}" for name, values in MODEL_DEFAULTS.items())
+        + ")"
+    )
 
 
 def _format_default(value) -> str:
@@ -42,7 +44,9 @@ def _format_default(value) -> str:
 
 def add_data_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", metavar="PATH", default=None,
+        "--data",
+        metavar="PATH",
+        default=None,
         help="MNIST as a Keras-style mnist.npz or a folder of the four IDX files (default: "
         "$DIGITLAB_DATA, then ~/.keras/datasets/mnist.npz, then a download through Keras)",
     )

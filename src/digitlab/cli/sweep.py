@@ -22,7 +22,8 @@ from digitlab.config import TrainConfig
 def add_parser(commands) -> None:
     """Adds the `sweep` command to the `digitlab` command's subparsers."""
     sweep = commands.add_parser(
-        "sweep", help="train many configurations and seeds at once on Ray Tune, and tabulate them",
+        "sweep",
+        help="train many configurations and seeds at once on Ray Tune, and tabulate them",
         formatter_class=cli_flags.HelpFormatter,
         description="Every trial (one configuration, one seed) is a normal run folder under OUT/runs/; "
         "results go to OUT/results.csv, .json, .md, curves.png and (two swept fields) heatmap.png. "
@@ -33,31 +34,57 @@ def add_parser(commands) -> None:
         "  digitlab sweep --sample learning_rate=loguniform:1e-3:1 --samples 20 --epochs 5\n"
         "  digitlab sweep --resume sweeps/chapter8",
     )
-    sweep.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
-                       help="sweep FIELD (any train flag's field, as in config.json) over these values; repeat "
-                       "for more fields (the sweep is their product); list fields separate items by spaces: "
-                       "--grid 'units=64 64,128 128' (default: none)")
-    sweep.add_argument("--sample", action="append", default=[], metavar="FIELD=DIST:...",
-                       help=sweep_plan.SAMPLE_HELP + " (default: none)")
-    sweep.add_argument("--samples", type=int, default=None,
-                       help="how many random configurations --sample draws (default: 10 with --sample)")
-    sweep.add_argument("--seeds", type=int, default=1,
-                       help="seeds per configuration (SEED, SEED+1, ...), each its own trial")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        help="sweep FIELD (any train flag's field, as in config.json) over these values; repeat "
+        "for more fields (the sweep is their product); list fields separate items by spaces: "
+        "--grid 'units=64 64,128 128' (default: none)",
+    )
+    sweep.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="FIELD=DIST:...",
+        help=sweep_plan.SAMPLE_HELP + " (default: none)",
+    )
+    sweep.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="how many random configurations --sample draws (default: 10 with --sample)",
+    )
+    sweep.add_argument(
+        "--seeds", type=int, default=1, help="seeds per configuration (SEED, SEED+1, ...), each its own trial"
+    )
     sweep.add_argument("--seed", type=int, default=0, help="the first seed; also seeds the draws of --sample")
-    sweep.add_argument("--out", default=None,
-                       help="the sweep folder, new or empty (default: sweeps/DATE-TIME)")
-    sweep.add_argument("--resume", metavar="OUT", default=None,
-                       help="finish an interrupted sweep: finished trials are kept, cut ones resume from their checkpoints")
-    sweep.add_argument("--address", default=None,
-                       help="HOST:PORT of a running Ray cluster, or 'auto' (default: an embedded Ray on this machine)")
-    sweep.add_argument("--early-stop", action="store_true",
-                       help="stop hopeless trials early with an ASHA scheduler on val_accuracy")
-    sweep.add_argument("--cpus-per-trial", type=float, default=1.0,
-                       help="CPUs Ray gives each trial (1: as many trials at once as cores)")
-    sweep.add_argument("--yes", action="store_true",
-                       help=f"allow a sweep of more than {sweep_plan.TRIAL_LIMIT} trials")
-    cli_flags.add_config_flags(sweep, names=[field.name for field in dataclasses.fields(TrainConfig)
-                                             if field.name not in sweep_plan.NOT_SWEPT])
+    sweep.add_argument("--out", default=None, help="the sweep folder, new or empty (default: sweeps/DATE-TIME)")
+    sweep.add_argument(
+        "--resume",
+        metavar="OUT",
+        default=None,
+        help="finish an interrupted sweep: finished trials are kept, cut ones resume from their checkpoints",
+    )
+    sweep.add_argument(
+        "--address",
+        default=None,
+        help="HOST:PORT of a running Ray cluster, or 'auto' (default: an embedded Ray on this machine)",
+    )
+    sweep.add_argument(
+        "--early-stop", action="store_true", help="stop hopeless trials early with an ASHA scheduler on val_accuracy"
+    )
+    sweep.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        help="CPUs Ray gives each trial (1: as many trials at once as cores)",
+    )
+    sweep.add_argument("--yes", action="store_true", help=f"allow a sweep of more than {sweep_plan.TRIAL_LIMIT} trials")
+    cli_flags.add_config_flags(
+        sweep, names=[field.name for field in dataclasses.fields(TrainConfig) if field.name not in sweep_plan.NOT_SWEPT]
+    )
     cli_flags.add_data_flag(sweep)
 
 
@@ -70,13 +97,26 @@ def run(args) -> None:
         return
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
-    base = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
-                          if field.name not in sweep_plan.NOT_SWEPT})
+    base = TrainConfig(
+        **{
+            field.name: getattr(args, field.name)
+            for field in dataclasses.fields(TrainConfig)
+            if field.name not in sweep_plan.NOT_SWEPT
+        }
+    )
     samples = args.samples if args.samples is not None else (10 if args.sample else 0)
     sweep_runner.run_sweep(
-        base, grid=sweep_plan.parse_grid(args.grid), sample=sweep_plan.parse_sample(args.sample), samples=samples,
-        sample_seed=args.seed, seeds=list(range(args.seed, args.seed + args.seeds)),
-        out_dir=args.out or f"sweeps/{time.strftime('%Y%m%d-%H%M%S')}", data_path=args.data,
-        address=args.address, early_stop=args.early_stop, cpus_per_trial=args.cpus_per_trial,
-        yes=args.yes, command="digitlab " + shlex.join(args.argv),
+        base,
+        grid=sweep_plan.parse_grid(args.grid),
+        sample=sweep_plan.parse_sample(args.sample),
+        samples=samples,
+        sample_seed=args.seed,
+        seeds=list(range(args.seed, args.seed + args.seeds)),
+        out_dir=args.out or f"sweeps/{time.strftime('%Y%m%d-%H%M%S')}",
+        data_path=args.data,
+        address=args.address,
+        early_stop=args.early_stop,
+        cpus_per_trial=args.cpus_per_trial,
+        yes=args.yes,
+        command="digitlab " + shlex.join(args.argv),
     )

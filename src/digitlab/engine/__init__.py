@@ -70,8 +70,20 @@ from digitlab.engine.spec import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "BlasThreads", "DenseSpec", "Engine", "FastEngine", "FitEngine", "NetworkSpec",
-    "OptimizerSpec", "UnsupportedModel", "describe", "jax_has_gpu", "make_engine", "slot_names",
+    "ACTIVATIONS",
+    "BACKENDS",
+    "BlasThreads",
+    "DenseSpec",
+    "Engine",
+    "FastEngine",
+    "FitEngine",
+    "NetworkSpec",
+    "OptimizerSpec",
+    "UnsupportedModel",
+    "describe",
+    "jax_has_gpu",
+    "make_engine",
+    "slot_names",
     "unsupported_reason",
 ]
 
@@ -81,9 +93,16 @@ class Engine(Protocol):
 
     name: str
 
-    def fit(self, x, y, validation_data, epochs: int, initial_epoch: int = 0,
-            rngs: Sequence[np.random.RandomState] | None = None,
-            on_epoch_end: Callable[[int, list[dict]], None] | None = None) -> None:
+    def fit(
+        self,
+        x,
+        y,
+        validation_data,
+        epochs: int,
+        initial_epoch: int = 0,
+        rngs: Sequence[np.random.RandomState] | None = None,
+        on_epoch_end: Callable[[int, list[dict]], None] | None = None,
+    ) -> None:
         """Trains epochs `initial_epoch` to `epochs - 1`; `on_epoch_end` gets one logs dict per model."""
 
     def get_state(self) -> dict[str, np.ndarray]:

@@ -60,8 +60,14 @@ class FastEngine:
     `path` says in words how the first layer runs (sparse C kernel or NumPy, and why).
     """
 
-    def __init__(self, models: list[keras.Model], config: TrainConfig, backend: str = "auto",
-                 threads: int | None = 1, workers: int | None = None):
+    def __init__(
+        self,
+        models: list[keras.Model],
+        config: TrainConfig,
+        backend: str = "auto",
+        threads: int | None = 1,
+        workers: int | None = None,
+    ):
         if not models:
             raise ValueError("FastEngine needs at least one compiled Keras model.")
         if backend not in BACKENDS:
@@ -95,8 +101,16 @@ class FastEngine:
         """How the backend runs the layers, in words (the NumPy backend: the sparse C kernel or why not)."""
         return getattr(self._impl, "path", "jax.jit over each epoch")
 
-    def fit(self, x, y, validation_data=None, epochs: int = 1, initial_epoch: int = 0,
-            rngs: list[np.random.RandomState] | None = None, on_epoch_end=None) -> None:
+    def fit(
+        self,
+        x,
+        y,
+        validation_data=None,
+        epochs: int = 1,
+        initial_epoch: int = 0,
+        rngs: list[np.random.RandomState] | None = None,
+        on_epoch_end=None,
+    ) -> None:
         """Trains epochs `initial_epoch` to `epochs - 1`, calling `on_epoch_end(epoch, logs)` after each.
 
         Model k's batch order for each epoch is `rngs[k].permutation(n)`, as Keras `fit`
@@ -122,8 +136,9 @@ class FastEngine:
             interrupts.check()  # A Ctrl-C during training stops it here, between epochs.
             orders = np.stack([rng.permutation(len(x)) for rng in rngs])
             loss_sums, correct = self._impl.train_epoch(orders)
-            logs = [{"loss": float(loss_sums[k]) / len(x), "accuracy": float(correct[k]) / len(x)}
-                    for k in range(count)]
+            logs = [
+                {"loss": float(loss_sums[k]) / len(x), "accuracy": float(correct[k]) / len(x)} for k in range(count)
+            ]
             if validation_data is not None:
                 val_loss_sums, val_correct = self._impl.evaluate()
                 for k in range(count):
@@ -178,8 +193,9 @@ def _dropout_seed(model: keras.Model) -> int:
     return 0
 
 
-def _make_backend(backend: str, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None,
-                  workers: int):
+def _make_backend(
+    backend: str, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None, workers: int
+):
     if backend == "jax":
         # Imported here, not at the top: only runs that ask for the JAX backend pay for loading it.
         from digitlab.engine import jax_backend

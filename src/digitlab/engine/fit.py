@@ -33,8 +33,16 @@ class FitEngine:
         self.config = config
         self.verbose = verbose
 
-    def fit(self, x, y, validation_data, epochs: int, initial_epoch: int = 0,
-            rngs: list[np.random.RandomState] | None = None, on_epoch_end=None) -> None:
+    def fit(
+        self,
+        x,
+        y,
+        validation_data,
+        epochs: int,
+        initial_epoch: int = 0,
+        rngs: list[np.random.RandomState] | None = None,
+        on_epoch_end=None,
+    ) -> None:
         """Runs `model.fit` for epochs `initial_epoch` to `epochs - 1`, shuffling with `rngs[0]`.
 
         `on_epoch_end(epoch, logs)` gets `logs` as a list of one dict (fit's logs).
@@ -61,8 +69,15 @@ class FitEngine:
                     on_epoch_end(epoch, [dict(logs or {})])
 
         self.model.fit(
-            x, y, batch_size=self.config.batch_size, epochs=epochs, initial_epoch=initial_epoch,
-            verbose=self.verbose, validation_data=validation_data, shuffle=True, callbacks=[Bridge()],
+            x,
+            y,
+            batch_size=self.config.batch_size,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            verbose=self.verbose,
+            validation_data=validation_data,
+            shuffle=True,
+            callbacks=[Bridge()],
         )
 
     def get_state(self) -> dict[str, np.ndarray]:

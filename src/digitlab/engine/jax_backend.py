@@ -50,8 +50,11 @@ class JaxBackend:
         self.data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(np.argmax(y, axis=1).astype(np.int32)))
         self.validation = None
         if validation is not None:
-            self.validation = (jnp.asarray(validation[0]), jnp.asarray(validation[1]),
-                               jnp.asarray(np.argmax(validation[1], axis=1).astype(np.int32)))
+            self.validation = (
+                jnp.asarray(validation[0]),
+                jnp.asarray(validation[1]),
+                jnp.asarray(np.argmax(validation[1], axis=1).astype(np.int32)),
+            )
 
     def train_epoch(self, orders: np.ndarray):
         epoch = self.program.epoch(orders.shape[1])
@@ -93,8 +96,13 @@ class Program:
     def _forward(self, weights: dict, x, key):
         jax, jnp = self.jax, self.jax.numpy
         functions = {
-            "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh, "elu": jax.nn.elu,
-            "selu": jax.nn.selu, "linear": lambda value: value, "softmax": lambda value: jax.nn.softmax(value, axis=-1),
+            "sigmoid": jax.nn.sigmoid,
+            "relu": jax.nn.relu,
+            "tanh": jnp.tanh,
+            "elu": jax.nn.elu,
+            "selu": jax.nn.selu,
+            "linear": lambda value: value,
+            "softmax": lambda value: jax.nn.softmax(value, axis=-1),
         }
         activations = x
         for number, layer in enumerate(self.network.dense):
@@ -182,8 +190,9 @@ class Program:
 
         def run(carry, index, x, y, labels):
             weights, slots, seeds, iterations = carry
-            weights, slots, loss_sum, hits = models_step(weights, slots, seeds, x[index], y[index],
-                                                         labels[index], iterations)
+            weights, slots, loss_sum, hits = models_step(
+                weights, slots, seeds, x[index], y[index], labels[index], iterations
+            )
             return (weights, slots, seeds, iterations + 1), (loss_sum, hits)
 
         def epoch(arrays, x, y, labels, orders):
@@ -197,7 +206,7 @@ class Program:
             carry, (loss_sums, hits) = jax.lax.scan(body, carry, jnp.arange(full))
             loss_sums, hits = loss_sums.sum(axis=0), hits.sum(axis=0)
             if size % batch:
-                carry, (last_loss, last_hits) = run(carry, orders[:, full * batch:], x, y, labels)
+                carry, (last_loss, last_hits) = run(carry, orders[:, full * batch :], x, y, labels)
                 loss_sums, hits = loss_sums + last_loss, hits + last_hits
             weights, slots, seeds, iterations = carry
             arrays = {**weights, **slots, "iterations": iterations}
@@ -219,4 +228,3 @@ class Program:
             return jax.vmap(model_evaluate, in_axes=(0, None, None, None))(weights, x, y, labels)
 
         return evaluate
-

@@ -60,8 +60,15 @@ class _Workspace:
 class NumpyBackend:
     """Trains the stacked models with NumPy over OpenBLAS; weights live in `self.arrays`."""
 
-    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None,
-                 copy: bool = True, epoch_threads: int = 1):
+    def __init__(
+        self,
+        network: spec.NetworkSpec,
+        batch_size: int,
+        state: dict,
+        threads: int | None,
+        copy: bool = True,
+        epoch_threads: int = 1,
+    ):
         # threads: OpenBLAS's, for the NumPy products; epoch_threads: the C kernel's, within one model's epoch.
         self.network, self.batch_size, self.threads, self.epoch_threads = network, batch_size, threads, epoch_threads
         # copy=False: train the given arrays in place (SeedThreads hands each thread views of its models).
@@ -109,17 +116,21 @@ class NumpyBackend:
         self.sparse_rows = sparse_rows
         self.plans = None
         if self.sparse_rows is not None and self._fusable():
-            self.plans = [sparse.EpochPlan(
-                [self.arrays[f"dense_{number}/kernel"][k] for number in range(len(self.network.dense))],
-                [self.arrays[f"dense_{number}/bias"][k] for number in range(len(self.network.dense))],
-                [layer.activation for layer in self.network.dense], self.network.loss,
-                np.float32(self.network.optimizer.learning_rate), spec.CROSSENTROPY_CLIP,
-            ) for k in range(self.count)]
+            self.plans = [
+                sparse.EpochPlan(
+                    [self.arrays[f"dense_{number}/kernel"][k] for number in range(len(self.network.dense))],
+                    [self.arrays[f"dense_{number}/bias"][k] for number in range(len(self.network.dense))],
+                    [layer.activation for layer in self.network.dense],
+                    self.network.loss,
+                    np.float32(self.network.optimizer.learning_rate),
+                    spec.CROSSENTROPY_CLIP,
+                )
+                for k in range(self.count)
+            ]
         elif self.sparse_rows is not None and self.transposes is None:
             # Per batch: each model's transpose of the batch, for the C kernel's weight update.
             units = self.network.dense[0].units
-            self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units)
-                               for _ in range(self.count)]
+            self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units) for _ in range(self.count)]
 
     def _threads_now(self) -> int:
         """epoch_threads, fewer while other programs keep cores busy (cores.py): same bits for any count."""
@@ -127,9 +138,11 @@ class NumpyBackend:
 
     def _fusable(self) -> bool:
         """True when the C kernel can run whole epochs: plain SGD, no Dropout, activations it knows."""
-        return (self.fused_sgd and os.environ.get(NO_FUSED_VARIABLE, "") in ("", "0")
-                and all(layer.activation in sparse.FUSED_ACTIVATIONS and not layer.dropout
-                        for layer in self.network.dense))
+        return (
+            self.fused_sgd
+            and os.environ.get(NO_FUSED_VARIABLE, "") in ("", "0")
+            and all(layer.activation in sparse.FUSED_ACTIVATIONS and not layer.dropout for layer in self.network.dense)
+        )
 
     def build_sparse_rows(self, x, validation):
         """The (train, validation) CSR rows for the C kernel, or None where the first layer stays dense."""
@@ -171,15 +184,19 @@ class NumpyBackend:
         count, size = orders.shape
         if self.plans is not None:
             threads = self._threads_now()
-            results = [sparse.train_epoch(self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan,
-                                          threads=threads) for k, plan in enumerate(self.plans)]
+            results = [
+                sparse.train_epoch(
+                    self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan, threads=threads
+                )
+                for k, plan in enumerate(self.plans)
+            ]
             self.arrays["iterations"] += -(-size // self.batch_size)
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         orders = orders[0] if self.count == 1 else orders
         loss_sums, correct = np.zeros(count), np.zeros(count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):
             for start in range(0, size, self.batch_size):
-                index = orders[..., start:start + self.batch_size]
+                index = orders[..., start : start + self.batch_size]
                 workspace = self._workspace(index.shape[-1])
                 batch_loss, batch_correct = self._step(workspace, index)
                 loss_sums += batch_loss
@@ -225,8 +242,9 @@ class NumpyBackend:
             if layer.dropout:
                 below /= np.float32(1.0 - layer.dropout)
                 below *= work.masks[number]
-            activations.backward(below, work.outputs[number - 1], self.network.dense[number - 1].activation,
-                                 work.scratch[number - 1])
+            activations.backward(
+                below, work.outputs[number - 1], self.network.dense[number - 1].activation, work.scratch[number - 1]
+            )
         self._update()
         return loss_sums, correct
 
@@ -242,8 +260,15 @@ class NumpyBackend:
         for k in range(self.count):
             model_index = None if index is None else (index if self.count == 1 else index[k])
             model_output = output if self.count == 1 else output[k]
-            sparse.forward(rows, model_index, kernels[k], biases[k], model_output, first=first,
-                           transpose=None if transposes is None else transposes[k])
+            sparse.forward(
+                rows,
+                model_index,
+                kernels[k],
+                biases[k],
+                model_output,
+                first=first,
+                transpose=None if transposes is None else transposes[k],
+            )
 
     def _dropout(self, work: _Workspace, number: int, values: np.ndarray) -> np.ndarray:
         # Each model's mask comes from its own seed, the step count and the layer: resumable exactly.
@@ -393,8 +418,7 @@ class NumpyBackend:
                     values = output
                 work_labels = np.broadcast_to(labels[start:stop], work.labels.shape)
                 targets = np.broadcast_to(y[start:stop], work.targets.shape)
-                batch_loss, batch_correct = self._loss(work, values, targets, work_labels,
-                                                       work.gradients[-1])
+                batch_loss, batch_correct = self._loss(work, values, targets, work_labels, work.gradients[-1])
                 loss_sums += batch_loss
                 correct += batch_correct
         return loss_sums, correct

@@ -32,10 +32,18 @@ class SeedThreads:
         bounds = np.linspace(0, count, min(workers, count) + 1).astype(int)
         self.slices = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
         self.groups = [
-            NumpyBackend(network, batch_size, {
-                # The step count is one number per group (all groups step together); the rest are views.
-                name: np.array(value) if value.ndim == 0 else value[part] for name, value in self.arrays.items()
-            }, threads=None, copy=False, epoch_threads=max(1, workers // len(self.slices)))
+            NumpyBackend(
+                network,
+                batch_size,
+                {
+                    # The step count is one number per group (all groups step together); the rest are views.
+                    name: np.array(value) if value.ndim == 0 else value[part]
+                    for name, value in self.arrays.items()
+                },
+                threads=None,
+                copy=False,
+                epoch_threads=max(1, workers // len(self.slices)),
+            )
             for part in self.slices
         ]
         self.pool = futures.ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="digitlab-seeds")
@@ -59,8 +67,10 @@ class SeedThreads:
 
     def _each(self, method: str, *per_group):
         with blas.BlasThreads(self.threads):
-            jobs = [self.pool.submit(getattr(group, method), *(args[index] for args in per_group))
-                    for index, group in enumerate(self.groups)]
+            jobs = [
+                self.pool.submit(getattr(group, method), *(args[index] for args in per_group))
+                for index, group in enumerate(self.groups)
+            ]
             results = [job.result() for job in jobs]
         return np.concatenate([loss for loss, _ in results]), np.concatenate([hits for _, hits in results])
 

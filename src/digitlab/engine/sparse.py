@@ -53,8 +53,10 @@ def _load():
     candidates = [here / f"{LIBRARY_NAME}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
     path = next((candidate for candidate in candidates if candidate.is_file()), None)
     if path is None:
-        _reason = ("the C kernel was not built at install time (no compiler, or not x86-64/Linux?); "
-                   "reinstall with a C compiler to get it")
+        _reason = (
+            "the C kernel was not built at install time (no compiler, or not x86-64/Linux?); "
+            "reinstall with a C compiler to get it"
+        )
         return None
     try:
         library = ctypes.CDLL(str(path))
@@ -66,14 +68,27 @@ def _load():
     library.digitlab_kernels_simd.restype = ctypes.c_int
     library.digitlab_sparse_forward.argtypes = [pointer] * 4 + [size] * 3 + [pointer] * 2 + [size] + [pointer] * 4
     library.digitlab_sparse_forward.restype = None
-    library.digitlab_sparse_weight_gradient.argtypes = [pointer] * 3 + [size, pointer, size, pointer, pointer,
-                                                                       ctypes.c_float]
+    library.digitlab_sparse_weight_gradient.argtypes = [pointer] * 3 + [
+        size,
+        pointer,
+        size,
+        pointer,
+        pointer,
+        ctypes.c_float,
+    ]
     library.digitlab_sparse_weight_gradient.restype = None
-    library.digitlab_train_epoch.argtypes = [pointer] * 3 + [size] + [pointer] * 3 + [size] * 3 + [pointer] * 4 + [
-        ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer]
+    library.digitlab_train_epoch.argtypes = (
+        [pointer] * 3
+        + [size]
+        + [pointer] * 3
+        + [size] * 3
+        + [pointer] * 4
+        + [ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer]
+    )
     library.digitlab_train_epoch.restype = ctypes.c_int
-    library.digitlab_evaluate.argtypes = [pointer] * 6 + [size] * 2 + [pointer] * 4 + [
-        ctypes.c_int32, ctypes.c_float, size, pointer, pointer]
+    library.digitlab_evaluate.argtypes = (
+        [pointer] * 6 + [size] * 2 + [pointer] * 4 + [ctypes.c_int32, ctypes.c_float, size, pointer, pointer]
+    )
     library.digitlab_evaluate.restype = ctypes.c_int
     library.digitlab_kernels_simd(int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0")))
     _library = library
@@ -104,8 +119,9 @@ def unavailable_reason() -> str | None:
 def simd() -> bool:
     """True when the kernels run their AVX2+FMA versions (else the portable C ones)."""
     library = _load()
-    return bool(library is not None and library.digitlab_kernels_simd(
-        int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0"))))
+    return bool(
+        library is not None and library.digitlab_kernels_simd(int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0")))
+    )
 
 
 def density(x: np.ndarray) -> float:
@@ -156,8 +172,15 @@ def _check(array: np.ndarray, dtype) -> int:
     return array.ctypes.data
 
 
-def forward(data: SparseRows, index: np.ndarray | None, kernel: np.ndarray, bias: np.ndarray, out: np.ndarray,
-            first: int = 0, transpose: Transpose | None = None) -> None:
+def forward(
+    data: SparseRows,
+    index: np.ndarray | None,
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    out: np.ndarray,
+    first: int = 0,
+    transpose: Transpose | None = None,
+) -> None:
     """out = data[index] @ kernel + bias (index None: rows first, first + 1, ..., first + len(out) - 1).
 
     With `transpose`, also builds the batch's transpose for `weight_gradient`.
@@ -175,8 +198,15 @@ def forward(data: SparseRows, index: np.ndarray | None, kernel: np.ndarray, bias
     if transpose is not None and (transpose.inputs != inputs or rows * data.most_per_row > transpose.capacity):
         raise ValueError("forward: the transpose buffers are too small for this batch.")
     _kernels().digitlab_sparse_forward(
-        *data._pointers, None if index is None else index.ctypes.data, first, rows, inputs,
-        _check(kernel, np.float32), _check(bias, np.float32), units, _check(out, np.float32),
+        *data._pointers,
+        None if index is None else index.ctypes.data,
+        first,
+        rows,
+        inputs,
+        _check(kernel, np.float32),
+        _check(bias, np.float32),
+        units,
+        _check(out, np.float32),
         *(transpose._pointers if transpose is not None else (None, None, None)),
     )
 
@@ -187,7 +217,8 @@ def weight_gradient(transpose: Transpose, dz: np.ndarray, grad: np.ndarray) -> N
     if grad.shape != (transpose.inputs, units):
         raise ValueError(f"weight_gradient: grad {grad.shape} does not fit dz {dz.shape}.")
     _kernels().digitlab_sparse_weight_gradient(
-        *transpose._pointers, transpose.inputs, _check(dz, np.float32), units, _check(grad, np.float32), None, 0.0)
+        *transpose._pointers, transpose.inputs, _check(dz, np.float32), units, _check(grad, np.float32), None, 0.0
+    )
 
 
 def sgd_update(transpose: Transpose, dz: np.ndarray, weight: np.ndarray, rate: np.float32) -> None:
@@ -196,22 +227,36 @@ def sgd_update(transpose: Transpose, dz: np.ndarray, weight: np.ndarray, rate: n
     if weight.shape != (transpose.inputs, units) or len(transpose.gradient_row) != units:
         raise ValueError(f"sgd_update: weight {weight.shape} does not fit dz {dz.shape}.")
     _kernels().digitlab_sparse_weight_gradient(
-        *transpose._pointers, transpose.inputs, _check(dz, np.float32), units,
-        transpose.gradient_row.ctypes.data, _check(weight, np.float32), float(rate))
+        *transpose._pointers,
+        transpose.inputs,
+        _check(dz, np.float32),
+        units,
+        transpose.gradient_row.ctypes.data,
+        _check(weight, np.float32),
+        float(rate),
+    )
 
 
 class EpochPlan:
     """What `train_epoch` needs of one model besides the data: its layers, loss and SGD rate, as C sees them."""
 
-    def __init__(self, kernels: list[np.ndarray], biases: list[np.ndarray], activations: list[str], loss: str,
-                 rate: float, clip: float):
+    def __init__(
+        self,
+        kernels: list[np.ndarray],
+        biases: list[np.ndarray],
+        activations: list[str],
+        loss: str,
+        rate: float,
+        clip: float,
+    ):
         if len(kernels) != len(biases) or len(kernels) != len(activations) or not kernels:
             raise ValueError("train_epoch needs one kernel, bias and activation per layer.")
         widths = [kernels[0].shape[0]] + [kernel.shape[1] for kernel in kernels]
         for number, (kernel, bias) in enumerate(zip(kernels, biases)):
             if kernel.shape != (widths[number], widths[number + 1]) or bias.shape != (widths[number + 1],):
-                raise ValueError(f"train_epoch: layer {number}'s kernel {kernel.shape} and bias {bias.shape} "
-                                 "do not chain.")
+                raise ValueError(
+                    f"train_epoch: layer {number}'s kernel {kernel.shape} and bias {bias.shape} do not chain."
+                )
             _check(kernel, np.float32)
             _check(bias, np.float32)
         self.units = np.array(widths, np.int64)
@@ -222,8 +267,15 @@ class EpochPlan:
         self._arrays = (kernels, biases)  # Keeps the arrays the pointers point into alive.
 
 
-def train_epoch(data: SparseRows, targets: np.ndarray, labels: np.ndarray, order: np.ndarray, batch_size: int,
-                plan: EpochPlan, threads: int = 1) -> tuple[float, int]:
+def train_epoch(
+    data: SparseRows,
+    targets: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    plan: EpochPlan,
+    threads: int = 1,
+) -> tuple[float, int]:
     """One epoch of plain SGD in C, in place on the plan's arrays: (the loss sum, the correct answers).
 
     The batches are `order`'s consecutive slices of `batch_size` images; the formulas are
@@ -239,18 +291,33 @@ def train_epoch(data: SparseRows, targets: np.ndarray, labels: np.ndarray, order
         raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
     status = _kernels().digitlab_train_epoch(
-        *data._pointers, data.most_per_row, _check(targets, np.float32), _check(labels, np.int64),
-        _check(order, np.int64), len(order), int(batch_size), len(plan.activations), plan.units.ctypes.data,
-        plan.activations.ctypes.data, ctypes.cast(plan.kernels, ctypes.c_void_p),
-        ctypes.cast(plan.biases, ctypes.c_void_p), plan.loss, plan.rate, plan.clip, max(1, min(int(threads), 64)),
-        ctypes.byref(loss_sum), ctypes.byref(correct))
+        *data._pointers,
+        data.most_per_row,
+        _check(targets, np.float32),
+        _check(labels, np.int64),
+        _check(order, np.int64),
+        len(order),
+        int(batch_size),
+        len(plan.activations),
+        plan.units.ctypes.data,
+        plan.activations.ctypes.data,
+        ctypes.cast(plan.kernels, ctypes.c_void_p),
+        ctypes.cast(plan.biases, ctypes.c_void_p),
+        plan.loss,
+        plan.rate,
+        plan.clip,
+        max(1, min(int(threads), 64)),
+        ctypes.byref(loss_sum),
+        ctypes.byref(correct),
+    )
     if status != 0:
         raise MemoryError("The C training epoch could not allocate its batch buffers.")
     return loss_sum.value, correct.value
 
 
-def evaluate(data: SparseRows, targets: np.ndarray, labels: np.ndarray, plan: EpochPlan,
-             threads: int = 1) -> tuple[float, int]:
+def evaluate(
+    data: SparseRows, targets: np.ndarray, labels: np.ndarray, plan: EpochPlan, threads: int = 1
+) -> tuple[float, int]:
     """Validation of the plan's net on every row of `data`, in C: (the loss sum, the correct answers).
 
     Each image's loss is computed as Keras computes it and summed here in image order, so
@@ -263,10 +330,22 @@ def evaluate(data: SparseRows, targets: np.ndarray, labels: np.ndarray, plan: Ep
     index = np.arange(data.shape[0], dtype=np.int64)
     row_losses, correct = np.empty(data.shape[0], np.float64), ctypes.c_int64(0)
     status = _kernels().digitlab_evaluate(
-        *data._pointers, _check(targets, np.float32), _check(labels, np.int64), index.ctypes.data, len(index),
-        len(plan.activations), plan.units.ctypes.data, plan.activations.ctypes.data,
-        ctypes.cast(plan.kernels, ctypes.c_void_p), ctypes.cast(plan.biases, ctypes.c_void_p), plan.loss, plan.clip,
-        max(1, min(int(threads), 64)), row_losses.ctypes.data, ctypes.byref(correct))
+        *data._pointers,
+        _check(targets, np.float32),
+        _check(labels, np.int64),
+        index.ctypes.data,
+        len(index),
+        len(plan.activations),
+        plan.units.ctypes.data,
+        plan.activations.ctypes.data,
+        ctypes.cast(plan.kernels, ctypes.c_void_p),
+        ctypes.cast(plan.biases, ctypes.c_void_p),
+        plan.loss,
+        plan.clip,
+        max(1, min(int(threads), 64)),
+        row_losses.ctypes.data,
+        ctypes.byref(correct),
+    )
     if status != 0:
         raise MemoryError("The C validation could not allocate its buffers.")
     return float(row_losses.sum()), correct.value

@@ -127,8 +127,7 @@ def _dense_spec(layer: layers.Dense, dropout: float) -> DenseSpec:
     activation = next((act for act in ACTIVATIONS if layer.activation is keras.activations.get(act)), None)
     if activation is None:
         raise UnsupportedModel(
-            f"The activation of layer {layer.name} is not one the fast engine supports "
-            f"({', '.join(ACTIVATIONS)})."
+            f"The activation of layer {layer.name} is not one the fast engine supports ({', '.join(ACTIVATIONS)})."
         )
     kernel_shape = tuple(layer.kernel.shape)
     return DenseSpec(int(kernel_shape[0]), int(kernel_shape[1]), activation, dropout)
@@ -136,7 +135,8 @@ def _dense_spec(layer: layers.Dense, dropout: float) -> DenseSpec:
 
 def _loss_name(loss) -> str:
     names = {
-        "mean_squared_error": "mean_squared_error", "mse": "mean_squared_error",
+        "mean_squared_error": "mean_squared_error",
+        "mse": "mean_squared_error",
         "MeanSquaredError": "mean_squared_error",
         "categorical_crossentropy": "categorical_crossentropy",
         "CategoricalCrossentropy": "categorical_crossentropy",
@@ -152,7 +152,9 @@ def _loss_name(loss) -> str:
             return "mean_squared_error"
         if (
             type(loss) is keras.losses.CategoricalCrossentropy
-            and not loss.from_logits and not loss.label_smoothing and loss.axis == -1
+            and not loss.from_logits
+            and not loss.label_smoothing
+            and loss.axis == -1
         ):
             return "categorical_crossentropy"
     raise UnsupportedModel(
@@ -164,8 +166,14 @@ def _loss_name(loss) -> str:
 def _optimizer_spec(optimizer) -> OptimizerSpec:
     if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         raise UnsupportedModel("Learning-rate schedules are not supported by the fast engine.")
-    extras = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "gradient_accumulation_steps",
-              "loss_scale_factor")
+    extras = (
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "gradient_accumulation_steps",
+        "loss_scale_factor",
+    )
     if any(getattr(optimizer, extra, None) for extra in extras) or getattr(optimizer, "use_ema", False):
         raise UnsupportedModel(
             "Optimizers with weight decay, gradient clipping, gradient accumulation, loss scaling "
@@ -174,17 +182,29 @@ def _optimizer_spec(optimizer) -> OptimizerSpec:
     learning_rate = float(np.asarray(optimizer.learning_rate))
     kind = type(optimizer)
     if kind is keras.optimizers.SGD:
-        return OptimizerSpec("sgd", learning_rate, momentum=float(optimizer.momentum), nesterov=bool(optimizer.nesterov))
+        return OptimizerSpec(
+            "sgd", learning_rate, momentum=float(optimizer.momentum), nesterov=bool(optimizer.nesterov)
+        )
     if kind is keras.optimizers.Adam:
         if optimizer.amsgrad:
             raise UnsupportedModel("Adam with amsgrad=True is not supported by the fast engine.")
-        return OptimizerSpec("adam", learning_rate, beta_1=float(optimizer.beta_1),
-                             beta_2=float(optimizer.beta_2), epsilon=float(optimizer.epsilon))
+        return OptimizerSpec(
+            "adam",
+            learning_rate,
+            beta_1=float(optimizer.beta_1),
+            beta_2=float(optimizer.beta_2),
+            epsilon=float(optimizer.epsilon),
+        )
     if kind is keras.optimizers.RMSprop:
         if optimizer.centered:
             raise UnsupportedModel("RMSprop with centered=True is not supported by the fast engine.")
-        return OptimizerSpec("rmsprop", learning_rate, momentum=float(optimizer.momentum),
-                             rho=float(optimizer.rho), epsilon=float(optimizer.epsilon))
+        return OptimizerSpec(
+            "rmsprop",
+            learning_rate,
+            momentum=float(optimizer.momentum),
+            rho=float(optimizer.rho),
+            epsilon=float(optimizer.epsilon),
+        )
     raise UnsupportedModel(
         f"The {kind.__name__} optimizer is not supported by the fast engine; it runs SGD, Adam and RMSprop."
     )

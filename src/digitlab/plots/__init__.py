@@ -23,6 +23,14 @@ from digitlab.plots.figures import (
 )
 
 __all__ = [
-    "class_counts", "compare_curves", "confusion_matrix", "digit_grid", "digit_pixels", "figure_png",
-    "mistakes_gallery", "save_figure", "single_digit", "training_curves",
+    "class_counts",
+    "compare_curves",
+    "confusion_matrix",
+    "digit_grid",
+    "digit_pixels",
+    "figure_png",
+    "mistakes_gallery",
+    "save_figure",
+    "single_digit",
+    "training_curves",
 ]

@@ -42,7 +42,8 @@ def figure_png(figure, dpi: int = 110, palette: bool = False) -> bytes:
     image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     compact = io.BytesIO()
     image.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE).save(
-        compact, format="png", optimize=True)
+        compact, format="png", optimize=True
+    )
     return compact.getvalue()
 
 
@@ -68,8 +69,15 @@ def digit_pixels(image: np.ndarray, label: int | None = None):
         for column in range(image.shape[1]):
             value = int(image[row, column])
             if value:
-                axis.text(column, row, str(value), ha="center", va="center", fontsize=5.5,
-                          color="white" if value > 127 else "black")
+                axis.text(
+                    column,
+                    row,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=5.5,
+                    color="white" if value > 127 else "black",
+                )
     axis.set_xticks(range(0, 28, 4))
     axis.set_yticks(range(0, 28, 4))
     axis.set_xticks(np.arange(-0.5, 28, 1), minor=True)
@@ -98,8 +106,9 @@ def class_counts(train_counts: np.ndarray, valid_counts: np.ndarray | None = Non
     axis = figure.subplots()
     digits = np.arange(10)
     width = 0.4 if valid_counts is not None else 0.7
-    bars = axis.bar(digits - (width / 2 if valid_counts is not None else 0), train_counts, width,
-                    label="training", color="#4c72b0")
+    bars = axis.bar(
+        digits - (width / 2 if valid_counts is not None else 0), train_counts, width, label="training", color="#4c72b0"
+    )
     axis.bar_label(bars, fontsize=7, padding=2)
     if valid_counts is not None:
         bars = axis.bar(digits + width / 2, valid_counts, width, label="validation", color="#dd8452")
@@ -125,8 +134,9 @@ def training_curves(histories: list[dict], title: str = ""):
                 axis.plot(epochs, values[0], color=colour, label=name)
             else:
                 axis.plot(epochs, values.mean(axis=0), color=colour, label=f"{name} (mean of {len(histories)})")
-                axis.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.25,
-                                  label=f"{name} min-max")
+                axis.fill_between(
+                    epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.25, label=f"{name} min-max"
+                )
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         axis.set_ylabel(metric)
@@ -134,8 +144,11 @@ def training_curves(histories: list[dict], title: str = ""):
         axis.legend(fontsize=8)
     accuracy_axis.set_title("Accuracy")
     loss_axis.set_title("Loss")
-    final = histories[0]["val_accuracy"][-1] if len(histories) == 1 else np.mean(
-        [history["val_accuracy"][-1] for history in histories])
+    final = (
+        histories[0]["val_accuracy"][-1]
+        if len(histories) == 1
+        else np.mean([history["val_accuracy"][-1] for history in histories])
+    )
     label = "final val accuracy" if len(histories) == 1 else f"mean final val accuracy of {len(histories)} seeds"
     figure.suptitle(f"{title} — {label} {final:.4f}".strip(" —"))
     figure.tight_layout()
@@ -159,9 +172,16 @@ def confusion_matrix(matrix: np.ndarray, title: str = "Confusion matrix"):
         for predicted in range(matrix.shape[1]):
             count = int(matrix[true, predicted])
             dark = scale(count) > 0.55
-            axis.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
-                      color="white" if dark else ("#999999" if count == 0 else "black"),
-                      fontweight="bold" if true == predicted else "normal")
+            axis.text(
+                predicted,
+                true,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else ("#999999" if count == 0 else "black"),
+                fontweight="bold" if true == predicted else "normal",
+            )
     digits = np.arange(matrix.shape[0])
     axis.set_xticks(digits)
     axis.set_yticks(digits)
@@ -173,8 +193,14 @@ def confusion_matrix(matrix: np.ndarray, title: str = "Confusion matrix"):
     return figure
 
 
-def mistakes_gallery(images: np.ndarray, true_labels, predicted_labels, probabilities,
-                     title: str = "The most confidently wrong digits", columns: int = 6):
+def mistakes_gallery(
+    images: np.ndarray,
+    true_labels,
+    predicted_labels,
+    probabilities,
+    title: str = "The most confidently wrong digits",
+    columns: int = 6,
+):
     """Misclassified digits, each titled with its true label, the prediction and its probability."""
     count = len(images)
     rows = max(1, -(-count // columns))
@@ -210,8 +236,14 @@ def compare_curves(series: list[dict], title: str = "Validation accuracy per epo
         values = np.array(item["val_accuracy"], dtype=float)
         values = values.reshape(1, -1) if values.ndim == 1 else values
         epochs = np.arange(1, values.shape[1] + 1)
-        axis.plot(epochs, values.mean(axis=0), color=colour, label=item["label"],
-                  marker="o" if values.shape[1] <= 25 else None, markersize=3)
+        axis.plot(
+            epochs,
+            values.mean(axis=0),
+            color=colour,
+            label=item["label"],
+            marker="o" if values.shape[1] <= 25 else None,
+            markersize=3,
+        )
         if values.shape[0] > 1:
             axis.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.2)
     axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))

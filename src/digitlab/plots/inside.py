@@ -32,8 +32,14 @@ def _symmetric_limit(values: np.ndarray) -> float:
     return limit if limit > 0 else 1.0
 
 
-def hidden_units(weights: np.ndarray, activations: np.ndarray, probabilities: np.ndarray,
-                 image: np.ndarray, label: int, digit_name: str = "X_valid[0]"):
+def hidden_units(
+    weights: np.ndarray,
+    activations: np.ndarray,
+    probabilities: np.ndarray,
+    image: np.ndarray,
+    label: int,
+    digit_name: str = "X_valid[0]",
+):
     """What each neuron of the first Dense layer looks for, and how they all answer one digit.
 
     Left: column k of the layer's 784 x units kernel drawn as a 28x28 image, for every
@@ -61,8 +67,14 @@ def hidden_units(weights: np.ndarray, activations: np.ndarray, probabilities: np
         shown = axis.imshow(weights[:, unit].reshape(28, 28), cmap=WEIGHT_COLOURS, vmin=-limit, vmax=limit)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.colorbar(shown, ax=figure.axes[:units], orientation="horizontal", fraction=0.035, pad=0.02,
-                    label="weight from each pixel (one scale for all units; red excites, blue inhibits)")
+    figure.colorbar(
+        shown,
+        ax=figure.axes[:units],
+        orientation="horizontal",
+        fraction=0.035,
+        pad=0.02,
+        label="weight from each pixel (one scale for all units; red excites, blue inhibits)",
+    )
 
     right = outer[1].subgridspec(2, 2, height_ratios=[1, 0.8], width_ratios=[0.8, 1.2], hspace=0.35, wspace=0.25)
     digit_axis = figure.add_subplot(right[0, 0])
@@ -80,8 +92,15 @@ def hidden_units(weights: np.ndarray, activations: np.ndarray, probabilities: np
     activation_axis.imshow(grid, cmap="Greens", vmin=min(0.0, float(np.nanmin(grid))), vmax=high)
     for unit in range(units):
         value = activations[unit]
-        activation_axis.text(unit % columns, unit // columns, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                             color="white" if value > 0.6 * high else "black")
+        activation_axis.text(
+            unit % columns,
+            unit // columns,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if value > 0.6 * high else "black",
+        )
     activation_axis.set_title(f"The {units} hidden activations\n(placed as the weight tiles)", fontsize=10)
     activation_axis.set_xticks([])
     activation_axis.set_yticks([])
@@ -96,10 +115,13 @@ def hidden_units(weights: np.ndarray, activations: np.ndarray, probabilities: np
     probability_axis.set_xlabel("digit")
     probability_axis.set_ylabel("probability")
     probability_axis.set_ylim(0, 1.12)
-    probability_axis.set_title(f"The output: predicted {predicted} with p = {probabilities[predicted]:.3f}",
-                               fontsize=10)
-    figure.suptitle(f"Inside the network: what the first layer's {units} neurons look for, "
-                    f"and how they answer {digit_name}", fontsize=13)
+    probability_axis.set_title(
+        f"The output: predicted {predicted} with p = {probabilities[predicted]:.3f}", fontsize=10
+    )
+    figure.suptitle(
+        f"Inside the network: what the first layer's {units} neurons look for, and how they answer {digit_name}",
+        fontsize=13,
+    )
     return figure
 
 
@@ -108,7 +130,9 @@ def conv_filters(kernel: np.ndarray):
     written in, on one diverging colour scale symmetric around 0."""
     kernel = np.asarray(kernel)
     if kernel.ndim != 4 or kernel.shape[2] != 1:
-        raise ValueError(f"Give a height x width x 1 x filters kernel of a convolution on grey images; got {kernel.shape}.")
+        raise ValueError(
+            f"Give a height x width x 1 x filters kernel of a convolution on grey images; got {kernel.shape}."
+        )
     count = kernel.shape[3]
     rows, columns = _grid_shape(count)
     limit = _symmetric_limit(kernel)
@@ -125,18 +149,33 @@ def conv_filters(kernel: np.ndarray):
         weights = kernel[:, :, 0, index]
         shown = axis.imshow(weights, cmap=WEIGHT_COLOURS, vmin=-limit, vmax=limit)
         for (row, column), value in np.ndenumerate(weights):
-            axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=5.5,
-                      color="white" if abs(value) > 0.6 * limit else "black")
+            axis.text(
+                column,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=5.5,
+                color="white" if abs(value) > 0.6 * limit else "black",
+            )
         axis.set_title(f"filter {index}", fontsize=8)
-    figure.colorbar(shown, ax=list(axes), orientation="horizontal", fraction=0.04, pad=0.04,
-                    label="weight (one scale for all filters; red excites, blue inhibits)")
-    figure.suptitle(f"The first convolution's {count} filters ({kernel.shape[0]}x{kernel.shape[1]} pixels each)",
-                    fontsize=12)
+    figure.colorbar(
+        shown,
+        ax=list(axes),
+        orientation="horizontal",
+        fraction=0.04,
+        pad=0.04,
+        label="weight (one scale for all filters; red excites, blue inhibits)",
+    )
+    figure.suptitle(
+        f"The first convolution's {count} filters ({kernel.shape[0]}x{kernel.shape[1]} pixels each)", fontsize=12
+    )
     return figure
 
 
-def feature_maps(image: np.ndarray, label: int, maps: np.ndarray, probabilities: np.ndarray,
-                 digit_name: str = "X_valid[0]"):
+def feature_maps(
+    image: np.ndarray, label: int, maps: np.ndarray, probabilities: np.ndarray, digit_name: str = "X_valid[0]"
+):
     """One digit and the maps the first convolution makes of it (height x width x filters),
     all on one colour scale from 0 to the largest activation."""
     maps = np.asarray(maps)
@@ -152,8 +191,9 @@ def feature_maps(image: np.ndarray, label: int, maps: np.ndarray, probabilities:
     digit_axis.set_label("digit")
     digit_axis.imshow(image, cmap="Greys")
     predicted = int(np.argmax(probabilities))
-    digit_axis.set_title(f"{digit_name}: a {int(label)}\npredicted {predicted}, p = {probabilities[predicted]:.3f}",
-                         fontsize=9)
+    digit_axis.set_title(
+        f"{digit_name}: a {int(label)}\npredicted {predicted}, p = {probabilities[predicted]:.3f}", fontsize=9
+    )
     digit_axis.axis("off")
     tiles = outer[1].subgridspec(rows, columns, wspace=0.08, hspace=0.3)
     shown, axes = None, []
@@ -165,8 +205,11 @@ def feature_maps(image: np.ndarray, label: int, maps: np.ndarray, probabilities:
         axis.set_xticks([])
         axis.set_yticks([])
         axes.append(axis)
-    figure.colorbar(shown, ax=axes, orientation="horizontal", fraction=0.05, pad=0.04,
-                    label="activation (one scale for all maps)")
-    figure.suptitle(f"The first convolution's {count} feature maps of {digit_name} "
-                    f"({maps.shape[0]}x{maps.shape[1]} each)", fontsize=12)
+    figure.colorbar(
+        shown, ax=axes, orientation="horizontal", fraction=0.05, pad=0.04, label="activation (one scale for all maps)"
+    )
+    figure.suptitle(
+        f"The first convolution's {count} feature maps of {digit_name} ({maps.shape[0]}x{maps.shape[1]} each)",
+        fontsize=12,
+    )
     return figure

@@ -44,12 +44,20 @@ def sweep_curves(series: list[dict], title: str = "Validation accuracy per epoch
         epochs = np.arange(1, values.shape[1] + 1)
         colour = f"C{index % 10}"
         axis.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.3, linewidth=0)
-        axis.plot(epochs, values.mean(axis=0), color=colour, linewidth=1.8,
-                  marker="o" if values.shape[1] <= 25 else None, markersize=2.5)
+        axis.plot(
+            epochs,
+            values.mean(axis=0),
+            color=colour,
+            linewidth=1.8,
+            marker="o" if values.shape[1] <= 25 else None,
+            markersize=2.5,
+        )
         seeds = values.shape[0]
-        axis.set_title(f"#{index + 1}  {_wrap(series[index]['label'], 44)}\n"
-                       f"final {values.mean(axis=0)[-1]:.4f} (mean of {seeds} seed{'s' * (seeds > 1)})",
-                       fontsize=8)
+        axis.set_title(
+            f"#{index + 1}  {_wrap(series[index]['label'], 44)}\n"
+            f"final {values.mean(axis=0)[-1]:.4f} (mean of {seeds} seed{'s' * (seeds > 1)})",
+            fontsize=8,
+        )
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if index % columns == 0:
@@ -79,8 +87,15 @@ def sweep_heatmap(rows: list[dict], fields: list[str], grid: dict[str, list], ti
         for j in range(matrix.shape[1]):
             value = matrix[i, j]
             text = "failed" if np.isnan(value) else f"{value:.4f}"
-            axis.text(j, i, text, ha="center", va="center", fontsize=9,
-                      color="black" if np.isfinite(value) and value > middle else "white")
+            axis.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black" if np.isfinite(value) and value > middle else "white",
+            )
     axis.set_xticks(range(len(column_values)), [_value_text(value) for value in column_values])
     axis.set_yticks(range(len(row_values)), [_value_text(value) for value in row_values])
     axis.set_xlabel(column_field)

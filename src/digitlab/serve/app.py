@@ -88,8 +88,11 @@ class PixelsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    pixels: list[PixelRow] = Field(min_length=imaging.FIELD, max_length=imaging.FIELD,
-                                   description="28 rows of 28 numbers 0-255, ink high, as MNIST.")
+    pixels: list[PixelRow] = Field(
+        min_length=imaging.FIELD,
+        max_length=imaging.FIELD,
+        description="28 rows of 28 numbers 0-255, ink high, as MNIST.",
+    )
     prepare: bool = Field(False, description="Centre and scale the pixels like a picture first.")
 
 
@@ -110,7 +113,9 @@ class _GuardAndTime:
         async def send_with_time(message):
             if message["type"] == "http.response.start":
                 elapsed = (time.perf_counter() - start) * 1000
-                headers = list(message.get("headers", [])) + [(TIMING_HEADER.lower().encode(), f"{elapsed:.3f}".encode())]
+                headers = list(message.get("headers", [])) + [
+                    (TIMING_HEADER.lower().encode(), f"{elapsed:.3f}".encode())
+                ]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -121,8 +126,11 @@ class _GuardAndTime:
             except ValueError:
                 length = -1
             if length < 0:
-                response = JSONResponse({"detail": "The Content-Length header is not a valid size."}, status_code=400,
-                                        headers={"Connection": "close"})
+                response = JSONResponse(
+                    {"detail": "The Content-Length header is not a valid size."},
+                    status_code=400,
+                    headers={"Connection": "close"},
+                )
                 await response(scope, receive, send_with_time)
                 return
             if length > self.limit:
@@ -130,8 +138,11 @@ class _GuardAndTime:
                 # it never sends the body. Any other client is sending it: read it first (DRAIN_LIMIT_BYTES).
                 waiting = headers.get(b"expect", b"").lower() == b"100-continue"
                 drained = not waiting and length <= DRAIN_LIMIT_BYTES and await _drain(receive)
-                response = JSONResponse({"detail": _too_large(f"is {length} bytes")}, status_code=413,
-                                        headers=None if drained else {"Connection": "close"})
+                response = JSONResponse(
+                    {"detail": _too_large(f"is {length} bytes")},
+                    status_code=413,
+                    headers=None if drained else {"Connection": "close"},
+                )
                 await response(scope, receive, send_with_time)
                 return
         await self.app(scope, receive, send_with_time)
@@ -193,7 +204,7 @@ def _describe_pixels_error(errors: list[dict]) -> str:
         return 'The JSON must be an object with a "pixels" key holding 28 rows of 28 numbers 0-255.'
     if kind == "extra_forbidden":
         unknown = sorted(str(error["loc"][0]) for error in errors if error["type"] == "extra_forbidden")
-        return f"Unknown key(s) {', '.join(unknown)}; the JSON may hold only \"pixels\" and \"prepare\"."
+        return f'Unknown key(s) {", ".join(unknown)}; the JSON may hold only "pixels" and "prepare".'
     if location == ("prepare",):
         return f'"prepare" must be true or false; got {value!r}.'
     if len(location) == 1:
@@ -214,9 +225,9 @@ def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
     try:
         document = json.loads(body, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HTTPException(400, f"The body is not valid JSON ({error}). Send {{\"pixels\": [[...], ...]}}.") from None
+        raise HTTPException(400, f'The body is not valid JSON ({error}). Send {{"pixels": [[...], ...]}}.') from None
     except RecursionError:
-        raise HTTPException(400, "The JSON is nested too deeply. Send {\"pixels\": [[...], ...]}.") from None
+        raise HTTPException(400, 'The JSON is nested too deeply. Send {"pixels": [[...], ...]}.') from None
     try:
         request = PixelsRequest.model_validate(document)
     except ValidationError as error:
@@ -233,7 +244,9 @@ async def _file_from_multipart(request: Request, body: bytes) -> bytes:
     try:
         form = await MultiPartParser(request.headers, replay(), max_files=1, max_fields=8).parse()
     except MultiPartException as error:
-        raise HTTPException(400, f"The multipart body could not be read ({error.message}). Send one file in a field named 'file'.") from None
+        raise HTTPException(
+            400, f"The multipart body could not be read ({error.message}). Send one file in a field named 'file'."
+        ) from None
     try:
         candidate = form.get("file")
         if candidate is None:
@@ -248,7 +261,9 @@ async def _file_from_multipart(request: Request, body: bytes) -> bytes:
 
 def _prepare_picture(data: bytes) -> np.ndarray:
     if len(data) > imaging.MAX_UPLOAD_BYTES:
-        raise imaging.ImageTooLargeError(f"The file is {len(data)} bytes; the limit is {imaging.MAX_UPLOAD_BYTES} (5 MB).")
+        raise imaging.ImageTooLargeError(
+            f"The file is {len(data)} bytes; the limit is {imaging.MAX_UPLOAD_BYTES} (5 MB)."
+        )
     if not data:
         raise ValueError("The uploaded file is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF picture.")
     return imaging.prepare_image(data)
@@ -276,11 +291,15 @@ def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception):
-        return JSONResponse({"detail": f"Internal error ({type(error).__name__}); the server is still running."}, status_code=500)
+        return JSONResponse(
+            {"detail": f"Internal error ({type(error).__name__}); the server is still running."}, status_code=500
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY})
+        return HTMLResponse(
+            page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY}
+        )
 
     @app.get("/api/health")
     async def health():
@@ -311,8 +330,11 @@ def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
                 "required": True,
                 "content": {
                     "multipart/form-data": {
-                        "schema": {"type": "object", "required": ["file"],
-                                   "properties": {"file": {"type": "string", "format": "binary"}}},
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                        },
                     },
                     "application/json": {"schema": PixelsRequest.model_json_schema()},
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -325,7 +347,10 @@ def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await _read_body(request)
         if not body:
-            raise HTTPException(422, "The request body is empty. Upload a picture in a field named 'file', or send {\"pixels\": [[...], ...]}.")
+            raise HTTPException(
+                422,
+                "The request body is empty. Upload a picture in a field named 'file', or send {\"pixels\": [[...], ...]}.",
+            )
         if content_type == "application/json" or content_type.endswith("+json"):
             pixels, prepare = pixels_from_json(body)
             source = "pixels"
@@ -377,15 +402,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(model: keras.Model, host: str = "127.0.0.1", port: int = 8000, run_name: str = "", access_log: bool = True) -> None:
+def serve(
+    model: keras.Model, host: str = "127.0.0.1", port: int = 8000, run_name: str = "", access_log: bool = True
+) -> None:
     """Runs the app on uvicorn until Ctrl-C. Loopback by default; another host exposes it to the network."""
     import uvicorn
 
     if not is_loopback(host):
         print(f"Warning: serving on {host} makes the page and API reachable from other machines.")
     shown_host = f"[{host}]" if ":" in host else host
-    print(f"digitlab: serving {run_name or model.name} at http://{shown_host}:{port}/  (API docs at /docs; Ctrl-C stops)")
+    print(
+        f"digitlab: serving {run_name or model.name} at http://{shown_host}:{port}/  (API docs at /docs; Ctrl-C stops)"
+    )
     # Python's own asyncio loop, not uvloop: measured with scripts/load_test.py (50 connections, PNG
     # uploads), uvloop gave the same throughput but a p99 of 108-117 ms against 65-71 ms.
-    uvicorn.run(create_app(model, run_name), host=host, port=port, log_level="info", access_log=access_log,
-                loop="asyncio")
+    uvicorn.run(
+        create_app(model, run_name), host=host, port=port, log_level="info", access_log=access_log, loop="asyncio"
+    )

@@ -77,8 +77,11 @@ def parse_sample(specs: list[str]) -> dict[str, tuple]:
             samples[name] = ("choice", [parse_value(name, item) for item in values])
             continue
         if is_list or value_type not in (int, float) or (kind == "int") != (value_type is int):
-            wanted = "int:LOW:HIGH or choice" if value_type is int else (
-                "uniform or loguniform" if value_type is float else "choice")
+            wanted = (
+                "int:LOW:HIGH or choice"
+                if value_type is int
+                else ("uniform or loguniform" if value_type is float else "choice")
+            )
             raise SweepError(f"--sample {spec!r}: {name} takes {wanted}, not {kind}.")
         bounds = rest.split(":")
         if len(bounds) != 2:
@@ -171,15 +174,17 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
                     shown = ", ".join(f"{name}={value_text(value)}" for name, value in params.items())
                     raise SweepError(f"The configuration {shown} is not valid: {error}") from None
                 index = len(trials)
-                trials.append({
-                    "index": index,
-                    "configuration": index // len(seeds),
-                    "params": params,
-                    "seed": seed,
-                    "config": resolved.to_dict(),
-                    "run": _run_name(index, params, seed),
-                    "status": "pending",
-                })
+                trials.append(
+                    {
+                        "index": index,
+                        "configuration": index // len(seeds),
+                        "params": params,
+                        "seed": seed,
+                        "config": resolved.to_dict(),
+                        "run": _run_name(index, params, seed),
+                        "status": "pending",
+                    }
+                )
     return trials
 
 

@@ -75,8 +75,7 @@ def connect(address: str | None):
         check_reachable(address)
         # Ray retries a cluster that does not let it in for 20 s; a few tries tell as much.
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "5")
-    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                   configure_logging=True)
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     if not address:
         # "local" always starts a new instance, never joining a cluster someone else started here.
         options.update(object_store_memory=OBJECT_STORE_BYTES)
@@ -93,10 +92,13 @@ def connect(address: str | None):
             where = f"the Ray cluster at {address}" if address else "an embedded Ray on this machine"
             hint = ""
             if "InvalidAuthToken" in said or "Unauthenticated" in said:
-                hint = (" The cluster asks for a token: set RAY_AUTH_MODE=token, with the cluster's token in "
-                        "~/.ray/auth_token or RAY_AUTH_TOKEN (see `ray get-auth-token`).")
+                hint = (
+                    " The cluster asks for a token: set RAY_AUTH_MODE=token, with the cluster's token in "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN (see `ray get-auth-token`)."
+                )
             raise sweep_plan.SweepError(
-                f"Could not start or reach {where}: {type(error).__name__}: {error}.{hint}") from None
+                f"Could not start or reach {where}: {type(error).__name__}: {error}.{hint}"
+            ) from None
     if sigterm is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, sigterm)
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
@@ -146,8 +148,15 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
     if settings["early_stop"]:
         longest = max(trial["config"]["epochs"] for trial in sweep.trials)
         # stop_last_trials=False: a trial that reaches its last epoch finishes its run (model, metrics).
-        scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=longest,
-                                  grace_period=max(1, longest // 8), reduction_factor=3, stop_last_trials=False)
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric="val_accuracy",
+            mode="max",
+            max_t=longest,
+            grace_period=max(1, longest // 8),
+            reduction_factor=3,
+            stop_last_trials=False,
+        )
     storage = sweep.file(".tune")
     storage.mkdir(exist_ok=True)
     tuner = tune.Tuner(
@@ -157,13 +166,17 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
             # A worker process trains one trial after another, so Keras and JAX are imported once
             # per worker, not once per trial; every trial seeds everything itself. Not with early
             # stopping: a stopped trial's worker is ended, so nothing of it trains on beside the next.
-            scheduler=scheduler, reuse_actors=not settings["early_stop"],
+            scheduler=scheduler,
+            reuse_actors=not settings["early_stop"],
             trial_name_creator=lambda trial: sweep.trials[trial.config["trial"]]["run"],
             trial_dirname_creator=lambda trial: sweep.trials[trial.config["trial"]]["run"],
         ),
         run_config=tune.RunConfig(
-            name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
-            callbacks=[progress, _Silent()], failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage),
+            verbose=0,
+            callbacks=[progress, _Silent()],
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )
     with open(storage / "ray-driver.log", "ab") as log, _stderr_to(log):
@@ -220,8 +233,13 @@ class Progress(tune.Callback):
         self.show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.sweep.update(self._index(trial), status="running", epochs=result.get("epoch"),
-                          val_accuracy=result.get("val_accuracy"), wall_time_s=result.get("wall_time_s"))
+        self.sweep.update(
+            self._index(trial),
+            status="running",
+            epochs=result.get("epoch"),
+            val_accuracy=result.get("val_accuracy"),
+            wall_time_s=result.get("wall_time_s"),
+        )
         self.show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -248,8 +266,10 @@ class Progress(tune.Callback):
 
     def line(self) -> str:
         trials = self.sweep.trials
-        count = {status: sum(trial["status"] == status for trial in trials)
-                 for status in ("complete", "stopped", "failed", "running")}
+        count = {
+            status: sum(trial["status"] == status for trial in trials)
+            for status in ("complete", "stopped", "failed", "running")
+        }
         done = count["complete"] + count["stopped"] + count["failed"]
         text = f"sweep: {done}/{len(trials)} done"
         if count["stopped"]:
@@ -258,8 +278,10 @@ class Progress(tune.Callback):
         scored = [trial for trial in trials if trial.get("val_accuracy") is not None]
         if scored:
             best = max(scored, key=lambda trial: trial["val_accuracy"])
-            text += (f"; best so far val_accuracy {best['val_accuracy']:.4f} "
-                     f"({sweep_plan.label(best['params'])}, seed {best['seed']}, epoch {best.get('epochs')})")
+            text += (
+                f"; best so far val_accuracy {best['val_accuracy']:.4f} "
+                f"({sweep_plan.label(best['params'])}, seed {best['seed']}, epoch {best.get('epochs')})"
+            )
         return text
 
     def close(self) -> None:

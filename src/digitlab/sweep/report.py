@@ -32,25 +32,53 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
         sweep_results.finish(sweep, print_fn=lambda *args: None)
     settings = sweep.state["settings"]
     swept = settings["swept"]
-    header = [*swept, "seeds", "val accuracy mean", "std", "min", "max", "best mean (epoch)", "epochs",
-              "wall time s", "status"]
+    header = [
+        *swept,
+        "seeds",
+        "val accuracy mean",
+        "std",
+        "min",
+        "max",
+        "best mean (epoch)",
+        "epochs",
+        "wall time s",
+        "status",
+    ]
     table_rows = [
-        [sweep_plan.value_text(row[name]) for name in swept] + [
-            row["seeds"], _number(row["val_accuracy_mean"]), _number(row["val_accuracy_std"]),
-            _number(row["val_accuracy_min"]), _number(row["val_accuracy_max"]),
-            f"{_number(row['best_val_accuracy_mean'])} ({row['best_epoch']})", row["epochs"],
-            f"{row['wall_time_s']:.1f}", row["status"]]
+        [sweep_plan.value_text(row[name]) for name in swept]
+        + [
+            row["seeds"],
+            _number(row["val_accuracy_mean"]),
+            _number(row["val_accuracy_std"]),
+            _number(row["val_accuracy_min"]),
+            _number(row["val_accuracy_max"]),
+            f"{_number(row['best_val_accuracy_mean'])} ({row['best_epoch']})",
+            row["epochs"],
+            f"{row['wall_time_s']:.1f}",
+            row["status"],
+        ]
         for row in rows
     ]
     trial_rows = [
-        (trial["run"], sweep_plan.label(trial["params"]), trial["seed"], trial["status"],
-         trial.get("epochs") or 0, _number(trial.get("val_accuracy")), trial.get("error") or "")
+        (
+            trial["run"],
+            sweep_plan.label(trial["params"]),
+            trial["seed"],
+            trial["status"],
+            trial.get("epochs") or 0,
+            _number(trial.get("val_accuracy")),
+            trial.get("error") or "",
+        )
         for trial in sweep.trials
     ]
-    figures = [report.image(sweep.file(name).read_bytes(), alt) for name, alt in (
-        ("curves.png", "Validation accuracy per epoch for each configuration, mean and min-max over seeds"),
-        ("heatmap.png", "Mean final validation accuracy of each pair of values of the two swept fields"),
-    ) if sweep.file(name).is_file()]
+    figures = [
+        report.image(sweep.file(name).read_bytes(), alt)
+        for name, alt in (
+            ("curves.png", "Validation accuracy per epoch for each configuration, mean and min-max over seeds"),
+            ("heatmap.png", "Mean final validation accuracy of each pair of values of the two swept fields"),
+        )
+        if sweep.file(name).is_file()
+    ]
     base = {name: value for name, value in sweep.trials[0]["config"].items() if name not in (*swept, "seed", "seeds")}
     title = f"digitlab sweep {sweep.path.name}"
     sections = [
@@ -64,7 +92,8 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
         '<p class="note">One row per configuration; the statistics are over seeds, of the val accuracy '
         "after the last epoch each seed ran.</p>",
         report.table(header, table_rows),
-        "<h2>Curves</h2>", *figures,
+        "<h2>Curves</h2>",
+        *figures,
         "<h2>Settings shared by every trial</h2>",
         report.table(["setting", "value"], [(name, report.value_text(value)) for name, value in base.items()]),
         "<h2>Trials</h2>",

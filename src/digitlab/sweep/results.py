@@ -23,8 +23,18 @@ from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import state as sweep_state
 
-RESULT_COLUMNS = ("seeds", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_min", "val_accuracy_max",
-                  "best_val_accuracy_mean", "best_epoch", "epochs", "wall_time_s", "status")
+RESULT_COLUMNS = (
+    "seeds",
+    "val_accuracy_mean",
+    "val_accuracy_std",
+    "val_accuracy_min",
+    "val_accuracy_max",
+    "best_val_accuracy_mean",
+    "best_epoch",
+    "epochs",
+    "wall_time_s",
+    "status",
+)
 
 
 def results(sweep: sweep_state.Sweep) -> list[dict]:
@@ -54,15 +64,25 @@ def results(sweep: sweep_state.Sweep) -> list[dict]:
             val_accuracy_max=float(np.max(finals)),
             best_val_accuracy_mean=float(np.max(mean_curve)),
             best_epoch=int(np.argmax(mean_curve)) + 1 if common else 0,
-            epochs=(f"{min(epochs)}" if epochs and min(epochs) == max(epochs)
-                    else f"{min(epochs)}-{max(epochs)}" if epochs else "0"),
+            epochs=(
+                f"{min(epochs)}"
+                if epochs and min(epochs) == max(epochs)
+                else f"{min(epochs)}-{max(epochs)}"
+                if epochs
+                else "0"
+            ),
             wall_time_s=round(wall, 1),
             status=_group_status(trials),
             curves=[curve for curve in curves],
         )
         rows.append(row)
-    rows.sort(key=lambda row: (math.isnan(row["val_accuracy_mean"]), -np.nan_to_num(row["val_accuracy_mean"], nan=0.0),
-                               row["configuration"]))
+    rows.sort(
+        key=lambda row: (
+            math.isnan(row["val_accuracy_mean"]),
+            -np.nan_to_num(row["val_accuracy_mean"], nan=0.0),
+            row["configuration"],
+        )
+    )
     return rows
 
 
@@ -93,11 +113,15 @@ def finish(sweep: sweep_state.Sweep, print_fn=print) -> list[dict]:
     rows = results(sweep)
     swept = sweep.state["settings"]["swept"]
     atomic.write_text(sweep.file("results.csv"), results_csv(rows, swept))
-    atomic.write_json(sweep.file("results.json"), [{key: value for key, value in row.items() if key != "curves"}
-                                                  for row in rows])
+    atomic.write_json(
+        sweep.file("results.json"), [{key: value for key, value in row.items() if key != "curves"} for row in rows]
+    )
     atomic.write_text(sweep.file("results.md"), results_markdown(rows, swept))
-    series = [{"label": sweep_plan.label({name: row[name] for name in swept}), "val_accuracy": row["curves"]}
-              for row in rows if row["curves"]]
+    series = [
+        {"label": sweep_plan.label({name: row[name] for name in swept}), "val_accuracy": row["curves"]}
+        for row in rows
+        if row["curves"]
+    ]
     if series:
         plots.save_figure(plots_sweep.sweep_curves(series), sweep.file("curves.png"))
     grid = sweep.state["settings"].get("grid") or {}
@@ -105,8 +129,10 @@ def finish(sweep: sweep_state.Sweep, print_fn=print) -> list[dict]:
         plots.save_figure(plots_sweep.sweep_heatmap(rows, swept, grid), sweep.file("heatmap.png"))
     print_fn(results_markdown(rows, swept))
     counts = {status: sum(trial["status"] == status for trial in sweep.trials) for status in sweep_state.FINISHED}
-    print_fn(f"Done: {len(sweep.trials)} trials ({counts['complete']} complete, {counts['stopped']} stopped early, "
-             f"{counts['failed']} failed). Results in {sweep.path}")
+    print_fn(
+        f"Done: {len(sweep.trials)} trials ({counts['complete']} complete, {counts['stopped']} stopped early, "
+        f"{counts['failed']} failed). Results in {sweep.path}"
+    )
     return rows
 
 
@@ -115,8 +141,9 @@ def results_csv(rows: list[dict], swept: list[str]) -> str:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow([*swept, *RESULT_COLUMNS])
     for row in rows:
-        writer.writerow([sweep_plan.value_text(row[name]) for name in swept]
-                        + [_cell(row[column]) for column in RESULT_COLUMNS])
+        writer.writerow(
+            [sweep_plan.value_text(row[name]) for name in swept] + [_cell(row[column]) for column in RESULT_COLUMNS]
+        )
     return text.getvalue()
 
 
@@ -125,10 +152,16 @@ def results_markdown(rows: list[dict], swept: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(swept) + "---:|" * 8 + "---|"]
     for row in rows:
         cells = [sweep_plan.value_text(row[name]) for name in swept] + [
-            str(row["seeds"]), _cell(row["val_accuracy_mean"]), _cell(row["val_accuracy_std"]),
-            _cell(row["val_accuracy_min"]), _cell(row["val_accuracy_max"]),
-            f"{_cell(row['best_val_accuracy_mean'])} ({row['best_epoch']})", row["epochs"],
-            f"{row['wall_time_s']:.1f}", row["status"]]
+            str(row["seeds"]),
+            _cell(row["val_accuracy_mean"]),
+            _cell(row["val_accuracy_std"]),
+            _cell(row["val_accuracy_min"]),
+            _cell(row["val_accuracy_max"]),
+            f"{_cell(row['best_val_accuracy_mean'])} ({row['best_epoch']})",
+            row["epochs"],
+            f"{row['wall_time_s']:.1f}",
+            row["status"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -48,18 +48,29 @@ class SweepInterrupted(Exception):
         self.out_dir = out_dir
 
 
-def run_sweep(base: TrainConfig, grid: dict[str, list], seeds: list[int], out_dir: str | Path,
-              sample: dict[str, tuple] | None = None, samples: int = 0, sample_seed: int = 0,
-              data_path=None, address: str | None = None, early_stop: bool = False,
-              cpus_per_trial: float = 1.0, yes: bool = False, command: str = "", print_fn=print) -> list[dict]:
+def run_sweep(
+    base: TrainConfig,
+    grid: dict[str, list],
+    seeds: list[int],
+    out_dir: str | Path,
+    sample: dict[str, tuple] | None = None,
+    samples: int = 0,
+    sample_seed: int = 0,
+    data_path=None,
+    address: str | None = None,
+    early_stop: bool = False,
+    cpus_per_trial: float = 1.0,
+    yes: bool = False,
+    command: str = "",
+    print_fn=print,
+) -> list[dict]:
     """Plans, checks and runs a sweep, then writes and returns its results (one row per configuration).
 
     Every check (fields, values, trial count, folder, data, Ray) happens before any trial starts.
     """
     sample = sample or {}
     if not grid and not sample:
-        raise sweep_plan.SweepError(
-            "Nothing to sweep: give at least one --grid FIELD=V1,V2 or --sample FIELD=DIST:...")
+        raise sweep_plan.SweepError("Nothing to sweep: give at least one --grid FIELD=V1,V2 or --sample FIELD=DIST:...")
     both = sorted(set(grid) & set(sample))
     if both:
         raise sweep_plan.SweepError(f"{', '.join(both)} is given both as --grid and --sample; choose one.")
@@ -74,20 +85,31 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], seeds: list[int], out_di
     trials = sweep_plan.plan_trials(base, grid, sweep_plan.draw_samples(sample, samples, sample_seed), seeds)
     if len(trials) > sweep_plan.TRIAL_LIMIT and not yes:
         raise sweep_plan.SweepError(
-            f"This sweep has {len(trials)} trials (over {sweep_plan.TRIAL_LIMIT}); add --yes if you mean it.")
+            f"This sweep has {len(trials)} trials (over {sweep_plan.TRIAL_LIMIT}); add --yes if you mean it."
+        )
     out_dir = Path(out_dir)
     sweep_state.check_new_folder(out_dir)
     loaded = data.load(data_path)
-    settings = {"swept": list(grid) + list(sample), "grid": grid, "sample": sample, "samples": samples,
-                "sample_seed": sample_seed, "seeds": seeds, "early_stop": early_stop,
-                "cpus_per_trial": cpus_per_trial, "command": command}
+    settings = {
+        "swept": list(grid) + list(sample),
+        "grid": grid,
+        "sample": sample,
+        "samples": samples,
+        "sample_seed": sample_seed,
+        "seeds": seeds,
+        "early_stop": early_stop,
+        "cpus_per_trial": cpus_per_trial,
+        "command": command,
+    }
     from digitlab.sweep import raytune  # Imported here: Ray is loaded only once every other check has passed.
 
     with raytune.connect(address):
         raytune.check_resources(cpus_per_trial)
         sweep = sweep_state.create(out_dir, trials, settings, loaded)
-        print_fn(f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
-                 f"{len(seeds)} seed(s)) in {sweep.path}")
+        print_fn(
+            f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
+            f"{len(seeds)} seed(s)) in {sweep.path}"
+        )
         _run(sweep, loaded, print_fn)
     return sweep_results.finish(sweep, print_fn)
 
@@ -101,8 +123,10 @@ def resume_sweep(out_dir: str | Path, data_path=None, address: str | None = None
     with raytune.connect(address):
         raytune.check_resources(sweep.state["settings"]["cpus_per_trial"])
         left = sweep.unfinished()
-        print_fn(f"digitlab: resuming the sweep in {sweep.path}: {len(sweep.trials) - len(left)} of "
-                 f"{len(sweep.trials)} trials finished, {len(left)} to go")
+        print_fn(
+            f"digitlab: resuming the sweep in {sweep.path}: {len(sweep.trials) - len(left)} of "
+            f"{len(sweep.trials)} trials finished, {len(left)} to go"
+        )
         for trial in left:
             sweep_trial.settle_run(sweep, trial)
         _run(sweep, loaded, print_fn)
@@ -120,4 +144,3 @@ def _run(sweep: sweep_state.Sweep, loaded: data.Loaded, print_fn) -> None:
                 trial["status"] = "interrupted"
         sweep.save()
         raise SweepInterrupted(sweep.path) from None
-

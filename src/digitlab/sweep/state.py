@@ -81,8 +81,10 @@ def create(out_dir: str | Path, trials: list[dict], settings: dict, loaded: data
 def check_new_folder(out_dir: Path) -> None:
     """Refuses an --out that is a file, a sweep already (resume it instead) or a folder holding other things."""
     if (out_dir / STATE_FILE).is_file():
-        raise sweep_plan.SweepError(f"{out_dir} already holds a sweep. Finish it with "
-                                    f"`digitlab sweep --resume {out_dir}`, or choose another --out.")
+        raise sweep_plan.SweepError(
+            f"{out_dir} already holds a sweep. Finish it with "
+            f"`digitlab sweep --resume {out_dir}`, or choose another --out."
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise sweep_plan.SweepError(f"--out {out_dir} is a file; choose a new or empty folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()):

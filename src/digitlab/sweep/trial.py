@@ -74,8 +74,13 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
             run = runs.Run(path)
             if run.status().get("status") == "complete":
                 history = run.history()
-                report({"epoch": len(history["val_accuracy"]), "wall_time_s": run.metrics().get("wall_time_s"),
-                        **{key: history[key][-1] for key in runs.HISTORY_KEYS}})
+                report(
+                    {
+                        "epoch": len(history["val_accuracy"]),
+                        "wall_time_s": run.metrics().get("wall_time_s"),
+                        **{key: history[key][-1] for key in runs.HISTORY_KEYS},
+                    }
+                )
                 return
             if run.file("checkpoint.npz").is_file():
                 training.resume(path, loaded=loaded, print_fn=quiet, verbose=0, on_epoch_end=on_epoch_end)
@@ -83,10 +88,21 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
                 return
         if path.exists():
             shutil.rmtree(path)  # Killed before its first checkpoint: nothing to keep.
-        training.train(TrainConfig.from_dict(trial["config"]), runs_dir, loaded=loaded, run_name=trial["run"],
-                       print_fn=quiet, verbose=0, on_epoch_end=on_epoch_end)
+        training.train(
+            TrainConfig.from_dict(trial["config"]),
+            runs_dir,
+            loaded=loaded,
+            run_name=trial["run"],
+            print_fn=quiet,
+            verbose=0,
+            on_epoch_end=on_epoch_end,
+        )
         report_final()
     except training.TrainingInterrupted as stop:
         status = stop.run.status()
-        stop.run.set_status("interrupted", epoch=stop.epoch, checkpoint_epoch=status.get("checkpoint_epoch"),
-                            note="stopped early by the sweep's scheduler")
+        stop.run.set_status(
+            "interrupted",
+            epoch=stop.epoch,
+            checkpoint_epoch=status.get("checkpoint_epoch"),
+            note="stopped early by the sweep's scheduler",
+        )
