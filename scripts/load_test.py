@@ -285,9 +285,9 @@ def start_server(model_path: str, port: int | None = None, timeout: float = 60.0
 
 
 def _serve_model(model_path: str, port: int, access_log: bool) -> None:
-    import digitlab  # noqa: F401  (chooses the JAX backend before Keras loads)
     import keras
 
+    import digitlab  # noqa: F401  (chooses the JAX backend before Keras loads)
     from digitlab.serve import app as serving
 
     model = keras.saving.load_model(model_path, safe_mode=True)
@@ -308,8 +308,10 @@ def format_figures(result: dict) -> str:
             f"payload {result['payload']}: {result['requests']} requests over {result['concurrency']} connections "
             f"in {result['elapsed_s']} s{' (stopped by the time limit)' if result['stopped_by_time_limit'] else ''}",
             f"  throughput        {result['requests_per_s']} requests/s",
-            f"  client latency    p50 {latency['p50']} ms   p90 {latency['p90']} ms   p99 {latency['p99']} ms   max {latency['max']} ms",
-            f"  server time       p50 {server['p50']} ms   p90 {server['p90']} ms   p99 {server['p99']} ms   (X-Process-Time-Ms)",
+            f"  client latency    p50 {latency['p50']} ms   p90 {latency['p90']} ms   "
+            f"p99 {latency['p99']} ms   max {latency['max']} ms",
+            f"  server time       p50 {server['p50']} ms   p90 {server['p90']} ms   "
+            f"p99 {server['p99']} ms   (X-Process-Time-Ms)",
             f"  errors            {result['errors']}  statuses {result['statuses']}"
             + (f"  e.g. {result['failures'][0]}" if result["failures"] else ""),
         ]

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from digitlab import cli, config, runs, system
-from digitlab.sweep import plan as sweep_plan
 from digitlab.config import TrainConfig
+from digitlab.sweep import plan as sweep_plan
 
 
 def main(argv: list[str]) -> int:

@@ -11,18 +11,20 @@ Fails when /usr/bin/chromium is absent: `make test` installs it, so CI always ru
 from __future__ import annotations
 
 import io
+import itertools
 import re
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+# Playwright's expect() polls inside the page without eval, which the page's Content
+# Security Policy forbids (so page.wait_for_function cannot be used here).
+from playwright.sync_api import expect
+
 import digitlab  # noqa: F401  (chooses the JAX backend)
 
 ONE_DIGIT = re.compile(r"^[0-9]$")
-# Playwright's expect() polls inside the page without eval, which the page's Content
-# Security Policy forbids (so page.wait_for_function cannot be used here).
-from playwright.sync_api import expect  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -52,7 +54,7 @@ def draw(page, strokes, steps=12):
     for stroke in strokes:
         page.mouse.move(*at(stroke[0]))
         page.mouse.down()
-        for start, end in zip(stroke, stroke[1:]):
+        for start, end in itertools.pairwise(stroke):
             for step in range(1, steps + 1):
                 share = step / steps
                 page.mouse.move(*at((start[0] + (end[0] - start[0]) * share, start[1] + (end[1] - start[1]) * share)))

@@ -28,7 +28,7 @@ def test_compare_runs_writes_the_overlay_and_returns_rows(two_runs, tmp_path):
     rows = compare.compare_runs([run.path for run in two_runs], out_path=out)
     assert [row["run"] for row in rows] == [run.name for run in two_runs]
     assert [row["learning_rate"] for row in rows] == [0.01, 1.0]
-    for row, run in zip(rows, two_runs):
+    for row, run in zip(rows, two_runs, strict=True):
         curve = run.history()["val_accuracy"]
         assert row["model"] == "shallow" and row["epochs"] == 3 and row["status"] == "complete"
         assert row["final_val_accuracy"] == pytest.approx(curve[-1])

@@ -106,7 +106,7 @@ def test_disk_filling_during_training_loses_nothing(tmp_path, mnist_path):
         run = runs.Run(run_dir)
         assert run.status()["status"] == "complete"
         assert run.history() == reference_run.history()
-        for ours, theirs in zip(run.load_model().get_weights(), reference_run.load_model().get_weights()):
+        for ours, theirs in zip(run.load_model().get_weights(), reference_run.load_model().get_weights(), strict=True):
             np.testing.assert_array_equal(ours, theirs)
 
 

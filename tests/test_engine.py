@@ -64,7 +64,7 @@ def fit_results(mnist):
             validation,
             epochs=EPOCHS,
             rngs=[np.random.RandomState(SEED)],
-            on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
+            on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs[0]),
         )
         history = {key: [entry[key] for entry in logs] for key in HISTORY_KEYS}
         results[case] = (initial, model.get_weights(), history)
@@ -77,7 +77,7 @@ def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
     (x, y), validation = mnist
     initial, fitted, history = fit_results[case]
     cfg, (model,) = seeded_models(CASES[case])
-    for built, reference in zip(model.get_weights(), initial):
+    for built, reference in zip(model.get_weights(), initial, strict=True):
         np.testing.assert_array_equal(built, reference)  # The same seed gives the same initial weights.
     fast = engine.FastEngine([model], cfg, backend=backend)
     logs = []
@@ -87,14 +87,14 @@ def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
         validation,
         epochs=EPOCHS,
         rngs=[np.random.RandomState(SEED)],
-        on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
+        on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs[0]),
     )
     fast.sync_to_models()
     assert fast.name == f"fast-{backend}"
-    for trained, expected in zip(model.get_weights(), fitted):
+    for trained, expected in zip(model.get_weights(), fitted, strict=True):
         np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=2e-6)
     # The weights moved: the comparison is not between two untrained models.
-    assert max(np.abs(after - before).max() for after, before in zip(fitted, initial)) > 1e-4
+    assert max(np.abs(after - before).max() for after, before in zip(fitted, initial, strict=True)) > 1e-4
     assert len(logs) == EPOCHS
     for key in HISTORY_KEYS:
         np.testing.assert_allclose([entry[key] for entry in logs], history[key], rtol=1e-4, atol=1e-6)
@@ -141,11 +141,11 @@ def test_every_first_layer_path_matches_keras_fit(mnist, fit_results, case, kern
         validation,
         epochs=EPOCHS,
         rngs=[np.random.RandomState(SEED)],
-        on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
+        on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs[0]),
     )
     fast.sync_to_models()
     assert fast.path.startswith(EXPECTED_PATHS[case, kernel_setting]), fast.path
-    for trained, expected in zip(model.get_weights(), fitted):
+    for trained, expected in zip(model.get_weights(), fitted, strict=True):
         np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=2e-6)
     for key in HISTORY_KEYS:
         np.testing.assert_allclose([entry[key] for entry in logs], history[key], rtol=1e-4, atol=1e-6)
@@ -191,14 +191,14 @@ def test_threads_over_seeds_train_as_one_thread_does(mnist, case):
             validation,
             epochs=2,
             rngs=[np.random.RandomState(s) for s in (1, 2, 3)],
-            on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs),
+            on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs),
         )
         results[workers] = (fast.get_state(), logs, fast.path)
     assert "2 threads over the seeds" in results[2][2] and "threads" not in results[1][2]
     for name, value in results[1][0].items():
         np.testing.assert_allclose(results[2][0][name], value, rtol=1e-5, atol=1e-7, err_msg=name)
-    for one, two in zip(results[1][1], results[2][1]):
-        for single, threaded in zip(one, two):
+    for one, two in zip(results[1][1], results[2][1], strict=True):
+        for single, threaded in zip(one, two, strict=True):
             assert threaded == pytest.approx(single, rel=1e-5)
 
 
@@ -219,7 +219,7 @@ def test_threads_within_one_network_change_nothing(mnist, case, monkeypatch):
             validation,
             epochs=2,
             rngs=[np.random.RandomState(1)],
-            on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs),
+            on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs),
         )
         results[workers] = (fast.get_state(), logs)
         assert fast.path.startswith("whole epochs in C") and (workers == 1) != (f"{workers} threads" in fast.path)
@@ -327,7 +327,7 @@ def test_many_seeds_match_single_runs(mnist, backend):
     )
     together.sync_to_models()
     cfg, alone_models = seeded_models(dict(model="shallow"), count=len(seeds))
-    for k, (model, seed) in enumerate(zip(alone_models, seeds)):
+    for k, (model, seed) in enumerate(zip(alone_models, seeds, strict=True)):
         alone = engine.FastEngine([model], cfg, backend=backend)
         alone_logs = []
         alone.fit(
@@ -336,12 +336,12 @@ def test_many_seeds_match_single_runs(mnist, backend):
             validation,
             epochs=2,
             rngs=[np.random.RandomState(seed)],
-            on_epoch_end=lambda epoch, logs: alone_logs.append(logs[0]),
+            on_epoch_end=lambda epoch, logs, alone_logs=alone_logs: alone_logs.append(logs[0]),
         )
         alone.sync_to_models()
-        for single, joint in zip(model.get_weights(), together_models[k].get_weights()):
+        for single, joint in zip(model.get_weights(), together_models[k].get_weights(), strict=True):
             np.testing.assert_allclose(single, joint, rtol=1e-5, atol=1e-7)
-        for single, joint in zip(alone_logs, [logs[k] for logs in together_logs]):
+        for single, joint in zip(alone_logs, [logs[k] for logs in together_logs], strict=True):
             assert single == pytest.approx(joint, rel=1e-5)
     # Different seeds really are different networks.
     assert not np.allclose(together_models[0].get_weights()[0], together_models[1].get_weights()[0])
@@ -375,7 +375,7 @@ def test_dropout_model_learns_and_resumes(mnist, backend):
         validation,
         epochs=3,
         rngs=[np.random.RandomState(0)],
-        on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs[0]),
+        on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs[0]),
     )
     assert logs[-1]["val_accuracy"] > 0.8
     keras.utils.set_random_seed(SEED)

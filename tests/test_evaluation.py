@@ -33,7 +33,7 @@ def _reference_scores(true_labels, predicted_labels):
     scores = []
     for digit in range(10):
         true_positive = false_positive = false_negative = 0
-        for true, predicted in zip(true_labels, predicted_labels):
+        for true, predicted in zip(true_labels, predicted_labels, strict=True):
             if predicted == digit and true == digit:
                 true_positive += 1
             elif predicted == digit:
@@ -59,7 +59,7 @@ def test_scores_match_a_plain_reference():
         for guess in range(10):
             assert matrix[true, guess] == np.sum((true_labels == true) & (predicted == guess))
     scores = evaluation.per_digit_scores(matrix)
-    for score, (precision, recall, f1, support) in zip(scores, _reference_scores(true_labels, predicted)):
+    for score, (precision, recall, f1, support) in zip(scores, _reference_scores(true_labels, predicted), strict=True):
         assert score["precision"] == pytest.approx(precision, abs=1e-12)
         assert score["recall"] == pytest.approx(recall, abs=1e-12)
         assert score["f1"] == pytest.approx(f1, abs=1e-12)

@@ -87,7 +87,7 @@ def _run_model_cells(notebook) -> dict:
     namespace = {"n_classes": 10}
     with contextlib.redirect_stdout(io.StringIO()):
         for cell in cells:
-            exec(compile(cell.source, "<notebook cell>", "exec"), namespace)  # noqa: S102
+            exec(compile(cell.source, "<notebook cell>", "exec"), namespace)
     return namespace
 
 

@@ -117,7 +117,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, mnist_path, engin
     resumed = runs.Run(run_dir)
     assert resumed.status()["status"] == "complete"
     assert resumed.history() == reference.history()
-    for ours, theirs in zip(resumed.load_model().get_weights(), reference.load_model().get_weights()):
+    for ours, theirs in zip(resumed.load_model().get_weights(), reference.load_model().get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     assert not list(run_dir.glob(".*.tmp*"))
 

@@ -17,13 +17,13 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
-import keras
 from digitlab import data, imaging, predict
 from digitlab.serve import app as serving
 

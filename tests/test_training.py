@@ -61,7 +61,7 @@ def test_same_seed_same_history(tmp_path, mnist_path, engine, quiet):
     )
     assert first.path != second.path
     assert first.history() == second.history()
-    for a, b in zip(first.load_model().get_weights(), second.load_model().get_weights()):
+    for a, b in zip(first.load_model().get_weights(), second.load_model().get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

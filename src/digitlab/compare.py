@@ -109,4 +109,6 @@ def format_table(rows: list[dict]) -> str:
             )
         )
     widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )

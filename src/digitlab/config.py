@@ -129,7 +129,7 @@ class TrainConfig:
     checkpoint_every: int = _field(1, "save a checkpoint every N epochs (0: never)")
     tensorboard: bool = _field(False, "also write TensorBoard logs into the run folder")
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Returns a copy with every `None` replaced by the model's default, after checking it."""
         if self.model not in MODEL_DEFAULTS:
             raise ValueError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.")
@@ -202,7 +202,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """Builds a config from a dict (a saved config.json), rejecting unknown keys."""
         if not isinstance(values, dict):
             raise ValueError("A config must be a JSON object of field names and values.")
@@ -219,7 +219,7 @@ class TrainConfig:
         atomic.write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         """Loads a saved config.json; a missing or malformed file raises ValueError."""
         path = Path(path)
         try:

@@ -29,7 +29,7 @@ from digitlab import imaging
 
 # Batches up to this size take the compiled fast path; larger ones go to model.predict.
 FAST_PATH_MAX_BATCH = 64
-_compiled: "weakref.WeakKeyDictionary[keras.Model, object]" = weakref.WeakKeyDictionary()
+_compiled: weakref.WeakKeyDictionary[keras.Model, object] = weakref.WeakKeyDictionary()
 
 
 def _forward(model: keras.Model):

@@ -52,7 +52,7 @@ def history_csv(histories: list[dict]) -> str:
     several = len(histories) > 1
     writer.writerow(["seed"] * several + ["epoch", *HISTORY_KEYS])
     for seed, history in enumerate(histories, start=1):
-        for epoch, row in enumerate(zip(*(history[key] for key in HISTORY_KEYS)), start=1):
+        for epoch, row in enumerate(zip(*(history[key] for key in HISTORY_KEYS), strict=True), start=1):
             writer.writerow([seed] * several + [epoch, *(f"{value:.6f}" for value in row)])
     return text.getvalue()
 

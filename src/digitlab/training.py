@@ -240,7 +240,7 @@ class _EpochEnd:
 
     def __call__(self, epoch: int, logs: list[dict]) -> None:
         seconds = time.perf_counter() - self.epoch_started
-        for history, values in zip(self.histories, logs):
+        for history, values in zip(self.histories, logs, strict=True):
             for key in runs.HISTORY_KEYS:
                 history[key].append(float(values[key]))
         self.epochs_done = epoch + 1

@@ -32,6 +32,7 @@ orders, and their mean final val accuracy. Workers run as
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -421,6 +422,6 @@ def epoch_flops(layer_sizes: list[int], train_examples: int, valid_examples: int
     The gradient with respect to the images themselves is not counted; neither
     the engine nor XLA (which prunes it) computes it.
     """
-    products = [inputs * outputs for inputs, outputs in zip(layer_sizes, layer_sizes[1:])]
+    products = [inputs * outputs for inputs, outputs in itertools.pairwise(layer_sizes)]
     train = 2 * (2 * sum(products) + sum(products[1:]))
     return train * train_examples + 2 * sum(products) * valid_examples

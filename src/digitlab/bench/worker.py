@@ -145,7 +145,7 @@ class _EpochTimer:
 
     def __call__(self, epoch: int, logs: list[dict]) -> None:
         self.stamps.append(time.perf_counter())
-        for history, entry in zip(self.histories, logs):
+        for history, entry in zip(self.histories, logs, strict=True):
             history.append(entry)
 
     def durations(self) -> np.ndarray:

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         default="validation",
         choices=("validation", "test"),
-        help="'validation' scores the images the run validated on; 'test' the 10,000 test images (for a holdout run, the one final check)",
+        help="'validation' scores the images the run validated on; 'test' the 10,000 test images "
+        "(for a holdout run, the one final check)",
     )
     evaluate.add_argument(
         "--out",
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="shallow",
         choices=("shallow", "lenet"),
-        help="'shallow': fit against the engine, per epoch; 'lenet': fit's steps on each Keras backend and the default one",
+        help="'shallow': fit against the engine, per epoch; "
+        "'lenet': fit's steps on each Keras backend and the default one",
     )
     bench.add_argument(
         "--steps", type=int, default=bench_defaults["steps"], help="--model lenet: the training steps timed per backend"
@@ -311,7 +313,9 @@ def format_runs_table(rows: list[dict]) -> str:
             )
         )
     widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
 
 
 def _cell(value, spec: str = "") -> str:

@@ -2,7 +2,7 @@
 
     from digitlab.cli import sweep as cli_sweep
     cli_sweep.add_parser(commands)     # in cli.build_parser: --grid, --sample, --seeds, ..., and train's flags
-    cli_sweep.run(args)                # in cli.commands.command_sweep: sweep_runner.run_sweep, or resume_sweep with --resume
+    cli_sweep.run(args)                # in command_sweep: sweep_runner.run_sweep, or resume_sweep with --resume
 
 Like the rest of the command, it only turns flags into a call: the sweep itself is
 `digitlab.sweep.runner`, its plan and its checks `digitlab.sweep.plan`.
@@ -15,8 +15,8 @@ import shlex
 import time
 
 from digitlab.cli import flags as cli_flags
-from digitlab.sweep import plan as sweep_plan
 from digitlab.config import TrainConfig
+from digitlab.sweep import plan as sweep_plan
 
 
 def add_parser(commands) -> None:

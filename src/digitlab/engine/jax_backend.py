@@ -66,8 +66,8 @@ class JaxBackend:
         return np.asarray(loss_sums, np.float64), np.asarray(correct, np.int64)
 
 
-@functools.lru_cache(maxsize=None)
-def program(network: spec.NetworkSpec, batch_size: int, count: int) -> "Program":
+@functools.cache
+def program(network: spec.NetworkSpec, batch_size: int, count: int) -> Program:
     """The one `Program` of this network, batch size and number of models in this process."""
     return Program(network, batch_size, count)
 

@@ -52,9 +52,15 @@ class _Workspace:
         self.classes = [buffer(classes) for _ in range(2)]
         self.layer_inputs = [None] * len(network.dense)
         dropout = [training and layer.dropout for layer in network.dense]
-        self.dropped = [buffer(layer.inputs) if rate else None for layer, rate in zip(network.dense, dropout)]
-        self.uniform = [buffer(layer.inputs) if rate else None for layer, rate in zip(network.dense, dropout)]
-        self.masks = [buffer(layer.inputs, bool) if rate else None for layer, rate in zip(network.dense, dropout)]
+        self.dropped = [
+            buffer(layer.inputs) if rate else None for layer, rate in zip(network.dense, dropout, strict=True)
+        ]
+        self.uniform = [
+            buffer(layer.inputs) if rate else None for layer, rate in zip(network.dense, dropout, strict=True)
+        ]
+        self.masks = [
+            buffer(layer.inputs, bool) if rate else None for layer, rate in zip(network.dense, dropout, strict=True)
+        ]
 
 
 class NumpyBackend:

@@ -7,6 +7,7 @@ thread trains its share of the networks, on views of one stacked state; the C ke
 
 from __future__ import annotations
 
+import itertools
 from concurrent import futures
 
 import numpy as np
@@ -30,7 +31,7 @@ class SeedThreads:
         self.arrays = {name: np.array(value) for name, value in state.items()}
         count = len(self.arrays["dense_0/kernel"])
         bounds = np.linspace(0, count, min(workers, count) + 1).astype(int)
-        self.slices = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+        self.slices = [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
         self.groups = [
             NumpyBackend(
                 network,

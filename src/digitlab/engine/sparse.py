@@ -252,7 +252,7 @@ class EpochPlan:
         if len(kernels) != len(biases) or len(kernels) != len(activations) or not kernels:
             raise ValueError("train_epoch needs one kernel, bias and activation per layer.")
         widths = [kernels[0].shape[0]] + [kernel.shape[1] for kernel in kernels]
-        for number, (kernel, bias) in enumerate(zip(kernels, biases)):
+        for number, (kernel, bias) in enumerate(zip(kernels, biases, strict=True)):
             if kernel.shape != (widths[number], widths[number + 1]) or bias.shape != (widths[number + 1],):
                 raise ValueError(
                     f"train_epoch: layer {number}'s kernel {kernel.shape} and bias {bias.shape} do not chain."

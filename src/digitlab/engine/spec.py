@@ -14,6 +14,7 @@ and constants defined here (`weight_names`, `slot_names`, `CROSSENTROPY_CLIP`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import keras
 import numpy as np
@@ -102,7 +103,7 @@ def describe(model: keras.Model, config: TrainConfig) -> NetworkSpec:
         raise UnsupportedModel("A Dropout layer after the last Dense layer is not supported by the fast engine.")
     if any(spec.activation == "softmax" for spec in dense[:-1]):
         raise UnsupportedModel("The fast engine supports softmax on the last layer only.")
-    for before, after in zip(dense, dense[1:]):
+    for before, after in itertools.pairwise(dense):
         if before.units != after.inputs:
             raise UnsupportedModel("The Dense layers' sizes do not chain; the model is not a plain stack.")
     loss = _loss_name(model.loss)

@@ -17,8 +17,8 @@ import io
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib import ticker
+from matplotlib.figure import Figure
 
 from digitlab import atomic
 
@@ -232,7 +232,7 @@ def compare_curves(series: list[dict], title: str = "Validation accuracy per epo
     figure = Figure(figsize=(9, 5))
     axis = figure.subplots()
     colours = [f"C{index % 10}" for index in range(len(series))]
-    for item, colour in zip(series, colours):
+    for item, colour in zip(series, colours, strict=True):
         values = np.array(item["val_accuracy"], dtype=float)
         values = values.reshape(1, -1) if values.ndim == 1 else values
         epochs = np.arange(1, values.shape[1] + 1)

@@ -349,7 +349,8 @@ def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
         if not body:
             raise HTTPException(
                 422,
-                "The request body is empty. Upload a picture in a field named 'file', or send {\"pixels\": [[...], ...]}.",
+                "The request body is empty. Upload a picture in a field named 'file', "
+                'or send {"pixels": [[...], ...]}.',
             )
         if content_type == "application/json" or content_type.endswith("+json"):
             pixels, prepare = pixels_from_json(body)

@@ -165,7 +165,7 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
     trials = []
     for sample in samples or [{}]:
         for point in itertools.product(*(grid[name] for name in names)):
-            params = dict(zip(names, point), **sample)
+            params = dict(zip(names, point, strict=True), **sample)
             for seed in seeds:
                 values = dict(base.to_dict(), **params, seed=seed, seeds=1)
                 try:

@@ -52,11 +52,10 @@ def _quiet_environment() -> None:
 
 
 _quiet_environment()
-import ray  # noqa: E402 - after the environment above.
-from ray import cloudpickle  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.progress_reporter import TrialProgressCallback  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+import ray
+from ray import cloudpickle, tune
+from ray.tune.progress_reporter import TrialProgressCallback
+from ray.tune.schedulers import ASHAScheduler
 
 # Seconds to reach a given --address before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10

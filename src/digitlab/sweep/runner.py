@@ -33,11 +33,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from digitlab import data
+from digitlab.config import TrainConfig
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import trial as sweep_trial
-from digitlab.config import TrainConfig
 
 
 class SweepInterrupted(Exception):

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from digitlab import data, runs
-from digitlab.sweep import state as sweep_state
 from digitlab.config import TrainConfig
+from digitlab.sweep import state as sweep_state
 
 
 def settle_run(sweep: sweep_state.Sweep, trial: dict, wait_s: float = 60.0) -> None:
@@ -68,7 +68,6 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
         except SystemExit:
             pass  # A stop after the last epoch: the run is complete anyway.
 
-    quiet = lambda *args, **kwargs: None  # noqa: E731 - the worker's output goes nowhere.
     try:
         if (path / "config.json").is_file():
             run = runs.Run(path)
@@ -83,7 +82,7 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
                 )
                 return
             if run.file("checkpoint.npz").is_file():
-                training.resume(path, loaded=loaded, print_fn=quiet, verbose=0, on_epoch_end=on_epoch_end)
+                training.resume(path, loaded=loaded, print_fn=_quiet, verbose=0, on_epoch_end=on_epoch_end)
                 report_final()
                 return
         if path.exists():
@@ -93,7 +92,7 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
             runs_dir,
             loaded=loaded,
             run_name=trial["run"],
-            print_fn=quiet,
+            print_fn=_quiet,
             verbose=0,
             on_epoch_end=on_epoch_end,
         )
@@ -106,3 +105,7 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
             checkpoint_epoch=status.get("checkpoint_epoch"),
             note="stopped early by the sweep's scheduler",
         )
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The print function of a trial's training: a worker's output goes nowhere."""
