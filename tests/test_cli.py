@@ -82,6 +82,45 @@ def test_bad_input_gets_one_clear_line(capsys, tmp_path, argv, message):
     assert "Traceback" not in err + out
 
 
+def test_an_internal_error_is_shown_as_a_bug_not_as_bad_input(capsys, monkeypatch, tmp_path):
+    """A ValueError from deep inside (NumPy, Keras, a bug of ours) is no user error: its traceback
+    is shown, with a line saying it is a bug and where to report it, and the exit status is 1."""
+    from digitlab import explore
+
+    def broken(**kwargs):
+        import numpy as np
+
+        return np.zeros(3) + np.zeros(4)  # NumPy's own ValueError: operands could not be broadcast.
+
+    monkeypatch.setattr(explore, "explore", broken)
+    code, out, err = run_cli(capsys, "explore", "--out", tmp_path)
+    assert code == cli.EXIT_BUG == 1
+    assert "Traceback" in err and "operands could not be broadcast" in err
+    assert "this is a bug in digitlab" in err and "issue tracker" in err
+    assert not err.startswith("error: ")
+
+
+def test_every_user_error_shares_one_base():
+    from digitlab import atomic, config, data, errors, imaging, runs
+    from digitlab.engine import spec
+    from digitlab.sweep import plan
+
+    for kind in (
+        atomic.WriteError,
+        config.ConfigError,
+        data.DataError,
+        imaging.ImageError,
+        imaging.ImageTooLargeError,
+        runs.RunError,
+        plan.SweepError,
+        spec.UnsupportedModel,
+    ):
+        assert issubclass(kind, errors.DigitlabError), kind
+    with pytest.raises(config.ConfigError) as raised:
+        config.TrainConfig(learning_rate=-1.0).resolved()
+    assert raised.value.field == "learning_rate"
+
+
 def test_predict_bad_index_and_incomplete_run(capsys, trained_run, tmp_path):
     code, _, err = run_cli(capsys, "predict", trained_run, "--index", "10000")
     assert code == 2 and "0 to 9999" in err

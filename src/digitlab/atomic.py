@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from digitlab import errors
 
-class WriteError(ValueError):
+
+class WriteError(errors.DigitlabError):
     """A file could not be written (full disk, read-only folder); the previous file is intact."""
 
 

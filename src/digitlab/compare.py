@@ -23,7 +23,7 @@ def compare_runs(run_paths, out_path: str | Path = "compare.png") -> list[dict]:
     """Writes the overlay of the runs' val-accuracy curves to `out_path`; returns one row per run."""
     run_paths = list(run_paths)
     if not run_paths:
-        raise ValueError("Name at least one run folder to compare (see `digitlab runs`).")
+        raise runs.RunError("Name at least one run folder to compare (see `digitlab runs`).")
     rows, series = [], []
     for path in run_paths:
         run = runs.open_run(path)

@@ -19,7 +19,7 @@ import math
 import typing
 from pathlib import Path
 
-from digitlab import atomic
+from digitlab import atomic, errors
 
 # The book's settings for each of its MNIST nets (chapters 5, 8, 9 and 10).
 MODEL_DEFAULTS: dict[str, dict] = {
@@ -82,6 +82,14 @@ VALIDATIONS = ("test", "holdout")
 HOLDOUT_SIZE = 10_000
 
 
+class ConfigError(errors.DigitlabError):
+    """A configuration value is not allowed; `field` names the TrainConfig field (None for the whole config)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
 def _field(default, help: str, **metadata):
     """A TrainConfig field with the help text its command-line flag shows (and, optionally, choices)."""
     return dataclasses.field(default=default, metadata=dict(help=help, **metadata))
@@ -132,7 +140,7 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """Returns a copy with every `None` replaced by the model's default, after checking it."""
         if self.model not in MODEL_DEFAULTS:
-            raise ValueError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.")
+            raise ConfigError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.", field="model")
         defaults = MODEL_DEFAULTS[self.model]
         values = dataclasses.asdict(self)
         for name, value in values.items():
@@ -143,54 +151,65 @@ class TrainConfig:
         return resolved
 
     def validate(self) -> None:
-        """Raises ValueError with a sentence naming the bad field and what is allowed."""
+        """Raises ConfigError with a sentence naming the bad field and what is allowed."""
         defaults = MODEL_DEFAULTS.get(self.model)
         if defaults is None:
-            raise ValueError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.")
+            raise ConfigError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.", field="model")
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("validation", self.validation, VALIDATIONS)
         if not self.units or any(not _is_int(u) or u < 1 or u > 100_000 for u in self.units):
-            raise ValueError(f"units must be whole numbers from 1 to 100000, got {self.units!r}.")
+            raise ConfigError(f"units must be whole numbers from 1 to 100000, got {self.units!r}.", field="units")
         if len(self.units) != len(defaults["units"]):
-            raise ValueError(
+            raise ConfigError(
                 f"The {self.model} net has {len(defaults['units'])} hidden Dense layer(s), "
-                f"so give {len(defaults['units'])} value(s) for units, not {len(self.units)}."
+                f"so give {len(defaults['units'])} value(s) for units, not {len(self.units)}.",
+                field="units",
             )
         if len(self.filters) != len(defaults["filters"]) or any(
             not _is_int(f) or f < 1 or f > 4096 for f in self.filters
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"The {self.model} net takes {len(defaults['filters'])} filter count(s) "
-                f"from 1 to 4096, got {self.filters!r}."
+                f"from 1 to 4096, got {self.filters!r}.",
+                field="filters",
             )
         if len(self.dropout) != len(defaults["dropout"]) or any(
             not _is_number(rate) or not 0.0 <= rate < 1.0 for rate in self.dropout
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"The {self.model} net has {len(defaults['dropout'])} Dropout layer(s); give "
-                f"that many rates, each at least 0 and below 1, not {self.dropout!r}."
+                f"that many rates, each at least 0 and below 1, not {self.dropout!r}.",
+                field="dropout",
             )
         if not _is_number(self.learning_rate) or not 0.0 < self.learning_rate <= 10.0:
-            raise ValueError(f"learning_rate must be a number above 0 and at most 10, got {self.learning_rate!r}.")
+            raise ConfigError(
+                f"learning_rate must be a number above 0 and at most 10, got {self.learning_rate!r}.",
+                field="learning_rate",
+            )
         if not _is_number(self.momentum) or not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be at least 0 and below 1, got {self.momentum!r}.")
+            raise ConfigError(f"momentum must be at least 0 and below 1, got {self.momentum!r}.", field="momentum")
         if not _is_int(self.batch_size) or not 1 <= self.batch_size <= 60_000:
-            raise ValueError(f"batch_size must be a whole number from 1 to 60000, got {self.batch_size!r}.")
+            raise ConfigError(
+                f"batch_size must be a whole number from 1 to 60000, got {self.batch_size!r}.", field="batch_size"
+            )
         if not _is_int(self.epochs) or not 1 <= self.epochs <= 100_000:
-            raise ValueError(f"epochs must be a whole number from 1 to 100000, got {self.epochs!r}.")
+            raise ConfigError(f"epochs must be a whole number from 1 to 100000, got {self.epochs!r}.", field="epochs")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**31):
-            raise ValueError(f"seed must be a whole number from 0 to 2147483647, got {self.seed!r}.")
+            raise ConfigError(f"seed must be a whole number from 0 to 2147483647, got {self.seed!r}.", field="seed")
         if not _is_int(self.seeds) or not 1 <= self.seeds <= 1024:
-            raise ValueError(f"seeds must be a whole number from 1 to 1024, got {self.seeds!r}.")
+            raise ConfigError(f"seeds must be a whole number from 1 to 1024, got {self.seeds!r}.", field="seeds")
         if self.train_limit is not None and (not _is_int(self.train_limit) or self.train_limit < 1):
-            raise ValueError(f"train_limit must be a positive whole number, got {self.train_limit!r}.")
+            raise ConfigError(
+                f"train_limit must be a positive whole number, got {self.train_limit!r}.", field="train_limit"
+            )
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
-            raise ValueError(
+            raise ConfigError(
                 "checkpoint_every must be 0 (no checkpoints) or a positive number of epochs, "
-                f"got {self.checkpoint_every!r}."
+                f"got {self.checkpoint_every!r}.",
+                field="checkpoint_every",
             )
 
     @property
@@ -205,11 +224,11 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         """Builds a config from a dict (a saved config.json), rejecting unknown keys."""
         if not isinstance(values, dict):
-            raise ValueError("A config must be a JSON object of field names and values.")
+            raise ConfigError("A config must be a JSON object of field names and values.")
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown config field(s) {', '.join(unknown)}; known fields are: {', '.join(sorted(names))}."
             )
         return cls(**values)
@@ -220,14 +239,14 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """Loads a saved config.json; a missing or malformed file raises ValueError."""
+        """Loads a saved config.json; a missing or malformed file raises ConfigError."""
         path = Path(path)
         try:
             values = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ValueError(f"No config file at {path}.") from None
+            raise ConfigError(f"No config file at {path}.") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"The config file {path} is not readable JSON ({error}).") from None
+            raise ConfigError(f"The config file {path} is not readable JSON ({error}).") from None
         return cls.from_dict(values).resolved()
 
     def describe(self) -> str:
@@ -249,7 +268,7 @@ def field_type(name: str) -> tuple[type, bool]:
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}. Choose one of: {', '.join(choices)}.")
+        raise ConfigError(f"Unknown {name} {value!r}. Choose one of: {', '.join(choices)}.", field=name)
 
 
 def _is_int(value) -> bool:

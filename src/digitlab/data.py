@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from digitlab import errors
+
 ENV_VAR = "DIGITLAB_DATA"
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
@@ -42,7 +44,7 @@ IDX_FILES = {
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}
 
 
-class DataError(ValueError):
+class DataError(errors.DigitlabError):
     """The MNIST data could not be found or is not what it should be."""
 
 

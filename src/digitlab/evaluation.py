@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, data, inside, models, plots, runs
+from digitlab import atomic, data, errors, inside, models, plots, runs
 
 SPLITS = ("validation", "test")
 NUM_CLASSES = data.NUM_CLASSES
@@ -162,7 +162,7 @@ def evaluate_model(
 def evaluation_images(run: runs.Run, arrays: dict[str, np.ndarray], split: str = "validation"):
     """The images and labels `split` means for this run, and a sentence describing them."""
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose validation or test.")
+        raise errors.DigitlabError(f"Unknown split {split!r}; choose validation or test.")
     config = run.config()
     (_, _), (x_valid, y_valid), test = data.split(arrays, config.validation)
     if split == "validation":
@@ -214,7 +214,7 @@ def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_d
     """Evaluates a run and writes evaluation.json and its figures (confusion.png, mistakes.png and the
     look inside); returns the result."""
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose validation or test.")
+        raise errors.DigitlabError(f"Unknown split {split!r}; choose validation or test.")
     out_dir = Path(out_dir) if out_dir is not None else run.path
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from digitlab import errors
+
 # The largest picture accepted, per side, and the largest upload in bytes.
 MAX_SIDE = 4096
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
@@ -67,14 +69,18 @@ _EXIF_ORIENTATION = 0x0112
 _open_lock = threading.Lock()
 
 
-class ImageTooLargeError(ValueError):
+class ImageError(errors.DigitlabError):
+    """A picture or pixel array digitlab cannot read as a digit; the message says why."""
+
+
+class ImageTooLargeError(ImageError):
     """The picture (or upload) is larger than digitlab accepts."""
 
 
 def open_image(source) -> Image.Image:
     """Opens and fully decodes a picture from a path, bytes or a binary file object.
 
-    Returns the first frame, EXIF-rotated. Raises ValueError for files that are not
+    Returns the first frame, EXIF-rotated. Raises ImageError for files that are not
     pictures or are truncated, and ImageTooLargeError for pictures over MAX_SIDE.
     """
     name = "The image"
@@ -82,7 +88,7 @@ def open_image(source) -> Image.Image:
         path = Path(source)
         name = str(path)
         if not path.is_file():
-            raise ValueError(f"No image file at {path}; check the path.")
+            raise ImageError(f"No image file at {path}; check the path.")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise ImageTooLargeError(
                 f"{path} is {path.stat().st_size:,} bytes; digitlab reads pictures of up to "
@@ -94,11 +100,11 @@ def open_image(source) -> Image.Image:
     elif hasattr(source, "read"):
         stream = source
     else:
-        raise ValueError(
+        raise ImageError(
             f"Cannot read an image from a {type(source).__name__}; give a path, bytes or a binary file object."
         )
     if isinstance(stream, io.BytesIO) and not stream.getbuffer().nbytes:
-        raise ValueError(f"{name} is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF file.")
+        raise ImageError(f"{name} is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF file.")
     try:
         # Warnings filters are process-wide, so the lock keeps concurrent uploads from
         # undoing each other's "turn the bomb warning into an error" setting.
@@ -111,11 +117,11 @@ def open_image(source) -> Image.Image:
             f"{MAX_SIDE}x{MAX_SIDE}. Send a smaller picture."
         ) from None
     except UnidentifiedImageError:
-        raise ValueError(
+        raise ImageError(
             f"{name} is not an image digitlab can read; send a PNG, JPEG, WebP, BMP or GIF file."
         ) from None
     except Exception as error:  # Pillow's header parsers raise many kinds on malformed files.
-        raise ValueError(
+        raise ImageError(
             f"{name} could not be read as an image ({error}); it is probably truncated or corrupt."
         ) from None
     width, height = image.size
@@ -125,14 +131,14 @@ def open_image(source) -> Image.Image:
             "Scale it down or crop it to the digit."
         )
     if width < 1 or height < 1:
-        raise ValueError(f"{name} has no pixels ({width}x{height}).")
+        raise ImageError(f"{name} has no pixels ({width}x{height}).")
     try:
         image.seek(0)
         image.load()
         if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
     except Exception as error:  # Decoders raise OSError, SyntaxError, ValueError, zlib errors...
-        raise ValueError(
+        raise ImageError(
             f"{name} could not be decoded ({error}); it is probably truncated or corrupt. Save or export it again."
         ) from None
     return image
@@ -165,7 +171,7 @@ def grey_levels(image: Image.Image) -> np.ndarray:
     grey = np.asarray(image.convert("RGBA").convert("L"), dtype=np.float32)
     opaque = alpha > 0.5
     if not opaque.any():
-        raise ValueError("The image is fully transparent; there is no digit to read.")
+        raise ImageError("The image is fully transparent; there is no digit to read.")
     if opaque.all():
         return grey
     # Strokes drawn on a transparent canvas: put them on white if they are dark,
@@ -209,21 +215,21 @@ def ink_map(levels: np.ndarray) -> np.ndarray:
     """Float32 ink in 0-1 (1 = strongest ink, 0 = background) from grey levels of either polarity."""
     levels = np.asarray(levels, dtype=np.float32)
     if levels.ndim != 2 or levels.size == 0:
-        raise ValueError(f"Expected a 2-D grey image; got an array of shape {levels.shape}.")
+        raise ImageError(f"Expected a 2-D grey image; got an array of shape {levels.shape}.")
     if not np.isfinite(levels).all():
-        raise ValueError("The image holds NaN or infinite values; pixels must be numbers 0-255.")
+        raise ImageError("The image holds NaN or infinite values; pixels must be numbers 0-255.")
     plane, noise = background_plane(levels)
     # MNIST is light ink on a dark field; a light background means dark ink, so invert.
     ink = plane - levels if float(np.mean(plane)) > 127.5 else levels - plane
     strongest = float(ink.max())
     if strongest < MIN_CONTRAST:
-        raise ValueError(
+        raise ImageError(
             "The image is empty: no ink stands out from the background. Draw or photograph a digit with clear contrast."
         )
     # Paper texture, sensor noise and JPEG ringing lie below the floor and are cleared.
     floor = max(NOISE_FLOOR * strongest, 4.0 * noise)
     if floor > 0.8 * strongest:
-        raise ValueError(
+        raise ImageError(
             "The image is empty: nothing stands out from the background's noise. "
             "Draw or photograph a digit with clear contrast."
         )
@@ -247,7 +253,7 @@ def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(ink.any(axis=1))
     columns = np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
-        raise ValueError("The image is empty: no ink was found. Draw or photograph a digit.")
+        raise ImageError("The image is empty: no ink was found. Draw or photograph a digit.")
     return ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
 
@@ -300,7 +306,7 @@ def center_like_mnist(ink: np.ndarray) -> np.ndarray:
     small = np.clip(np.asarray(small, dtype=np.float32), 0, 1)
     strongest = small.max()
     if strongest <= 0:
-        raise ValueError("The image is empty: the ink vanished when scaled down. Draw a larger digit.")
+        raise ImageError("The image is empty: the ink vanished when scaled down. Draw a larger digit.")
     small /= strongest
     total = small.sum()
     centre_row = (small.sum(axis=1) * np.arange(height)).sum() / total
@@ -325,18 +331,18 @@ def prepare_array(array: np.ndarray) -> np.ndarray:
     """`prepare_image` for a NumPy picture: (H, W) grey or (H, W, 3/4) colour, values 0-255."""
     array = np.asarray(array)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"Expected a numeric image array 0-255; got dtype {array.dtype}.")
+        raise ImageError(f"Expected a numeric image array 0-255; got dtype {array.dtype}.")
     if array.ndim == 3 and array.shape[2] in (3, 4):
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-            raise ValueError("Colour image values must be finite numbers 0-255.")
+            raise ImageError("Colour image values must be finite numbers 0-255.")
         return prepare_image(Image.fromarray(np.round(array).astype(np.uint8)))
     if array.ndim != 2:
-        raise ValueError(f"Expected an (H, W) or (H, W, 3/4) image array; got shape {array.shape}.")
+        raise ImageError(f"Expected an (H, W) or (H, W, 3/4) image array; got shape {array.shape}.")
     if array.shape[0] > MAX_SIDE or array.shape[1] > MAX_SIDE:
         raise ImageTooLargeError(f"The image is {array.shape[1]}x{array.shape[0]}; the limit is {MAX_SIDE} a side.")
     levels = array.astype(np.float32)
     if np.isfinite(levels).all() and (levels.min() < 0 or levels.max() > 255):
-        raise ValueError("Image values must lie in 0-255.")
+        raise ImageError("Image values must lie in 0-255.")
     return center_like_mnist(ink_map(levels))
 
 
@@ -346,14 +352,14 @@ def model_inputs(pixels: np.ndarray, model_or_shape) -> np.ndarray:
     shape = getattr(model_or_shape, "input_shape", model_or_shape)
     pixels = np.asarray(pixels)
     if pixels.shape[-2:] != (FIELD, FIELD):
-        raise ValueError(f"Expected 28x28 pixels; got shape {pixels.shape}.")
+        raise ImageError(f"Expected 28x28 pixels; got shape {pixels.shape}.")
     batch = pixels.reshape(-1, FIELD, FIELD).astype(np.float32) / 255.0
     per_image = tuple(shape[1:])
     if per_image == (FIELD * FIELD,):
         return batch.reshape(-1, FIELD * FIELD)
     if per_image in ((FIELD, FIELD, 1), (FIELD, FIELD)):
         return batch.reshape((-1,) + per_image)
-    raise ValueError(f"The model takes inputs of shape {tuple(shape)}; digitlab feeds 784 vectors or 28x28x1 images.")
+    raise ImageError(f"The model takes inputs of shape {tuple(shape)}; digitlab feeds 784 vectors or 28x28x1 images.")
 
 
 def preview_image(pixels: np.ndarray, scale: int = 10) -> Image.Image:

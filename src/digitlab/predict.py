@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import imaging
+from digitlab import errors, imaging
 
 # Batches up to this size take the compiled fast path; larger ones go to model.predict.
 FAST_PATH_MAX_BATCH = 64
@@ -103,9 +103,9 @@ def predict_index(model: keras.Model, x_valid_uint8: np.ndarray, y_valid: np.nda
     """The prediction for validation image `index`: digit, true label, ten probabilities."""
     count = len(x_valid_uint8)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-        raise ValueError(f"The index must be a whole number from 0 to {count - 1}; got {index!r}.")
+        raise errors.DigitlabError(f"The index must be a whole number from 0 to {count - 1}; got {index!r}.")
     if not 0 <= index < count:
-        raise ValueError(f"Index {index} is out of range; choose a validation image from 0 to {count - 1}.")
+        raise errors.DigitlabError(f"Index {index} is out of range; choose a validation image from 0 to {count - 1}.")
     pixels = np.asarray(x_valid_uint8[index])
     result = {"index": int(index), "label": int(y_valid[index])}
     result.update(describe(pixel_probabilities(model, pixels)[0]))
@@ -123,21 +123,21 @@ def predict_files(
 
     Each result holds `path`, `digit`, `top3`, `probabilities` and, with `show_dir`,
     `shown`: the path of a PNG of the 28x28 input the network saw, enlarged ten
-    times. A bad file raises ValueError naming it; with `skip_errors` it gets a
+    times. A bad file raises ImageError naming it; with `skip_errors` it gets a
     result with an `error` message instead and the other files go on.
     """
     paths = [Path(path) for path in paths]
     if not paths:
-        raise ValueError("No image files given; name one or more PNG, JPEG, WebP, BMP or GIF files.")
+        raise errors.DigitlabError("No image files given; name one or more PNG, JPEG, WebP, BMP or GIF files.")
     results, used_names = [], set()
     for path in paths:
         try:
             pixels = imaging.prepare_image(path)
-        except ValueError as error:
+        except imaging.ImageError as error:
             if not skip_errors:
                 # Name the file once: errors from opening it already do, those about its content not.
                 message = str(error)
-                raise ValueError(message if str(path) in message else f"{path}: {message}") from None
+                raise imaging.ImageError(message if str(path) in message else f"{path}: {message}") from None
             results.append({"path": str(path), "error": str(error)})
             continue
         result = {"path": str(path)}

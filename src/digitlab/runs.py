@@ -33,7 +33,7 @@ import os
 import socket
 from pathlib import Path
 
-from digitlab import atomic
+from digitlab import atomic, errors
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -41,7 +41,7 @@ STATUSES = ("running", "interrupted", "complete", "failed")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-class RunError(ValueError):
+class RunError(errors.DigitlabError):
     """A run folder is missing, unreadable, or cannot be written."""
 
 

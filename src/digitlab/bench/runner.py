@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import backends, system
+from digitlab import backends, errors, system
 from digitlab.config import MODEL_DEFAULTS
 
 MODEL = "shallow"
@@ -77,7 +77,7 @@ def run_bench(
         _check_whole("train_limit", train_limit, 1)
     unknown = [backend for backend in backends if backend not in ("tensorflow", "jax")]
     if unknown:
-        raise ValueError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
+        raise errors.DigitlabError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
     common = dict(data_path=str(data_path) if data_path else None, train_limit=train_limit)
     print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {machine_name()}...")
     gflops = {"all_cores": matmul_gflops(), "one_core": matmul_gflops(threads=1)}
@@ -247,7 +247,7 @@ def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, en
 
 def _check_whole(name: str, value, least: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}.")
+        raise errors.DigitlabError(f"{name} must be a whole number of at least {least}, got {value!r}.")
 
 
 def _run_worker(label: str, spec: dict) -> dict:

@@ -8,6 +8,6 @@
     cli.main(["train", "--epochs", "5"])     # what `digitlab train --epochs 5` runs
 """
 
-from digitlab.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, build_parser, main
+from digitlab.cli.commands import EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED, build_parser, main
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "build_parser", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_BUG", "EXIT_INTERRUPTED", "build_parser", "main"]

@@ -11,7 +11,8 @@
     digitlab runs | compare | evaluate | report | serve | bench
 
 Bad input (a flag, a file, a run folder) prints one clear `error:` line and exits
-with status 2; Ctrl-C during training saves the run and exits with status 130.
+with status 2 (only those: anything else is a bug, shown with its traceback, status 1); Ctrl-C
+during training saves the run and exits with status 130.
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ import argparse
 import json
 import signal
 import sys
+import traceback
 from pathlib import Path
 
+from digitlab import errors
 from digitlab.cli import flags as cli_flags
 from digitlab.cli import sweep as cli_sweep
 from digitlab.config import TrainConfig
 
+EXIT_BUG = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+BUG_REPORT = (
+    "digitlab: this is a bug in digitlab, not a mistake in what you gave it. Please report it on the "
+    "project's issue tracker with the traceback above, the command you ran and `pip show digitlab`'s "
+    "version (README: Reporting a bug). Your runs are as they were saved."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,7 +228,7 @@ def _resumed_model(run_path: str) -> str:
 
     try:
         return TrainConfig.load(Path(run_path) / "config.json").model
-    except (OSError, ValueError):
+    except (OSError, errors.DigitlabError):
         return TrainConfig().model
 
 
@@ -248,9 +257,9 @@ def command_predict(args) -> int:
 
     run = runs.open_run(args.run)
     if args.index is not None and args.images:
-        raise ValueError("Give either --index N or image files, not both.")
+        raise errors.DigitlabError("Give either --index N or image files, not both.")
     if args.index is None and not args.images:
-        raise ValueError("Say what to predict: --index N for a validation image, or one or more image files.")
+        raise errors.DigitlabError("Say what to predict: --index N for a validation image, or one or more image files.")
     model = run.load_model()
     if args.index is not None:
         config = run.config()
@@ -362,7 +371,7 @@ def command_serve(args) -> int:
     from digitlab.serve import app as serving
 
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
+        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
     run = runs.open_run(args.run)
     serving.serve(run.load_model(), host=args.host, port=args.port, run_name=run.name)
     return 0
@@ -414,13 +423,18 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command](args)
-    except ValueError as error:
-        # Every bad input (flag, file, image, run folder) arrives here as a ValueError subclass.
+    except errors.DigitlabError as error:
+        # Every bad input (flag, file, image, run folder) arrives here, and only bad input.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:
+        # Anything else is a bug in digitlab: its traceback is what a report needs.
+        traceback.print_exc()
+        print(BUG_REPORT, file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

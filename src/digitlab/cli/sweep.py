@@ -96,7 +96,7 @@ def run(args) -> None:
         sweep_runner.resume_sweep(args.resume, data_path=args.data, address=args.address)
         return
     if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+        raise sweep_plan.SweepError(f"--seeds must be at least 1, got {args.seeds}.")
     base = TrainConfig(
         **{
             field.name: getattr(args, field.name)

@@ -54,7 +54,7 @@ from typing import Protocol
 import keras
 import numpy as np
 
-from digitlab.config import TrainConfig
+from digitlab.config import ConfigError, TrainConfig
 from digitlab.engine.blas import BlasThreads
 from digitlab.engine.fast import BACKENDS, FastEngine, jax_has_gpu
 from digitlab.engine.fit import FitEngine
@@ -123,9 +123,11 @@ def make_engine(networks: list[keras.Model], config: TrainConfig, verbose: int =
         if reason is None:
             return FastEngine(networks, config)
         if config.engine == "fast":
-            raise ValueError(f"--engine fast cannot train the {config.model} net: {reason} Use --engine fit.")
+            raise ConfigError(
+                f"--engine fast cannot train the {config.model} net: {reason} Use --engine fit.", field="engine"
+            )
     if config.seeds > 1:
-        raise ValueError(
+        raise ConfigError(
             f"--seeds {config.seeds} trains networks side by side with the fast engine, which "
             f"cannot run here: {reason or '--engine fit trains one network at a time.'}"
         )

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from digitlab import errors
 from digitlab.config import TrainConfig
 
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "elu", "selu", "linear", "softmax")
@@ -60,7 +61,7 @@ class NetworkSpec:
     optimizer: OptimizerSpec
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(errors.DigitlabError):
     """The fast engine cannot train this model; the message says why."""
 
 

@@ -265,7 +265,7 @@ def _prepare_picture(data: bytes) -> np.ndarray:
             f"The file is {len(data)} bytes; the limit is {imaging.MAX_UPLOAD_BYTES} (5 MB)."
         )
     if not data:
-        raise ValueError("The uploaded file is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF picture.")
+        raise imaging.ImageError("The uploaded file is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF picture.")
     return imaging.prepare_image(data)
 
 
@@ -358,7 +358,7 @@ def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
             if prepare:
                 try:
                     pixels = imaging.prepare_array(pixels)
-                except ValueError as error:
+                except imaging.ImageError as error:
                     raise HTTPException(422, str(error)) from None
         elif content_type in ("multipart/form-data", "application/octet-stream") or content_type.startswith("image/"):
             data = await _file_from_multipart(request, body) if content_type == "multipart/form-data" else body
@@ -374,7 +374,7 @@ def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
                         pixels = await run_in_threadpool(_prepare_picture, data)
             except imaging.ImageTooLargeError as error:
                 raise HTTPException(413, str(error)) from None
-            except ValueError as error:
+            except imaging.ImageError as error:
                 raise HTTPException(422, str(error)) from None
         else:
             raise HTTPException(

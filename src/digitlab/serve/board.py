@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digitlab import runs
+from digitlab import errors, runs
 
 LOG_FOLDER = "tensorboard"
 DEFAULT_PORT = 6006
@@ -34,7 +34,7 @@ def log_dir(run: runs.Run) -> Path:
 def serve(run: runs.Run, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
     """Serves TensorBoard on the run's logs until interrupted; returns its exit status."""
     if not 0 < port < 65536:
-        raise ValueError(f"--port must be from 1 to 65535, got {port}.")
+        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {port}.")
     folder = log_dir(run)
     from tensorboard import program
 

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from digitlab import config as config_module
+from digitlab import errors
 from digitlab.config import TrainConfig
 
 # A sweep of more trials than this needs --yes: a typo in a grid should not start thousands of runs.
@@ -34,7 +35,7 @@ SAMPLE_HELP = (
 )
 
 
-class SweepError(ValueError):
+class SweepError(errors.DigitlabError):
     """A sweep cannot start or resume: bad grid, bad folder, Ray unavailable."""
 
 
@@ -170,7 +171,7 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
                 values = dict(base.to_dict(), **params, seed=seed, seeds=1)
                 try:
                     resolved = TrainConfig(**values).resolved()
-                except ValueError as error:
+                except config_module.ConfigError as error:
                     shown = ", ".join(f"{name}={value_text(value)}" for name, value in params.items())
                     raise SweepError(f"The configuration {shown} is not valid: {error}") from None
                 index = len(trials)
