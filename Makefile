@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser train check test lab tensorboard
+.PHONY: setup browser train check lint test lab tensorboard
 
 setup: $(STAMP)
 
@@ -43,12 +43,19 @@ tensorboard: setup
 	@test -n "$(RUN)" || { echo "Name the run: make tensorboard RUN=runs/NAME" >&2; exit 2; }
 	$(VENV)/bin/digitlab tensorboard "$(RUN)"
 
-# The fast tier: unit tests on shrunken configurations, one pytest worker per core (whole files
-# to a worker, so each module's fixtures are built once).
+# The fast tier: lint and format (ruff) and types (mypy) first, so a slip fails in seconds, then the
+# unit tests on shrunken configurations, one pytest worker per core (whole files to a worker, so each
+# module's fixtures are built once).
 CHECK_TIER := not slow and not heavy and not browser
-check: setup
+check: setup lint
 	$(PYTHON) -m pytest -ra -m "$(CHECK_TIER)" -n auto --dist loadfile
 
-# The whole suite: slow reproduction tests, killed processes, servers and browsers included.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# The whole suite: slow reproduction tests, killed processes, servers and browsers included, with a
+# branch-coverage report of src/digitlab at the end (a report, not a gate).
 test: setup browser
-	$(PYTHON) -m pytest -ra --durations=25
+	$(PYTHON) -m pytest -ra --durations=25 --cov --cov-report=term

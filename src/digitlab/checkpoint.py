@@ -39,10 +39,10 @@ def save(
     wall_time_s: float,
 ) -> None:
     """Writes a checkpoint atomically; raises RunError (previous checkpoint kept) on failure."""
-    arrays = {f"state/{name}": np.asarray(value) for name, value in state.items()}
+    arrays: dict[str, np.ndarray] = {f"state/{name}": np.asarray(value) for name, value in state.items()}
     for index, rng in enumerate(rngs):
         kind, keys, position, has_gauss, cached_gaussian = rng.get_state()
-        arrays[f"rng/{index}/keys"] = keys
+        arrays[f"rng/{index}/keys"] = np.asarray(keys)
         arrays[f"rng/{index}/position"] = np.array([position, has_gauss], dtype=np.int64)
         arrays[f"rng/{index}/gaussian"] = np.array(cached_gaussian, dtype=np.float64)
     meta = {
@@ -55,7 +55,7 @@ def save(
     }
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # NumPy's stubs type **kwds as allow_pickle.
     atomic.write_bytes(Path(path), buffer.getvalue())
 
 

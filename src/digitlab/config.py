@@ -18,6 +18,7 @@ import json
 import math
 import typing
 from pathlib import Path
+from typing import TypeGuard
 
 from digitlab import atomic, errors
 
@@ -160,7 +161,11 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("validation", self.validation, VALIDATIONS)
-        if not self.units or any(not _is_int(u) or u < 1 or u > 100_000 for u in self.units):
+        if (
+            not isinstance(self.units, list)
+            or not self.units
+            or any(not _is_int(u) or not 1 <= u <= 100_000 for u in self.units)
+        ):
             raise ConfigError(f"units must be whole numbers from 1 to 100000, got {self.units!r}.", field="units")
         if len(self.units) != len(defaults["units"]):
             raise ConfigError(
@@ -168,16 +173,20 @@ class TrainConfig:
                 f"so give {len(defaults['units'])} value(s) for units, not {len(self.units)}.",
                 field="units",
             )
-        if len(self.filters) != len(defaults["filters"]) or any(
-            not _is_int(f) or f < 1 or f > 4096 for f in self.filters
+        if (
+            not isinstance(self.filters, list)
+            or len(self.filters) != len(defaults["filters"])
+            or any(not _is_int(f) or not 1 <= f <= 4096 for f in self.filters)
         ):
             raise ConfigError(
                 f"The {self.model} net takes {len(defaults['filters'])} filter count(s) "
                 f"from 1 to 4096, got {self.filters!r}.",
                 field="filters",
             )
-        if len(self.dropout) != len(defaults["dropout"]) or any(
-            not _is_number(rate) or not 0.0 <= rate < 1.0 for rate in self.dropout
+        if (
+            not isinstance(self.dropout, list)
+            or len(self.dropout) != len(defaults["dropout"])
+            or any(not _is_number(rate) or not 0.0 <= rate < 1.0 for rate in self.dropout)
         ):
             raise ConfigError(
                 f"The {self.model} net has {len(defaults['dropout'])} Dropout layer(s); give "
@@ -271,9 +280,9 @@ def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"Unknown {name} {value!r}. Choose one of: {', '.join(choices)}.", field=name)
 
 
-def _is_int(value) -> bool:
+def _is_int(value) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def _is_number(value) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

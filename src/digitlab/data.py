@@ -134,7 +134,7 @@ def load_recorded(record: dict, path: str | os.PathLike | None = None, loaded: L
         loaded = load(path)
     except DataError as error:
         if replaced is not None:
-            raise _not_the_runs_data(replaced, expected, recorded) from None
+            raise _not_the_runs_data(replaced, expected or {}, recorded) from None
         if path is None and recorded:
             raise DataError(
                 f"This run was trained on the MNIST at {recorded}, which is no longer there or has changed. {error}"
@@ -291,6 +291,7 @@ def fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, str]:
 def to_inputs(images: np.ndarray, flat: bool = True) -> np.ndarray:
     """Turns uint8 images into network inputs: float32 in 0-1, as 784 vectors or 28x28x1."""
     images = np.asarray(images)
+    inputs: np.ndarray
     if flat:
         inputs = images.reshape(len(images), 784).astype("float32")
     else:

@@ -110,7 +110,7 @@ def open_image(source) -> Image.Image:
         # undoing each other's "turn the bomb warning into an error" setting.
         with _open_lock, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
+            image: Image.Image = Image.open(stream)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageTooLargeError(
             f"{name} has too many pixels (a possible decompression bomb); the limit is "
@@ -292,7 +292,7 @@ def center_like_mnist(ink: np.ndarray) -> np.ndarray:
             # Enlarged first, so the strokes can grow by a fraction of a final pixel.
             factor = WORKING_SIDE / longer
             size = (max(1, round(digit.shape[1] * factor)), max(1, round(digit.shape[0] * factor)))
-            digit = np.asarray(Image.fromarray(digit.astype(np.float32)).resize(size, Image.BILINEAR))
+            digit = np.asarray(Image.fromarray(digit.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
             longer = max(digit.shape)
             width = stroke_width(digit) * BOX / longer
         radius = round((TARGET_STROKE - width) * longer / BOX / 2)
@@ -302,8 +302,8 @@ def center_like_mnist(ink: np.ndarray) -> np.ndarray:
     scale = BOX / longer
     height = max(1, round(digit.shape[0] * scale))
     breadth = max(1, round(digit.shape[1] * scale))
-    small = Image.fromarray(digit.astype(np.float32)).resize((breadth, height), Image.LANCZOS)
-    small = np.clip(np.asarray(small, dtype=np.float32), 0, 1)
+    resized = Image.fromarray(digit.astype(np.float32)).resize((breadth, height), Image.Resampling.LANCZOS)
+    small = np.clip(np.asarray(resized, dtype=np.float32), 0, 1)
     strongest = small.max()
     if strongest <= 0:
         raise ImageError("The image is empty: the ink vanished when scaled down. Draw a larger digit.")
@@ -365,7 +365,7 @@ def model_inputs(pixels: np.ndarray, model_or_shape) -> np.ndarray:
 def preview_image(pixels: np.ndarray, scale: int = 10) -> Image.Image:
     """The 28x28 input enlarged with sharp pixels, so a person can see what the network saw."""
     pixels = np.asarray(pixels, dtype=np.uint8).reshape(FIELD, FIELD)
-    return Image.fromarray(pixels).resize((FIELD * scale, FIELD * scale), Image.NEAREST)
+    return Image.fromarray(pixels).resize((FIELD * scale, FIELD * scale), Image.Resampling.NEAREST)
 
 
 def save_preview(pixels: np.ndarray, path: str | os.PathLike, scale: int = 10) -> Path:

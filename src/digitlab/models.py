@@ -48,24 +48,26 @@ def is_convolutional(model_name: str) -> bool:
 
 def build_model(config: TrainConfig) -> keras.Sequential:
     """Builds the (uncompiled) Keras model that `config.model` names, with its settings."""
+    units, filters, dropout = config.units, config.filters, config.dropout
+    assert units is not None and filters is not None and dropout is not None, "build_model takes a resolved config"
     if config.model == "lenet":
         stack = [
             keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(config.filters[0], kernel_size=(3, 3), activation=config.activation),
-            layers.Conv2D(config.filters[1], kernel_size=(3, 3), activation=config.activation),
+            layers.Conv2D(filters[0], kernel_size=(3, 3), activation=config.activation),
+            layers.Conv2D(filters[1], kernel_size=(3, 3), activation=config.activation),
             layers.MaxPooling2D(pool_size=(2, 2)),
-            layers.Dropout(config.dropout[0]),
+            layers.Dropout(dropout[0]),
             layers.Flatten(),
-            layers.Dense(config.units[0], activation=config.activation),
-            layers.Dropout(config.dropout[1]),
+            layers.Dense(units[0], activation=config.activation),
+            layers.Dropout(dropout[1]),
         ]
     else:
         stack = [keras.Input(shape=(784,))]
-        for width in config.units:
+        for width in units:
             stack.append(layers.Dense(width, activation=config.activation))
             if config.batch_norm:
                 stack.append(layers.BatchNormalization())
-        for rate in config.dropout:
+        for rate in dropout:
             stack.append(layers.Dropout(rate))
     stack.append(layers.Dense(NUM_CLASSES, activation="softmax"))
     return keras.Sequential(stack, name=f"{config.model}_net")
@@ -96,6 +98,7 @@ def create_model(config: TrainConfig) -> keras.Sequential:
 def create_seeded_models(config: TrainConfig) -> list[keras.Sequential]:
     """`config.seeds` compiled networks: network k is built right after seeding with `config.seed + k`,
     so it has the initial weights (and Dropout seeds) of a single run with that seed."""
+    assert config.seed is not None, "create_seeded_models takes a resolved config with its seed"
     networks = []
     for index in range(config.seeds):
         set_random_seed(config.seed + index)

@@ -120,10 +120,14 @@ class _Session:
         (self.train_inputs, self.train_targets), self.validation_data, self.test = data.prepare(
             loaded.arrays, config.validation, config.train_limit, self.flat
         )
+        assert config.seed is not None and config.epochs is not None, "a session takes a resolved config with its seed"
+        self.seed, self.epochs = config.seed, config.epochs
         self.networks = models.create_seeded_models(config)
         self.engine = engine.make_engine(self.networks, config, verbose=_default_verbose(verbose))
-        self.rngs = [np.random.RandomState(config.seed + index) for index in range(config.seeds)]
-        self.histories = [{key: [] for key in runs.HISTORY_KEYS} for _ in range(config.seeds)]
+        self.rngs = [np.random.RandomState(self.seed + index) for index in range(config.seeds)]
+        self.histories: list[dict[str, list[float]]] = [
+            {key: [] for key in runs.HISTORY_KEYS} for _ in range(config.seeds)
+        ]
 
     def restore(self, saved: dict) -> None:
         """Loads a checkpoint's weights, optimizer state, random state and history."""
@@ -171,7 +175,7 @@ class _Session:
                     self.train_inputs,
                     self.train_targets,
                     self.validation_data,
-                    epochs=config.epochs,
+                    epochs=self.epochs,
                     initial_epoch=initial_epoch,
                     rngs=self.rngs,
                     on_epoch_end=progress,

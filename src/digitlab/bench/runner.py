@@ -4,7 +4,7 @@ Each contender trains the book's shallow net (Dense 64 sigmoid, Dense 10 softmax
 MSE, SGD 0.01, batch 128, validation every epoch) for a few epochs in its own
 subprocess, so that Keras backends never mix and each peak memory is its own:
 
-- Keras 3 `fit` on the TensorFlow backend (needs `pip install digitlab[bench]`),
+- Keras 3 `fit` on the TensorFlow backend (TensorFlow's CPU build, a default dependency),
 - Keras 3 `fit` on the JAX backend,
 - digitlab's `FastEngine` with one seed, and with N seeds at once.
 
@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ BOOK_EPOCHS = MODEL_DEFAULTS[MODEL]["epochs"]
 DEFAULTS = {"epochs": 3, "seeds": 8, "train_limit": None, "compare_epochs": BOOK_EPOCHS, "steps": 100}
 # `digitlab bench --model lenet` times this many first steps of `fit` as compilation, and leaves them out.
 WARMUP_STEPS = 5
-NOT_INSTALLED = "not installed (pip install digitlab[bench])"
+NOT_INSTALLED = "not installed (pip install tensorflow-cpu)"
 
 
 def run_bench(
@@ -114,7 +115,7 @@ def run_bench(
     gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
     _add_ratios(rows, gflops["limit"])
     scaling = seed_scaling(rows)
-    results = {
+    results: dict[str, Any] = {
         "machine": machine_info(),
         "gflops": gflops,
         "model": MODEL,
@@ -171,7 +172,7 @@ def run_lenet_bench(
     for row in rows:
         if row["status"] == "ok":
             row["times_fastest"] = row["ms_per_step"] / min(timed)
-    results = {
+    results: dict[str, Any] = {
         "machine": machine_info(),
         "model": "lenet",
         "steps": steps,

@@ -42,6 +42,7 @@ def _worker(spec: dict) -> dict:
     first = float(np.mean(durations[:, 0]))
     later = durations[:, 1:].ravel()
     per_epoch = float(np.median(later)) if later.size else first
+    assert cfg.units is not None, "the bench trains a resolved config"
     sizes = [784] + list(cfg.units) + [10]
     final = [history[-1]["val_accuracy"] for history in histories]
     networks_per_run = len(seeds) if spec["kind"] == "engine" else 1
@@ -141,7 +142,7 @@ class _EpochTimer:
 
     def __init__(self, count: int):
         self.stamps = [time.perf_counter()]
-        self.histories = [[] for _ in range(count)]
+        self.histories: list[list[dict]] = [[] for _ in range(count)]
 
     def __call__(self, epoch: int, logs: list[dict]) -> None:
         self.stamps.append(time.perf_counter())

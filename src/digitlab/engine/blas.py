@@ -14,15 +14,17 @@ in the process (NumPy's and SciPy's may be separate copies) through
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 
 class BlasThreads:
     """Sets every loaded OpenBLAS's thread count for a block (no-op when `count` is None)."""
 
-    _libraries = None
+    _libraries: list | None = None
 
     def __init__(self, count: int | None):
-        self.count, self.previous = count, []
+        self.count = count
+        self.previous: list[tuple[Any, int]] = []
 
     @classmethod
     def libraries(cls) -> list:

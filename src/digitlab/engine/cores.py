@@ -21,7 +21,7 @@ WINDOW_S = 0.5
 
 class FreeCores:
     def __init__(self):
-        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        self.cores: list[int] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.last = self._sample()
         self.free: float | None = None

@@ -16,6 +16,7 @@ backend's sums into the history `fit` would report.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -83,7 +84,7 @@ class FastEngine:
         self.backend = backend
         self.name = f"fast-{backend}"
         weights = [model.get_weights() for model in models]  # Kernel, bias, kernel, bias, ...
-        state = {"iterations": np.zeros((), np.int64)}
+        state: dict[str, np.ndarray] = {"iterations": np.zeros((), np.int64)}
         for position, name in enumerate(spec.weight_names(self.network)):
             stacked = np.stack([np.asarray(each[position], np.float32) for each in weights])
             state[name] = stacked
@@ -108,8 +109,8 @@ class FastEngine:
         validation_data=None,
         epochs: int = 1,
         initial_epoch: int = 0,
-        rngs: list[np.random.RandomState] | None = None,
-        on_epoch_end=None,
+        rngs: Sequence[np.random.RandomState] | None = None,
+        on_epoch_end: Callable[[int, list[dict]], None] | None = None,
     ) -> None:
         """Trains epochs `initial_epoch` to `epochs - 1`, calling `on_epoch_end(epoch, logs)` after each.
 
@@ -124,9 +125,11 @@ class FastEngine:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (x_valid, y_valid).")
-            validation_data = self._check_arrays(*validation_data, "validation_data")
+            x_valid, y_valid = validation_data
+            validation_data = self._check_arrays(x_valid, y_valid, "validation_data")
         if rngs is None:
-            rngs = [np.random] * count  # The global generator, as fit uses it.
+            # The global generator, as fit uses it (the numpy.random module is its API).
+            rngs = [np.random] * count  # type: ignore[list-item]
         if len(rngs) != count:
             raise ValueError(f"Give one random generator per model: {count} models but {len(rngs)} rngs.")
         if not isinstance(epochs, int) or not isinstance(initial_epoch, int) or not 0 <= initial_epoch <= epochs:

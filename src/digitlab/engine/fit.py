@@ -15,6 +15,8 @@ resumed run repeat an uninterrupted one and lets both engines, given the same
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import keras
 import numpy as np
 
@@ -40,8 +42,8 @@ class FitEngine:
         validation_data,
         epochs: int,
         initial_epoch: int = 0,
-        rngs: list[np.random.RandomState] | None = None,
-        on_epoch_end=None,
+        rngs: Sequence[np.random.RandomState] | None = None,
+        on_epoch_end: Callable[[int, list[dict]], None] | None = None,
     ) -> None:
         """Runs `model.fit` for epochs `initial_epoch` to `epochs - 1`, shuffling with `rngs[0]`.
 

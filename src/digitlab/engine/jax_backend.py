@@ -62,6 +62,7 @@ class JaxBackend:
         return np.asarray(loss_sums, np.float64), np.asarray(correct, np.int64)
 
     def evaluate(self):
+        assert self.validation is not None, "evaluate needs the validation data given to start"
         loss_sums, correct = self.program.evaluate(self.arrays, *self.validation)
         return np.asarray(loss_sums, np.float64), np.asarray(correct, np.int64)
 

@@ -21,6 +21,7 @@ per core, in threads.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class _Workspace:
 
         classes = network.dense[-1].units
         self.rows = rows
-        self.inputs = buffer(network.dense[0].inputs) if training else None
+        self.inputs: Any = buffer(network.dense[0].inputs) if training else None
         self.targets = buffer(classes)
         self.labels = np.empty(lead + (rows,), np.intp)
         self.predicted = np.empty(lead + (rows,), np.intp)
@@ -50,15 +51,15 @@ class _Workspace:
         self.row = buffer(1)
         self.row_sums = buffer(1)
         self.classes = [buffer(classes) for _ in range(2)]
-        self.layer_inputs = [None] * len(network.dense)
+        self.layer_inputs: list[Any] = [None] * len(network.dense)
         dropout = [training and layer.dropout for layer in network.dense]
-        self.dropped = [
+        self.dropped: list[Any] = [
             buffer(layer.inputs) if rate else None for layer, rate in zip(network.dense, dropout, strict=True)
         ]
-        self.uniform = [
+        self.uniform: list[Any] = [
             buffer(layer.inputs) if rate else None for layer, rate in zip(network.dense, dropout, strict=True)
         ]
-        self.masks = [
+        self.masks: list[Any] = [
             buffer(layer.inputs, bool) if rate else None for layer, rate in zip(network.dense, dropout, strict=True)
         ]
 
@@ -112,7 +113,7 @@ class NumpyBackend:
     def start(self, x, y, validation, sparse_rows="build") -> None:
         """Takes the data; `sparse_rows` shares the (train, validation) rows, or None, another backend built."""
         self.x, self.y, self.labels = x, y, np.argmax(y, axis=1)
-        self.validation = None
+        self.validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if validation is not None:
             self.validation = (validation[0], validation[1], np.argmax(validation[1], axis=1))
         if isinstance(sparse_rows, str):
@@ -140,7 +141,7 @@ class NumpyBackend:
 
     def _threads_now(self) -> int:
         """epoch_threads, fewer while other programs keep cores busy (cores.py): same bits for any count."""
-        return self.free_cores.threads(self.epoch_threads) if self.epoch_threads > 1 else 1
+        return self.free_cores.threads(self.epoch_threads) if self.free_cores is not None else 1
 
     def _fusable(self) -> bool:
         """True when the C kernel can run whole epochs: plain SGD, no Dropout, activations it knows."""
@@ -392,6 +393,7 @@ class NumpyBackend:
 
     def evaluate(self, chunk: int = 2000):
         """Per-model sums of validation loss and correct answers, in chunks of images."""
+        assert self.validation is not None, "evaluate needs the validation data given to start"
         x, y, labels = self.validation
         if self.plans is not None and self.sparse_rows[1] is not None:
             threads = self._threads_now()

@@ -67,6 +67,7 @@ def hidden_units(
         shown = axis.imshow(weights[:, unit].reshape(28, 28), cmap=WEIGHT_COLOURS, vmin=-limit, vmax=limit)
         axis.set_xticks([])
         axis.set_yticks([])
+    assert shown is not None  # The loop above drew at least one image.
     figure.colorbar(
         shown,
         ax=figure.axes[:units],
@@ -85,9 +86,9 @@ def hidden_units(
 
     activation_axis = figure.add_subplot(right[0, 1])
     activation_axis.set_label("activations")
-    grid = np.full(rows * columns, np.nan)
-    grid[:units] = activations
-    grid = grid.reshape(rows, columns)
+    cells = np.full(rows * columns, np.nan)
+    cells[:units] = activations
+    grid = cells.reshape(rows, columns)
     high = max(float(np.nanmax(grid)), 1e-6)
     activation_axis.imshow(grid, cmap="Greens", vmin=min(0.0, float(np.nanmin(grid))), vmax=high)
     for unit in range(units):
@@ -159,6 +160,7 @@ def conv_filters(kernel: np.ndarray):
                 color="white" if abs(value) > 0.6 * limit else "black",
             )
         axis.set_title(f"filter {index}", fontsize=8)
+    assert shown is not None  # The loop above drew at least one image.
     figure.colorbar(
         shown,
         ax=list(axes),
@@ -205,6 +207,7 @@ def feature_maps(
         axis.set_xticks([])
         axis.set_yticks([])
         axes.append(axis)
+    assert shown is not None  # The loop above drew at least one image.
     figure.colorbar(
         shown, ax=axes, orientation="horizontal", fraction=0.05, pad=0.04, label="activation (one scale for all maps)"
     )

@@ -43,6 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -188,7 +189,7 @@ def _reject_constant(name: str):
     raise HTTPException(422, f"Every pixel must be a finite number 0-255; the JSON holds {name}.")
 
 
-def _describe_pixels_error(errors: list[dict]) -> str:
+def _describe_pixels_error(errors: list[ErrorDetails]) -> str:
     """One sentence for pydantic's errors about a JSON body: the first in the order a reader checks
     it (the object and its "pixels" key, unknown keys, "prepare", then the pixels, outermost first)."""
 

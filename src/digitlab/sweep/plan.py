@@ -61,7 +61,7 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
 
 def parse_sample(specs: list[str]) -> dict[str, tuple]:
     """`["learning_rate=loguniform:1e-3:1"]` -> `{"learning_rate": ("loguniform", 0.001, 1.0)}`."""
-    samples = {}
+    samples: dict[str, tuple] = {}
     for spec in specs:
         name, text = _split_assignment(spec, "--sample", "FIELD=DIST:...")
         if name in samples:
@@ -163,7 +163,7 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
     with `config` the resolved TrainConfig as a dict and `run` its run folder's name.
     """
     names = list(grid)
-    trials = []
+    trials: list[dict] = []
     for sample in samples or [{}]:
         for point in itertools.product(*(grid[name] for name in names)):
             params = dict(zip(names, point, strict=True), **sample)

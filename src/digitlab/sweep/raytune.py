@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 from digitlab import runs
 from digitlab.sweep import plan as sweep_plan
@@ -74,7 +75,9 @@ def connect(address: str | None):
         check_reachable(address)
         # Ray retries a cluster that does not let it in for 20 s; a few tries tell as much.
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "5")
-    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    options: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True
+    )
     if not address:
         # "local" always starts a new instance, never joining a cluster someone else started here.
         options.update(object_store_memory=OBJECT_STORE_BYTES)
