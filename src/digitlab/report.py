@@ -46,7 +46,7 @@ img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
 
 def write_report(run: runs.Run, data_path=None, out_path=None) -> Path:
     """Writes the run's report (default: report.html in the run folder) and returns its path."""
-    out_path = Path(out_path) if out_path is not None else run.file("report.html")
+    out_path = Path(out_path) if out_path is not None else run.file(runs.REPORT_FILE)
     check_out_path(out_path)
     atomic.write_text(out_path, render_report(run, data_path))
     return out_path
@@ -84,7 +84,7 @@ def render_report(run: runs.Run, data_path=None) -> str:
         _results_section(config, metrics, result),
         "<h2>Configuration</h2>",
         '<p class="note">Re-run it with <code>digitlab train --config '
-        f"{escape(str(run.file('config.json')))}</code>.</p>",
+        f"{escape(str(run.file(runs.CONFIG_FILE)))}</code>.</p>",
         table(["setting", "value"], [(name, value_text(value)) for name, value in config.to_dict().items()]),
         "<h2>The network</h2>",
         f"<pre>{escape(chr(10).join(line.rstrip() for line in summary_lines))}</pre>",

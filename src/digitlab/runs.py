@@ -39,10 +39,27 @@ from digitlab.config import TrainConfig
 FORMAT_VERSION = 1
 STATUSES = ("running", "interrupted", "complete", "failed")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# The files of a run folder (above); every module names them through these.
+CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"
+STATUS_FILE = "status.json"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+MODEL_FILE = "model.keras"
+SEEDS_FOLDER = "seeds"
+CHECKPOINT_FILE = "checkpoint.npz"
+CURVES_FILE = "curves.png"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
 
 
 class RunError(errors.DigitlabError):
     """A run folder is missing, unreadable, or cannot be written."""
+
+
+def resume_command(path: str | Path) -> str:
+    """The command that finishes the run in `path` (what an interrupted run prints)."""
+    return f"digitlab train --resume {path}"
 
 
 def history_csv(histories: list[dict]) -> str:
@@ -94,8 +111,8 @@ class Run:
 
     def write_history(self, histories: list[dict]) -> None:
         """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`)."""
-        self.write_json("history.json", {"seeds": histories})
-        atomic.write_text(self.file("history.csv"), history_csv(histories))
+        self.write_json(HISTORY_JSON, {"seeds": histories})
+        atomic.write_text(self.file(HISTORY_CSV), history_csv(histories))
 
     def set_status(self, status: str, **details) -> None:
         if status not in STATUSES:
@@ -108,7 +125,7 @@ class Run:
             "format_version": FORMAT_VERSION,
         }
         value.update(details)
-        self.write_json("status.json", value)
+        self.write_json(STATUS_FILE, value)
 
     # Reading.
 
@@ -123,16 +140,16 @@ class Run:
 
     def config(self) -> TrainConfig:
         try:
-            return TrainConfig.from_dict(self.read_json("config.json")).resolved()
+            return TrainConfig.from_dict(self.read_json(CONFIG_FILE)).resolved()
         except RunError:
             raise
         except (TypeError, ValueError) as error:
-            raise RunError(f"{self.file('config.json')} is not a valid digitlab config: {error}") from None
+            raise RunError(f"{self.file(CONFIG_FILE)} is not a valid digitlab config: {error}") from None
 
     def status(self) -> dict:
         """The run's status; a "running" run whose process is gone reads as "interrupted"."""
         try:
-            status = self.read_json("status.json")
+            status = self.read_json(STATUS_FILE)
         except RunError:
             return {"status": "unknown"}
         if not isinstance(status, dict) or status.get("status") not in STATUSES:
@@ -154,18 +171,18 @@ class Run:
 
     def histories(self) -> list[dict]:
         """Per-epoch histories, one per seed."""
-        value = self.read_json("history.json")
+        value = self.read_json(HISTORY_JSON)
         if not isinstance(value, dict) or not isinstance(value.get("seeds"), list) or not value["seeds"]:
-            raise RunError(f"{self.file('history.json')} is not a digitlab history.")
+            raise RunError(f"{self.file(HISTORY_JSON)} is not a digitlab history.")
         return value["seeds"]
 
     def metrics(self) -> dict:
-        return self.read_json("metrics.json")
+        return self.read_json(METRICS_FILE)
 
     def model_path(self, seed_index: int = 0) -> Path:
         if seed_index == 0:
-            return self.file("model.keras")
-        return self.file("seeds") / f"seed-{seed_index + 1}.keras"
+            return self.file(MODEL_FILE)
+        return self.file(SEEDS_FOLDER) / f"seed-{seed_index + 1}.keras"
 
     def load_model(self, seed_index: int = 0):
         """Loads the trained model with Keras's safe mode (no arbitrary code, no pickles)."""
@@ -176,7 +193,7 @@ class Run:
             status = self.status().get("status")
             raise RunError(
                 f"The run {self.path} has no trained model ({path.name} is missing; its status is "
-                f"{status}). Finish it with `digitlab train --resume {self.path}`, or choose a complete run."
+                f"{status}). Finish it with `{resume_command(self.path)}`, or choose a complete run."
             )
         try:
             return keras.saving.load_model(path, safe_mode=True)
@@ -270,7 +287,7 @@ def open_run(path: str | Path) -> Run:
         raise RunError(f"No run folder at {path}. List saved runs with `digitlab runs`.")
     if not path.is_dir():
         raise RunError(f"{path} is a file, not a run folder. List saved runs with `digitlab runs`.")
-    if not (path / "config.json").is_file():
+    if not (path / CONFIG_FILE).is_file():
         raise RunError(
             f"{path} is not a digitlab run folder (it has no config.json). List saved runs with `digitlab runs`."
         )
@@ -292,6 +309,6 @@ def list_runs(runs_dir: str | Path) -> list[dict]:
         return []
     rows = []
     for path in sorted(runs_dir.iterdir()):
-        if path.is_dir() and (path / "config.json").is_file():
+        if path.is_dir() and (path / CONFIG_FILE).is_file():
             rows.append(Run(path).summary())
     return rows

@@ -62,8 +62,8 @@ def train(
         config.seed = secrets.randbelow(2**31 - config.seeds)
     session = _Session(config, loaded or data.load(data_path), print_fn, verbose, on_epoch_end)
     run = runs.new_run(runs_dir, config, name=run_name)
-    config.save(run.file("config.json"))
-    run.write_json("data.json", session.data.record())
+    config.save(run.file(runs.CONFIG_FILE))
+    run.write_json(runs.DATA_FILE, session.data.record())
     run.set_status("running", epoch=0)
     print_fn(f"digitlab: training the {config.model} net in {run.path}\n{config.describe()}")
     session.networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
@@ -90,14 +90,14 @@ def resume(
             "stop that process first (Ctrl-C), then resume."
         )
     config = run.config()
-    saved = checkpoint.load(run.file("checkpoint.npz"))
+    saved = checkpoint.load(run.file(runs.CHECKPOINT_FILE))
     # The run's own data, found from its record (a run from before data.json: the usual search).
-    record = run.read_json("data.json") if run.file("data.json").is_file() else {}
+    record = run.read_json(runs.DATA_FILE) if run.file(runs.DATA_FILE).is_file() else {}
     session = _Session(config, data.load_recorded(record, data_path, loaded), print_fn, verbose, on_epoch_end)
     session.restore(saved)
     runs.check_writable(run.path)
     if session.data.record()["path"] != record.get("path"):
-        run.write_json("data.json", session.data.record())  # Found elsewhere: the next resume looks there.
+        run.write_json(runs.DATA_FILE, session.data.record())  # Found elsewhere: the next resume looks there.
     for leftover in run.path.glob(".*.tmp*"):
         # A process killed while writing leaves its temporary file; the real file is intact.
         leftover.unlink()
@@ -252,7 +252,7 @@ class _EpochEnd:
         every = self.config.checkpoint_every
         if every and (self.epochs_done % every == 0 or self.epochs_done == self.config.epochs):
             checkpoint.save(
-                self.run.file("checkpoint.npz"),
+                self.run.file(runs.CHECKPOINT_FILE),
                 engine=self.engine.name,
                 epoch=self.epochs_done,
                 state=self.engine.get_state(),
@@ -298,12 +298,12 @@ def _default_verbose(verbose: int | None) -> int:
 
 def _finish(run, config, engine, networks, histories, test, flat, wall_time, loaded, print_fn):
     """Writes the trained model(s), curves and metrics, then marks the run complete."""
-    atomic.atomic_save(run.file("model.keras"), networks[0].save)
+    atomic.atomic_save(run.model_path(), networks[0].save)
     if len(networks) > 1:
-        run.file("seeds").mkdir(exist_ok=True)
+        run.file(runs.SEEDS_FOLDER).mkdir(exist_ok=True)
         for index, network in enumerate(networks[1:], start=1):
             atomic.atomic_save(run.model_path(index), network.save)
-    plots.save_figure(plots.training_curves(histories, title=f"{config.model} net"), run.file("curves.png"))
+    plots.save_figure(plots.training_curves(histories, title=f"{config.model} net"), run.file(runs.CURVES_FILE))
     final = [history["val_accuracy"][-1] for history in histories]
     metrics = {
         "model": config.model,
@@ -333,7 +333,7 @@ def _finish(run, config, engine, networks, histories, test, flat, wall_time, loa
             data.to_inputs(test[0], flat), data.to_targets(test[1]), batch_size=1000, verbose=0
         )
         metrics.update(test_accuracy=float(test_accuracy), test_loss=float(test_loss))
-    run.write_json("metrics.json", metrics)
+    run.write_json(runs.METRICS_FILE, metrics)
     run.set_status("complete", epoch=metrics["epochs"])
     summary = f"val_accuracy {final[0]:.4f}"
     if len(histories) > 1:

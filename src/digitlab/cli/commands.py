@@ -197,7 +197,7 @@ def command_train(args) -> int:
         backends.use_for(_resumed_model(args.resume))
     else:
         backends.use_for(cli_flags.config_from_args(args).model)
-    from digitlab import training
+    from digitlab import runs, training
 
     # SIGTERM (a closed terminal, `kill`) stops training the way Ctrl-C does: saved, resumable.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -211,7 +211,7 @@ def command_train(args) -> int:
     except training.TrainingInterrupted as stop:
         print(
             f"\nInterrupted after epoch {stop.epoch}; the run is saved. Resume it with:\n"
-            f"  digitlab train --resume {stop.run.path}",
+            f"  {runs.resume_command(stop.run.path)}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -224,10 +224,10 @@ def _resumed_model(run_path: str) -> str:
     A missing or damaged run folder falls back to the default model here; `training.resume`
     then reports it properly.
     """
-    from pathlib import Path
+    from digitlab import runs
 
     try:
-        return TrainConfig.load(Path(run_path) / "config.json").model
+        return TrainConfig.load(Path(run_path) / runs.CONFIG_FILE).model
     except (OSError, errors.DigitlabError):
         return TrainConfig().model
 
@@ -238,6 +238,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def command_sweep(args) -> int:
     from digitlab.sweep import runner as sweep_runner
+    from digitlab.sweep import state as sweep_state
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -245,7 +246,7 @@ def command_sweep(args) -> int:
     except sweep_runner.SweepInterrupted as stop:
         print(
             f"\nInterrupted; finished trials are saved. Resume the sweep with:\n"
-            f"  digitlab sweep --resume {stop.out_dir}",
+            f"  {sweep_state.resume_command(stop.out_dir)}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

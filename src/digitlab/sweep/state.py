@@ -55,7 +55,12 @@ class Sweep:
         return [trial for trial in self.trials if trial["status"] not in FINISHED]
 
     def resume_command(self) -> str:
-        return f"digitlab sweep --resume {self.path}"
+        return resume_command(self.path)
+
+
+def resume_command(out_dir: str | Path) -> str:
+    """The command that finishes the sweep in `out_dir` (what an interrupted sweep prints)."""
+    return f"digitlab sweep --resume {out_dir}"
 
 
 def create(out_dir: str | Path, trials: list[dict], settings: dict, loaded: data.Loaded) -> Sweep:
@@ -82,8 +87,7 @@ def check_new_folder(out_dir: Path) -> None:
     """Refuses an --out that is a file, a sweep already (resume it instead) or a folder holding other things."""
     if (out_dir / STATE_FILE).is_file():
         raise sweep_plan.SweepError(
-            f"{out_dir} already holds a sweep. Finish it with "
-            f"`digitlab sweep --resume {out_dir}`, or choose another --out."
+            f"{out_dir} already holds a sweep. Finish it with `{resume_command(out_dir)}`, or choose another --out."
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise sweep_plan.SweepError(f"--out {out_dir} is a file; choose a new or empty folder.")

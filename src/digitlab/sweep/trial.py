@@ -24,7 +24,7 @@ def settle_run(sweep: sweep_state.Sweep, trial: dict, wait_s: float = 60.0) -> N
     """Before a trial is resumed: waits for a process of the previous sweep still writing its run
     (a killed driver's workers end within seconds), else marks the run interrupted."""
     path = sweep.runs_dir / trial["run"]
-    if not (path / "status.json").is_file():
+    if not (path / runs.STATUS_FILE).is_file():
         return
     run = runs.Run(path)
     deadline = time.monotonic() + wait_s
@@ -69,7 +69,7 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
             pass  # A stop after the last epoch: the run is complete anyway.
 
     try:
-        if (path / "config.json").is_file():
+        if (path / runs.CONFIG_FILE).is_file():
             run = runs.Run(path)
             if run.status().get("status") == "complete":
                 history = run.history()
@@ -81,7 +81,7 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
                     }
                 )
                 return
-            if run.file("checkpoint.npz").is_file():
+            if run.file(runs.CHECKPOINT_FILE).is_file():
                 training.resume(path, loaded=loaded, print_fn=_quiet, verbose=0, on_epoch_end=on_epoch_end)
                 report_final()
                 return
