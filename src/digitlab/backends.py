@@ -27,9 +27,12 @@ sentence, how to get the faster one.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import importlib.util
 import os
 import sys
+import tempfile
 
 DEFAULT = "jax"
 # Measured per net (README, "The book's later nets"); nets not named here use DEFAULT.
@@ -46,13 +49,126 @@ def set_default() -> None:
 
 
 def quiet_tensorflow() -> None:
-    """Keeps TensorFlow's C++ start-up lines (oneDNN notices, XLA, CPU features) off the terminal.
+    """Keeps TensorFlow's start-up lines (oneDNN notices, XLA, CPU features) off the terminal.
 
-    Must run before TensorFlow is imported, which Keras does on its TensorFlow
-    backend and, on JAX, when it saves or loads a model with TensorFlow installed.
-    A value the user set is kept.
+    Must run before TensorFlow is imported (Keras imports it on its TensorFlow backend;
+    TensorBoard imports it too). There are two kinds of line. TensorFlow's own C++ log
+    obeys TF_CPP_MIN_LOG_LEVEL, set here to 3 unless the user set it. But TensorFlow 2.21
+    logs some lines through absl before absl is initialised, which no setting silences:
+    "All log messages before absl::InitializeLog() is called are written to STDERR" and,
+    on CPUs where TensorFlow turns oneDNN on by default (those with AVX-512), "oneDNN custom
+    operations are on", twice. All of them are written while `import tensorflow` runs, so
+    the first import of TensorFlow is made with file descriptor 2 sent to a temporary file,
+    which is written out after all if the import fails. A user who sets TF_CPP_MIN_LOG_LEVEL
+    below 3 sees everything.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if (
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+        and "tensorflow" not in sys.modules
+        and not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
+    ):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """An import hook for `tensorflow` alone: its first import runs with standard error quieted.
+
+    `importlib.util.find_spec("tensorflow")` (which `installed` asks) also comes here without
+    importing anything, so the hook stays until the import itself runs.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        index = sys.meta_path.index(self)
+        del sys.meta_path[index]  # The real finders find the package...
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(index, self)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self)  # ...and its import goes through _QuietLoader.
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs another loader's `exec_module` with file descriptor 2 in a temporary file, then steps aside."""
+
+    def __init__(self, loader, hook: _QuietTensorFlowImport):
+        self.loader, self.hook = loader, hook
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        if self.hook in sys.meta_path:
+            sys.meta_path.remove(self.hook)  # Once: TensorFlow is imported from here on.
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader  # TensorFlow's own code sees its real loader.
+        with _standard_error_kept() as kept:
+            try:
+                self.loader.exec_module(module)
+            except BaseException:
+                kept.replay = True
+                raise
+
+
+class _standard_error_kept:
+    """File descriptor 2 sent to a temporary file for a block; written out at its end if `replay`."""
+
+    def __enter__(self):
+        self.replay = False
+        sys.stderr.flush()
+        self.saved: int | None = None
+        try:
+            self.saved = os.dup(2)
+        except OSError:
+            return self  # No standard error to quiet.
+        self.log = tempfile.TemporaryFile()
+        os.dup2(self.log.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is None:
+            return
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if self.replay:
+            self.log.seek(0)
+            os.write(2, self.log.read())
+        self.log.close()
+
+
+@contextlib.contextmanager
+def saving_without_tensorflow():
+    """Saves or loads a Keras model on a backend other than TensorFlow without importing TensorFlow.
+
+    Keras's serialization asks whether TensorFlow is available (`tf.available`, which imports
+    it when it is installed) only to recognise TensorFlow objects such as `tf.TensorShape`.
+    While TensorFlow is not imported no such object can exist, so for the block Keras is told
+    that it is not available. This spares the commands that save or load a model on JAX the
+    import of TensorFlow (its time and memory: README, "Backends"). Elsewhere it does nothing.
+    """
+    import keras
+
+    lazy = None
+    if "tensorflow" not in sys.modules and keras.backend.backend() != "tensorflow":
+        try:
+            from keras.src.utils import module_utils
+
+            lazy = module_utils.tensorflow if module_utils.tensorflow._available is None else None
+        except (ImportError, AttributeError):  # Another Keras: it imports TensorFlow as it likes.
+            lazy = None
+    if lazy is None:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None  # Asked again next time, as Keras would.
 
 
 def user_chosen() -> str | None:

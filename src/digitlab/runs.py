@@ -33,7 +33,7 @@ import os
 import socket
 from pathlib import Path
 
-from digitlab import atomic, errors
+from digitlab import atomic, backends, errors
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -196,7 +196,8 @@ class Run:
                 f"{status}). Finish it with `{resume_command(self.path)}`, or choose a complete run."
             )
         try:
-            return keras.saving.load_model(path, safe_mode=True)
+            with backends.saving_without_tensorflow():
+                return keras.saving.load_model(path, safe_mode=True)
         except Exception as error:  # Keras raises many kinds for damaged or foreign files.
             raise RunError(
                 f"{path} could not be loaded as a Keras model ({type(error).__name__}: {error}). "

@@ -298,11 +298,12 @@ def _default_verbose(verbose: int | None) -> int:
 
 def _finish(run, config, engine, networks, histories, test, flat, wall_time, loaded, print_fn):
     """Writes the trained model(s), curves and metrics, then marks the run complete."""
-    atomic.atomic_save(run.model_path(), networks[0].save)
-    if len(networks) > 1:
-        run.file(runs.SEEDS_FOLDER).mkdir(exist_ok=True)
-        for index, network in enumerate(networks[1:], start=1):
-            atomic.atomic_save(run.model_path(index), network.save)
+    with backends.saving_without_tensorflow():
+        atomic.atomic_save(run.model_path(), networks[0].save)
+        if len(networks) > 1:
+            run.file(runs.SEEDS_FOLDER).mkdir(exist_ok=True)
+            for index, network in enumerate(networks[1:], start=1):
+                atomic.atomic_save(run.model_path(index), network.save)
     plots.save_figure(plots.training_curves(histories, title=f"{config.model} net"), run.file(runs.CURVES_FILE))
     final = [history["val_accuracy"][-1] for history in histories]
     metrics = {
