@@ -27,7 +27,8 @@ BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"
 LABEL = "org.digitlab.standin-recipe"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ["python3.11", "python3.11-venv", "ca-certificates"]
+# python3.11-venv needs python3.11-distutils, a virtual package that debootstrap does not resolve by itself.
+PACKAGES = ["python3.11", "python3.11-venv", "python3-distutils", "ca-certificates"]
 
 # Run inside the new root: /usr/local becomes a virtual environment of Debian's Python, so that
 # `python`, `python3` and `pip` are in /usr/local/bin and pip installs there, as in the official image.
