@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # digitlab's image: the book's chapter notebooks in JupyterLab, and every digitlab command, with the exact
 # versions of requirements/image.txt. docs/docker.md has the commands for bash, PowerShell and cmd.exe,
 # how MNIST gets in, and the image's measured size and build times.

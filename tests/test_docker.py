@@ -211,11 +211,12 @@ def base_image(engine, load_script):
     return standin.BASE_IMAGE
 
 
-def _build(engine, context: Path, tag: str) -> tuple[str, float]:
+def _build(engine, context: Path, tag: str, *options: str, check: bool = True) -> tuple[str, float]:
     """`podman build` as docs/docker.md says (a Docker-format image, so that it keeps its HEALTHCHECK)."""
     secret = ["--secret", f"id=ca,src={CA_BUNDLE}"] if CA_BUNDLE.is_file() else []
     start = time.perf_counter()
-    done = engine("build", "--format", "docker", "--pull=never", *secret, "--tag", tag, str(context), timeout=1800)
+    command = ["build", "--format", "docker", "--pull=never", *secret, *options, "--tag", tag, str(context)]
+    done = engine(*command, check=check, timeout=1800)
     return done.stdout + done.stderr, time.perf_counter() - start
 
 
@@ -539,6 +540,16 @@ def test_a_change_to_the_code_rebuilds_only_the_wheel(engine, image, tmp_path):
         shown = engine.run(tag, "sh", "-c", "tail -n 1 $(python -c 'import digitlab; print(digitlab.__file__)')")
         assert shown.stdout.strip() == marker
         _report(f"rebuild after a code change: {took:.0f} s")
+    finally:
+        engine("rmi", "--force", "--no-prune", tag, check=False)
+
+
+@docker
+def test_an_unknown_variant_is_refused_with_a_clear_message(engine, image):
+    tag = f"localhost/{PREFIX}-variant:latest"
+    try:
+        output, _ = _build(engine, ROOT, tag, "--build-arg", "VARIANT=tpu", check=False)
+        assert "VARIANT must be cpu or gpu, not 'tpu'" in output
     finally:
         engine("rmi", "--force", "--no-prune", tag, check=False)
 
