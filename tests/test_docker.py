@@ -328,6 +328,21 @@ def test_without_mnist_or_network_the_loaders_message_shows(engine, image):
 
 
 @docker
+def test_mnist_kept_in_a_named_volume_is_found_as_keras_s_cache(engine, image, mnist_mount):
+    """docs/docker.md's `-v digitlab-keras:/home/digitlab/.keras`: what lands there once (here copied, as no
+    download can be made on this machine) is found by later containers without DIGITLAB_DATA or a network."""
+    volume = f"{PREFIX}-keras"
+    engine.volumes.append(volume)
+    keep = ["--volume", f"{volume}:{HOME}/.keras"]
+    copied = engine.run(image, "sh", "-c", f"cp /data/mnist.npz {HOME}/.keras/datasets/", options=[*mnist_mount, *keep])
+    assert copied.returncode == 0, copied.stderr
+    train = ["digitlab", "train", "--epochs", "1", "--train-limit", "500", "--runs-dir", "/tmp/runs"]
+    done = engine.run(image, *train, options=["--network", "none", *keep])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Downloading" not in done.stdout + done.stderr
+
+
+@docker
 def test_docker_stop_interrupts_training_and_the_run_resumes(engine, image, mnist_mount, tmp_path):
     # As `docker run --user "$(id -u):$(id -g)"` does for a host user who is not the image's uid 1000.
     user = 4321
