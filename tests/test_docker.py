@@ -6,11 +6,12 @@ on MNIST mounted read-only writes a complete run into a host folder; `docker sto
 container within 10 s with its run interrupted, and the run resumes; JupyterLab answers on a
 published loopback port, lists the four notebooks and the project's kernel, and runs a notebook's
 first cells through the kernel's websocket; `digitlab serve` answers; the health check turns
-healthy; the image runs as a non-root user and holds no .venv, no tests and no MNIST; a change to
-the code rebuilds only the wheel's layers. Where no image registry can be reached, the base image is
-a stand-in built from Debian's packages (scripts/standin_base.py), cached between runs. Every
-container, volume and image a test makes is removed afterwards, also when it fails; the build cache
-and the stand-in base are kept. The tests skip, saying why, only where no container engine works.
+healthy; MNIST kept in a named volume is found as Keras's cache; the image runs as a non-root user
+and holds no .venv, no tests and no MNIST; a change to the code rebuilds only the wheel's layers.
+Where no image registry can be reached, the base image is a stand-in built from Debian's packages
+(scripts/standin_base.py), cached between runs. Every container, volume and image a test makes is
+removed afterwards, also when it fails; the build cache and the stand-in base are kept. The tests
+skip, saying why, only where no container engine works.
 
 The unmarked tests check the lock files, the .dockerignore and the health check's rules (fast tier).
 """
