@@ -6,16 +6,20 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser train check lint test lab tensorboard
+.PHONY: setup browser containers train check lint test lab tensorboard lock
 
 setup: $(STAMP)
 
+# LOCK=requirements/lock.txt installs the exact versions `make lock` wrote, as CI does (.ci/run) and the
+# Docker image does (requirements/image.txt); without it, pyproject.toml's ranges.
+LOCK ?=
+
 # A virtual environment with digitlab (its C kernel built from setup.py), its test tools and JupyterLab,
 # and the project's Jupyter kernel: this environment's Python, under the notebooks' kernel name.
-$(STAMP): pyproject.toml setup.py src/digitlab/engine/_kernels.c src/digitlab/engine/_train.c
+$(STAMP): pyproject.toml setup.py src/digitlab/engine/_kernels.c src/digitlab/engine/_train.c $(LOCK)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test,lab]'
+	$(PYTHON) -m pip install --quiet $(if $(LOCK),--constraint $(LOCK)) -e '.[test,lab]'
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (digitlab)" > /dev/null
 	touch $(STAMP)
 
@@ -24,6 +28,28 @@ browser:
 	@command -v chromium > /dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium > /dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium > /dev/null; fi; }
+
+# Debian's podman (on runc: crun cannot start containers where cgroups are hybrid) and debootstrap, for the
+# Docker image's test (tests/test_docker.py), installed when missing and apt-get can; else that test skips.
+containers:
+	@command -v podman > /dev/null && command -v runc > /dev/null && command -v debootstrap > /dev/null || { \
+	  if ! command -v apt-get > /dev/null; then echo "No apt-get: install podman to run the docker tests." >&2; \
+	  elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq podman buildah runc debootstrap > /dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq podman buildah runc debootstrap > /dev/null; fi; }
+
+# requirements/: every dependency's exact version, resolved by uv from pyproject.toml for Python 3.11 on
+# x86-64 Linux (the image's and CI's platform). Keeps the pins that still fit; UPGRADE=1 takes the newest.
+# lock.txt is CI's (everything), image.txt the image's (no test tools), gpu.txt the GPU variant's JAX CUDA
+# wheels, build.txt the wheel's build tools.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: setup
+	$(PYTHON) -m pip install --quiet uv
+	$(UV_COMPILE) pyproject.toml --extra lab --extra test --output-file requirements/lock.txt
+	$(UV_COMPILE) pyproject.toml --extra lab --constraint requirements/lock.txt --output-file requirements/image.txt
+	echo 'jax[cuda12]' | $(UV_COMPILE) - --constraint requirements/lock.txt --output-file requirements/gpu.txt
+	$(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')" \
+	  | $(UV_COMPILE) - --output-file requirements/build.txt
 
 # Chapter 5 exactly: the shallow net with the book's settings, 200 epochs.
 train: setup
@@ -46,7 +72,7 @@ tensorboard: setup
 # The fast tier: lint and format (ruff) and types (mypy) first, so a slip fails in seconds, then the
 # unit tests on shrunken configurations, one pytest worker per core (whole files to a worker, so each
 # module's fixtures are built once).
-CHECK_TIER := not slow and not heavy and not browser
+CHECK_TIER := not slow and not heavy and not browser and not docker
 check: setup lint
 	$(PYTHON) -m pytest -ra -m "$(CHECK_TIER)" -n auto --dist loadfile
 
@@ -57,5 +83,5 @@ lint: setup
 
 # The whole suite: slow reproduction tests, killed processes, servers and browsers included, with a
 # branch-coverage report of src/digitlab at the end (a report, not a gate).
-test: setup browser
+test: setup browser containers
 	$(PYTHON) -m pytest -ra --durations=25 --cov --cov-report=term
