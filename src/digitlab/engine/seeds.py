@@ -48,7 +48,10 @@ class SeedThreads:
             for part in self.slices
         ]
         self.pool = futures.ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="digitlab-seeds")
-        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+
+    @property
+    def path(self) -> str:
+        return f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
 
     def state(self) -> dict:
         self.arrays["iterations"][...] = self.groups[0].arrays["iterations"]
@@ -61,10 +64,9 @@ class SeedThreads:
             group.arrays["iterations"][...] = self.arrays["iterations"]
 
     def start(self, x, y, validation) -> None:
-        shared = self.groups[0].build_sparse_rows(x, validation)
+        first_layer = self.groups[0].plan_first_layer(x, validation)  # One plan, its CSR rows built once.
         for group in self.groups:
-            group.start(x, y, validation, sparse_rows=shared)
-        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+            group.start(x, y, validation, first_layer)
 
     def _each(self, method: str, *per_group):
         with blas.BlasThreads(self.threads):
