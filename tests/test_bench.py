@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from digitlab import atomic
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
 
@@ -91,3 +92,15 @@ def test_bad_arguments_raise_value_error(tmp_path):
     with pytest.raises(ValueError, match="Keras backend"):
         bench.run_bench(epochs=1, backends=("torch",), out_dir=tmp_path)
     assert bench_worker.main(["--epochs", "0", "--out", str(tmp_path)]) == 2  # It only runs --worker.
+
+
+def test_results_are_written_atomically_or_not_at_all(tmp_path):
+    results = {"rows": [], "created": "now"}
+    bench.write_results(tmp_path / "out", results, "| table |\n", print_fn=lambda line: None)
+    assert json.loads((tmp_path / "out" / "bench.json").read_text()) == results
+    assert (tmp_path / "out" / "bench.md").read_text() == "| table |\n"
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md"]  # No temporaries.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(atomic.WriteError, match="Could not write"):
+        bench.write_results(blocked / "out", results, "", print_fn=lambda line: None)

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab import backends, errors, system
+from digitlab import atomic, backends, errors, system
 from digitlab.config import MODEL_DEFAULTS
 
 MODEL = "shallow"
@@ -129,14 +129,7 @@ def run_bench(
         print_fn(f"Accuracy check: {compare_seeds} seeds x {compare_epochs} epochs, fit (JAX) and the engine...")
         results["comparison"] = run_comparison(compare_seeds, compare_epochs, engine_backend=engine_backend, **common)
         print_fn("  " + results["comparison"]["summary"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = to_markdown(results)
-    (out_dir / "bench.md").write_text(markdown)
-    print_fn("")
-    print_fn(markdown)
-    print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
+    write_results(out_dir, results, to_markdown(results), print_fn)
     return results
 
 
@@ -179,15 +172,23 @@ def run_lenet_bench(
         "rows": rows,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    write_results(out_dir, results, lenet_markdown(results), print_fn)
+    return results
+
+
+def write_results(out_dir: str | Path, results: dict, markdown: str, print_fn=print) -> None:
+    """Writes bench.json and bench.md into `out_dir` (each atomically: a full disk leaves the old ones), and
+    prints the table."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = lenet_markdown(results)
-    (out_dir / "bench.md").write_text(markdown)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise atomic.WriteError(atomic.describe_write_error(out_dir, error)) from None
+    atomic.write_json(out_dir / "bench.json", results)
+    atomic.write_text(out_dir / "bench.md", markdown)
     print_fn("")
     print_fn(markdown)
     print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
-    return results
 
 
 def _short_steps(row: dict) -> str:
