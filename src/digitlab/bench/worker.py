@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import backends
+from digitlab.bench import rows
 from digitlab.bench.runner import BOOK_EPOCHS, MODEL, WARMUP_STEPS, epoch_flops, useful_epoch_flops
 
 
-def _worker(spec: dict) -> dict:
+def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
     import digitlab  # noqa: F401  (sets KERAS_BACKEND if unset)
     from digitlab import config, data
 
@@ -51,7 +52,7 @@ def _worker(spec: dict) -> dict:
         "path": path,
         "networks": networks_per_run,
         "seeds": seeds,
-        "epochs": cfg.epochs,
+        "epochs": spec["epochs"],
         "first_epoch_seconds": first,
         "seconds_per_epoch": per_epoch,
         "projected_seconds": first + (BOOK_EPOCHS - 1) * per_epoch,
@@ -67,7 +68,7 @@ def _worker(spec: dict) -> dict:
     }
 
 
-def _steps_worker(spec: dict) -> dict:
+def _steps_worker(spec: rows.WorkerSpec) -> rows.StepsResult:
     """Times `spec["steps"]` steps of Keras fit on the net `spec["model"]`, on the backend digitlab chooses."""
     from digitlab import config, data
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["--worker"] or len(argv) != 2:
         print("This module runs the benchmark's workers; run the benchmark with `digitlab bench`.", file=sys.stderr)
         return 2
-    spec = json.loads(argv[1])
+    spec: rows.WorkerSpec = json.loads(argv[1])
     Path(spec["output"]).write_text(json.dumps(_worker(spec)))
     return 0
 
