@@ -26,7 +26,14 @@ ROW_NAMES = [
 def test_run_bench_writes_every_row(tmp_path):
     printed = []
     results = bench.run_bench(
-        epochs=1, seeds=2, out_dir=tmp_path, train_limit=300, print_fn=printed.append, compare_seeds=2, compare_epochs=1
+        epochs=2,
+        seeds=2,
+        out_dir=tmp_path,
+        train_limit=300,
+        print_fn=printed.append,
+        compare_seeds=2,
+        compare_epochs=1,
+        profile=True,
     )
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"] == results["rows"]
@@ -53,6 +60,16 @@ def test_run_bench_writes_every_row(tmp_path):
         ratio > 0 for ratio in saved["scaling"].values()
     )
     assert "against one seed on one core" in markdown
+    # Each engine row says what ran, and (with profile=True) where its epochs went, phase by phase.
+    assert all(row["kernel"] == "AVX2" and row["thread_counts"] for row in engine_rows)
+    assert "digitlab engine, 1 seed, one core (fast-numpy, AVX2 (256-bit), 1 thread per network)" in markdown
+    assert engine_rows[2]["seed_threads"] == 2 and "2 threads over the seeds" in markdown
+    assert set(saved["bandwidth"]) == {"l1", "l2", "memory"} and min(saved["bandwidth"].values()) > 0
+    for row in engine_rows:
+        phases = {entry["phase"]: entry for entry in row["breakdown"]}
+        assert phases["first layer forward"]["limit_seconds"] > 0 and phases["first layer forward"]["times_limit"] > 0
+        assert phases["wait after the rows"]["limit_seconds"] == 0 and "validation" in phases
+        assert f"Where an epoch goes: {row['name']} (" in markdown
     assert saved["gflops"]["one_core"] > 0 and saved["gflops"]["all_cores"] > 0
     # The same seeds, initial weights and batches: fit and the engine end at the same accuracy.
     comparison = saved["comparison"]

@@ -17,7 +17,7 @@ import pytest
 from keras import layers
 
 from digitlab import config, data, engine, models
-from digitlab.engine import cores, numpy_backend, sparse
+from digitlab.engine import cores, numpy_backend, sparse, timing
 
 TRAIN_LIMIT = 2000
 EPOCHS = 2
@@ -227,6 +227,43 @@ def test_threads_within_one_network_change_nothing(mnist, case, monkeypatch):
         assert results[workers][1] == results[1][1]
         for name, value in results[1][0].items():
             np.testing.assert_array_equal(results[workers][0][name], value, err_msg=name)
+
+
+def test_the_profile_times_every_phase_and_changes_no_result(mnist, monkeypatch):
+    """With profile=True the C epoch times its phases per thread; the weights and history are the same bits."""
+    (x, y), validation = mnist
+    monkeypatch.setattr(cores.FreeCores, "threads", lambda self, wanted: wanted)
+    results = {}
+    for profile in (False, True):
+        cfg, (model,) = seeded_models(CASES["shallow-mse-sgd"])
+        fast = engine.FastEngine([model], cfg, backend="numpy", workers=2, profile=profile)
+        logs = []
+        fast.fit(
+            x,
+            y,
+            validation,
+            epochs=2,
+            rngs=[np.random.RandomState(1)],
+            on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs),
+        )
+        results[profile] = (fast.get_state(), logs, fast.profile)
+    assert results[False][2] is None
+    assert results[True][1] == results[False][1]
+    for name, value in results[False][0].items():
+        np.testing.assert_array_equal(results[True][0][name], value, err_msg=name)
+    measured = results[True][2].per_epoch()
+    assert measured["epochs"] == 2 and measured["thread_counts"] == {"2": 2}
+    assert list(measured["phases"]) == list(timing.PHASES) and sparse.profile_phases() == len(timing.PHASES)
+    assert all(len(seconds) == 2 and min(seconds) >= 0 for seconds in measured["phases"].values())
+    for phase in ("first layer forward", "transpose", "first layer update", "loss"):
+        assert min(measured["phases"][phase]) > 0, phase
+    # Thread 0's phases are the C call's time; the rest of the call is Python's.
+    thread_0 = sum(seconds[0] for seconds in measured["phases"].values())
+    assert thread_0 <= measured["train"] and measured[timing.PYTHON] > 0 and measured[timing.VALIDATION] > 0
+    # The work model counts the first layer on the nonzero pixels: 64 units, a multiply-add is 2 flops.
+    work = timing.work([784, 64, 10], x, validation[0], cfg.batch_size)
+    assert work["first layer forward"]["flops"] == 2 * 64 * np.count_nonzero(x)
+    assert work["first layer forward"]["bytes"]["l2"] == 4 * 64 * np.count_nonzero(x)
 
 
 def test_busy_cores_leave_one_thread_per_network():

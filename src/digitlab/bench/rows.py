@@ -29,12 +29,11 @@ class WorkerSpec(TypedDict, total=False):
     train_limit: int | None
     model: str
     steps: int
+    profile: bool  # The engine rows: measure where their epochs go (engine.timing).
     output: str  # The JSON file the worker writes its result to.
 
 
-class EpochResult(TypedDict):
-    """What an epoch worker measures (the fit rows and the engine rows)."""
-
+class _EpochResult(TypedDict):
     engine: str
     path: str  # How the engine ran, in words ("Keras fit" for the fit rows).
     networks: int
@@ -49,6 +48,17 @@ class EpochResult(TypedDict):
     flops_per_epoch: int
     useful_flops_per_epoch: int
     peak_memory_mb: float
+
+
+class EpochResult(_EpochResult, total=False):
+    """What an epoch worker measures (the fit rows and the engine rows); the engine rows say what ran."""
+
+    kernel: str  # The first layer's code: "AVX2", "portable C", "NumPy" or "JAX".
+    thread_counts: dict[str, int]  # Epochs per number of threads each network ran on.
+    seed_threads: int  # Threads sharing the seeds.
+    cores: int  # The cores the process could use.
+    profile: dict  # `engine.timing.Profile.per_epoch()`, over the epochs after the first.
+    work: dict  # `engine.timing.work(...)`: each phase's multiply-adds and bytes, one network's epoch.
 
 
 class StepsResult(TypedDict):
@@ -90,6 +100,12 @@ class Row(_RowName, total=False):
     flops_per_epoch: int
     useful_flops_per_epoch: int
     peak_memory_mb: float
+    kernel: str
+    thread_counts: dict[str, int]
+    seed_threads: int
+    cores: int
+    profile: dict
+    work: dict
     # StepsResult's keys.
     chosen: str
     steps: int
@@ -103,6 +119,7 @@ class Row(_RowName, total=False):
     speedup_vs_fit_tensorflow: float
     speedup_vs_fit_jax: float
     times_fastest: float
+    breakdown: list  # --profile: `bench.breakdown.phases`, one entry per phase.
 
 
 class Comparison(TypedDict, total=False):
@@ -124,6 +141,7 @@ class Results(TypedDict, total=False):
 
     machine: dict
     gflops: dict[str, float]
+    bandwidth: dict[str, float]  # --profile: one core's read bandwidth, bytes/s, at "l1", "l2" and "memory".
     model: str
     epochs: int
     steps: int

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import atomic, backends, errors, system
-from digitlab.bench import rows
+from digitlab.bench import breakdown, rows
 from digitlab.config import MODEL_DEFAULTS
 
 MODEL = "shallow"
@@ -68,8 +68,12 @@ def run_bench(
     engine_backend: str = "auto",
     compare_seeds: int = 0,
     compare_epochs: int = DEFAULTS["compare_epochs"],
+    profile: bool = False,
 ) -> rows.Results:
-    """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md."""
+    """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md.
+
+    With `profile`, the engine rows also measure where their epochs go, and the tables say it phase
+    by phase against each phase's own limit (`bench.breakdown`), with this machine's read bandwidths."""
     _check_whole("epochs", epochs, 1)
     _check_whole("seeds", seeds, 1)
     _check_whole("compare_seeds", compare_seeds, 0)
@@ -83,6 +87,12 @@ def run_bench(
     print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {machine_name()}...")
     gflops = {"all_cores": matmul_gflops(), "one_core": matmul_gflops(threads=1)}
     print_fn(f"float32 matrix multiply: {gflops['all_cores']:.0f} GFLOP/s ({gflops['one_core']:.0f} on one core)")
+    bandwidth = breakdown.measure_bandwidth() if profile else {}
+    if bandwidth:
+        print_fn(
+            "read bandwidth, one core: "
+            + ", ".join(f"{level} {value / 1e9:.0f} GB/s" for level, value in bandwidth.items())
+        )
     table: list[rows.Row] = []
     for backend in backends:
         label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
@@ -105,6 +115,7 @@ def run_bench(
             "epochs": epochs,
             "seeds": list(range(count)),
             "workers": workers,
+            "profile": profile,
             **common,
         }
         table.append(_run_worker(label, spec))
@@ -112,6 +123,9 @@ def run_bench(
     # The machine's limit is its faster measured figure (a second BLAS thread can lose on a busy machine).
     gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
     _add_ratios(table, gflops["limit"])
+    for row in table:
+        if row["status"] == "ok" and "profile" in row:
+            row["breakdown"] = list(breakdown.phases(row, gflops, bandwidth))
     scaling = seed_scaling(table)
     results: rows.Results = {
         "machine": machine_info(),
@@ -123,6 +137,8 @@ def run_bench(
         "scaling": scaling,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if bandwidth:
+        results["bandwidth"] = bandwidth
     if compare_seeds:
         print_fn(f"Accuracy check: {compare_seeds} seeds x {compare_epochs} epochs, fit (JAX) and the engine...")
         comparison = run_comparison(
@@ -340,7 +356,7 @@ def _short(row: rows.Row) -> str:
         return row["status"]
     return (
         f"{row['seconds_per_epoch']:.3f} s/epoch, val accuracy {row['val_accuracy']:.4f}, "
-        f"peak {row['peak_memory_mb']:.0f} MB ({row['path']})"
+        f"peak {row['peak_memory_mb']:.0f} MB ({breakdown.describe_path(row)})"
     )
 
 
@@ -365,7 +381,8 @@ def to_markdown(results: rows.Results) -> str:
             continue
         speedups = [row.get("speedup_vs_fit_tensorflow"), row.get("speedup_vs_fit_jax")]
         lines.append(
-            f"| {row['name']} ({row['engine']}) | {row['seconds_per_epoch']:.3f} | {row['first_epoch_seconds']:.2f} "
+            f"| {row['name']} ({breakdown.describe_path(row)}) | {row['seconds_per_epoch']:.3f} "
+            f"| {row['first_epoch_seconds']:.2f} "
             f"| {row['projected_seconds']:.0f} s | {row['val_accuracy']:.4f} | {row['peak_memory_mb']:.0f} MB "
             f"| {row['times_limit']:.1f} / {row['times_useful_limit']:.1f} | "
             + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups)
@@ -386,6 +403,20 @@ def to_markdown(results: rows.Results) -> str:
             "Per network, against one seed on one core (the other cores' worth): "
             + "; ".join(f"{name}: {ratio:.2f}×" for name, ratio in results["scaling"].items())
             + ".",
+        ]
+    bandwidth = results.get("bandwidth")
+    for row in results["rows"]:
+        if row.get("breakdown"):
+            lines += ["", *breakdown.to_markdown(row, row["breakdown"])]
+    if bandwidth:
+        lines += [
+            "",
+            "limit: the phase's multiply-adds at the measured matrix-multiply speed (one core's where one thread "
+            "ran, all cores' where one per core ran), or its bytes at the read bandwidth of the level they come "
+            "from (one core's: "
+            + ", ".join(f"{level} {value / 1e9:.0f} GB/s" for level, value in bandwidth.items())
+            + ", times the threads that ran), whichever is longer; waiting, the loss, setup and Python have none. "
+            "Each thread's phases add up to its epoch; validation runs on every thread.",
         ]
     comparison = results.get("comparison")
     if comparison:

@@ -37,9 +37,10 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
         path = "Keras fit"
     else:
-        durations, histories, engine_name, path = _engine_worker(
-            cfg, x, y, validation, spec["engine_backend"], spec.get("workers")
+        durations, histories, fast = _engine_worker(
+            cfg, x, y, validation, spec["engine_backend"], spec.get("workers"), spec.get("profile", False)
         )
+        engine_name, path = fast.name, fast.path
     first = float(np.mean(durations[:, 0]))
     later = durations[:, 1:].ravel()
     per_epoch = float(np.median(later)) if later.size else first
@@ -47,7 +48,7 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
     sizes = [784] + list(cfg.units) + [10]
     final = [history[-1]["val_accuracy"] for history in histories]
     networks_per_run = len(seeds) if spec["kind"] == "engine" else 1
-    return {
+    result: rows.EpochResult = {
         "engine": engine_name,
         "path": path,
         "networks": networks_per_run,
@@ -66,6 +67,18 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         * networks_per_run,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if spec["kind"] == "engine":
+        from digitlab.engine import fast as fast_engine
+        from digitlab.engine import timing
+
+        result["kernel"] = fast.kernel
+        result["thread_counts"] = {str(threads): epochs for threads, epochs in sorted(fast.thread_counts.items())}
+        result["seed_threads"] = fast.seed_threads
+        result["cores"] = spec.get("workers") or fast_engine.default_workers()
+        if fast.profile is not None:
+            result["profile"] = fast.profile.per_epoch()
+            result["work"] = timing.work(sizes, x, validation[0], cfg.batch_size)
+    return result
 
 
 def _steps_worker(spec: rows.WorkerSpec) -> rows.StepsResult:
@@ -119,14 +132,14 @@ def _fit_worker(cfg, x, y, validation):
     return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
 
 
-def _engine_worker(cfg, x, y, validation, backend, workers=None):
-    """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs)
-    and per-seed histories."""
+def _engine_worker(cfg, x, y, validation, backend, workers=None, profile=False):
+    """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs),
+    per-seed histories and the engine. With `profile`, the engine's profile covers the epochs after the first."""
     from digitlab import engine, models
 
     # The same initial weights and batches as fit's run of each seed.
-    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers)
-    timer = _EpochTimer(cfg.seeds)
+    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers, profile=profile)
+    timer = _EpochTimer(cfg.seeds, after_first=fast.profile.reset if fast.profile is not None else None)
     fast.fit(
         x,
         y,
@@ -135,20 +148,23 @@ def _engine_worker(cfg, x, y, validation, backend, workers=None):
         rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
         on_epoch_end=timer,
     )
-    return timer.durations()[None], timer.histories, fast.name, getattr(fast, "path", "")
+    return timer.durations()[None], timer.histories, fast
 
 
 class _EpochTimer:
     """An engine's `on_epoch_end` for the workers: when each epoch ended, and each model's logs."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, after_first=None):
         self.stamps = [time.perf_counter()]
         self.histories: list[list[dict]] = [[] for _ in range(count)]
+        self.after_first = after_first  # Called once, after the first epoch (which includes warming up).
 
     def __call__(self, epoch: int, logs: list[dict]) -> None:
         self.stamps.append(time.perf_counter())
         for history, entry in zip(self.histories, logs, strict=True):
             history.append(entry)
+        if self.after_first is not None and len(self.stamps) == 2:
+            self.after_first()
 
     def durations(self) -> np.ndarray:
         """Seconds of each epoch, from the timer's creation on."""

@@ -17,8 +17,10 @@
  * Units are handled in blocks of 64 (eight AVX2 registers), then of 8, then one by one.
  */
 
+#define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c99 */
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -356,4 +358,64 @@ void digitlab_sparse_weight_gradient(const int32_t *offsets, const int32_t *rows
             row[u] -= step;
         }
     }
+}
+
+/* ------------------------------------------------------------------------ a bandwidth probe */
+
+/* Sums a buffer of `bytes` (a multiple of 256) `repeats` times; with AVX2 in eight vector accumulators. */
+#ifdef HAVE_X86
+__attribute__((target("avx2"))) static float read_avx2(const float *data, int64_t count) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int64_t k = 0; k < count; k += 64) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(data + k));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(data + k + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(data + k + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(data + k + 24));
+        a4 = _mm256_add_ps(a4, _mm256_loadu_ps(data + k + 32));
+        a5 = _mm256_add_ps(a5, _mm256_loadu_ps(data + k + 40));
+        a6 = _mm256_add_ps(a6, _mm256_loadu_ps(data + k + 48));
+        a7 = _mm256_add_ps(a7, _mm256_loadu_ps(data + k + 56));
+    }
+    const __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                                     _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sum);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+}
+#endif
+
+static float read_scalar(const float *data, int64_t count) {
+    float lanes[8] = {0};
+    for (int64_t k = 0; k < count; k += 8)
+        for (int i = 0; i < 8; i++) lanes[i] += data[k + i];
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+}
+
+/* This machine's read bandwidth, in bytes per second, for a working set of `bytes` (a multiple of 256) at
+ * `data`: the best of `repeats` timed passes, each reading the buffer enough times to take ~0.1 ms. One
+ * thread, the AVX2 loads the kernels use where they run. The bench times it at the sizes of L1, L2 and
+ * memory, for the limits of its profile (`digitlab bench --profile`). */
+double digitlab_read_bandwidth(const float *data, int64_t bytes, int64_t repeats) {
+    const int64_t count = bytes / (int64_t)sizeof(float);
+    int64_t inner = 1 + (int64_t)(4 << 20) / (bytes + 1);
+    volatile float sink = 0.0f;
+    double best = 0.0;
+    for (int64_t pass = 0; pass <= repeats; pass++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int64_t k = 0; k < inner; k++) {
+#ifdef HAVE_X86
+            if (!force_scalar && use_avx2())
+                sink += read_avx2(data, count);
+            else
+#endif
+                sink += read_scalar(data, count);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        const double seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        if (pass > 0 && seconds > 0.0 && (double)bytes * (double)inner / seconds > best)
+            best = (double)bytes * (double)inner / seconds; /* Pass 0 only brings the buffer into cache. */
+    }
+    (void)sink;
+    return best;
 }

@@ -42,6 +42,34 @@
 #define MAX_LAYERS 16
 #define MAX_THREADS 64
 
+/* Where an epoch goes (digitlab bench --profile): seconds per thread and phase, added to the caller's
+ * `profile` array (threads x PHASES doubles) when it is not NULL; when it is NULL nothing is timed. */
+enum {
+    PHASE_FIRST_FORWARD, /* The first layer's sparse product, its bias and activation. */
+    PHASE_TRANSPOSE,     /* The transpose of the thread's rows of the batch (for the first layer's update). */
+    PHASE_ABOVE,         /* The layers above the first, forward. */
+    PHASE_LOSS,          /* The loss, the answers and the last layer's gradient. */
+    PHASE_BACKWARD,      /* The backward pass down to the first layer's pre-activation gradient. */
+    PHASE_WAIT_ROWS,     /* Waiting at the barrier after the rows (for the slowest thread). */
+    PHASE_FIRST_UPDATE,  /* The first layer's SGD update on the pixels the batch touches. */
+    PHASE_OTHER_UPDATES, /* The other layers' kernels, every bias, the loss sum. */
+    PHASE_WAIT_UPDATES,  /* Waiting at the barrier after the updates. */
+    PHASE_SETUP,         /* Buffers, the kernels' transposes, starting and joining the threads. */
+    PHASES
+};
+
+static int64_t now_ns(void);
+
+/* Adds the time since *mark to phase `phase` of `profile` (a thread's row) and moves the mark on. */
+static inline void lap(double *profile, int phase, int64_t *mark) {
+    if (!profile) return;
+    const int64_t now = now_ns();
+    profile[phase] += (double)(now - *mark) * 1e-9;
+    *mark = now;
+}
+
+int digitlab_profile_phases(void) { return PHASES; }
+
 /* From _kernels.c. */
 void digitlab_sparse_forward_block(const int64_t *starts, const uint16_t *cols, const float *vals,
                                    const int64_t *index, int64_t rows, const float *kernel, const float *bias,
@@ -340,13 +368,14 @@ typedef struct {
     int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates. */
     float *scratch;
     int64_t correct;
+    double *profile; /* This thread's PHASES seconds, or NULL: not timed. */
 } Worker;
 
 /* Rows first <= r < last of a batch of `rows`, after the first layer: the layers above it, the loss, and
  * the backward pass down to the first layer's pre-activation gradient (delta[0]). Each row needs only its
  * own values and the kernels, which no thread changes until every thread has passed the next barrier. */
 static void rows_forward_backward(Epoch *e, const int64_t *index, int64_t first, int64_t last, int64_t rows,
-                                  int64_t *correct) {
+                                  int64_t *correct, double *profile, int64_t *mark) {
     const int64_t layers = e->layers, *units = e->units, count = last - first;
     if (count <= 0) return;
     for (int64_t l = 1; l < layers; l++) {
@@ -355,14 +384,17 @@ static void rows_forward_backward(Epoch *e, const int64_t *index, int64_t first,
                       units[l + 1], out);
         activate(out, count, units[l + 1], e->activations[l]);
     }
+    lap(profile, PHASE_ABOVE, mark);
     loss_and_gradient(e->layer_out[layers - 1] + first * units[layers], e->targets, e->labels, index + first, count,
                       rows, units[layers], e->loss, e->activations[layers - 1], e->clip,
                       e->delta[layers - 1] + first * units[layers], correct, e->row_losses + first);
+    lap(profile, PHASE_LOSS, mark);
     for (int64_t l = layers - 1; l >= 1; l--) {
         float *below = e->delta[l - 1] + first * units[l];
         dense_backward(e->delta[l] + first * units[l + 1], count, units[l + 1], e->kernel_t[l], units[l], below);
         activation_gradient(below, e->layer_out[l - 1] + first * units[l], count * units[l], e->activations[l - 1]);
     }
+    lap(profile, PHASE_BACKWARD, mark);
 }
 
 /* One thread's share of the SGD updates of the layers above the first and of every bias: units
@@ -401,8 +433,10 @@ static void *run_worker(void *argument) {
     Worker *w = argument;
     Epoch *e = w->epoch;
     const int64_t units = e->units[1];
+    double *profile = w->profile;
     int sense = 0;
     while (!__atomic_load_n(&e->go, __ATOMIC_ACQUIRE)) sched_yield();
+    int64_t mark = profile ? now_ns() : 0;
     for (int64_t start = 0; start < e->n; start += e->batch) {
         const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch;
         const int64_t *index = e->order + start;
@@ -413,16 +447,22 @@ static void *run_worker(void *argument) {
                                           e->biases[0], units, units, out);
             activate(out, last - first, units, e->activations[0]);
         }
+        lap(profile, PHASE_FIRST_FORWARD, &mark);
         digitlab_sparse_transpose(e->starts, e->cols, e->vals, index, first, last, e->inputs,
                                   e->offsets[w->thread], e->rows_t[w->thread], e->vals_t[w->thread]);
-        rows_forward_backward(e, index, first, last, rows, &w->correct);
+        lap(profile, PHASE_TRANSPOSE, &mark);
+        rows_forward_backward(e, index, first, last, rows, &w->correct, profile, &mark);
         barrier_wait(&e->barrier, &sense);
+        lap(profile, PHASE_WAIT_ROWS, &mark);
         digitlab_sparse_sgd_rows(e->offsets, e->rows_t, e->vals_t, w->threads, w->first_pixel, w->last_pixel,
                                  e->delta[0], units, w->scratch, e->kernels[0], e->rate);
+        lap(profile, PHASE_FIRST_UPDATE, &mark);
         update_units(e, w->thread, w->threads, rows);
         if (w->thread == 0)
             for (int64_t r = 0; r < rows; r++) e->loss_sum += e->row_losses[r];
+        lap(profile, PHASE_OTHER_UPDATES, &mark);
         barrier_wait(&e->barrier, &sense); /* The next batch reads every updated kernel and the row losses' room. */
+        lap(profile, PHASE_WAIT_UPDATES, &mark);
     }
     return NULL;
 }
@@ -452,14 +492,16 @@ static void split_pixels(const int64_t *starts, const uint16_t *cols, const int6
 /* One epoch of plain SGD over the images in `order` (n of them, batches of `batch`), in place on
  * kernels[l] (units[l] x units[l + 1]) and biases[l]; units[0] is the number of inputs. `threads`
  * threads share the first layer's units (1: this thread alone; the results are the same). Adds the
- * epoch's loss sum and correct answers to *loss_sum and *correct. Returns 0, or -1 when memory or a
- * thread could not be had (nothing is changed then). */
+ * epoch's loss sum and correct answers to *loss_sum and *correct, and, where `profile` is not NULL,
+ * each thread's seconds per phase to profile[thread * PHASES + phase]. Returns 0, or -1 when memory or
+ * a thread could not be had (nothing is changed then). */
 int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const float *vals, int64_t most_per_row,
                          const float *targets, const int64_t *labels, const int64_t *order, int64_t n,
                          int64_t batch, int64_t layers, const int64_t *units, const int32_t *activations,
                          float *const *kernels, float *const *biases, int32_t loss, float rate, float clip,
-                         int64_t threads, double *loss_sum, int64_t *correct) {
+                         int64_t threads, double *loss_sum, int64_t *correct, double *profile) {
     if (layers < 1 || layers > MAX_LAYERS || batch < 1 || threads < 1 || threads > MAX_THREADS) return -1;
+    const int64_t entered = profile ? now_ns() : 0;
     Epoch e = {starts, cols, vals, targets, labels, order, n, batch, layers, units[0], 0, units, activations,
                kernels, biases, loss, rate, clip};
     int64_t total = 0;
@@ -493,7 +535,8 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         int64_t bounds[MAX_THREADS + 1];
         split_pixels(starts, cols, order, n, inputs, threads, bounds);
         for (int t = 0; t < threads; t++) {
-            workers[t] = (Worker){&e, t, (int)threads, bounds[t], bounds[t + 1], scratch + units[1] * t, 0};
+            workers[t] = (Worker){&e, t, (int)threads, bounds[t], bounds[t + 1], scratch + units[1] * t, 0,
+                                  profile ? profile + PHASES * t : NULL};
             e.offsets[t] = offsets + (inputs + 1) * t;
             e.rows_t[t] = rows_t + capacity * t;
             e.vals_t[t] = vals_t + capacity * t;
@@ -517,10 +560,19 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
             started = 1;
         }
         __atomic_store_n(&e.go, 1, __ATOMIC_RELEASE);
+        double before = 0.0;
+        if (profile)
+            for (int phase = 0; phase < PHASES; phase++) before += profile[phase];
         run_worker(&workers[0]);
         for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
         *loss_sum += e.loss_sum;
         for (int t = 0; t < threads; t++) *correct += workers[t].correct;
+        if (profile) {
+            /* Thread 0's time in this call that no phase of its batches holds. */
+            double timed = -before;
+            for (int phase = 0; phase < PHASES; phase++) timed += profile[phase];
+            profile[PHASE_SETUP] += (double)(now_ns() - entered) * 1e-9 - timed;
+        }
     }
     free(outputs);
     free(deltas);

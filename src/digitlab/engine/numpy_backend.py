@@ -20,6 +20,7 @@ per core, in threads.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import Any
@@ -124,6 +125,9 @@ class NumpyBackend:
         # Plain SGD on a sparse first layer: the C kernel updates the touched weight rows itself.
         self.fused_sgd = network.optimizer.name == "sgd" and not network.optimizer.momentum
         self.free_cores = cores.FreeCores() if epoch_threads > 1 else None
+        # Epochs per number of threads a network ran on (the C epoch; the per-batch steps count as one).
+        self.thread_counts: collections.Counter = collections.Counter()
+        self.profile_rows: np.ndarray | None = None  # Where the C epoch adds its phases' seconds (profile_into).
         self.first_layer = self.plan_first_layer()  # Made again with the data, in `start`.
         # Views made once (the arrays are only ever updated in place), to keep the step loop lean.
         layers_range = range(len(network.dense))
@@ -147,6 +151,11 @@ class NumpyBackend:
     def path(self) -> str:
         """How the first layer runs, in words (the engine prints it): `first_layer`'s sentence."""
         return self.first_layer.sentence()
+
+    @property
+    def kernel(self) -> str:
+        """The first layer's code: the sparse C kernel's version ("AVX2", "portable C") or "NumPy"."""
+        return self.first_layer.kernel or "NumPy"
 
     def start(self, x, y, validation, first_layer: FirstLayerPlan | None = None) -> None:
         """Takes the data; `first_layer` shares the plan (and its CSR rows) that another backend made for it."""
@@ -173,6 +182,15 @@ class NumpyBackend:
             # Per batch: each model's transpose of the batch, for the C kernel's weight update.
             units = self.network.dense[0].units
             self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units) for _ in range(self.count)]
+
+    @property
+    def profile_threads(self) -> int:
+        """The rows `profile_into` needs: one per thread of a network's C epoch."""
+        return self.epoch_threads
+
+    def profile_into(self, rows: np.ndarray) -> None:
+        """Times the C epoch's phases from now on, adding each thread's seconds to its row of `rows`."""
+        self.profile_rows = rows
 
     def _threads_now(self) -> int:
         """epoch_threads, fewer while other programs keep cores busy (cores.py): same bits for any count."""
@@ -221,14 +239,23 @@ class NumpyBackend:
         count, size = orders.shape
         if self.plans is not None and self.sparse_rows is not None:
             threads = self._threads_now()
+            self.thread_counts[threads] += 1
             results = [
                 sparse.train_epoch(
-                    self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan, threads=threads
+                    self.sparse_rows[0],
+                    self.y,
+                    self.labels,
+                    orders[k],
+                    self.batch_size,
+                    plan,
+                    threads=threads,
+                    profile=self.profile_rows,
                 )
                 for k, plan in enumerate(self.plans)
             ]
             self.arrays["iterations"] += -(-size // self.batch_size)
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
+        self.thread_counts[1] += 1
         orders = orders[0] if self.count == 1 else orders
         loss_sums, correct = np.zeros(count), np.zeros(count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):

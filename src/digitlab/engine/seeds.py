@@ -53,6 +53,26 @@ class SeedThreads:
     def path(self) -> str:
         return f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
 
+    @property
+    def kernel(self) -> str:
+        return self.groups[0].kernel
+
+    @property
+    def thread_counts(self):
+        """Epochs per number of threads each network ran on (every group steps together)."""
+        return self.groups[0].thread_counts
+
+    @property
+    def profile_threads(self) -> int:
+        return sum(group.profile_threads for group in self.groups)
+
+    def profile_into(self, rows: np.ndarray) -> None:
+        """Each group's threads get their own rows of `rows`, in group order."""
+        first = 0
+        for group in self.groups:
+            group.profile_into(rows[first : first + group.profile_threads])
+            first += group.profile_threads
+
     def state(self) -> dict:
         self.arrays["iterations"][...] = self.groups[0].arrays["iterations"]
         return self.arrays

@@ -83,9 +83,13 @@ def _load():
         + [pointer] * 3
         + [size] * 3
         + [pointer] * 4
-        + [ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer]
+        + [ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer, pointer]
     )
     library.digitlab_train_epoch.restype = ctypes.c_int
+    library.digitlab_profile_phases.argtypes = []
+    library.digitlab_profile_phases.restype = ctypes.c_int
+    library.digitlab_read_bandwidth.argtypes = [pointer, size, size]
+    library.digitlab_read_bandwidth.restype = ctypes.c_double
     library.digitlab_evaluate.argtypes = (
         [pointer] * 6 + [size] * 2 + [pointer] * 4 + [ctypes.c_int32, ctypes.c_float, size, pointer, pointer]
     )
@@ -275,6 +279,7 @@ def train_epoch(
     batch_size: int,
     plan: EpochPlan,
     threads: int = 1,
+    profile: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """One epoch of plain SGD in C, in place on the plan's arrays: (the loss sum, the correct answers).
 
@@ -282,6 +287,8 @@ def train_epoch(
     the NumPy backend's (Keras's), the first layer on the nonzero pixels only. `threads`
     threads share each batch (its rows for the forward pass, its pixels for the first layer's
     update); every sum runs in the same order, so the results do not depend on their number.
+    With `profile` (a float64 array of at least `threads` x `profile_phases()`), each thread's
+    seconds in each phase of the epoch are added to its row (`timing.PHASES` names them).
     """
     if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
         raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
@@ -289,6 +296,11 @@ def train_epoch(
         raise ValueError(f"train_epoch: the order names images outside 0 ... {data.shape[0] - 1}.")
     if data.shape[1] != plan.units[0]:
         raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
+    threads = max(1, min(int(threads), 64))
+    if profile is not None and (profile.dtype != np.float64 or profile.shape[0] < threads or profile.ndim != 2):
+        raise ValueError(f"train_epoch: the profile needs float64 rows for {threads} threads, got {profile.shape}.")
+    if profile is not None and profile.shape[1] != profile_phases():
+        raise ValueError(f"train_epoch: the profile needs {profile_phases()} phases, got {profile.shape[1]}.")
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
     status = _kernels().digitlab_train_epoch(
         *data._pointers,
@@ -306,9 +318,10 @@ def train_epoch(
         plan.loss,
         plan.rate,
         plan.clip,
-        max(1, min(int(threads), 64)),
+        threads,
         ctypes.byref(loss_sum),
         ctypes.byref(correct),
+        None if profile is None else _check(profile, np.float64),
     )
     if status != 0:
         raise MemoryError("The C training epoch could not allocate its batch buffers.")
@@ -349,3 +362,15 @@ def evaluate(
     if status != 0:
         raise MemoryError("The C validation could not allocate its buffers.")
     return float(row_losses.sum()), correct.value
+
+
+def profile_phases() -> int:
+    """How many phases `train_epoch` times for its profile (the C code's count)."""
+    return int(_kernels().digitlab_profile_phases())
+
+
+def read_bandwidth(size: int, repeats: int = 20) -> float:
+    """One core's read bandwidth (bytes per second) on a working set of `size` bytes, with the kernels' loads."""
+    size = max(256, size - size % 256)
+    data = np.ones(size // 4, np.float32)
+    return float(_kernels().digitlab_read_bandwidth(data.ctypes.data, size, repeats))
