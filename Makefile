@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 # A virtual environment with digitlab (its C kernel built from setup.py), its test tools and JupyterLab,
 # and the project's Jupyter kernel: this environment's Python, under the notebooks' kernel name.
-$(STAMP): pyproject.toml setup.py src/digitlab/engine/_kernels.c src/digitlab/engine/_train.c
+$(STAMP): pyproject.toml setup.py $(wildcard src/digitlab/engine/*.c)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e '.[test,lab]'

@@ -11,16 +11,16 @@
 
 81% of MNIST's pixels are zero, so the first layer's forward product and its
 weight gradient need about a fifth of the dense multiply-adds. The kernels are
-a plain shared library that `pip install` builds from `_kernels.c` (setup.py;
-the build is optional) and that this module loads with ctypes, which releases
-the GIL during each call, so threads over seeds run on every core. For plain
-SGD without Dropout, `train_epoch` runs a whole epoch of a dense net in one call
-(`_train.c`: every batch's layers, loss, backward pass and update), with threads
-sharing each batch. A machine
-where the library could not be built, or a run with `DIGITLAB_NO_KERNEL=1` in
-the environment, trains on the NumPy path instead, and `unavailable_reason`
-says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but skips its AVX2
-versions (the portable ones then run; the tests use it).
+a plain shared library that `pip install` builds from `_kernels.c` (the sparse
+first layer), `_dense.c` (the layers above it) and `_train.c` (whole epochs;
+setup.py; the build is optional) and that this module loads with ctypes, which
+releases the GIL during each call, so threads over seeds run on every core. For
+plain SGD without Dropout, `train_epoch` runs a whole epoch of a dense net in one
+call (every batch's layers, loss, backward pass and update), with threads sharing
+each batch. A machine where the library could not be built, or a run with
+`DIGITLAB_NO_KERNEL=1` in the environment, trains on the NumPy path instead, and
+`unavailable_reason` says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but
+skips its AVX2 versions (the portable ones then run; the tests use it).
 """
 
 from __future__ import annotations
@@ -66,16 +66,12 @@ def _load():
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.digitlab_kernels_simd.argtypes = [ctypes.c_int]
     library.digitlab_kernels_simd.restype = ctypes.c_int
-    library.digitlab_sparse_forward.argtypes = [pointer] * 4 + [size] * 3 + [pointer] * 2 + [size] + [pointer] * 4
+    library.digitlab_sparse_forward.argtypes = (
+        [pointer] * 4 + [size] * 3 + [pointer] * 2 + [size, pointer, size, pointer, pointer]
+    )
     library.digitlab_sparse_forward.restype = None
-    library.digitlab_sparse_weight_gradient.argtypes = [pointer] * 3 + [
-        size,
-        pointer,
-        size,
-        pointer,
-        pointer,
-        ctypes.c_float,
-    ]
+    library.digitlab_sparse_weight_gradient.argtypes = [pointer, pointer, size, pointer, size, pointer, pointer]
+    library.digitlab_sparse_weight_gradient.argtypes += [ctypes.c_float]
     library.digitlab_sparse_weight_gradient.restype = None
     library.digitlab_train_epoch.argtypes = (
         [pointer] * 3
@@ -151,16 +147,21 @@ class SparseRows:
 
 
 class Transpose:
-    """A batch's transpose, built by `forward` and used by `weight_gradient`: one per model in training."""
+    """A batch's transpose, built by `forward` and used by `weight_gradient`: one per model in training.
+
+    Pixel p's entries are `offsets[p]` ... `offsets[p + 1] - 1` of `entries`, each the batch row
+    it is nonzero in (int32) and its value (float32), in row order.
+    """
+
+    ENTRY = np.dtype([("row", np.int32), ("value", np.float32)])
 
     def __init__(self, data: SparseRows, rows: int, units: int):
         capacity = max(1, data.most_per_row * rows)
         self.capacity, self.inputs = capacity, data.shape[1]
         self.offsets = np.empty(data.shape[1] + 1, np.int32)
-        self.rows = np.empty(capacity, np.int32)
-        self.vals = np.empty(capacity, np.float32)
+        self.entries = np.empty(capacity, self.ENTRY)
         self.gradient_row = np.empty(units, np.float32)  # Scratch for the fused SGD update.
-        self._pointers = (self.offsets.ctypes.data, self.rows.ctypes.data, self.vals.ctypes.data)
+        self._pointers = (self.offsets.ctypes.data, self.entries.ctypes.data)
 
 
 def _kernels():
@@ -211,7 +212,8 @@ def forward(
         _check(bias, np.float32),
         units,
         _check(out, np.float32),
-        *(transpose._pointers if transpose is not None else (None, None, None)),
+        0,
+        *(transpose._pointers if transpose is not None else (None, None)),
     )
 
 

@@ -7,11 +7,11 @@
 
 The C epoch (`_train.c`) times its phases per thread with `clock_gettime` when it is given an array
 to add them to (a few hundred nanoseconds a batch; nothing when it is not): the first layer's sparse
-product, the transpose, the layers above, the loss, the backward pass, the waits at the two barriers,
-the two kinds of update, and the setup (buffers, threads). `FastEngine.fit` adds validation and the
-Python between the C calls. `work` counts what each phase must do for one network's epoch (multiply-
-adds, and the bytes it reads from each level of memory), from which `digitlab bench --profile` gives
-each phase its limit on this machine.
+product (which also builds the batch's transpose), the layers above, the loss, the backward pass,
+the waits at the two barriers, the two kinds of update, and the setup (buffers, threads).
+`FastEngine.fit` adds validation and the Python between the C calls. `work` counts what each phase
+must do for one network's epoch (multiply-adds, and the bytes it reads from each level of memory),
+from which `digitlab bench --profile` gives each phase its limit on this machine.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import numpy as np
 
 # The C epoch's phases, in the order of its enum (digitlab_profile_phases() checks the count).
 PHASES = (
-    "first layer forward",
-    "transpose",
+    "first layer forward",  # With the transpose of the batch, which the forward pass builds.
     "layers above, forward",
     "loss",
     "backward",
@@ -105,7 +104,6 @@ def work(layer_sizes: list[int], train: np.ndarray, valid: np.ndarray, batch_siz
             "flops": 2 * nonzeros * units,
             "bytes": {"l2": nonzeros * units * floats, "memory": nonzeros * image_bytes},
         },
-        "transpose": {"flops": 0, "bytes": {"l1": nonzeros * (image_bytes + 2 * floats)}},
         "layers above, forward": {"flops": 2 * rows * above, "bytes": {}},
         "loss": {"flops": 0, "bytes": {}},
         "backward": {"flops": 2 * rows * above, "bytes": {}},
