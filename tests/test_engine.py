@@ -274,6 +274,18 @@ def test_the_profile_times_every_phase_and_changes_no_result(mnist, monkeypatch)
     assert work["first layer forward"]["bytes"]["l2"] == 4 * 64 * np.count_nonzero(x)
 
 
+def test_sparse_rows_hold_the_nonzero_entries_as_numpy_finds_them(mnist):
+    (x, _), _ = mnist
+    edge = np.array([[0.0, -0.0, np.nan, 1.0], [0, 0, 0, 0], [2, 0, 0, -3]], np.float32)
+    for matrix in (x, edge):
+        rows = sparse.SparseRows(matrix)
+        row_numbers, columns = np.nonzero(matrix)  # -0.0 is zero, NaN is not.
+        np.testing.assert_array_equal(rows.cols, columns)
+        np.testing.assert_array_equal(rows.vals, matrix[row_numbers, columns])
+        np.testing.assert_array_equal(np.diff(rows.starts), np.count_nonzero(matrix, axis=1))
+        assert rows.starts[0] == 0 and rows.most_per_row == np.count_nonzero(matrix, axis=1).max()
+
+
 def test_busy_cores_leave_one_thread_per_network():
     """Programs keeping every core busy (here one spinning process per core) leave the engine one thread;
     the count is never below one, nor above what was asked."""

@@ -383,6 +383,32 @@ void digitlab_sparse_weight_gradient(int32_t *offsets, Entry *entries, int64_t i
     digitlab_sparse_sgd_rows(&offsets, &entries, 1, 0, inputs, dz, units, grad, weight, rate);
 }
 
+/* ------------------------------------------------------------------------ building the CSR rows */
+
+/* starts[r + 1] - starts[r] = the nonzero entries of row r of x (rows x columns, row-major), starts[0] = 0
+ * (as NumPy's nonzero: -0.0 is zero, NaN is not); returns their total. */
+int64_t digitlab_csr_count(const float *x, int64_t rows, int64_t columns, int64_t *starts) {
+    starts[0] = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * columns;
+        int64_t count = 0;
+        for (int64_t c = 0; c < columns; c++) count += row[c] != 0.0f;
+        starts[r + 1] = starts[r] + count;
+    }
+    return starts[rows];
+}
+
+/* The column numbers and values of x's nonzero entries, row by row, columns ascending (starts: as counted). */
+void digitlab_csr_fill(const float *x, int64_t rows, int64_t columns, const int64_t *starts, uint16_t *cols,
+                       float *vals) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * columns;
+        int64_t at = starts[r];
+        for (int64_t c = 0; c < columns; c++)
+            if (row[c] != 0.0f) cols[at] = (uint16_t)c, vals[at++] = row[c];
+    }
+}
+
 /* ------------------------------------------------------------------------ a bandwidth probe */
 
 /* Sums a buffer of `bytes` (a multiple of 256) `repeats` times; with AVX2 in eight vector accumulators. */

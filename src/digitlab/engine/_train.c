@@ -283,7 +283,7 @@ static void *run_worker(void *argument) {
         const int64_t *index = e->order + start;
         const int64_t first = rows * w->thread / w->threads, last = rows * (w->thread + 1) / w->threads;
         float *out = e->layer_out[0] + first * units;
-        prefetch_targets(e, start + e->batch, w->thread, w->threads);
+        prefetch_targets(e, start, w->thread, w->threads);
         /* The first layer's product for this thread's rows, and their transpose (for the update). */
         digitlab_sparse_forward(e->starts, e->cols, e->vals, index + first, 0, last - first, e->inputs, e->kernels[0],
                                 e->biases[0], units, out, first, e->offsets[w->thread], e->entries[w->thread]);

@@ -84,6 +84,10 @@ def _load():
     library.digitlab_train_epoch.restype = ctypes.c_int
     library.digitlab_profile_phases.argtypes = []
     library.digitlab_profile_phases.restype = ctypes.c_int
+    library.digitlab_csr_count.argtypes = [pointer, size, size, pointer]
+    library.digitlab_csr_count.restype = size
+    library.digitlab_csr_fill.argtypes = [pointer, size, size, pointer, pointer, pointer]
+    library.digitlab_csr_fill.restype = None
     library.digitlab_read_bandwidth.argtypes = [pointer, size, size]
     library.digitlab_read_bandwidth.restype = ctypes.c_double
     library.digitlab_evaluate.argtypes = (
@@ -137,11 +141,15 @@ class SparseRows:
         if x.ndim != 2 or x.shape[1] > np.iinfo(np.uint16).max:
             raise ValueError(f"SparseRows takes a matrix of at most 65535 columns, got shape {x.shape}.")
         self.shape = x.shape
-        rows, cols = np.nonzero(x)  # Row by row, columns ascending.
-        self.cols = cols.astype(np.uint16)  # Two bytes a pixel: the kernels read less memory.
-        self.vals = np.ascontiguousarray(x[rows, cols])
-        self.starts = np.zeros(len(x) + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=len(x)), out=self.starts[1:])
+        # In C, two passes over the matrix (NumPy's nonzero and gather took 0.6 s for MNIST's 60,000 images).
+        library = _kernels()
+        self.starts = np.empty(len(x) + 1, np.int64)
+        total = library.digitlab_csr_count(x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data)
+        self.cols = np.empty(total, np.uint16)  # Two bytes a pixel: the kernels read less memory.
+        self.vals = np.empty(total, np.float32)
+        library.digitlab_csr_fill(
+            x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data
+        )
         self.most_per_row = int(np.diff(self.starts).max()) if len(x) else 0
         self._pointers = (self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
 
