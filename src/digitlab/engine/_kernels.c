@@ -118,9 +118,10 @@ static void gradient_scalar(const int32_t *offsets, const Entry *entries, int64_
 /* The image's transpose entries are written in the first pass over its pixels, beside the FMAs (a loop
  * of its own measured 8% slower: there the cursors' loads and stores are all the loop does). */
 __attribute__((target("avx2,fma")))
-static void forward_avx2(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
-                         int64_t first, int64_t rows, const float *kernel, const float *bias, int64_t units,
-                         float *out, int64_t row0, int32_t *cursor, Entry *entries) {
+static void forward_avx2(const int64_t *restrict starts, const uint16_t *restrict cols, const float *restrict vals,
+                         const int64_t *restrict index, int64_t first, int64_t rows, const float *restrict kernel,
+                         const float *restrict bias, int64_t units, float *restrict out, int64_t row0,
+                         int32_t *restrict cursor, Entry *restrict entries) {
     for (int64_t r = 0; r < rows; r++) {
         const int64_t image = index ? index[r] : first + r;
         const int64_t begin = starts[image], end = starts[image + 1];
