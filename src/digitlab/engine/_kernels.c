@@ -308,10 +308,21 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
                              int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                              int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries) {
     if (offsets) {
-        /* Each pixel's count, then its start: the images then write their entries at each pixel's cursor. */
+        /* Each pixel's count, then its start: the images then write their entries at each pixel's cursor.
+         * The count runs ahead of the forward, so it asks for the images' rows to be brought into cache:
+         * where they start 8 images on, their columns and values 4 on (the images lie at random places;
+         * this made the forward with its transpose 1.2-1.4x faster than prefetching from the forward alone). */
         memset(offsets, 0, sizeof(int32_t) * (inputs + 1));
         for (int64_t r = 0; r < rows; r++) {
             const int64_t image = index ? index[r] : first + r;
+#ifdef __GNUC__
+            if (index && r + 8 < rows) __builtin_prefetch(starts + index[r + 8]);
+            if (r + 4 < rows) {
+                const int64_t ahead = index ? index[r + 4] : first + r + 4;
+                for (int64_t j = starts[ahead]; j < starts[ahead + 1]; j += 32) __builtin_prefetch(cols + j);
+                for (int64_t j = starts[ahead]; j < starts[ahead + 1]; j += 16) __builtin_prefetch(vals + j);
+            }
+#endif
             for (int64_t j = starts[image]; j < starts[image + 1]; j++) offsets[cols[j] + 1]++;
         }
         for (int64_t p = 0; p < inputs; p++) offsets[p + 1] += offsets[p];

@@ -248,23 +248,6 @@ static void update_units(Epoch *e, int thread, int threads, int64_t rows, float 
     }
 }
 
-/* Asks for the targets and labels of this thread's rows of the batch at `start` to be brought into cache:
- * they lie at random places, and the loss reads them one batch later. */
-static void prefetch_targets(const Epoch *e, int64_t start, int thread, int threads) {
-#ifdef __GNUC__
-    if (start >= e->n) return;
-    const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch, classes = e->units[e->layers];
-    for (int64_t r = rows * thread / threads; r < rows * (thread + 1) / threads; r++) {
-        const int64_t image = e->order[start + r];
-        __builtin_prefetch(e->targets + image * classes);
-        __builtin_prefetch(e->targets + image * classes + classes - 1);
-        __builtin_prefetch(e->labels + image);
-    }
-#else
-    (void)e, (void)start, (void)thread, (void)threads;
-#endif
-}
-
 /* One thread's share of every batch: its rows of the batch through the whole net and back (the first
  * layer's forward product, the transpose of those rows, the layers above, the loss, the backward pass);
  * then, once every row is done, its pixels of the first layer's kernel (from every thread's transpose in
@@ -283,7 +266,6 @@ static void *run_worker(void *argument) {
         const int64_t *index = e->order + start;
         const int64_t first = rows * w->thread / w->threads, last = rows * (w->thread + 1) / w->threads;
         float *out = e->layer_out[0] + first * units;
-        prefetch_targets(e, start, w->thread, w->threads);
         /* The first layer's product for this thread's rows, and their transpose (for the update). */
         digitlab_sparse_forward(e->starts, e->cols, e->vals, index + first, 0, last - first, e->inputs, e->kernels[0],
                                 e->biases[0], units, out, first, e->offsets[w->thread], e->entries[w->thread]);
