@@ -10,8 +10,10 @@ import json
 import pytest
 
 from digitlab import atomic
+from digitlab.bench import breakdown
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
+from digitlab.engine import timing
 
 ROW_NAMES = [
     "Keras fit, TensorFlow backend",
@@ -121,3 +123,42 @@ def test_results_are_written_atomically_or_not_at_all(tmp_path):
     blocked.write_text("")
     with pytest.raises(atomic.WriteError, match="Could not write"):
         bench.write_results(blocked / "out", results, "", print_fn=lambda line: None)
+
+
+def test_each_engine_row_names_what_ran():
+    row = {"kind": "engine", "engine": "fast-numpy", "kernel": "AVX2", "thread_counts": {"2": 4}, "seed_threads": 1}
+    assert breakdown.describe_path(row) == "fast-numpy, AVX2 (256-bit), 2 threads per network"
+    row.update(thread_counts={"1": 1, "2": 3}, seed_threads=2, kernel="portable C")
+    assert breakdown.describe_path(row) == (
+        "fast-numpy, portable C, 1–2 threads per network (following the load), 2 threads over the seeds"
+    )
+    assert breakdown.describe_path({"kind": "engine", "engine": "fast-jax", "kernel": "JAX"}) == "fast-jax, JAX"
+    assert breakdown.describe_path({"kind": "fit", "engine": "keras-fit-jax"}) == "keras-fit-jax"
+
+
+def test_each_phase_is_set_against_its_own_limit():
+    """A phase's limit is its multiply-adds at the matmul speed or its bytes at their level's bandwidth,
+    whichever is longer; phases without work have none."""
+    phases = {name: [0.0] for name in timing.PHASES}
+    phases["first layer forward"] = [0.004]
+    row = {
+        "networks": 1,
+        "cores": 2,
+        "profile": {"epochs": 3, "phases": phases, timing.VALIDATION: 0.001, timing.PYTHON: 0.0005},
+        "work": {
+            "first layer forward": {"flops": 2e9, "bytes": {"l2": 1e8, "memory": 1e6}},
+            timing.VALIDATION: {"flops": 1e6, "bytes": {"l2": 5e8}},
+        },
+    }
+    table = {
+        entry["phase"]: entry
+        for entry in breakdown.phases(
+            row, {"one_core": 100.0, "all_cores": 180.0}, {"l1": 1e11, "l2": 5e10, "memory": 1e10}
+        )
+    }
+    forward = table["first layer forward"]
+    assert forward["bound"] == "arithmetic" and forward["limit_seconds"] == pytest.approx(2e9 / 100e9)
+    assert forward["times_limit"] == pytest.approx(0.004 / 0.02)
+    assert table[timing.VALIDATION]["bound"] == "l2" and table[timing.VALIDATION]["limit_seconds"] == 0.01
+    assert table["loss"]["limit_seconds"] == 0 and table["loss"]["times_limit"] is None
+    assert table[timing.PYTHON]["seconds"] == [0.0005]

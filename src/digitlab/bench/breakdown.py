@@ -116,9 +116,9 @@ def describe_path(row: rows.Row) -> str:
     kernel = row["kernel"]
     width = {"AVX-512": " (512-bit)", "AVX2": " (256-bit)"}.get(kernel, "")
     counts = {int(threads): epochs for threads, epochs in row.get("thread_counts", {}).items()}
-    if not counts:
-        threads = "threads unknown"
-    elif len(counts) == 1:
+    if not counts:  # The JAX backend: XLA chooses its threads.
+        return f"{row['engine']}, {kernel}{width}"
+    if len(counts) == 1:
         (count,) = counts
         threads = f"{count} thread{'s' if count > 1 else ''} per network"
     else:
