@@ -24,10 +24,12 @@ EPOCHS = 2
 SEED = 7
 BACKENDS = ("numpy", "jax")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-# The book's shallow net, the intermediate net (cross-entropy, ReLU, SGD 0.1), and Adam with momentum slots.
+# The book's shallow net, the intermediate net (cross-entropy, ReLU, SGD 0.1), and Adam with momentum slots;
+# widths that are not multiples of the C code's blocks (64 and 8 units) take its remainder paths.
 CASES = {
     "shallow-mse-sgd": dict(model="shallow"),
     "intermediate-cce-sgd": dict(model="intermediate"),
+    "intermediate-odd-widths": dict(model="intermediate", units=[100, 20]),
     "shallow-adam": dict(model="shallow", optimizer="adam", learning_rate=0.001),
     "intermediate-sgd-momentum": dict(model="intermediate", learning_rate=0.01, momentum=0.9),
 }
@@ -126,6 +128,7 @@ EXPECTED_PATHS = {
     ("intermediate-sgd-momentum", "portable"): "sparse first layer in C (portable C",
     ("intermediate-sgd-momentum", "off"): "NumPy only: the C kernel is disabled",
     ("intermediate-cce-sgd", "per-batch"): "sparse first layer in C (AVX2",
+    ("intermediate-odd-widths", "portable"): "whole epochs in C, sparse first layer (portable C",
 }
 
 
@@ -206,7 +209,12 @@ def test_threads_over_seeds_train_as_one_thread_does(mnist, case):
 
 @pytest.mark.parametrize(
     ("case", "kernel_setting"),
-    [("shallow-mse-sgd", "default"), ("intermediate-cce-sgd", "default"), ("shallow-mse-sgd", "portable")],
+    [
+        ("shallow-mse-sgd", "default"),
+        ("intermediate-cce-sgd", "default"),
+        ("intermediate-odd-widths", "default"),
+        ("shallow-mse-sgd", "portable"),
+    ],
     indirect=["kernel_setting"],
 )
 def test_threads_within_one_network_change_nothing(mnist, case, kernel_setting, monkeypatch):
