@@ -16,7 +16,7 @@ LOCK ?=
 
 # A virtual environment with digitlab (its C kernel built from setup.py), its test tools and JupyterLab,
 # and the project's Jupyter kernel: this environment's Python, under the notebooks' kernel name.
-$(STAMP): pyproject.toml setup.py src/digitlab/engine/_kernels.c src/digitlab/engine/_train.c $(LOCK)
+$(STAMP): pyproject.toml setup.py $(wildcard src/digitlab/engine/*.c) $(LOCK)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(if $(LOCK),--constraint $(LOCK)) -e '.[test,lab]'

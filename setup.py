@@ -1,4 +1,4 @@
-"""Builds the fast engine's C kernels (src/digitlab/engine/_kernels.c, _train.c) at install time.
+"""Builds the fast engine's C kernels (src/digitlab/engine/_kernels.c, _dense.c, _train.c) at install time.
 
 Everything else about the package is in pyproject.toml. The kernels are a plain
 shared library that `digitlab.engine.sparse` loads with ctypes (no Python C API),
@@ -13,7 +13,11 @@ setup(
     ext_modules=[
         Extension(
             "digitlab.engine._kernels",
-            sources=["src/digitlab/engine/_kernels.c", "src/digitlab/engine/_train.c"],
+            sources=[
+                "src/digitlab/engine/_kernels.c",
+                "src/digitlab/engine/_dense.c",
+                "src/digitlab/engine/_train.c",
+            ],
             extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off"],
             optional=True,
         )

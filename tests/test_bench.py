@@ -9,8 +9,11 @@ import json
 
 import pytest
 
+from digitlab import atomic
+from digitlab.bench import breakdown
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
+from digitlab.engine import timing
 
 ROW_NAMES = [
     "Keras fit, TensorFlow backend",
@@ -25,7 +28,14 @@ ROW_NAMES = [
 def test_run_bench_writes_every_row(tmp_path):
     printed = []
     results = bench.run_bench(
-        epochs=1, seeds=2, out_dir=tmp_path, train_limit=300, print_fn=printed.append, compare_seeds=2, compare_epochs=1
+        epochs=2,
+        seeds=2,
+        out_dir=tmp_path,
+        train_limit=300,
+        print_fn=printed.append,
+        compare_seeds=2,
+        compare_epochs=1,
+        profile=True,
     )
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"] == results["rows"]
@@ -52,6 +62,16 @@ def test_run_bench_writes_every_row(tmp_path):
         ratio > 0 for ratio in saved["scaling"].values()
     )
     assert "against one seed on one core" in markdown
+    # Each engine row says what ran, and (with profile=True) where its epochs went, phase by phase.
+    assert all(row["kernel"] == "AVX2" and row["thread_counts"] for row in engine_rows)
+    assert "digitlab engine, 1 seed, one core (fast-numpy, AVX2 (256-bit), 1 thread per network)" in markdown
+    assert engine_rows[2]["seed_threads"] == 2 and "2 threads over the seeds" in markdown
+    assert set(saved["bandwidth"]) == {"l1", "l2", "memory"} and min(saved["bandwidth"].values()) > 0
+    for row in engine_rows:
+        phases = {entry["phase"]: entry for entry in row["breakdown"]}
+        assert phases["first layer forward"]["limit_seconds"] > 0 and phases["first layer forward"]["times_limit"] > 0
+        assert phases["wait after the rows"]["limit_seconds"] == 0 and "validation" in phases
+        assert f"Where an epoch goes: {row['name']} (" in markdown
     assert saved["gflops"]["one_core"] > 0 and saved["gflops"]["all_cores"] > 0
     # The same seeds, initial weights and batches: fit and the engine end at the same accuracy.
     comparison = saved["comparison"]
@@ -91,3 +111,54 @@ def test_bad_arguments_raise_value_error(tmp_path):
     with pytest.raises(ValueError, match="Keras backend"):
         bench.run_bench(epochs=1, backends=("torch",), out_dir=tmp_path)
     assert bench_worker.main(["--epochs", "0", "--out", str(tmp_path)]) == 2  # It only runs --worker.
+
+
+def test_results_are_written_atomically_or_not_at_all(tmp_path):
+    results = {"rows": [], "created": "now"}
+    bench.write_results(tmp_path / "out", results, "| table |\n", print_fn=lambda line: None)
+    assert json.loads((tmp_path / "out" / "bench.json").read_text()) == results
+    assert (tmp_path / "out" / "bench.md").read_text() == "| table |\n"
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md"]  # No temporaries.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(atomic.WriteError, match="Could not write"):
+        bench.write_results(blocked / "out", results, "", print_fn=lambda line: None)
+
+
+def test_each_engine_row_names_what_ran():
+    row = {"kind": "engine", "engine": "fast-numpy", "kernel": "AVX2", "thread_counts": {"2": 4}, "seed_threads": 1}
+    assert breakdown.describe_path(row) == "fast-numpy, AVX2 (256-bit), 2 threads per network"
+    row.update(thread_counts={"1": 1, "2": 3}, seed_threads=2, kernel="portable C")
+    assert breakdown.describe_path(row) == (
+        "fast-numpy, portable C, 1–2 threads per network (following the load), 2 threads over the seeds"
+    )
+    assert breakdown.describe_path({"kind": "engine", "engine": "fast-jax", "kernel": "JAX"}) == "fast-jax, JAX"
+    assert breakdown.describe_path({"kind": "fit", "engine": "keras-fit-jax"}) == "keras-fit-jax"
+
+
+def test_each_phase_is_set_against_its_own_limit():
+    """A phase's limit is its multiply-adds at the matmul speed or its bytes at their level's bandwidth,
+    whichever is longer; phases without work have none."""
+    phases = {name: [0.0] for name in timing.PHASES}
+    phases["first layer forward"] = [0.004]
+    row = {
+        "networks": 1,
+        "cores": 2,
+        "profile": {"epochs": 3, "phases": phases, timing.VALIDATION: 0.001, timing.PYTHON: 0.0005},
+        "work": {
+            "first layer forward": {"flops": 2e9, "bytes": {"l2": 1e8, "memory": 1e6}},
+            timing.VALIDATION: {"flops": 1e6, "bytes": {"l2": 5e8}},
+        },
+    }
+    table = {
+        entry["phase"]: entry
+        for entry in breakdown.phases(
+            row, {"one_core": 100.0, "all_cores": 180.0}, {"l1": 1e11, "l2": 5e10, "memory": 1e10}
+        )
+    }
+    forward = table["first layer forward"]
+    assert forward["bound"] == "arithmetic" and forward["limit_seconds"] == pytest.approx(2e9 / 100e9)
+    assert forward["times_limit"] == pytest.approx(0.004 / 0.02)
+    assert table[timing.VALIDATION]["bound"] == "l2" and table[timing.VALIDATION]["limit_seconds"] == 0.01
+    assert table["loss"]["limit_seconds"] == 0 and table["loss"]["times_limit"] is None
+    assert table[timing.PYTHON]["seconds"] == [0.0005]

@@ -17,17 +17,19 @@ import pytest
 from keras import layers
 
 from digitlab import config, data, engine, models
-from digitlab.engine import cores, numpy_backend, sparse
+from digitlab.engine import cores, numpy_backend, sparse, timing
 
 TRAIN_LIMIT = 2000
 EPOCHS = 2
 SEED = 7
 BACKENDS = ("numpy", "jax")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-# The book's shallow net, the intermediate net (cross-entropy, ReLU, SGD 0.1), and Adam with momentum slots.
+# The book's shallow net, the intermediate net (cross-entropy, ReLU, SGD 0.1), and Adam with momentum slots;
+# widths that are not multiples of the C code's blocks (64 and 8 units) take its remainder paths.
 CASES = {
     "shallow-mse-sgd": dict(model="shallow"),
     "intermediate-cce-sgd": dict(model="intermediate"),
+    "intermediate-odd-widths": dict(model="intermediate", units=[100, 20]),
     "shallow-adam": dict(model="shallow", optimizer="adam", learning_rate=0.001),
     "intermediate-sgd-momentum": dict(model="intermediate", learning_rate=0.01, momentum=0.9),
 }
@@ -102,14 +104,16 @@ def test_engine_matches_keras_fit(mnist, fit_results, case, backend):
 
 @pytest.fixture
 def kernel_setting(request, monkeypatch):
-    """The NumPy backend's path: the C kernel's portable version, per-batch steps in NumPy around the
-    C kernel (no whole epochs in C), or no C kernel at all."""
+    """The NumPy backend's path: the default (AVX2 where the CPU has it), the C kernel's portable version,
+    per-batch steps in NumPy around the C kernel (no whole epochs in C), or no C kernel at all."""
     variable = {
+        "default": None,
         "portable": sparse.SCALAR_VARIABLE,
         "per-batch": numpy_backend.NO_FUSED_VARIABLE,
         "off": sparse.DISABLE_VARIABLE,
     }[request.param]
-    monkeypatch.setenv(variable, "1")
+    if variable is not None:
+        monkeypatch.setenv(variable, "1")
     sparse.reload()
     yield request.param
     monkeypatch.undo()
@@ -124,6 +128,7 @@ EXPECTED_PATHS = {
     ("intermediate-sgd-momentum", "portable"): "sparse first layer in C (portable C",
     ("intermediate-sgd-momentum", "off"): "NumPy only: the C kernel is disabled",
     ("intermediate-cce-sgd", "per-batch"): "sparse first layer in C (AVX2",
+    ("intermediate-odd-widths", "portable"): "whole epochs in C, sparse first layer (portable C",
 }
 
 
@@ -202,9 +207,19 @@ def test_threads_over_seeds_train_as_one_thread_does(mnist, case):
             assert threaded == pytest.approx(single, rel=1e-5)
 
 
-@pytest.mark.parametrize("case", ["shallow-mse-sgd", "intermediate-cce-sgd"])
-def test_threads_within_one_network_change_nothing(mnist, case, monkeypatch):
-    """Whole epochs in C split each batch's first layer over threads; every thread count gives the same bits."""
+@pytest.mark.parametrize(
+    ("case", "kernel_setting"),
+    [
+        ("shallow-mse-sgd", "default"),
+        ("intermediate-cce-sgd", "default"),
+        ("intermediate-odd-widths", "default"),
+        ("shallow-mse-sgd", "portable"),
+    ],
+    indirect=["kernel_setting"],
+)
+def test_threads_within_one_network_change_nothing(mnist, case, kernel_setting, monkeypatch):
+    """Whole epochs in C split each batch's first layer over threads; every thread count gives the same bits,
+    on the AVX2 path and on the portable one."""
     (x, y), validation = mnist
     # Each count as asked, however busy the machine is (the engine would use fewer on busy cores).
     monkeypatch.setattr(cores.FreeCores, "threads", lambda self, wanted: wanted)
@@ -223,10 +238,60 @@ def test_threads_within_one_network_change_nothing(mnist, case, monkeypatch):
         )
         results[workers] = (fast.get_state(), logs)
         assert fast.path.startswith("whole epochs in C") and (workers == 1) != (f"{workers} threads" in fast.path)
+        assert fast.kernel == ("portable C" if kernel_setting == "portable" else "AVX2")
     for workers in (2, 3):
         assert results[workers][1] == results[1][1]
         for name, value in results[1][0].items():
             np.testing.assert_array_equal(results[workers][0][name], value, err_msg=name)
+
+
+def test_the_profile_times_every_phase_and_changes_no_result(mnist, monkeypatch):
+    """With profile=True the C epoch times its phases per thread; the weights and history are the same bits."""
+    (x, y), validation = mnist
+    monkeypatch.setattr(cores.FreeCores, "threads", lambda self, wanted: wanted)
+    results = {}
+    for profile in (False, True):
+        cfg, (model,) = seeded_models(CASES["shallow-mse-sgd"])
+        fast = engine.FastEngine([model], cfg, backend="numpy", workers=2, profile=profile)
+        logs = []
+        fast.fit(
+            x,
+            y,
+            validation,
+            epochs=2,
+            rngs=[np.random.RandomState(1)],
+            on_epoch_end=lambda epoch, epoch_logs, logs=logs: logs.append(epoch_logs),
+        )
+        results[profile] = (fast.get_state(), logs, fast.profile)
+    assert results[False][2] is None
+    assert results[True][1] == results[False][1]
+    for name, value in results[False][0].items():
+        np.testing.assert_array_equal(results[True][0][name], value, err_msg=name)
+    measured = results[True][2].per_epoch()
+    assert measured["epochs"] == 2 and measured["thread_counts"] == {"2": 2}
+    assert list(measured["phases"]) == list(timing.PHASES) and sparse.profile_phases() == len(timing.PHASES)
+    assert all(len(seconds) == 2 and min(seconds) >= 0 for seconds in measured["phases"].values())
+    for phase in ("first layer forward", "first layer update", "loss"):
+        assert min(measured["phases"][phase]) > 0, phase
+    # Thread 0's phases are the C call's time; the rest of the call is Python's.
+    thread_0 = sum(seconds[0] for seconds in measured["phases"].values())
+    assert thread_0 <= measured["train"] and measured[timing.PYTHON] > 0 and measured[timing.VALIDATION] > 0
+    # The work model counts the first layer on the nonzero pixels: 64 units, a multiply-add is 2 flops.
+    work = timing.work([784, 64, 10], x, validation[0], cfg.batch_size)
+    assert work["first layer forward"]["flops"] == 2 * 64 * np.count_nonzero(x)
+    assert work["first layer forward"]["bytes"]["l2"] == 4 * 64 * np.count_nonzero(x)
+
+
+def test_sparse_rows_hold_the_nonzero_entries_as_numpy_finds_them(mnist):
+    (x, _), _ = mnist
+    edge = np.array([[0.0, -0.0, np.nan, 1.0], [0, 0, 0, 0], [2, 0, 0, -3]], np.float32)
+    for matrix in (x, edge):
+        rows = sparse.SparseRows(matrix)
+        row_numbers, columns = np.nonzero(matrix)  # -0.0 is zero, NaN is not.
+        np.testing.assert_array_equal(rows.cols, columns)
+        np.testing.assert_array_equal(rows.vals, matrix[row_numbers, columns])
+        np.testing.assert_array_equal(np.diff(rows.starts), np.count_nonzero(matrix, axis=1))
+        assert rows.starts[0] == 0 and rows.most_per_row == np.count_nonzero(matrix, axis=1).max()
 
 
 def test_busy_cores_leave_one_thread_per_network():

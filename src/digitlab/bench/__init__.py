@@ -2,5 +2,6 @@
 
 - `runner`: `run_bench` (the shallow net, per epoch) and `run_lenet_bench` (LeNet's steps per
   backend); the machine's matrix-multiply speed, the arithmetic limits, the tables;
-- `worker`: one row in its own process (`python -m digitlab.bench.worker --worker JSON`).
+- `worker`: one row in its own process (`python -m digitlab.bench.worker --worker JSON`);
+- `rows`: the TypedDicts of what crosses them (a worker's spec and result, a table row, bench.json).
 """

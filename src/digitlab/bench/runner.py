@@ -41,11 +41,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from digitlab import backends, errors, system
+from digitlab import atomic, backends, errors, system
+from digitlab.bench import breakdown, rows
 from digitlab.config import MODEL_DEFAULTS
 
 MODEL = "shallow"
@@ -68,8 +68,12 @@ def run_bench(
     engine_backend: str = "auto",
     compare_seeds: int = 0,
     compare_epochs: int = DEFAULTS["compare_epochs"],
-) -> dict:
-    """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md."""
+    profile: bool = False,
+) -> rows.Results:
+    """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md.
+
+    With `profile`, the engine rows also measure where their epochs go, and the tables say it phase
+    by phase against each phase's own limit (`bench.breakdown`), with this machine's read bandwidths."""
     _check_whole("epochs", epochs, 1)
     _check_whole("seeds", seeds, 1)
     _check_whole("compare_seeds", compare_seeds, 0)
@@ -79,64 +83,74 @@ def run_bench(
     unknown = [backend for backend in backends if backend not in ("tensorflow", "jax")]
     if unknown:
         raise errors.DigitlabError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
-    common = dict(data_path=str(data_path) if data_path else None, train_limit=train_limit)
+    common: rows.WorkerSpec = {"data_path": str(data_path) if data_path else None, "train_limit": train_limit}
     print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {machine_name()}...")
     gflops = {"all_cores": matmul_gflops(), "one_core": matmul_gflops(threads=1)}
     print_fn(f"float32 matrix multiply: {gflops['all_cores']:.0f} GFLOP/s ({gflops['one_core']:.0f} on one core)")
-    rows = []
+    bandwidth = breakdown.measure_bandwidth() if profile else {}
+    if bandwidth:
+        print_fn(
+            "read bandwidth, one core: "
+            + ", ".join(f"{level} {value / 1e9:.0f} GB/s" for level, value in bandwidth.items())
+        )
+    table: list[rows.Row] = []
     for backend in backends:
         label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
         if importlib.util.find_spec(backend) is None:
-            rows.append({"name": label, "kind": "fit", "keras_backend": backend, "status": NOT_INSTALLED})
+            table.append({"name": label, "kind": "fit", "keras_backend": backend, "status": NOT_INSTALLED})
         else:
-            rows.append(_run_worker(label, dict(kind="fit", keras_backend=backend, epochs=epochs, seeds=[0], **common)))
-        print_fn(f"  {label}: {_short(rows[-1])}")
+            table.append(
+                _run_worker(label, {"kind": "fit", "keras_backend": backend, "epochs": epochs, "seeds": [0], **common})
+            )
+        print_fn(f"  {label}: {_short(table[-1])}")
     # The engine on every core (its default), and with one seed on one core: the anchor of the seeds' scaling.
     contenders = (
         [(1, None)] + ([(1, 1)] if system.machine_info()["cores"] > 1 else []) + ([(seeds, None)] if seeds > 1 else [])
     )
     for count, workers in contenders:
         label = f"digitlab engine, {count} seed{'s' if count > 1 else ''}" + (", one core" if workers == 1 else "")
-        rows.append(
-            _run_worker(
-                label,
-                dict(
-                    kind="engine",
-                    engine_backend=engine_backend,
-                    epochs=epochs,
-                    seeds=list(range(count)),
-                    workers=workers,
-                    **common,
-                ),
-            )
-        )
-        print_fn(f"  {label}: {_short(rows[-1])}")
+        spec: rows.WorkerSpec = {
+            "kind": "engine",
+            "engine_backend": engine_backend,
+            "epochs": epochs,
+            "seeds": list(range(count)),
+            "workers": workers,
+            "profile": profile,
+            **common,
+        }
+        table.append(_run_worker(label, spec))
+        print_fn(f"  {label}: {_short(table[-1])}")
     # The machine's limit is its faster measured figure (a second BLAS thread can lose on a busy machine).
     gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
-    _add_ratios(rows, gflops["limit"])
-    scaling = seed_scaling(rows)
-    results: dict[str, Any] = {
+    _add_ratios(table, gflops["limit"])
+    for row in table:
+        if row["status"] == "ok" and "profile" in row:
+            row["breakdown"] = list(breakdown.phases(row, gflops, bandwidth))
+    scaling = seed_scaling(table)
+    results: rows.Results = {
         "machine": machine_info(),
         "gflops": gflops,
         "model": MODEL,
         "epochs": epochs,
         "train_limit": train_limit,
-        "rows": rows,
+        "rows": table,
         "scaling": scaling,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if bandwidth:
+        results["bandwidth"] = bandwidth
     if compare_seeds:
         print_fn(f"Accuracy check: {compare_seeds} seeds x {compare_epochs} epochs, fit (JAX) and the engine...")
-        results["comparison"] = run_comparison(compare_seeds, compare_epochs, engine_backend=engine_backend, **common)
-        print_fn("  " + results["comparison"]["summary"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = to_markdown(results)
-    (out_dir / "bench.md").write_text(markdown)
-    print_fn("")
-    print_fn(markdown)
-    print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
+        comparison = run_comparison(
+            compare_seeds,
+            compare_epochs,
+            engine_backend=engine_backend,
+            data_path=common["data_path"],
+            train_limit=train_limit,
+        )
+        results["comparison"] = comparison
+        print_fn("  " + comparison["summary"])
+    write_results(out_dir, results, to_markdown(results), print_fn)
     return results
 
 
@@ -146,7 +160,7 @@ def run_lenet_bench(
     data_path=None,
     backends=("tensorflow", "jax"),
     print_fn=print,
-) -> dict:
+) -> rows.Results:
     """Times LeNet's `fit` steps on each installed Keras backend and on the default one, side by side.
 
     Each row trains chapter 10's LeNet (batch 128) for `steps` steps in its own process;
@@ -154,49 +168,62 @@ def run_lenet_bench(
     is what `digitlab train --model lenet` uses with no KERAS_BACKEND set (`"default": true`).
     """
     _check_whole("steps", steps, WARMUP_STEPS + 1)
-    common = dict(kind="steps", model="lenet", steps=steps, data_path=str(data_path) if data_path else None)
+    common: rows.WorkerSpec = {
+        "kind": "steps",
+        "model": "lenet",
+        "steps": steps,
+        "data_path": str(data_path) if data_path else None,
+    }
     print_fn(f"Benchmarking LeNet's fit for {steps} steps per backend on {machine_name()}...")
-    rows = []
+    table: list[rows.Row] = []
     for backend in backends:
         label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
         if importlib.util.find_spec(backend) is None:
-            rows.append({"name": label, "kind": "steps", "keras_backend": backend, "status": NOT_INSTALLED})
+            table.append({"name": label, "kind": "steps", "keras_backend": backend, "status": NOT_INSTALLED})
         else:
-            rows.append(_run_worker(label, dict(common, keras_backend=backend)))
-        print_fn(f"  {label}: {_short_steps(rows[-1])}")
-    default = _run_worker("`digitlab train --model lenet`, its default backend", dict(common, keras_backend=None))
+            table.append(_run_worker(label, {**common, "keras_backend": backend}))
+        print_fn(f"  {label}: {_short_steps(table[-1])}")
+    default = _run_worker("`digitlab train --model lenet`, its default backend", {**common, "keras_backend": None})
     default["default"] = True
-    rows.append(default)
+    table.append(default)
     print_fn(f"  {default['name']}: {_short_steps(default)}")
-    timed = [row["ms_per_step"] for row in rows if row["status"] == "ok"]
-    for row in rows:
+    timed = [row["ms_per_step"] for row in table if row["status"] == "ok"]
+    for row in table:
         if row["status"] == "ok":
             row["times_fastest"] = row["ms_per_step"] / min(timed)
-    results: dict[str, Any] = {
+    results: rows.Results = {
         "machine": machine_info(),
         "model": "lenet",
         "steps": steps,
-        "rows": rows,
+        "rows": table,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = lenet_markdown(results)
-    (out_dir / "bench.md").write_text(markdown)
-    print_fn("")
-    print_fn(markdown)
-    print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
+    write_results(out_dir, results, lenet_markdown(results), print_fn)
     return results
 
 
-def _short_steps(row: dict) -> str:
+def write_results(out_dir: str | Path, results: rows.Results, markdown: str, print_fn=print) -> None:
+    """Writes bench.json and bench.md into `out_dir` (each atomically: a full disk leaves the old ones), and
+    prints the table."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise atomic.WriteError(atomic.describe_write_error(out_dir, error)) from None
+    atomic.write_json(out_dir / "bench.json", results)
+    atomic.write_text(out_dir / "bench.md", markdown)
+    print_fn("")
+    print_fn(markdown)
+    print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
+
+
+def _short_steps(row: rows.Row) -> str:
     if row["status"] != "ok":
         return row["status"]
     return f"{row['ms_per_step']:.0f} ms/step on {row['keras_backend']}, peak {row['peak_memory_mb']:.0f} MB"
 
 
-def lenet_markdown(results: dict) -> str:
+def lenet_markdown(results: rows.Results) -> str:
     """The LeNet step timings as a Markdown table with the machine it ran on."""
     machine = results["machine"]
     lines = [
@@ -221,23 +248,25 @@ def lenet_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, engine_backend="auto") -> dict:
+def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, engine_backend="auto") -> rows.Comparison:
     """Final val accuracy of `seeds` full runs with `fit` (JAX) and with the engine, same init and batches."""
-    common = dict(data_path=data_path, train_limit=train_limit, epochs=epochs, seeds=list(range(seeds)))
-    fit = _run_worker("Keras fit, JAX backend", dict(kind="fit", keras_backend="jax", **common))
-    fast = _run_worker("digitlab engine", dict(kind="engine", engine_backend=engine_backend, **common))
-    comparison = {"seeds": seeds, "epochs": epochs, "fit": fit, "engine": fast}
+    common: rows.WorkerSpec = {
+        "data_path": data_path,
+        "train_limit": train_limit,
+        "epochs": epochs,
+        "seeds": list(range(seeds)),
+    }
+    fit = _run_worker("Keras fit, JAX backend", {"kind": "fit", "keras_backend": "jax", **common})
+    fast = _run_worker("digitlab engine", {"kind": "engine", "engine_backend": engine_backend, **common})
+    comparison: rows.Comparison = {"seeds": seeds, "epochs": epochs, "fit": fit, "engine": fast}
     if fit["status"] != "ok" or fast["status"] != "ok":
         comparison["summary"] = f"could not compare: fit {fit['status']}, engine {fast['status']}"
         return comparison
     fit_mean = statistics.mean(fit["final_val_accuracies"])
     fast_mean = statistics.mean(fast["final_val_accuracies"])
-    comparison.update(
-        fit_mean=fit_mean,
-        engine_mean=fast_mean,
-        difference=fast_mean - fit_mean,
-        within_one_point=abs(fast_mean - fit_mean) <= 0.01,
-    )
+    comparison["fit_mean"], comparison["engine_mean"] = fit_mean, fast_mean
+    comparison["difference"] = fast_mean - fit_mean
+    comparison["within_one_point"] = abs(fast_mean - fit_mean) <= 0.01
     comparison["summary"] = (
         f"mean final val accuracy over {seeds} seeds x {epochs} epochs: fit {fit_mean:.4f}, "
         f"engine {fast_mean:.4f} (difference {100 * (fast_mean - fit_mean):+.2f} points; "
@@ -251,19 +280,22 @@ def _check_whole(name: str, value, least: int) -> None:
         raise errors.DigitlabError(f"{name} must be a whole number of at least {least}, got {value!r}.")
 
 
-def _run_worker(label: str, spec: dict) -> dict:
+def _run_worker(label: str, spec: rows.WorkerSpec) -> rows.Row:
     """Runs one contender in a fresh Python process and returns its row (status "ok" or why not)."""
-    row = {
-        "name": label,
-        **{key: spec[key] for key in ("kind", "keras_backend", "engine_backend", "workers") if key in spec},
-    }
+    row: rows.Row = {"name": label, "kind": spec["kind"], "status": "running"}
+    if "keras_backend" in spec:
+        row["keras_backend"] = spec["keras_backend"]
+    if "engine_backend" in spec:
+        row["engine_backend"] = spec["engine_backend"]
+    if "workers" in spec:
+        row["workers"] = spec["workers"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if spec.get("keras_backend", "jax") is None:
         # The default: as a user's shell with no KERAS_BACKEND, so that digitlab chooses.
         env.pop("KERAS_BACKEND", None)
         env.pop(backends.MARKER, None)
     else:
-        env["KERAS_BACKEND"] = spec.get("keras_backend", "jax")
+        env["KERAS_BACKEND"] = spec.get("keras_backend") or "jax"
         env.pop(backends.MARKER, None)  # A backend named here is chosen, as a user's KERAS_BACKEND is.
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "result.json"
@@ -279,29 +311,35 @@ def _run_worker(label: str, spec: dict) -> dict:
             lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
             row["status"] = f"failed: {lines[-1] if lines else f'exit code {process.returncode}'}"
             return row
-        row.update(json.loads(output.read_text()))
+        row.update(json.loads(output.read_text()))  # An EpochResult or a StepsResult.
     row["status"] = "ok"
     return row
 
 
-def _add_ratios(rows: list[dict], gflops: float) -> None:
-    anchors = {row["keras_backend"]: row for row in rows if row["kind"] == "fit" and row["status"] == "ok"}
-    for row in rows:
+def _add_ratios(table: list[rows.Row], gflops: float) -> None:
+    anchors = {row["keras_backend"]: row for row in table if row["kind"] == "fit" and row["status"] == "ok"}
+    for row in table:
         if row["status"] != "ok":
             continue
         row["limit_seconds_per_epoch"] = row["flops_per_epoch"] / (gflops * 1e9)
         row["times_limit"] = row["seconds_per_epoch"] / row["limit_seconds_per_epoch"]
         row["useful_limit_seconds_per_epoch"] = row["useful_flops_per_epoch"] / (gflops * 1e9)
         row["times_useful_limit"] = row["seconds_per_epoch"] / row["useful_limit_seconds_per_epoch"]
-        for backend, anchor in anchors.items():
-            # Per network trained: N seeds in one run count as N runs of fit.
-            row[f"speedup_vs_fit_{backend}"] = anchor["projected_seconds"] * row["networks"] / row["projected_seconds"]
+        # Per network trained: N seeds in one run count as N runs of fit.
+        if "tensorflow" in anchors:
+            row["speedup_vs_fit_tensorflow"] = _speedup(anchors["tensorflow"], row)
+        if "jax" in anchors:
+            row["speedup_vs_fit_jax"] = _speedup(anchors["jax"], row)
 
 
-def seed_scaling(rows: list[dict]) -> dict:
+def _speedup(anchor: rows.Row, row: rows.Row) -> float:
+    return anchor["projected_seconds"] * row["networks"] / row["projected_seconds"]
+
+
+def seed_scaling(table: list[rows.Row]) -> dict[str, float]:
     """Per-network throughput of the engine's rows against one seed on one core (the "one core" row):
     how much the other cores add, for one network and for N seeds. Empty without that row."""
-    engine_rows = [row for row in rows if row["kind"] == "engine" and row["status"] == "ok"]
+    engine_rows = [row for row in table if row["kind"] == "engine" and row["status"] == "ok"]
     anchor = next((row for row in engine_rows if row.get("workers") == 1), None)
     if anchor is None:
         return {}
@@ -313,16 +351,16 @@ def seed_scaling(rows: list[dict]) -> dict:
     }
 
 
-def _short(row: dict) -> str:
+def _short(row: rows.Row) -> str:
     if row["status"] != "ok":
         return row["status"]
     return (
         f"{row['seconds_per_epoch']:.3f} s/epoch, val accuracy {row['val_accuracy']:.4f}, "
-        f"peak {row['peak_memory_mb']:.0f} MB ({row['path']})"
+        f"peak {row['peak_memory_mb']:.0f} MB ({breakdown.describe_path(row)})"
     )
 
 
-def to_markdown(results: dict) -> str:
+def to_markdown(results: rows.Results) -> str:
     """The bench results as a Markdown table with the machine it ran on."""
     machine, gflops = results["machine"], results["gflops"]
     lines = [
@@ -341,9 +379,10 @@ def to_markdown(results: dict) -> str:
         if row["status"] != "ok":
             lines.append(f"| {row['name']} | {row['status']} | | | | | | | |")
             continue
-        speedups = [row.get(f"speedup_vs_fit_{backend}") for backend in ("tensorflow", "jax")]
+        speedups = [row.get("speedup_vs_fit_tensorflow"), row.get("speedup_vs_fit_jax")]
         lines.append(
-            f"| {row['name']} ({row['engine']}) | {row['seconds_per_epoch']:.3f} | {row['first_epoch_seconds']:.2f} "
+            f"| {row['name']} ({breakdown.describe_path(row)}) | {row['seconds_per_epoch']:.3f} "
+            f"| {row['first_epoch_seconds']:.2f} "
             f"| {row['projected_seconds']:.0f} s | {row['val_accuracy']:.4f} | {row['peak_memory_mb']:.0f} MB "
             f"| {row['times_limit']:.1f} / {row['times_useful_limit']:.1f} | "
             + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups)
@@ -364,6 +403,20 @@ def to_markdown(results: dict) -> str:
             "Per network, against one seed on one core (the other cores' worth): "
             + "; ".join(f"{name}: {ratio:.2f}×" for name, ratio in results["scaling"].items())
             + ".",
+        ]
+    bandwidth = results.get("bandwidth")
+    for row in results["rows"]:
+        if row.get("breakdown"):
+            lines += ["", *breakdown.to_markdown(row, row["breakdown"])]
+    if bandwidth:
+        lines += [
+            "",
+            "limit: the phase's multiply-adds at the measured matrix-multiply speed (one core's where one thread "
+            "ran, all cores' where one per core ran), or its bytes at the read bandwidth of the level they come "
+            "from (one core's: "
+            + ", ".join(f"{level} {value / 1e9:.0f} GB/s" for level, value in bandwidth.items())
+            + ", times the threads that ran), whichever is longer; waiting, the loss, setup and Python have none. "
+            "Each thread's phases add up to its epoch; validation runs on every thread.",
         ]
     comparison = results.get("comparison")
     if comparison:

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import backends
+from digitlab.bench import rows
 from digitlab.bench.runner import BOOK_EPOCHS, MODEL, WARMUP_STEPS, epoch_flops, useful_epoch_flops
 
 
-def _worker(spec: dict) -> dict:
+def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
     import digitlab  # noqa: F401  (sets KERAS_BACKEND if unset)
     from digitlab import config, data
 
@@ -36,9 +37,10 @@ def _worker(spec: dict) -> dict:
         durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
         path = "Keras fit"
     else:
-        durations, histories, engine_name, path = _engine_worker(
-            cfg, x, y, validation, spec["engine_backend"], spec.get("workers")
+        durations, histories, fast = _engine_worker(
+            cfg, x, y, validation, spec["engine_backend"], spec.get("workers"), spec.get("profile", False)
         )
+        engine_name, path = fast.name, fast.path
     first = float(np.mean(durations[:, 0]))
     later = durations[:, 1:].ravel()
     per_epoch = float(np.median(later)) if later.size else first
@@ -46,12 +48,12 @@ def _worker(spec: dict) -> dict:
     sizes = [784] + list(cfg.units) + [10]
     final = [history[-1]["val_accuracy"] for history in histories]
     networks_per_run = len(seeds) if spec["kind"] == "engine" else 1
-    return {
+    result: rows.EpochResult = {
         "engine": engine_name,
         "path": path,
         "networks": networks_per_run,
         "seeds": seeds,
-        "epochs": cfg.epochs,
+        "epochs": spec["epochs"],
         "first_epoch_seconds": first,
         "seconds_per_epoch": per_epoch,
         "projected_seconds": first + (BOOK_EPOCHS - 1) * per_epoch,
@@ -65,9 +67,21 @@ def _worker(spec: dict) -> dict:
         * networks_per_run,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if spec["kind"] == "engine":
+        from digitlab.engine import fast as fast_engine
+        from digitlab.engine import timing
+
+        result["kernel"] = fast.kernel
+        result["thread_counts"] = {str(threads): epochs for threads, epochs in sorted(fast.thread_counts.items())}
+        result["seed_threads"] = fast.seed_threads
+        result["cores"] = spec.get("workers") or fast_engine.default_workers()
+        if fast.profile is not None:
+            result["profile"] = fast.profile.per_epoch()
+            result["work"] = timing.work(sizes, x, validation[0], cfg.batch_size)
+    return result
 
 
-def _steps_worker(spec: dict) -> dict:
+def _steps_worker(spec: rows.WorkerSpec) -> rows.StepsResult:
     """Times `spec["steps"]` steps of Keras fit on the net `spec["model"]`, on the backend digitlab chooses."""
     from digitlab import config, data
 
@@ -118,14 +132,14 @@ def _fit_worker(cfg, x, y, validation):
     return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
 
 
-def _engine_worker(cfg, x, y, validation, backend, workers=None):
-    """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs)
-    and per-seed histories."""
+def _engine_worker(cfg, x, y, validation, backend, workers=None, profile=False):
+    """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs),
+    per-seed histories and the engine. With `profile`, the engine's profile covers the epochs after the first."""
     from digitlab import engine, models
 
     # The same initial weights and batches as fit's run of each seed.
-    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers)
-    timer = _EpochTimer(cfg.seeds)
+    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers, profile=profile)
+    timer = _EpochTimer(cfg.seeds, after_first=fast.profile.reset if fast.profile is not None else None)
     fast.fit(
         x,
         y,
@@ -134,20 +148,23 @@ def _engine_worker(cfg, x, y, validation, backend, workers=None):
         rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
         on_epoch_end=timer,
     )
-    return timer.durations()[None], timer.histories, fast.name, getattr(fast, "path", "")
+    return timer.durations()[None], timer.histories, fast
 
 
 class _EpochTimer:
     """An engine's `on_epoch_end` for the workers: when each epoch ended, and each model's logs."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, after_first=None):
         self.stamps = [time.perf_counter()]
         self.histories: list[list[dict]] = [[] for _ in range(count)]
+        self.after_first = after_first  # Called once, after the first epoch (which includes warming up).
 
     def __call__(self, epoch: int, logs: list[dict]) -> None:
         self.stamps.append(time.perf_counter())
         for history, entry in zip(self.histories, logs, strict=True):
             history.append(entry)
+        if self.after_first is not None and len(self.stamps) == 2:
+            self.after_first()
 
     def durations(self) -> np.ndarray:
         """Seconds of each epoch, from the timer's creation on."""
@@ -160,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["--worker"] or len(argv) != 2:
         print("This module runs the benchmark's workers; run the benchmark with `digitlab bench`.", file=sys.stderr)
         return 2
-    spec = json.loads(argv[1])
+    spec: rows.WorkerSpec = json.loads(argv[1])
     Path(spec["output"]).write_text(json.dumps(_worker(spec)))
     return 0
 

@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=bench_defaults["compare_epochs"],
         help="epochs of each run in the accuracy comparison",
     )
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="also measure where the engine's epochs go, phase by phase, against each phase's limit",
+    )
     cli_flags.add_data_flag(bench)
     return parser
 
@@ -399,6 +404,7 @@ def command_bench(args) -> int:
         train_limit=args.train_limit,
         compare_seeds=args.compare_seeds,
         compare_epochs=args.compare_epochs,
+        profile=args.profile,
     )
     return 0
 

@@ -42,8 +42,11 @@ Dropout draws its own masks (from the layer's seed), so models with Dropout
 train like `fit` in distribution but not bit for bit.
 
 The modules: `spec.py` reads a Keras model into a `NetworkSpec`; `fast.py` is
-`FastEngine`; `numpy_backend.py` and `jax_backend.py` its backends; `blas.py`
-OpenBLAS thread control; `fit.py` is `FitEngine`.
+`FastEngine`; `numpy_backend.py` and `jax_backend.py` its backends; `sparse.py` the
+C kernels (`_kernels.c` the sparse first layer, `_dense.c` the layers above it,
+`_train.c` whole epochs); `timing.py` where an epoch goes (`FastEngine(...,
+profile=True)`, `digitlab bench --profile`); `blas.py` OpenBLAS thread control;
+`fit.py` is `FitEngine`. How the engine works and what it measured: docs/engine.md.
 """
 
 from __future__ import annotations

@@ -42,206 +42,68 @@
 #define MAX_LAYERS 16
 #define MAX_THREADS 64
 
-/* From _kernels.c. */
-void digitlab_sparse_forward_block(const int64_t *starts, const uint16_t *cols, const float *vals,
-                                   const int64_t *index, int64_t rows, const float *kernel, const float *bias,
-                                   int64_t width, int64_t stride, float *out);
-void digitlab_sparse_transpose(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
-                               int64_t first_row, int64_t last_row, int64_t inputs, int32_t *offsets,
-                               int32_t *rows_t, float *vals_t);
-void digitlab_sparse_sgd_rows(int32_t *const *offsets, int32_t *const *rows_t, float *const *vals_t, int64_t parts,
-                              int64_t first_pixel, int64_t last_pixel, const float *dz, int64_t units,
-                              float *scratch, float *weight, float rate);
+/* Where an epoch goes (digitlab bench --profile): seconds per thread and phase, added to the caller's
+ * `profile` array (threads x PHASES doubles) when it is not NULL; when it is NULL nothing is timed. */
+enum {
+    PHASE_FIRST_FORWARD, /* The first layer's sparse product, its bias and activation, and the transpose of the
+                          * thread's rows of the batch (for the first layer's update), which it builds. */
+    PHASE_ABOVE,         /* The layers above the first, forward. */
+    PHASE_LOSS,          /* The loss, the answers and the last layer's gradient. */
+    PHASE_BACKWARD,      /* The backward pass down to the first layer's pre-activation gradient. */
+    PHASE_WAIT_ROWS,     /* Waiting at the barrier after the rows (for the slowest thread). */
+    PHASE_FIRST_UPDATE,  /* The first layer's SGD update on the pixels the batch touches. */
+    PHASE_OTHER_UPDATES, /* The other layers' kernels, every bias, the loss sum. */
+    PHASE_WAIT_UPDATES,  /* Waiting at the barrier after the updates. */
+    PHASE_SETUP,         /* Buffers, the kernels' transposes, starting and joining the threads. */
+    PHASES
+};
+
+static int64_t now_ns(void);
+
+/* Adds the time since *mark to phase `phase` of `profile` (a thread's row) and moves the mark on. */
+static inline void lap(double *profile, int phase, int64_t *mark) {
+    if (!profile) return;
+    const int64_t now = now_ns();
+    profile[phase] += (double)(now - *mark) * 1e-9;
+    *mark = now;
+}
+
+int digitlab_profile_phases(void) { return PHASES; }
+
+/* From _kernels.c: the sparse first layer, and the transpose of a batch's rows (Entry: row and value). */
+typedef struct {
+    int32_t row;
+    float value;
+} Entry;
+void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
+                             int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                             int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries);
+void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
+                              int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
+                              float rate);
 int digitlab_kernels_simd_on(void);
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
+/* From _dense.c: the layers above the first (AVX2 or portable, as digitlab_kernels_simd_on() says). */
+void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                            int64_t units, float *out);
+void digitlab_dense_backward(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
+                             float *below);
+void digitlab_dense_sgd_units(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units, int64_t u0,
+                              int64_t u1, float *kernel, float *kernel_t, float rate, float *scratch);
+void digitlab_dense_sgd_bias(const float *g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *bias,
+                             float rate);
+void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t activation);
+void digitlab_dense_activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation);
+void digitlab_dense_loss(const float *outputs, const float *targets, const int64_t *labels, const int64_t *index,
+                         int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss, int32_t activation,
+                         float clip, float *gradient, int64_t *correct, double *row_losses);
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define HAVE_X86 1
-
-/* exp(x) for eight floats, Cephes's expf (within 2 ulp of the exact value): x = n ln2 + r, |r| <= ln2 / 2,
- * exp(r) by its degree-7 polynomial, times 2^n. */
-__attribute__((target("avx2,fma"))) static inline __m256 exp_avx2(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365448f)), _mm256_set1_ps(88.3762626f));
-    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
-}
-
-/* values = 1 / (1 + exp(-values)), eight at a time; returns how many it did (a multiple of 8). */
-__attribute__((target("avx2,fma"))) static int64_t sigmoid_avx2(float *values, int64_t size) {
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 <= size; k += 8) {
-        const __m256 e = exp_avx2(_mm256_sub_ps(zero, _mm256_loadu_ps(values + k)));
-        _mm256_storeu_ps(values + k, _mm256_div_ps(one, _mm256_add_ps(e, one)));
-    }
-    return k;
-}
+#define HAVE_X86 1 /* For the barrier's pause instruction. */
 #endif
-
-/* out[r, :] = a[r, :] @ kernel + bias, through kernel_t (units x inputs, the kernel's transpose): each
- * output is a dot product over the inputs, summed in eight lanes (which the compiler keeps in one vector). */
-CLONES static void dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel_t,
-                                 const float *bias, int64_t units, float *out) {
-    const int64_t whole = inputs - inputs % 8;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *x = a + r * inputs;
-        for (int64_t u = 0; u < units; u++) {
-            const float *w = kernel_t + u * inputs;
-            float lanes[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-            for (int64_t i = 0; i < whole; i += 8)
-                for (int k = 0; k < 8; k++) lanes[k] += x[i + k] * w[i + k];
-            float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-            for (int64_t i = whole; i < inputs; i++) sum += x[i] * w[i];
-            out[r * units + u] = sum + bias[u];
-        }
-    }
-}
-
-/* below[r, :] = g[r, :] @ kernel.T, through kernel_t (units x inputs, the kernel's transpose). */
-CLONES static void dense_backward(const float *g, int64_t rows, int64_t units, const float *kernel_t,
-                                  int64_t inputs, float *below) {
-    for (int64_t r = 0; r < rows; r++) {
-        float *b = below + r * inputs;
-        for (int64_t i = 0; i < inputs; i++) b[i] = 0.0f;
-        for (int64_t u = 0; u < units; u++) {
-            const float value = g[r * units + u];
-            const float *w = kernel_t + u * inputs;
-            for (int64_t i = 0; i < inputs; i++) b[i] += value * w[i];
-        }
-    }
-}
-
-/* grad_t[u, :] = (a.T @ g)[:, u] for units u0 <= u < u1: the kernel's gradient, transposed (units x inputs),
- * each entry summed over the rows in order (so any split of the units gives the same bits). */
-CLONES static void dense_weight_gradient(const float *a, const float *g, int64_t rows, int64_t inputs,
-                                         int64_t units, int64_t u0, int64_t u1, float *grad_t) {
-    memset(grad_t + u0 * inputs, 0, sizeof(float) * (u1 - u0) * inputs);
-    for (int64_t r = 0; r < rows; r++) {
-        const float *x = a + r * inputs;
-        for (int64_t u = u0; u < u1; u++) {
-            const float value = g[r * units + u];
-            float *d = grad_t + u * inputs;
-            for (int64_t i = 0; i < inputs; i++) d[i] += x[i] * value;
-        }
-    }
-}
-
-static void activate(float *values, int64_t rows, int64_t units, int32_t activation) {
-    const int64_t size = rows * units;
-    switch (activation) {
-    case SIGMOID: {
-        int64_t k = 0;
-#ifdef HAVE_X86
-        if (digitlab_kernels_simd_on()) k = sigmoid_avx2(values, size);
-#endif
-        for (; k < size; k++) values[k] = 1.0f / (expf(-values[k]) + 1.0f);
-        break;
-    }
-    case RELU:
-        for (int64_t k = 0; k < size; k++) values[k] = values[k] > 0.0f ? values[k] : 0.0f;
-        break;
-    case TANH:
-        for (int64_t k = 0; k < size; k++) values[k] = tanhf(values[k]);
-        break;
-    case SOFTMAX:
-        for (int64_t r = 0; r < rows; r++) {
-            float *row = values + r * units, top = row[0], sum = 0.0f;
-            for (int64_t u = 1; u < units; u++) top = row[u] > top ? row[u] : top;
-            for (int64_t u = 0; u < units; u++) {
-                row[u] = expf(row[u] - top);
-                sum += row[u];
-            }
-            for (int64_t u = 0; u < units; u++) row[u] /= sum;
-        }
-        break;
-    default:
-        break;
-    }
-}
-
-/* gradient *= the activation's derivative, written in terms of its output (not softmax: the loss does it). */
-static void activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation) {
-    switch (activation) {
-    case SIGMOID:
-        for (int64_t k = 0; k < size; k++) gradient[k] *= (1.0f - output[k]) * output[k];
-        break;
-    case RELU:
-        for (int64_t k = 0; k < size; k++) gradient[k] *= output[k] > 0.0f ? 1.0f : 0.0f;
-        break;
-    case TANH:
-        for (int64_t k = 0; k < size; k++) gradient[k] *= 1.0f - output[k] * output[k];
-        break;
-    default:
-        break;
-    }
-}
-
-/* For `rows` rows of a batch of `batch_rows`: each row's loss (float64, as Keras reports it) into
- * row_losses, the right answers added to *correct, and dLoss/d(pre-activation) of the last layer
- * (the batch's mean loss) into `gradient`. */
-static void loss_and_gradient(const float *outputs, const float *targets, const int64_t *labels,
-                              const int64_t *index, int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss,
-                              int32_t activation, float clip, float *gradient, int64_t *correct,
-                              double *row_losses) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *p = outputs + r * classes, *t = targets + index[r] * classes;
-        float *g = gradient + r * classes;
-        int64_t best = 0;
-        for (int64_t c = 1; c < classes; c++)
-            if (p[c] > p[best]) best = c;
-        *correct += best == labels[index[r]];
-        double sum = 0.0;
-        if (loss == MEAN_SQUARED_ERROR) {
-            const float scale = 2.0f / (float)classes / (float)batch_rows;
-            for (int64_t c = 0; c < classes; c++) {
-                g[c] = p[c] - t[c];
-                sum += (double)(g[c] * g[c]);
-                g[c] *= scale;
-            }
-            row_losses[r] = sum / (double)classes;
-        } else {
-            /* Keras: normalize by the row sum, clip to [clip, 1 - clip], -sum(t log p); the clip
-             * passes no gradient for entries outside the interval. */
-            float row_sum = 0.0f, weighted = 0.0f;
-            for (int64_t c = 0; c < classes; c++) row_sum += p[c];
-            for (int64_t c = 0; c < classes; c++) {
-                const float q = p[c] / row_sum;
-                const float kept = q < clip ? clip : (q > 1.0f - clip ? 1.0f - clip : q);
-                sum += (double)(logf(kept) * t[c]);
-                g[c] = (q >= clip && q <= 1.0f - clip) ? t[c] / kept * (-1.0f / (float)batch_rows) : 0.0f;
-                weighted += g[c] * p[c];
-            }
-            row_losses[r] = -sum;
-            weighted /= row_sum;
-            for (int64_t c = 0; c < classes; c++) g[c] = (g[c] - weighted) / row_sum;
-        }
-        if (activation == SOFTMAX) {
-            float dot = 0.0f;
-            for (int64_t c = 0; c < classes; c++) dot += p[c] * g[c];
-            for (int64_t c = 0; c < classes; c++) g[c] = (g[c] - dot) * p[c];
-        }
-    }
-    if (activation != SOFTMAX) activation_gradient(gradient, outputs, rows * classes, activation);
-}
 
 /* kernel_t[l] = the transpose of dense layer l's kernel (units x inputs), for l = 1 ... layers - 1, each in
- * its widest x widest slot of `transposes`: dense_forward and dense_backward read them. */
+ * its widest x widest slot of `transposes`: the backward pass reads them, the updates keep them current. */
 static void transpose_kernels(int64_t layers, const int64_t *units, float *const *kernels, int64_t widest,
                               float *transposes, float **kernel_t) {
     for (int64_t l = 1; l < layers; l++) {
@@ -325,10 +187,10 @@ typedef struct {
     float *layer_out[MAX_LAYERS];
     float *delta[MAX_LAYERS];
     double *row_losses;
-    float *kernel_t[MAX_LAYERS], *grad_t[MAX_LAYERS];
+    float *kernel_t[MAX_LAYERS];
     /* Each thread's transpose of its rows of the batch; all of them are read by every thread's update. */
-    int32_t *offsets[MAX_THREADS], *rows_t[MAX_THREADS];
-    float *vals_t[MAX_THREADS];
+    int32_t *offsets[MAX_THREADS];
+    Entry *entries[MAX_THREADS];
     Barrier barrier;
     int go; /* Set once every thread is started: the workers wait for it. */
     double loss_sum;
@@ -338,57 +200,51 @@ typedef struct {
     Epoch *epoch;
     int thread, threads;
     int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates. */
-    float *scratch;
+    float *scratch, *update_scratch; /* A row of the first layer's units; of the widest layer's. */
     int64_t correct;
+    double *profile; /* This thread's PHASES seconds, or NULL: not timed. */
 } Worker;
 
 /* Rows first <= r < last of a batch of `rows`, after the first layer: the layers above it, the loss, and
  * the backward pass down to the first layer's pre-activation gradient (delta[0]). Each row needs only its
  * own values and the kernels, which no thread changes until every thread has passed the next barrier. */
 static void rows_forward_backward(Epoch *e, const int64_t *index, int64_t first, int64_t last, int64_t rows,
-                                  int64_t *correct) {
+                                  int64_t *correct, double *profile, int64_t *mark) {
     const int64_t layers = e->layers, *units = e->units, count = last - first;
     if (count <= 0) return;
     for (int64_t l = 1; l < layers; l++) {
         float *out = e->layer_out[l] + first * units[l + 1];
-        dense_forward(e->layer_out[l - 1] + first * units[l], count, units[l], e->kernel_t[l], e->biases[l],
-                      units[l + 1], out);
-        activate(out, count, units[l + 1], e->activations[l]);
+        digitlab_dense_forward(e->layer_out[l - 1] + first * units[l], count, units[l], e->kernels[l], e->biases[l],
+                               units[l + 1], out);
+        digitlab_dense_activate(out, count, units[l + 1], e->activations[l]);
     }
-    loss_and_gradient(e->layer_out[layers - 1] + first * units[layers], e->targets, e->labels, index + first, count,
-                      rows, units[layers], e->loss, e->activations[layers - 1], e->clip,
-                      e->delta[layers - 1] + first * units[layers], correct, e->row_losses + first);
+    lap(profile, PHASE_ABOVE, mark);
+    digitlab_dense_loss(e->layer_out[layers - 1] + first * units[layers], e->targets, e->labels, index + first, count,
+                        rows, units[layers], e->loss, e->activations[layers - 1], e->clip,
+                        e->delta[layers - 1] + first * units[layers], correct, e->row_losses + first);
+    lap(profile, PHASE_LOSS, mark);
     for (int64_t l = layers - 1; l >= 1; l--) {
         float *below = e->delta[l - 1] + first * units[l];
-        dense_backward(e->delta[l] + first * units[l + 1], count, units[l + 1], e->kernel_t[l], units[l], below);
-        activation_gradient(below, e->layer_out[l - 1] + first * units[l], count * units[l], e->activations[l - 1]);
+        digitlab_dense_backward(e->delta[l] + first * units[l + 1], count, units[l + 1], e->kernel_t[l], units[l],
+                                below);
+        digitlab_dense_activation_gradient(below, e->layer_out[l - 1] + first * units[l], count * units[l],
+                                           e->activations[l - 1]);
     }
+    lap(profile, PHASE_BACKWARD, mark);
 }
 
 /* One thread's share of the SGD updates of the layers above the first and of every bias: units
  * u0 <= u < u1 of each (kernel columns, and the rows of its transpose), every sum over the batch's rows
- * in row order, so any split gives the same bits. */
-static void update_units(Epoch *e, int thread, int threads, int64_t rows) {
+ * in row order, so any split gives the same bits. `scratch` holds `widest` floats. */
+static void update_units(Epoch *e, int thread, int threads, int64_t rows, float *scratch) {
     const int64_t layers = e->layers, *units = e->units;
     for (int64_t l = 0; l < layers; l++) {
         const int64_t in = units[l], out = units[l + 1], u0 = out * thread / threads, u1 = out * (thread + 1) / threads;
-        const float *g = e->delta[l];
-        if (l > 0) {
-            float *kernel = e->kernels[l], *kernel_t = e->kernel_t[l], *grad_t = e->grad_t[l];
-            dense_weight_gradient(e->layer_out[l - 1], g, rows, in, out, u0, u1, grad_t);
-            for (int64_t i = 0; i < in; i++)
-                for (int64_t u = u0; u < u1; u++) {
-                    const float step = grad_t[u * in + i] * e->rate;
-                    kernel[i * out + u] -= step;
-                    kernel_t[u * in + i] = kernel[i * out + u];
-                }
-        }
-        for (int64_t u = u0; u < u1; u++) {
-            float sum = 0.0f;
-            for (int64_t r = 0; r < rows; r++) sum += g[r * out + u];
-            const float step = sum * e->rate;
-            e->biases[l][u] -= step;
-        }
+        if (u1 <= u0) continue;
+        if (l > 0)
+            digitlab_dense_sgd_units(e->layer_out[l - 1], e->delta[l], rows, in, out, u0, u1, e->kernels[l],
+                                     e->kernel_t[l], e->rate, scratch);
+        digitlab_dense_sgd_bias(e->delta[l], rows, out, u0, u1, e->biases[l], e->rate);
     }
 }
 
@@ -401,43 +257,48 @@ static void *run_worker(void *argument) {
     Worker *w = argument;
     Epoch *e = w->epoch;
     const int64_t units = e->units[1];
+    double *profile = w->profile;
     int sense = 0;
     while (!__atomic_load_n(&e->go, __ATOMIC_ACQUIRE)) sched_yield();
+    int64_t mark = profile ? now_ns() : 0;
     for (int64_t start = 0; start < e->n; start += e->batch) {
         const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch;
         const int64_t *index = e->order + start;
         const int64_t first = rows * w->thread / w->threads, last = rows * (w->thread + 1) / w->threads;
         float *out = e->layer_out[0] + first * units;
-        if (last > first) {
-            digitlab_sparse_forward_block(e->starts, e->cols, e->vals, index + first, last - first, e->kernels[0],
-                                          e->biases[0], units, units, out);
-            activate(out, last - first, units, e->activations[0]);
-        }
-        digitlab_sparse_transpose(e->starts, e->cols, e->vals, index, first, last, e->inputs,
-                                  e->offsets[w->thread], e->rows_t[w->thread], e->vals_t[w->thread]);
-        rows_forward_backward(e, index, first, last, rows, &w->correct);
+        /* The first layer's product for this thread's rows, and their transpose (for the update). */
+        digitlab_sparse_forward(e->starts, e->cols, e->vals, index + first, 0, last - first, e->inputs, e->kernels[0],
+                                e->biases[0], units, out, first, e->offsets[w->thread], e->entries[w->thread]);
+        if (last > first) digitlab_dense_activate(out, last - first, units, e->activations[0]);
+        lap(profile, PHASE_FIRST_FORWARD, &mark);
+        rows_forward_backward(e, index, first, last, rows, &w->correct, profile, &mark);
         barrier_wait(&e->barrier, &sense);
-        digitlab_sparse_sgd_rows(e->offsets, e->rows_t, e->vals_t, w->threads, w->first_pixel, w->last_pixel,
-                                 e->delta[0], units, w->scratch, e->kernels[0], e->rate);
-        update_units(e, w->thread, w->threads, rows);
+        lap(profile, PHASE_WAIT_ROWS, &mark);
+        digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel, e->delta[0], units,
+                                 w->scratch, e->kernels[0], e->rate);
+        lap(profile, PHASE_FIRST_UPDATE, &mark);
+        update_units(e, w->thread, w->threads, rows, w->update_scratch);
         if (w->thread == 0)
             for (int64_t r = 0; r < rows; r++) e->loss_sum += e->row_losses[r];
+        lap(profile, PHASE_OTHER_UPDATES, &mark);
         barrier_wait(&e->barrier, &sense); /* The next batch reads every updated kernel and the row losses' room. */
+        lap(profile, PHASE_WAIT_UPDATES, &mark);
     }
     return NULL;
 }
 
 /* Pixel boundaries for `threads` threads with about equal numbers of nonzero entries each, counted
- * over the epoch's first (up to 4096) images: the middle of the image holds most of the ink. */
-static void split_pixels(const int64_t *starts, const uint16_t *cols, const int64_t *order, int64_t n,
-                         int64_t inputs, int64_t threads, int64_t *bounds) {
+ * over the data's first (up to 4096) images, read in storage order (the epoch's first images in its
+ * order lie at random places: counting them cost about 1 ms an epoch). The middle of the image holds
+ * most of the ink. Any boundaries give the same results: each pixel's sum runs over the rows in order. */
+static void split_pixels(const int64_t *starts, const uint16_t *cols, int64_t n, int64_t inputs, int64_t threads,
+                         int64_t *bounds) {
     int64_t *counts = calloc(inputs, sizeof(int64_t)), total = 0;
     bounds[0] = 0;
     for (int64_t t = 1; t <= threads; t++) bounds[t] = inputs * t / threads;
     if (!counts) return;
     const int64_t sample = n < 4096 ? n : 4096;
-    for (int64_t r = 0; r < sample; r++)
-        for (int64_t j = starts[order[r]]; j < starts[order[r] + 1]; j++) counts[cols[j]]++, total++;
+    for (int64_t j = starts[0]; j < starts[sample]; j++) counts[cols[j]]++, total++;
     if (total > 0) {
         int64_t seen = 0, t = 1;
         for (int64_t p = 0; p < inputs && t < threads; p++) {
@@ -452,14 +313,16 @@ static void split_pixels(const int64_t *starts, const uint16_t *cols, const int6
 /* One epoch of plain SGD over the images in `order` (n of them, batches of `batch`), in place on
  * kernels[l] (units[l] x units[l + 1]) and biases[l]; units[0] is the number of inputs. `threads`
  * threads share the first layer's units (1: this thread alone; the results are the same). Adds the
- * epoch's loss sum and correct answers to *loss_sum and *correct. Returns 0, or -1 when memory or a
- * thread could not be had (nothing is changed then). */
+ * epoch's loss sum and correct answers to *loss_sum and *correct, and, where `profile` is not NULL,
+ * each thread's seconds per phase to profile[thread * PHASES + phase]. Returns 0, or -1 when memory or
+ * a thread could not be had (nothing is changed then). */
 int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const float *vals, int64_t most_per_row,
                          const float *targets, const int64_t *labels, const int64_t *order, int64_t n,
                          int64_t batch, int64_t layers, const int64_t *units, const int32_t *activations,
                          float *const *kernels, float *const *biases, int32_t loss, float rate, float clip,
-                         int64_t threads, double *loss_sum, int64_t *correct) {
+                         int64_t threads, double *loss_sum, int64_t *correct, double *profile) {
     if (layers < 1 || layers > MAX_LAYERS || batch < 1 || threads < 1 || threads > MAX_THREADS) return -1;
+    const int64_t entered = profile ? now_ns() : 0;
     Epoch e = {starts, cols, vals, targets, labels, order, n, batch, layers, units[0], 0, units, activations,
                kernels, biases, loss, rate, clip};
     int64_t total = 0;
@@ -470,33 +333,32 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     const int64_t widest = e.widest, inputs = units[0], capacity = batch * most_per_row;
     float *outputs = malloc(sizeof(float) * batch * total), *deltas = malloc(sizeof(float) * batch * total);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
-    float *gradients = malloc(sizeof(float) * widest * widest * layers);
     e.row_losses = malloc(sizeof(double) * batch);
     /* Per thread: the transpose of its rows (room for a whole batch: a thread may be left to do all),
      * and a row of scratch for the update. */
     int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1) * threads);
-    int32_t *rows_t = malloc(sizeof(int32_t) * capacity * threads);
-    float *vals_t = malloc(sizeof(float) * capacity * threads), *scratch = malloc(sizeof(float) * units[1] * threads);
-    int failed = !outputs || !deltas || !transposes || !gradients || !e.row_losses || !offsets || !rows_t ||
-                 !vals_t || !scratch;
+    Entry *entries = malloc(sizeof(Entry) * capacity * threads);
+    float *scratch = malloc(sizeof(float) * (units[1] + widest) * threads);
+    int failed = !outputs || !deltas || !transposes || !e.row_losses || !offsets || !entries || !scratch;
     if (!failed) {
         e.layer_out[0] = outputs;
         e.delta[0] = deltas;
         for (int64_t l = 1; l < layers; l++) {
             e.layer_out[l] = e.layer_out[l - 1] + batch * units[l];
             e.delta[l] = e.delta[l - 1] + batch * units[l];
-            e.grad_t[l] = gradients + l * widest * widest;
         }
         /* Each dense layer's kernel, transposed; update_units keeps them in step with its updates. */
         transpose_kernels(layers, units, kernels, widest, transposes, e.kernel_t);
         Worker workers[MAX_THREADS];
         int64_t bounds[MAX_THREADS + 1];
-        split_pixels(starts, cols, order, n, inputs, threads, bounds);
+        bounds[0] = 0, bounds[1] = inputs;
+        if (threads > 1) split_pixels(starts, cols, n, inputs, threads, bounds);
         for (int t = 0; t < threads; t++) {
-            workers[t] = (Worker){&e, t, (int)threads, bounds[t], bounds[t + 1], scratch + units[1] * t, 0};
+            float *own = scratch + (units[1] + widest) * t;
+            workers[t] = (Worker){&e, t, (int)threads, bounds[t], bounds[t + 1], own, own + units[1], 0,
+                                  profile ? profile + PHASES * t : NULL};
             e.offsets[t] = offsets + (inputs + 1) * t;
-            e.rows_t[t] = rows_t + capacity * t;
-            e.vals_t[t] = vals_t + capacity * t;
+            e.entries[t] = entries + capacity * t;
         }
         e.barrier = (Barrier){(int)threads, 0, (int)threads, 0};
         pthread_t handles[MAX_THREADS];
@@ -517,19 +379,26 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
             started = 1;
         }
         __atomic_store_n(&e.go, 1, __ATOMIC_RELEASE);
+        double before = 0.0;
+        if (profile)
+            for (int phase = 0; phase < PHASES; phase++) before += profile[phase];
         run_worker(&workers[0]);
         for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
         *loss_sum += e.loss_sum;
         for (int t = 0; t < threads; t++) *correct += workers[t].correct;
+        if (profile) {
+            /* Thread 0's time in this call that no phase of its batches holds. */
+            double timed = -before;
+            for (int phase = 0; phase < PHASES; phase++) timed += profile[phase];
+            profile[PHASE_SETUP] += (double)(now_ns() - entered) * 1e-9 - timed;
+        }
     }
     free(outputs);
     free(deltas);
     free(transposes);
-    free(gradients);
     free(e.row_losses);
     free(offsets);
-    free(rows_t);
-    free(vals_t);
+    free(entries);
     free(scratch);
     return failed ? -1 : 0;
 }
@@ -546,7 +415,6 @@ typedef struct {
     const int64_t *units;
     const int32_t *activations;
     float *const *kernels, *const *biases;
-    float *const *kernel_t;
     int32_t loss;
     float clip;
     float *outputs, *gradient; /* This thread's buffers: chunk x (all layers' units), chunk x classes. */
@@ -565,15 +433,15 @@ static void *run_check(void *argument) {
     for (int64_t start = c->first; start < c->last; start += c->chunk) {
         const int64_t rows = c->last - start < c->chunk ? c->last - start : c->chunk;
         const int64_t *index = c->index + start;
-        digitlab_sparse_forward_block(c->starts, c->cols, c->vals, index, rows, c->kernels[0], c->biases[0], units[1],
-                                      units[1], out[0]);
-        activate(out[0], rows, units[1], c->activations[0]);
+        digitlab_sparse_forward(c->starts, c->cols, c->vals, index, 0, rows, units[0], c->kernels[0], c->biases[0],
+                                units[1], out[0], 0, NULL, NULL);
+        digitlab_dense_activate(out[0], rows, units[1], c->activations[0]);
         for (int64_t l = 1; l < layers; l++) {
-            dense_forward(out[l - 1], rows, units[l], c->kernel_t[l], c->biases[l], units[l + 1], out[l]);
-            activate(out[l], rows, units[l + 1], c->activations[l]);
+            digitlab_dense_forward(out[l - 1], rows, units[l], c->kernels[l], c->biases[l], units[l + 1], out[l]);
+            digitlab_dense_activate(out[l], rows, units[l + 1], c->activations[l]);
         }
-        loss_and_gradient(out[layers - 1], c->targets, c->labels, index, rows, rows, units[layers], c->loss,
-                          c->activations[layers - 1], c->clip, c->gradient, &c->correct, c->row_losses + start);
+        digitlab_dense_loss(out[layers - 1], c->targets, c->labels, index, rows, rows, units[layers], c->loss,
+                            c->activations[layers - 1], c->clip, c->gradient, &c->correct, c->row_losses + start);
     }
     return NULL;
 }
@@ -588,24 +456,18 @@ int digitlab_evaluate(const int64_t *starts, const uint16_t *cols, const float *
                       float clip, int64_t threads, double *row_losses, int64_t *correct) {
     if (layers < 1 || layers > MAX_LAYERS || threads < 1 || threads > MAX_THREADS) return -1;
     const int64_t chunk = 256;
-    int64_t widest = 0, total = 0;
-    for (int64_t l = 1; l <= layers; l++) {
-        widest = units[l] > widest ? units[l] : widest;
-        total += units[l];
-    }
-    float *transposes = malloc(sizeof(float) * widest * widest * layers);
+    int64_t total = 0;
+    for (int64_t l = 1; l <= layers; l++) total += units[l];
     float *outputs = malloc(sizeof(float) * chunk * total * threads);
     float *gradients = malloc(sizeof(float) * chunk * units[layers] * threads);
-    int failed = !transposes || !outputs || !gradients;
+    int failed = !outputs || !gradients;
     if (!failed) {
-        float *kernel_t[MAX_LAYERS] = {NULL};
-        transpose_kernels(layers, units, kernels, widest, transposes, kernel_t);
         Check checks[MAX_THREADS];
         pthread_t handles[MAX_THREADS];
         int started[MAX_THREADS] = {0};
         for (int64_t t = 0; t < threads; t++) {
             checks[t] = (Check){starts, cols, vals, targets, labels, index, n * t / threads, n * (t + 1) / threads,
-                                layers, chunk, units, activations, kernels, biases, kernel_t, loss, clip,
+                                layers, chunk, units, activations, kernels, biases, loss, clip,
                                 outputs + chunk * total * t, gradients + chunk * units[layers] * t, row_losses, 0};
             /* Thread 0 is this one; a thread that cannot be started has its rows done here too. */
             if (t > 0) started[t] = pthread_create(&handles[t], NULL, run_check, &checks[t]) == 0;
@@ -619,7 +481,6 @@ int digitlab_evaluate(const int64_t *starts, const uint16_t *cols, const float *
         }
         for (int64_t t = 0; t < threads; t++) *correct += checks[t].correct;
     }
-    free(transposes);
     free(outputs);
     free(gradients);
     return failed ? -1 : 0;

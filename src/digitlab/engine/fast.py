@@ -16,6 +16,7 @@ backend's sums into the history `fit` would report.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import keras
@@ -24,7 +25,7 @@ from keras import layers
 
 from digitlab import interrupts
 from digitlab.config import TrainConfig
-from digitlab.engine import numpy_backend, seeds, spec
+from digitlab.engine import numpy_backend, seeds, spec, timing
 
 BACKENDS = ("auto", "numpy", "jax")
 
@@ -59,6 +60,7 @@ class FastEngine:
     thread made epochs 1.5 to 10 times slower. `workers` is the number of threads
     that share N seeds on the NumPy backend (None: one per core; 1: no threads).
     `path` says in words how the first layer runs (sparse C kernel or NumPy, and why).
+    With `profile`, `fit` measures where its epochs go into `self.profile` (`timing.Profile`).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class FastEngine:
         backend: str = "auto",
         threads: int | None = 1,
         workers: int | None = None,
+        profile: bool = False,
     ):
         if not models:
             raise ValueError("FastEngine needs at least one compiled Keras model.")
@@ -96,11 +99,32 @@ class FastEngine:
         if workers is None:
             workers = default_workers()
         self._impl = _make_backend(backend, self.network, self.batch_size, state, threads, workers)
+        self.profile: timing.Profile | None = None
+        if profile:
+            # The JAX backend has no phases to time: its profile holds training, validation and Python.
+            self.profile = timing.Profile(threads=getattr(self._impl, "profile_threads", 0))
+            if self.profile.threads:
+                self._impl.profile_into(self.profile.phases)
 
     @property
     def path(self) -> str:
         """How the backend runs the layers, in words (the NumPy backend: the sparse C kernel or why not)."""
         return getattr(self._impl, "path", "jax.jit over each epoch")
+
+    @property
+    def kernel(self) -> str:
+        """What computes the first layer: "AVX2" or "portable C" (the sparse C kernel), "NumPy", or "JAX"."""
+        return getattr(self._impl, "kernel", "JAX")
+
+    @property
+    def seed_threads(self) -> int:
+        """How many threads share the seeds (each trains its networks one after another)."""
+        return len(getattr(self._impl, "groups", [None]))
+
+    @property
+    def thread_counts(self) -> dict[int, int]:
+        """How many epochs each network trained on how many threads (the C epoch follows the load)."""
+        return dict(getattr(self._impl, "thread_counts", {}))
 
     def fit(
         self,
@@ -135,20 +159,35 @@ class FastEngine:
         if not isinstance(epochs, int) or not isinstance(initial_epoch, int) or not 0 <= initial_epoch <= epochs:
             raise ValueError(f"Need whole numbers 0 <= initial_epoch <= epochs, got {initial_epoch} and {epochs}.")
         self._impl.start(x, y, validation_data)
+        clock = time.perf_counter
         for epoch in range(initial_epoch, epochs):
+            began = clock()
             interrupts.check()  # A Ctrl-C during training stops it here, between epochs.
             orders = np.stack([rng.permutation(len(x)) for rng in rngs])
+            counts_before = self.thread_counts if self.profile is not None else {}
+            started = clock()
             loss_sums, correct = self._impl.train_epoch(orders)
+            trained = validated = clock()
             logs = [
                 {"loss": float(loss_sums[k]) / len(x), "accuracy": float(correct[k]) / len(x)} for k in range(count)
             ]
             if validation_data is not None:
                 val_loss_sums, val_correct = self._impl.evaluate()
+                validated = clock()
                 for k in range(count):
                     logs[k]["val_loss"] = float(val_loss_sums[k]) / len(validation_data[0])
                     logs[k]["val_accuracy"] = float(val_correct[k]) / len(validation_data[0])
+            if self.profile is not None:
+                self.profile.epochs += 1
+                self.profile.train += trained - started
+                self.profile.validation += validated - trained
+                self.profile.python += started - began
+                for threads, seen in self.thread_counts.items():
+                    self.profile.thread_counts[threads] += seen - counts_before.get(threads, 0)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, logs)
+            if self.profile is not None:
+                self.profile.python += clock() - validated
 
     def _check_arrays(self, x, y, what: str):
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -20,6 +20,8 @@ per core, in threads.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import os
 from typing import Any
 
@@ -29,6 +31,37 @@ from digitlab.engine import activations, blas, cores, sparse, spec
 
 # Set to 1 to keep the per-batch NumPy steps even where the C kernel could run whole epochs.
 NO_FUSED_VARIABLE = "DIGITLAB_NO_FUSED"
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstLayerPlan:
+    """How the first layer runs, decided once for the data (`NumpyBackend.plan_first_layer`).
+
+    `kernel` names the sparse C kernel's version ("AVX2" or "portable C"), or is None where
+    NumPy's dense product runs it, for `reason`. `whole_epochs`: plain SGD without Dropout runs
+    whole epochs in one C call, on up to `threads` threads per network. `rows` holds the (train,
+    validation) images in CSR form for the kernel, once the data is known. `sentence()` says it all
+    in words, as the engine prints it.
+    """
+
+    kernel: str | None
+    reason: str = ""
+    density: float | None = None
+    whole_epochs: bool = False
+    threads: int = 1
+    rows: tuple[sparse.SparseRows, sparse.SparseRows | None] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
+    def sentence(self) -> str:
+        if self.kernel is None:
+            return f"NumPy only: {self.reason}"
+        what = "whole epochs in C, sparse first layer" if self.whole_epochs else "sparse first layer in C"
+        share = "" if self.density is None else f"; {self.density:.0%} of the inputs are nonzero"
+        sentence = f"{what} ({self.kernel}{share})"
+        if self.whole_epochs and self.threads > 1:
+            sentence += f"; up to {self.threads} threads per network, as many as cores are free"
+        return sentence
 
 
 class _Workspace:
@@ -87,11 +120,15 @@ class NumpyBackend:
         self.grads = {name: np.zeros_like(self.arrays[name]) for name in self.names}
         self.temps = {name: np.zeros_like(self.arrays[name]) for name in self.names}
         self.workspaces: dict[int, _Workspace] = {}
-        self.sparse_rows, self.transposes = None, None
+        self.sparse_rows: tuple[sparse.SparseRows, sparse.SparseRows | None] | None = None
+        self.transposes: list[sparse.Transpose] = []  # Per batch, one per model (sparse per-batch path).
         # Plain SGD on a sparse first layer: the C kernel updates the touched weight rows itself.
         self.fused_sgd = network.optimizer.name == "sgd" and not network.optimizer.momentum
         self.free_cores = cores.FreeCores() if epoch_threads > 1 else None
-        self.path = self._describe(None)
+        # Epochs per number of threads a network ran on (the C epoch; the per-batch steps count as one).
+        self.thread_counts: collections.Counter = collections.Counter()
+        self.profile_rows: np.ndarray | None = None  # Where the C epoch adds its phases' seconds (profile_into).
+        self.first_layer = self.plan_first_layer()  # Made again with the data, in `start`.
         # Views made once (the arrays are only ever updated in place), to keep the step loop lean.
         layers_range = range(len(network.dense))
         self.kernels = [self._view(self.arrays[f"dense_{index}/kernel"]) for index in layers_range]
@@ -110,34 +147,50 @@ class NumpyBackend:
         for name, value in state.items():
             self.arrays[name][...] = value
 
-    def start(self, x, y, validation, sparse_rows="build") -> None:
-        """Takes the data; `sparse_rows` shares the (train, validation) rows, or None, another backend built."""
+    @property
+    def path(self) -> str:
+        """How the first layer runs, in words (the engine prints it): `first_layer`'s sentence."""
+        return self.first_layer.sentence()
+
+    @property
+    def kernel(self) -> str:
+        """The first layer's code: the sparse C kernel's version ("AVX2", "portable C") or "NumPy"."""
+        return self.first_layer.kernel or "NumPy"
+
+    def start(self, x, y, validation, first_layer: FirstLayerPlan | None = None) -> None:
+        """Takes the data; `first_layer` shares the plan (and its CSR rows) that another backend made for it."""
         self.x, self.y, self.labels = x, y, np.argmax(y, axis=1)
         self.validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if validation is not None:
             self.validation = (validation[0], validation[1], np.argmax(validation[1], axis=1))
-        if isinstance(sparse_rows, str):
-            sparse_rows = self.build_sparse_rows(x, validation)
-        else:
-            self.path = self._describe(x)
-        self.sparse_rows = sparse_rows
+        self.first_layer = first_layer if first_layer is not None else self.plan_first_layer(x, validation)
+        self.sparse_rows = self.first_layer.rows
         self.plans = None
-        if self.sparse_rows is not None and self._fusable():
+        if self.first_layer.whole_epochs and self.sparse_rows is not None:
             self.plans = [
                 sparse.EpochPlan(
                     [self.arrays[f"dense_{number}/kernel"][k] for number in range(len(self.network.dense))],
                     [self.arrays[f"dense_{number}/bias"][k] for number in range(len(self.network.dense))],
                     [layer.activation for layer in self.network.dense],
                     self.network.loss,
-                    np.float32(self.network.optimizer.learning_rate),
+                    self.network.optimizer.learning_rate,  # Rounded to float32 on its way into C.
                     spec.CROSSENTROPY_CLIP,
                 )
                 for k in range(self.count)
             ]
-        elif self.sparse_rows is not None and self.transposes is None:
+        elif self.sparse_rows is not None and not self.transposes:
             # Per batch: each model's transpose of the batch, for the C kernel's weight update.
             units = self.network.dense[0].units
             self.transposes = [sparse.Transpose(self.sparse_rows[0], self.batch_size, units) for _ in range(self.count)]
+
+    @property
+    def profile_threads(self) -> int:
+        """The rows `profile_into` needs: one per thread of a network's C epoch."""
+        return self.epoch_threads
+
+    def profile_into(self, rows: np.ndarray) -> None:
+        """Times the C epoch's phases from now on, adding each thread's seconds to its row of `rows`."""
+        self.profile_rows = rows
 
     def _threads_now(self) -> int:
         """epoch_threads, fewer while other programs keep cores busy (cores.py): same bits for any count."""
@@ -151,36 +204,31 @@ class NumpyBackend:
             and all(layer.activation in sparse.FUSED_ACTIVATIONS and not layer.dropout for layer in self.network.dense)
         )
 
-    def build_sparse_rows(self, x, validation):
-        """The (train, validation) CSR rows for the C kernel, or None where the first layer stays dense."""
-        self.path = self._describe(x)
-        if self.path.startswith("NumPy only"):
-            return None
-        return (sparse.SparseRows(x), None if validation is None else sparse.SparseRows(validation[0]))
-
-    def _describe(self, x) -> str:
-        """`_path`, and whether whole epochs run in C, on how many threads."""
-        path = self._path(x)
-        if path.startswith("sparse") and self._fusable():
-            path = path.replace("sparse first layer in C", "whole epochs in C, sparse first layer", 1)
-            if self.epoch_threads > 1:
-                path += f"; up to {self.epoch_threads} threads per network, as many as cores are free"
-        return path
-
-    def _path(self, x) -> str:
-        """How the first layer runs, in words (the engine prints it)."""
+    def plan_first_layer(self, x=None, validation=None) -> FirstLayerPlan:
+        """How the first layer will run on the images `x` (None: not known yet), with their CSR rows where
+        the sparse C kernel runs it. Made once per `start`; `SeedThreads` makes one for all its groups."""
         reason = sparse.unavailable_reason()
+        if reason is None and self.network.dense[0].dropout:
+            reason = "the C kernel does not run a first layer with Dropout on its input"
         if reason is not None:
-            return f"NumPy only: {reason}"
-        if self.network.dense[0].dropout:
-            return "NumPy only: the C kernel does not run a first layer with Dropout on its input"
-        kind = "AVX2" if sparse.simd() else "portable C"
-        if x is None:
-            return f"sparse first layer in C ({kind})"
-        share = sparse.density(x)
-        if share > sparse.MAX_DENSITY:
-            return f"NumPy only: {share:.0%} of the inputs are nonzero, too many for the sparse C kernel"
-        return f"sparse first layer in C ({kind}; {share:.0%} of the inputs are nonzero)"
+            return FirstLayerPlan(kernel=None, reason=reason)
+        kernel = "AVX2" if sparse.simd() else "portable C"
+        density = None if x is None else sparse.density(x)
+        if density is not None and density > sparse.MAX_DENSITY:
+            return FirstLayerPlan(
+                kernel=None, reason=f"{density:.0%} of the inputs are nonzero, too many for the sparse C kernel"
+            )
+        whole_epochs = self._fusable()
+        rows = None
+        if x is not None:
+            rows = (sparse.SparseRows(x), None if validation is None else sparse.SparseRows(validation[0]))
+        return FirstLayerPlan(
+            kernel=kernel,
+            density=density,
+            whole_epochs=whole_epochs,
+            threads=self.epoch_threads if whole_epochs else 1,
+            rows=rows,
+        )
 
     def _workspace(self, rows: int) -> _Workspace:
         if rows not in self.workspaces:
@@ -189,16 +237,25 @@ class NumpyBackend:
 
     def train_epoch(self, orders: np.ndarray):
         count, size = orders.shape
-        if self.plans is not None:
+        if self.plans is not None and self.sparse_rows is not None:
             threads = self._threads_now()
+            self.thread_counts[threads] += 1
             results = [
                 sparse.train_epoch(
-                    self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan, threads=threads
+                    self.sparse_rows[0],
+                    self.y,
+                    self.labels,
+                    orders[k],
+                    self.batch_size,
+                    plan,
+                    threads=threads,
+                    profile=self.profile_rows,
                 )
                 for k, plan in enumerate(self.plans)
             ]
             self.arrays["iterations"] += -(-size // self.batch_size)
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
+        self.thread_counts[1] += 1
         orders = orders[0] if self.count == 1 else orders
         loss_sums, correct = np.zeros(count), np.zeros(count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):
@@ -395,9 +452,10 @@ class NumpyBackend:
         """Per-model sums of validation loss and correct answers, in chunks of images."""
         assert self.validation is not None, "evaluate needs the validation data given to start"
         x, y, labels = self.validation
-        if self.plans is not None and self.sparse_rows[1] is not None:
+        rows = None if self.sparse_rows is None else self.sparse_rows[1]
+        if self.plans is not None and rows is not None:
             threads = self._threads_now()
-            results = [sparse.evaluate(self.sparse_rows[1], y, labels, plan, threads=threads) for plan in self.plans]
+            results = [sparse.evaluate(rows, y, labels, plan, threads=threads) for plan in self.plans]
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         loss_sums, correct = np.zeros(self.count), np.zeros(self.count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):
@@ -408,8 +466,8 @@ class NumpyBackend:
                 for number, layer in enumerate(self.network.dense):
                     kernel = self.arrays[f"dense_{number}/kernel"]
                     output = work.outputs[number]
-                    if number == 0 and self.sparse_rows is not None and self.sparse_rows[1] is not None:
-                        self._sparse_forward(self.sparse_rows[1], None, output, first=start)
+                    if number == 0 and rows is not None:
+                        self._sparse_forward(rows, None, output, first=start)
                         activations.apply(output, layer.activation, work.scratch[number], work.row)
                         values = output
                         continue

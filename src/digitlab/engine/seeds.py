@@ -48,7 +48,30 @@ class SeedThreads:
             for part in self.slices
         ]
         self.pool = futures.ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="digitlab-seeds")
-        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+
+    @property
+    def path(self) -> str:
+        return f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+
+    @property
+    def kernel(self) -> str:
+        return self.groups[0].kernel
+
+    @property
+    def thread_counts(self):
+        """Epochs per number of threads each network ran on (every group steps together)."""
+        return self.groups[0].thread_counts
+
+    @property
+    def profile_threads(self) -> int:
+        return sum(group.profile_threads for group in self.groups)
+
+    def profile_into(self, rows: np.ndarray) -> None:
+        """Each group's threads get their own rows of `rows`, in group order."""
+        first = 0
+        for group in self.groups:
+            group.profile_into(rows[first : first + group.profile_threads])
+            first += group.profile_threads
 
     def state(self) -> dict:
         self.arrays["iterations"][...] = self.groups[0].arrays["iterations"]
@@ -61,10 +84,9 @@ class SeedThreads:
             group.arrays["iterations"][...] = self.arrays["iterations"]
 
     def start(self, x, y, validation) -> None:
-        shared = self.groups[0].build_sparse_rows(x, validation)
+        first_layer = self.groups[0].plan_first_layer(x, validation)  # One plan, its CSR rows built once.
         for group in self.groups:
-            group.start(x, y, validation, sparse_rows=shared)
-        self.path = f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
+            group.start(x, y, validation, first_layer)
 
     def _each(self, method: str, *per_group):
         with blas.BlasThreads(self.threads):

@@ -11,16 +11,16 @@
 
 81% of MNIST's pixels are zero, so the first layer's forward product and its
 weight gradient need about a fifth of the dense multiply-adds. The kernels are
-a plain shared library that `pip install` builds from `_kernels.c` (setup.py;
-the build is optional) and that this module loads with ctypes, which releases
-the GIL during each call, so threads over seeds run on every core. For plain
-SGD without Dropout, `train_epoch` runs a whole epoch of a dense net in one call
-(`_train.c`: every batch's layers, loss, backward pass and update), with threads
-sharing each batch. A machine
-where the library could not be built, or a run with `DIGITLAB_NO_KERNEL=1` in
-the environment, trains on the NumPy path instead, and `unavailable_reason`
-says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but skips its AVX2
-versions (the portable ones then run; the tests use it).
+a plain shared library that `pip install` builds from `_kernels.c` (the sparse
+first layer), `_dense.c` (the layers above it) and `_train.c` (whole epochs;
+setup.py; the build is optional) and that this module loads with ctypes, which
+releases the GIL during each call, so threads over seeds run on every core. For
+plain SGD without Dropout, `train_epoch` runs a whole epoch of a dense net in one
+call (every batch's layers, loss, backward pass and update), with threads sharing
+each batch. A machine where the library could not be built, or a run with
+`DIGITLAB_NO_KERNEL=1` in the environment, trains on the NumPy path instead, and
+`unavailable_reason` says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but
+skips its AVX2 versions (the portable ones then run; the tests use it).
 """
 
 from __future__ import annotations
@@ -66,16 +66,12 @@ def _load():
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.digitlab_kernels_simd.argtypes = [ctypes.c_int]
     library.digitlab_kernels_simd.restype = ctypes.c_int
-    library.digitlab_sparse_forward.argtypes = [pointer] * 4 + [size] * 3 + [pointer] * 2 + [size] + [pointer] * 4
+    library.digitlab_sparse_forward.argtypes = (
+        [pointer] * 4 + [size] * 3 + [pointer] * 2 + [size, pointer, size, pointer, pointer]
+    )
     library.digitlab_sparse_forward.restype = None
-    library.digitlab_sparse_weight_gradient.argtypes = [pointer] * 3 + [
-        size,
-        pointer,
-        size,
-        pointer,
-        pointer,
-        ctypes.c_float,
-    ]
+    library.digitlab_sparse_weight_gradient.argtypes = [pointer, pointer, size, pointer, size, pointer, pointer]
+    library.digitlab_sparse_weight_gradient.argtypes += [ctypes.c_float]
     library.digitlab_sparse_weight_gradient.restype = None
     library.digitlab_train_epoch.argtypes = (
         [pointer] * 3
@@ -83,9 +79,17 @@ def _load():
         + [pointer] * 3
         + [size] * 3
         + [pointer] * 4
-        + [ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer]
+        + [ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer, pointer]
     )
     library.digitlab_train_epoch.restype = ctypes.c_int
+    library.digitlab_profile_phases.argtypes = []
+    library.digitlab_profile_phases.restype = ctypes.c_int
+    library.digitlab_csr_count.argtypes = [pointer, size, size, pointer]
+    library.digitlab_csr_count.restype = size
+    library.digitlab_csr_fill.argtypes = [pointer, size, size, pointer, pointer, pointer]
+    library.digitlab_csr_fill.restype = None
+    library.digitlab_read_bandwidth.argtypes = [pointer, size, size]
+    library.digitlab_read_bandwidth.restype = ctypes.c_double
     library.digitlab_evaluate.argtypes = (
         [pointer] * 6 + [size] * 2 + [pointer] * 4 + [ctypes.c_int32, ctypes.c_float, size, pointer, pointer]
     )
@@ -137,26 +141,35 @@ class SparseRows:
         if x.ndim != 2 or x.shape[1] > np.iinfo(np.uint16).max:
             raise ValueError(f"SparseRows takes a matrix of at most 65535 columns, got shape {x.shape}.")
         self.shape = x.shape
-        rows, cols = np.nonzero(x)  # Row by row, columns ascending.
-        self.cols = cols.astype(np.uint16)  # Two bytes a pixel: the kernels read less memory.
-        self.vals = np.ascontiguousarray(x[rows, cols])
-        self.starts = np.zeros(len(x) + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=len(x)), out=self.starts[1:])
+        # In C, two passes over the matrix (NumPy's nonzero and gather took 0.6 s for MNIST's 60,000 images).
+        library = _kernels()
+        self.starts = np.empty(len(x) + 1, np.int64)
+        total = library.digitlab_csr_count(x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data)
+        self.cols = np.empty(total, np.uint16)  # Two bytes a pixel: the kernels read less memory.
+        self.vals = np.empty(total, np.float32)
+        library.digitlab_csr_fill(
+            x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data
+        )
         self.most_per_row = int(np.diff(self.starts).max()) if len(x) else 0
         self._pointers = (self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
 
 
 class Transpose:
-    """A batch's transpose, built by `forward` and used by `weight_gradient`: one per model in training."""
+    """A batch's transpose, built by `forward` and used by `weight_gradient`: one per model in training.
+
+    Pixel p's entries are `offsets[p]` ... `offsets[p + 1] - 1` of `entries`, each the batch row
+    it is nonzero in (int32) and its value (float32), in row order.
+    """
+
+    ENTRY = np.dtype([("row", np.int32), ("value", np.float32)])
 
     def __init__(self, data: SparseRows, rows: int, units: int):
         capacity = max(1, data.most_per_row * rows)
         self.capacity, self.inputs = capacity, data.shape[1]
         self.offsets = np.empty(data.shape[1] + 1, np.int32)
-        self.rows = np.empty(capacity, np.int32)
-        self.vals = np.empty(capacity, np.float32)
+        self.entries = np.empty(capacity, self.ENTRY)
         self.gradient_row = np.empty(units, np.float32)  # Scratch for the fused SGD update.
-        self._pointers = (self.offsets.ctypes.data, self.rows.ctypes.data, self.vals.ctypes.data)
+        self._pointers = (self.offsets.ctypes.data, self.entries.ctypes.data)
 
 
 def _kernels():
@@ -207,7 +220,8 @@ def forward(
         _check(bias, np.float32),
         units,
         _check(out, np.float32),
-        *(transpose._pointers if transpose is not None else (None, None, None)),
+        0,
+        *(transpose._pointers if transpose is not None else (None, None)),
     )
 
 
@@ -275,6 +289,7 @@ def train_epoch(
     batch_size: int,
     plan: EpochPlan,
     threads: int = 1,
+    profile: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """One epoch of plain SGD in C, in place on the plan's arrays: (the loss sum, the correct answers).
 
@@ -282,6 +297,8 @@ def train_epoch(
     the NumPy backend's (Keras's), the first layer on the nonzero pixels only. `threads`
     threads share each batch (its rows for the forward pass, its pixels for the first layer's
     update); every sum runs in the same order, so the results do not depend on their number.
+    With `profile` (a float64 array of at least `threads` x `profile_phases()`), each thread's
+    seconds in each phase of the epoch are added to its row (`timing.PHASES` names them).
     """
     if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
         raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
@@ -289,6 +306,11 @@ def train_epoch(
         raise ValueError(f"train_epoch: the order names images outside 0 ... {data.shape[0] - 1}.")
     if data.shape[1] != plan.units[0]:
         raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
+    threads = max(1, min(int(threads), 64))
+    if profile is not None and (profile.dtype != np.float64 or profile.shape[0] < threads or profile.ndim != 2):
+        raise ValueError(f"train_epoch: the profile needs float64 rows for {threads} threads, got {profile.shape}.")
+    if profile is not None and profile.shape[1] != profile_phases():
+        raise ValueError(f"train_epoch: the profile needs {profile_phases()} phases, got {profile.shape[1]}.")
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
     status = _kernels().digitlab_train_epoch(
         *data._pointers,
@@ -306,9 +328,10 @@ def train_epoch(
         plan.loss,
         plan.rate,
         plan.clip,
-        max(1, min(int(threads), 64)),
+        threads,
         ctypes.byref(loss_sum),
         ctypes.byref(correct),
+        None if profile is None else _check(profile, np.float64),
     )
     if status != 0:
         raise MemoryError("The C training epoch could not allocate its batch buffers.")
@@ -349,3 +372,15 @@ def evaluate(
     if status != 0:
         raise MemoryError("The C validation could not allocate its buffers.")
     return float(row_losses.sum()), correct.value
+
+
+def profile_phases() -> int:
+    """How many phases `train_epoch` times for its profile (the C code's count)."""
+    return int(_kernels().digitlab_profile_phases())
+
+
+def read_bandwidth(size: int, repeats: int = 20) -> float:
+    """One core's read bandwidth (bytes per second) on a working set of `size` bytes, with the kernels' loads."""
+    size = max(256, size - size % 256)
+    data = np.ones(size // 4, np.float32)
+    return float(_kernels().digitlab_read_bandwidth(data.ctypes.data, size, repeats))

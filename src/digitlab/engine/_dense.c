@@ -1,0 +1,552 @@
+/* The dense layers above the first, in C, for the fused epoch (_train.c): forward, backward, the loss,
+ * the activations and the SGD updates, each with an AVX2+FMA version and a portable one.
+ *
+ * Which runs follows digitlab_kernels_simd_on() (_kernels.c): AVX2 where the CPU has it and
+ * DIGITLAB_KERNEL_SCALAR does not forbid it. Within a version every sum runs in one fixed order,
+ * whatever rows or units a thread is given, so any number of threads gives the same bits:
+ *
+ *   forward:  out[r, u]  = sum over i ascending of a[r, i] * kernel[i, u], then + bias[u];
+ *   backward: below[r, i] = sum over u ascending of g[r, u] * kernel[i, u];
+ *   update:   kernel[i, u] -= rate * (sum over rows r ascending of a[r, i] * g[r, u]);
+ *             bias[u] -= rate * (sum over rows r ascending of g[r, u]).
+ *
+ * The AVX2 versions fuse each multiply-add (FMA) and the portable ones round the product first;
+ * so the two versions differ in the last bits, and each is tested against Keras fit. The AVX2
+ * versions keep a block of outputs in registers across the whole sum: four rows by sixteen units
+ * forward, sixty-four inputs backward and in the update (the kernel's transpose, `kernel_t`, keeps the
+ * backward pass's reads contiguous; the update writes both).
+ *
+ * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax. Losses: 0 mean squared error,
+ * 1 categorical cross-entropy.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LINEAR 0
+#define SIGMOID 1
+#define RELU 2
+#define TANH 3
+#define SOFTMAX 4
+#define MEAN_SQUARED_ERROR 0
+
+int digitlab_kernels_simd_on(void); /* From _kernels.c. */
+
+/* Asks for the target and label of row r + 8 to be brought into cache while row r's loss is computed: the
+ * images of a batch lie at random places, and a burst of prefetches for the whole batch measured no gain. */
+static inline void prefetch_targets(const float *targets, const int64_t *labels, const int64_t *index, int64_t r,
+                                    int64_t rows, int64_t classes) {
+#ifdef __GNUC__
+    if (r + 8 >= rows) return;
+    const int64_t image = index[r + 8];
+    __builtin_prefetch(targets + image * classes);
+    __builtin_prefetch(targets + image * classes + classes - 1);
+    __builtin_prefetch(labels + image);
+#else
+    (void)targets, (void)labels, (void)index, (void)r, (void)rows, (void)classes;
+#endif
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86 1
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* The lanes below `count` (0 ... 8) set. */
+AVX2 static inline __m256i lanes_below(int64_t count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Stores the first `count` (0 ... 8) lanes of v at dst: a whole store where all lanes go, else halves, pairs
+ * and single lanes. Masked stores (vmaskmovps) are microcoded on AMD's Zen 2 and 3, and a copy through a
+ * buffer became a `rep movs`: both measured slower. */
+AVX2 static inline void store_lanes(float *dst, __m256 v, int64_t count) {
+    if (count >= 8) {
+        _mm256_storeu_ps(dst, v);
+        return;
+    }
+    __m128 part = _mm256_castps256_ps128(v);
+    if (count >= 4) {
+        _mm_storeu_ps(dst, part);
+        dst += 4, count -= 4, part = _mm256_extractf128_ps(v, 1);
+    }
+    if (count >= 2) {
+        _mm_storel_pi((__m64 *)dst, part);
+        dst += 2, count -= 2, part = _mm_movehl_ps(part, part);
+    }
+    if (count >= 1) _mm_store_ss(dst, part);
+}
+
+/* The sum of a vector's lanes, always in the same order. */
+AVX2 static inline float lane_sum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2 static inline float lane_max(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/* exp(x) for eight floats, Cephes's expf (within 2 ulp of the exact value): x = n ln2 + r, |r| <= ln2 / 2,
+ * exp(r) by its degree-7 polynomial, times 2^n. */
+AVX2 static inline __m256 exp_avx2(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365448f)), _mm256_set1_ps(88.3762626f));
+    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
+}
+
+/* ------------------------------------------------------------------------------ AVX2 + FMA */
+
+/* Four rows by sixteen units (units u0 ... u0 + width - 1, width <= 16) in eight accumulators. */
+AVX2 static void forward_block_avx2(const float *a, int64_t rows, int64_t inputs, const float *kernel,
+                                    const float *bias, int64_t units, int64_t u0, int64_t width, float *out) {
+    const int64_t first = width < 8 ? width : 8, second = width > 8 ? width - 8 : 0;
+    const __m256i low = lanes_below(first), high = lanes_below(second);
+    const int whole = width == 16;
+    const __m256 b0 = _mm256_maskload_ps(bias + u0, low), b1 = _mm256_maskload_ps(bias + u0 + 8, high);
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *x = a + r * inputs;
+        __m256 p0 = _mm256_setzero_ps(), p1 = p0, q0 = p0, q1 = p0, s0 = p0, s1 = p0, t0 = p0, t1 = p0;
+        for (int64_t i = 0; i < inputs; i++) {
+            const float *k = kernel + i * units + u0;
+            const __m256 k0 = whole ? _mm256_loadu_ps(k) : _mm256_maskload_ps(k, low);
+            const __m256 k1 = whole ? _mm256_loadu_ps(k + 8) : _mm256_maskload_ps(k + 8, high);
+            __m256 v = _mm256_broadcast_ss(x + i);
+            p0 = _mm256_fmadd_ps(v, k0, p0), p1 = _mm256_fmadd_ps(v, k1, p1);
+            v = _mm256_broadcast_ss(x + inputs + i);
+            q0 = _mm256_fmadd_ps(v, k0, q0), q1 = _mm256_fmadd_ps(v, k1, q1);
+            v = _mm256_broadcast_ss(x + 2 * inputs + i);
+            s0 = _mm256_fmadd_ps(v, k0, s0), s1 = _mm256_fmadd_ps(v, k1, s1);
+            v = _mm256_broadcast_ss(x + 3 * inputs + i);
+            t0 = _mm256_fmadd_ps(v, k0, t0), t1 = _mm256_fmadd_ps(v, k1, t1);
+        }
+        float *o = out + r * units + u0;
+        store_lanes(o, _mm256_add_ps(p0, b0), first), store_lanes(o + 8, _mm256_add_ps(p1, b1), second);
+        o += units;
+        store_lanes(o, _mm256_add_ps(q0, b0), first), store_lanes(o + 8, _mm256_add_ps(q1, b1), second);
+        o += units;
+        store_lanes(o, _mm256_add_ps(s0, b0), first), store_lanes(o + 8, _mm256_add_ps(s1, b1), second);
+        o += units;
+        store_lanes(o, _mm256_add_ps(t0, b0), first), store_lanes(o + 8, _mm256_add_ps(t1, b1), second);
+    }
+    for (; r < rows; r++) {
+        const float *x = a + r * inputs;
+        __m256 p0 = _mm256_setzero_ps(), p1 = p0;
+        for (int64_t i = 0; i < inputs; i++) {
+            const float *k = kernel + i * units + u0;
+            const __m256 v = _mm256_broadcast_ss(x + i);
+            p0 = _mm256_fmadd_ps(v, _mm256_maskload_ps(k, low), p0);
+            p1 = _mm256_fmadd_ps(v, _mm256_maskload_ps(k + 8, high), p1);
+        }
+        float *o = out + r * units + u0;
+        store_lanes(o, _mm256_add_ps(p0, b0), first), store_lanes(o + 8, _mm256_add_ps(p1, b1), second);
+    }
+}
+
+AVX2 static void forward_avx2(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                              int64_t units, float *out) {
+    for (int64_t u0 = 0; u0 < units; u0 += 16)
+        forward_block_avx2(a, rows, inputs, kernel, bias, units, u0, units - u0 < 16 ? units - u0 : 16, out);
+}
+
+/* One row's `width` (<= 64) outputs from i0 on, in eight accumulators: out[i] = sum over k < count of
+ * scale[k * scale_stride] * source[k * source_stride + i] (the FMAs in k order). `subtract`: out -= rate * sum. */
+AVX2 static inline void sum_rows_avx2(const float *scale, int64_t scale_stride, const float *source,
+                                      int64_t source_stride, int64_t count, int64_t width, float *out, int subtract,
+                                      float rate) {
+    __m256i mask[8];
+    for (int c = 0; c < 8; c++) mask[c] = lanes_below(width - 8 * c < 0 ? 0 : (width - 8 * c > 8 ? 8 : width - 8 * c));
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    if (width == 64) {
+        for (int64_t k = 0; k < count; k++) {
+            const __m256 v = _mm256_broadcast_ss(scale + k * scale_stride);
+            const float *s = source + k * source_stride;
+            a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s), a0), a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 8), a1);
+            a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 16), a2), a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 24), a3);
+            a4 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 32), a4), a5 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 40), a5);
+            a6 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 48), a6), a7 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 56), a7);
+        }
+    } else {
+        for (int64_t k = 0; k < count; k++) {
+            const __m256 v = _mm256_broadcast_ss(scale + k * scale_stride);
+            const float *s = source + k * source_stride;
+            a0 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s, mask[0]), a0);
+            a1 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s + 8, mask[1]), a1);
+            a2 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s + 16, mask[2]), a2);
+            a3 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s + 24, mask[3]), a3);
+            a4 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s + 32, mask[4]), a4);
+            a5 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s + 40, mask[5]), a5);
+            a6 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s + 48, mask[6]), a6);
+            a7 = _mm256_fmadd_ps(v, _mm256_maskload_ps(s + 56, mask[7]), a7);
+        }
+    }
+    const __m256 sums[8] = {a0, a1, a2, a3, a4, a5, a6, a7}, step = _mm256_set1_ps(rate);
+    for (int c = 0; c < 8 && 8 * c < width; c++) {
+        __m256 value = sums[c];
+        if (subtract) value = _mm256_sub_ps(_mm256_maskload_ps(out + 8 * c, mask[c]), _mm256_mul_ps(value, step));
+        store_lanes(out + 8 * c, value, width - 8 * c);
+    }
+}
+
+AVX2 static void backward_avx2(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
+                               float *below) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i0 = 0; i0 < inputs; i0 += 64)
+            sum_rows_avx2(g + r * units, 1, kernel_t + i0, inputs, units, inputs - i0 < 64 ? inputs - i0 : 64,
+                          below + r * inputs + i0, 0, 0.0f);
+}
+
+AVX2 static void sgd_units_avx2(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units,
+                                int64_t u0, int64_t u1, float *kernel, float *kernel_t, float rate) {
+    for (int64_t u = u0; u < u1; u++) {
+        float *row = kernel_t + u * inputs;
+        for (int64_t i0 = 0; i0 < inputs; i0 += 64)
+            sum_rows_avx2(g + u, units, a + i0, inputs, rows, inputs - i0 < 64 ? inputs - i0 : 64, row + i0, 1, rate);
+        for (int64_t i = 0; i < inputs; i++) kernel[i * units + u] = row[i];
+    }
+}
+
+AVX2 static void sgd_bias_avx2(const float *g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *bias,
+                               float rate) {
+    for (int64_t u = u0; u < u1; u += 8) {
+        const __m256i mask = lanes_below(u1 - u < 8 ? u1 - u : 8);
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t r = 0; r < rows; r++) sum = _mm256_add_ps(sum, _mm256_maskload_ps(g + r * units + u, mask));
+        const __m256 step = _mm256_mul_ps(sum, _mm256_set1_ps(rate));
+        store_lanes(bias + u, _mm256_sub_ps(_mm256_maskload_ps(bias + u, mask), step), u1 - u);
+    }
+}
+
+/* values = 1 / (1 + exp(-values)), eight at a time; returns how many it did (a multiple of 8). */
+AVX2 static int64_t sigmoid_avx2(float *values, int64_t size) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= size; k += 8) {
+        const __m256 e = exp_avx2(_mm256_sub_ps(zero, _mm256_loadu_ps(values + k)));
+        _mm256_storeu_ps(values + k, _mm256_div_ps(one, _mm256_add_ps(e, one)));
+    }
+    return k;
+}
+
+AVX2 static void softmax_avx2(float *values, int64_t rows, int64_t units) {
+    const __m256 lowest = _mm256_set1_ps(-INFINITY);
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = values + r * units;
+        __m256 top = lowest;
+        for (int64_t u = 0; u < units; u += 8) {
+            const __m256i mask = lanes_below(units - u < 8 ? units - u : 8);
+            top = _mm256_max_ps(top, _mm256_blendv_ps(lowest, _mm256_maskload_ps(row + u, mask),
+                                                      _mm256_castsi256_ps(mask)));
+        }
+        const __m256 most = _mm256_set1_ps(lane_max(top));
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t u = 0; u < units; u += 8) {
+            const __m256i mask = lanes_below(units - u < 8 ? units - u : 8);
+            const __m256 e = _mm256_and_ps(exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(row + u, mask), most)),
+                                           _mm256_castsi256_ps(mask));
+            store_lanes(row + u, e, units - u);
+            sum = _mm256_add_ps(sum, e);
+        }
+        const __m256 total = _mm256_set1_ps(lane_sum(sum));
+        for (int64_t u = 0; u < units; u += 8) {
+            const __m256i mask = lanes_below(units - u < 8 ? units - u : 8);
+            store_lanes(row + u, _mm256_div_ps(_mm256_maskload_ps(row + u, mask), total), units - u);
+        }
+    }
+}
+
+/* The loss of rows whose last layer is a softmax over at most 16 classes with mean squared error (the book's
+ * net): each row's classes in two vectors. The argmax is the first largest, as in the portable loop; each row's
+ * loss is summed in double, lane pairs first. Returns how many rows it did (all, or none where it does not apply). */
+AVX2 static int64_t mse_softmax_avx2(const float *outputs, const float *targets, const int64_t *labels,
+                                     const int64_t *index, int64_t rows, int64_t batch_rows, int64_t classes,
+                                     float *gradient, int64_t *correct, double *row_losses) {
+    if (classes > 16 || classes < 1) return 0;
+    const __m256i low = lanes_below(classes < 8 ? classes : 8), high = lanes_below(classes > 8 ? classes - 8 : 0);
+    const __m256 scale = _mm256_set1_ps(2.0f / (float)classes / (float)batch_rows), lowest = _mm256_set1_ps(-INFINITY);
+    int64_t right = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        prefetch_targets(targets, labels, index, r, rows, classes);
+        const float *p = outputs + r * classes, *t = targets + index[r] * classes;
+        const __m256 p0 = _mm256_maskload_ps(p, low), p1 = _mm256_maskload_ps(p + 8, high);
+        /* The answer: the first class holding the largest output. */
+        const __m256 q0 = _mm256_blendv_ps(lowest, p0, _mm256_castsi256_ps(low));
+        const __m256 q1 = _mm256_blendv_ps(lowest, p1, _mm256_castsi256_ps(high));
+        const __m256 top = _mm256_set1_ps(lane_max(_mm256_max_ps(q0, q1)));
+        const unsigned hits = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q0, top, _CMP_EQ_OQ)) |
+                              (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q1, top, _CMP_EQ_OQ)) << 8;
+        right += hits && (int64_t)__builtin_ctz(hits) == labels[index[r]];
+        /* The error, its square summed in double, and the gradient of the mean. */
+        const __m256 e0 = _mm256_sub_ps(p0, _mm256_maskload_ps(t, low));
+        const __m256 e1 = _mm256_sub_ps(p1, _mm256_maskload_ps(t + 8, high));
+        const __m256 s0 = _mm256_mul_ps(e0, e0), s1 = _mm256_mul_ps(e1, e1);
+        __m256d sum = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s0)),
+                                    _mm256_cvtps_pd(_mm256_extractf128_ps(s0, 1)));
+        sum = _mm256_add_pd(sum, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s1)),
+                                               _mm256_cvtps_pd(_mm256_extractf128_ps(s1, 1))));
+        __m128d half = _mm_add_pd(_mm256_castpd256_pd128(sum), _mm256_extractf128_pd(sum, 1));
+        half = _mm_add_sd(half, _mm_unpackhi_pd(half, half));
+        row_losses[r] = _mm_cvtsd_f64(half) / (double)classes;
+        __m256 g0 = _mm256_mul_ps(e0, scale), g1 = _mm256_mul_ps(e1, scale);
+        /* Through the softmax: g = (g - sum(p * g)) * p. */
+        const __m256 dot = _mm256_set1_ps(lane_sum(_mm256_add_ps(_mm256_mul_ps(p0, g0), _mm256_mul_ps(p1, g1))));
+        g0 = _mm256_mul_ps(_mm256_sub_ps(g0, dot), p0), g1 = _mm256_mul_ps(_mm256_sub_ps(g1, dot), p1);
+        float *g = gradient + r * classes;
+        store_lanes(g, g0, classes), store_lanes(g + 8, g1, classes - 8);
+    }
+    *correct += right;
+    return rows;
+}
+
+AVX2 static void sigmoid_gradient_avx2(float *gradient, const float *output, int64_t size) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t k = 0;
+    for (; k + 8 <= size; k += 8) {
+        const __m256 o = _mm256_loadu_ps(output + k);
+        _mm256_storeu_ps(gradient + k, _mm256_mul_ps(_mm256_loadu_ps(gradient + k), _mm256_mul_ps(_mm256_sub_ps(one, o), o)));
+    }
+    for (; k < size; k++) gradient[k] *= (1.0f - output[k]) * output[k];
+}
+#endif
+
+/* ------------------------------------------------------------------------------ the portable versions */
+
+static void forward_portable(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                             int64_t units, float *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *o = out + r * units;
+        memset(o, 0, sizeof(float) * units);
+        for (int64_t i = 0; i < inputs; i++) {
+            const float x = a[r * inputs + i], *k = kernel + i * units;
+            for (int64_t u = 0; u < units; u++) o[u] += x * k[u];
+        }
+        for (int64_t u = 0; u < units; u++) o[u] += bias[u];
+    }
+}
+
+static void backward_portable(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
+                              float *below) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *b = below + r * inputs;
+        memset(b, 0, sizeof(float) * inputs);
+        for (int64_t u = 0; u < units; u++) {
+            const float value = g[r * units + u], *w = kernel_t + u * inputs;
+            for (int64_t i = 0; i < inputs; i++) b[i] += value * w[i];
+        }
+    }
+}
+
+/* `scratch` holds `inputs` floats. */
+static void sgd_units_portable(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units,
+                               int64_t u0, int64_t u1, float *kernel, float *kernel_t, float rate, float *scratch) {
+    for (int64_t u = u0; u < u1; u++) {
+        memset(scratch, 0, sizeof(float) * inputs);
+        for (int64_t r = 0; r < rows; r++) {
+            const float value = g[r * units + u], *x = a + r * inputs;
+            for (int64_t i = 0; i < inputs; i++) scratch[i] += x[i] * value;
+        }
+        float *row = kernel_t + u * inputs;
+        for (int64_t i = 0; i < inputs; i++) {
+            const float step = scratch[i] * rate;
+            row[i] -= step;
+            kernel[i * units + u] = row[i];
+        }
+    }
+}
+
+static void sgd_bias_portable(const float *g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *bias,
+                              float rate) {
+    for (int64_t u = u0; u < u1; u++) {
+        float sum = 0.0f;
+        for (int64_t r = 0; r < rows; r++) sum += g[r * units + u];
+        const float step = sum * rate;
+        bias[u] -= step;
+    }
+}
+
+/* ------------------------------------------------------------------------------ the entry points */
+
+/* out[r, :] = a[r, :] @ kernel + bias for `rows` rows; kernel is inputs x units, row-major. */
+void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                            int64_t units, float *out) {
+#ifdef HAVE_X86
+    if (digitlab_kernels_simd_on()) {
+        forward_avx2(a, rows, inputs, kernel, bias, units, out);
+        return;
+    }
+#endif
+    forward_portable(a, rows, inputs, kernel, bias, units, out);
+}
+
+/* below[r, :] = g[r, :] @ kernel.T, through kernel_t (units x inputs, the kernel's transpose). */
+void digitlab_dense_backward(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
+                             float *below) {
+#ifdef HAVE_X86
+    if (digitlab_kernels_simd_on()) {
+        backward_avx2(g, rows, units, kernel_t, inputs, below);
+        return;
+    }
+#endif
+    backward_portable(g, rows, units, kernel_t, inputs, below);
+}
+
+/* Plain SGD on units u0 <= u < u1 of a dense layer (kernel inputs x units, kernel_t its transpose, both
+ * updated): kernel[:, u] -= rate * (a.T @ g)[:, u], each sum over the rows in order. `scratch`: `inputs` floats. */
+void digitlab_dense_sgd_units(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units, int64_t u0,
+                              int64_t u1, float *kernel, float *kernel_t, float rate, float *scratch) {
+#ifdef HAVE_X86
+    if (digitlab_kernels_simd_on()) {
+        sgd_units_avx2(a, g, rows, inputs, units, u0, u1, kernel, kernel_t, rate);
+        return;
+    }
+#endif
+    sgd_units_portable(a, g, rows, inputs, units, u0, u1, kernel, kernel_t, rate, scratch);
+}
+
+/* bias[u] -= rate * (sum of g[r, u] over the rows in order), for u0 <= u < u1. */
+void digitlab_dense_sgd_bias(const float *g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *bias,
+                             float rate) {
+#ifdef HAVE_X86
+    if (digitlab_kernels_simd_on()) {
+        sgd_bias_avx2(g, rows, units, u0, u1, bias, rate);
+        return;
+    }
+#endif
+    sgd_bias_portable(g, rows, units, u0, u1, bias, rate);
+}
+
+void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t activation) {
+    const int64_t size = rows * units;
+#ifdef HAVE_X86
+    const int simd = digitlab_kernels_simd_on();
+#endif
+    switch (activation) {
+    case SIGMOID: {
+        int64_t k = 0;
+#ifdef HAVE_X86
+        if (simd) k = sigmoid_avx2(values, size);
+#endif
+        for (; k < size; k++) values[k] = 1.0f / (expf(-values[k]) + 1.0f);
+        break;
+    }
+    case RELU:
+        for (int64_t k = 0; k < size; k++) values[k] = values[k] > 0.0f ? values[k] : 0.0f;
+        break;
+    case TANH:
+        for (int64_t k = 0; k < size; k++) values[k] = tanhf(values[k]);
+        break;
+    case SOFTMAX:
+#ifdef HAVE_X86
+        if (simd) {
+            softmax_avx2(values, rows, units);
+            break;
+        }
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            float *row = values + r * units, top = row[0], sum = 0.0f;
+            for (int64_t u = 1; u < units; u++) top = row[u] > top ? row[u] : top;
+            for (int64_t u = 0; u < units; u++) {
+                row[u] = expf(row[u] - top);
+                sum += row[u];
+            }
+            for (int64_t u = 0; u < units; u++) row[u] /= sum;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* gradient *= the activation's derivative, written in terms of its output (not softmax: the loss does it). */
+void digitlab_dense_activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation) {
+    switch (activation) {
+    case SIGMOID:
+#ifdef HAVE_X86
+        if (digitlab_kernels_simd_on()) {
+            sigmoid_gradient_avx2(gradient, output, size);
+            break;
+        }
+#endif
+        for (int64_t k = 0; k < size; k++) gradient[k] *= (1.0f - output[k]) * output[k];
+        break;
+    case RELU:
+        for (int64_t k = 0; k < size; k++) gradient[k] *= output[k] > 0.0f ? 1.0f : 0.0f;
+        break;
+    case TANH:
+        for (int64_t k = 0; k < size; k++) gradient[k] *= 1.0f - output[k] * output[k];
+        break;
+    default:
+        break;
+    }
+}
+
+/* For `rows` rows of a batch of `batch_rows`: each row's loss (float64, as Keras reports it) into
+ * row_losses, the right answers added to *correct, and dLoss/d(pre-activation) of the last layer
+ * (the batch's mean loss) into `gradient`. */
+void digitlab_dense_loss(const float *outputs, const float *targets, const int64_t *labels, const int64_t *index,
+                         int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss, int32_t activation,
+                         float clip, float *gradient, int64_t *correct, double *row_losses) {
+#ifdef HAVE_X86
+    if (loss == MEAN_SQUARED_ERROR && activation == SOFTMAX && digitlab_kernels_simd_on() &&
+        mse_softmax_avx2(outputs, targets, labels, index, rows, batch_rows, classes, gradient, correct, row_losses))
+        return;
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        prefetch_targets(targets, labels, index, r, rows, classes);
+        const float *p = outputs + r * classes, *t = targets + index[r] * classes;
+        float *g = gradient + r * classes;
+        int64_t best = 0;
+        for (int64_t c = 1; c < classes; c++)
+            if (p[c] > p[best]) best = c;
+        *correct += best == labels[index[r]];
+        double sum = 0.0;
+        if (loss == MEAN_SQUARED_ERROR) {
+            const float scale = 2.0f / (float)classes / (float)batch_rows;
+            for (int64_t c = 0; c < classes; c++) {
+                g[c] = p[c] - t[c];
+                sum += (double)(g[c] * g[c]);
+                g[c] *= scale;
+            }
+            row_losses[r] = sum / (double)classes;
+        } else {
+            /* Keras: normalize by the row sum, clip to [clip, 1 - clip], -sum(t log p); the clip
+             * passes no gradient for entries outside the interval. */
+            float row_sum = 0.0f, weighted = 0.0f;
+            for (int64_t c = 0; c < classes; c++) row_sum += p[c];
+            for (int64_t c = 0; c < classes; c++) {
+                const float q = p[c] / row_sum;
+                const float kept = q < clip ? clip : (q > 1.0f - clip ? 1.0f - clip : q);
+                sum += (double)(logf(kept) * t[c]);
+                g[c] = (q >= clip && q <= 1.0f - clip) ? t[c] / kept * (-1.0f / (float)batch_rows) : 0.0f;
+                weighted += g[c] * p[c];
+            }
+            row_losses[r] = -sum;
+            weighted /= row_sum;
+            for (int64_t c = 0; c < classes; c++) g[c] = (g[c] - weighted) / row_sum;
+        }
+        if (activation == SOFTMAX) {
+            float dot = 0.0f;
+            for (int64_t c = 0; c < classes; c++) dot += p[c] * g[c];
+            for (int64_t c = 0; c < classes; c++) g[c] = (g[c] - dot) * p[c];
+        }
+    }
+    if (activation != SOFTMAX) digitlab_dense_activation_gradient(gradient, outputs, rows * classes, activation);
+}
