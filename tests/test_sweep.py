@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from digitlab import cli, config, plots, runs, training
+from digitlab import cli, config, data, plots, runs, training
 from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
+from digitlab.sweep import state as sweep_state
+from digitlab.sweep import trial as sweep_trial
 
 # The sweep every Ray test compares against: 2 learning rates x 2 seeds of the shallow net.
 SWEEP_ARGS = [
@@ -159,7 +161,7 @@ def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_e
     assert len([axis for axis in figure.axes if axis.has_data()]) == 12
     heat = plots_sweep.sweep_heatmap(
         [
-            {"activation": a, "learning_rate": r, "val_accuracy_mean": 0.5}
+            {"params": {"activation": a, "learning_rate": r}, "val_accuracy_mean": 0.5}
             for a in ("sigmoid", "relu")
             for r in (0.01, 0.1)
         ],
@@ -167,6 +169,113 @@ def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_e
         {"activation": ["sigmoid", "relu"], "learning_rate": [0.01, 0.1]},
     )
     assert plots.figure_png(heat)[:4] == b"\x89PNG"
+
+
+def test_no_sweepable_field_is_named_like_a_result_column():
+    sweepable = {field for field in config.TrainConfig.__dataclass_fields__ if field not in sweep_plan.NOT_SWEPT}
+    assert not sweepable & set(sweep_results.RESULT_COLUMNS)
+
+
+def _trained_sweep(out: Path, mnist_path: Path, grid: list[str], seeds: list[int]) -> sweep_state.Sweep:
+    """A sweep folder trained without Ray: each trial through the function a Tune trial runs."""
+    parsed = sweep_plan.parse_grid(grid)
+    trials = sweep_plan.plan_trials(config.TrainConfig(train_limit=1000), parsed, [], seeds)
+    settings = {"swept": list(parsed), "grid": parsed, "sample": {}, "seeds": seeds, "command": "digitlab sweep"}
+    loaded = data.load(mnist_path)
+    sweep = sweep_state.create(out, trials, settings, loaded)
+    for trial in sweep.trials:
+        reported: list[dict] = []
+        sweep_trial.train_trial(trial, sweep.runs_dir, loaded, reported.append)
+        last = reported[-1]
+        sweep.update(trial["index"], status="complete", epochs=last["epoch"], val_accuracy=last["val_accuracy"])
+    return sweep
+
+
+def test_epochs_and_batch_size_swept_together_reach_the_tables_the_heatmap_and_the_report(tmp_path, mnist_path, capsys):
+    """Issue 15, bug 1: `epochs` is a swept field and a result; the swept values stay in each row's
+    params, so results.csv, .json, .md, the heatmap and the report all show them."""
+    out = tmp_path / "sweep"
+    sweep = _trained_sweep(out, mnist_path, ["epochs=1,2", "batch_size=100,250"], seeds=[0])
+    rows = sweep_results.finish(sweep, print_fn=lambda *args: None)
+    assert sorted((row["params"]["epochs"], row["params"]["batch_size"]) for row in rows) == [
+        (1, 100),
+        (1, 250),
+        (2, 100),
+        (2, 250),
+    ]
+    table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert list(table[0]) == ["epochs", "batch_size", *sweep_results.RESULT_COLUMNS]
+    assert all(row["epochs"] == row["epochs_run"] for row in table)  # Each trained the epochs it was given.
+    assert {(row["epochs"], row["batch_size"]) for row in table} == {
+        ("1", "100"),
+        ("1", "250"),
+        ("2", "100"),
+        ("2", "250"),
+    }
+    saved = json.loads((out / "results.json").read_text())
+    assert [row["params"] for row in saved] == [row["params"] for row in rows]
+    assert all(
+        isinstance(row["params"]["epochs"], int) and row["epochs_run"] == str(row["params"]["epochs"]) for row in saved
+    )
+    markdown = (out / "results.md").read_text().splitlines()
+    assert markdown[0].startswith("| epochs | batch_size | seeds | val acc mean |") and len(markdown) == 2 + 4
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+    code, printed, err = run_cli(capsys, "report", out)
+    assert code == 0 and err == "" and printed.strip() == f"Wrote {out / 'report.html'}"
+    page = (out / "report.html").read_text()
+    # The page's results table has the same cells as results.md, row for row.
+    for cells in sweep_results.results_table(rows, ["epochs", "batch_size"]).rows:
+        assert "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" in page
+    assert page.count("data:image/png;base64,") == 2  # The curves and the heatmap.
+
+
+def test_the_results_table_is_written_once_for_every_output():
+    rows = [
+        sweep_results.ResultRow(
+            configuration=1,
+            params={"activation": "relu", "learning_rate": 0.1},
+            seeds=3,
+            val_accuracy_mean=0.97321,
+            val_accuracy_std=0.00021,
+            val_accuracy_min=0.9731,
+            val_accuracy_max=0.97349,
+            best_val_accuracy_mean=0.97321,
+            best_epoch=20,
+            epochs_run="20",
+            wall_time_s=150.06,
+            status="complete",
+            curves=[[0.9], [0.9], [0.9]],
+        ),
+        sweep_results.ResultRow(
+            configuration=0,
+            params={"activation": "sigmoid", "learning_rate": 0.1},
+            seeds=0,
+            val_accuracy_mean=float("nan"),
+            val_accuracy_std=float("nan"),
+            val_accuracy_min=float("nan"),
+            val_accuracy_max=float("nan"),
+            best_val_accuracy_mean=float("nan"),
+            best_epoch=0,
+            epochs_run="0",
+            wall_time_s=0.0,
+            status="failed (3 of 3 seeds): ValueError: a | b",
+            curves=[],
+        ),
+    ]
+    table = sweep_results.results_table(rows, ["activation", "learning_rate"])
+    assert table.rows[0] == [
+        "relu", "0.1", "3", "0.9732", "0.0002", "0.9731", "0.9735", "0.9732", "20", "20", "150.1", "complete"
+    ]  # fmt: skip
+    assert table.rows[1][2:4] == ["0", "nan"]
+    csv_rows = list(csv.reader(io.StringIO(sweep_results.results_csv(table))))
+    assert csv_rows == [table.names, *table.rows]
+    markdown = sweep_results.results_markdown(table).splitlines()
+    assert markdown[0] == "| " + " | ".join(table.titles) + " |"
+    assert markdown[1] == "|---|---|" + "---:|" * 9 + "---|"
+    assert markdown[2] == "| " + " | ".join(table.rows[0]) + " |"
+    assert markdown[3].endswith("| failed (3 of 3 seeds): ValueError: a \\| b |")  # A | in a cell is escaped.
+    assert sweep_results.results_json(rows)[1]["val_accuracy_mean"] is None  # Strict JSON: no NaN.
 
 
 # Bad input: one error line, exit status 2, before any trial (these start no Ray).
@@ -279,11 +388,11 @@ def test_a_sweep_trains_what_train_trains(reference_sweep, tmp_path, quiet):
     rows = _results_without_time(out)
     assert [row["learning_rate"] for row in rows] == ["0.5", "0.05"]  # Best first.
     assert set(rows[0]) == {"learning_rate", *sweep_results.RESULT_COLUMNS} - {"wall_time_s"}
-    assert rows[0]["seeds"] == "2" and rows[0]["status"] == "complete" and rows[0]["epochs"] == "6"
+    assert rows[0]["seeds"] == "2" and rows[0]["status"] == "complete" and rows[0]["epochs_run"] == "6"
     assert (
         float(rows[0]["val_accuracy_min"]) <= float(rows[0]["val_accuracy_mean"]) <= float(rows[0]["val_accuracy_max"])
     )
-    assert json.loads((out / "results.json").read_text())[0]["learning_rate"] == 0.5
+    assert json.loads((out / "results.json").read_text())[0]["params"] == {"learning_rate": 0.5}
     assert (out / "results.md").read_text() in result.stdout
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG" and not (out / "heatmap.png").exists()
 
@@ -298,6 +407,32 @@ def test_the_runs_of_a_sweep_work_with_runs_and_report(reference_sweep, capsys):
     page = (out / "report.html").read_text()
     assert "digitlab sweep" in page and "data:image/png;base64," in page
     assert all(trial in page for trial in ("t000-0.05-seed3", "t003-0.5-seed4"))
+
+
+@pytest.mark.heavy
+def test_a_sweep_of_epochs_beside_another_field_ends_with_its_tables_heatmap_and_report(tmp_path, mnist_path, capsys):
+    """Issue 15, bug 1, as the user met it: this command trained all four trials, then failed."""
+    out = tmp_path / "sweep"
+    result = _sweep(
+        "--grid", "epochs=1,2", "--grid", "learning_rate=0.1,0.5", "--seeds", "1", "--train-limit", "1000", "--out", out
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("Done: 4 trials (4 complete, 0 stopped early, 0 failed)")
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert {(row["epochs"], row["learning_rate"]) for row in rows} == {
+        ("1", "0.1"),
+        ("1", "0.5"),
+        ("2", "0.1"),
+        ("2", "0.5"),
+    }
+    assert all(row["epochs_run"] == row["epochs"] and row["status"] == "complete" for row in rows)
+    assert [row["params"] for row in json.loads((out / "results.json").read_text())] == [
+        {"epochs": int(row["epochs"]), "learning_rate": float(row["learning_rate"])} for row in rows
+    ]
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "results.md").read_text() in result.stdout
+    code, printed, err = run_cli(capsys, "report", out)
+    assert code == 0 and err == "" and printed.strip() == f"Wrote {out / 'report.html'}"
 
 
 def _descendants(pid: int) -> set[int]:

@@ -5,7 +5,8 @@
     plots.save_figure(plots_sweep.sweep_curves(series), "sweeps/x/curves.png")
     plots.save_figure(plots_sweep.sweep_heatmap(rows, ["activation", "learning_rate"], grid), "sweeps/x/heatmap.png")
 
-Like every figure of `digitlab.plots`, each is a Matplotlib `Figure` built without pyplot.
+Like every figure of `digitlab.plots`, each is a Matplotlib `Figure` built without pyplot. Swept
+values are written as the sweep's tables write them (`digitlab.sweep.plan.value_text`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
+
+from digitlab.sweep import plan as sweep_plan
 
 
 def sweep_curves(series: list[dict], title: str = "Validation accuracy per epoch, mean and min-max over seeds"):
@@ -70,13 +73,18 @@ def sweep_curves(series: list[dict], title: str = "Validation accuracy per epoch
     return figure
 
 
-def sweep_heatmap(rows: list[dict], fields: list[str], grid: dict[str, list], title: str = ""):
-    """The mean final val accuracy of each pair of values of two swept fields, written in each cell."""
+def sweep_heatmap(rows, fields: list[str], grid: dict[str, list], title: str = ""):
+    """The mean final val accuracy of each pair of values of two swept fields, written in each cell.
+
+    Each row (a `digitlab.sweep.results.ResultRow`) has its swept values in `params` and its mean
+    in `val_accuracy_mean`.
+    """
     (row_field, column_field) = fields
     row_values, column_values = grid[row_field], grid[column_field]
     matrix = np.full((len(row_values), len(column_values)), np.nan)
     for row in rows:
-        i, j = row_values.index(row[row_field]), column_values.index(row[column_field])
+        params = row["params"]
+        i, j = row_values.index(params[row_field]), column_values.index(params[column_field])
         matrix[i, j] = row["val_accuracy_mean"]
     figure = Figure(figsize=(1.6 * len(column_values) + 3.2, 0.75 * len(row_values) + 2.2))
     axis = figure.subplots()
@@ -96,20 +104,14 @@ def sweep_heatmap(rows: list[dict], fields: list[str], grid: dict[str, list], ti
                 fontsize=9,
                 color="black" if np.isfinite(value) and value > middle else "white",
             )
-    axis.set_xticks(range(len(column_values)), [_value_text(value) for value in column_values])
-    axis.set_yticks(range(len(row_values)), [_value_text(value) for value in row_values])
+    axis.set_xticks(range(len(column_values)), [sweep_plan.value_text(value) for value in column_values])
+    axis.set_yticks(range(len(row_values)), [sweep_plan.value_text(value) for value in row_values])
     axis.set_xlabel(column_field)
     axis.set_ylabel(row_field)
     axis.set_title(title or "Mean final validation accuracy over seeds")
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="val accuracy")
     figure.tight_layout()
     return figure
-
-
-def _value_text(value) -> str:
-    if isinstance(value, list):
-        return " ".join(_value_text(item) for item in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _wrap(text: str, width: int) -> str:

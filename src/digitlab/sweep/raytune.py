@@ -186,7 +186,7 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
     progress.close()
 
 
-def _trainable(params: dict, loaded, trials: list[dict], runs_dir: str) -> None:
+def _trainable(params: dict, loaded, trials: list[sweep_plan.Trial], runs_dir: str) -> None:
     """A Tune function trial: train the trial `params["trial"]`, reporting each epoch to Tune."""
     sweep_trial.train_trial(trials[params["trial"]], runs_dir, loaded, tune.report)
 

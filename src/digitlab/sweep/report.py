@@ -32,33 +32,7 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
         sweep_results.finish(sweep, print_fn=lambda *args: None)
     settings = sweep.state["settings"]
     swept = settings["swept"]
-    header = [
-        *swept,
-        "seeds",
-        "val accuracy mean",
-        "std",
-        "min",
-        "max",
-        "best mean (epoch)",
-        "epochs",
-        "wall time s",
-        "status",
-    ]
-    table_rows = [
-        [sweep_plan.value_text(row[name]) for name in swept]
-        + [
-            row["seeds"],
-            _number(row["val_accuracy_mean"]),
-            _number(row["val_accuracy_std"]),
-            _number(row["val_accuracy_min"]),
-            _number(row["val_accuracy_max"]),
-            f"{_number(row['best_val_accuracy_mean'])} ({row['best_epoch']})",
-            row["epochs"],
-            f"{row['wall_time_s']:.1f}",
-            row["status"],
-        ]
-        for row in rows
-    ]
+    results_table = sweep_results.results_table(rows, swept)
     trial_rows = [
         (
             trial["run"],
@@ -66,7 +40,7 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
             trial["seed"],
             trial["status"],
             trial.get("epochs") or 0,
-            _number(trial.get("val_accuracy")),
+            sweep_results.number_text(trial.get("val_accuracy")),
             trial.get("error") or "",
         )
         for trial in sweep.trials
@@ -91,7 +65,7 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
         "<h2>Results, best first</h2>",
         '<p class="note">One row per configuration; the statistics are over seeds, of the val accuracy '
         "after the last epoch each seed ran.</p>",
-        report.table(header, table_rows),
+        report.table(results_table.titles, results_table.rows),
         "<h2>Curves</h2>",
         *figures,
         "<h2>Settings shared by every trial</h2>",
@@ -103,7 +77,3 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
     ]
     atomic.write_text(out_path, report.page(title, sections))
     return out_path
-
-
-def _number(value) -> str:
-    return "-" if value is None or value != value else f"{value:.4f}"

@@ -63,7 +63,7 @@ def run_sweep(
     yes: bool = False,
     command: str = "",
     print_fn=print,
-) -> list[dict]:
+) -> list[sweep_results.ResultRow]:
     """Plans, checks and runs a sweep, then writes and returns its results (one row per configuration).
 
     Every check (fields, values, trial count, folder, data, Ray) happens before any trial starts.
@@ -114,7 +114,9 @@ def run_sweep(
     return sweep_results.finish(sweep, print_fn)
 
 
-def resume_sweep(out_dir: str | Path, data_path=None, address: str | None = None, print_fn=print) -> list[dict]:
+def resume_sweep(
+    out_dir: str | Path, data_path=None, address: str | None = None, print_fn=print
+) -> list[sweep_results.ResultRow]:
     """Finishes an interrupted sweep: finished trials are kept, the others resume or start."""
     from digitlab.sweep import raytune
 

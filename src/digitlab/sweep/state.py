@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from digitlab import atomic, data
 from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep.plan import Trial
 
 FORMAT_VERSION = 1
 STATE_FILE = "sweep.json"
@@ -33,7 +35,7 @@ class Sweep:
         self.state = state
 
     @property
-    def trials(self) -> list[dict]:
+    def trials(self) -> list[Trial]:
         return self.state["trials"]
 
     @property
@@ -46,12 +48,12 @@ class Sweep:
     def save(self) -> None:
         atomic.write_json(self.file(STATE_FILE), self.state)
 
-    def update(self, index: int, **values) -> None:
-        """Changes a trial's record and writes sweep.json (atomically)."""
-        self.trials[index].update(values)
+    def update(self, index: int, **values: Any) -> None:
+        """Changes a trial's record (some keys of its `Trial`) and writes sweep.json (atomically)."""
+        self.trials[index].update(cast(Trial, values))
         self.save()
 
-    def unfinished(self) -> list[dict]:
+    def unfinished(self) -> list[Trial]:
         return [trial for trial in self.trials if trial["status"] not in FINISHED]
 
     def resume_command(self) -> str:
@@ -63,7 +65,7 @@ def resume_command(out_dir: str | Path) -> str:
     return f"digitlab sweep --resume {out_dir}"
 
 
-def create(out_dir: str | Path, trials: list[dict], settings: dict, loaded: data.Loaded) -> Sweep:
+def create(out_dir: str | Path, trials: list[Trial], settings: dict, loaded: data.Loaded) -> Sweep:
     """Makes the sweep folder and its sweep.json; the folder must be new, or empty."""
     out_dir = Path(out_dir)
     check_new_folder(out_dir)

@@ -18,9 +18,10 @@ from pathlib import Path
 from digitlab import data, runs
 from digitlab.config import TrainConfig
 from digitlab.sweep import state as sweep_state
+from digitlab.sweep.plan import Trial
 
 
-def settle_run(sweep: sweep_state.Sweep, trial: dict, wait_s: float = 60.0) -> None:
+def settle_run(sweep: sweep_state.Sweep, trial: Trial, wait_s: float = 60.0) -> None:
     """Before a trial is resumed: waits for a process of the previous sweep still writing its run
     (a killed driver's workers end within seconds), else marks the run interrupted."""
     path = sweep.runs_dir / trial["run"]
@@ -37,7 +38,7 @@ def settle_run(sweep: sweep_state.Sweep, trial: dict, wait_s: float = 60.0) -> N
         run.set_status("interrupted", note="its sweep's driver stopped", **details)
 
 
-def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) -> None:
+def train_trial(trial: Trial, runs_dir: str | Path, loaded: data.Loaded, report) -> None:
     """Trains one trial into its run folder: skips it if complete, resumes it from its checkpoint,
     or starts it afresh. `report(metrics)` gets each epoch's loss, accuracy, val_loss, val_accuracy.
 
