@@ -58,6 +58,9 @@ class Trial(_PlannedTrial, total=False):
     val_accuracy: float  # Its val accuracy then.
     wall_time_s: float  # Training time so far.
     error: str  # Why it failed.
+    node: str  # The Ray node (its address) it trains or trained on.
+    retries: int  # How many times Tune started it again after its worker or machine was lost...
+    lost: list[str]  # ...and the node of each lost attempt.
 
 
 # Parsing --grid and --sample.

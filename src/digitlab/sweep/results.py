@@ -46,6 +46,7 @@ class ResultRow(TypedDict):
     best_epoch: int  # ...and which epoch that is.
     epochs_run: str  # "20", or "9-20" when seeds stopped at different epochs.
     wall_time_s: float  # Training time summed over seeds.
+    retried: int  # Seeds whose trial Tune started again after its worker or machine was lost.
     status: str
     curves: list[list[float]]  # Each seed's val accuracy per epoch.
 
@@ -62,6 +63,7 @@ RESULT_COLUMNS = {
     "best_epoch": "best epoch",
     "epochs_run": "epochs run",
     "wall_time_s": "time s",
+    "retried": "retried",
     "status": "status",
 }
 
@@ -113,6 +115,7 @@ def results(sweep: sweep_state.Sweep) -> list[ResultRow]:
                 best_epoch=int(np.argmax(mean_curve)) + 1 if common else 0,
                 epochs_run=epochs_run,
                 wall_time_s=round(wall, 1),
+                retried=sum(bool(trial.get("retries")) for trial in trials),
                 status=_group_status(trials),
                 curves=curves,
             )
@@ -210,8 +213,9 @@ def results_json(rows: list[ResultRow]) -> list[dict]:
     ]
 
 
-def finish(sweep: sweep_state.Sweep, print_fn=print) -> list[ResultRow]:
-    """Writes results.csv, .json, .md, curves.png and (two swept fields) heatmap.png; prints the table."""
+def finish(sweep: sweep_state.Sweep, print_fn=print, cluster: bool = False) -> list[ResultRow]:
+    """Writes results.csv, .json, .md, curves.png, parallel.png and (two swept fields) heatmap.png;
+    prints the table and a line of totals (with the trials of each node, on a `cluster`)."""
     rows = results(sweep)
     swept = sweep.state["settings"]["swept"]
     table = results_table(rows, swept)
@@ -223,13 +227,26 @@ def finish(sweep: sweep_state.Sweep, print_fn=print) -> list[ResultRow]:
     ]
     if series:
         plots.save_figure(plots_sweep.sweep_curves(series), sweep.file("curves.png"))
+        plots.save_figure(plots_sweep.sweep_parallel(rows, swept), sweep.file("parallel.png"))
     grid = sweep.state["settings"].get("grid") or {}
     if len(swept) == 2 and len(grid) == 2:
         plots.save_figure(plots_sweep.sweep_heatmap(rows, swept, grid), sweep.file("heatmap.png"))
     print_fn(results_markdown(table))
-    counts = {status: sum(trial["status"] == status for trial in sweep.trials) for status in sweep_state.FINISHED}
-    print_fn(
-        f"Done: {len(sweep.trials)} trials ({counts['complete']} complete, {counts['stopped']} stopped early, "
-        f"{counts['failed']} failed). Results in {sweep.path}"
-    )
+    print_fn(done_line(sweep, cluster))
     return rows
+
+
+def done_line(sweep: sweep_state.Sweep, cluster: bool = False) -> str:
+    """The sweep's last line: "Done: 4 trials (4 complete, 0 stopped early, 0 failed). Results in OUT",
+    with the retried trials and, on a cluster (or where trials ran on several nodes), each node's."""
+    trials = sweep.trials
+    counts = {status: sum(trial["status"] == status for trial in trials) for status in sweep_state.FINISHED}
+    text = f"Done: {len(trials)} trials ({counts['complete']} complete, {counts['stopped']} stopped early, "
+    text += f"{counts['failed']} failed"
+    retried = sum(bool(trial.get("retries")) for trial in trials)
+    if retried:
+        text += f"; {retried} retried after a lost worker or machine"
+    text += ")"
+    if cluster or len({trial.get("node") for trial in trials if trial.get("node")}) > 1:
+        text += f", {sweep_state.node_counts(trials)}"
+    return f"{text}. Results in {sweep.path}"

@@ -110,8 +110,8 @@ def run_sweep(
             f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
             f"{len(seeds)} seed(s)) in {sweep.path}"
         )
-        _run(sweep, loaded, print_fn)
-    return sweep_results.finish(sweep, print_fn)
+        _run(sweep, loaded, print_fn, cluster=address is not None)
+    return sweep_results.finish(sweep, print_fn, cluster=address is not None)
 
 
 def resume_sweep(
@@ -131,15 +131,15 @@ def resume_sweep(
         )
         for trial in left:
             sweep_trial.settle_run(sweep, trial)
-        _run(sweep, loaded, print_fn)
-    return sweep_results.finish(sweep, print_fn)
+        _run(sweep, loaded, print_fn, cluster=address is not None)
+    return sweep_results.finish(sweep, print_fn, cluster=address is not None)
 
 
-def _run(sweep: sweep_state.Sweep, loaded: data.Loaded, print_fn) -> None:
+def _run(sweep: sweep_state.Sweep, loaded: data.Loaded, print_fn, cluster: bool) -> None:
     from digitlab.sweep import raytune
 
     try:
-        raytune.run_trials(sweep, loaded, print_fn)
+        raytune.run_trials(sweep, loaded, print_fn, cluster=cluster)
     except KeyboardInterrupt:
         for trial in sweep.trials:
             if trial["status"] == "running":
