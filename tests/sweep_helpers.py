@@ -63,8 +63,9 @@ def trials(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def reference_sweep(tmp_path_factory, mnist_path):
-    """SWEEP_ARGS swept without a break on an embedded Ray: its output, its folder, and the TCP
-    sockets its Ray processes listened on while a trial trained ({(process name, address, port)})."""
+    """SWEEP_ARGS swept without a break on an embedded Ray: its output, its folder, the TCP sockets
+    its Ray processes listened on while a trial trained ({(process name, address, port)}), and
+    the PYTHONPATH each of those processes had ({process name: PYTHONPATH})."""
     out = tmp_path_factory.mktemp("reference") / "sweep"
     process = subprocess.Popen(
         [sys.executable, "-m", "digitlab", "sweep", *SWEEP_ARGS, "--out", str(out)],
@@ -74,17 +75,38 @@ def reference_sweep(tmp_path_factory, mnist_path):
         stderr=subprocess.PIPE,
     )
     listening: set[tuple[str, str, int]] = set()
+    python_paths: dict[str, str] = {}
     deadline = time.monotonic() + 600
     while process.poll() is None and time.monotonic() < deadline:
         if any(trial["status"] == "running" for trial in trials(out)):
             # Ray, its agents and a trial's worker are all up now, until the sweep's end.
-            listening = listening_sockets({process.pid} | descendants(process.pid))
+            ray_processes = descendants(process.pid)
+            listening = listening_sockets({process.pid} | ray_processes)
+            python_paths = {name: _environment(pid).get("PYTHONPATH", "") for pid, name in _names(ray_processes)}
             break
         time.sleep(0.05)
     stdout, stderr = process.communicate(timeout=900)
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout + result.stderr
-    return result, out, listening
+    return result, out, listening, python_paths
+
+
+def _names(pids: set[int]) -> list[tuple[int, str]]:
+    found = []
+    for pid in pids:
+        try:
+            found.append((pid, Path(f"/proc/{pid}/comm").read_text().strip()))
+        except OSError:
+            pass
+    return found
+
+
+def _environment(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0") if "=" in item)
 
 
 def descendants(pid: int) -> set[int]:

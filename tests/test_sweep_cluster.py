@@ -20,6 +20,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,8 +70,11 @@ class RayCluster:
             said = getattr(error, "stderr", "") or str(error)
             self.skip_reason = f"this machine does not allow network namespaces ({said.strip()})"
             self._remove_namespaces()
-            self._start_node(self._head_command("127.0.0.1"), "head", dict(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
-            self.address, self.nodes = f"127.0.0.1:{PORT}", 1
+            with socket.socket() as probe:  # A free port: this machine's other Rays may hold 6379.
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            self._start_node(self._head_command("127.0.0.1", port), "head")
+            self.address, self.nodes = f"127.0.0.1:{port}", 1
             return
         self.prefix = ["ip", "netns", "exec", self.head_ns]
         self._start_node(self.prefix + self._head_command(HEAD_IP), "head")
@@ -92,9 +96,9 @@ class RayCluster:
         if not shutil.which("unshare") or not shutil.which("nsenter"):
             raise OSError("unshare and nsenter (util-linux) are needed for the worker's mount namespace")
 
-    def _head_command(self, address: str) -> list[str]:
+    def _head_command(self, address: str, port: int = PORT) -> list[str]:
         return [
-            str(RAY), "start", "--head", "--block", "--node-ip-address", address, "--port", str(PORT),
+            str(RAY), "start", "--head", "--block", "--node-ip-address", address, "--port", str(port),
             "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats",
             "--temp-dir", str(self.logs / "head"),
         ]  # fmt: skip
@@ -110,7 +114,7 @@ class RayCluster:
         self.worker = self._start_node(command, "worker")
         self.nodes = 2
 
-    def _start_node(self, command: list[str], name: str, extra: dict | None = None) -> subprocess.Popen:
+    def _start_node(self, command: list[str], name: str) -> subprocess.Popen:
         """Starts `ray start --block` and waits for it to say it is up; a node whose raylet gave up
         (on a busy machine Ray's agents can take longer to start than its raylet waits) is started again."""
         for attempt in range(1, 4):
@@ -118,7 +122,7 @@ class RayCluster:
             with open(log, "w") as handle:
                 process = subprocess.Popen(
                     command,
-                    env=dict(CLUSTER_ENVIRONMENT, **(extra or {})),
+                    env=CLUSTER_ENVIRONMENT,
                     stdout=handle,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

@@ -42,12 +42,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from digitlab import errors, runs
@@ -55,6 +57,17 @@ from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
+
+# A module that Ray's processes import and never use, at a price: `import ray` imports jsonschema,
+# which imports rfc3987-syntax where it is installed (JupyterLab's jupyter-events brings it into
+# digitlab's environment), and rfc3987-syntax compiles its IRI grammar when it is imported: 2.4 s
+# of CPU in every Python process of Ray (an embedded sweep has about 12: the driver, Ray's dashboard,
+# agents and monitors, the trials' workers). jsonschema goes without it (it only checks "iri"
+# formats, which Ray never asks for). Measured on the 2-core machine: Ray's start 20.5 s against
+# 7.8 s without it, a 4-trial sweep 73.6 against 46.1 CPU-seconds (docs/sweeps.md). UNUSED_IMPORT_ENV=1
+# keeps it, to measure the difference.
+UNUSED_IMPORT = "rfc3987_syntax"
+UNUSED_IMPORT_ENV = "DIGITLAB_SWEEP_KEEP_RFC3987"
 
 
 def _quiet_environment() -> None:
@@ -64,6 +77,8 @@ def _quiet_environment() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C reaches our code as KeyboardInterrupt, which marks the sweep interrupted and resumable.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if os.environ.get(UNUSED_IMPORT_ENV) != "1":
+        sys.modules.setdefault(UNUSED_IMPORT, None)  # type: ignore[arg-type]  # None: "import it" raises ImportError.
 
 
 _quiet_environment()
@@ -106,8 +121,8 @@ def connect(address: str | None):
     # ray.init makes SIGTERM exit the process at once (sys.exit), which would leave the sweep's trials
     # marked running; digitlab's own handler (Ctrl-C's way: saved, resumable) is put back after it.
     sigterm = signal.getsignal(signal.SIGTERM)
-    loopback = _on_loopback() if not address else contextlib.nullcontext()
-    with tempfile.TemporaryFile() as log, loopback:
+    embedded = _embedded_environment() if not address else contextlib.nullcontext()
+    with tempfile.TemporaryFile() as log, embedded:
         try:
             with _stderr_to(log):  # Ray's C++ core logs each failed try on file descriptor 2.
                 _init(address, options)
@@ -145,6 +160,37 @@ def _init(address: str | None, options: dict) -> None:
             if address or attempt == STARTS or "timed out during startup" not in str(error):
                 raise
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _embedded_environment():
+    """What the embedded Ray's processes are started with: loopback only, and without UNUSED_IMPORT."""
+    with _on_loopback(), _without_unused_import():
+        yield
+
+
+@contextlib.contextmanager
+def _without_unused_import():
+    """Ray's processes inherit PYTHONPATH: a folder on it first holds a stand-in for UNUSED_IMPORT
+    that raises ImportError, as the package's absence does (jsonschema then does without it). Ray's
+    two agents are the exception: its raylet starts them without PYTHONPATH."""
+    if os.environ.get(UNUSED_IMPORT_ENV) == "1":
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="digitlab-ray-path-")
+    Path(folder, f"{UNUSED_IMPORT}.py").write_text(
+        f'raise ImportError("{UNUSED_IMPORT} is left out of digitlab\'s embedded Ray (see digitlab.sweep.raytune)")\n'
+    )
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([folder, *([saved] if saved else [])])
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
