@@ -69,7 +69,8 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
         "<h2>Results, best first</h2>",
         '<p class="note">One row per configuration; the statistics are over seeds, of the val accuracy '
         "after the last epoch each seed ran.</p>",
-        report.table(results_table.titles, results_table.rows),
+        # Wide with many swept fields: the table scrolls sideways rather than spilling past the page.
+        '<div style="overflow-x: auto">' + report.table(results_table.titles, results_table.rows) + "</div>",
         "<h2>Figures</h2>",
         *figures,
         "<h2>Settings shared by every trial</h2>",
