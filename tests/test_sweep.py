@@ -417,6 +417,17 @@ def test_a_retried_trial_resumes_from_the_checkpoint_the_store_holds_and_the_los
     assert store.nodes(trial["run"]) == ["10.0.0.2", "10.0.0.1"]
 
 
+def test_a_trial_removes_the_scratch_folders_of_trial_processes_that_are_gone(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{sweep_trial.SCRATCH_PREFIX}{int(gone.stdout)}-abc"  # An ended worker's.
+    live = tmp_path / f"{sweep_trial.SCRATCH_PREFIX}{os.getpid()}-def"  # A trial training now.
+    for folder in (stale, live):
+        (folder / "t000-seed0").mkdir(parents=True)
+    sweep_trial._remove_stale_scratch()
+    assert not stale.exists() and live.exists()
+
+
 def test_the_store_refuses_a_file_name_that_would_leave_its_run_folder(tmp_path):
     store = sweep_store.RunStore(tmp_path / "runs")
     attempt, _ = store.begin("t000-seed0", node="10.0.0.2")
@@ -488,7 +499,8 @@ def test_the_embedded_rays_processes_skip_the_import_they_never_use(reference_sw
         ours = [Path(entry) for entry in path.split(os.pathsep) if Path(entry).name.startswith("digitlab-ray-path-")]
         assert ours, (name, path)
         folders.update(ours)
-    assert len(folders) == 1 and not folders.pop().exists()  # One folder, removed with the sweep's Ray.
+    (folder,) = folders
+    assert (folder / "rfc3987_syntax.py").read_text().startswith("raise ImportError(")
 
 
 @pytest.mark.heavy

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -52,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digitlab import errors, runs
+from digitlab import atomic, errors, runs
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
@@ -177,12 +176,15 @@ def _without_unused_import():
     if os.environ.get(UNUSED_IMPORT_ENV) == "1":
         yield
         return
-    folder = tempfile.mkdtemp(prefix="digitlab-ray-path-")
-    Path(folder, f"{UNUSED_IMPORT}.py").write_text(
-        f'raise ImportError("{UNUSED_IMPORT} is left out of digitlab\'s embedded Ray (see digitlab.sweep.raytune)")\n'
+    # One folder per user, kept (one small file): a sweep killed with SIGKILL leaves nothing behind.
+    folder = Path(tempfile.gettempdir(), f"digitlab-ray-path-{os.getuid()}")
+    folder.mkdir(exist_ok=True)
+    atomic.write_text(
+        folder / f"{UNUSED_IMPORT}.py",
+        f'raise ImportError("{UNUSED_IMPORT} is left out of digitlab\'s embedded Ray (see digitlab.sweep.raytune)")\n',
     )
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([folder, *([saved] if saved else [])])
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([saved] if saved else [])])
     try:
         yield
     finally:
@@ -190,7 +192,6 @@ def _without_unused_import():
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

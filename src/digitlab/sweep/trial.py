@@ -17,6 +17,7 @@ driver's copy is never more than an epoch behind. Nothing here needs Ray.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -45,6 +46,10 @@ class Channel(Protocol):
     def clear(self) -> None:
         """Removes the run's folder there (the trial starts afresh)."""
         ...
+
+
+# A trial's scratch folder on a machine without the sweep's folder: PREFIX + its process id + a random part.
+SCRATCH_PREFIX = "digitlab-trial-"
 
 
 class AttemptSuperseded(Exception):
@@ -90,7 +95,8 @@ def train_trial(
     """
     if channel is None:
         return _train(trial, Path(runs_dir), loaded, report, metadata, mirror=None)
-    scratch = Path(tempfile.mkdtemp(prefix="digitlab-trial-"))
+    _remove_stale_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
     try:
         path = scratch / trial["run"]
         files = channel.fetch()
@@ -102,6 +108,25 @@ def train_trial(
         return _train(trial, scratch, loaded, report, metadata, mirror)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_stale_scratch() -> None:
+    """Removes the scratch folders of trial processes that are gone: a worker that Tune ended
+    (an early stop) or a machine that died and came back cannot remove its own."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, mirror: _Mirror | None) -> str:
