@@ -1,7 +1,7 @@
 """The same trials as one `digitlab sweep` and as `digitlab train` one after another, side by side.
 
-    python scripts/sweep_bench.py --grid learning_rate=0.01,0.1 --grid activation=sigmoid,relu \
-        --seeds 2 --epochs 10 --out bench-sweep
+    python scripts/sweep_bench.py --grid loss=mean_squared_error,categorical_crossentropy \
+        --grid activation=sigmoid,relu --grid learning_rate=0.01,0.1 --seeds 3 --epochs 20 --out bench-sweep
 
 Takes `digitlab sweep`'s flags. First it runs the sweep as a user would (one command,
 an embedded Ray started and stopped inside it), then every trial of the same plan as
@@ -9,11 +9,16 @@ its own `digitlab train --config TRIAL.json` process, one after another, as one 
 in a shell loop. It times both from the outside, checks that each trial's history is
 the same both ways, and prints (and writes to OUT/bench.md and bench.json) a table
 with the machine and its load average, since a shared machine slows both unevenly.
+
+A second table says where the sweep's time went, from the times its files were written: until
+its first trial's run folder (imports, Ray's start, Tune's, the trial workers' imports and their
+first model), the trials (first run folder to last metrics.json; with the training time summed
+over trials, divided by the trials that train at once), and after the last trial (results,
+figures, Ray's shutdown).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -21,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from digitlab import cli, config, runs, system
+from digitlab import atomic, cli, config, runs, system
 from digitlab.config import TrainConfig
 from digitlab.sweep import plan as sweep_plan
 
@@ -50,9 +55,11 @@ def main(argv: list[str]) -> int:
 
     sweep_argv = [a for a in argv if a != "--out" and a != args.out]
     command = [sys.executable, "-m", "digitlab", "sweep", *sweep_argv, "--out", str(out / "sweep")]
+    started_at = time.time()
     started = time.perf_counter()
     subprocess.run(command, env=environment, check=True, stdout=subprocess.DEVNULL)
     sweep_seconds = time.perf_counter() - started
+    ended_at = started_at + sweep_seconds
     print(f"digitlab sweep: {sweep_seconds:.1f} s")
 
     (out / "configs").mkdir(parents=True)
@@ -78,11 +85,12 @@ def main(argv: list[str]) -> int:
     loop_seconds = time.perf_counter() - started
     print(f"digitlab train, one after another: {loop_seconds:.1f} s")
 
+    swept = [runs.Run(out / "sweep" / "runs" / trial["run"]) for trial in trials]
     same = all(
-        runs.Run(out / "sweep" / "runs" / trial["run"]).history()
-        == runs.Run(next((out / "one-by-one" / trial["run"]).iterdir())).history()
-        for trial in trials
+        run.history() == runs.Run(next((out / "one-by-one" / trial["run"]).iterdir())).history()
+        for run, trial in zip(swept, trials, strict=True)
     )
+    phases = _phases(swept, started_at, ended_at, at_once=min(len(trials), max(1, int(os.cpu_count() or 1))))
     load = os.getloadavg()[0]
     result = {
         "trials": len(trials),
@@ -91,6 +99,7 @@ def main(argv: list[str]) -> int:
         "one_by_one_s": round(loop_seconds, 1),
         "speedup": round(loop_seconds / sweep_seconds, 2),
         "same_histories": same,
+        "sweep_phases_s": phases,
         "machine": machine,
         "load_average_end": round(load, 2),
         "versions": system.software_versions(),
@@ -108,12 +117,35 @@ def main(argv: list[str]) -> int:
             f"{sweep_seconds / len(trials):.1f} s | {loop_seconds / sweep_seconds:.2f}× |",
             "",
             f"Every trial's history the same both ways: {'yes' if same else 'NO'}.",
+            "",
+            "Where the sweep's time went (from the times its files were written):",
+            "",
+            "| phase | seconds |",
+            "|---|---:|",
+            f"| start to the first trial's run folder (imports, Ray, Tune, the workers' start) | "
+            f"{phases['until_first_trial']:.1f} |",
+            f"| first run folder to the last metrics.json (the trials) | {phases['trials']:.1f} |",
+            f"| of which training, summed over trials / {phases['at_once']} at once | {phases['training']:.1f} |",
+            f"| last metrics.json to the end (results, figures, Ray's shutdown) | {phases['after_last_trial']:.1f} |",
         ]
     )
     print(table)
-    (out / "bench.md").write_text(table + "\n")
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic.write_text(out / "bench.md", table + "\n")
+    atomic.write_json(out / "bench.json", result)
     return 0 if same else 1
+
+
+def _phases(swept: list[runs.Run], started_at: float, ended_at: float, at_once: int) -> dict:
+    first = min(run.file(runs.CONFIG_FILE).stat().st_mtime for run in swept)
+    last = max(run.file(runs.METRICS_FILE).stat().st_mtime for run in swept)
+    training = sum(run.metrics()["wall_time_s"] for run in swept)
+    return {
+        "until_first_trial": round(first - started_at, 1),
+        "trials": round(last - first, 1),
+        "training": round(training / at_once, 1),
+        "at_once": at_once,
+        "after_last_trial": round(ended_at - last, 1),
+    }
 
 
 if __name__ == "__main__":

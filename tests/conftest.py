@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The sweep tests' shared fixture (reference_sweep) and helpers, in tests/sweep_helpers.py.
+pytest_plugins = ["sweep_helpers"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 

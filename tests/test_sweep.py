@@ -1,6 +1,8 @@
-"""`digitlab sweep`: parsing and planning (fast), bad inputs (fast, no Ray started), and real Ray
-(heavy): an embedded sweep whose histories equal `digitlab train`'s, a sweep on a Ray head started
-here with `ray start --head`, and a driver SIGKILLed and interrupted at random moments, then resumed.
+"""`digitlab sweep`: parsing and planning (fast), results and figures (fast, no Ray), a trial away
+from the sweep's folder (fast, the store in this process), bad inputs (fast, no Ray started), and an
+embedded Ray (heavy): its histories equal `digitlab train`'s, it listens on loopback only, and a
+driver SIGKILLed and interrupted at random moments resumes to the same results. Sweeps on a Ray
+cluster, two nodes in network namespaces among them, are tests/test_sweep_cluster.py.
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ import io
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,25 +21,21 @@ from pathlib import Path
 
 import pytest
 
-from digitlab import cli, config, plots, runs, training
+from digitlab import cli, config, data, plots, runs, training
 from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
-
-# The sweep every Ray test compares against: 2 learning rates x 2 seeds of the shallow net.
-SWEEP_ARGS = [
-    "--grid",
-    "learning_rate=0.05,0.5",
-    "--seeds",
-    "2",
-    "--seed",
-    "3",
-    "--epochs",
-    "6",
-    "--train-limit",
-    "6000",
-]
-ENVIRONMENT = dict(os.environ, PYTHONUNBUFFERED="1")
+from digitlab.sweep import state as sweep_state
+from digitlab.sweep import store as sweep_store
+from digitlab.sweep import trial as sweep_trial
+from sweep_helpers import (
+    ENVIRONMENT,
+    SWEEP_ARGS,
+    descendants,
+    is_loopback,
+    results_without_time,
+    wait_gone,
+)
 
 
 def run_cli(capsys, *argv):
@@ -159,7 +155,7 @@ def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_e
     assert len([axis for axis in figure.axes if axis.has_data()]) == 12
     heat = plots_sweep.sweep_heatmap(
         [
-            {"activation": a, "learning_rate": r, "val_accuracy_mean": 0.5}
+            {"params": {"activation": a, "learning_rate": r}, "val_accuracy_mean": 0.5}
             for a in ("sigmoid", "relu")
             for r in (0.01, 0.1)
         ],
@@ -167,6 +163,116 @@ def test_the_curves_stay_readable_with_twelve_configurations_and_seeds_stopped_e
         {"activation": ["sigmoid", "relu"], "learning_rate": [0.01, 0.1]},
     )
     assert plots.figure_png(heat)[:4] == b"\x89PNG"
+
+
+def test_no_sweepable_field_is_named_like_a_result_column():
+    sweepable = {field for field in config.TrainConfig.__dataclass_fields__ if field not in sweep_plan.NOT_SWEPT}
+    assert not sweepable & set(sweep_results.RESULT_COLUMNS)
+
+
+def _trained_sweep(out: Path, mnist_path: Path, grid: list[str], seeds: list[int]) -> sweep_state.Sweep:
+    """A sweep folder trained without Ray: each trial through the function a Tune trial runs."""
+    parsed = sweep_plan.parse_grid(grid)
+    trials = sweep_plan.plan_trials(config.TrainConfig(train_limit=1000), parsed, [], seeds)
+    settings = {"swept": list(parsed), "grid": parsed, "sample": {}, "seeds": seeds, "command": "digitlab sweep"}
+    loaded = data.load(mnist_path)
+    sweep = sweep_state.create(out, trials, settings, loaded)
+    for trial in sweep.trials:
+        reported: list[dict] = []
+        sweep_trial.train_trial(trial, sweep.runs_dir, loaded, reported.append)
+        last = reported[-1]
+        sweep.update(trial["index"], status="complete", epochs=last["epoch"], val_accuracy=last["val_accuracy"])
+    return sweep
+
+
+def test_epochs_and_batch_size_swept_together_reach_the_tables_the_heatmap_and_the_report(tmp_path, mnist_path, capsys):
+    """Issue 15, bug 1: `epochs` is a swept field and a result; the swept values stay in each row's
+    params, so results.csv, .json, .md, the heatmap and the report all show them."""
+    out = tmp_path / "sweep"
+    sweep = _trained_sweep(out, mnist_path, ["epochs=1,2", "batch_size=100,250"], seeds=[0])
+    rows = sweep_results.finish(sweep, print_fn=lambda *args: None)
+    assert sorted((row["params"]["epochs"], row["params"]["batch_size"]) for row in rows) == [
+        (1, 100),
+        (1, 250),
+        (2, 100),
+        (2, 250),
+    ]
+    table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert list(table[0]) == ["epochs", "batch_size", *sweep_results.RESULT_COLUMNS]
+    assert all(row["epochs"] == row["epochs_run"] for row in table)  # Each trained the epochs it was given.
+    assert {(row["epochs"], row["batch_size"]) for row in table} == {
+        ("1", "100"),
+        ("1", "250"),
+        ("2", "100"),
+        ("2", "250"),
+    }
+    saved = json.loads((out / "results.json").read_text())
+    assert [row["params"] for row in saved] == [row["params"] for row in rows]
+    assert all(
+        isinstance(row["params"]["epochs"], int) and row["epochs_run"] == str(row["params"]["epochs"]) for row in saved
+    )
+    markdown = (out / "results.md").read_text().splitlines()
+    assert markdown[0].startswith("| epochs | batch_size | seeds | val acc mean |") and len(markdown) == 2 + 4
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "parallel.png").read_bytes()[:4] == b"\x89PNG"
+
+    code, printed, err = run_cli(capsys, "report", out)
+    assert code == 0 and err == "" and printed.strip() == f"Wrote {out / 'report.html'}"
+    page = (out / "report.html").read_text()
+    # The page's results table has the same cells as results.md, row for row.
+    for cells in sweep_results.results_table(rows, ["epochs", "batch_size"]).rows:
+        assert "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" in page
+    assert page.count("data:image/png;base64,") == 3  # The curves, the parallel coordinates and the heatmap.
+
+
+def test_the_results_table_is_written_once_for_every_output():
+    rows = [
+        sweep_results.ResultRow(
+            configuration=1,
+            params={"activation": "relu", "learning_rate": 0.1},
+            seeds=3,
+            val_accuracy_mean=0.97321,
+            val_accuracy_std=0.00021,
+            val_accuracy_min=0.9731,
+            val_accuracy_max=0.97349,
+            best_val_accuracy_mean=0.97321,
+            best_epoch=20,
+            epochs_run="20",
+            wall_time_s=150.06,
+            retried=1,
+            status="complete",
+            curves=[[0.9], [0.9], [0.9]],
+        ),
+        sweep_results.ResultRow(
+            configuration=0,
+            params={"activation": "sigmoid", "learning_rate": 0.1},
+            seeds=0,
+            val_accuracy_mean=float("nan"),
+            val_accuracy_std=float("nan"),
+            val_accuracy_min=float("nan"),
+            val_accuracy_max=float("nan"),
+            best_val_accuracy_mean=float("nan"),
+            best_epoch=0,
+            epochs_run="0",
+            wall_time_s=0.0,
+            retried=0,
+            status="failed (3 of 3 seeds): ValueError: a | b",
+            curves=[],
+        ),
+    ]
+    table = sweep_results.results_table(rows, ["activation", "learning_rate"])
+    assert table.rows[0] == [
+        "relu", "0.1", "3", "0.9732", "0.0002", "0.9731", "0.9735", "0.9732", "20", "20", "150.1", "1", "complete"
+    ]  # fmt: skip
+    assert table.rows[1][2:4] == ["0", "nan"]
+    csv_rows = list(csv.reader(io.StringIO(sweep_results.results_csv(table))))
+    assert csv_rows == [table.names, *table.rows]
+    markdown = sweep_results.results_markdown(table).splitlines()
+    assert markdown[0] == "| " + " | ".join(table.titles) + " |"
+    assert markdown[1] == "|---|---|" + "---:|" * 10 + "---|"
+    assert markdown[2] == "| " + " | ".join(table.rows[0]) + " |"
+    assert markdown[3].endswith("| failed (3 of 3 seeds): ValueError: a \\| b |")  # A | in a cell is escaped.
+    assert sweep_results.results_json(rows)[1]["val_accuracy_mean"] is None  # Strict JSON: no NaN.
 
 
 # Bad input: one error line, exit status 2, before any trial (these start no Ray).
@@ -226,43 +332,122 @@ def test_an_address_that_never_answers_fails_within_30_seconds(capsys, tmp_path)
     assert time.monotonic() - started < 30
 
 
-# Real Ray.
+# A trial away from the sweep's folder: its run reaches OUT through the store (here the store's own
+# code in this process; tests/test_sweep_cluster.py runs it as the Ray actor on a real second node).
 
 
-def _sweep(*argv, timeout=900, env=ENVIRONMENT):
-    return subprocess.run(
-        [sys.executable, "-m", "digitlab", "sweep", *map(str, argv)],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
+class _StoreChannel:
+    """The channel of `raytune._StoreChannel`, calling a RunStore in this process rather than in an actor."""
+
+    def __init__(self, store: sweep_store.RunStore, run: str, node: str):
+        self.store, self.run = store, run
+        self.attempt, self.files = store.begin(run, node, want_files=True)
+        self.sends = 0
+
+    def fetch(self):
+        return self.files
+
+    def send(self, files):
+        self.sends += 1
+        if not self.store.write(self.run, self.attempt, files):
+            raise sweep_trial.AttemptSuperseded(self.run)
+
+    def clear(self):
+        if not self.store.clear(self.run, self.attempt):
+            raise sweep_trial.AttemptSuperseded(self.run)
 
 
-def _results_without_time(out: Path) -> list[dict]:
-    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
-    for row in rows:
-        row.pop("wall_time_s")
-    return rows
+def _one_trial(mnist_path):
+    (trial,) = sweep_plan.plan_trials(config.TrainConfig(epochs=4, train_limit=1000), {"batch_size": [100]}, [], [7])
+    return trial, data.load(mnist_path)
 
 
-@pytest.fixture(scope="module")
-def reference_sweep(tmp_path_factory, mnist_path):
-    """SWEEP_ARGS swept without a break on an embedded Ray; its output and folder."""
-    out = tmp_path_factory.mktemp("reference") / "sweep"
-    result = _sweep(*SWEEP_ARGS, "--out", out)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result, out
+def test_a_trial_away_from_the_sweeps_folder_delivers_its_whole_run_through_the_store(
+    tmp_path, mnist_path, monkeypatch
+):
+    trial, loaded = _one_trial(mnist_path)
+    scratch = tmp_path / "scratch"  # This machine's temporary folder, where the trial trains.
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    here = tmp_path / "here"
+    sweep_trial.train_trial(trial, here, loaded, lambda metrics: None)
+    store = sweep_store.RunStore(tmp_path / "out" / "runs")
+    channel = _StoreChannel(store, trial["run"], node="10.0.0.2")
+    assert channel.fetch() == {}  # A new run.
+    reported: list[dict] = []
+    status = sweep_trial.train_trial(trial, "/nonexistent/runs", loaded, reported.append, channel, {"node": "x"})
+    assert status == "complete" and [metrics["epoch"] for metrics in reported] == [1, 2, 3, 4]
+    assert channel.sends == 4 + 1  # After every epoch, and the model, curves and metrics at the end.
+    delivered = runs.Run(tmp_path / "out" / "runs" / trial["run"])
+    alone = runs.Run(here / trial["run"])
+    assert delivered.status()["status"] == "complete" and delivered.history() == alone.history()
+    assert sorted(path.name for path in delivered.path.iterdir()) == sorted(path.name for path in alone.path.iterdir())
+    assert delivered.metrics()["node"] == "x" and delivered.load_model() is not None
+    assert not list(scratch.iterdir())  # The scratch folder is gone.
+
+
+def test_a_retried_trial_resumes_from_the_checkpoint_the_store_holds_and_the_lost_attempt_is_refused(
+    tmp_path, mnist_path
+):
+    trial, loaded = _one_trial(mnist_path)
+    sweep_trial.train_trial(trial, tmp_path / "alone", loaded, lambda metrics: None)
+    store = sweep_store.RunStore(tmp_path / "out" / "runs")
+    first = _StoreChannel(store, trial["run"], node="10.0.0.2")
+
+    def cut_after_epoch_2(metrics):
+        if metrics["epoch"] == 2:
+            raise SystemExit  # As Tune's report does when it stops a trial.
+
+    assert sweep_trial.train_trial(trial, "/nonexistent/runs", loaded, cut_after_epoch_2, first) == "stopped"
+    path = tmp_path / "out" / "runs" / trial["run"]
+    # As a lost machine leaves it: "running" on a host that is gone, two epochs and a checkpoint in OUT.
+    status = json.loads((path / runs.STATUS_FILE).read_text())
+    (path / runs.STATUS_FILE).write_text(json.dumps(dict(status, status="running", host="lost-machine", pid=1)))
+    second = _StoreChannel(store, trial["run"], node="10.0.0.1")
+    assert runs.CHECKPOINT_FILE in second.fetch()
+    with pytest.raises(sweep_trial.AttemptSuperseded):
+        first.send([("history.json", b"{}")])  # The lost attempt's word no longer counts...
+    assert not store.finish(trial["run"], first.attempt, {"status": "complete"})
+    reported: list[dict] = []
+    assert sweep_trial.train_trial(trial, "/nonexistent/runs", loaded, reported.append, second) == "complete"
+    assert [metrics["epoch"] for metrics in reported] == [3, 4]  # ...and the new one resumed after epoch 2.
+    assert runs.Run(path).history() == runs.Run(tmp_path / "alone" / trial["run"]).history()
+    assert store.finish(trial["run"], second.attempt, {"status": "complete"})
+    assert store.outcome(trial["run"]) == {"status": "complete", "node": "10.0.0.1", "attempt": 2}
+    assert store.nodes(trial["run"]) == ["10.0.0.2", "10.0.0.1"]
+
+
+def test_a_trial_removes_the_scratch_folders_of_trial_processes_that_are_gone(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{sweep_trial.SCRATCH_PREFIX}{int(gone.stdout)}-abc"  # An ended worker's.
+    live = tmp_path / f"{sweep_trial.SCRATCH_PREFIX}{os.getpid()}-def"  # A trial training now.
+    for folder in (stale, live):
+        (folder / "t000-seed0").mkdir(parents=True)
+    sweep_trial._remove_stale_scratch()
+    assert not stale.exists() and live.exists()
+
+
+def test_the_store_refuses_a_file_name_that_would_leave_its_run_folder(tmp_path):
+    store = sweep_store.RunStore(tmp_path / "runs")
+    attempt, _ = store.begin("t000-seed0", node="10.0.0.2")
+    for name in ("../sweep.json", "/etc/passwd", "seeds/../../x", ""):
+        with pytest.raises(sweep_plan.SweepError, match="not a path inside its run folder"):
+            store.write("t000-seed0", attempt, [(name, b"x")])
+    assert not (tmp_path / "sweep.json").exists()
+
+
+# An embedded Ray.
 
 
 @pytest.mark.heavy
 def test_a_sweep_trains_what_train_trains(reference_sweep, tmp_path, quiet):
-    result, out = reference_sweep
+    result, out, _, _ = reference_sweep
     assert "Traceback" not in result.stdout + result.stderr and result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[0].startswith("digitlab: sweeping 4 trials (2 configurations x 2 seed(s))")
     assert sum(line.startswith("sweep: ") for line in lines) == 4  # One line per finished trial.
-    assert lines[-1].startswith("Done: 4 trials (4 complete, 0 stopped early, 0 failed)")
+    assert lines[-1] == f"Done: 4 trials (4 complete, 0 stopped early, 0 failed). Results in {out}"
     state = json.loads((out / "sweep.json").read_text())
     assert [trial["status"] for trial in state["trials"]] == ["complete"] * 4
     for trial in state["trials"]:
@@ -275,72 +460,59 @@ def test_a_sweep_trains_what_train_trains(reference_sweep, tmp_path, quiet):
             verbose=0,
         )
         assert runs.Run(out / "runs" / trial["run"]).history() == alone.history()
+        assert runs.Run(out / "runs" / trial["run"]).metrics()["node"]["address"] == "127.0.0.1"
 
-    rows = _results_without_time(out)
+    rows = results_without_time(out)
     assert [row["learning_rate"] for row in rows] == ["0.5", "0.05"]  # Best first.
     assert set(rows[0]) == {"learning_rate", *sweep_results.RESULT_COLUMNS} - {"wall_time_s"}
-    assert rows[0]["seeds"] == "2" and rows[0]["status"] == "complete" and rows[0]["epochs"] == "6"
+    assert rows[0]["seeds"] == "2" and rows[0]["status"] == "complete" and rows[0]["epochs_run"] == "6"
     assert (
         float(rows[0]["val_accuracy_min"]) <= float(rows[0]["val_accuracy_mean"]) <= float(rows[0]["val_accuracy_max"])
     )
-    assert json.loads((out / "results.json").read_text())[0]["learning_rate"] == 0.5
+    assert json.loads((out / "results.json").read_text())[0]["params"] == {"learning_rate": 0.5}
     assert (out / "results.md").read_text() in result.stdout
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG" and not (out / "heatmap.png").exists()
+    assert (out / "parallel.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.heavy
+def test_the_embedded_ray_listens_on_loopback_only(reference_sweep):
+    """Issue 18: Ray's GCS and raylet listened on every interface. Read while a trial trained."""
+    _, _, listening, _ = reference_sweep
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, listening  # Ray's own, and its workers ("ray::...").
+    beyond = {socket for socket in listening if not is_loopback(socket[1])}
+    assert not beyond, f"listening beyond loopback: {sorted(beyond)}"
+
+
+@pytest.mark.heavy
+def test_the_embedded_rays_processes_skip_the_import_they_never_use(reference_sweep):
+    """rfc3987-syntax (2.4 s of CPU in each of Ray's Python processes) is left out of them (raytune), but
+    for Ray's two agents, which its raylet starts without PYTHONPATH."""
+    _, _, _, python_paths = reference_sweep
+    agents = ("ray::RuntimeEnv", "ray::DashboardA")  # Process names are cut at 15 characters.
+    python_paths = {name: path for name, path in python_paths.items() if not name.startswith(agents)}
+    assert {"raylet", "gcs_server"} <= set(python_paths), python_paths
+    assert any(name.startswith("ray::") for name in python_paths), python_paths  # The workers.
+    folders = set()
+    for name, path in python_paths.items():
+        ours = [Path(entry) for entry in path.split(os.pathsep) if Path(entry).name.startswith("digitlab-ray-path-")]
+        assert ours, (name, path)
+        folders.update(ours)
+    (folder,) = folders
+    assert (folder / "rfc3987_syntax.py").read_text().startswith("raise ImportError(")
 
 
 @pytest.mark.heavy
 def test_the_runs_of_a_sweep_work_with_runs_and_report(reference_sweep, capsys):
-    _, out = reference_sweep
+    _, out, _, _ = reference_sweep
     code, listing, _ = run_cli(capsys, "runs", "--runs-dir", out / "runs")
     assert code == 0 and listing.count("complete") == 4
     code, printed, _ = run_cli(capsys, "report", out)
     assert code == 0 and printed.strip() == f"Wrote {out / 'report.html'}"
     page = (out / "report.html").read_text()
-    assert "digitlab sweep" in page and "data:image/png;base64," in page
+    assert "digitlab sweep" in page and page.count("data:image/png;base64,") == 2  # Curves, parallel coordinates.
     assert all(trial in page for trial in ("t000-0.05-seed3", "t003-0.5-seed4"))
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids: set[int], seconds: float) -> set[int]:
-    """Waits for the processes to end; kills (by id) any left after `seconds`, returns those."""
-    deadline = time.monotonic() + seconds
-    alive = set(pids)
-    while True:
-        alive = {pid for pid in alive if _running(pid)}
-        if not alive or time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return alive
 
 
 def _checkpoints(out: Path) -> dict[str, int]:
@@ -351,22 +523,32 @@ def _checkpoints(out: Path) -> dict[str, int]:
             status = json.loads(status_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if status.get("status") == "running":
-            found[status_file.parent.name] = status.get("checkpoint_epoch") or 0
+        found[status_file.parent.name] = status.get("checkpoint_epoch") or 0
     return found
 
 
-def _wait_for_a_new_checkpoint(process, out: Path, before: dict[str, int]) -> None:
-    """Waits until a running trial has a checkpoint newer than `before` (or the sweep ends)."""
+def _wait_for_new_checkpoints(process, out: Path, before: dict[str, int], count: int) -> None:
+    """Waits until the trials have written `count` checkpoints beyond `before` (or the sweep ends)."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        if any(epoch > before.get(run, 0) for run, epoch in _checkpoints(out).items()):
+        if sum(max(0, epoch - before.get(run, 0)) for run, epoch in _checkpoints(out).items()) >= count:
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
+
+
+def _freeze(pids: set[int]) -> None:
+    """Stops the processes where they are (SIGSTOP), so that a kill lands at the moment chosen."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.mark.heavy
 def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sweep, tmp_path):
+    """The kill and the interrupt land after a random number of checkpoints (1 to 4 of the 24): chosen
+    by what the sweep has written, not by the clock, so a fast machine cannot finish first."""
     rng = random.Random(os.getpid())
     out = tmp_path / "sweep"
     process = subprocess.Popen(
@@ -376,14 +558,18 @@ def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sw
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    _wait_for_a_new_checkpoint(process, out, before={})
-    time.sleep(rng.uniform(0.0, 1.5))
-    ray_processes = _descendants(process.pid)
+    _wait_for_new_checkpoints(process, out, before={}, count=rng.randint(1, 4))
+    ray_processes = descendants(process.pid)
+    _freeze(ray_processes)  # The driver's workers go on after it dies: they do, but from this moment.
     process.send_signal(signal.SIGKILL)
-    killed_at = time.monotonic()
     process.communicate(timeout=60)
-    if process.returncode == 0:
-        pytest.skip("the sweep finished before the kill arrived; the machine was too fast for this timing")
+    assert process.returncode == -signal.SIGKILL
+    for pid in ray_processes:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    killed_at = time.monotonic()
     checkpoints_before = _checkpoints(out)
 
     # Resumed at once, as a user would (the killed sweep's Ray may still be ending), then stopped with
@@ -391,160 +577,18 @@ def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sw
     # again, then resumed to the end. (Ray's start made SIGTERM exit at once, leaving trials "running".)
     resume = [sys.executable, "-m", "digitlab", "sweep", "--resume", str(out)]
     process = subprocess.Popen(resume, env=ENVIRONMENT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_a_new_checkpoint(process, out, before=checkpoints_before)
-    time.sleep(rng.uniform(0.0, 1.0))
+    _wait_for_new_checkpoints(process, out, before=checkpoints_before, count=rng.randint(1, 2))
     process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM]))
     output, errors = process.communicate(timeout=120)
-    if process.returncode != 0:
-        assert process.returncode == 130, output + errors
-        assert errors.strip().splitlines()[-1].strip() == f"digitlab sweep --resume {out}", errors
-        assert "Traceback" not in errors
-        finished = subprocess.run(resume, env=ENVIRONMENT, text=True, capture_output=True, timeout=900)
-        assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert process.returncode == 130, output + errors
+    assert errors.strip().splitlines()[-1].strip() == f"digitlab sweep --resume {out}", errors
+    assert "Traceback" not in errors
+    finished = subprocess.run(resume, env=ENVIRONMENT, text=True, capture_output=True, timeout=900)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
     state = json.loads((out / "sweep.json").read_text())
     assert [trial["status"] for trial in state["trials"]] == ["complete"] * 4
-    assert _results_without_time(out) == _results_without_time(reference_sweep[1])
+    assert results_without_time(out) == results_without_time(reference_sweep[1])
     for trial in state["trials"]:
         assert not list((out / "runs" / trial["run"]).glob(".*.tmp*"))
     # The embedded Ray's processes end with their driver (its two agents only after a minute or two).
-    assert not _wait_gone(ray_processes, killed_at + 240 - time.monotonic()), "Ray processes outlived the killed sweep"
-
-
-@pytest.fixture
-def ray_head(tmp_path, load_script):
-    """A Ray head on loopback, started with `ray start --head --block` and stopped by ending that process."""
-    free_port = load_script("load_test").free_port
-    port = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Short: Ray's socket paths must fit 107 bytes.
-    ray = Path(sys.executable).with_name("ray")
-    head = subprocess.Popen(
-        [
-            ray,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "2",
-            "--include-dashboard",
-            "false",
-            "--ray-client-server-port",
-            str(free_port()),
-            "--temp-dir",
-            temp_dir,
-            "--disable-usage-stats",
-        ],
-        env=ENVIRONMENT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert head.poll() is None, "ray start --head ended early"
-            time.sleep(0.5)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        started = _descendants(head.pid)
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        _wait_gone(started, 60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.mark.heavy
-def test_a_sweep_on_a_ray_head_records_a_failed_trial_and_finishes_the_others(ray_head, tmp_path, mnist_path):
-    # Ray's heads ask for a token (~/.ray/auth_token, which `ray start` made or found), which a driver
-    # given an address sends only when told to: without RAY_AUTH_MODE=token it is refused, clearly and fast.
-    out = tmp_path / "sweep"
-    started = time.monotonic()
-    refused = _sweep(
-        "--address",
-        ray_head,
-        "--grid",
-        "learning_rate=0.1",
-        "--out",
-        out,
-        env={key: value for key, value in ENVIRONMENT.items() if key != "RAY_AUTH_MODE"},
-    )
-    assert refused.returncode == 2 and refused.stderr.startswith("error: Could not start or reach the Ray cluster")
-    assert "RAY_AUTH_MODE=token" in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
-    assert time.monotonic() - started < 30 and not out.exists()
-    greedy = _sweep(
-        "--address",
-        ray_head,
-        "--grid",
-        "learning_rate=0.1",
-        "--cpus-per-trial",
-        "3",
-        "--out",
-        out,
-        env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"),
-    )
-    assert greedy.returncode == 2 and not out.exists()
-    assert greedy.stderr == "error: Each trial asks for 3 CPUs (--cpus-per-trial), but this Ray has only 2.\n"
-
-    result = _sweep(
-        "--address",
-        ray_head,
-        "--grid",
-        "model=shallow,lenet",
-        "--engine",
-        "fast",
-        "--epochs",
-        "2",
-        "--train-limit",
-        "1000",
-        "--out",
-        out,
-        env=dict(ENVIRONMENT, RAY_AUTH_MODE="token"),
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    state = json.loads((out / "sweep.json").read_text())
-    assert [trial["status"] for trial in state["trials"]] == ["complete", "failed"]
-    assert "--engine fast cannot train the lenet net" in state["trials"][1]["error"]
-    rows = _results_without_time(out)
-    assert [row["model"] for row in rows] == ["shallow", "lenet"]
-    assert rows[1]["status"].startswith("failed (1 of 1 seeds): ValueError: --engine fast cannot train the lenet net")
-    assert "0 failed" not in result.stdout.splitlines()[-1] and "1 failed" in result.stdout.splitlines()[-1]
-
-
-@pytest.mark.heavy
-def test_early_stopping_stops_the_trials_that_trail_and_says_so(tmp_path, mnist_path):
-    """Learning rates from good to hopeless for the book's net, so that ASHA (rungs at epochs 1, 3
-    and 9) has good trials to compare the later ones with."""
-    out = tmp_path / "sweep"
-    result = _sweep(
-        "--grid",
-        "learning_rate=3,1,0.3,0.03,0.003,0.001,0.0003,0.0001",
-        "--epochs",
-        "9",
-        "--train-limit",
-        "1000",
-        "--early-stop",
-        "--out",
-        out,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    state = json.loads((out / "sweep.json").read_text())
-    stopped = [trial for trial in state["trials"] if trial["status"] == "stopped"]
-    assert stopped and {trial["status"] for trial in state["trials"]} <= {"complete", "stopped"}
-    for trial in stopped:
-        # Interrupted by the scheduler after an epoch, or with its worker ended mid-epoch: resumable either way.
-        # (Tune stops a trial asynchronously: a fast one may train a few epochs past the decision.)
-        assert runs.Run(out / "runs" / trial["run"]).status()["status"] == "interrupted"
-    rows = {row["learning_rate"]: row for row in _results_without_time(out)}
-    for trial in stopped:
-        assert rows[sweep_plan.value_text(trial["params"]["learning_rate"])]["status"] == "stopped early (1 of 1 seeds)"
-    assert f"{len(stopped)} stopped early" in result.stdout.splitlines()[-1]
+    assert not wait_gone(ray_processes, killed_at + 240 - time.monotonic()), "Ray processes outlived the killed sweep"

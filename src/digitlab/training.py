@@ -47,20 +47,22 @@ def train(
     loaded: data.Loaded | None = None,
     run_name: str | None = None,
     on_epoch_end=None,
+    metadata: dict | None = None,
 ) -> Run:
     """Trains the configured net and returns its complete run folder.
 
     `loaded` gives the data already in memory (else it is loaded from `data_path`);
     `run_name` names the run folder (else a time stamp does); `on_epoch_end(epoch,
     histories, wall_time_s)` is called after each epoch's history and checkpoint are written (a
-    sweep reports them to Ray Tune). Raises ValueError (DataError, RunError) for bad
+    sweep reports them to Ray Tune); `metadata`'s entries are added to metrics.json (a sweep's
+    trial records the machine it trained on). Raises DigitlabError (DataError, RunError, ...) for bad
     input before any training, and TrainingInterrupted on Ctrl-C after saving the run's state.
     """
     config = config.resolved()
     if config.seed is None:
         # Every run gets a seed, recorded in its config, so that any run can be repeated.
         config.seed = secrets.randbelow(2**31 - config.seeds)
-    session = _Session(config, loaded or data.load(data_path), print_fn, verbose, on_epoch_end)
+    session = _Session(config, loaded or data.load(data_path), print_fn, verbose, on_epoch_end, metadata)
     run = runs.new_run(runs_dir, config, name=run_name)
     config.save(run.file(runs.CONFIG_FILE))
     run.write_json(runs.DATA_FILE, session.data.record())
@@ -77,9 +79,10 @@ def resume(
     verbose: int | None = None,
     loaded: data.Loaded | None = None,
     on_epoch_end=None,
+    metadata: dict | None = None,
 ) -> Run:
-    """Continues an interrupted run from its last checkpoint to the end (`loaded` and
-    `on_epoch_end` as for `train`; given data must be the run's own, by its SHA-256s)."""
+    """Continues an interrupted run from its last checkpoint to the end (`loaded`, `on_epoch_end`
+    and `metadata` as for `train`; given data must be the run's own, by its SHA-256s)."""
     run = runs.open_run(run_path)
     status = run.status()
     if status["status"] == "complete":
@@ -93,7 +96,7 @@ def resume(
     saved = checkpoint.load(run.file(runs.CHECKPOINT_FILE))
     # The run's own data, found from its record (a run from before data.json: the usual search).
     record = run.read_json(runs.DATA_FILE) if run.file(runs.DATA_FILE).is_file() else {}
-    session = _Session(config, data.load_recorded(record, data_path, loaded), print_fn, verbose, on_epoch_end)
+    session = _Session(config, data.load_recorded(record, data_path, loaded), print_fn, verbose, on_epoch_end, metadata)
     session.restore(saved)
     runs.check_writable(run.path)
     if session.data.record()["path"] != record.get("path"):
@@ -113,9 +116,9 @@ class _Session:
     checkpoint that does not fit, is reported before a run folder is created or changed.
     """
 
-    def __init__(self, config: TrainConfig, loaded: data.Loaded, print_fn, verbose, on_epoch_end=None):
+    def __init__(self, config: TrainConfig, loaded: data.Loaded, print_fn, verbose, on_epoch_end=None, metadata=None):
         self.config, self.data, self.print_fn = config, loaded, print_fn
-        self.on_epoch_end = on_epoch_end
+        self.on_epoch_end, self.metadata = on_epoch_end, metadata or {}
         self.flat = not models.is_convolutional(config.model)
         (self.train_inputs, self.train_targets), self.validation_data, self.test = data.prepare(
             loaded.arrays, config.validation, config.train_limit, self.flat
@@ -192,6 +195,7 @@ class _Session:
                 progress.wall_time(),
                 self.data,
                 self.print_fn,
+                self.metadata,
             )
         except KeyboardInterrupt:
             epoch_reached = progress.epochs_done or initial_epoch
@@ -296,7 +300,7 @@ def _default_verbose(verbose: int | None) -> int:
     return 1 if os.isatty(1) else 2
 
 
-def _finish(run, config, engine, networks, histories, test, flat, wall_time, loaded, print_fn):
+def _finish(run, config, engine, networks, histories, test, flat, wall_time, loaded, print_fn, metadata):
     """Writes the trained model(s), curves and metrics, then marks the run complete."""
     with backends.saving_without_tensorflow():
         atomic.atomic_save(run.model_path(), networks[0].save)
@@ -321,6 +325,7 @@ def _finish(run, config, engine, networks, histories, test, flat, wall_time, loa
         "versions": system.software_versions(),
         "machine": system.machine_summary(),
         "data_sha256": loaded.sha256,
+        **metadata,
     }
     if len(histories) > 1:
         metrics.update(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -37,6 +38,29 @@ SAMPLE_HELP = (
 
 class SweepError(errors.DigitlabError):
     """A sweep cannot start or resume: bad grid, bad folder, Ray unavailable."""
+
+
+class _PlannedTrial(TypedDict):
+    index: int  # Its place in the plan (and in sweep.json's "trials").
+    configuration: int  # Which configuration (grid point or sample) it trains; its seeds share it.
+    params: dict[str, Any]  # The swept fields and their values, in the order of the flags.
+    seed: int
+    config: dict[str, Any]  # The whole resolved TrainConfig, as config.json holds it.
+    run: str  # Its run folder's name under OUT/runs/.
+    status: str  # pending, running, interrupted, complete, stopped or failed.
+
+
+class Trial(_PlannedTrial, total=False):
+    """One trial of a sweep, as sweep.json records it: planned here, then kept current by the sweep
+    (`sweep.state`, `sweep.raytune`) and read by its results and report (`sweep.results`, `sweep.report`)."""
+
+    epochs: int  # The last epoch reported.
+    val_accuracy: float  # Its val accuracy then.
+    wall_time_s: float  # Training time so far.
+    error: str  # Why it failed.
+    node: str  # The Ray node (its address) it trains or trained on.
+    retries: int  # How many times Tune started it again after its worker or machine was lost...
+    lost: list[str]  # ...and the node of each lost attempt.
 
 
 # Parsing --grid and --sample.
@@ -156,14 +180,14 @@ def draw_samples(distributions: dict[str, tuple], count: int, seed: int) -> list
 # The plan.
 
 
-def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], seeds: list[int]) -> list[dict]:
+def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], seeds: list[int]) -> list[Trial]:
     """Every trial: each sampled assignment (or none) x each grid point x each seed, checked as `train` checks.
 
-    A trial is `{"index", "configuration", "params", "seed", "config", "run", "status"}`,
-    with `config` the resolved TrainConfig as a dict and `run` its run folder's name.
+    Each is a `Trial` with status "pending", `config` its resolved TrainConfig as a dict and `run`
+    its run folder's name.
     """
     names = list(grid)
-    trials: list[dict] = []
+    trials: list[Trial] = []
     for sample in samples or [{}]:
         for point in itertools.product(*(grid[name] for name in names)):
             params = dict(zip(names, point, strict=True), **sample)
@@ -176,15 +200,15 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
                     raise SweepError(f"The configuration {shown} is not valid: {error}") from None
                 index = len(trials)
                 trials.append(
-                    {
-                        "index": index,
-                        "configuration": index // len(seeds),
-                        "params": params,
-                        "seed": seed,
-                        "config": resolved.to_dict(),
-                        "run": _run_name(index, params, seed),
-                        "status": "pending",
-                    }
+                    Trial(
+                        index=index,
+                        configuration=index // len(seeds),
+                        params=params,
+                        seed=seed,
+                        config=resolved.to_dict(),
+                        run=_run_name(index, params, seed),
+                        status="pending",
+                    )
                 )
     return trials
 

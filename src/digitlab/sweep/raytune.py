@@ -1,7 +1,7 @@
 """Ray for `digitlab sweep`: starting or joining Ray, the Tune trial, and the one-line progress.
 
     from digitlab.sweep import raytune
-    with raytune.connect(None):               # an embedded Ray on this machine, stopped afterwards
+    with raytune.connect(None):               # an embedded Ray on this machine (loopback only), stopped afterwards
         raytune.run_trials(sweep, loaded, print)
     with raytune.connect("10.0.0.5:6379"):    # an existing cluster (or "auto")
         ...
@@ -16,13 +16,25 @@ CPUs (1 by default), so an embedded Ray on a 2-core machine trains two at once.
 process trains one trial after another (Tune's `reuse_actors`, except with early
 stopping), so Keras and JAX load once per worker, not once per trial.
 
-A cluster given by `--address` is reached within CONNECT_TIMEOUT_S or reported
-unreachable. Ray's clusters ask for a token by default, which Ray sends to an explicit
-address only with RAY_AUTH_MODE=token in the driver's environment: the error says so.
+Run files on a cluster. A `RunStore` actor (`digitlab.sweep.store`) is placed on the driver's
+node. A trial that finds the sweep's folder on its machine (the driver's machine, or a shared
+`--out`) writes its run there, as on one machine; one that does not trains in a scratch folder
+and sends its files to the store after every epoch. Every trial tells the store how it ended,
+and the driver takes a trial for complete only when the store says so and its run in OUT is
+complete. A trial whose machine is lost (its worker or node dies) is retried by Tune (up to
+RETRIES times) on another machine, from the last checkpoint the store holds; a trial's own error
+(bad values, a bug) is recorded as failed, not retried.
+
+Listening. The embedded Ray is started in Ray's single-machine mode (the one it uses on macOS
+and Windows), in which every Ray process listens on 127.0.0.1 only; Ray's token (Ray's default,
+in ~/.ray/auth_token) is still asked for. A cluster given by `--address` is reached within
+CONNECT_TIMEOUT_S or reported unreachable. Ray's clusters ask for a token by default, which Ray
+sends to an explicit address only with RAY_AUTH_MODE=token in the driver's environment: the
+error says so.
 
 Ray's own console output (its trial tables, its workers' logs) is switched off; a
 Tune callback keeps `sweep.json` current and prints one progress line: trials done,
-running and failed, and the best so far.
+running and failed, the best so far, and on a cluster the trials of each node.
 """
 
 from __future__ import annotations
@@ -36,11 +48,25 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from digitlab import runs
+from digitlab import atomic, errors, runs
 from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep import state as sweep_state
+from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
+
+# A module that Ray's processes import and never use, at a price: `import ray` imports jsonschema,
+# which imports rfc3987-syntax where it is installed (JupyterLab's jupyter-events brings it into
+# digitlab's environment), and rfc3987-syntax compiles its IRI grammar when it is imported: 2.4 s
+# of CPU in every Python process of Ray (an embedded sweep has about 12: the driver, Ray's dashboard,
+# agents and monitors, the trials' workers). jsonschema goes without it (it only checks "iri"
+# formats, which Ray never asks for). Measured on the 2-core machine: Ray's start 20.5 s against
+# 7.8 s without it, a 4-trial sweep 73.6 against 46.1 CPU-seconds (docs/sweeps.md). UNUSED_IMPORT_ENV=1
+# keeps it, to measure the difference.
+UNUSED_IMPORT = "rfc3987_syntax"
+UNUSED_IMPORT_ENV = "DIGITLAB_SWEEP_KEEP_RFC3987"
 
 
 def _quiet_environment() -> None:
@@ -50,18 +76,28 @@ def _quiet_environment() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C reaches our code as KeyboardInterrupt, which marks the sweep interrupted and resumable.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if os.environ.get(UNUSED_IMPORT_ENV) != "1":
+        sys.modules.setdefault(UNUSED_IMPORT, None)  # type: ignore[arg-type]  # None: "import it" raises ImportError.
 
 
 _quiet_environment()
 import ray
 from ray import cloudpickle, tune
+from ray._private import ray_constants
 from ray.tune.progress_reporter import TrialProgressCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # Seconds to reach a given --address before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10
 # The embedded Ray's object store: MNIST is 55 MB; Ray's default (30% of memory) is far more than needed.
 OBJECT_STORE_BYTES = 300 * 1024 * 1024
+# How many times Tune starts a trial again after its worker or machine was lost.
+RETRIES = 3
+# How many times an embedded Ray is started before its failure is reported (see `_init`).
+STARTS = 2
+# Ray's switch for a Ray on one machine only (see `_on_loopback`).
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @contextlib.contextmanager
@@ -84,10 +120,11 @@ def connect(address: str | None):
     # ray.init makes SIGTERM exit the process at once (sys.exit), which would leave the sweep's trials
     # marked running; digitlab's own handler (Ctrl-C's way: saved, resumable) is put back after it.
     sigterm = signal.getsignal(signal.SIGTERM)
-    with tempfile.TemporaryFile() as log:
+    embedded = _embedded_environment() if not address else contextlib.nullcontext()
+    with tempfile.TemporaryFile() as log, embedded:
         try:
             with _stderr_to(log):  # Ray's C++ core logs each failed try on file descriptor 2.
-                ray.init(address=address or "local", **options)
+                _init(address, options)
         except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError and its own kinds.
             log.seek(0)
             said = log.read().decode("utf-8", "replace")
@@ -101,14 +138,82 @@ def connect(address: str | None):
             raise sweep_plan.SweepError(
                 f"Could not start or reach {where}: {type(error).__name__}: {error}.{hint}"
             ) from None
-    if sigterm is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, sigterm)
-    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
+        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+def _init(address: str | None, options: dict) -> None:
+    """ray.init, tried once more where an embedded Ray's node timed out while it started: on a busy
+    machine Ray's Python agents can take longer to start than its raylet waits for them (about 15 s)."""
+    for attempt in range(1, STARTS + 1):
+        try:
+            ray.init(address=address or "local", **options)
+            return
+        except Exception as error:
+            if address or attempt == STARTS or "timed out during startup" not in str(error):
+                raise
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _embedded_environment():
+    """What the embedded Ray's processes are started with: loopback only, and without UNUSED_IMPORT."""
+    with _on_loopback(), _without_unused_import():
+        yield
+
+
+@contextlib.contextmanager
+def _without_unused_import():
+    """Ray's processes inherit PYTHONPATH: a folder on it first holds a stand-in for UNUSED_IMPORT
+    that raises ImportError, as the package's absence does (jsonschema then does without it). Ray's
+    two agents are the exception: its raylet starts them without PYTHONPATH."""
+    if os.environ.get(UNUSED_IMPORT_ENV) == "1":
+        yield
+        return
+    # One folder per user, kept (one small file): a sweep killed with SIGKILL leaves nothing behind.
+    folder = Path(tempfile.gettempdir(), f"digitlab-ray-path-{os.getuid()}")
+    folder.mkdir(exist_ok=True)
+    atomic.write_text(
+        folder / f"{UNUSED_IMPORT}.py",
+        f'raise ImportError("{UNUSED_IMPORT} is left out of digitlab\'s embedded Ray (see digitlab.sweep.raytune)")\n',
+    )
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([saved] if saved else [])])
     try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+@contextlib.contextmanager
+def _on_loopback():
+    """Starts the embedded Ray in Ray's single-machine mode: its node address is 127.0.0.1, and
+    with that address every Ray process (GCS, raylet, object manager, workers, agents) listens on
+    127.0.0.1 only, where by default they listen on every interface. Ray reads the switch from its
+    environment when it is imported (this process has imported it already, so the module's
+    constant is set too) and passes it to the processes it starts. Ray 2.60 has no other way to
+    say so: `--node-ip-address 127.0.0.1` is replaced by the machine's address. The test of the
+    listening sockets (tests/test_sweep.py) checks that it still holds."""
+    saved = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def check_resources(cpus_per_trial: float) -> None:
@@ -135,15 +240,33 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
-def run_trials(sweep, loaded, print_fn=print) -> None:
-    """Runs the sweep's unfinished trials on Ray Tune, keeping sweep.json and the progress line current."""
+def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
+    """Runs the sweep's unfinished trials on Ray Tune, keeping sweep.json and the progress line current
+    (which, on a `cluster`, counts the trials of each node)."""
     settings = sweep.state["settings"]
     indices = [trial["index"] for trial in sweep.unfinished()]
-    progress = Progress(sweep, print_fn)
     if not indices:
         return
+    sweep.mark_runs_folder()
+    store = (
+        ray.remote(sweep_store.RunStore)
+        .options(
+            num_cpus=0,
+            # On the driver's node, where OUT is; soft=False: nowhere else, even if that node is busy.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        )
+        .remote(str(sweep.runs_dir))
+    )
+    progress = Progress(sweep, store, print_fn, cluster=cluster)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, loaded=loaded, trials=sweep.trials, runs_dir=str(sweep.runs_dir)),
+        tune.with_parameters(
+            _trainable,
+            loaded=loaded,
+            trials=sweep.trials,
+            runs_dir=str(sweep.runs_dir),
+            store=store,
+            sweep_id=sweep.id,
+        ),
         {"cpu": settings["cpus_per_trial"]},
     )
     scheduler = None
@@ -178,7 +301,9 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
             storage_path=str(storage),
             verbose=0,
             callbacks=[progress, _Silent()],
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # Only a lost worker or machine fails a trial in Tune's eyes (a trial's own error is
+            # caught in _trainable and recorded): such a trial is started again, elsewhere if need be.
+            failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False),
         ),
     )
     with open(storage / "ray-driver.log", "ab") as log, _stderr_to(log):
@@ -186,9 +311,60 @@ def run_trials(sweep, loaded, print_fn=print) -> None:
     progress.close()
 
 
-def _trainable(params: dict, loaded, trials: list[dict], runs_dir: str) -> None:
-    """A Tune function trial: train the trial `params["trial"]`, reporting each epoch to Tune."""
-    sweep_trial.train_trial(trials[params["trial"]], runs_dir, loaded, tune.report)
+def _trainable(params: dict, loaded, trials: list[sweep_plan.Trial], runs_dir: str, store, sweep_id: str) -> None:
+    """A Tune function trial: train the trial `params["trial"]` where the sweep's folder is, or in a
+    scratch folder mirrored to the store, reporting each epoch to Tune and the outcome to the store."""
+    trial = trials[params["trial"]]
+    run = trial["run"]
+    node = ray.util.get_node_ip_address()
+    here = sweep_state.holds_sweep(runs_dir, sweep_id)
+    attempt, files = ray.get(store.begin.remote(run, node, want_files=not here))
+    channel = None if here else _StoreChannel(store, run, attempt, files)
+    where = {"address": node, "hostname": socket.gethostname(), "attempt": attempt}
+
+    def report(metrics: dict) -> None:
+        tune.report(dict(metrics, node=node))
+
+    try:
+        outcome = sweep_store.Outcome(
+            status=sweep_trial.train_trial(trial, runs_dir, loaded, report, channel, metadata={"node": where})
+        )
+    except (ray.exceptions.RayError, sweep_trial.AttemptSuperseded):
+        raise  # Ray's own failures (a lost machine, the store out of reach) are Tune's to retry.
+    except Exception as error:  # The trial's own: bad values, a bug. Recorded, not retried.
+        outcome = sweep_store.Outcome(status="failed", error=_run_error(runs_dir, run, here) or _describe(error))
+    ray.get(store.finish.remote(run, attempt, outcome))
+
+
+class _StoreChannel:
+    """A trial's way to the driver's RunStore (`digitlab.sweep.trial.Channel`)."""
+
+    def __init__(self, store, run: str, attempt: int, files: dict[str, bytes]):
+        self.store, self.run, self.attempt, self.files = store, run, attempt, files
+
+    def fetch(self) -> dict[str, bytes]:
+        return self.files
+
+    def send(self, files: list[tuple[str, bytes]]) -> None:
+        if not ray.get(self.store.write.remote(self.run, self.attempt, files)):
+            raise sweep_trial.AttemptSuperseded(f"{self.run}: attempt {self.attempt} was taken over by a newer one.")
+
+    def clear(self) -> None:
+        if not ray.get(self.store.clear.remote(self.run, self.attempt)):
+            raise sweep_trial.AttemptSuperseded(f"{self.run}: attempt {self.attempt} was taken over by a newer one.")
+
+
+def _describe(error: BaseException) -> str:
+    """A trial's error in a line: a user's mistake (bad values) by its message, a bug by its kind too."""
+    return str(error) if isinstance(error, errors.DigitlabError) else f"{type(error).__name__}: {error}"
+
+
+def _run_error(runs_dir: str, run: str, here: bool) -> str | None:
+    """The error a failed run recorded in its own status (training writes it there), if it is here."""
+    if not here:
+        return None
+    status = runs.Run(os.path.join(runs_dir, run)).status()
+    return status.get("message") if status.get("status") == "failed" else None
 
 
 @contextlib.contextmanager
@@ -216,16 +392,18 @@ def _stderr_to(log):
 
 
 class Progress(tune.Callback):
-    """A Tune callback: records each trial's start, epochs and end in sweep.json, and prints one line.
+    """A Tune callback: records each trial's start, epochs, retries and end in sweep.json, and prints one line.
 
     On a terminal the line is rewritten in place at every event; otherwise a new line is
-    printed only when a trial ends (so a log shows one line per finished trial).
+    printed only when a trial ends or is retried (so a log shows one line per such event).
+    A trial counts as complete only when it said so to the store and its run in OUT is
+    complete: a trial whose files did not reach OUT is failed, never a result.
     """
 
-    def __init__(self, sweep, print_fn=print):
-        self.sweep, self.print_fn = sweep, print_fn
+    def __init__(self, sweep, store, print_fn=print, cluster: bool = False):
+        self.sweep, self.store, self.print_fn, self.cluster = sweep, store, print_fn, cluster
         self.tty = print_fn is print and sys.stdout.isatty()
-        self.last_line = None
+        self.last_line: str | None = None
 
     def _index(self, trial) -> int:
         return trial.config["trial"]
@@ -241,15 +419,40 @@ class Progress(tune.Callback):
             epochs=result.get("epoch"),
             val_accuracy=result.get("val_accuracy"),
             wall_time_s=result.get("wall_time_s"),
+            node=result.get("node"),
         )
         self.show()
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        index = self._index(trial)
+        record = self.sweep.trials[index]
+        lost = record.get("node") or "its node"
+        self.sweep.update(
+            index, status="pending", retries=record.get("retries", 0) + 1, lost=[*record.get("lost", []), lost]
+        )
+        self.show(ended=True, note=f"{record['run']} lost its worker on {lost}; retrying it from its last checkpoint")
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         index = self._index(trial)
-        run = runs.Run(self.sweep.runs_dir / self.sweep.trials[index]["run"])
-        # A trial that ended without completing its run was stopped by the ASHA scheduler.
-        complete = run.status().get("status") == "complete"
-        self.sweep.update(index, status="complete" if complete else "stopped")
+        record = self.sweep.trials[index]
+        outcome = ray.get(self.store.outcome.remote(record["run"])) or {}
+        run_status = runs.Run(self.sweep.runs_dir / record["run"]).status().get("status")
+        node = outcome.get("node") or record.get("node")
+        if outcome.get("status") == "failed":
+            self.sweep.update(index, status="failed", error=outcome.get("error") or "unknown error", node=node)
+        elif outcome.get("status") == "complete" and run_status == "complete":
+            self.sweep.update(index, status="complete", node=node)
+        elif outcome.get("status") == "stopped" or (not outcome and self.sweep.state["settings"]["early_stop"]):
+            # Stopped by the ASHA scheduler (Tune may end its worker before it says so).
+            self.sweep.update(index, status="stopped", node=node)
+        else:
+            said = outcome.get("status") or "nothing"
+            self.sweep.update(
+                index,
+                status="failed",
+                node=node,
+                error=f"its trial ended (it said: {said}) but its run in OUT is {run_status}; its files are lost",
+            )
         self.show(ended=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -257,12 +460,16 @@ class Progress(tune.Callback):
         self.sweep.update(index, status="failed", error=_error_message(self.sweep, index, trial))
         self.show(ended=True)
 
-    def show(self, ended: bool = False) -> None:
+    def show(self, ended: bool = False, note: str = "") -> None:
         line = self.line()
         if self.tty:
+            if note:
+                sys.stdout.write("\r\033[K" + note + "\n")
             sys.stdout.write("\r\033[K" + line)
             sys.stdout.flush()
         elif ended:
+            if note:
+                self.print_fn(note)
             self.print_fn(line)
         self.last_line = line
 
@@ -277,6 +484,11 @@ class Progress(tune.Callback):
         if count["stopped"]:
             text += f" ({count['stopped']} stopped early)"
         text += f", {count['running']} running, {count['failed']} failed"
+        retried = sum(bool(trial.get("retries")) for trial in trials)
+        if retried:
+            text += f", {retried} retried"
+        if self.cluster:
+            text += "; " + sweep_state.node_counts(trials)
         scored = [trial for trial in trials if trial.get("val_accuracy") is not None]
         if scored:
             best = max(scored, key=lambda trial: trial["val_accuracy"])

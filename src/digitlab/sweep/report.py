@@ -21,44 +21,19 @@ from digitlab.sweep import state as sweep_state
 def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
     """Writes one HTML page for a sweep folder (default: report.html in it) and returns its path.
 
-    The page holds the command, the results table (best first), the curves and the
-    heatmap (from the sweep's results files, which it writes first if they are
-    missing), and every trial with its run folder, seed, status and final val accuracy.
+    The page holds the command, the results table (best first), the curves, the parallel
+    coordinates and the heatmap (from the sweep's results files, which it writes first if they
+    are missing), and every trial with its run folder, seed, status, final val accuracy, node
+    and retries.
     """
     out_path = Path(out_path) if out_path is not None else sweep.file("report.html")
     report.check_out_path(out_path)
     rows = sweep_results.results(sweep)
-    if not sweep.file("curves.png").is_file():
+    if not all(sweep.file(name).is_file() for name in ("curves.png", "parallel.png")):
         sweep_results.finish(sweep, print_fn=lambda *args: None)
     settings = sweep.state["settings"]
     swept = settings["swept"]
-    header = [
-        *swept,
-        "seeds",
-        "val accuracy mean",
-        "std",
-        "min",
-        "max",
-        "best mean (epoch)",
-        "epochs",
-        "wall time s",
-        "status",
-    ]
-    table_rows = [
-        [sweep_plan.value_text(row[name]) for name in swept]
-        + [
-            row["seeds"],
-            _number(row["val_accuracy_mean"]),
-            _number(row["val_accuracy_std"]),
-            _number(row["val_accuracy_min"]),
-            _number(row["val_accuracy_max"]),
-            f"{_number(row['best_val_accuracy_mean'])} ({row['best_epoch']})",
-            row["epochs"],
-            f"{row['wall_time_s']:.1f}",
-            row["status"],
-        ]
-        for row in rows
-    ]
+    results_table = sweep_results.results_table(rows, swept)
     trial_rows = [
         (
             trial["run"],
@@ -66,7 +41,9 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
             trial["seed"],
             trial["status"],
             trial.get("epochs") or 0,
-            _number(trial.get("val_accuracy")),
+            sweep_results.number_text(trial.get("val_accuracy")),
+            trial.get("node") or "",
+            ", ".join(f"lost on {node}" for node in trial.get("lost", [])),
             trial.get("error") or "",
         )
         for trial in sweep.trials
@@ -75,6 +52,7 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
         report.image(sweep.file(name).read_bytes(), alt)
         for name, alt in (
             ("curves.png", "Validation accuracy per epoch for each configuration, mean and min-max over seeds"),
+            ("parallel.png", "Each trial's swept values and final validation accuracy, as parallel coordinates"),
             ("heatmap.png", "Mean final validation accuracy of each pair of values of the two swept fields"),
         )
         if sweep.file(name).is_file()
@@ -91,19 +69,19 @@ def write_sweep_report(sweep: sweep_state.Sweep, out_path=None) -> Path:
         "<h2>Results, best first</h2>",
         '<p class="note">One row per configuration; the statistics are over seeds, of the val accuracy '
         "after the last epoch each seed ran.</p>",
-        report.table(header, table_rows),
-        "<h2>Curves</h2>",
+        # Wide with many swept fields: the table scrolls sideways rather than spilling past the page.
+        '<div style="overflow-x: auto">' + report.table(results_table.titles, results_table.rows) + "</div>",
+        "<h2>Figures</h2>",
         *figures,
         "<h2>Settings shared by every trial</h2>",
         report.table(["setting", "value"], [(name, report.value_text(value)) for name, value in base.items()]),
         "<h2>Trials</h2>",
         f'<p class="note">Each is a run folder under <code>{report.escape(str(sweep.runs_dir))}</code>; '
         "<code>digitlab report RUN</code> gives its own page.</p>",
-        report.table(["run", "configuration", "seed", "status", "epochs", "final val accuracy", "error"], trial_rows),
+        report.table(
+            ["run", "configuration", "seed", "status", "epochs", "final val accuracy", "node", "retried", "error"],
+            trial_rows,
+        ),
     ]
     atomic.write_text(out_path, report.page(title, sections))
     return out_path
-
-
-def _number(value) -> str:
-    return "-" if value is None or value != value else f"{value:.4f}"

@@ -63,7 +63,7 @@ def run_sweep(
     yes: bool = False,
     command: str = "",
     print_fn=print,
-) -> list[dict]:
+) -> list[sweep_results.ResultRow]:
     """Plans, checks and runs a sweep, then writes and returns its results (one row per configuration).
 
     Every check (fields, values, trial count, folder, data, Ray) happens before any trial starts.
@@ -110,11 +110,13 @@ def run_sweep(
             f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
             f"{len(seeds)} seed(s)) in {sweep.path}"
         )
-        _run(sweep, loaded, print_fn)
-    return sweep_results.finish(sweep, print_fn)
+        _run(sweep, loaded, print_fn, cluster=address is not None)
+    return sweep_results.finish(sweep, print_fn, cluster=address is not None)
 
 
-def resume_sweep(out_dir: str | Path, data_path=None, address: str | None = None, print_fn=print) -> list[dict]:
+def resume_sweep(
+    out_dir: str | Path, data_path=None, address: str | None = None, print_fn=print
+) -> list[sweep_results.ResultRow]:
     """Finishes an interrupted sweep: finished trials are kept, the others resume or start."""
     from digitlab.sweep import raytune
 
@@ -129,15 +131,15 @@ def resume_sweep(out_dir: str | Path, data_path=None, address: str | None = None
         )
         for trial in left:
             sweep_trial.settle_run(sweep, trial)
-        _run(sweep, loaded, print_fn)
-    return sweep_results.finish(sweep, print_fn)
+        _run(sweep, loaded, print_fn, cluster=address is not None)
+    return sweep_results.finish(sweep, print_fn, cluster=address is not None)
 
 
-def _run(sweep: sweep_state.Sweep, loaded: data.Loaded, print_fn) -> None:
+def _run(sweep: sweep_state.Sweep, loaded: data.Loaded, print_fn, cluster: bool) -> None:
     from digitlab.sweep import raytune
 
     try:
-        raytune.run_trials(sweep, loaded, print_fn)
+        raytune.run_trials(sweep, loaded, print_fn, cluster=cluster)
     except KeyboardInterrupt:
         for trial in sweep.trials:
             if trial["status"] == "running":

@@ -13,14 +13,19 @@ that `digitlab sweep --resume` continues from.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from digitlab import atomic, data
 from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep.plan import Trial
 
 FORMAT_VERSION = 1
 STATE_FILE = "sweep.json"
+# In OUT/runs/: the sweep's id, by which a trial on another machine sees whether OUT is shared with it.
+ID_FILE = ".sweep-id"
 # A trial in one of these states is not run again by a resumed sweep.
 FINISHED = ("complete", "stopped", "failed")
 
@@ -33,7 +38,7 @@ class Sweep:
         self.state = state
 
     @property
-    def trials(self) -> list[dict]:
+    def trials(self) -> list[Trial]:
         return self.state["trials"]
 
     @property
@@ -46,16 +51,51 @@ class Sweep:
     def save(self) -> None:
         atomic.write_json(self.file(STATE_FILE), self.state)
 
-    def update(self, index: int, **values) -> None:
-        """Changes a trial's record and writes sweep.json (atomically)."""
-        self.trials[index].update(values)
+    def update(self, index: int, **values: Any) -> None:
+        """Changes a trial's record (some keys of its `Trial`) and writes sweep.json (atomically)."""
+        self.trials[index].update(cast(Trial, values))
         self.save()
 
-    def unfinished(self) -> list[dict]:
+    def unfinished(self) -> list[Trial]:
         return [trial for trial in self.trials if trial["status"] not in FINISHED]
 
     def resume_command(self) -> str:
         return resume_command(self.path)
+
+    @property
+    def id(self) -> str:
+        """A random name of this sweep, written into OUT/runs/.sweep-id (`mark_runs_folder`)."""
+        if "id" not in self.state:  # A sweep started by an earlier digitlab.
+            self.state["id"] = secrets.token_hex(8)
+            self.save()
+        return self.state["id"]
+
+    def mark_runs_folder(self) -> None:
+        """Writes the sweep's id into its runs folder, where `holds_sweep` looks for it."""
+        atomic.write_text(self.runs_dir / ID_FILE, self.id)
+
+
+def holds_sweep(runs_dir: str | Path, sweep_id: str) -> bool:
+    """Whether `runs_dir` on this machine is the runs folder of the sweep `sweep_id`: its own
+    machine's, or one shared with it (NFS or the like), rather than missing or another's."""
+    try:
+        return (Path(runs_dir) / ID_FILE).read_text().strip() == sweep_id
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def node_counts(trials: list[Trial]) -> str:
+    """How many trials each node trained (the node of each trial's last attempt), most first:
+    "3 on 10.0.0.5, 1 on 10.0.0.6"; trials that have not started are left out."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        if trial.get("node"):
+            counts[trial["node"]] = counts.get(trial["node"], 0) + 1
+    if not counts:
+        return "no trial on a node yet"
+    return ", ".join(
+        f"{count} on {node}" for node, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    )
 
 
 def resume_command(out_dir: str | Path) -> str:
@@ -63,7 +103,7 @@ def resume_command(out_dir: str | Path) -> str:
     return f"digitlab sweep --resume {out_dir}"
 
 
-def create(out_dir: str | Path, trials: list[dict], settings: dict, loaded: data.Loaded) -> Sweep:
+def create(out_dir: str | Path, trials: list[Trial], settings: dict, loaded: data.Loaded) -> Sweep:
     """Makes the sweep folder and its sweep.json; the folder must be new, or empty."""
     out_dir = Path(out_dir)
     check_new_folder(out_dir)
@@ -73,6 +113,7 @@ def create(out_dir: str | Path, trials: list[dict], settings: dict, loaded: data
         raise sweep_plan.SweepError(atomic.describe_write_error(out_dir, error)) from None
     state = {
         "format_version": FORMAT_VERSION,
+        "id": secrets.token_hex(8),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": settings,
         "data": loaded.record(),

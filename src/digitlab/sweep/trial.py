@@ -1,26 +1,62 @@
 """One trial of a sweep: training it into its run folder, and settling a run that a killed sweep left.
 
     from digitlab.sweep import trial as sweep_trial
-    sweep_trial.train_trial(trial, "sweeps/x/runs", loaded, report)   # what a Ray Tune trial runs
-    sweep_trial.settle_run(sweep, trial)                               # before a resumed sweep runs it again
+    sweep_trial.train_trial(trial, "sweeps/x/runs", loaded, report)            # the sweep's folder is here
+    sweep_trial.train_trial(trial, "sweeps/x/runs", loaded, report, channel)   # it is on another machine
+    sweep_trial.settle_run(sweep, trial)                                      # before a resumed sweep runs it again
 
 A trial is an ordinary run folder, trained by `training.train` or continued by
 `training.resume`; whether it is skipped, resumed or started afresh depends only on
-what its folder holds, which is what makes a resumed sweep exact. Nothing here needs Ray.
+what its folder holds, which is what makes a resumed (or retried) sweep exact. Where the
+sweep's folder is not on the trial's machine, the trial gets its run's files through a
+`Channel` (from `digitlab.sweep.store`, on the driver's machine), trains in a scratch folder,
+and sends every file that changed after each epoch and at the end (status.json last), so the
+driver's copy is never more than an epoch behind. Nothing here needs Ray.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 from digitlab import data, runs
 from digitlab.config import TrainConfig
 from digitlab.sweep import state as sweep_state
+from digitlab.sweep.plan import Trial
 
 
-def settle_run(sweep: sweep_state.Sweep, trial: dict, wait_s: float = 60.0) -> None:
+class Channel(Protocol):
+    """The way to the sweep's folder from a machine that does not have it (`digitlab.sweep.raytune`
+    gives one backed by the driver's `RunStore`)."""
+
+    def fetch(self) -> dict[str, bytes]:
+        """The run's files as the sweep's folder holds them (empty for a new run)."""
+        ...
+
+    def send(self, files: list[tuple[str, bytes]]) -> None:
+        """Writes these files into the run's folder there, in order; raises AttemptSuperseded if a
+        newer attempt has taken the trial over."""
+        ...
+
+    def clear(self) -> None:
+        """Removes the run's folder there (the trial starts afresh)."""
+        ...
+
+
+# A trial's scratch folder on a machine without the sweep's folder: PREFIX + its process id + a random part.
+SCRATCH_PREFIX = "digitlab-trial-"
+
+
+class AttemptSuperseded(Exception):
+    """Tune started this trial again elsewhere (it took this attempt's machine for lost): this one stops."""
+
+
+def settle_run(sweep: sweep_state.Sweep, trial: Trial, wait_s: float = 60.0) -> None:
     """Before a trial is resumed: waits for a process of the previous sweep still writing its run
     (a killed driver's workers end within seconds), else marks the run interrupted."""
     path = sweep.runs_dir / trial["run"]
@@ -37,21 +73,74 @@ def settle_run(sweep: sweep_state.Sweep, trial: dict, wait_s: float = 60.0) -> N
         run.set_status("interrupted", note="its sweep's driver stopped", **details)
 
 
-def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) -> None:
+def train_trial(
+    trial: Trial,
+    runs_dir: str | Path,
+    loaded: data.Loaded,
+    report,
+    channel: Channel | None = None,
+    metadata: dict | None = None,
+) -> str:
     """Trains one trial into its run folder: skips it if complete, resumes it from its checkpoint,
-    or starts it afresh. `report(metrics)` gets each epoch's loss, accuracy, val_loss, val_accuracy.
+    or starts it afresh; returns "complete", or "stopped" when Tune stopped it early.
+    `report(metrics)` gets each epoch's loss, accuracy, val_loss, val_accuracy; `metadata` goes
+    into its metrics.json (see `training.train`).
+
+    Without `channel` the run folder is `runs_dir/RUN`, here; with one, the trial trains in a
+    scratch folder of this machine and its files reach the sweep's folder through the channel.
 
     This is what a Ray Tune trial runs (`raytune`); it needs no Ray itself. When Tune stops
     the trial early, its `report` raises SystemExit in this thread: the run then ends as an
     interrupted run (its checkpoint intact, so `train --resume` could still finish it).
     """
+    if channel is None:
+        return _train(trial, Path(runs_dir), loaded, report, metadata, mirror=None)
+    _remove_stale_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+    try:
+        path = scratch / trial["run"]
+        files = channel.fetch()
+        for name, payload in files.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(payload)
+        mirror = _Mirror(path, channel)
+        mirror.seen()  # What came from the sweep's folder is there already.
+        return _train(trial, scratch, loaded, report, metadata, mirror)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_stale_scratch() -> None:
+    """Removes the scratch folders of trial processes that are gone: a worker that Tune ended
+    (an early stop) or a machine that died and came back cannot remove its own."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, mirror: _Mirror | None) -> str:
     from digitlab import training
 
-    runs_dir = Path(runs_dir)
     path = runs_dir / trial["run"]
     last_epoch, final = trial["config"]["epochs"], {}
 
+    def sync() -> None:
+        if mirror is not None:
+            mirror.sync()
+
     def on_epoch_end(epoch, histories, wall_time_s):
+        sync()  # The sweep's folder has the epoch (and its checkpoint) before Tune hears of it.
         history = histories[0]
         metrics = {"epoch": epoch, "wall_time_s": wall_time_s, **{key: history[key][-1] for key in runs.HISTORY_KEYS}}
         if epoch == last_epoch:
@@ -62,15 +151,17 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
         except SystemExit:
             raise KeyboardInterrupt from None  # Training's own way to stop cleanly and resumably.
 
-    def report_final():
+    def report_final() -> str:
         try:
             report(final)
         except SystemExit:
             pass  # A stop after the last epoch: the run is complete anyway.
+        return "complete"
 
     try:
         if (path / runs.CONFIG_FILE).is_file():
             run = runs.Run(path)
+            _settle_lost_attempt(run)
             if run.status().get("status") == "complete":
                 history = run.history()
                 report(
@@ -80,13 +171,19 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
                         **{key: history[key][-1] for key in runs.HISTORY_KEYS},
                     }
                 )
-                return
+                return "complete"
             if run.file(runs.CHECKPOINT_FILE).is_file():
-                training.resume(path, loaded=loaded, print_fn=_quiet, verbose=0, on_epoch_end=on_epoch_end)
-                report_final()
-                return
+                # metrics.json says where the run was taken up again (after a lost machine, a killed sweep).
+                resumed = dict(metadata or {}, resumed_after_epoch=run.status().get("checkpoint_epoch"))
+                training.resume(
+                    path, loaded=loaded, print_fn=_quiet, verbose=0, on_epoch_end=on_epoch_end, metadata=resumed
+                )
+                sync()
+                return report_final()
         if path.exists():
             shutil.rmtree(path)  # Killed before its first checkpoint: nothing to keep.
+            if mirror is not None:
+                mirror.clear()
         training.train(
             TrainConfig.from_dict(trial["config"]),
             runs_dir,
@@ -95,8 +192,10 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
             print_fn=_quiet,
             verbose=0,
             on_epoch_end=on_epoch_end,
+            metadata=metadata,
         )
-        report_final()
+        sync()
+        return report_final()
     except training.TrainingInterrupted as stop:
         status = stop.run.status()
         stop.run.set_status(
@@ -105,6 +204,57 @@ def train_trial(trial: dict, runs_dir: str | Path, loaded: data.Loaded, report) 
             checkpoint_epoch=status.get("checkpoint_epoch"),
             note="stopped early by the sweep's scheduler",
         )
+        sync()
+        return "stopped"
+
+
+def _settle_lost_attempt(run: runs.Run) -> None:
+    """A run that says "running" when its trial starts was being trained by an earlier attempt of
+    this trial that Tune has given up on (its machine or worker was lost): mark it interrupted, so
+    that it resumes from its checkpoint. (Tune runs one attempt of a trial at a time.)"""
+    try:
+        status = json.loads(run.file(runs.STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(status, dict) and status.get("status") == "running":
+        details = {key: status[key] for key in ("epoch", "checkpoint_epoch") if key in status}
+        run.set_status("interrupted", note=f"its attempt on {status.get('host', '?')} was lost", **details)
+
+
+class _Mirror:
+    """Sends a scratch run folder's new and changed files through a channel, status.json last."""
+
+    def __init__(self, folder: Path, channel: Channel):
+        self.folder, self.channel = folder, channel
+        self.sent: dict[str, tuple[int, int, int]] = {}
+
+    def _files(self) -> dict[str, tuple[int, int, int]]:
+        if not self.folder.is_dir():
+            return {}
+        found = {}
+        for path in self.folder.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):  # Not atomic's temporary files.
+                stat = path.stat()
+                # Every write is a new file renamed into place (`atomic`), so a changed file has a new inode.
+                found[path.relative_to(self.folder).as_posix()] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return found
+
+    def seen(self) -> None:
+        self.sent = self._files()
+
+    def sync(self) -> None:
+        files = self._files()
+        changed = sorted(
+            (name for name, stamp in files.items() if self.sent.get(name) != stamp),
+            key=lambda name: (name == runs.STATUS_FILE, name),
+        )
+        if changed:
+            self.channel.send([(name, (self.folder / name).read_bytes()) for name in changed])
+            self.sent.update({name: files[name] for name in changed})
+
+    def clear(self) -> None:
+        self.channel.clear()
+        self.sent = {}
 
 
 def _quiet(*args, **kwargs) -> None:
