@@ -38,7 +38,7 @@ from typing import Annotated
 
 import keras
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -270,6 +270,142 @@ def _prepare_picture(data: bytes) -> np.ndarray:
     return imaging.prepare_image(data)
 
 
+async def _pixels_from_picture(data: bytes, large_pictures: asyncio.Semaphore) -> np.ndarray:
+    """The 28x28 pixels of an uploaded picture, as the command line prepares them."""
+    try:
+        # A small picture (the page sends 140x140) takes well under a millisecond and is
+        # read right here; a large one goes to a worker thread so other requests keep moving.
+        size = imaging.peek_size(data)
+        if size is not None and size[0] * size[1] <= INLINE_PIXELS:
+            return _prepare_picture(data)
+        async with large_pictures:
+            return await run_in_threadpool(_prepare_picture, data)
+    except imaging.ImageTooLargeError as error:
+        raise HTTPException(413, str(error)) from None
+    except imaging.ImageError as error:
+        raise HTTPException(422, str(error)) from None
+
+
+async def pixels_from_request(request: Request, large_pictures: asyncio.Semaphore) -> tuple[np.ndarray, str]:
+    """The 28x28 uint8 pixels a `POST /api/predict` asks about, and their source ("pixels" or
+    "image"), from its body as its Content-Type says: JSON pixels, a multipart upload, or a
+    picture as the raw body. Raises HTTPException (a 4xx with a sentence) for anything else."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await _read_body(request)
+    if not body:
+        raise HTTPException(
+            422,
+            "The request body is empty. Upload a picture in a field named 'file', or send {\"pixels\": [[...], ...]}.",
+        )
+    if content_type == "application/json" or content_type.endswith("+json"):
+        pixels, prepare = pixels_from_json(body)
+        if prepare:
+            try:
+                pixels = imaging.prepare_array(pixels)
+            except imaging.ImageError as error:
+                raise HTTPException(422, str(error)) from None
+        return pixels, "pixels"
+    if content_type == "multipart/form-data":
+        return await _pixels_from_picture(await _file_from_multipart(request, body), large_pictures), "image"
+    if content_type == "application/octet-stream" or content_type.startswith("image/"):
+        return await _pixels_from_picture(body, large_pictures), "image"
+    raise HTTPException(
+        415,
+        f"Unsupported Content-Type {content_type or '(none)'!r}. Upload a picture as multipart/form-data "
+        "(field 'file') or image/*, or send application/json {\"pixels\": [[...], ...]}.",
+    )
+
+
+class _Served:
+    """What the routes serve: the model, its run's name, the page, and the bound on large pictures."""
+
+    def __init__(self, model: keras.Model, run_name: str):
+        self.model, self.run_name = model, run_name
+        self.page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        self.parameters = int(model.count_params())
+        # A 4096x4096 picture needs about 0.3 GB and a second to prepare; a few at a time bounds memory.
+        self.large_pictures = asyncio.Semaphore(LARGE_PICTURES_AT_ONCE)
+
+
+def _served(request: Request) -> _Served:
+    return request.app.state.served
+
+
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(request: Request):
+    return HTMLResponse(
+        _served(request).page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY}
+    )
+
+
+@router.get("/api/health")
+async def health(request: Request):
+    """The server is up; which model and run it serves."""
+    served = _served(request)
+    return {
+        "status": "ok",
+        "run": served.run_name,
+        "model": served.model.name,
+        "input_shape": list(served.model.input_shape[1:]),
+        "parameters": served.parameters,
+        "backend": keras.backend.backend(),
+        "version": digitlab.__version__,
+        "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
+        "max_side": imaging.MAX_SIDE,
+    }
+
+
+@router.post(
+    "/api/predict",
+    response_model=PredictResponse,
+    responses={
+        400: {"description": "Malformed JSON or multipart body."},
+        413: {"description": "Body over 5 MB or picture over 4096 pixels a side."},
+        415: {"description": "A content type other than multipart, JSON or image/*."},
+        422: {"description": "Not a picture, truncated, empty, or pixels of the wrong shape or range."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "application/json": {"schema": PixelsRequest.model_json_schema()},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def predict_digit(request: Request):
+    """Reads the digit in a picture (multipart field `file`, or the raw body) or in 28x28 JSON pixels."""
+    served = _served(request)
+    pixels, source = await pixels_from_request(request, served.large_pictures)
+    row = predict.pixel_probabilities(served.model, pixels)[0]
+    answer = predict.describe(row)
+    answer["pixels"] = pixels.tolist()
+    answer["source"] = source
+    return JSONResponse(answer)
+
+
+async def _validation_error(request: Request, error: RequestValidationError):
+    messages = [f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg', '')}" for item in error.errors()]
+    return JSONResponse({"detail": "; ".join(messages) or "The request is not valid."}, status_code=422)
+
+
+async def _unexpected_error(request: Request, error: Exception):
+    return JSONResponse(
+        {"detail": f"Internal error ({type(error).__name__}); the server is still running."}, status_code=500
+    )
+
+
 def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
     """The FastAPI app serving `model` (a trained Keras model); `run_name` is shown on the page."""
     app = FastAPI(
@@ -278,117 +414,12 @@ def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
         description="Reads handwritten digits with the Shallow Net of Deep Learning Illustrated (chapter 5). "
         "Draw on the page at /, or POST a picture or 28x28 pixels to /api/predict.",
     )
-    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    parameters = int(model.count_params())
-    # A 4096x4096 picture needs about 0.3 GB and a second to prepare; a few at a time bounds memory.
-    large_pictures = asyncio.Semaphore(LARGE_PICTURES_AT_ONCE)
+    app.state.served = _Served(model, run_name)
     # Compiles the fast path now, so the first visitor does not wait for it.
     predict.pixel_probabilities(model, np.zeros((imaging.FIELD, imaging.FIELD), dtype=np.uint8))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        messages = [f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg', '')}" for item in error.errors()]
-        return JSONResponse({"detail": "; ".join(messages) or "The request is not valid."}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, error: Exception):
-        return JSONResponse(
-            {"detail": f"Internal error ({type(error).__name__}); the server is still running."}, status_code=500
-        )
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index():
-        return HTMLResponse(
-            page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY}
-        )
-
-    @app.get("/api/health")
-    async def health():
-        """The server is up; which model and run it serves."""
-        return {
-            "status": "ok",
-            "run": run_name,
-            "model": model.name,
-            "input_shape": list(model.input_shape[1:]),
-            "parameters": parameters,
-            "backend": keras.backend.backend(),
-            "version": digitlab.__version__,
-            "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
-            "max_side": imaging.MAX_SIDE,
-        }
-
-    @app.post(
-        "/api/predict",
-        response_model=PredictResponse,
-        responses={
-            400: {"description": "Malformed JSON or multipart body."},
-            413: {"description": "Body over 5 MB or picture over 4096 pixels a side."},
-            415: {"description": "A content type other than multipart, JSON or image/*."},
-            422: {"description": "Not a picture, truncated, empty, or pixels of the wrong shape or range."},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["file"],
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                        },
-                    },
-                    "application/json": {"schema": PixelsRequest.model_json_schema()},
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                },
-            }
-        },
-    )
-    async def predict_digit(request: Request):
-        """Reads the digit in a picture (multipart field `file`, or the raw body) or in 28x28 JSON pixels."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await _read_body(request)
-        if not body:
-            raise HTTPException(
-                422,
-                "The request body is empty. Upload a picture in a field named 'file', "
-                'or send {"pixels": [[...], ...]}.',
-            )
-        if content_type == "application/json" or content_type.endswith("+json"):
-            pixels, prepare = pixels_from_json(body)
-            source = "pixels"
-            if prepare:
-                try:
-                    pixels = imaging.prepare_array(pixels)
-                except imaging.ImageError as error:
-                    raise HTTPException(422, str(error)) from None
-        elif content_type in ("multipart/form-data", "application/octet-stream") or content_type.startswith("image/"):
-            data = await _file_from_multipart(request, body) if content_type == "multipart/form-data" else body
-            source = "image"
-            try:
-                # A small picture (the page sends 140x140) takes well under a millisecond and is
-                # read right here; a large one goes to a worker thread so other requests keep moving.
-                size = imaging.peek_size(data)
-                if size is not None and size[0] * size[1] <= INLINE_PIXELS:
-                    pixels = _prepare_picture(data)
-                else:
-                    async with large_pictures:
-                        pixels = await run_in_threadpool(_prepare_picture, data)
-            except imaging.ImageTooLargeError as error:
-                raise HTTPException(413, str(error)) from None
-            except imaging.ImageError as error:
-                raise HTTPException(422, str(error)) from None
-        else:
-            raise HTTPException(
-                415,
-                f"Unsupported Content-Type {content_type or '(none)'!r}. Upload a picture as multipart/form-data "
-                "(field 'file') or image/*, or send application/json {\"pixels\": [[...], ...]}.",
-            )
-        row = predict.pixel_probabilities(model, pixels)[0]
-        answer = predict.describe(row)
-        answer["pixels"] = pixels.tolist()
-        answer["source"] = source
-        return JSONResponse(answer)
-
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(Exception)(_unexpected_error)
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
     return app
