@@ -43,6 +43,7 @@
   // The run on show: its name, history, planned epochs, whether epochs have tiles, and its status.
   let shown = { run: null, history: emptyHistory(), epochs: 0, tiles: {}, status: null };
   let source = null; // The EventSource of the run on show.
+  let watching = 0; // Bumped by every watch(), so that late answers about an earlier showing are dropped.
   let follow = true; // The slider follows the newest epoch until it is moved back.
   let redraw = null;
   let tilesWanted = null;
@@ -192,6 +193,7 @@
     });
     if (response.status === 202) {
       watch(body.run, true);
+      loadRuns();
       return;
     }
     startButton.disabled = false;
@@ -220,8 +222,10 @@
   async function resume() {
     resumeButton.disabled = true;
     const { response, body } = await post(`/api/train/${encodeURIComponent(shown.run)}/resume`);
-    if (response.status === 202) watch(body.run, true);
-    else resumeButton.disabled = false;
+    if (response.status === 202) {
+      watch(body.run, true);
+      loadRuns();
+    } else resumeButton.disabled = false;
   }
 
   function setButtons() {
@@ -235,7 +239,9 @@
   // Shows a run: its events replay what it has (a saved run ends at once), then arrive live.
   function watch(run, live = false) {
     if (source) source.close();
+    watching += 1;
     shown = { run, history: emptyHistory(), epochs: 0, tiles: {}, status: live ? "running" : null };
+    slider.dataset.events = "0";
     follow = true;
     $("end-card").hidden = true;
     liveStatus.classList.remove("error");
@@ -261,6 +267,7 @@
 
   function onEpoch(event) {
     if (event.run !== shown.run) return;
+    slider.dataset.events = String((parseInt(slider.dataset.events, 10) || 0) + 1); // Epoch events received.
     KEYS.forEach((key) => {
       shown.history[key][event.epoch - 1] = event[key];
     });
@@ -268,7 +275,8 @@
     shown.tiles[event.epoch] = event.tiles;
     if (shown.status === null) shown.status = "replaying";
     if (shown.status === "running") {
-      liveStatus.textContent = `Training ${event.run}: epoch ${event.epoch} of ${event.epochs}`;
+      const by = shown.startedBy ? ` (started by ${shown.startedBy})` : "";
+      liveStatus.textContent = `Training ${event.run}: epoch ${event.epoch} of ${event.epochs}${by}`;
     }
     slider.max = String(event.epoch);
     slider.disabled = false;
@@ -370,8 +378,9 @@
   // --- At the end: the confusion matrix and the most confident mistakes -------------------------
 
   async function showEvaluation(run) {
+    const mine = watching;
     const { response, body } = await getJson(`/api/runs/${encodeURIComponent(run)}/evaluation`);
-    if (!response.ok || run !== shown.run) return;
+    if (!response.ok || mine !== watching) return;
     $("end-card").hidden = false;
     $("end-summary").textContent = `${run} after epoch ${body.epoch}: ${body.errors} of ${body.images.toLocaleString("en")} wrong (accuracy ${body.accuracy.toFixed(4)}) on ${body.data}.`;
     const table = $("confusion");
@@ -520,9 +529,10 @@
     await loadRuns();
     const wanted = params.get("run");
     if (body.training) {
-      watch(body.training.run, true);
       const job = body.training;
-      liveStatus.textContent = `${job.run} is training (epoch ${job.epoch} of ${job.epochs}), started at ${job.started} by ${job.started_by}.`;
+      watch(job.run, true);
+      shown.startedBy = `${job.started_by} at ${job.started}`;
+      liveStatus.textContent = `${job.run} is training (epoch ${job.epoch} of ${job.epochs}), started by ${shown.startedBy}.`;
     }
     else if (wanted) watch(wanted);
     else if (health.run) watch(health.run);
