@@ -12,7 +12,7 @@ It starts `digitlab serve` (no RUN) on a free loopback port and prints one table
    training loop's own time (metrics.json `wall_time_s`), and the server's answers meanwhile (a
    prediction every 50 ms, p50/p99): with `digitlab train` the training runs in another process,
    which is what a server training in a subprocess would give; with the page it runs in the
-   server's own thread.
+   server's own thread. A first row gives the server's answers with nothing training.
 2. Delay: `--latency-viewers` viewers watch a run of `--latency-epochs` epochs; for every epoch
    and viewer, the time from the end of the epoch (the `time` the server stamps in the event,
    when the epoch's files are written) to the event's arrival, p50/p99/max.
@@ -247,13 +247,31 @@ async def _cli_run(command, probe_url, probe_run):
     return wall, latencies
 
 
+async def _idle_probe(url, run, seconds):
+    stop = asyncio.Event()
+    probe = asyncio.create_task(_probe(url, run, stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    return await probe
+
+
 def _percentiles(values) -> str:
     if not values:
         return "-"
     return f"{np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
 
 
-def run_bench(epochs=200, repeats=2, viewers=20, latency_viewers=50, latency_epochs=200, train_limit=None, data=None):
+def run_bench(
+    epochs=200,
+    repeats=2,
+    viewers=20,
+    latency_viewers=50,
+    latency_epochs=200,
+    train_limit=None,
+    data=None,
+    idle_s=10.0,
+    baseline=False,
+):
     """Runs the benchmark (see the module docstring); returns (table text, figures dict)."""
     folder = Path(tempfile.mkdtemp(prefix="digitlab-live-bench-"))
     port = load_test.free_port()
@@ -275,6 +293,7 @@ def run_bench(epochs=200, repeats=2, viewers=20, latency_viewers=50, latency_epo
         # A first short run loads MNIST and warms the server; predictions ask its network.
         warm = _post_json(url, "/api/train", {"epochs": 1, "train_limit": 2000, "seed": 0})["run"]
         read_events(url, warm)
+        rows.append((f"server idle ({idle_s:g} s)", 1, None, None, asyncio.run(_idle_probe(url, warm, idle_s))))
         for repeat in range(1, repeats + 1):
             wall, latencies = asyncio.run(_cli_run(cli, url, warm))
             (run_dir,) = [path for path in (folder / "cli").iterdir() if path.name not in figures["cli"]]
@@ -287,6 +306,10 @@ def run_bench(epochs=200, repeats=2, viewers=20, latency_viewers=50, latency_epo
             if any(len([item for item in seen if item[1] == "epoch"]) != epochs for seen in watched):
                 raise RuntimeError("A viewer missed epochs.")
             rows.append((f"page, {viewers} viewers (server thread)", repeat, wall, loop, latencies))
+            if baseline:  # The same with one viewer reading the events only: what the viewers cost.
+                name, wall, _, latencies = asyncio.run(_page_run(url, folder / "page", values, 1, warm, tiles=False))
+                loop = _metrics(folder / "page" / name)["wall_time_s"]
+                rows.append(("page, 1 viewer, events only", repeat, wall, loop, latencies))
         name, _, watched, _ = asyncio.run(
             _page_run(url, folder / "page", {**values, "epochs": latency_epochs}, latency_viewers, None)
         )
@@ -297,9 +320,9 @@ def run_bench(epochs=200, repeats=2, viewers=20, latency_viewers=50, latency_epo
             if kind == "epoch" and data.get("time")
         ]
     cli_walls = [row[2] for row in rows if row[0].startswith("digitlab")]
-    page_walls = [row[2] for row in rows if row[0].startswith("page")]
+    page_walls = [row[2] for row in rows if row[0].startswith(f"page, {viewers} ")]
     cli_loops = [row[3] for row in rows if row[0].startswith("digitlab")]
-    page_loops = [row[3] for row in rows if row[0].startswith("page")]
+    page_loops = [row[3] for row in rows if row[0].startswith(f"page, {viewers} ")]
     images = f"{train_limit:,}" if train_limit else "60,000"
     load = os.getloadavg()
     lines = [
@@ -309,7 +332,8 @@ def run_bench(epochs=200, repeats=2, viewers=20, latency_viewers=50, latency_epo
         f"{'':36} {'run':>3}  {'wall s':>7}  {'training loop s':>15}  {'predict ms p50 / p99 meanwhile':>30}",
     ]
     for label, repeat, wall, loop, latencies in rows:
-        lines.append(f"{label:36} {repeat:>3}  {wall:7.1f}  {loop:15.1f}  {_percentiles(latencies):>30}")
+        wall_text, loop_text = ("-", "-") if wall is None else (f"{wall:.1f}", f"{loop:.1f}")
+        lines.append(f"{label:36} {repeat:>3}  {wall_text:>7}  {loop_text:>15}  {_percentiles(latencies):>30}")
     lines += [
         "",
         f"page / digitlab train, median of {repeats}:  "
@@ -335,6 +359,9 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-epochs", type=int, default=200, help="epochs of the delay run (default: 200)")
     parser.add_argument("--train-limit", type=int, default=None, help="training images (default: all 60,000)")
     parser.add_argument(
+        "--baseline", action="store_true", help="also time the page with one viewer reading the events only"
+    )
+    parser.add_argument(
         "--data", default=None, help="MNIST's mnist.npz (default: digitlab's search, DIGITLAB_DATA first)"
     )
     args = parser.parse_args(argv)
@@ -342,7 +369,14 @@ def main(argv=None) -> int:
         if not 1 <= getattr(args, name) <= 1000:
             parser.error(f"--{name.replace('_', '-')} must be from 1 to 1000")
     table, _ = run_bench(
-        args.epochs, args.repeats, args.viewers, args.latency_viewers, args.latency_epochs, args.train_limit, args.data
+        args.epochs,
+        args.repeats,
+        args.viewers,
+        args.latency_viewers,
+        args.latency_epochs,
+        args.train_limit,
+        args.data,
+        baseline=args.baseline,
     )
     print(table)
     return 0

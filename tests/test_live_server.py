@@ -239,3 +239,22 @@ def test_off_loopback_every_request_needs_the_printed_token(namespace, tmp_path,
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_live_bench_prints_its_table(load_script, mnist_path):
+    """scripts/live_bench.py on a tiny configuration: it runs end to end and its table holds every row.
+    (Its figures are judged from the full run in docs/serving.md, not by timing assertions here.)"""
+    table, figures = load_script("live_bench").run_bench(
+        epochs=2,
+        repeats=1,
+        viewers=2,
+        latency_viewers=3,
+        latency_epochs=3,
+        train_limit=2000,
+        data=str(mnist_path),
+        idle_s=1,
+    )
+    print(table)
+    assert "digitlab train (own process)" in table and "page, 2 viewers (server thread)" in table
+    assert "server idle" in table and "3 viewers x 3 epochs (9 events)" in table
+    assert figures["delay_ms"]["p50"] >= 0 and len(figures["rows"]) == 3

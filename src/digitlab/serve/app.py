@@ -413,7 +413,7 @@ async def predict_digit(
             raise HTTPException(404, "This server serves one network and keeps no runs; leave out run and epoch.")
         if run is None:
             raise HTTPException(422, "Name the run whose epoch to ask: ?run=NAME&epoch=E.")
-        row, asked = trainer.networks.probabilities(trainer.networks.open(run), epoch, pixels)
+        row, asked = trainer.networks.probabilities(run, epoch, pixels)
         extra = {"run": run, "epoch": asked}
     elif served.model is not None:
         row = predict.pixel_probabilities(served.model, pixels)[0]

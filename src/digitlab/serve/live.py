@@ -263,11 +263,14 @@ class Trainer:
         if resume is None:
             if config.seed is None:
                 config.seed = secrets.randbelow(2**31 - config.seeds)  # As training.train chooses one.
-            name = next(name for name in runs.run_names(config) if not (self.runs_dir / name).exists())
+            name = next((name for name in runs.run_names(config) if not (self.runs_dir / name).exists()), None)
+            if name is None:
+                raise HTTPException(409, f"Could not find a free run folder name under {self.runs_dir}; wait a second.")
         else:
             name = resume.name
         job = Job(name, config, resumed=resume is not None, started_by=started_by)
         self.current = self.jobs[name] = job
+        self.networks.forget(name)
         while len(self.jobs) > KEPT_JOBS:
             self.jobs.pop(next(iter(self.jobs)))
         self._loop = asyncio.get_running_loop()
@@ -343,6 +346,7 @@ class Trainer:
         loop.call_soon_threadsafe(self._finished, job, _frame("end", "end", end), end["status"])
 
     def _finished(self, job: Job, frame: bytes, status: str) -> None:
+        self.networks.forget(job.name)  # Its last epoch is now its model.keras.
         job.finish(frame, status)
         if self.current is job:
             self.current = None
@@ -612,7 +616,8 @@ async def run_detail(request: Request, name: str):
 async def tiles(request: Request, name: str, epoch: int):
     """The first Dense layer's weights after `epoch` as 28x28 tiles, one colour scale (as hidden_units.png)."""
     networks = trainer_of(request).networks
-    png = await run_in_threadpool(networks.tiles_png, networks.open(name), epoch)
+    # Every viewer asks for each epoch's tiles as it arrives: after the first, they come from memory.
+    png = networks.cached_tiles(name, epoch) or await run_in_threadpool(networks.tiles_png, name, epoch)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -620,4 +625,4 @@ async def tiles(request: Request, name: str, epoch: int):
 async def run_evaluation(request: Request, name: str, epoch: int | None = None):
     """Accuracy, confusion matrix and the most confidently wrong digits after `epoch` (default: the last)."""
     networks = trainer_of(request).networks
-    return await run_in_threadpool(networks.evaluation, networks.open(name), epoch)
+    return await run_in_threadpool(networks.evaluation, name, epoch)

@@ -1,10 +1,10 @@
 """Any saved run's network at any epoch: for the page's predictions, weight tiles and end-of-run results.
 
     networks = Networks("runs", loaded_data)             # loaded_data(): the MNIST arrays, loaded once
-    run = networks.open("20261201-101500-shallow-seed0")
-    networks.probabilities(run, epoch=3, pixels=...)     # the ten probabilities of epoch 3's network
-    networks.tiles_png(run, epoch=3)                     # its 64 first-layer weight tiles, as a PNG
-    networks.evaluation(run, epoch=None)                 # confusion matrix and confident mistakes
+    name = "20261201-101500-shallow-seed0"
+    networks.probabilities(name, epoch=3, pixels=...)    # the ten probabilities of epoch 3's network
+    networks.tiles_png(name, epoch=3)                    # its 64 first-layer weight tiles, as a PNG
+    networks.evaluation(name, epoch=None)                # confusion matrix and confident mistakes
 
 An epoch's weights come from the run's record (`epochs/epoch-NNNN.npz`, float16, written by
 training with `record_epochs`); the last epoch of a complete run comes from its model.keras,
@@ -92,17 +92,34 @@ class Networks:
             return max(len(run.history()["val_accuracy"]), recorded[-1] if recorded else 0)
         return recorded[-1] if recorded else None
 
-    def weights(self, run: runs.Run, epoch: int | None) -> tuple[list[np.ndarray], int]:
-        """The weights of the run's network after `epoch` (None: the last one), and that epoch."""
+    def forget(self, name: str) -> None:
+        """Drops what is kept of a run (its training started, resumed or ended: its last epoch may change)."""
+        with self._lock:
+            for cache in (self._weights, self._tiles, self._evaluations):
+                for key in [key for key in cache if key[0] == name]:
+                    del cache[key]
+            self._models.pop(name, None)
+
+    def weights(self, name: str, epoch: int | None) -> tuple[list[np.ndarray], int]:
+        """The weights of the run's network after `epoch` (None: the last one), and that epoch.
+
+        An epoch asked before is answered from memory, without touching the run folder: the
+        page asks for each epoch's tiles once per viewer, and the pad for each drawing."""
+        if epoch is not None:
+            with self._lock:
+                cached = self._weights.recall((name, epoch))
+            if cached is not None:
+                return cached
+        run = self.open(name)
         last = self.final_epoch(run)
         if last is None:
             raise NotReady(
-                f"The run {run.name} has no network to ask yet: it has no recorded epoch and no model.keras. "
+                f"The run {name} has no network to ask yet: it has no recorded epoch and no model.keras. "
                 "Wait for its first epoch, or finish it."
             )
         epoch = last if epoch is None else epoch
         with self._lock:
-            cached = self._weights.recall((run.name, epoch))
+            cached = self._weights.recall((name, epoch))
         if cached is not None:
             return cached
         complete = run.status().get("status") == "complete" and run.model_path().is_file()
@@ -113,53 +130,57 @@ class Networks:
         else:
             recorded = run.recorded_epochs()
             have = f"epochs {recorded[0]} to {recorded[-1]}" if recorded else f"only its last epoch ({last})"
-            raise NotFound(f"The run {run.name} has no record of epoch {epoch}; it has {have}.")
+            raise NotFound(f"The run {name} has no record of epoch {epoch}; it has {have}.")
         with self._lock:
-            return self._weights.remember((run.name, epoch), (weights, epoch))
+            return self._weights.remember((name, epoch), (weights, epoch))
 
-    def probabilities(self, run: runs.Run, epoch: int | None, pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    def probabilities(self, name: str, epoch: int | None, pixels: np.ndarray) -> tuple[np.ndarray, int]:
         """The ten probabilities of the run's network after `epoch` for 28x28 pixels, and that epoch.
 
         Called on the server's event loop only: the run's one Keras model is loaded with the
         epoch's weights and asked at once, with nothing in between."""
-        weights, epoch = self.weights(run, epoch)
-        model, holds = self._models.recall(run.name) or (None, None)
+        weights, epoch = self.weights(name, epoch)
+        model, holds = self._models.recall(name) or (None, None)
         if model is None:
-            model = models.build_model(run.config())
+            model = models.build_model(self.open(name).config())
             holds = None
         if holds != epoch:
             model.set_weights(weights)
-        self._models.remember(run.name, (model, epoch))
+        self._models.remember(name, (model, epoch))
         row = predict.pixel_probabilities(model, pixels)[0]
         if not np.all(np.isfinite(row)):
             raise NotReady(
-                f"The network of {run.name} at epoch {epoch} has diverged (its outputs are not numbers); "
+                f"The network of {name} at epoch {epoch} has diverged (its outputs are not numbers); "
                 "choose an earlier epoch, or train again with a smaller learning_rate."
             )
         return row, epoch
 
-    def tiles_png(self, run: runs.Run, epoch: int | None) -> bytes:
+    def cached_tiles(self, name: str, epoch: int) -> bytes | None:
+        with self._lock:
+            return self._tiles.recall((name, epoch))
+
+    def tiles_png(self, name: str, epoch: int | None) -> bytes:
         """The first Dense layer's weights as one 28x28 tile per unit, on one colour scale (as
         hidden_units.png draws them: red excites, blue inhibits), as PNG bytes."""
-        weights, epoch = self.weights(run, epoch)
-        with self._lock:
-            cached = self._tiles.recall((run.name, epoch))
+        weights, epoch = self.weights(name, epoch)
+        cached = self.cached_tiles(name, epoch)
         if cached is not None:
             return cached
         kernel = weights[0]
         if kernel.ndim != 2 or kernel.shape[0] != imaging.FIELD * imaging.FIELD:
-            raise NotFound(f"The run {run.name} does not start with a Dense layer on 784 pixels, so it has no tiles.")
+            raise NotFound(f"The run {name} does not start with a Dense layer on 784 pixels, so it has no tiles.")
         with self._lock:
-            return self._tiles.remember((run.name, epoch), weight_tiles_png(kernel))
+            return self._tiles.remember((name, epoch), weight_tiles_png(kernel))
 
-    def evaluation(self, run: runs.Run, epoch: int | None) -> dict:
+    def evaluation(self, name: str, epoch: int | None) -> dict:
         """Accuracy, the confusion matrix and the most confidently wrong digits of the run's network
         after `epoch` on the images it validated on. Slow (10,000 images): call it in a worker thread."""
-        weights, epoch = self.weights(run, epoch)
+        weights, epoch = self.weights(name, epoch)
         with self._lock:
-            cached = self._evaluations.recall((run.name, epoch))
+            cached = self._evaluations.recall((name, epoch))
         if cached is not None:
             return cached
+        run = self.open(name)
         config = run.config()
         images, labels, description = evaluation.evaluation_images(run, self.loaded_data().arrays)
         model = models.build_model(config)  # Its own model: this runs beside the event loop's.
@@ -191,7 +212,7 @@ class Networks:
             ],
         }
         with self._lock:
-            return self._evaluations.remember((run.name, epoch), result)
+            return self._evaluations.remember((name, epoch), result)
 
 
 @functools.cache

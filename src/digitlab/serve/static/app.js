@@ -17,6 +17,7 @@ const timingView = document.getElementById("timing");
 const statusView = document.getElementById("status");
 const hint = document.getElementById("pad-hint");
 const askingView = document.getElementById("asking");
+const drawArea = document.getElementById("draw-area");
 
 const BOARD = "#14181f";
 const BRUSH = pad.width * 0.072; // About MNIST's stroke width once the digit is scaled to 20 pixels.
@@ -255,6 +256,7 @@ const Pad = {
     const same = JSON.stringify(next) === JSON.stringify(target);
     target = next;
     askingView.textContent = target ? `Asking ${target.label || target.run}` : "";
+    if (target) drawArea.hidden = false; // A network to ask: the pad appears.
     if (same || !lastSent) return;
     if (inFlight) pending = true;
     else send(lastSent.blob, lastSent.name);
@@ -303,6 +305,7 @@ async function loadHealth() {
       ? `${health.run || health.model} · ${health.parameters.toLocaleString("en")} parameters`
       : "no network yet · train one";
     badge.classList.add("ok");
+    drawArea.hidden = !health.parameters; // Without a served network, the pad waits for a run to ask.
     return health;
   } catch (error) {
     badge.textContent = "server unreachable";
