@@ -17,8 +17,9 @@ It starts `digitlab serve` (no RUN) on a free loopback port and prints one table
    and viewer, the time from the end of the epoch (the `time` the server stamps in the event,
    when the epoch's files are written) to the event's arrival, p50/p99/max.
 
-Each viewer does what the page does: it reads the event stream (`GET /api/train/NAME/events`) and
-fetches the weight tiles of the newest epoch, one picture at a time. The clients are a few lines
+Each viewer does what the page does: it reads the event stream (`GET /api/train/NAME/events`),
+whose newest epoch carries its weight tiles, and fetches by URL the tiles of any epoch that came
+without them (when it fell behind), one picture at a time. The clients are a few lines
 of asyncio speaking HTTP/1.1 directly, so that they take as little CPU as they can from the server.
 Everything runs on 127.0.0.1; the script refuses any other address. Tests import `read_events`.
 """
@@ -166,7 +167,8 @@ async def _viewer(url: str, name: str, tiles: bool) -> list:
                 writer.close()
 
     async def on_event(item):
-        if item[1] == "epoch" and item[2].get("tiles"):
+        # As the page: the newest epoch's tiles come inside its event; others are fetched by URL.
+        if item[1] == "epoch" and item[2].get("tiles") and not item[2].get("tiles_data"):
             newest["url"] = item[2]["tiles"]
             wake.set()
 

@@ -198,7 +198,6 @@ async function send(blob, name) {
       return;
     }
     const serverMs = parseFloat(response.headers.get("X-Process-Time-Ms"));
-    answer.askedUrl = predictUrl();
     showResult(answer, performance.now() - started, serverMs);
     showStatus("");
   } catch (error) {
@@ -260,9 +259,6 @@ const Pad = {
     if (same || !lastSent) return;
     if (inFlight) pending = true;
     else send(lastSent.blob, lastSent.name);
-  },
-  get target() {
-    return target;
   },
 };
 

@@ -240,7 +240,7 @@
   function watch(run, live = false) {
     if (source) source.close();
     watching += 1;
-    shown = { run, history: emptyHistory(), epochs: 0, tiles: {}, status: live ? "running" : null };
+    shown = { run, history: emptyHistory(), epochs: 0, tiles: {}, tilesData: null, status: live ? "running" : null };
     slider.dataset.events = "0";
     follow = true;
     $("end-card").hidden = true;
@@ -273,6 +273,7 @@
     });
     shown.epochs = event.epochs || shown.epochs;
     shown.tiles[event.epoch] = event.tiles;
+    if (event.tiles_data) shown.tilesData = { epoch: event.epoch, data: event.tiles_data };
     if (shown.status === null) shown.status = "replaying";
     if (shown.status === "running") {
       const by = shown.startedBy ? ` (started by ${shown.startedBy})` : "";
@@ -334,7 +335,9 @@
     $("n-epoch").textContent = epoch ? `${epoch} / ${epochs}` : "–";
     epochShown.textContent = epoch ? `${epoch} of ${epochs}` : "–";
     if (epoch) {
-      showTiles(shown.tiles[epoch], epoch);
+      // The newest epoch's tiles come inside its event; any other epoch's are fetched.
+      const inside = shown.tilesData && shown.tilesData.epoch === epoch ? shown.tilesData.data : null;
+      showTiles(inside || shown.tiles[epoch], epoch);
       const last = epoch === history.val_accuracy.length && shown.status === "complete";
       Pad.ask({ run: shown.run, epoch: last ? null : epoch, label: `${shown.run} at epoch ${epoch}` });
     }
@@ -351,13 +354,13 @@
       tilesCaption.textContent = `This run kept no weights for epoch ${epoch} (train with --record-epochs to keep them).`;
       return;
     }
-    tilesWanted = { url, epoch };
+    tilesWanted = { url, epoch, key: `${shown.run}/${epoch}` };
     if (!tilesLoading) loadTiles();
   }
 
   function loadTiles() {
     const wanted = tilesWanted;
-    if (!wanted || tiles.dataset.url === wanted.url) return;
+    if (!wanted || tiles.dataset.key === wanted.key) return;
     tilesLoading = true;
     tiles.onload = tiles.onerror = () => {
       tilesLoading = false;
@@ -366,7 +369,7 @@
       tilesCaption.textContent = `The first layer's weights after epoch ${wanted.epoch}: one 28×28 tile per neuron, one colour scale (red excites, blue inhibits).`;
       if (tilesWanted !== wanted) loadTiles();
     };
-    tiles.dataset.url = wanted.url;
+    tiles.dataset.key = wanted.key;
     tiles.src = wanted.url;
   }
 
