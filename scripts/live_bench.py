@@ -93,8 +93,10 @@ async def _stream_chunks(reader, fields):
 async def read_events_async(
     url: str, name: str, last_event_id=None, stop_after_epoch=None, headers=None, on_event=None
 ):
-    """Reads a run's event stream: a list of (id, event, data, arrival time.time()). Stops at the end
-    event, or after the epoch `stop_after_epoch` (then closes the connection, as a viewer that leaves)."""
+    """Reads a run's event stream: a list of its epoch and end events as (id, event, data, arrival
+    time.time()); every event, `tiles` ones included, is also passed to `on_event`. Stops at the end
+    event, after the epoch `stop_after_epoch`, or when `on_event` returns True (then closes the
+    connection, as a viewer that leaves)."""
     parts = urllib.request.urlparse(url)
     load_test.check_loopback(parts.hostname)
     wanted = {"Accept": "text/event-stream", **(headers or {})}
@@ -116,10 +118,11 @@ async def read_events_async(
                 event = dict(line for line in lines if not line[0].startswith(":"))
                 if "event" not in event:
                     continue
-                item = (event["id"], event["event"], json.loads(event["data"]), arrived)
-                found.append(item)
-                if on_event is not None:
-                    await on_event(item)
+                item = (event.get("id"), event["event"], json.loads(event["data"]), arrived)
+                if item[1] != "tiles":  # The newest epoch's pictures are only told to on_event.
+                    found.append(item)
+                if on_event is not None and await on_event(item):
+                    return found
                 if item[1] == "end" or (stop_after_epoch is not None and item[2].get("epoch", 0) >= stop_after_epoch):
                     return found
     finally:
@@ -167,10 +170,13 @@ async def _viewer(url: str, name: str, tiles: bool) -> list:
                 writer.close()
 
     async def on_event(item):
-        # As the page: the newest epoch's tiles come inside its event; others are fetched by URL.
-        if item[1] == "epoch" and item[2].get("tiles") and not item[2].get("tiles_data"):
+        # As the page: the newest epoch's tiles follow its event; those of an epoch without them are fetched.
+        if item[1] == "epoch" and item[2].get("tiles"):
             newest["url"] = item[2]["tiles"]
-            wake.set()
+        elif item[1] == "tiles":
+            fetched["url"] = newest["url"]  # Came inside the stream.
+        if item[1] == "epoch":  # The page redraws on its next frame; a picture still missing is asked then.
+            asyncio.get_running_loop().call_later(0.05, wake.set)
 
     fetcher = asyncio.create_task(fetch_tiles()) if tiles else None
     try:

@@ -7,6 +7,7 @@ wait is on what the server has sent or written, never on the clock.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 import os
@@ -23,6 +24,7 @@ import urllib.request
 import pytest
 
 from digitlab import runs, training
+from digitlab.serve import networks
 
 pytestmark = pytest.mark.heavy
 
@@ -112,13 +114,25 @@ def test_ctrl_c_on_the_server_saves_the_training_resumably(tmp_path, load_script
         status, started = _post(url, "/api/train", {"epochs": 100, "train_limit": 2000, "seed": 8})
         assert status == 202, started
         name = started["run"]
-        assert bench.read_events(url, name, stop_after_epoch=1)  # It trains.
+        pictures = []
+
+        async def on_event(item):  # A live viewer gets each newest epoch's tiles inside the stream.
+            if item[1] == "tiles":
+                pictures.append(item[2])
+                return True
+            return False
+
+        seen = bench.read_events(url, name, on_event=on_event)  # It trains: epochs, then their tiles.
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=120) is not None  # It stops, once the training is saved.
     run = runs.open_run(tmp_path / name)
     status = run.status()
     assert status["status"] == "interrupted", "the run ended before the Ctrl-C arrived"
     assert 1 <= status["epoch"] < 100 and status["checkpoint_epoch"] == status["epoch"]
+    (picture,) = pictures
+    assert picture["epoch"] == seen[-1][2]["epoch"] and picture["png"].startswith("data:image/png;base64,")
+    png = base64.b64decode(picture["png"].split(",", 1)[1])
+    assert png == networks.weight_tiles_png(run.epoch_weights(picture["epoch"])[0])
     finished = training.resume(run.path, print_fn=quiet)  # What `digitlab train --resume` runs.
     assert finished.status()["status"] == "complete" and len(finished.history()["loss"]) == 100
     assert finished.recorded_epochs() == list(range(1, 101))

@@ -1,20 +1,22 @@
-"""The web server behind `digitlab serve RUN`: a drawing page and an HTTP API on FastAPI and uvicorn.
+"""The web server behind `digitlab serve [RUN]`: the page and its HTTP API on FastAPI and uvicorn.
 
     from digitlab.serve import app as serving
     app = serving.create_app(model, run_name="shallow-1")   # a FastAPI app (tests use it directly)
-    serving.serve(model, host="127.0.0.1", port=8000, run_name="shallow-1")
+    app = serving.create_app(runs_dir="runs")               # ... that also trains (serve/live.py)
+    serving.serve(model, host="127.0.0.1", port=8000, run_name="shallow-1", runs_dir="runs")
 
-Endpoints:
+Endpoints here (the training ones are in `live`, the tokens in `access`):
 
-- `GET /`: the drawing page (static/index.html, app.js, style.css; nothing from
+- `GET /`: the page (static/: index.html, app.js, live.js, charts.js, style.css; nothing from
   the network, so it works offline).
 - `POST /api/predict`: a picture as a multipart upload (field `file`) or as the raw
   body (`Content-Type: image/...`), or JSON `{"pixels": [[...28 numbers 0-255...] x 28]}`
   taken as an MNIST-style input as it is (add `"prepare": true` to centre and
   scale it like a picture first). Answers the digit, the ten probabilities and
   the 28x28 pixels the network saw. Pictures go through `imaging.prepare_image`,
-  the same function the command line uses.
-- `GET /api/health`: the model and run being served.
+  the same function the command line uses. `?run=NAME&epoch=E` asks that saved run's
+  network as it was after epoch E instead of the served one.
+- `GET /api/health`: the model and run being served, whether the server trains, the caller's role.
 - `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was

@@ -12,8 +12,9 @@ Endpoints (the operator's token for the POSTs when the server has tokens; see `a
 - `GET /api/train`: what trains now (run, epoch, who started it) and the page's choices.
 - `GET /api/train/NAME/events`: `text/event-stream`, one `epoch` event per epoch (`id:` the epoch;
   data: epoch, loss, accuracy, val_loss, val_accuracy, wall_time_s, the time it ended, its
-  tiles' URL, and for the newest epoch of a live run the tiles themselves, `tiles_data`, a PNG
-  data URL), then one `end` event (`id: end`) with the run's final status. A viewer that
+  tiles' URL), each newest epoch of a live run followed by a `tiles` event (no id; data: the
+  epoch and its tiles as a PNG data URL), then one `end` event (`id: end`) with the run's
+  final status. A viewer that
   reconnects with `Last-Event-ID: E` gets the epochs after E; a finished run replays from its
   folder. At most `Limits.max_viewers` at once (503 beyond).
 - `POST /api/train/NAME/stop`: the run stops after the epoch in progress, saved as Ctrl-C saves
@@ -171,9 +172,9 @@ class Job:
         self.name, self.config, self.resumed, self.started_by = name, config, resumed, started_by
         self.started = time.time()
         self.frames: list[bytes] = []  # Frame i is epoch i + 1's event (its tiles as a URL).
-        # The newest epoch's event with its tiles inside (a PNG data URL), for the viewers that are
-        # up to date: one frame sent to all of them instead of one picture request from each.
-        self.newest: bytes | None = None
+        # The newest epoch's tiles as a `tiles` event (a PNG data URL), sent to the viewers that are
+        # up to date after its epoch event: one frame to all of them, not one picture request from each.
+        self.tiles: bytes | None = None
         self.end: bytes | None = None  # The end event, once the run has ended.
         self.epoch = 0
         self.ended = False
@@ -182,10 +183,10 @@ class Job:
         self.thread: threading.Thread | None = None
         self._changed = asyncio.Event()
 
-    def publish(self, frames: list[bytes], newest: bytes | None, epoch: int) -> None:
+    def publish(self, frames: list[bytes], tiles: bytes | None, epoch: int) -> None:
         """Adds epoch events and wakes the viewers; runs on the event loop (the thread calls it through it)."""
         self.frames.extend(frames)
-        self.newest = newest
+        self.tiles = tiles
         self.epoch, self.status = epoch, "running"
         self.wake()
 
@@ -311,17 +312,15 @@ class Trainer:
                 for epoch in range(published + 1, epochs_done + 1)  # A resumed run first replays its history.
             ]
             published = epochs_done
-            newest = None
+            tiles = None
             if job.config.record_epochs:
                 try:
                     png = self.networks.tiles_png(job.name, epochs_done)  # 2 ms, then kept for the slider.
+                    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+                    tiles = f"event: tiles\ndata: {json.dumps({'epoch': epochs_done, 'png': data_url})}\n\n".encode()
                 except runs.RunError:
-                    png = None
-                if png is not None:
-                    payload = json.loads(frames[-1].split(b"data: ", 1)[1])
-                    payload["tiles_data"] = "data:image/png;base64," + base64.b64encode(png).decode()
-                    newest = _frame("epoch", str(epochs_done), payload)
-            loop.call_soon_threadsafe(job.publish, frames, newest, epochs_done)
+                    pass
+            loop.call_soon_threadsafe(job.publish, frames, tiles, epochs_done)
             if job.stop.is_set():
                 raise KeyboardInterrupt  # training saves the run as interrupted, as on Ctrl-C.
 
@@ -534,9 +533,12 @@ async def events(request: Request, name: str, last_event_id: Annotated[str | Non
             while True:
                 shown = job.frames if job is not None else frames
                 while cursor < len(shown):
-                    newest = job.newest if job is not None and cursor == len(shown) - 1 else None
-                    yield newest or shown[cursor]
+                    yield shown[cursor]
                     cursor += 1
+                    if job is not None and job.tiles is not None and cursor == len(shown) and not job.ended:
+                        await asyncio.sleep(0)  # Every viewer's epoch event goes out before the pictures.
+                        if cursor == len(job.frames):  # Still the newest epoch.
+                            yield job.tiles
                 ended = job.end if job is not None else end
                 if ended is not None:
                     yield ended

@@ -249,6 +249,12 @@
     setButtons();
     source = new EventSource(`/api/train/${encodeURIComponent(run)}/events`);
     source.addEventListener("epoch", (message) => onEpoch(JSON.parse(message.data)));
+    // The newest epoch's tiles follow its event while the run trains, so the page need not ask for them.
+    source.addEventListener("tiles", (message) => {
+      const tiles = JSON.parse(message.data);
+      shown.tilesData = { epoch: tiles.epoch, data: tiles.png };
+      scheduleRedraw();
+    });
     source.addEventListener("end", (message) => {
       source.close();
       onEnd(JSON.parse(message.data));
@@ -273,7 +279,6 @@
     });
     shown.epochs = event.epochs || shown.epochs;
     shown.tiles[event.epoch] = event.tiles;
-    if (event.tiles_data) shown.tilesData = { epoch: event.epoch, data: event.tiles_data };
     if (shown.status === null) shown.status = "replaying";
     if (shown.status === "running") {
       const by = shown.startedBy ? ` (started by ${shown.startedBy})` : "";
