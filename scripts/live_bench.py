@@ -155,13 +155,15 @@ async def _viewer(url: str, name: str, tiles: bool) -> list:
                     if writer is None:
                         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
                     writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.hostname}\r\n\r\n".encode())
-                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                    try:
+                        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        writer.close()  # The server closed the idle keep-alive connection (after 5 s): again.
+                        reader = writer = None
+                        continue
+                    lines = head.split("\r\n")
                     length = int(
-                        next(
-                            line.split(":")[1]
-                            for line in head.split("\r\n")
-                            if line.lower().startswith("content-length")
-                        )
+                        next(line.split(":")[1] for line in lines if line.lower().startswith("content-length"))
                     )
                     await reader.readexactly(length)
                     fetched["url"] = target

@@ -338,8 +338,11 @@ def test_runs_listing_and_detail(server, trained):
     assert server.get("/api/runs/nope").status_code == 404
 
 
-def test_the_drawing_only_server_has_no_training(quick_model):
-    with TestClient(serving.create_app(quick_model, run_name="r")) as client:
+def test_the_drawing_only_server_has_no_training():
+    from digitlab import models
+
+    untrained = models.create_model(config.TrainConfig().resolved())  # Only the routes matter here.
+    with TestClient(serving.create_app(untrained, run_name="r")) as client:
         assert client.get("/api/health").json()["training"] is False
         assert client.post("/api/train", json=QUICK).status_code == 404
         assert client.post("/api/predict?run=r", json={"pixels": [[0] * 28] * 28}).status_code == 404

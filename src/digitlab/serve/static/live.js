@@ -193,7 +193,6 @@
     });
     if (response.status === 202) {
       watch(body.run, true);
-      loadRuns();
       return;
     }
     startButton.disabled = false;
@@ -222,10 +221,8 @@
   async function resume() {
     resumeButton.disabled = true;
     const { response, body } = await post(`/api/train/${encodeURIComponent(shown.run)}/resume`);
-    if (response.status === 202) {
-      watch(body.run, true);
-      loadRuns();
-    } else resumeButton.disabled = false;
+    if (response.status === 202) watch(body.run, true);
+    else resumeButton.disabled = false;
   }
 
   function setButtons() {
@@ -281,6 +278,8 @@
     shown.tiles[event.epoch] = event.tiles;
     if (shown.status === null) shown.status = "replaying";
     if (shown.status === "running") {
+      if (!shown.listed) loadRuns(); // Its run folder exists from its first epoch on.
+      shown.listed = true;
       const by = shown.startedBy ? ` (started by ${shown.startedBy})` : "";
       liveStatus.textContent = `Training ${event.run}: epoch ${event.epoch} of ${event.epochs}${by}`;
     }
