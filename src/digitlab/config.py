@@ -137,6 +137,11 @@ class TrainConfig:
     train_limit: int | None = _field(None, "use only the first N training images (quick experiments; default: all)")
     checkpoint_every: int = _field(1, "save a checkpoint every N epochs (0: never)")
     tensorboard: bool = _field(False, "also write TensorBoard logs into the run folder")
+    record_epochs: bool = _field(
+        False,
+        "also keep every epoch's weights at float16 in the run folder (epochs/; about 100 KB an epoch "
+        "for the shallow net), for the epoch slider of `digitlab serve`",
+    )
 
     def resolved(self) -> TrainConfig:
         """Returns a copy with every `None` replaced by the model's default, after checking it."""

@@ -10,6 +10,7 @@ A run folder holds:
     model.keras      the trained Keras model (seed 1 of a multi-seed run)
     seeds/           seed-<k>.keras for multi-seed runs
     checkpoint.npz   weights, optimizer state, epoch and random state, for --resume
+    epochs/          epoch-0001.npz, ...: each epoch's weights at float16 (with --record-epochs)
     curves.png       accuracy and loss per epoch
     metrics.json     final metrics, wall time, engine, backend, versions, data hashes
 
@@ -30,8 +31,12 @@ import datetime
 import io
 import json
 import os
+import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from digitlab import atomic, backends, errors
 from digitlab.config import TrainConfig
@@ -50,6 +55,7 @@ SEEDS_FOLDER = "seeds"
 CHECKPOINT_FILE = "checkpoint.npz"
 CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.json"
+EPOCHS_FOLDER = "epochs"
 REPORT_FILE = "report.html"
 
 
@@ -114,6 +120,14 @@ class Run:
         self.write_json(HISTORY_JSON, {"seeds": histories})
         atomic.write_text(self.file(HISTORY_CSV), history_csv(histories))
 
+    def write_epoch(self, epoch: int, weights: list[np.ndarray]) -> None:
+        """Records one epoch's weights (`model.get_weights()` order) at float16 in epochs/epoch-NNNN.npz."""
+        folder = self.file(EPOCHS_FOLDER)
+        folder.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, *(np.asarray(weight, dtype=np.float16) for weight in weights))
+        atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue())
+
     def set_status(self, status: str, **details) -> None:
         if status not in STATUSES:
             raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
@@ -175,6 +189,25 @@ class Run:
         if not isinstance(value, dict) or not isinstance(value.get("seeds"), list) or not value["seeds"]:
             raise RunError(f"{self.file(HISTORY_JSON)} is not a digitlab history.")
         return value["seeds"]
+
+    def recorded_epochs(self) -> list[int]:
+        """The epochs whose weights the run recorded (`write_epoch`), in order."""
+        folder = self.file(EPOCHS_FOLDER)
+        if not folder.is_dir():
+            return []
+        found = (_EPOCH_FILE.fullmatch(path.name) for path in folder.iterdir())
+        return sorted(int(match.group(1)) for match in found if match)
+
+    def epoch_weights(self, epoch: int) -> list[np.ndarray]:
+        """The weights recorded after `epoch`, as float32 arrays in `model.get_weights()` order."""
+        path = self.file(EPOCHS_FOLDER) / _epoch_file_name(epoch)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return [np.asarray(archive[f"arr_{index}"], dtype=np.float32) for index in range(len(archive.files))]
+        except FileNotFoundError:
+            raise RunError(f"The run {self.path} has no record of epoch {epoch}.") from None
+        except (OSError, ValueError, KeyError) as error:
+            raise RunError(f"{path} is damaged ({error}).") from None
 
     def metrics(self) -> dict:
         return self.read_json(METRICS_FILE)
@@ -241,6 +274,23 @@ class Run:
         return row
 
 
+def _epoch_file_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.npz"
+
+
+_EPOCH_FILE = re.compile(r"epoch-(\d{4,})\.npz")
+
+
+def run_names(config: TrainConfig) -> Iterator[str]:
+    """The names a new run folder of this config tries, in order: a time stamp, the model and the seed,
+    then the same with -2, -3, ... (`new_run` takes the first free one)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{config.model}-{'noseed' if config.seed is None else f'seed{config.seed}'}"
+    yield base
+    for attempt in range(2, 101):
+        yield f"{base}-{attempt}"
+
+
 def new_run(runs_dir: str | Path, config: TrainConfig, name: str | None = None) -> Run:
     """Creates a fresh, uniquely named run folder, checking first that it can be written.
 
@@ -254,11 +304,8 @@ def new_run(runs_dir: str | Path, config: TrainConfig, name: str | None = None) 
         raise RunError(atomic.describe_write_error(runs_dir, error)) from None
     if not runs_dir.is_dir():
         raise RunError(f"{runs_dir} exists and is not a folder; choose another --runs-dir.")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    seed = "noseed" if config.seed is None else f"seed{config.seed}"
-    base = name or f"{stamp}-{config.model}-{seed}"
-    for attempt in range(1 if name else 100):
-        path = runs_dir / (base if attempt == 0 else f"{base}-{attempt + 1}")
+    for candidate in [name] if name else run_names(config):
+        path = runs_dir / candidate
         try:
             path.mkdir()
             break

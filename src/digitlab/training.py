@@ -11,7 +11,8 @@ and trains several seeds side by side; `engine="auto"` uses it whenever it
 supports the model. After every epoch the history is written and, every
 `checkpoint_every` epochs, a checkpoint, so an interrupted run loses at most the
 epoch in progress and `resume` finishes it with the same history and weights as
-an uninterrupted run.
+an uninterrupted run. With `record_epochs`, every epoch's weights are kept too (at float16,
+`Run.write_epoch`), so that `digitlab serve` can show and ask the network of any epoch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import numpy as np
 
 from digitlab import atomic, backends, checkpoint, data, engine, interrupts, models, plots, runs, system
 from digitlab.config import TrainConfig
+from digitlab.engine import FitEngine
+from digitlab.engine.spec import weight_names
 from digitlab.runs import Run, RunError
 
 
@@ -265,6 +268,8 @@ class _EpochEnd:
                 wall_time_s=self.wall_time(),
             )
             self.checkpoint_epoch = self.epochs_done
+        if self.config.record_epochs:
+            self.run.write_epoch(self.epochs_done, _first_network_weights(self.engine))
         if self.tensorboard is not None:
             for key, value in logs[0].items():
                 split = "validation" if key.startswith("val_") else "train"
@@ -279,6 +284,14 @@ class _EpochEnd:
     def _write_history(self) -> None:
         self.run.write_history(self.histories)
         self.run.set_status("running", epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch)
+
+
+def _first_network_weights(engine) -> list[np.ndarray]:
+    """The (first) network's weights now, in the order of Keras's `model.get_weights()`."""
+    if isinstance(engine, FitEngine):
+        return engine.model.get_weights()
+    state = engine.get_state()
+    return [state[name][0] for name in weight_names(engine.network)]
 
 
 def _progress_line(epoch: int, epochs: int, seconds: float, logs: list[dict]) -> str:

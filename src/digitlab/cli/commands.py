@@ -8,7 +8,8 @@
     digitlab predict RUN digit.png        # ... or about your own handwriting
     digitlab tensorboard RUN              # a run's --tensorboard logs in TensorBoard
     digitlab sweep --grid learning_rate=0.01,0.1 --seeds 3 --out sweeps/lr   # many runs at once, on Ray
-    digitlab runs | compare | evaluate | report | serve | bench
+    digitlab serve                        # a page that trains the net live and reads your handwriting
+    digitlab runs | compare | evaluate | report | bench
 
 Bad input (a flag, a file, a run folder) prints one clear `error:` line and exits
 with status 2 (only those: anything else is a bug, shown with its traceback, status 1); Ctrl-C
@@ -126,11 +127,35 @@ def build_parser() -> argparse.ArgumentParser:
     cli_flags.add_data_flag(report)
 
     serve = commands.add_parser(
-        "serve", help="a drawing page and an HTTP API for a trained network", formatter_class=cli_flags.HelpFormatter
+        "serve",
+        help="a page that trains the net live and reads your handwriting, and its HTTP API",
+        formatter_class=cli_flags.HelpFormatter,
     )
-    serve.add_argument("run", metavar="RUN", help="a run folder")
+    serve.add_argument("run", metavar="RUN", nargs="?", default=None, help="a run folder to open (default: none)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--runs-dir",
+        default=None,
+        help="folder of the runs the page lists and trains into (default: RUN's folder, else runs)",
+    )
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="the operator's token (trains, stops), needed on every request when --host is not loopback "
+        "(default: generated and printed in a link)",
+    )
+    serve.add_argument(
+        "--view-token",
+        default=None,
+        help="the view-only token (watch, draw) (default: generated when a token is needed)",
+    )
+    serve.add_argument("--max-epochs", type=int, default=1000, help="the most epochs one run from the page may train")
+    serve.add_argument(
+        "--max-train-images", type=int, default=60_000, help="the most training images one run from the page may use"
+    )
+    serve.add_argument("--max-viewers", type=int, default=100, help="the most event streams open at once")
+    cli_flags.add_data_flag(serve)
 
     from digitlab.serve.board import DEFAULT_PORT
 
@@ -374,12 +399,30 @@ def command_report(args) -> int:
 
 def command_serve(args) -> int:
     from digitlab import runs
+    from digitlab.serve import access, live
     from digitlab.serve import app as serving
 
     if not 0 < args.port < 65536:
         raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
-    run = runs.open_run(args.run)
-    serving.serve(run.load_model(), host=args.host, port=args.port, run_name=run.name)
+    for flag, value in (("--max-epochs", args.max_epochs), ("--max-train-images", args.max_train_images)):
+        if value < 1:
+            raise errors.DigitlabError(f"{flag} must be a positive whole number, got {value}.")
+    if args.max_viewers < 1:
+        raise errors.DigitlabError(f"--max-viewers must be a positive whole number, got {args.max_viewers}.")
+    permissions = access.Access.for_host(args.host, args.token, args.view_token)
+    limits = live.Limits(args.max_epochs, args.max_train_images, args.max_viewers)
+    run = runs.open_run(args.run) if args.run else None
+    runs_dir = args.runs_dir or (run.path.parent if run else "runs")
+    serving.serve(
+        run.load_model() if run else None,
+        host=args.host,
+        port=args.port,
+        run_name=run.name if run else "",
+        runs_dir=runs_dir,
+        data_path=args.data,
+        permissions=permissions,
+        limits=limits,
+    )
     return 0
 
 

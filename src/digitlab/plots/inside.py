@@ -21,13 +21,13 @@ from matplotlib.figure import Figure
 WEIGHT_COLOURS = "RdBu_r"
 
 
-def _grid_shape(count: int) -> tuple[int, int]:
+def grid_shape(count: int) -> tuple[int, int]:
     """Rows and columns of a grid for `count` tiles: at least 8 wide (64 -> 8 x 8, 32 -> 4 x 8)."""
     columns = min(count, max(int(np.ceil(np.sqrt(count))), 8))
     return -(-count // columns), columns
 
 
-def _symmetric_limit(values: np.ndarray) -> float:
+def symmetric_limit(values: np.ndarray) -> float:
     limit = float(np.max(np.abs(values)))
     return limit if limit > 0 else 1.0
 
@@ -55,8 +55,8 @@ def hidden_units(
             f"Give a 784 x units kernel and one activation per unit; got {weights.shape} and {activations.size}."
         )
     units = weights.shape[1]
-    rows, columns = _grid_shape(units)
-    limit = _symmetric_limit(weights)
+    rows, columns = grid_shape(units)
+    limit = symmetric_limit(weights)
     figure = Figure(figsize=(14, 7.4))
     outer = figure.add_gridspec(1, 2, width_ratios=[1.15, 1], wspace=0.12)
     tiles = outer[0].subgridspec(rows, columns, wspace=0.06, hspace=0.06)
@@ -135,8 +135,8 @@ def conv_filters(kernel: np.ndarray):
             f"Give a height x width x 1 x filters kernel of a convolution on grey images; got {kernel.shape}."
         )
     count = kernel.shape[3]
-    rows, columns = _grid_shape(count)
-    limit = _symmetric_limit(kernel)
+    rows, columns = grid_shape(count)
+    limit = symmetric_limit(kernel)
     figure = Figure(figsize=(columns * 1.35, rows * 1.45 + 0.9))
     axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
     shown = None
@@ -185,7 +185,7 @@ def feature_maps(
     if maps.ndim != 3:
         raise ValueError(f"Give the feature maps as height x width x filters; got {maps.shape}.")
     count = maps.shape[2]
-    rows, columns = _grid_shape(count)
+    rows, columns = grid_shape(count)
     low, high = min(0.0, float(maps.min())), max(float(maps.max()), 1e-6)
     figure = Figure(figsize=(columns * 1.45 + 2.6, rows * 1.5 + 1.0))
     outer = figure.add_gridspec(1, 2, width_ratios=[2.2, columns * 1.45], wspace=0.08)

@@ -1,20 +1,22 @@
-"""The web server behind `digitlab serve RUN`: a drawing page and an HTTP API on FastAPI and uvicorn.
+"""The web server behind `digitlab serve [RUN]`: the page and its HTTP API on FastAPI and uvicorn.
 
     from digitlab.serve import app as serving
     app = serving.create_app(model, run_name="shallow-1")   # a FastAPI app (tests use it directly)
-    serving.serve(model, host="127.0.0.1", port=8000, run_name="shallow-1")
+    app = serving.create_app(runs_dir="runs")               # ... that also trains (serve/live.py)
+    serving.serve(model, host="127.0.0.1", port=8000, run_name="shallow-1", runs_dir="runs")
 
-Endpoints:
+Endpoints here (the training ones are in `live`, the tokens in `access`):
 
-- `GET /`: the drawing page (static/index.html, app.js, style.css; nothing from
+- `GET /`: the page (static/: index.html, app.js, live.js, charts.js, style.css; nothing from
   the network, so it works offline).
 - `POST /api/predict`: a picture as a multipart upload (field `file`) or as the raw
   body (`Content-Type: image/...`), or JSON `{"pixels": [[...28 numbers 0-255...] x 28]}`
   taken as an MNIST-style input as it is (add `"prepare": true` to centre and
   scale it like a picture first). Answers the digit, the ten probabilities and
   the 28x28 pixels the network saw. Pictures go through `imaging.prepare_image`,
-  the same function the command line uses.
-- `GET /api/health`: the model and run being served.
+  the same function the command line uses. `?run=NAME&epoch=E` asks that saved run's
+  network as it was after epoch E instead of the served one.
+- `GET /api/health`: the model and run being served, whether the server trains, the caller's role.
 - `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
@@ -30,15 +32,17 @@ carries `X-Process-Time-Ms`, the server's own time for the request.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import contextlib
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Annotated
 
 import keras
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+import uvicorn
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -50,6 +54,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import digitlab
 from digitlab import imaging, predict
+from digitlab.serve import access, live, networks
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing adds a few hundred bytes around the file; allow for it.
@@ -78,6 +83,8 @@ class PredictResponse(BaseModel):
     top3: list[dict] = Field(description="The three most probable digits with their probabilities.")
     pixels: list[list[int]] = Field(description="The 28x28 input the network saw, 0-255, ink high (as MNIST).")
     source: str = Field(description="'image' for an uploaded picture, 'pixels' for JSON pixels.")
+    run: str | None = Field(None, description="The run asked, when ?run= named one.")
+    epoch: int | None = Field(None, description="The epoch of its network that answered.")
 
 
 Pixel = Annotated[float, Field(ge=0, le=255)]
@@ -270,154 +277,265 @@ def _prepare_picture(data: bytes) -> np.ndarray:
     return imaging.prepare_image(data)
 
 
-def create_app(model: keras.Model, run_name: str = "") -> FastAPI:
-    """The FastAPI app serving `model` (a trained Keras model); `run_name` is shown on the page."""
+async def _pixels_from_picture(data: bytes, large_pictures: asyncio.Semaphore) -> np.ndarray:
+    """The 28x28 pixels of an uploaded picture, as the command line prepares them."""
+    try:
+        # A small picture (the page sends 140x140) takes well under a millisecond and is
+        # read right here; a large one goes to a worker thread so other requests keep moving.
+        size = imaging.peek_size(data)
+        if size is not None and size[0] * size[1] <= INLINE_PIXELS:
+            return _prepare_picture(data)
+        async with large_pictures:
+            return await run_in_threadpool(_prepare_picture, data)
+    except imaging.ImageTooLargeError as error:
+        raise HTTPException(413, str(error)) from None
+    except imaging.ImageError as error:
+        raise HTTPException(422, str(error)) from None
+
+
+async def pixels_from_request(request: Request, large_pictures: asyncio.Semaphore) -> tuple[np.ndarray, str]:
+    """The 28x28 uint8 pixels a `POST /api/predict` asks about, and their source ("pixels" or
+    "image"), from its body as its Content-Type says: JSON pixels, a multipart upload, or a
+    picture as the raw body. Raises HTTPException (a 4xx with a sentence) for anything else."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await _read_body(request)
+    if not body:
+        raise HTTPException(
+            422,
+            "The request body is empty. Upload a picture in a field named 'file', or send {\"pixels\": [[...], ...]}.",
+        )
+    if content_type == "application/json" or content_type.endswith("+json"):
+        pixels, prepare = pixels_from_json(body)
+        if prepare:
+            try:
+                pixels = imaging.prepare_array(pixels)
+            except imaging.ImageError as error:
+                raise HTTPException(422, str(error)) from None
+        return pixels, "pixels"
+    if content_type == "multipart/form-data":
+        return await _pixels_from_picture(await _file_from_multipart(request, body), large_pictures), "image"
+    if content_type == "application/octet-stream" or content_type.startswith("image/"):
+        return await _pixels_from_picture(body, large_pictures), "image"
+    raise HTTPException(
+        415,
+        f"Unsupported Content-Type {content_type or '(none)'!r}. Upload a picture as multipart/form-data "
+        "(field 'file') or image/*, or send application/json {\"pixels\": [[...], ...]}.",
+    )
+
+
+class _Served:
+    """What the routes serve: the model (None until a run is chosen), its run's name, the page, and the
+    bound on large pictures."""
+
+    def __init__(self, model: keras.Model | None, run_name: str):
+        self.model, self.run_name = model, run_name
+        self.page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        self.parameters = None if model is None else int(model.count_params())
+        # A 4096x4096 picture needs about 0.3 GB and a second to prepare; a few at a time bounds memory.
+        self.large_pictures = asyncio.Semaphore(LARGE_PICTURES_AT_ONCE)
+
+
+def _served(request: Request) -> _Served:
+    return request.app.state.served
+
+
+def _trainer(request: Request) -> live.Trainer | None:
+    return request.app.state.trainer
+
+
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(request: Request):
+    return HTMLResponse(
+        _served(request).page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY}
+    )
+
+
+@router.get("/api/health")
+async def health(request: Request):
+    """The server is up; which model and run it serves, and whether it trains (and lists runs)."""
+    served, trainer = _served(request), _trainer(request)
+    model = served.model
+    return {
+        "status": "ok",
+        "run": served.run_name,
+        "model": None if model is None else model.name,
+        "input_shape": None if model is None else list(model.input_shape[1:]),
+        "parameters": served.parameters,
+        "backend": keras.backend.backend(),
+        "version": digitlab.__version__,
+        "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
+        "max_side": imaging.MAX_SIDE,
+        "training": trainer is not None,
+        "role": access.role_of(request),
+    }
+
+
+@router.post(
+    "/api/predict",
+    response_model=PredictResponse,
+    responses={
+        400: {"description": "Malformed JSON or multipart body."},
+        404: {"description": "No such run, or no record of that epoch."},
+        409: {"description": "No network to ask yet (nothing served, or the run has no epoch yet), or it diverged."},
+        413: {"description": "Body over 5 MB or picture over 4096 pixels a side."},
+        415: {"description": "A content type other than multipart, JSON or image/*."},
+        422: {"description": "Not a picture, truncated, empty, or pixels of the wrong shape or range."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "application/json": {"schema": PixelsRequest.model_json_schema()},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def predict_digit(
+    request: Request,
+    run: Annotated[str | None, Query(description="Ask this saved run's network instead of the served one.")] = None,
+    epoch: Annotated[int | None, Query(description="... as it was after this epoch (default: its last).")] = None,
+):
+    """Reads the digit in a picture (multipart field `file`, or the raw body) or in 28x28 JSON pixels."""
+    served, trainer = _served(request), _trainer(request)
+    pixels, source = await pixels_from_request(request, served.large_pictures)
+    extra = {}
+    if run is not None or epoch is not None:
+        if trainer is None:
+            raise HTTPException(404, "This server serves one network and keeps no runs; leave out run and epoch.")
+        if run is None:
+            raise HTTPException(422, "Name the run whose epoch to ask: ?run=NAME&epoch=E.")
+        row, asked = trainer.networks.probabilities(run, epoch, pixels)
+        extra = {"run": run, "epoch": asked}
+    elif served.model is not None:
+        row = predict.pixel_probabilities(served.model, pixels)[0]
+    else:
+        raise HTTPException(
+            409, "No network is served yet: train one on the page (or POST /api/train), then ask it with ?run=NAME."
+        )
+    answer = predict.describe(row)
+    answer["pixels"] = pixels.tolist()
+    answer["source"] = source
+    answer.update(extra)
+    return JSONResponse(answer)
+
+
+async def _validation_error(request: Request, error: RequestValidationError):
+    messages = [f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg', '')}" for item in error.errors()]
+    return JSONResponse({"detail": "; ".join(messages) or "The request is not valid."}, status_code=422)
+
+
+async def _unexpected_error(request: Request, error: Exception):
+    return JSONResponse(
+        {"detail": f"Internal error ({type(error).__name__}); the server is still running."}, status_code=500
+    )
+
+
+def create_app(
+    model: keras.Model | None = None,
+    run_name: str = "",
+    runs_dir=None,
+    data_path=None,
+    permissions: access.Access | None = None,
+    limits: live.Limits | None = None,
+    log=print,
+) -> FastAPI:
+    """The FastAPI app serving `model` (a trained Keras model, or None); `run_name` is shown on the page.
+
+    With `runs_dir`, the page also trains (`live`) into that folder and shows its runs at any epoch;
+    `permissions` (`access.Access`, open by default) says which tokens a request needs."""
+    trainer = None if runs_dir is None else live.Trainer(runs_dir, data_path, limits, log=log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if trainer is not None:
+            await trainer.close()  # A training is stopped and saved, resumable.
+
     app = FastAPI(
         title="digitlab",
         version=digitlab.__version__,
-        description="Reads handwritten digits with the Shallow Net of Deep Learning Illustrated (chapter 5). "
-        "Draw on the page at /, or POST a picture or 28x28 pixels to /api/predict.",
+        description="Reads handwritten digits with the Shallow Net of Deep Learning Illustrated (chapter 5), and "
+        "trains it live. Draw on the page at /, POST a picture or 28x28 pixels to /api/predict, or train with "
+        "POST /api/train and watch GET /api/train/NAME/events.",
+        lifespan=lifespan,
     )
-    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    parameters = int(model.count_params())
-    # A 4096x4096 picture needs about 0.3 GB and a second to prepare; a few at a time bounds memory.
-    large_pictures = asyncio.Semaphore(LARGE_PICTURES_AT_ONCE)
-    # Compiles the fast path now, so the first visitor does not wait for it.
-    predict.pixel_probabilities(model, np.zeros((imaging.FIELD, imaging.FIELD), dtype=np.uint8))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        messages = [f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg', '')}" for item in error.errors()]
-        return JSONResponse({"detail": "; ".join(messages) or "The request is not valid."}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, error: Exception):
-        return JSONResponse(
-            {"detail": f"Internal error ({type(error).__name__}); the server is still running."}, status_code=500
-        )
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index():
-        return HTMLResponse(
-            page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY}
-        )
-
-    @app.get("/api/health")
-    async def health():
-        """The server is up; which model and run it serves."""
-        return {
-            "status": "ok",
-            "run": run_name,
-            "model": model.name,
-            "input_shape": list(model.input_shape[1:]),
-            "parameters": parameters,
-            "backend": keras.backend.backend(),
-            "version": digitlab.__version__,
-            "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
-            "max_side": imaging.MAX_SIDE,
-        }
-
-    @app.post(
-        "/api/predict",
-        response_model=PredictResponse,
-        responses={
-            400: {"description": "Malformed JSON or multipart body."},
-            413: {"description": "Body over 5 MB or picture over 4096 pixels a side."},
-            415: {"description": "A content type other than multipart, JSON or image/*."},
-            422: {"description": "Not a picture, truncated, empty, or pixels of the wrong shape or range."},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["file"],
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                        },
-                    },
-                    "application/json": {"schema": PixelsRequest.model_json_schema()},
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                },
-            }
-        },
-    )
-    async def predict_digit(request: Request):
-        """Reads the digit in a picture (multipart field `file`, or the raw body) or in 28x28 JSON pixels."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await _read_body(request)
-        if not body:
-            raise HTTPException(
-                422,
-                "The request body is empty. Upload a picture in a field named 'file', "
-                'or send {"pixels": [[...], ...]}.',
-            )
-        if content_type == "application/json" or content_type.endswith("+json"):
-            pixels, prepare = pixels_from_json(body)
-            source = "pixels"
-            if prepare:
-                try:
-                    pixels = imaging.prepare_array(pixels)
-                except imaging.ImageError as error:
-                    raise HTTPException(422, str(error)) from None
-        elif content_type in ("multipart/form-data", "application/octet-stream") or content_type.startswith("image/"):
-            data = await _file_from_multipart(request, body) if content_type == "multipart/form-data" else body
-            source = "image"
-            try:
-                # A small picture (the page sends 140x140) takes well under a millisecond and is
-                # read right here; a large one goes to a worker thread so other requests keep moving.
-                size = imaging.peek_size(data)
-                if size is not None and size[0] * size[1] <= INLINE_PIXELS:
-                    pixels = _prepare_picture(data)
-                else:
-                    async with large_pictures:
-                        pixels = await run_in_threadpool(_prepare_picture, data)
-            except imaging.ImageTooLargeError as error:
-                raise HTTPException(413, str(error)) from None
-            except imaging.ImageError as error:
-                raise HTTPException(422, str(error)) from None
-        else:
-            raise HTTPException(
-                415,
-                f"Unsupported Content-Type {content_type or '(none)'!r}. Upload a picture as multipart/form-data "
-                "(field 'file') or image/*, or send application/json {\"pixels\": [[...], ...]}.",
-            )
-        row = predict.pixel_probabilities(model, pixels)[0]
-        answer = predict.describe(row)
-        answer["pixels"] = pixels.tolist()
-        answer["source"] = source
-        return JSONResponse(answer)
-
+    app.state.served = _Served(model, run_name)
+    app.state.trainer = trainer
+    if model is not None:
+        # Compiles the fast path now, so the first visitor does not wait for it.
+        predict.pixel_probabilities(model, np.zeros((imaging.FIELD, imaging.FIELD), dtype=np.uint8))
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(networks.NotFound)(_run_error)
+    app.exception_handler(networks.NotReady)(_run_error)
+    app.exception_handler(Exception)(_unexpected_error)
+    app.include_router(router)
+    if trainer is not None:
+        app.include_router(live.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
+    app.add_middleware(access.RequireToken, access=permissions or access.Access())
     return app
 
 
-def is_loopback(host: str) -> bool:
-    """True when `host` is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+async def _run_error(request: Request, error: Exception):
+    return JSONResponse({"detail": str(error)}, status_code=404 if isinstance(error, networks.NotFound) else 409)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which first ends the event streams and stops a training (saved, resumable) when it
+    is told to stop: otherwise it would wait for the viewers' open streams before shutting down."""
+
+    def __init__(self, config: uvicorn.Config, trainer: live.Trainer | None):
+        super().__init__(config)
+        self.trainer = trainer
+
+    async def shutdown(self, sockets=None):
+        if self.trainer is not None:
+            await self.trainer.close()
+        await super().shutdown(sockets)
 
 
 def serve(
-    model: keras.Model, host: str = "127.0.0.1", port: int = 8000, run_name: str = "", access_log: bool = True
+    model: keras.Model | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    run_name: str = "",
+    access_log: bool = True,
+    runs_dir=None,
+    data_path=None,
+    permissions: access.Access | None = None,
+    limits: live.Limits | None = None,
 ) -> None:
-    """Runs the app on uvicorn until Ctrl-C. Loopback by default; another host exposes it to the network."""
-    import uvicorn
-
-    if not is_loopback(host):
-        print(f"Warning: serving on {host} makes the page and API reachable from other machines.")
+    """Runs the app on uvicorn until Ctrl-C. Loopback by default; another host needs the tokens of
+    `permissions` (see `access`), and the links that carry them are printed."""
+    permissions = permissions or access.Access.for_host(host)
+    app = create_app(model, run_name, runs_dir, data_path, permissions, limits)
     shown_host = f"[{host}]" if ":" in host else host
-    print(
-        f"digitlab: serving {run_name or model.name} at http://{shown_host}:{port}/  (API docs at /docs; Ctrl-C stops)"
-    )
+    if host in ("0.0.0.0", "::"):
+        shown_host = socket.gethostname()
+    base = f"http://{shown_host}:{port}/"
+    what = run_name or (model.name if model is not None else f"the runs in {runs_dir}")
+    print(f"digitlab: serving {what} at {base}  (API docs at /docs; Ctrl-C stops)")
+    if not permissions.open:
+        print(
+            f"Serving on {host}: reachable from other machines, so every request needs a token.\n"
+            f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
+            f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
+        )
     # Python's own asyncio loop, not uvloop: measured with scripts/load_test.py (50 connections, PNG
     # uploads), uvloop gave the same throughput but a p99 of 108-117 ms against 65-71 ms.
-    uvicorn.run(
-        create_app(model, run_name), host=host, port=port, log_level="info", access_log=access_log, loop="asyncio"
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", access_log=access_log, loop="asyncio", timeout_graceful_shutdown=5
     )
+    _Server(config, app.state.trainer).run()

@@ -1,6 +1,8 @@
 // digitlab drawing page: draw on the canvas with mouse, pen or finger (pointer events);
 // the picture is sent to POST /api/predict while you draw (throttled, one request in
 // flight), and the answer fills the verdict, the ten-bar chart and the 28x28 preview.
+// The network asked is the served one, or the run and epoch the training panel chose
+// (live.js calls Pad.ask({ run, epoch, label })), so the slider's epoch answers.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -14,6 +16,8 @@ const runnerUpView = document.getElementById("runner-up");
 const timingView = document.getElementById("timing");
 const statusView = document.getElementById("status");
 const hint = document.getElementById("pad-hint");
+const askingView = document.getElementById("asking");
+const drawArea = document.getElementById("draw-area");
 
 const BOARD = "#14181f";
 const BRUSH = pad.width * 0.072; // About MNIST's stroke width once the digit is scaled to 20 pixels.
@@ -34,6 +38,8 @@ let inFlight = false;
 let pending = false;
 let uploaded = false; // The board shows an uploaded picture; drawing starts afresh.
 let sequence = 0; // Bumped by every clear, so answers for an older drawing are dropped.
+let target = null; // { run, epoch, label }: the network to ask; null asks the served one.
+let lastSent = null; // The last picture sent, so a change of network asks it again.
 
 // The chart: one bar and one label per digit.
 const bars = [];
@@ -81,6 +87,7 @@ function clearAll() {
   sequence += 1;
   uploaded = false;
   hasInk = false;
+  lastSent = null;
   clearTimeout(timer);
   timer = null;
   pending = false;
@@ -167,15 +174,23 @@ function flush() {
   sendCanvas.toBlob((blob) => blob && send(blob, "drawing.png"), "image/png");
 }
 
+function predictUrl() {
+  if (!target) return "/api/predict";
+  const query = new URLSearchParams({ run: target.run });
+  if (target.epoch) query.set("epoch", String(target.epoch));
+  return `/api/predict?${query}`;
+}
+
 async function send(blob, name) {
   const mine = sequence;
   inFlight = true;
   pending = false;
+  lastSent = { blob, name };
   const started = performance.now();
   try {
     const form = new FormData();
     form.append("file", blob, name);
-    const response = await fetch("/api/predict", { method: "POST", body: form });
+    const response = await fetch(predictUrl(), { method: "POST", body: form });
     const answer = await response.json();
     if (mine !== sequence) return;
     if (!response.ok) {
@@ -189,7 +204,10 @@ async function send(blob, name) {
     if (mine === sequence) showStatus(`Could not reach the server (${error.message}).`, true);
   } finally {
     inFlight = false;
-    if (pending && mine === sequence) flush();
+    if (pending && mine === sequence) {
+      if (uploaded && lastSent) send(lastSent.blob, lastSent.name);
+      else flush();
+    }
   }
 }
 
@@ -226,7 +244,23 @@ function showResult(answer, roundTripMs, serverMs) {
   seenContext.putImageData(image, 0, 0);
   const server = Number.isFinite(serverMs) ? `server ${serverMs.toFixed(1)} ms, ` : "";
   timingView.textContent = `${server}round trip ${roundTripMs.toFixed(0)} ms`;
+  digitView.dataset.epoch = answer.epoch ? String(answer.epoch) : "";
+  chart.dataset.probabilities = JSON.stringify(answer.probabilities);
 }
+
+// The training panel's choice of network: the drawing on the board is asked again at once.
+const Pad = {
+  ask(next) {
+    next = next && next.run ? next : null;
+    const same = JSON.stringify(next) === JSON.stringify(target);
+    target = next;
+    askingView.textContent = target ? `Asking ${target.label || target.run}` : "";
+    if (target) drawArea.hidden = false; // A network to ask: the pad appears.
+    if (same || !lastSent) return;
+    if (inFlight) pending = true;
+    else send(lastSent.blob, lastSent.name);
+  },
+};
 
 document.getElementById("clear").addEventListener("click", clearAll);
 document.addEventListener("keydown", (event) => {
@@ -262,14 +296,21 @@ async function loadHealth() {
   try {
     const response = await fetch("/api/health");
     const health = await response.json();
-    badge.textContent = `${health.run || health.model} · ${health.parameters.toLocaleString("en")} parameters`;
+    if (!response.ok) throw new Error(health.detail || `the server answered ${response.status}`);
+    badge.textContent = health.parameters
+      ? `${health.run || health.model} · ${health.parameters.toLocaleString("en")} parameters`
+      : "no network yet · train one";
     badge.classList.add("ok");
+    drawArea.hidden = !health.parameters; // Without a served network, the pad waits for a run to ask.
+    return health;
   } catch (error) {
     badge.textContent = "server unreachable";
     badge.classList.add("down");
+    showStatus(error.message, true);
+    return null;
   }
 }
 
 clearBoard();
 resetResult();
-loadHealth();
+const healthLoaded = loadHealth();
