@@ -2,9 +2,9 @@
 
 The image runs this as `python /usr/local/lib/digitlab/healthcheck.py`. It reads the command lines of the
 container's processes: JupyterLab (the image's default command) must answer `GET /api` on its port, and
-`digitlab serve` must answer `GET /api/health` on its; both are asked on 127.0.0.1 inside the container. A
-container running anything else (`digitlab train`, a shell) is healthy while it runs. Exit status 0 is
-healthy, 1 unhealthy, with one line saying why.
+`digitlab serve` must answer `GET /api/health` on its (a 401 or 403 where it asks for its token is an
+answer); both are asked on 127.0.0.1 inside the container. A container running anything else (`digitlab
+train`, a shell) is healthy while it runs. Exit status 0 is healthy, 1 unhealthy, with one line saying why.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ def main() -> int:
         try:
             with urllib.request.urlopen(url, timeout=5) as answer:
                 answer.read()
+        except urllib.error.HTTPError as error:
+            # `digitlab serve --host 0.0.0.0` asks every request for its token: a 401 or 403 is its
+            # answer, so it is up (the check holds no token, and needs none to see that).
+            if error.code not in (401, 403):
+                print(f"unhealthy: {url} answered {error.code} {error.reason}")
+                return 1
         except (urllib.error.URLError, OSError) as error:
             print(f"unhealthy: {url} did not answer ({error})")
             return 1

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import http.server
 import json
 import os
 import re
 import resource
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -124,6 +126,35 @@ def test_the_health_check_asks_each_server_on_its_port(load_script):
         "http://127.0.0.1:8000/api/health",
         "http://127.0.0.1:8123/api/health",
     ]
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (401, True), (403, True), (500, False), (None, False)])
+def test_the_health_check_takes_a_token_request_for_an_answer(load_script, monkeypatch, capsys, status, healthy):
+    """A server that asks for its token (digitlab serve --host 0.0.0.0) is up; a 500 or no server is not."""
+    health = load_script("healthcheck")
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    if status is None:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setattr(health, "_command_lines", lambda: [["python", "-m", "digitlab", "serve", "--port", str(port)]])
+    try:
+        assert health.main() == (0 if healthy else 1)
+    finally:
+        if status is not None:
+            server.shutdown()
+            server.server_close()
+    assert capsys.readouterr().out.startswith("healthy" if healthy else "unhealthy")
 
 
 # The container engine: podman as root on runc, with a containers.conf of the test's own.
@@ -523,8 +554,21 @@ def test_digitlab_serve_answers_turns_healthy_and_stops(engine, image, trained_i
         detach=True,
         options=options,
     )
-    _wait_for(f"http://127.0.0.1:{free_port}/api/health", engine, container)
-    health = engine("healthcheck", "run", container, check=False)
+    # Bound to the container's every interface, it asks every request for a token, and prints links
+    # that carry it: one for the container's published port on this machine.
+    url = f"http://127.0.0.1:{free_port}"
+    deadline = time.monotonic() + 180
+    printed = r"on this machine.*: http://127\.0\.0\.1:8000/\?token=(\S+)"
+    while not (links := re.findall(printed, engine.logs(container))):
+        if engine.inspect(container, "{{.State.Running}}") != "true" or time.monotonic() > deadline:
+            pytest.fail(f"no link with a token was printed:\n{engine.logs(container)}")
+        time.sleep(0.5)
+    _wait_for(f"{url}/api/health?token={links[0]}", engine, container)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(f"{url}/api/health", None)
+    assert refused.value.code == 401
+    assert _get(f"{url}/api/health?token={links[0]}", None)["run"] == run.name
+    health = engine("healthcheck", "run", container, check=False)  # It holds no token: a 401 is an answer.
     assert health.returncode == 0, health.stdout + health.stderr
     assert engine.inspect(container, "{{.State.Health.Status}}") == "healthy"
     _stop_within_limit(engine, container, "digitlab serve")

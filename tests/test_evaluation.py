@@ -111,11 +111,6 @@ def test_evaluate_run_matches_keras_and_writes_its_files(test_run, mnist_arrays,
             assert image.format == "PNG" and image.width > 500 and image.height > 400
     assert result["files"]["hidden_units"] == str(tmp_path / "hidden_units.png")
     assert not (tmp_path / "filters.png").exists()  # Only LeNet has convolution filters.
-    # Without out_dir the files go into the run folder.
-    evaluation.evaluate_run(test_run)
-    assert {"evaluation.json", "confusion.png", "mistakes.png", "hidden_units.png"} <= {
-        path.name for path in test_run.path.iterdir()
-    }
 
 
 def test_holdout_run_validates_on_training_images_and_tests_once(holdout_run, mnist_arrays, tmp_path):
@@ -151,10 +146,14 @@ def test_bad_split_and_unfinished_run_are_reported(test_run, tmp_path):
 
 
 def test_cli_evaluate(test_run, tmp_path, capsys):
-    assert cli.main(["evaluate", str(test_run.path), "--out", str(tmp_path)]) == 0
+    assert cli.main(["evaluate", str(test_run.path)]) == 0
     output = capsys.readouterr().out
     assert "accuracy 0." in output and "precision" in output
     assert len([line for line in output.splitlines() if line.strip()[:1].isdigit()]) >= 10
+    # Without --out the files go into the run folder.
+    assert {"evaluation.json", "confusion.png", "mistakes.png", "hidden_units.png"} <= {
+        path.name for path in test_run.path.iterdir()
+    }
     assert cli.main(["evaluate", str(tmp_path / "no-such-run")]) == 2
     assert "error: No run folder" in capsys.readouterr().err
     assert cli.main(["evaluate", str(test_run.path), "--json", "--out", str(tmp_path)]) == 0

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -536,6 +537,23 @@ def _wait_for_new_checkpoints(process, out: Path, before: dict[str, int], count:
         time.sleep(0.02)
 
 
+class _Lines(list):
+    """The lines of a pipe, appended as they arrive by a thread of their own; `finish()` waits for its end."""
+
+    def __init__(self, pipe):
+        super().__init__()
+        self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            self.append(line)
+
+    def finish(self) -> _Lines:
+        self.thread.join(timeout=60)
+        return self
+
+
 def _freeze(pids: set[int]) -> None:
     """Stops the processes where they are (SIGSTOP), so that a kill lands at the moment chosen."""
     for pid in pids:
@@ -570,16 +588,24 @@ def test_a_killed_and_interrupted_sweep_resumes_to_the_same_results(reference_sw
         except ProcessLookupError:
             pass
     killed_at = time.monotonic()
-    checkpoints_before = _checkpoints(out)
 
     # Resumed at once, as a user would (the killed sweep's Ray may still be ending), then stopped with
     # Ctrl-C or SIGTERM (a closed terminal, `kill`), one or the other at random, once it is training
     # again, then resumed to the end. (Ray's start made SIGTERM exit at once, leaving trials "running".)
+    # The killed sweep's workers may still write a checkpoint: the count starts once the resumed
+    # driver says it is resuming (Ray started, its own Ctrl-C and SIGTERM handling in place).
     resume = [sys.executable, "-m", "digitlab", "sweep", "--resume", str(out)]
     process = subprocess.Popen(resume, env=ENVIRONMENT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_new_checkpoints(process, out, before=checkpoints_before, count=rng.randint(1, 2))
+    printed = _Lines(process.stdout)
+    said = _Lines(process.stderr)
+    deadline = time.monotonic() + 600
+    while not any(line.startswith("digitlab: resuming the sweep") for line in printed):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(printed + said)
+        time.sleep(0.02)
+    _wait_for_new_checkpoints(process, out, before=_checkpoints(out), count=rng.randint(1, 2))
     process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM]))
-    output, errors = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    output, errors = "".join(printed.finish()), "".join(said.finish())
     assert process.returncode == 130, output + errors
     assert errors.strip().splitlines()[-1].strip() == f"digitlab sweep --resume {out}", errors
     assert "Traceback" not in errors

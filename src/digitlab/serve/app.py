@@ -533,6 +533,10 @@ def serve(
             f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
             f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
         )
+        if host in ("0.0.0.0", "::"):
+            # In a container the host name is the container's: there the published port is the way in.
+            local = f"http://127.0.0.1:{port}/"
+            print(f"  on this machine (or a container's published port): {permissions.link(local, access.OPERATOR)}")
     # Python's own asyncio loop, not uvloop: measured with scripts/load_test.py (50 connections, PNG
     # uploads), uvloop gave the same throughput but a p99 of 108-117 ms against 65-71 ms.
     config = uvicorn.Config(

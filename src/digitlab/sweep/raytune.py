@@ -440,7 +440,9 @@ class Progress(tune.Callback):
         node = outcome.get("node") or record.get("node")
         if outcome.get("status") == "failed":
             self.sweep.update(index, status="failed", error=outcome.get("error") or "unknown error", node=node)
-        elif outcome.get("status") == "complete" and run_status == "complete":
+        elif run_status == "complete" and outcome.get("status") in (None, "complete"):
+            # Its run reached OUT complete: a result, even where Tune ended its worker (an early stop
+            # decided while the last epoch trained) before the trial could say so.
             self.sweep.update(index, status="complete", node=node)
         elif outcome.get("status") == "stopped" or (not outcome and self.sweep.state["settings"]["early_stop"]):
             # Stopped by the ASHA scheduler (Tune may end its worker before it says so).

@@ -30,6 +30,7 @@ the run folders, one row per configuration, best first (`digitlab.sweep.results`
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from digitlab import data
@@ -106,11 +107,12 @@ def run_sweep(
     with raytune.connect(address):
         raytune.check_resources(cpus_per_trial)
         sweep = sweep_state.create(out_dir, trials, settings, loaded)
-        print_fn(
-            f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
-            f"{len(seeds)} seed(s)) in {sweep.path}"
-        )
-        _run(sweep, loaded, print_fn, cluster=address is not None)
+        with _saved_on_interrupt(sweep):
+            print_fn(
+                f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
+                f"{len(seeds)} seed(s)) in {sweep.path}"
+            )
+            raytune.run_trials(sweep, loaded, print_fn, cluster=address is not None)
     return sweep_results.finish(sweep, print_fn, cluster=address is not None)
 
 
@@ -122,7 +124,8 @@ def resume_sweep(
 
     sweep = sweep_state.open_sweep(out_dir)
     loaded = data.load_recorded(sweep.state.get("data") or {}, data_path)
-    with raytune.connect(address):
+    # Stopped at any moment from here on (starting Ray included), the sweep can be resumed again.
+    with _saved_on_interrupt(sweep), raytune.connect(address):
         raytune.check_resources(sweep.state["settings"]["cpus_per_trial"])
         left = sweep.unfinished()
         print_fn(
@@ -131,15 +134,16 @@ def resume_sweep(
         )
         for trial in left:
             sweep_trial.settle_run(sweep, trial)
-        _run(sweep, loaded, print_fn, cluster=address is not None)
+        raytune.run_trials(sweep, loaded, print_fn, cluster=address is not None)
     return sweep_results.finish(sweep, print_fn, cluster=address is not None)
 
 
-def _run(sweep: sweep_state.Sweep, loaded: data.Loaded, print_fn, cluster: bool) -> None:
-    from digitlab.sweep import raytune
-
+@contextlib.contextmanager
+def _saved_on_interrupt(sweep: sweep_state.Sweep):
+    """Ctrl-C (or SIGTERM) inside: the trials cut short are marked interrupted, sweep.json saved,
+    and SweepInterrupted raised, whose resume command finishes the sweep."""
     try:
-        raytune.run_trials(sweep, loaded, print_fn, cluster=cluster)
+        yield
     except KeyboardInterrupt:
         for trial in sweep.trials:
             if trial["status"] == "running":
