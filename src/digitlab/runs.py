@@ -84,7 +84,8 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -173,7 +174,7 @@ class Run:
             and status.get("host") == socket.gethostname()
             and isinstance(status.get("pid"), int)
             and status["pid"] != os.getpid()
-            and not _process_alive(status["pid"])
+            and not process_alive(status["pid"])
         ):
             status = dict(status, status="interrupted", note="the training process is gone")
         return status

@@ -115,18 +115,8 @@ def _remove_stale_scratch() -> None:
     (an early stop) or a machine that died and came back cannot remove its own."""
     for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
         pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not runs.process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, mirror: _Mirror | None) -> str:
