@@ -88,6 +88,7 @@ def test_confident_mistakes_are_wrong_and_most_confident_first():
     assert evaluation.confident_mistakes(probabilities, labels, count=1).tolist() == [3]
 
 
+@pytest.mark.heavy  # Whole-set evaluations with their figures: the fast tier keeps test_cli_evaluate's.
 def test_evaluate_run_matches_keras_and_writes_its_files(test_run, mnist_arrays, tmp_path):
     result = evaluation.evaluate_run(test_run, split="validation", out_dir=tmp_path)
     y_test = mnist_arrays["y_test"]
@@ -113,6 +114,7 @@ def test_evaluate_run_matches_keras_and_writes_its_files(test_run, mnist_arrays,
     assert not (tmp_path / "filters.png").exists()  # Only LeNet has convolution filters.
 
 
+@pytest.mark.heavy  # Whole-set evaluations with their figures: the fast tier keeps test_cli_evaluate's.
 def test_holdout_run_validates_on_training_images_and_tests_once(holdout_run, mnist_arrays, tmp_path):
     validation = evaluation.evaluate_run(holdout_run, split="validation", out_dir=tmp_path)
     held_out = mnist_arrays["y_train"][-10_000:]
