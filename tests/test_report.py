@@ -54,6 +54,7 @@ def test_report_is_self_contained_and_complete(report_path, holdout_run):
     assert page.count("<tr>") >= 11 + 4  # Ten digits and the mean, plus the four data hashes.
 
 
+@pytest.mark.heavy  # A second whole report with its figures; the fast tier keeps the first.
 def test_report_default_path_and_cli(holdout_run, tmp_path, capsys):
     # `digitlab report RUN` writes into the run folder (`--out PATH`, as report_path's write_report(out_path=)).
     assert cli.main(["report", str(holdout_run.path)]) == 0

@@ -54,6 +54,8 @@ def test_a_run_folder_holds_everything(tmp_path, mnist_path, engine, quiet):
     assert model.count_params() == 50_890
 
 
+# Keras fit's repeatability (two fit trainings) is in make test; the fast tier keeps the engine's.
+@pytest.mark.parametrize("engine", [pytest.param("fit", marks=pytest.mark.heavy), "fast"])
 def test_same_seed_same_history(tmp_path, mnist_path, engine, quiet):
     first = training.train(config.TrainConfig(engine=engine, **QUICK), runs_dir=tmp_path, print_fn=quiet, verbose=0)
     second = training.train(
