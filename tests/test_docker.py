@@ -129,7 +129,9 @@ def test_the_health_check_asks_each_server_on_its_port(load_script):
 
 
 @pytest.mark.parametrize(("status", "healthy"), [(200, True), (401, True), (403, True), (500, False), (None, False)])
-def test_the_health_check_takes_a_token_request_for_an_answer(load_script, monkeypatch, capsys, status, healthy):
+def test_the_health_check_takes_a_token_request_for_an_answer(
+    load_script, monkeypatch, capsys, free_port, status, healthy
+):
     """A server that asks for its token (digitlab serve --host 0.0.0.0) is up; a 500 or no server is not."""
     health = load_script("healthcheck")
 
@@ -141,17 +143,15 @@ def test_the_health_check_takes_a_token_request_for_an_answer(load_script, monke
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
-    if status is None:
-        server.shutdown()
-        server.server_close()
+    server = None if status is None else http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    port = free_port if server is None else server.server_address[1]
     monkeypatch.setattr(health, "_command_lines", lambda: [["python", "-m", "digitlab", "serve", "--port", str(port)]])
+    if server is not None:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         assert health.main() == (0 if healthy else 1)
     finally:
-        if status is not None:
+        if server is not None:
             server.shutdown()
             server.server_close()
     assert capsys.readouterr().out.startswith("healthy" if healthy else "unhealthy")

@@ -521,9 +521,8 @@ def serve(
     `permissions` (see `access`), and the links that carry them are printed."""
     permissions = permissions or access.Access.for_host(host)
     app = create_app(model, run_name, runs_dir, data_path, permissions, limits)
-    shown_host = f"[{host}]" if ":" in host else host
-    if host in ("0.0.0.0", "::"):
-        shown_host = socket.gethostname()
+    every_interface = host in ("0.0.0.0", "::")
+    shown_host = socket.gethostname() if every_interface else f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{port}/"
     what = run_name or (model.name if model is not None else f"the runs in {runs_dir}")
     print(f"digitlab: serving {what} at {base}  (API docs at /docs; Ctrl-C stops)")
@@ -533,7 +532,7 @@ def serve(
             f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
             f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
         )
-        if host in ("0.0.0.0", "::"):
+        if every_interface:
             # In a container the host name is the container's: there the published port is the way in.
             local = f"http://127.0.0.1:{port}/"
             print(f"  on this machine (or a container's published port): {permissions.link(local, access.OPERATOR)}")
