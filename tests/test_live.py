@@ -292,7 +292,8 @@ def test_predictions_use_that_epochs_network(server, trained, mnist):
 
     assert server.post(f"/api/predict?run={name}&epoch=9", json={"pixels": pixels.tolist()}).status_code == 404
     assert server.post("/api/predict?run=nope", json={"pixels": pixels.tolist()}).status_code == 404
-    assert server.post("/api/predict?epoch=2", json={"pixels": pixels.tolist()}).status_code == 422
+    alone = server.post("/api/predict?epoch=2", json={"pixels": pixels.tolist()})  # No run is served here.
+    assert alone.status_code == 409 and "?run=NAME&epoch=E" in alone.json()["detail"]
     nothing = server.post("/api/predict", json={"pixels": pixels.tolist()})
     assert nothing.status_code == 409 and "No network is served yet" in nothing.json()["detail"]
 
@@ -311,7 +312,7 @@ def test_tiles_of_each_epoch(server, trained):
     kernel = run.epoch_weights(1)[0]
     expected = np.rint((kernel[:, 0] / np.abs(kernel).max() + 1) * 127).reshape(28, 28)
     np.testing.assert_array_equal(pictures[0][:28, :28], expected)
-    assert server.get(f"/api/runs/{name}/epochs/0/tiles.png").status_code == 404
+    assert server.get(f"/api/runs/{name}/epochs/0/tiles.png").status_code == 422  # Epochs count from 1.
 
 
 def test_evaluation_of_an_epoch_agrees_with_the_history(server, trained):
@@ -436,3 +437,200 @@ def test_serve_flags_are_checked(capsys, tmp_path):
         assert cli.main(["serve", *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+# --- No 500 from what a user can cause (issue 22): each answer is a 4xx with a sentence -------------
+
+
+@pytest.fixture
+def damaged(tmp_path, small_npz, trained_run):
+    """A server whose runs folder holds a copy of a complete run (`good`) and `damage(name, **fields)`,
+    which adds a copy whose config.json has those fields changed, as a hand edit would."""
+    import shutil
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(trained_run, runs_dir / "good")
+    app = serving.create_app(runs_dir=runs_dir, data_path=small_npz, log=lambda *args: None)
+
+    def damage(name, **fields):
+        shutil.copytree(trained_run, runs_dir / name)
+        path = runs_dir / name / runs.CONFIG_FILE
+        path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+        return name
+
+    with TestClient(app) as client:
+        client.runs_dir, client.damage = runs_dir, damage
+        yield client
+
+
+PIXELS = {"pixels": [[0] * 14 + [255] * 2 + [0] * 12] * 28}
+WRONG_TYPES = [{"epochs": "2"}, {"units": 64}, {"epochs": None, "model": None}, {"epochs": []}, {"batch_size": None}]
+
+
+def _refused(answer, status, *words):
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and detail.endswith(".") and "Traceback" not in detail, detail
+    for word in words:
+        assert word in detail, detail
+    return detail
+
+
+@pytest.mark.parametrize("fields", WRONG_TYPES, ids=lambda fields: json.dumps(fields))
+def test_a_run_whose_config_holds_a_wrong_type_answers_409(damaged, fields):
+    name = damaged.damage("edited", **fields)
+    for answer in (
+        damaged.get(f"/api/runs/{name}"),
+        damaged.get(f"/api/runs/{name}/evaluation"),
+        damaged.get(f"/api/runs/{name}/epochs/2/tiles.png"),
+        damaged.get(f"/api/train/{name}/events"),
+        damaged.post(f"/api/predict?run={name}", json=PIXELS),
+        damaged.post(f"/api/train/{name}/resume"),
+    ):
+        _refused(answer, 409, f"The run {name} cannot be opened", "config")
+    listed = {row["run"]: row for row in damaged.get("/api/runs").json()["runs"]}
+    assert listed["good"]["problem"] is None and listed["good"]["model"] == "shallow"
+    assert "config" in listed[name]["problem"] and listed[name]["model"] == "?"
+    assert damaged.get("/api/runs/good").status_code == 200  # The damaged run hides no other.
+
+
+def test_a_config_edited_to_another_network_answers_409(damaged):
+    """ "batch_norm": "no" (a string, read as true until config.json is read strictly) asked for a
+    network with BatchNormalization that the run's weights do not fit: a sentence, not set_weights' error."""
+    name = damaged.damage("batch-norm-no", batch_norm="no")
+    for answer in (damaged.post(f"/api/predict?run={name}", json=PIXELS), damaged.get(f"/api/runs/{name}/evaluation")):
+        assert answer.status_code == 409, answer.text
+        assert name in answer.json()["detail"] and "config.json" in answer.json()["detail"]
+
+
+def test_a_folder_name_that_is_not_utf8_is_listed_with_why(damaged):
+    import os
+    import shutil
+
+    shutil.copytree(damaged.runs_dir / "good", os.fsdecode(bytes(damaged.runs_dir) + b"/caf\xe9"))
+    answer = damaged.get("/api/runs")
+    assert answer.status_code == 200, answer.text
+    rows = {row["run"]: row for row in answer.json()["runs"]}
+    assert set(rows) == {"good", "caf\ufffd"}
+    assert "not UTF-8" in rows["caf\ufffd"]["problem"] and rows["good"]["problem"] is None
+
+
+@pytest.mark.parametrize("name", ["数字", "a b", "x+y", "run(2)"])
+def test_every_name_listed_as_openable_opens(damaged, name):
+    import shutil
+    import urllib.parse
+
+    shutil.copytree(damaged.runs_dir / "good", damaged.runs_dir / name)
+    rows = {row["run"]: row for row in damaged.get("/api/runs").json()["runs"]}
+    assert rows[name]["problem"] is None
+    quoted = urllib.parse.quote(name, safe="")
+    detail = damaged.get(f"/api/runs/{quoted}")
+    assert detail.status_code == 200 and detail.json()["run"] == name
+    assert damaged.post(f"/api/predict?run={quoted}&epoch=2", json=PIXELS).status_code == 200
+    tiles = [event[2]["tiles"] for event in events_of(damaged, quoted) if event[1] == "epoch"]
+    assert tiles[-1] == f"/api/runs/{quoted}/epochs/2/tiles.png"
+    for hidden in (".hidden", ".."):
+        assert damaged.get(f"/api/runs/{urllib.parse.quote(hidden)}").status_code == 404
+
+
+def test_a_last_event_id_of_other_digits_is_refused(damaged):
+    as_query = damaged.get("/api/train/good/events?last_event_id=%C2%B3")  # '³'.isdigit() is true.
+    _refused(as_query, 422, "last_event_id")
+    as_header = damaged.get("/api/train/good/events", headers={"Last-Event-ID": "\u00b3".encode()})
+    _refused(as_header, 400, "Last-Event-ID must be an epoch number")
+    assert [event[0] for event in events_of(damaged, "good", {"Last-Event-ID": "1"})] == ["2", "end"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model": []}, "model"),
+        ({"model": {}}, "model"),
+        ({"model": None}, "model"),
+        ({"epochs": "2"}, "epochs"),
+        ({"learning_rate": True}, "learning_rate"),
+        ({"learning_rate": "0.5"}, "learning_rate"),
+        ({"seed": 1.5}, "seed"),
+        ({"validation": ["test"]}, "validation"),
+        ({"loss": 3}, "loss"),
+    ],
+)
+def test_a_training_field_of_the_wrong_type_is_a_422_naming_it(server, body, field):
+    answer = server.post("/api/train", json=body)
+    _refused(answer, 422, field)
+    assert answer.json()["field"] == field
+
+
+def test_whole_numbers_in_any_spelling_are_taken(server):
+    assert live.as_json_number("epochs", 3.0) == 3 and isinstance(live.as_json_number("epochs", 3.0), int)
+    assert isinstance(live.as_json_number("learning_rate", 1), float) and live.as_json_number("epochs", 2.5) == 2.5
+    assert live.as_json_number("epochs", None) is None and live.as_json_number("epochs", True) is True
+    assert live.config_from_values({"epochs": 3.0, "learning_rate": 1}).epochs == 3
+
+
+# --- The OpenAPI schema says what the API does (issue 22; tests/test_api_schema.py fuzzes it) --------
+
+
+def test_every_status_and_the_error_shape_are_in_the_schema(server):
+    schema = server.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(schema) and "securitySchemes" not in schema["components"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    expected = {
+        ("post", "/api/train"): {"202", "400", "403", "409", "422", "503"},
+        ("get", "/api/train/{name}/events"): {"200", "204", "400", "404", "409", "422", "503"},
+        ("post", "/api/train/{name}/stop"): {"202", "403", "404", "409", "422"},
+        ("post", "/api/train/{name}/resume"): {"202", "403", "404", "409", "422", "503"},
+        ("get", "/api/runs/{name}"): {"200", "404", "409", "422"},
+        ("get", "/api/runs/{name}/evaluation"): {"200", "404", "409", "422", "503"},
+        ("post", "/api/predict"): {"200", "400", "404", "409", "413", "415", "422"},
+    }
+    for (method, path), statuses in expected.items():
+        answers = schema["paths"][path][method]["responses"]
+        assert set(answers) == statuses, (path, set(answers))
+        for status in statuses - {"200", "202", "204"}:
+            assert answers[status]["content"]["application/json"]["schema"] == error, (path, status)
+    body = schema["paths"]["/api/train"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["additionalProperties"] is False and body["properties"]["model"]["enum"] == list(live.LIVE_MODELS)
+    # The 422 FastAPI makes itself (a parameter of the wrong type) has the documented shape too.
+    assert set(server.get("/api/runs/x/evaluation?epoch=abc").json()) == {"detail"}
+
+
+def test_the_training_schema_has_the_servers_limits_and_trainconfigs_bounds():
+    schema = live.train_body_schema(live.Limits(max_epochs=5, max_train_images=500))["properties"]
+    assert schema["epochs"]["maximum"] == 5 and schema["epochs"]["type"] == "integer"  # null: 200 epochs > 5.
+    assert schema["train_limit"]["maximum"] == 500 and schema["train_limit"]["type"] == "integer"
+    assert live.train_body_schema(live.Limits())["properties"]["epochs"]["type"] == ["integer", "null"]
+    for name, bounds in live.FIELD_BOUNDS.items():  # The largest (smallest) value passes, one step beyond fails.
+        for key, limit in bounds.items():
+            step = {"maximum": 1, "minimum": -1, "exclusiveMinimum": 0}[key]
+            inside = limit if key != "exclusiveMinimum" else 1e-9
+            live.config_from_values({name: inside})
+            with pytest.raises(config.ConfigError):
+                live.config_from_values({name: limit + step})
+
+
+def test_a_405_lists_every_method_of_its_path(server):
+    for method, path, allowed in (
+        ("OPTIONS", "/api/train", "GET, POST"),
+        ("PUT", "/api/train", "GET, POST"),
+        ("DELETE", "/api/runs/x", "GET"),
+        ("GET", "/api/predict", "POST"),
+    ):
+        answer = server.request(method, path)
+        assert answer.status_code == 405 and answer.headers["allow"] == allowed, (method, path, answer.headers)
+        assert path in answer.json()["detail"]
+
+
+def test_with_tokens_the_schema_names_them_and_401_403(tmp_path):
+    guarded = serving.create_app(
+        runs_dir=tmp_path / "runs", permissions=access.Access(OPERATOR, VIEWER), log=lambda *args: None
+    )
+    with TestClient(guarded) as client:
+        schema = client.get("/openapi.json", headers={"Authorization": f"Bearer {VIEWER}"}).json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearer"]["scheme"] == "bearer"
+    assert (schemes["token_query"]["in"], schemes["token_query"]["name"]) == ("query", "token")
+    assert (schemes["token_cookie"]["in"], schemes["token_cookie"]["name"]) == ("cookie", access.COOKIE)
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            assert {"401", "403"} <= set(operation["responses"])

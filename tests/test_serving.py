@@ -329,7 +329,7 @@ def test_oversized_file_in_multipart_under_the_body_limit(client):
 def test_other_methods_and_paths(client):
     assert client.get("/api/predict").status_code == 405
     missing = client.get("/api/nothing")
-    assert missing.status_code == 404 and missing.json()["detail"] == "Not Found"
+    assert missing.status_code == 404 and missing.json()["detail"] == "Nothing is at /api/nothing; /docs lists the API."
 
 
 # --- A real server on loopback (conftest's live_server) ----------------------------------

@@ -20,7 +20,8 @@ Endpoints here (the training ones are in `live`, the tokens in `access`):
 - `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
-wrong: bodies over 5 MB (413, from Content-Length and again while reading; the
+wrong (`openapi.ErrorBody`; /openapi.json names every status each route gives, see `openapi`):
+bodies over 5 MB (413, from Content-Length and again while reading; the
 body is read to its end, up to DRAIN_LIMIT_BYTES, before the answer, so that clients
 which do not wait for `Expect: 100-continue` see the 413 rather than a reset),
 pictures over 4096 pixels a side (413, before decoding), files that are not
@@ -53,8 +54,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 import digitlab
-from digitlab import imaging, predict
-from digitlab.serve import access, live, networks
+from digitlab import data, errors, imaging, predict
+from digitlab.serve import access, live, networks, openapi
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing adds a few hundred bytes around the file; allow for it.
@@ -376,14 +377,20 @@ async def health(request: Request):
 @router.post(
     "/api/predict",
     response_model=PredictResponse,
-    responses={
-        400: {"description": "Malformed JSON or multipart body."},
-        404: {"description": "No such run, or no record of that epoch."},
-        409: {"description": "No network to ask yet (nothing served, or the run has no epoch yet), or it diverged."},
-        413: {"description": "Body over 5 MB or picture over 4096 pixels a side."},
-        415: {"description": "A content type other than multipart, JSON or image/*."},
-        422: {"description": "Not a picture, truncated, empty, or pixels of the wrong shape or range."},
-    },
+    responses=openapi.errors(
+        400,
+        404,
+        409,
+        413,
+        415,
+        422,
+        s400="Malformed JSON or multipart body.",
+        s409="No network to ask yet (nothing served, or the run has no epoch yet), it diverged, or the run's "
+        "files are damaged.",
+        s413="Body over 5 MB or picture over 4096 pixels a side.",
+        s415="A content type other than multipart, JSON or image/*.",
+        s422="Not a picture, truncated, empty, or pixels of the wrong shape or range.",
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -404,7 +411,10 @@ async def health(request: Request):
 async def predict_digit(
     request: Request,
     run: Annotated[str | None, Query(description="Ask this saved run's network instead of the served one.")] = None,
-    epoch: Annotated[int | None, Query(description="... as it was after this epoch (default: its last).")] = None,
+    epoch: Annotated[
+        int | None,
+        Query(ge=1, description="... as it was after this epoch (default: its last; alone: the served run's)."),
+    ] = None,
 ):
     """Reads the digit in a picture (multipart field `file`, or the raw body) or in 28x28 JSON pixels."""
     served, trainer = _served(request), _trainer(request)
@@ -413,8 +423,9 @@ async def predict_digit(
     if run is not None or epoch is not None:
         if trainer is None:
             raise HTTPException(404, "This server serves one network and keeps no runs; leave out run and epoch.")
-        if run is None:
-            raise HTTPException(422, "Name the run whose epoch to ask: ?run=NAME&epoch=E.")
+        if run is None and not served.run_name:
+            raise HTTPException(409, "No run is served here, so name the run whose epoch to ask: ?run=NAME&epoch=E.")
+        run = served.run_name if run is None else run
         row, asked = trainer.networks.probabilities(run, epoch, pixels)
         extra = {"run": run, "epoch": asked}
     elif served.model is not None:
@@ -430,9 +441,19 @@ async def predict_digit(
     return JSONResponse(answer)
 
 
+_PLACES = {"query": "The query parameter", "path": "The path parameter", "header": "The header", "body": "The body"}
+
+
 async def _validation_error(request: Request, error: RequestValidationError):
-    messages = [f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg', '')}" for item in error.errors()]
-    return JSONResponse({"detail": "; ".join(messages) or "The request is not valid."}, status_code=422)
+    """A parameter of the wrong type or out of range, as one sentence (ErrorBody, not FastAPI's list)."""
+    messages = []
+    for item in error.errors():
+        location = [str(part) for part in item.get("loc", ())]
+        place = _PLACES.get(location[0], "The request") if location else "The request"
+        got = item.get("input")
+        shown = "" if got is None else f", got {json.dumps(got, default=str)[:60]}"
+        messages.append(f"{place} {'.'.join(location[1:])}: {item.get('msg', 'not valid')}{shown}".rstrip())
+    return JSONResponse({"detail": "; ".join(messages or ["The request is not valid"]) + "."}, status_code=422)
 
 
 async def _unexpected_error(request: Request, error: Exception):
@@ -476,20 +497,34 @@ def create_app(
         # Compiles the fast path now, so the first visitor does not wait for it.
         predict.pixel_probabilities(model, np.zeros((imaging.FIELD, imaging.FIELD), dtype=np.uint8))
     app.exception_handler(RequestValidationError)(_validation_error)
-    app.exception_handler(networks.NotFound)(_run_error)
-    app.exception_handler(networks.NotReady)(_run_error)
+    app.exception_handler(errors.DigitlabError)(_digitlab_error)
     app.exception_handler(Exception)(_unexpected_error)
     app.include_router(router)
     if trainer is not None:
         app.include_router(live.router)
+    permissions = permissions or access.Access()
+    openapi.install(app, permissions)
+    if trainer is not None:
+        generate = app.openapi
+
+        def with_limits() -> dict:  # The training body's schema holds this server's limits.
+            schema = generate()
+            body = schema["paths"]["/api/train"]["post"]["requestBody"]["content"]["application/json"]
+            body["schema"] = live.train_body_schema(trainer.limits)
+            return schema
+
+        app.openapi = with_limits  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
-    app.add_middleware(access.RequireToken, access=permissions or access.Access())
+    app.add_middleware(access.RequireToken, access=permissions)
     return app
 
 
-async def _run_error(request: Request, error: Exception):
-    return JSONResponse({"detail": str(error)}, status_code=404 if isinstance(error, networks.NotFound) else 409)
+async def _digitlab_error(request: Request, error: Exception):
+    """A user's error met while answering (a run not there, damaged, without a network yet; MNIST not
+    found) as a 4xx with its sentence (503 for the data: the server, not the request, lacks it)."""
+    status = 404 if isinstance(error, networks.NotFound) else 503 if isinstance(error, data.DataError) else 409
+    return JSONResponse({"detail": str(error)}, status_code=status)
 
 
 class _Server(uvicorn.Server):

@@ -6,9 +6,11 @@
 Endpoints (the operator's token for the POSTs when the server has tokens; see `access`):
 
 - `POST /api/train` with a JSON object of TrainConfig fields (those in PAGE_FIELDS) -> 202
-  `{"run": NAME}`. Each field is checked by TrainConfig's own rules, so a bad value gets the
-  sentence the `train` flag prints, in a 422 `{"detail": ..., "field": NAME}`; then the
-  server's limits (epochs, training images). 409 while another run trains here.
+  `{"run": NAME}`. Each field's type is checked first (a string is not a number), then its value
+  by TrainConfig's own rules, so a bad value gets the sentence the `train` flag prints, in a 422
+  `{"detail": ..., "field": NAME}`; then the server's limits (epochs, training images). 409 while
+  another run trains here. /openapi.json gives the body's schema with this server's limits
+  (`train_body_schema`).
 - `GET /api/train`: what trains now (run, epoch, who started it) and the page's choices.
 - `GET /api/train/NAME/events`: `text/event-stream`, one `epoch` event per epoch (`id:` the epoch;
   data: epoch, loss, accuracy, val_loss, val_accuracy, wall_time_s, the time it ended, its
@@ -20,7 +22,9 @@ Endpoints (the operator's token for the POSTs when the server has tokens; see `a
 - `POST /api/train/NAME/stop`: the run stops after the epoch in progress, saved as Ctrl-C saves
   it ("interrupted", `digitlab train --resume` finishes it); `POST /api/train/NAME/resume` does.
 - `GET /api/runs`, `GET /api/runs/NAME` (config, history, recorded epochs),
-  `GET /api/runs/NAME/epochs/E/tiles.png`, `GET /api/runs/NAME/evaluation?epoch=E`.
+  `GET /api/runs/NAME/epochs/E/tiles.png`, `GET /api/runs/NAME/evaluation?epoch=E`. The list
+  shows every run folder, each with `problem`: why it can't be opened (a damaged config.json, a
+  name that is not UTF-8), or null; a damaged run answers 409 with that sentence, never a 500.
 
 A run started here is an ordinary run folder (`digitlab runs` lists it) made by
 `training.train` with `record_epochs` on, so every epoch's weights are kept (`networks`).
@@ -37,21 +41,25 @@ import base64
 import dataclasses
 import datetime
 import json
+import math
+import re
 import secrets
 import threading
 import time
 import traceback
-from pathlib import Path
+import urllib.parse
+from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from digitlab import config as config_module
 from digitlab import data, errors, runs, training
 from digitlab.config import ConfigError, TrainConfig
-from digitlab.serve import access
+from digitlab.serve import access, openapi
 from digitlab.serve.networks import Networks
 
 # The TrainConfig fields the page offers; the rest keep their defaults (record_epochs is always on).
@@ -72,6 +80,18 @@ LIVE_MODELS = ("shallow", "intermediate", "deep")
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
 KEPT_JOBS = 16
+# A Last-Event-ID: an epoch number (ASCII digits only: '³'.isdigit() is true, int('³') fails) or "end".
+EVENT_ID = re.compile(r"[0-9]{1,9}|end")
+# TrainConfig.validate's bounds on the page's numeric fields, as JSON Schema for /openapi.json;
+# test_live.py holds each against TrainConfig (the largest allowed value passes, one more fails).
+FIELD_BOUNDS: dict[str, dict] = {
+    "learning_rate": {"exclusiveMinimum": 0, "maximum": 10},
+    "batch_size": {"minimum": 1, "maximum": 60_000},
+    "epochs": {"minimum": 1, "maximum": 100_000},
+    "seed": {"minimum": 0, "maximum": 2**31 - 1},
+    "train_limit": {"minimum": 1},
+}
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +126,52 @@ class Limits:
             )
 
 
-def config_from_values(values) -> TrainConfig:
-    """The resolved TrainConfig a `POST /api/train` body asks for, checked by TrainConfig's own rules.
+def _choices(name: str) -> tuple | None:
+    field = next(field for field in dataclasses.fields(TrainConfig) if field.name == name)
+    return LIVE_MODELS if name == "model" else field.metadata.get("choices")
 
-    Whole numbers given for float fields become floats, as the `train` flags parse them, so
-    that a bad value gets the very sentence the flag gets."""
+
+def _nullable(name: str) -> bool:
+    """Whether a field may be null (its default is None: "the model's default")."""
+    return next(field for field in dataclasses.fields(TrainConfig) if field.name == name).default is None
+
+
+def as_json_number(name: str, value):
+    """A page field's JSON number as TrainConfig takes it: whole numbers become floats for float fields,
+    as the `train` flags parse them, and whole floats (3.0) ints for int fields, as JSON has one kind of
+    number. Anything else is returned as it is, for TrainConfig's rules to judge."""
+    kind, _ = config_module.field_type(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if kind is float:
+        return float(value)
+    if kind is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def type_error(name: str, value) -> ConfigError | None:
+    """The sentence for a page field's value of the wrong type (a list or an object where a word is
+    wanted: TrainConfig's rules raise TypeError on those), or None when its type is right."""
+    kind, _ = config_module.field_type(name)
+    if value is None and _nullable(name):
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if (kind in (int, float) and number) or (kind in (str, bool) and isinstance(value, kind)):
+        return None
+    wanted = {str: "a word", int: "a whole number", float: "a number", bool: "true or false"}[kind]
+    choices = _choices(name)
+    if choices:
+        wanted += f" (one of {', '.join(choices)})"
+    if _nullable(name):
+        wanted += ", or null for the model's default"
+    return ConfigError(f"{name} must be {wanted}; got {json.dumps(value)[:80]}.", field=name)
+
+
+def config_from_values(values) -> TrainConfig:
+    """The resolved TrainConfig a `POST /api/train` body asks for, checked by TrainConfig's own rules,
+    so that a bad value gets the very sentence the flag gets; a value those rules cannot even compare
+    (a list or an object for a word) gets `type_error`'s sentence."""
     if not isinstance(values, dict):
         raise ConfigError(
             'The body must be a JSON object of TrainConfig fields, e.g. {"learning_rate": 0.5, "epochs": 3}.'
@@ -122,24 +183,80 @@ def config_from_values(values) -> TrainConfig:
                 "`digitlab train`.",
                 field=name if isinstance(name, str) else None,
             )
-    given = {}
-    for name, value in values.items():
+    given = {name: as_json_number(name, value) for name, value in values.items()}
+    try:
+        return TrainConfig(**given, record_epochs=True, seeds=1, engine="auto").resolved()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        for name, value in given.items():
+            wrong = type_error(name, value)
+            if wrong is not None:
+                raise wrong from None
+        raise ConfigError(f"The body's values do not make a training configuration ({error}).") from None
+
+
+def train_body_schema(limits: Limits) -> dict:
+    """The JSON Schema of a `POST /api/train` body on a server with these limits: every page field's
+    type, choices and bounds, so that a body it allows trains (or waits its turn: 409)."""
+    properties = {}
+    for name in PAGE_FIELDS:
         kind, _ = config_module.field_type(name)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        given[name] = value
-    return TrainConfig(**given, record_epochs=True, seeds=1, engine="auto").resolved()
+        field = next(field for field in dataclasses.fields(TrainConfig) if field.name == name)
+        schema: dict = {"type": _JSON_TYPES[kind], "description": field.metadata["help"]}
+        if _choices(name):
+            schema["enum"] = list(_choices(name) or ())
+        schema.update(FIELD_BOUNDS.get(name, {}))
+        if name == "epochs":
+            schema["maximum"] = min(schema["maximum"], limits.max_epochs)
+        if name == "train_limit":
+            schema["maximum"] = limits.max_train_images
+        # null is the model's default: allowed where every net's default is within this server's limits.
+        nullable = _nullable(name) and not (
+            (name == "train_limit" and limits.max_train_images < 60_000)
+            or (
+                name == "epochs"
+                and any(config_module.MODEL_DEFAULTS[net]["epochs"] > limits.max_epochs for net in LIVE_MODELS)
+            )
+        )
+        if nullable:
+            schema["type"] = [schema["type"], "null"]
+            if "enum" in schema:
+                schema["enum"].append(None)
+        properties[name] = schema
+    example = {
+        "model": "shallow",
+        "learning_rate": 0.5,
+        "epochs": min(3, limits.max_epochs),
+        "train_limit": min(2000, limits.max_train_images),
+    }
+    return {"type": "object", "properties": properties, "additionalProperties": False, "example": example}
 
 
 def _frame(event: str, event_id: str, payload: dict) -> bytes:
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(payload)}\n\n".encode()
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(finite(payload))}\n\n".encode()
+
+
+def finite(value):
+    """`value` with every float that is not a number (a diverged run's loss) as None: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def tiles_url(run_name: str, epoch: int) -> str:
+    return f"/api/runs/{urllib.parse.quote(run_name, safe='')}/epochs/{epoch}/tiles.png"
 
 
 def epoch_payload(run_name: str, epochs: int | None, history: dict, epoch: int, tiles: bool, **extra) -> dict:
     """The data of epoch `epoch`'s event (1-based), from a run's history; `tiles`: whether it has tiles."""
     payload = {"run": run_name, "epoch": epoch, "epochs": epochs}
     payload.update({key: history[key][epoch - 1] for key in runs.HISTORY_KEYS})
-    payload["tiles"] = f"/api/runs/{run_name}/epochs/{epoch}/tiles.png" if tiles else None
+    payload["tiles"] = tiles_url(run_name, epoch) if tiles else None
     payload.update(extra)
     return payload
 
@@ -227,7 +344,7 @@ class Trainer:
     """Starts, stops and resumes this server's one training at a time, and keeps its events."""
 
     def __init__(self, runs_dir, data_path=None, limits: Limits | None = None, log=print):
-        self.runs_dir, self.data_path = Path(runs_dir), data_path
+        self.runs_dir, self.data_path = FilePath(runs_dir), data_path
         self.limits = limits or Limits()
         self.log = log
         self.networks = Networks(self.runs_dir, self.loaded)
@@ -449,26 +566,46 @@ async def training_now(request: Request):
     }
 
 
+OPERATOR_ONLY = "A view-only token, or a request from another site."
+
+
+class Started(BaseModel):
+    """What `POST /api/train` and `POST /api/train/NAME/resume` answer."""
+
+    run: str = Field(description="The run's folder name.")
+    events: str = Field(description="The URL of its events.")
+
+
+class Stopping(BaseModel):
+    """What `POST /api/train/NAME/stop` answers."""
+
+    run: str
+    status: str
+    detail: str
+
+
 @router.post(
     "/api/train",
     status_code=202,
     dependencies=[Operator],
-    responses={
-        400: {"description": "The body is not JSON."},
-        403: {"description": "A view-only token, or a request from another site."},
-        409: {"description": "Another run trains here now."},
-        422: {"description": "A field is not allowed: `detail` says why (as the train flag would), `field` names it."},
-        503: {"description": "The server cannot find MNIST."},
-    },
+    response_model=Started,
+    responses=openapi.errors(
+        400,
+        403,
+        409,
+        422,
+        503,
+        s400="The body is not JSON.",
+        s403=OPERATOR_ONLY,
+        s409="Another run trains here now.",
+        s422="A field is not allowed: `detail` says why (as the train flag would), `field` names it.",
+        s503="The server cannot find MNIST.",
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"type": "object", "properties": {name: {} for name in PAGE_FIELDS}},
-                    "example": {"model": "shallow", "learning_rate": 0.5, "epochs": 3, "train_limit": 2000},
-                }
-            },
+            # The body's schema with this server's limits: `train_body_schema`, put in by app.create_app.
+            "content": {"application/json": {"schema": {"type": "object"}}},
         }
     },
 )
@@ -488,7 +625,11 @@ async def start_training(request: Request):
     except ConfigError as error:
         return JSONResponse({"detail": str(error), "field": error.field}, status_code=422)
     job = await trainer.start(config, _client(request))
-    return {"run": job.name, "events": f"/api/train/{job.name}/events"}
+    return JSONResponse(_started(job), status_code=202)
+
+
+def _started(job: Job) -> dict:
+    return {"run": job.name, "events": f"/api/train/{urllib.parse.quote(job.name, safe='')}/events"}
 
 
 def _reject_constant(name: str):
@@ -499,14 +640,31 @@ def _reject_constant(name: str):
     "/api/train/{name}/events",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "`epoch` events, then one `end` event."},
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "`epoch` events, then one `end` event.",
+        },
         204: {"description": "Last-Event-ID was `end`: nothing more will come."},
-        400: {"description": "A Last-Event-ID that is not an epoch number or `end`."},
-        404: {"description": "No such run."},
-        503: {"description": "The server has as many viewers as it allows."},
+        **openapi.errors(
+            400,
+            404,
+            409,
+            422,
+            503,
+            s400="A Last-Event-ID header that is not an epoch number or `end`.",
+            s409="The run's files are damaged (see `detail`).",
+            s503="The server has as many viewers as it allows.",
+        ),
     },
 )
-async def events(request: Request, name: str, last_event_id: Annotated[str | None, Query()] = None):
+async def events(
+    request: Request,
+    name: str,
+    last_event_id: Annotated[
+        str | None,
+        Query(pattern=f"^(?:{EVENT_ID.pattern})$", description="As the Last-Event-ID header: the epochs after it."),
+    ] = None,
+):
     """The run's epochs as Server-Sent Events, live while it trains here (`Last-Event-ID` resumes)."""
     trainer = trainer_of(request)
     job = trainer.jobs.get(name)
@@ -517,7 +675,7 @@ async def events(request: Request, name: str, last_event_id: Annotated[str | Non
         if job is None or job.ended:
             return Response(status_code=204)
         seen_text = ""
-    if seen_text and not seen_text.isdigit():
+    if seen_text and not EVENT_ID.fullmatch(seen_text):
         raise HTTPException(400, f"Last-Event-ID must be an epoch number or 'end'; got {seen_text[:40]!r}.")
     seen = int(seen_text or 0)
     if trainer.viewers >= trainer.limits.max_viewers:
@@ -556,19 +714,42 @@ async def events(request: Request, name: str, last_event_id: Annotated[str | Non
     )
 
 
-@router.post("/api/train/{name}/stop", status_code=202, dependencies=[Operator])
+@router.post(
+    "/api/train/{name}/stop",
+    status_code=202,
+    dependencies=[Operator],
+    response_model=Stopping,
+    responses=openapi.errors(403, 404, 409, s403=OPERATOR_ONLY, s409="The run is not training here."),
+)
 async def stop_training(request: Request, name: str):
     """Stops the run after the epoch in progress; it is saved as interrupted, resumable."""
     job = trainer_of(request).stop(name)
-    return {
+    answer = {
         "run": job.name,
         "status": "stopping",
         "detail": "The run stops after the epoch in progress and is saved; resume it here, or with "
-        f"`{runs.resume_command(Path(trainer_of(request).runs_dir) / job.name)}`.",
+        f"`{runs.resume_command(FilePath(trainer_of(request).runs_dir) / job.name)}`.",
     }
+    return JSONResponse(answer, status_code=202)
 
 
-@router.post("/api/train/{name}/resume", status_code=202, dependencies=[Operator])
+@router.post(
+    "/api/train/{name}/resume",
+    status_code=202,
+    dependencies=[Operator],
+    response_model=Started,
+    responses=openapi.errors(
+        403,
+        404,
+        409,
+        422,
+        503,
+        s403=OPERATOR_ONLY,
+        s409="The run is complete, training, damaged, or has no checkpoint; or another run trains here.",
+        s422="The run asks more than this server's limits allow.",
+        s503="The server cannot find MNIST.",
+    ),
+)
 async def resume_training(request: Request, name: str):
     """Resumes an interrupted run from its last checkpoint, here (as `digitlab train --resume` would)."""
     trainer = trainer_of(request)
@@ -588,25 +769,25 @@ async def resume_training(request: Request, name: str):
     except ConfigError as error:
         return JSONResponse({"detail": str(error), "field": error.field}, status_code=422)
     job = await trainer.start(config, _client(request), resume=run)
-    return {"run": job.name, "events": f"/api/train/{job.name}/events"}
+    return JSONResponse(_started(job), status_code=202)
 
 
-@router.get("/api/runs")
+@router.get("/api/runs", responses=openapi.errors(409, s409="The runs folder cannot be read."))
 async def list_runs(request: Request):
-    """The saved runs (as `digitlab runs` lists them), with how many epochs each recorded."""
+    """The saved runs (as `digitlab runs` lists them), with how many epochs each recorded and, for one
+    that cannot be opened, `problem`: why."""
     trainer = trainer_of(request)
 
     def rows():
-        found = runs.list_runs(trainer.runs_dir)
+        found = trainer.networks.listing()
         for row in found:
-            row["recorded_epochs"] = len(runs.Run(trainer.runs_dir / row["run"]).recorded_epochs())
             row["training"] = trainer.current is not None and trainer.current.name == row["run"]
         return found
 
-    return {"runs_dir": str(trainer.runs_dir), "runs": await run_in_threadpool(rows)}
+    return finite({"runs_dir": str(trainer.runs_dir), "runs": await run_in_threadpool(rows)})
 
 
-@router.get("/api/runs/{name}")
+@router.get("/api/runs/{name}", responses=openapi.errors(404, 409, s409="The run's files are damaged."))
 async def run_detail(request: Request, name: str):
     """One run: its status, config, history (first seed) and the epochs whose network can be asked."""
     trainer = trainer_of(request)
@@ -616,23 +797,31 @@ async def run_detail(request: Request, name: str):
     except runs.RunError:
         history = {key: [] for key in runs.HISTORY_KEYS}
     recorded = run.recorded_epochs()
-    return {
-        "run": run.name,
-        "status": run.status(),
-        "config": run.config().to_dict(),
-        "history": history,
-        "recorded_epochs": [recorded[0], recorded[-1]] if recorded else None,
-        "final_epoch": trainer.networks.final_epoch(run),
-        "training": trainer.current is not None and trainer.current.name == name,
-    }
+    return finite(
+        {
+            "run": run.name,
+            "status": run.status(),
+            "config": run.config().to_dict(),
+            "history": history,
+            "recorded_epochs": [recorded[0], recorded[-1]] if recorded else None,
+            "final_epoch": trainer.networks.final_epoch(run),
+            "training": trainer.current is not None and trainer.current.name == name,
+        }
+    )
 
 
 @router.get(
     "/api/runs/{name}/epochs/{epoch}/tiles.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "The first layer's weights, one tile a unit."}},
+    responses={
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The first layer's weights, one tile a unit.",
+        },
+        **openapi.errors(404, 409, 422, s409="The run has no network yet, or its files are damaged."),
+    },
 )
-async def tiles(request: Request, name: str, epoch: int):
+async def tiles(request: Request, name: str, epoch: Annotated[int, Path(ge=1)]):
     """The first Dense layer's weights after `epoch` as 28x28 tiles, one colour scale (as hidden_units.png)."""
     networks = trainer_of(request).networks
     # Every viewer asks for each epoch's tiles as it arrives: after the first, they come from memory.
@@ -640,8 +829,18 @@ async def tiles(request: Request, name: str, epoch: int):
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/api/runs/{name}/evaluation")
-async def run_evaluation(request: Request, name: str, epoch: int | None = None):
+@router.get(
+    "/api/runs/{name}/evaluation",
+    responses=openapi.errors(
+        404,
+        409,
+        422,
+        503,
+        s409="The run has no network yet, it diverged, or its files are damaged.",
+        s503="The server cannot find MNIST.",
+    ),
+)
+async def run_evaluation(request: Request, name: str, epoch: Annotated[int | None, Query(ge=1)] = None):
     """Accuracy, confusion matrix and the most confidently wrong digits after `epoch` (default: the last)."""
     networks = trainer_of(request).networks
-    return await run_in_threadpool(networks.evaluation, name, epoch)
+    return finite(await run_in_threadpool(networks.evaluation, name, epoch))

@@ -13,6 +13,10 @@ config) and call `predict.pixel_probabilities`, the fast path the drawing page a
 so the network asked is Keras's own, only its weights change with the epoch. Everything is
 kept in small caches; the tiles and evaluations of an epoch never change, so each is computed
 once.
+
+Any folder of runs_dir that holds a config.json is a run: `listing()` lists each one, and says
+why it can't be opened where it can't (a name that is not UTF-8, a damaged config.json);
+`open` opens exactly those it lists as openable, by the same rule (`name_problem`).
 """
 
 from __future__ import annotations
@@ -20,20 +24,21 @@ from __future__ import annotations
 import collections
 import functools
 import io
-import re
+import os
 import threading
+import unicodedata
 from collections.abc import Callable
 
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from digitlab import data, evaluation, imaging, models, predict, runs
+from digitlab import data, errors, evaluation, imaging, models, predict, runs
 from digitlab.plots import inside as plots_inside
 
-# Run folder names as digitlab makes them; anything else (a path, "..") is never looked up.
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 TILE_GAP = 2
+# The longest folder name Linux allows, in bytes.
+MAX_NAME_BYTES = 255
 
 
 class NotFound(runs.RunError):
@@ -42,6 +47,36 @@ class NotFound(runs.RunError):
 
 class NotReady(runs.RunError):
     """A run that has no network to ask yet, or whose network diverged (the API answers 409)."""
+
+
+class Unusable(runs.RunError):
+    """A run whose files cannot be used as they are: a damaged or edited config.json, weights that do
+    not fit the network it describes (the API answers 409)."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why a folder of the runs folder cannot be opened by its name in a URL, or None when it can.
+
+    The one rule for `Networks.open` and `Networks.listing`: any name a URL path can carry as one
+    segment (UTF-8, no '/', no control characters), except hidden ones ('.', '..', '.x')."""
+    if not name:
+        return "its name is empty"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir's stand-ins for bytes that are not UTF-8.
+        return "its name is not UTF-8, so no URL can name it; rename the folder"
+    if name.startswith("."):
+        return "its name starts with '.' (a hidden folder)"
+    if "/" in name or any(unicodedata.category(character) == "Cc" for character in name):
+        return "its name holds a '/' or a control character; rename the folder"
+    if len(encoded) > MAX_NAME_BYTES:
+        return f"its name is over {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def shown_name(name: str) -> str:
+    """A folder name as text that JSON can carry: bytes that are not UTF-8 become U+FFFD."""
+    return os.fsencode(name).decode("utf-8", errors="replace")
 
 
 class _Cache(collections.OrderedDict):
@@ -77,13 +112,53 @@ class Networks:
         self._lock = threading.Lock()  # The caches are shared with worker threads.
 
     def open(self, name: str) -> runs.Run:
-        """The run folder `name` directly under runs_dir; NotFound if there is none."""
-        if not RUN_NAME.fullmatch(name or "") or self.runs_dir is None:
+        """The run folder `name` directly under runs_dir, its config.json checked: NotFound if there is
+        none (or its name is one `listing` shows as not openable), Unusable if its config is damaged."""
+        if self.runs_dir is None or name_problem(name) is not None:
             raise NotFound(f"No run named {name!r} here. The page lists the saved runs (GET /api/runs).")
+        path = runs.Path(self.runs_dir) / name
+        if not (path / runs.CONFIG_FILE).is_file():
+            raise NotFound(f"No run named {name!r} in {self.runs_dir}. GET /api/runs lists them.")
         try:
-            return runs.open_run(runs.Path(self.runs_dir) / name)
-        except runs.RunError:
-            raise NotFound(f"No run named {name!r} in {self.runs_dir}. GET /api/runs lists them.") from None
+            run = runs.open_run(path)
+            run.config()
+        except errors.DigitlabError as error:
+            raise Unusable(f"The run {name} cannot be opened: {error}") from None
+        return run
+
+    def listing(self) -> list[dict]:
+        """Every run folder (one holding a config.json) as `digitlab runs` lists it, oldest first, with
+        `problem`: why it cannot be opened (None when it can). A damaged run never hides the others."""
+        folder = runs.Path(self.runs_dir)
+        try:
+            names = sorted(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as error:
+            raise Unusable(f"The runs folder {folder} cannot be read ({error.strerror}).") from None
+        rows = []
+        for name in names:
+            path = folder / name
+            try:
+                if not (path / runs.CONFIG_FILE).is_file():
+                    continue
+            except OSError:
+                continue
+            problem = name_problem(name)
+            row: dict = {"run": shown_name(name), "status": "unknown", "model": "?"}
+            if problem is None:
+                try:
+                    self.open(name)
+                    row.update(runs.Run(path).summary())
+                    row["recorded_epochs"] = len(runs.Run(path).recorded_epochs())
+                except errors.DigitlabError as error:
+                    problem = str(error)
+                except Exception as error:  # A file digitlab did not write: the row says so, the list goes on.
+                    problem = f"The run {name} cannot be read ({type(error).__name__}: {error})."
+            row.setdefault("recorded_epochs", 0)
+            row["problem"] = problem
+            rows.append(row)
+        return rows
 
     def final_epoch(self, run: runs.Run) -> int | None:
         """The last epoch whose network can be asked: the last recorded, or a complete run's last."""
@@ -145,7 +220,7 @@ class Networks:
             model = models.build_model(self.open(name).config())
             holds = None
         if holds != epoch:
-            model.set_weights(weights)
+            _set_weights(model, weights, name)
         self._models.remember(name, (model, epoch))
         row = predict.pixel_probabilities(model, pixels)[0]
         if not np.all(np.isfinite(row)):
@@ -184,7 +259,7 @@ class Networks:
         config = run.config()
         images, labels, description = evaluation.evaluation_images(run, self.loaded_data().arrays)
         model = models.build_model(config)  # Its own model: this runs beside the event loop's.
-        model.set_weights(weights)
+        _set_weights(model, weights, name)
         inputs = data.to_inputs(images, flat=not models.is_convolutional(config.model))
         probabilities = np.asarray(model.predict(inputs, batch_size=1000, verbose=0))
         if not np.all(np.isfinite(probabilities)):
@@ -213,6 +288,18 @@ class Networks:
         }
         with self._lock:
             return self._evaluations.remember((name, epoch), result)
+
+
+def _set_weights(model, weights: list[np.ndarray], name: str) -> None:
+    """Loads a run's weights into the network its config describes; Unusable when they do not fit it
+    (a config.json edited after training, say "batch_norm" turned on)."""
+    try:
+        model.set_weights(weights)
+    except ValueError as error:
+        raise Unusable(
+            f"The weights of the run {name} do not fit the network its config.json describes ({error}); "
+            "was config.json edited after training? Put it back as the run wrote it, or train again."
+        ) from None
 
 
 @functools.cache

@@ -458,7 +458,9 @@
       tick.addEventListener("change", () => toggleOverlay(summary.run, tick.checked));
       row.insertCell().appendChild(tick);
       row.insertCell().textContent = summary.run;
-      row.insertCell().textContent = summary.training ? "training" : summary.status;
+      const status = row.insertCell();
+      status.textContent = summary.training ? "training" : summary.problem ? "can't open" : summary.status;
+      if (summary.problem) status.title = summary.problem; // Why: a damaged config.json, a name that is not UTF-8.
       row.insertCell().textContent = summary.model || "?";
       row.insertCell().textContent = summary.learning_rate ?? "";
       row.insertCell().textContent = `${summary.epochs}/${summary.epochs_planned ?? "?"}`;
@@ -467,6 +469,7 @@
       open.type = "button";
       open.className = "button secondary small open-run";
       open.textContent = "Open";
+      open.disabled = tick.disabled = Boolean(summary.problem);
       open.addEventListener("click", () => watch(summary.run, summary.training));
       row.insertCell().appendChild(open);
     });
