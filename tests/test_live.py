@@ -599,6 +599,10 @@ def test_the_training_schema_has_the_servers_limits_and_trainconfigs_bounds():
     schema = live.train_body_schema(live.Limits(max_epochs=5, max_train_images=500))["properties"]
     assert schema["epochs"]["maximum"] == 5 and schema["epochs"]["type"] == "integer"  # null: 200 epochs > 5.
     assert schema["train_limit"]["maximum"] == 500 and schema["train_limit"]["type"] == "integer"
+    assert live.train_body_schema(live.Limits(max_epochs=5, max_train_images=500))["required"] == [
+        "epochs",
+        "train_limit",
+    ]
     assert live.train_body_schema(live.Limits())["properties"]["epochs"]["type"] == ["integer", "null"]
     for name, bounds in live.FIELD_BOUNDS.items():  # The largest (smallest) value passes, one step beyond fails.
         for key, limit in bounds.items():

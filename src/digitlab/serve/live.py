@@ -91,6 +91,17 @@ FIELD_BOUNDS: dict[str, dict] = {
     "seed": {"minimum": 0, "maximum": 2**31 - 1},
     "train_limit": {"minimum": 1},
 }
+# One Server-Sent Event of GET /api/train/NAME/events (as the OpenAPI 3.2 itemSchema of an event stream).
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["epoch", "tiles", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "A JSON object."},
+        "id": {"type": "string", "description": "The epoch, or `end`; none for `tiles`."},
+        "retry": {"type": "integer"},
+    },
+}
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -199,7 +210,7 @@ def config_from_values(values) -> TrainConfig:
 def train_body_schema(limits: Limits) -> dict:
     """The JSON Schema of a `POST /api/train` body on a server with these limits: every page field's
     type, choices and bounds, so that a body it allows trains (or waits its turn: 409)."""
-    properties = {}
+    properties, required = {}, []
     for name in PAGE_FIELDS:
         kind, _ = config_module.field_type(name)
         field = next(field for field in dataclasses.fields(TrainConfig) if field.name == name)
@@ -223,6 +234,8 @@ def train_body_schema(limits: Limits) -> dict:
             schema["type"] = [schema["type"], "null"]
             if "enum" in schema:
                 schema["enum"].append(None)
+        elif _nullable(name):  # Left out, it would be the model's default, over this server's limits.
+            required.append(name)
         properties[name] = schema
     example = {
         "model": "shallow",
@@ -230,7 +243,13 @@ def train_body_schema(limits: Limits) -> dict:
         "epochs": min(3, limits.max_epochs),
         "train_limit": min(2000, limits.max_train_images),
     }
-    return {"type": "object", "properties": properties, "additionalProperties": False, "example": example}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+        "example": example,
+    }
 
 
 def _frame(event: str, event_id: str, payload: dict) -> bytes:
@@ -641,7 +660,7 @@ def _reject_constant(name: str):
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
             "description": "`epoch` events, then one `end` event.",
         },
         204: {"description": "Last-Event-ID was `end`: nothing more will come."},
