@@ -321,6 +321,29 @@ def prepare(arrays: dict[str, np.ndarray], validation: str = "test", train_limit
     return ((to_inputs(x_train, flat), to_targets(y_train)), (to_inputs(x_valid, flat), to_targets(y_valid)), test)
 
 
+# The prepared data of the latest `prepared` call, by its key: one entry, so a process keeps one copy.
+_PREPARED: dict[tuple, tuple] = {}
+
+
+def prepared(loaded: Loaded, validation: str = "test", train_limit: int | None = None, flat: bool = True):
+    """`prepare(loaded.arrays, ...)`, kept for the process and given again for the same data and split.
+
+    The key is the data's SHA-256s, the validation split, the training limit and the shape, so
+    changing any of them prepares afresh. The arrays are made read-only: runs share them, and the
+    engine keeps the sparse rows it builds from them (`engine.sparse.cached_rows`) for as long as
+    they live. A sweep's worker trains trial after trial on one copy; `digitlab serve` run after run.
+    """
+    key = (tuple(sorted(loaded.sha256.items())), validation, train_limit, flat)
+    if key not in _PREPARED:
+        _PREPARED.clear()  # The earlier data's arrays (and their sparse rows) go once no run holds them.
+        result = prepare(loaded.arrays, validation, train_limit, flat)
+        (x, y), (x_valid, y_valid), _ = result
+        for array in (x, y, x_valid, y_valid):
+            array.flags.writeable = False
+        _PREPARED[key] = result
+    return _PREPARED[key]
+
+
 def split(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None):
     """Chooses the training, validation and test images for a run.
 

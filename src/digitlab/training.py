@@ -123,8 +123,8 @@ class _Session:
         self.config, self.data, self.print_fn = config, loaded, print_fn
         self.on_epoch_end, self.metadata = on_epoch_end, metadata or {}
         self.flat = not models.is_convolutional(config.model)
-        (self.train_inputs, self.train_targets), self.validation_data, self.test = data.prepare(
-            loaded.arrays, config.validation, config.train_limit, self.flat
+        (self.train_inputs, self.train_targets), self.validation_data, self.test = data.prepared(
+            loaded, config.validation, config.train_limit, self.flat
         )
         assert config.seed is not None and config.epochs is not None, "a session takes a resolved config with its seed"
         self.seed, self.epochs = config.seed, config.epochs

@@ -213,7 +213,7 @@ class NumpyBackend:
         if reason is not None:
             return FirstLayerPlan(kernel=None, reason=reason)
         kernel = "AVX2" if sparse.simd() else "portable C"
-        density = None if x is None else sparse.density(x)
+        density = None if x is None else sparse.cached_density(x)
         if density is not None and density > sparse.MAX_DENSITY:
             return FirstLayerPlan(
                 kernel=None, reason=f"{density:.0%} of the inputs are nonzero, too many for the sparse C kernel"
@@ -221,7 +221,8 @@ class NumpyBackend:
         whole_epochs = self._fusable()
         rows = None
         if x is not None:
-            rows = (sparse.SparseRows(x), None if validation is None else sparse.SparseRows(validation[0]))
+            # Built once per process for the same data (read-only arrays from `data.prepared`).
+            rows = (sparse.cached_rows(x), None if validation is None else sparse.cached_rows(validation[0]))
         return FirstLayerPlan(
             kernel=kernel,
             density=density,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,47 @@ class SparseRows:
         )
         self.most_per_row = int(np.diff(self.starts).max()) if len(x) else 0
         self._pointers = (self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
+
+
+# The sparse rows of read-only arrays, by the array's identity (`cached_rows`); an entry goes with its array.
+_CACHED: dict[int, tuple[weakref.ref, SparseRows]] = {}
+
+
+def cached_rows(x: np.ndarray) -> SparseRows:
+    """`SparseRows(x)`, built once for as long as `x` lives when `x` is a read-only float32 matrix.
+
+    A read-only array cannot change under the rows (its data belongs to it, or to a read-only
+    base), so the rows built for it hold for every later run that trains on the same array: the
+    arrays `data.prepared` keeps for a process (a sweep's worker trains trial after trial on them,
+    the page's server run after run). Any other array gets rows of its own each time.
+    """
+    own = x.base is None or (isinstance(x.base, np.ndarray) and not x.base.flags.writeable)
+    if x.flags.writeable or not own or x.dtype != np.float32 or not x.flags.c_contiguous:
+        return SparseRows(x)
+    entry = _CACHED.get(id(x))
+    if entry is not None and entry[0]() is x:
+        return entry[1]
+    rows = SparseRows(x)
+    key = id(x)
+
+    def forget(_: weakref.ref) -> None:
+        _CACHED.pop(key, None)
+
+    _CACHED[key] = (weakref.ref(x, forget), rows)
+    return rows
+
+
+def cached_density(x: np.ndarray) -> float:
+    """`density(x)`, from the rows `cached_rows` holds for `x` where it holds some (they count the same)."""
+    entry = _CACHED.get(id(x))
+    if entry is not None and entry[0]() is x:
+        return float(len(entry[1].vals)) / max(x.size, 1)
+    return density(x)
+
+
+def forget_cached_rows() -> None:
+    """Empties `cached_rows`'s cache (the next run builds its rows again: for measuring)."""
+    _CACHED.clear()
 
 
 class Transpose:

@@ -1,0 +1,210 @@
+"""Where `digitlab train --seed 0` spends its time before the first epoch and after the last, in one table.
+
+    python scripts/startup_bench.py                 # 3 epochs, 3 runs of each way
+    python scripts/startup_bench.py --epochs 200    # the book's whole run
+
+Three ways of running the same command, each `--repeats` times, one after another:
+with JAX's compilation cache empty (a first run on a machine), with it filled (every
+later run: the default since digitlab turns the cache on), and with it off
+(JAX_ENABLE_COMPILATION_CACHE=false, as before). Each row gives the median wall time
+from the command to its first epoch's line, to its "Done" line and to its exit, and
+the CPU seconds of the process (user + system). A second table times the phases
+inside one process the way `training.train` runs them (imports, data, the split and
+one-hot targets, the Keras models, the engine, the sparse rows, the first epoch,
+saving the model and curves), with the compilation cache filled; a third lists the
+big packages the training module imports and what each costs (`python -X importtime`).
+The machine and its load average head the tables: on a busy machine every figure
+is "under load" and only the rows of one run compare with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The packages whose import time the third table shows (cumulative, as importtime reports them).
+PACKAGES = ("keras", "jax", "matplotlib.pyplot", "pandas", "scipy", "tensorflow", "h5py", "ray")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each run (default: 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each way (default: 3)")
+    parser.add_argument("--phases-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phases_child:
+        print(json.dumps(_phases(args.epochs)))
+        return 0
+
+    from digitlab.bench import runner
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="digitlab-startup-") as scratch:
+        cache = Path(scratch, "jax-cache")
+        ways = {
+            "compilation cache empty (first run)": {"JAX_COMPILATION_CACHE_DIR": str(cache)},
+            "compilation cache filled (later runs)": {"JAX_COMPILATION_CACHE_DIR": str(cache)},
+            "compilation cache off": {"JAX_ENABLE_COMPILATION_CACHE": "false"},
+        }
+        rows = []
+        for name, settings in ways.items():
+            measured = []
+            for repeat in range(args.repeats):
+                if name.startswith("compilation cache empty"):
+                    _empty(cache)
+                measured.append(_run_command(args.epochs, Path(scratch, f"runs-{len(rows)}-{repeat}"), settings))
+            rows.append((name, {key: statistics.median(each[key] for each in measured) for key in measured[0]}))
+        environment = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache))
+        phases = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--phases-child", "--epochs", str(args.epochs)],
+                env=environment,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.splitlines()[-1]
+        )
+        imports = _import_times(environment)
+    load_after = os.getloadavg()[0]
+
+    lines = [
+        f"`digitlab train --seed 0 --epochs {args.epochs}` on {runner.machine_name()}; load average "
+        f"{load_before:.1f} before, {load_after:.1f} after (above 0.5: under load); median of {args.repeats} runs",
+        "",
+        "| way | to epoch 1 | to Done | to exit | CPU s |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {row['first_epoch_s']:.2f} s | {row['done_s']:.2f} s | {row['exit_s']:.2f} s | "
+            f"{row['cpu_s']:.2f} |"
+            for name, row in rows
+        ),
+        "",
+        "Inside one process, as `training.train` runs (compilation cache filled):",
+        "",
+        "| phase | seconds |",
+        "|---|---:|",
+        *(f"| {phase} | {seconds:.2f} |" for phase, seconds in phases.items()),
+        "",
+        "What importing the training module costs (`python -X importtime`, cumulative, nested in each other):",
+        "",
+        "| package | seconds |",
+        "|---|---:|",
+        *(f"| {package} | {seconds:.2f} |" for package, seconds in imports.items()),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _empty(cache: Path) -> None:
+    if cache.exists():
+        for entry in cache.iterdir():
+            entry.unlink()
+
+
+def _run_command(epochs: int, runs_dir: Path, settings: dict) -> dict:
+    """One `digitlab train` process: seconds to its first epoch line, its Done line, its exit; its CPU."""
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", **settings)
+    command = [sys.executable, "-m", "digitlab", "train", "--seed", "0", "--epochs", str(epochs)]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [*command, "--runs-dir", str(runs_dir)], env=environment, stdout=subprocess.PIPE, text=True
+    )
+    first_epoch = done = None
+    assert process.stdout is not None
+    for line in process.stdout:
+        if first_epoch is None and line.startswith("Epoch 1/"):
+            first_epoch = time.perf_counter() - started
+        if line.startswith("Done:"):
+            done = time.perf_counter() - started
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    ended = time.perf_counter() - started
+    if process.returncode != 0 or first_epoch is None or done is None:
+        raise SystemExit(f"error: {' '.join(command)} failed (exit {process.returncode}).")
+    return {"first_epoch_s": first_epoch, "done_s": done, "exit_s": ended, "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def _phases(epochs: int) -> dict[str, float]:
+    """The phases of `training.train`, timed in this (fresh) process, in the order it runs them."""
+    times: dict[str, float] = {}
+    clock = [time.perf_counter()]
+    cpu_start = resource.getrusage(resource.RUSAGE_SELF)
+
+    def mark(phase: str) -> None:
+        now = time.perf_counter()
+        times[phase] = round(now - clock[0], 3)
+        clock[0] = now
+
+    from digitlab import cli  # noqa: F401  (what the command imports before it knows it trains)
+
+    mark("import digitlab.cli")
+    import numpy as np
+
+    from digitlab import config, data, engine, models, plots, training
+    from digitlab.engine import sparse
+
+    mark("import digitlab.training (Keras, JAX)")
+    loaded = data.load()
+    mark("data.load (read mnist.npz)")
+    train_config = config.TrainConfig(seed=0, epochs=epochs).resolved()
+    (x, y), validation, _ = data.prepared(loaded, train_config.validation, train_config.train_limit)
+    mark("data.prepared (SHA-256s, floats, one-hot targets)")
+    networks = models.create_seeded_models(train_config)
+    mark("models.create_seeded_models (Keras, jitted initializers)")
+    fast = engine.make_engine(networks, train_config, verbose=0)
+    mark("engine.make_engine")
+    sparse.forget_cached_rows()
+    fast._impl.start(x, y, validation)
+    mark("the engine's start: density, sparse rows (first time in a process)")
+    fast._impl.start(x, y, validation)
+    mark("the same again (rows from the process's cache)")
+    fast.fit(x, y, validation, epochs=1, rngs=[np.random.RandomState(0)])
+    mark("epoch 1")
+    fast.sync_to_models()
+    with tempfile.TemporaryDirectory() as folder:
+        with training.backends.saving_without_tensorflow():
+            networks[0].save(Path(folder, "model.keras"))
+        mark("model.save (model.keras)")
+        history = {key: [0.5] for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        plots.save_figure(plots.training_curves([history], title="shallow net"), Path(folder, "curves.png"))
+        mark("curves.png (Matplotlib's import and the figure)")
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    times["CPU seconds of this process"] = round(
+        used.ru_utime + used.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime, 2
+    )
+    return times
+
+
+def _import_times(environment: dict) -> dict[str, float]:
+    """Cumulative import seconds of PACKAGES when `digitlab.training` is imported (first import of each)."""
+    report = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import digitlab.training"],
+        env=environment,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stderr
+    found: dict[str, float] = {"digitlab.training (all of it)": 0.0}
+    for line in report.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)$", line)
+        if not match:
+            continue
+        micros, name = int(match.group(1)), match.group(3)
+        if name == "digitlab.training":
+            found["digitlab.training (all of it)"] = micros / 1e6
+        elif name in PACKAGES and name not in found:
+            found[name] = micros / 1e6
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
