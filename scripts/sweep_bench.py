@@ -3,7 +3,8 @@
     python scripts/sweep_bench.py --grid loss=mean_squared_error,categorical_crossentropy \
         --grid activation=sigmoid,relu --grid learning_rate=0.01,0.1 --seeds 3 --epochs 20 --out bench-sweep
 
-Takes `digitlab sweep`'s flags. First it runs the sweep as a user would (one command,
+Takes `digitlab sweep`'s flags (and `--sweep-only`, which leaves out the one-by-one loop: for
+measuring the sweep alone while changing it). First it runs the sweep as a user would (one command,
 an embedded Ray started and stopped inside it), then every trial of the same plan as
 its own `digitlab train --config TRIAL.json` process, one after another, as one would
 in a shell loop. It times both from the outside, checks that each trial's history is
@@ -20,6 +21,7 @@ figures, Ray's shutdown).
 from __future__ import annotations
 
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -31,7 +33,45 @@ from digitlab.config import TrainConfig
 from digitlab.sweep import plan as sweep_plan
 
 
+def _timed(command: list[str], environment: dict) -> tuple[float, float]:
+    """Runs `command`; its wall seconds, and the CPU seconds (user + system) of it and every process it
+    started, Ray's daemons and workers included: each process's times as last seen, sampled every 0.2 s
+    (psutil, which Ray brings), or the times the kernel reported for it once it was waited for."""
+    import psutil
+
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL)
+    seen: dict[tuple[int, float], float] = {}
+    root = psutil.Process(process.pid)
+    while process.poll() is None:
+        try:
+            family = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            family = []
+        for member in family:
+            try:
+                times = member.cpu_times()
+                seen[(member.pid, member.create_time())] = times.user + times.system
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"error: {' '.join(command)} failed (exit {process.returncode}).")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    waited = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, max(waited, sum(seen.values()))
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str]) -> int:
+    sweep_only = "--sweep-only" in argv
+    argv = [a for a in argv if a != "--sweep-only"]
     parser = cli.build_parser()
     args = parser.parse_args(["sweep", *argv])
     out = Path(args.out or "bench-sweep")
@@ -56,15 +96,13 @@ def main(argv: list[str]) -> int:
     sweep_argv = [a for a in argv if a != "--out" and a != args.out]
     command = [sys.executable, "-m", "digitlab", "sweep", *sweep_argv, "--out", str(out / "sweep")]
     started_at = time.time()
-    started = time.perf_counter()
-    subprocess.run(command, env=environment, check=True, stdout=subprocess.DEVNULL)
-    sweep_seconds = time.perf_counter() - started
+    sweep_seconds, sweep_cpu = _timed(command, environment)
     ended_at = started_at + sweep_seconds
-    print(f"digitlab sweep: {sweep_seconds:.1f} s")
+    print(f"digitlab sweep: {sweep_seconds:.1f} s, {sweep_cpu:.1f} CPU-s")
 
     (out / "configs").mkdir(parents=True)
-    started = time.perf_counter()
-    for trial in trials:
+    started, cpu = time.perf_counter(), _children_cpu()
+    for trial in trials if not sweep_only else []:
         path = out / "configs" / f"{trial['run']}.json"
         TrainConfig.from_dict(trial["config"]).save(path)
         subprocess.run(
@@ -83,10 +121,12 @@ def main(argv: list[str]) -> int:
             stdout=subprocess.DEVNULL,
         )
     loop_seconds = time.perf_counter() - started
-    print(f"digitlab train, one after another: {loop_seconds:.1f} s")
+    loop_cpu = _children_cpu() - cpu
+    if not sweep_only:
+        print(f"digitlab train, one after another: {loop_seconds:.1f} s, {loop_cpu:.1f} CPU-s")
 
     swept = [runs.Run(out / "sweep" / "runs" / trial["run"]) for trial in trials]
-    same = all(
+    same = sweep_only or all(
         run.history() == runs.Run(next((out / "one-by-one" / trial["run"]).iterdir())).history()
         for run, trial in zip(swept, trials, strict=True)
     )
@@ -96,9 +136,11 @@ def main(argv: list[str]) -> int:
         "trials": len(trials),
         "command": "python scripts/sweep_bench.py " + shlex.join(argv),
         "sweep_s": round(sweep_seconds, 1),
-        "one_by_one_s": round(loop_seconds, 1),
-        "speedup": round(loop_seconds / sweep_seconds, 2),
-        "same_histories": same,
+        "sweep_cpu_s": round(sweep_cpu, 1),
+        "one_by_one_s": None if sweep_only else round(loop_seconds, 1),
+        "one_by_one_cpu_s": None if sweep_only else round(loop_cpu, 1),
+        "speedup": None if sweep_only else round(loop_seconds / sweep_seconds, 2),
+        "same_histories": None if sweep_only else same,
         "sweep_phases_s": phases,
         "machine": machine,
         "load_average_end": round(load, 2),
@@ -109,14 +151,26 @@ def main(argv: list[str]) -> int:
             f"{len(trials)} trials ({result['command']}) on {machine['cpu']}, {machine['cores']} cores; "
             f"load average {load:.1f} at the end (a shared machine)",
             "",
-            "| way | trials | wall time | per trial | speedup |",
-            "|---|---:|---:|---:|---:|",
-            f"| `digitlab train`, one after another | {len(trials)} | {loop_seconds:.1f} s | "
-            f"{loop_seconds / len(trials):.1f} s | 1.0× |",
+            "| way | trials | wall time | per trial | CPU-s | speedup |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(
+                []
+                if sweep_only
+                else [
+                    f"| `digitlab train`, one after another | {len(trials)} | {loop_seconds:.1f} s | "
+                    f"{loop_seconds / len(trials):.1f} s | {loop_cpu:.1f} | 1.0× |"
+                ]
+            ),
             f"| `digitlab sweep` (embedded Ray) | {len(trials)} | {sweep_seconds:.1f} s | "
-            f"{sweep_seconds / len(trials):.1f} s | {loop_seconds / sweep_seconds:.2f}× |",
+            f"{sweep_seconds / len(trials):.1f} s | {sweep_cpu:.1f} | "
+            + ("-" if sweep_only else f"{loop_seconds / sweep_seconds:.2f}×")
+            + " |",
             "",
-            f"Every trial's history the same both ways: {'yes' if same else 'NO'}.",
+            "(CPU-s: user + system seconds of the command and every process it started, Ray's included.)",
+            "",
+            "The one-by-one loop was left out (--sweep-only)."
+            if sweep_only
+            else f"Every trial's history the same both ways: {'yes' if same else 'NO'}.",
             "",
             "Where the sweep's time went (from the times its files were written):",
             "",
