@@ -387,6 +387,22 @@ def test_a_trial_away_from_the_sweeps_folder_delivers_its_whole_run_through_the_
     assert not list(scratch.iterdir())  # The scratch folder is gone.
 
 
+def test_a_trial_without_early_stopping_reports_its_first_epoch_then_by_time_and_always_its_last(tmp_path, mnist_path):
+    trial, loaded = _one_trial(mnist_path)
+    reported: list[dict] = []
+    # A minute between reports: epoch 1, then none until the last (which a trial always reports).
+    status = sweep_trial.train_trial(trial, tmp_path / "a", loaded, reported.append, report_every_s=60.0)
+    assert status == "complete" and [metrics["epoch"] for metrics in reported] == [1, 4]
+    every: list[dict] = []
+    sweep_trial.train_trial(trial, tmp_path / "b", loaded, every.append)  # As with --early-stop: every epoch.
+    assert [metrics["epoch"] for metrics in every] == [1, 2, 3, 4]
+    assert reported[-1] == every[-1] | {"wall_time_s": reported[-1]["wall_time_s"]}  # The same final results.
+    # A complete run, met again (a resumed sweep): its final metrics, even right after another report.
+    again: list[dict] = []
+    sweep_trial.train_trial(trial, tmp_path / "a", loaded, again.append, report_every_s=60.0)
+    assert [metrics["epoch"] for metrics in again] == [4]
+
+
 def test_a_retried_trial_resumes_from_the_checkpoint_the_store_holds_and_the_lost_attempt_is_refused(
     tmp_path, mnist_path
 ):

@@ -96,6 +96,13 @@ OBJECT_STORE_BYTES = 300 * 1024 * 1024
 RETRIES = 3
 # How many times an embedded Ray is started before its failure is reported (see `_init`).
 STARTS = 2
+# How often a trial reports its epochs to Tune without early stopping (seconds; always its first and last).
+# Tune's function trials report synchronously: the trial's training waits at each report until Tune's
+# driver has taken the result (its callbacks, sweep.json written and synced) and asked for the next,
+# a round trip per epoch. Without a scheduler nothing but the progress line needs every epoch, so a
+# trial reports at most once a second. With --early-stop every epoch is reported, as ASHA's rungs are
+# epochs.
+REPORT_EVERY_S = 1.0
 # Ray's switch for a Ray on one machine only (see `_on_loopback`).
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -266,6 +273,7 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             runs_dir=str(sweep.runs_dir),
             store=store,
             sweep_id=sweep.id,
+            report_every_s=0.0 if settings["early_stop"] else REPORT_EVERY_S,
         ),
         {"cpu": settings["cpus_per_trial"]},
     )
@@ -311,7 +319,15 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
     progress.close()
 
 
-def _trainable(params: dict, loaded, trials: list[sweep_plan.Trial], runs_dir: str, store, sweep_id: str) -> None:
+def _trainable(
+    params: dict,
+    loaded,
+    trials: list[sweep_plan.Trial],
+    runs_dir: str,
+    store,
+    sweep_id: str,
+    report_every_s: float = 0.0,
+) -> None:
     """A Tune function trial: train the trial `params["trial"]` where the sweep's folder is, or in a
     scratch folder mirrored to the store, reporting each epoch to Tune and the outcome to the store."""
     trial = trials[params["trial"]]
@@ -327,7 +343,9 @@ def _trainable(params: dict, loaded, trials: list[sweep_plan.Trial], runs_dir: s
 
     try:
         outcome = sweep_store.Outcome(
-            status=sweep_trial.train_trial(trial, runs_dir, loaded, report, channel, metadata={"node": where})
+            status=sweep_trial.train_trial(
+                trial, runs_dir, loaded, report, channel, metadata={"node": where}, report_every_s=report_every_s
+            )
         )
     except (ray.exceptions.RayError, sweep_trial.AttemptSuperseded):
         raise  # Ray's own failures (a lost machine, the store out of reach) are Tune's to retry.

@@ -80,11 +80,13 @@ def train_trial(
     report,
     channel: Channel | None = None,
     metadata: dict | None = None,
+    report_every_s: float = 0.0,
 ) -> str:
     """Trains one trial into its run folder: skips it if complete, resumes it from its checkpoint,
     or starts it afresh; returns "complete", or "stopped" when Tune stopped it early.
-    `report(metrics)` gets each epoch's loss, accuracy, val_loss, val_accuracy; `metadata` goes
-    into its metrics.json (see `training.train`).
+    `report(metrics)` gets each epoch's loss, accuracy, val_loss, val_accuracy (with
+    `report_every_s`, the first epoch's and then at most one every that many seconds, and always
+    the last); `metadata` goes into its metrics.json (see `training.train`).
 
     Without `channel` the run folder is `runs_dir/RUN`, here; with one, the trial trains in a
     scratch folder of this machine and its files reach the sweep's folder through the channel.
@@ -93,6 +95,8 @@ def train_trial(
     the trial early, its `report` raises SystemExit in this thread: the run then ends as an
     interrupted run (its checkpoint intact, so `train --resume` could still finish it).
     """
+    if report_every_s > 0:
+        report = _Throttled(report, report_every_s)
     if channel is None:
         return _train(trial, Path(runs_dir), loaded, report, metadata, mirror=None)
     _remove_stale_scratch()
@@ -108,6 +112,25 @@ def train_trial(
         return _train(trial, scratch, loaded, report, metadata, mirror)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _Throttled:
+    """A trial's `report` that passes on an epoch's metrics only if `every_s` seconds have gone by since
+    the last it passed on (the first always); the run's final metrics come through `final`."""
+
+    def __init__(self, report, every_s: float):
+        self.report, self.every_s = report, every_s
+        self.last: float | None = None
+
+    def __call__(self, metrics: dict) -> None:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.every_s:
+            return
+        self.last = now
+        self.report(metrics)
+
+    def final(self, metrics: dict) -> None:
+        self.report(metrics)
 
 
 def _remove_stale_scratch() -> None:
@@ -143,7 +166,7 @@ def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, 
 
     def report_final() -> str:
         try:
-            report(final)
+            getattr(report, "final", report)(final)
         except SystemExit:
             pass  # A stop after the last epoch: the run is complete anyway.
         return "complete"
@@ -154,7 +177,7 @@ def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, 
             _settle_lost_attempt(run)
             if run.status().get("status") == "complete":
                 history = run.history()
-                report(
+                getattr(report, "final", report)(
                     {
                         "epoch": len(history["val_accuracy"]),
                         "wall_time_s": run.metrics().get("wall_time_s"),
