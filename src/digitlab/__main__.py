@@ -29,4 +29,10 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-exit_now(main())
+def run() -> None:
+    """`digitlab ...` from the command line: the command, then `exit_now` with its status."""
+    exit_now(main())
+
+
+if __name__ == "__main__":
+    run()

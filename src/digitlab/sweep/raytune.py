@@ -8,7 +8,8 @@
 
 Each trial is a Ray Tune function trial that calls `sweep_trial.train_trial`, which trains
 an ordinary run folder with `training.train` (or continues one with
-`training.resume`) and reports every epoch's metrics with `ray.tune.report`. The
+`training.resume`) and reports its epochs' metrics with `ray.tune.report` (every epoch with
+`--early-stop`, else the first, then at most one a second, and the last: REPORT_EVERY_S). The
 MNIST arrays go into Ray's object store once (`tune.with_parameters` puts them
 there), so workers never read the data file. Each trial asks for `cpus_per_trial`
 CPUs (1 by default), so an embedded Ray on a 2-core machine trains two at once.
