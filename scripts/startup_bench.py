@@ -3,7 +3,7 @@
     python scripts/startup_bench.py                 # 3 epochs, 3 runs of each way
     python scripts/startup_bench.py --epochs 200    # the book's whole run
 
-Three ways of running the same command, each `--repeats` times, one after another:
+Three ways of running the same command, each `--repeats` times, a round of the three at a time:
 with JAX's compilation cache empty (a first run on a machine), with it filled (every
 later run: the default since digitlab turns the cache on), and with it off
 (JAX_ENABLE_COMPILATION_CACHE=false, as before). Each row gives the median wall time
@@ -55,14 +55,19 @@ def main(argv: list[str]) -> int:
             "compilation cache filled (later runs)": {"JAX_COMPILATION_CACHE_DIR": str(cache)},
             "compilation cache off": {"JAX_ENABLE_COMPILATION_CACHE": "false"},
         }
-        rows = []
-        for name, settings in ways.items():
-            measured = []
-            for repeat in range(args.repeats):
+        # Round by round, each way once a round (the empty cache's run fills it for the next), so that
+        # a load that changes while the bench runs weighs on every way alike.
+        measured: dict[str, list[dict]] = {name: [] for name in ways}
+        for repeat in range(args.repeats):
+            for number, (name, settings) in enumerate(ways.items()):
                 if name.startswith("compilation cache empty"):
                     _empty(cache)
-                measured.append(_run_command(args.epochs, Path(scratch, f"runs-{len(rows)}-{repeat}"), settings))
-            rows.append((name, {key: statistics.median(each[key] for each in measured) for key in measured[0]}))
+                runs_dir = Path(scratch, f"runs-{number}-{repeat}")
+                measured[name].append(_run_command(args.epochs, runs_dir, settings))
+        rows = [
+            (name, {key: statistics.median(each[key] for each in values) for key in values[0]})
+            for name, values in measured.items()
+        ]
         environment = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache))
         phases = json.loads(
             subprocess.run(
