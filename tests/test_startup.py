@@ -112,3 +112,17 @@ def test_importing_digitlab_turns_on_jaxs_compilation_cache(tmp_path):
     off = dict(base, XDG_CACHE_HOME=str(tmp_path / "off"), JAX_ENABLE_COMPILATION_CACHE="false")
     assert _jax_cache_settings(off) == "None"
     assert not (tmp_path / "off").exists()
+
+
+def test_python_m_digitlab_ends_with_the_commands_status_and_all_its_output(tmp_path):
+    # It ends with os._exit after its work: what it printed to a pipe must still arrive, with its status.
+    bad = subprocess.run(
+        [sys.executable, "-m", "digitlab", "train", "--epochs", "0", "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "epochs" in bad.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "digitlab", "runs", "--runs-dir", str(tmp_path)], capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and listed.stdout.strip()
