@@ -6,6 +6,7 @@ import gc
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,8 +106,9 @@ def _jax_cache_settings(environment: dict) -> str:
 
 def test_importing_digitlab_turns_on_jaxs_compilation_cache(tmp_path):
     base = {key: value for key, value in os.environ.items() if not key.startswith("JAX_")}
-    assert _jax_cache_settings(dict(base, XDG_CACHE_HOME=str(tmp_path))) == str(tmp_path / "digitlab" / "jax")
-    assert (tmp_path / "digitlab" / "jax").is_dir()
+    folder = Path(_jax_cache_settings(dict(base, XDG_CACHE_HOME=str(tmp_path))))
+    assert folder.parent == tmp_path / "digitlab" / "jax" and folder.is_dir()  # One folder per kind of processor.
+    assert _jax_cache_settings(dict(base, XDG_CACHE_HOME=str(tmp_path))) == str(folder)
     own = tmp_path / "mine"
     assert _jax_cache_settings(dict(base, JAX_COMPILATION_CACHE_DIR=str(own))) == str(own)
     off = dict(base, XDG_CACHE_HOME=str(tmp_path / "off"), JAX_ENABLE_COMPILATION_CACHE="false")

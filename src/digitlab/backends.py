@@ -25,10 +25,11 @@ change it: it returns the backend in use and `mismatch_note` says, in a
 sentence, how to get the faster one.
 
 Importing `digitlab` also turns on JAX's persistent compilation cache (`use_compilation_cache`),
-in ~/.cache/digitlab/jax: building the shallow net's initial weights is XLA compilation (Keras's
-seeded initializers are jitted), 1.3-3 s of `digitlab train`'s start-up on a loaded 2-core machine,
-and 0.3 s when the compiled programs come from the cache (docs/engine.md, "Start-up"). The cache
-holds XLA's own executables, so the weights, and every history, are the same bit for bit.
+in ~/.cache/digitlab/jax/KIND (KIND names the kind of processor): building the shallow net's
+initial weights is XLA compilation (Keras's seeded initializers are jitted), 1.3-3 s of
+`digitlab train`'s start-up on a loaded 2-core machine, and 0.3 s when the compiled programs come
+from the cache (docs/engine.md, "Start-up"). The cache holds XLA's own executables, so the
+weights, and every history, are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ DEFAULT = "jax"
 FASTEST = {"lenet": "tensorflow"}
 # Set beside KERAS_BACKEND when digitlab, not the user, chose it.
 MARKER = "DIGITLAB_DEFAULT_BACKEND"
-# JAX's persistent compilation cache: its folder (under the user's cache folder) and its size limit, past
-# which JAX drops the entries used least recently. A shallow net's start-up writes about 100 kB into it.
+# JAX's persistent compilation cache: its folder (under the user's cache folder, one per kind of
+# processor) and its size limit, past which JAX drops the entries used least recently. A shallow
+# net's start-up writes about 100 kB into it.
 COMPILATION_CACHE_FOLDER = ("digitlab", "jax")
 COMPILATION_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -80,7 +82,7 @@ def use_compilation_cache() -> None:
     if importlib.util.find_spec("filelock") is None:
         return
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = base.joinpath(*COMPILATION_CACHE_FOLDER)
+    folder = base.joinpath(*COMPILATION_CACHE_FOLDER, _processor_key())
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -213,6 +215,25 @@ def saving_without_tensorflow():
         yield
     finally:
         lazy._available = None  # Asked again next time, as Keras would.
+
+
+def _processor_key() -> str:
+    """A short name for this kind of processor (architecture, model, instruction-set flags): XLA compiles
+    for the CPU it runs on, so a home folder shared by different machines keeps one cache for each."""
+    import hashlib
+    import platform
+
+    described = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    described.append(line.strip())
+                elif not line.strip() and len(described) > 1:
+                    break  # The first processor's block says it for all.
+    except OSError:
+        described.append(platform.processor())
+    return hashlib.sha256("\n".join(described).encode()).hexdigest()[:16]
 
 
 def user_chosen() -> str | None:
