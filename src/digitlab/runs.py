@@ -338,11 +338,11 @@ def check_writable(folder: str | Path, advice: str | None = None) -> None:
             handle.write(b"digitlab")
     except OSError as error:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise RunError(
+            raise atomic.WriteError(
                 f"Could not write in {folder}: the folder is not writable ({error.strerror}). "
                 + (advice or f"Make it writable (e.g. `chmod u+w {folder}`) and try again.")
             ) from None
-        raise RunError(atomic.describe_write_error(probe, error)) from None
+        raise atomic.WriteError(atomic.describe_write_error(probe, error)) from None
     finally:
         atomic.remove_quietly(probe)
 
