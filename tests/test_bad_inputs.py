@@ -425,3 +425,16 @@ def test_serve_on_a_port_in_use_says_so_at_once(capsys, tmp_path):
     assert "serving" not in captured.out and "Traceback" not in captured.err
     assert seconds < 2, seconds
     expect_clear_error(capsys, ["serve", "--host", "no-such-host.invalid"], "Cannot listen on --host no-such-host")
+
+
+def test_settings_beside_resume_are_refused_not_ignored(capsys, run_copy):
+    status = json.loads((run_copy / "status.json").read_text())
+    (run_copy / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
+    before = snapshot(run_copy)
+    expect_clear_error(
+        capsys,
+        ["train", "--resume", run_copy, "--epochs", "5", "--no-tensorboard"],
+        "so --epochs, --tensorboard cannot be given with it",
+    )
+    expect_clear_error(capsys, ["train", "--resume", run_copy, "--config", run_copy / "config.json"], "--config")
+    assert snapshot(run_copy) == before

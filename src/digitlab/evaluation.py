@@ -253,6 +253,7 @@ def write_together(files: dict[Path, bytes]) -> None:
     microseconds (see `interrupts.held`), so the last file's presence means the set is whole.
     """
     temporaries: dict[Path, Path] = {}
+    renamed: list[Path] = []
     path = next(iter(files), Path("."))
     try:
         for path, payload in files.items():
@@ -264,10 +265,12 @@ def write_together(files: dict[Path, bytes]) -> None:
         with interrupts.held():
             for path, temporary in temporaries.items():
                 os.replace(temporary, path)
+                renamed.append(path)
     except OSError as error:
+        changed = ", ".join(path.name for path in renamed) or "no file of this evaluation"
         raise atomic.WriteError(
-            f"Could not write {path} ({error.strerror or error}); no file of this evaluation was changed. "
-            "Free some space, or give another folder with --out DIR."
+            f"Could not write {path} ({error.strerror or error}); {changed} was changed. "
+            "Free some space, or give another folder with --out DIR, and evaluate again."
         ) from None
     finally:
         for temporary in temporaries.values():

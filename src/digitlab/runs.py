@@ -340,7 +340,11 @@ def check_writable(folder: str | Path, advice: str | None = None) -> None:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise atomic.WriteError(
                 f"Could not write in {folder}: the folder is not writable ({error.strerror}). "
-                + (advice or f"Make it writable (e.g. `chmod u+w {folder}`) and try again.")
+                + (
+                    advice
+                    or f"Make it writable (e.g. `chmod u+w {folder}`), or, on a read-only disk, copy the "
+                    "folder to a writable one and use the copy."
+                )
             ) from None
         raise atomic.WriteError(atomic.describe_write_error(probe, error)) from None
     finally:

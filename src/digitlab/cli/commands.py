@@ -228,6 +228,7 @@ def command_train(args) -> int:
 
     # The Keras backend is chosen per net before Keras is first imported (by `training`).
     if args.resume:
+        _refuse_settings_beside_resume(args)
         backends.use_for(_resumed_model(args.resume))
     else:
         config = cli_flags.config_from_args(args)
@@ -253,6 +254,20 @@ def command_train(args) -> int:
         )
         return EXIT_INTERRUPTED
     return 0
+
+
+def _refuse_settings_beside_resume(args) -> None:
+    """--resume trains on with the run's own config.json: a setting given beside it would be ignored, so
+    it is refused with what to do instead."""
+    given = [f"--{name.replace('_', '-')}" for name in cli_flags.flags_given(args)]
+    given += ["--config"] if args.config else []
+    if given:
+        config_file = Path(args.resume) / "config.json"
+        raise errors.DigitlabError(
+            f"--resume continues a run with the settings of its own {config_file}, so {', '.join(given)} "
+            "cannot be given with it. Change a setting in that file (epochs, to train longer), or start a new "
+            f"run from it with `digitlab train --config {config_file}` and those flags."
+        )
 
 
 def _resumed_model(run_path: str) -> str:
