@@ -438,3 +438,29 @@ def test_settings_beside_resume_are_refused_not_ignored(capsys, run_copy):
     )
     expect_clear_error(capsys, ["train", "--resume", run_copy, "--config", run_copy / "config.json"], "--config")
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("metrics.json", "[1]"),
+        ("metrics.json", '{"wall_time_s": "12", "engine": ["fast"], "finished": 3}'),
+        ("history.json", '{"seeds": ["x"]}'),
+        ("history.json", '{"seeds": [{"val_accuracy": ["0.9", true]}]}'),
+        ("history.json", '{"seeds": [{"val_accuracy": 0.9}]}'),
+    ],
+)
+def test_runs_listing_survives_wrongly_typed_files(capsys, tmp_path, trained_run, name, text):
+    shutil.copytree(trained_run, tmp_path / "good")
+    shutil.copytree(trained_run, tmp_path / "odd")
+    (tmp_path / "odd" / name).write_text(text)
+    assert cli.main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "good" in captured.out and "odd" in captured.out and "Traceback" not in captured.err
+    assert cli.main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
+    good, odd = json.loads(capsys.readouterr().out)
+    assert good["epochs"] == 2 and odd["run"] == "odd"
+    if name == "history.json":
+        assert (odd["epochs"], odd["best_val_accuracy"], odd["final_val_accuracy"]) == (0, None, None)
+    else:
+        assert (odd["engine"], odd["wall_time_s"], odd["date"]) == (None, None, None)

@@ -31,6 +31,7 @@ import datetime
 import errno
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -256,24 +257,44 @@ class Run:
             )
         except RunError:
             row.update(model="?")
+        # A damaged history or metrics file (wrong types included) leaves its columns empty.
         try:
             history = self.history()
-            accuracy = history.get("val_accuracy", [])
+            accuracy = history.get("val_accuracy", []) if isinstance(history, dict) else None
+            if not isinstance(accuracy, list) or not all(_is_real(value) for value in accuracy):
+                raise RunError(f"{self.file(HISTORY_JSON)} is not a digitlab history.")
+            finite = [value for value in accuracy if math.isfinite(value)]  # NaN: a diverged epoch.
             row.update(
                 epochs=len(accuracy),
-                best_val_accuracy=max(accuracy) if accuracy else None,
-                final_val_accuracy=accuracy[-1] if accuracy else None,
+                best_val_accuracy=max(finite) if finite else None,
+                final_val_accuracy=accuracy[-1] if accuracy and math.isfinite(accuracy[-1]) else None,
             )
         except RunError:
             row.update(epochs=0, best_val_accuracy=None, final_val_accuracy=None)
         try:
             metrics = self.metrics()
+            if not isinstance(metrics, dict):
+                raise RunError(f"{self.file(METRICS_FILE)} is not a digitlab metrics file.")
             row.update(
-                engine=metrics.get("engine"), wall_time_s=metrics.get("wall_time_s"), date=metrics.get("finished")
+                engine=_text_or_none(metrics.get("engine")),
+                wall_time_s=metrics["wall_time_s"] if _is_number(metrics.get("wall_time_s")) else None,
+                date=_text_or_none(metrics.get("finished")),
             )
         except RunError:
             row.update(engine=None, wall_time_s=None, date=None)
         return row
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return _is_real(value) and math.isfinite(value)
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _epoch_file_name(epoch: int) -> str:
