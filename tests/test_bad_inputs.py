@@ -279,13 +279,14 @@ def _symlink_loop(tmp_path):
     return tmp_path / "loopA"
 
 
-def test_a_symlink_loop_is_named_as_one(capsys, tmp_path, mnist_path):
+def test_a_symlink_loop_is_named_as_one(capsys, tmp_path, trained_run, mnist_path):
     loop = _symlink_loop(tmp_path)
     message = "is a symbolic link that leads back to itself (a loop)"
     expect_clear_error(capsys, ["runs", "--runs-dir", loop], message)
     expect_clear_error(capsys, ["runs", "--runs-dir", loop, "--json"], message)
     expect_clear_error(capsys, ["train", "--epochs", "1", "--runs-dir", loop], message)
     expect_clear_error(capsys, ["evaluate", loop], message)
+    expect_clear_error(capsys, ["evaluate", trained_run, "--out", loop], message)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["loopA", "loopB"]
 
 
@@ -353,8 +354,9 @@ def test_a_read_only_run_gets_advice_its_command_can_follow(capsys, read_only_ru
     assert snapshot(read_only_run) == before
 
 
-def test_an_evaluation_stopped_by_sigterm_writes_none_of_its_files(capsys, monkeypatch, run_copy, mnist_path):
-    """A real SIGTERM, sent by the process to itself just after the second figure is drawn."""
+def test_an_evaluation_stopped_by_sigterm_writes_none_of_its_files(capsys, monkeypatch, run_copy, small_npz):
+    """A real SIGTERM, sent by the process to itself just after the second figure is drawn (on 100
+    real test images, to keep it quick)."""
     import os
     import signal
 
@@ -373,7 +375,7 @@ def test_an_evaluation_stopped_by_sigterm_writes_none_of_its_files(capsys, monke
     monkeypatch.setattr(plots, "figure_png", figure_png_then_sigterm)
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        code = cli.main(["evaluate", str(run_copy)])
+        code = cli.main(["evaluate", str(run_copy), "--data", str(small_npz)])
     finally:
         signal.signal(signal.SIGTERM, previous)
     captured = capsys.readouterr()
@@ -382,10 +384,13 @@ def test_an_evaluation_stopped_by_sigterm_writes_none_of_its_files(capsys, monke
     assert snapshot(run_copy) == before  # No figure, no evaluation.json, no temporary file.
 
 
-def test_a_sigterm_while_the_files_are_renamed_waits_for_all_of_them(capsys, monkeypatch, run_copy, mnist_path):
-    """SIGTERM arriving between the renames is held until the last one: all files are there."""
+def test_a_sigterm_while_the_files_are_renamed_waits_for_all_of_them(monkeypatch, tmp_path):
+    """A real SIGTERM arriving between evaluate's renames is held until the last one: all files are
+    there, then it stops the command (as `evaluate`'s handler does, with KeyboardInterrupt)."""
     import os
     import signal
+
+    from digitlab import evaluation
 
     real_replace = os.replace
     renamed = []
@@ -396,17 +401,22 @@ def test_a_sigterm_while_the_files_are_renamed_waits_for_all_of_them(capsys, mon
         real_replace(source, target)
         renamed.append(os.path.basename(target))
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    files = {tmp_path / name: name.encode() for name in ("confusion.png", "mistakes.png", "evaluation.json")}
+    (tmp_path / "evaluation.json").write_text("the previous evaluation")
     monkeypatch.setattr(os, "replace", replace_with_sigterm)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        code = cli.main(["evaluate", str(run_copy)])
+        with pytest.raises(KeyboardInterrupt):
+            evaluation.write_together(files)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert code == cli.EXIT_INTERRUPTED, capsys.readouterr().err
-    assert renamed[-1] == "evaluation.json" and "confusion.png" in renamed and "mistakes.png" in renamed
-    for name in renamed:
-        assert (run_copy / name).is_file()
-    assert not list(run_copy.glob(".*.tmp"))
+    assert renamed == ["confusion.png", "mistakes.png", "evaluation.json"]
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == {
+        path.name: payload for path, payload in files.items()
+    }
 
 
 def test_serve_on_a_port_in_use_says_so_at_once(capsys, tmp_path):

@@ -222,6 +222,7 @@ def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_d
     if split not in SPLITS:
         raise errors.DigitlabError(f"Unknown split {split!r}; choose validation or test.")
     out_dir = Path(out_dir) if out_dir is not None else run.path
+    runs.check_folder(out_dir, "output folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
