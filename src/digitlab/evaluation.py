@@ -18,6 +18,9 @@ folder (or `out_dir`):
     filters.png       (LeNet) the first convolution's filters
     feature_maps.png  (LeNet) the maps they make of the first image
 
+They are written together (`write_together`): all of them new, or, after a Ctrl-C, a
+SIGTERM or a full disk, none of them touched; evaluation.json comes last.
+
 With `split="test"` the files are named evaluation-test.json, confusion-test.png,
 mistakes-test.png and so on, so a holdout run's one final check on the test images
 never overwrites its validation results. `evaluate_model` does the same work on

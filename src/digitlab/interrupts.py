@@ -11,6 +11,9 @@ training calls `check()` where stopping is safe (before each batch of Keras `fit
 epoch of the fast engine), and that raises the KeyboardInterrupt there, in digitlab's own code.
 A second Ctrl-C or SIGTERM stops at once, as Python would.
 
+`held()` is the other way round: for a step of a few microseconds that must not be cut in two
+(renaming a set of files into place), a signal waits until the step is done.
+
     with interrupts.requests_stop():
         for batch in batches:
             interrupts.check()
