@@ -353,7 +353,7 @@ def check_writable(folder: str | Path, advice: str | None = None) -> None:
     names what every command can do: make the folder writable.
     """
     folder = Path(folder)
-    probe = folder / ".write-probe"
+    probe = atomic.temporary_path(folder / "write-probe")  # Hidden, as every temporary file.
     try:
         with open(probe, "wb") as handle:
             handle.write(b"digitlab")

@@ -428,36 +428,6 @@ def command_report(args) -> int:
     return 0
 
 
-def command_serve(args) -> int:
-    if not 0 < args.port < 65536:
-        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
-    check_port_free(args.host, args.port)  # At once, before the seconds that importing the server takes.
-    from digitlab import runs
-    from digitlab.serve import access, live
-    from digitlab.serve import app as serving
-
-    for flag, value in (("--max-epochs", args.max_epochs), ("--max-train-images", args.max_train_images)):
-        if value < 1:
-            raise errors.DigitlabError(f"{flag} must be a positive whole number, got {value}.")
-    if args.max_viewers < 1:
-        raise errors.DigitlabError(f"--max-viewers must be a positive whole number, got {args.max_viewers}.")
-    permissions = access.Access.for_host(args.host, args.token, args.view_token)
-    limits = live.Limits(args.max_epochs, args.max_train_images, args.max_viewers)
-    run = runs.open_run(args.run) if args.run else None
-    runs_dir = args.runs_dir or (run.path.parent if run else "runs")
-    serving.serve(
-        run.load_model() if run else None,
-        host=args.host,
-        port=args.port,
-        run_name=run.name if run else "",
-        runs_dir=runs_dir,
-        data_path=args.data,
-        permissions=permissions,
-        limits=limits,
-    )
-    return 0
-
-
 def check_port_free(host: str, port: int) -> None:
     """Binds `host:port` for a moment on each address of `host`, as uvicorn's asyncio server will, so
     that a port in use (or a host this machine does not have) is one clear sentence before the
@@ -489,6 +459,36 @@ def check_port_free(host: str, port: int) -> None:
                         "administrator rights. Choose one from 1024 up with --port N."
                     ) from None
                 raise errors.DigitlabError(f"Cannot listen on {host}, port {port} ({error.strerror}).") from None
+
+
+def command_serve(args) -> int:
+    if not 0 < args.port < 65536:
+        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
+    check_port_free(args.host, args.port)  # At once, before the seconds that importing the server takes.
+    from digitlab import runs
+    from digitlab.serve import access, live
+    from digitlab.serve import app as serving
+
+    for flag, value in (("--max-epochs", args.max_epochs), ("--max-train-images", args.max_train_images)):
+        if value < 1:
+            raise errors.DigitlabError(f"{flag} must be a positive whole number, got {value}.")
+    if args.max_viewers < 1:
+        raise errors.DigitlabError(f"--max-viewers must be a positive whole number, got {args.max_viewers}.")
+    permissions = access.Access.for_host(args.host, args.token, args.view_token)
+    limits = live.Limits(args.max_epochs, args.max_train_images, args.max_viewers)
+    run = runs.open_run(args.run) if args.run else None
+    runs_dir = args.runs_dir or (run.path.parent if run else "runs")
+    serving.serve(
+        run.load_model() if run else None,
+        host=args.host,
+        port=args.port,
+        run_name=run.name if run else "",
+        runs_dir=runs_dir,
+        data_path=args.data,
+        permissions=permissions,
+        limits=limits,
+    )
+    return 0
 
 
 def command_tensorboard(args) -> int:
