@@ -234,12 +234,13 @@ def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_d
     result, figures = evaluate(run, data.load_arrays(data_path), split)
     names = output_names(split, figures)
     result["files"] = {key: str(out_dir / name) for key, name in names.items()}
-    payloads = {
-        out_dir / names[key]: plots.figure_png(figure, palette=inside.is_inside_figure(key))
-        for key, figure in figures.items()
-    }
+    payloads = {}
+    for key, figure in figures.items():
+        interrupts.check()  # A Ctrl-C or SIGTERM asked for under `interrupts.requests_stop` stops here.
+        payloads[out_dir / names[key]] = plots.figure_png(figure, palette=inside.is_inside_figure(key))
     # evaluation.json last: a reader that finds it finds the figures of the same evaluation.
     payloads[out_dir / names["json"]] = (json.dumps(result, indent=2) + "\n").encode()
+    interrupts.check()
     write_together(payloads)
     return result
 

@@ -388,11 +388,16 @@ def _cell(value, spec: str = "") -> str:
 
 
 def command_evaluate(args) -> int:
-    from digitlab import evaluation, runs
+    from digitlab import evaluation, interrupts, runs
 
-    # SIGTERM stops an evaluation as Ctrl-C does: its files all new, or none of them touched.
+    # SIGTERM stops an evaluation as Ctrl-C does: its files all new, or none of them touched. Either
+    # is a request that the evaluation acts on between its steps, never inside JAX or Keras (see
+    # `interrupts`; a KeyboardInterrupt raised there could crash the process as it exits).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    result = evaluation.evaluate_run(runs.open_run(args.run), data_path=args.data, split=args.split, out_dir=args.out)
+    with interrupts.requests_stop():
+        result = evaluation.evaluate_run(
+            runs.open_run(args.run), data_path=args.data, split=args.split, out_dir=args.out
+        )
     print(json.dumps(result, indent=2) if args.json else evaluation.format_result(result))
     return 0
 
