@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -255,24 +257,44 @@ class Run:
             )
         except RunError:
             row.update(model="?")
+        # A damaged history or metrics file (wrong types included) leaves its columns empty.
         try:
             history = self.history()
-            accuracy = history.get("val_accuracy", [])
+            accuracy = history.get("val_accuracy", []) if isinstance(history, dict) else None
+            if not isinstance(accuracy, list) or not all(_is_real(value) for value in accuracy):
+                raise RunError(f"{self.file(HISTORY_JSON)} is not a digitlab history.")
+            finite = [value for value in accuracy if math.isfinite(value)]  # NaN: a diverged epoch.
             row.update(
                 epochs=len(accuracy),
-                best_val_accuracy=max(accuracy) if accuracy else None,
-                final_val_accuracy=accuracy[-1] if accuracy else None,
+                best_val_accuracy=max(finite) if finite else None,
+                final_val_accuracy=accuracy[-1] if accuracy and math.isfinite(accuracy[-1]) else None,
             )
         except RunError:
             row.update(epochs=0, best_val_accuracy=None, final_val_accuracy=None)
         try:
             metrics = self.metrics()
+            if not isinstance(metrics, dict):
+                raise RunError(f"{self.file(METRICS_FILE)} is not a digitlab metrics file.")
             row.update(
-                engine=metrics.get("engine"), wall_time_s=metrics.get("wall_time_s"), date=metrics.get("finished")
+                engine=_text_or_none(metrics.get("engine")),
+                wall_time_s=metrics["wall_time_s"] if _is_number(metrics.get("wall_time_s")) else None,
+                date=_text_or_none(metrics.get("finished")),
             )
         except RunError:
             row.update(engine=None, wall_time_s=None, date=None)
         return row
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return _is_real(value) and math.isfinite(value)
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _epoch_file_name(epoch: int) -> str:
@@ -299,6 +321,7 @@ def new_run(runs_dir: str | Path, config: TrainConfig, name: str | None = None) 
     advance, so it knows where each one is before it starts); it must not exist yet.
     """
     runs_dir = Path(runs_dir)
+    check_folder(runs_dir, "runs folder")
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -323,15 +346,64 @@ def new_run(runs_dir: str | Path, config: TrainConfig, name: str | None = None) 
     return run
 
 
-def check_writable(folder: Path) -> None:
-    """Writes and removes a probe file so a read-only folder is reported before training."""
-    atomic.write_bytes(Path(folder) / ".write-probe", b"digitlab")
-    atomic.remove_quietly(Path(folder) / ".write-probe")
+def check_writable(folder: str | Path, advice: str | None = None) -> None:
+    """Writes and removes a probe file so a read-only folder is reported before anything is written.
+
+    `advice` is what the command that asks can do about it (a flag it really has); the default
+    names what every command can do: make the folder writable.
+    """
+    folder = Path(folder)
+    probe = atomic.temporary_path(folder / "write-probe")  # Hidden, as every temporary file.
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"digitlab")
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise atomic.WriteError(
+                f"Could not write in {folder}: the folder is not writable ({error.strerror}). "
+                + (
+                    advice
+                    or f"Make it writable (e.g. `chmod u+w {folder}`), or, on a read-only disk, copy the "
+                    "folder to a writable one and use the copy."
+                )
+            ) from None
+        raise atomic.WriteError(atomic.describe_write_error(probe, error)) from None
+    finally:
+        atomic.remove_quietly(probe)
+
+
+def check_folder(path: str | Path, what: str = "folder") -> None:
+    """Raises RunError with a sentence if `path` is there but cannot be used as a folder:
+    a symbolic link that loops, a file, a folder this user may not read."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise RunError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist.") from None
+        return
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunError(
+                f"{path} is a symbolic link that leads back to itself (a loop), so it is not a usable {what}; "
+                f"point the link at a real folder, or give another path."
+            ) from None
+        raise RunError(f"Could not open {path} ({error.strerror or error}).") from None
+    if not path.is_dir():
+        raise RunError(f"{path} is a file, not a {what}; give a folder instead.")
+
+
+def display_name(name: str) -> str:
+    """A folder name as text that is always valid UTF-8: bytes that are not UTF-8 (which Python
+    reads as lone surrogates) are shown as backslash escapes, `\\xff` (Python's "backslashreplace";
+    `printf '%b'` turns the escapes back into the bytes). A UTF-8 name is returned as it is."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def open_run(path: str | Path) -> Run:
     """Opens an existing run folder, with a clear error if it is not one."""
     path = Path(path)
+    check_folder(path, "run folder")
     if not path.exists():
         raise RunError(f"No run folder at {path}. List saved runs with `digitlab runs`.")
     if not path.is_dir():
@@ -352,12 +424,23 @@ def open_run(path: str | Path) -> Run:
 
 
 def list_runs(runs_dir: str | Path) -> list[dict]:
-    """Summaries of every run folder under `runs_dir`, oldest first."""
+    """Summaries of every run folder under `runs_dir`, oldest first; none if the folder does not exist.
+
+    A runs folder that is there but cannot be read (a looping link, a file, no permission) raises
+    RunError rather than looking empty. Each row's "run" is its folder's `display_name`.
+    """
     runs_dir = Path(runs_dir)
+    check_folder(runs_dir, "runs folder")
     if not runs_dir.is_dir():
         return []
+    try:
+        paths = sorted(runs_dir.iterdir())
+    except OSError as error:
+        raise RunError(f"Could not list the runs in {runs_dir} ({error.strerror or error}).") from None
     rows = []
-    for path in sorted(runs_dir.iterdir()):
+    for path in paths:
         if path.is_dir() and (path / CONFIG_FILE).is_file():
-            rows.append(Run(path).summary())
+            row = Run(path).summary()
+            row["run"] = display_name(path.name)
+            rows.append(row)
     return rows

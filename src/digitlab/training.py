@@ -97,6 +97,7 @@ def resume(
         )
     config = run.config()
     saved = checkpoint.load(run.file(runs.CHECKPOINT_FILE))
+    config.check_resumable(saved["epoch"], run.file(runs.CONFIG_FILE))
     # The run's own data, found from its record (a run from before data.json: the usual search).
     record = run.read_json(runs.DATA_FILE) if run.file(runs.DATA_FILE).is_file() else {}
     session = _Session(config, data.load_recorded(record, data_path, loaded), print_fn, verbose, on_epoch_end, metadata)

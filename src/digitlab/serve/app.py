@@ -562,8 +562,10 @@ def serve(
     what = run_name or (model.name if model is not None else f"the runs in {runs_dir}")
     print(f"digitlab: serving {what} at {base}  (API docs at /docs; Ctrl-C stops)")
     if not permissions.open:
+        loopback = access.is_loopback(host)
+        reach = "only this machine can reach it, and" if loopback else "reachable from other machines, so"
         print(
-            f"Serving on {host}: reachable from other machines, so every request needs a token.\n"
+            f"Serving on {host}: {reach} every request needs a token.\n"
             f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
             f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
         )
