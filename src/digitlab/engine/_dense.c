@@ -16,6 +16,12 @@
  * forward, sixty-four inputs backward and in the update (the kernel's transpose, `kernel_t`, keeps the
  * backward pass's reads contiguous; the update writes both).
  *
+ * The portable versions are also the WebAssembly build's, where SIMD128 versions of the hot kernels (no FMA:
+ * each lane does the portable version's operations in its order) give the same bits. exp, tanh and log are
+ * this file's own (exp_portable, tanh_portable, log_portable: Cephes's formulas in float, within 2 ulp):
+ * the C libraries' expf and tanhf differ in the last bit on some inputs, so the native portable path and the
+ * browser's engine compute them with this one source to train to the same bits.
+ *
  * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax. Losses: 0 mean squared error,
  * 1 categorical cross-entropy.
  */
@@ -32,6 +38,86 @@
 #define MEAN_SQUARED_ERROR 0
 
 int digitlab_kernels_simd_on(void); /* From _kernels.c. */
+
+/* ------------------------------------------------------------------------------ exp, tanh and log */
+
+/* 2^n for a whole n in -126 ... 128 (128 gives infinity), from its bits. */
+static inline float power_of_two(float n) {
+    union {
+        int32_t bits;
+        float value;
+    } scale = {((int32_t)n + 127) * (1 << 23)};
+    return scale.value;
+}
+
+/* exp(x), Cephes's expf as exp_avx2 computes it but with each product rounded: x = n ln2 + r, |r| <= ln2 / 2
+ * (ln2 in two parts, so n ln2 is exact), exp(r) by its degree-7 polynomial, times 2^n. */
+static inline float exp_portable(float x) {
+    x = x < -87.3365448f ? -87.3365448f : (x > 88.3762626f ? 88.3762626f : x);
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    x -= n * 0.693359375f;
+    x -= n * -2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * x + 1.3981999507e-3f;
+    y = y * x + 8.3334519073e-3f;
+    y = y * x + 4.1665795894e-2f;
+    y = y * x + 1.6666665459e-1f;
+    y = y * x + 5.0000001201e-1f;
+    y = y * (x * x) + (x + 1.0f);
+    return y * power_of_two(n);
+}
+
+/* tanh(x), Cephes's tanhf: an odd polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above, +-1 past 44. */
+static inline float tanh_portable(float x) {
+    const float z = x < 0.0f ? -x : x;
+    if (z >= 0.625f) {
+        const float t = z > 44.0f ? 1.0f : 1.0f - 2.0f / (exp_portable(z + z) + 1.0f);
+        return x < 0.0f ? -t : t;
+    }
+    if (x == 0.0f) return x;
+    const float s = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * s + 2.06390887954e-2f;
+    p = p * s - 5.37397155531e-2f;
+    p = p * s + 1.33314422036e-1f;
+    p = p * s - 3.33332819422e-1f;
+    return p * s * x + x;
+}
+
+/* log(x) for x > 0 (the loss's clipped probabilities), Cephes's logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+ * log(m) by its polynomial in m - 1, plus e ln2 (in two parts). Not for zero, negatives, infinities or NaN. */
+static inline float log_portable(float x) {
+    union {
+        float value;
+        int32_t bits;
+    } parts = {x};
+    int32_t e = ((parts.bits >> 23) & 0xff) - 126; /* x = m 2^e with m in [0.5, 1). */
+    parts.bits = (parts.bits & 0x807fffff) | 0x3f000000;
+    float m = parts.value;
+    if (m < 0.707106781186547524f) {
+        e -= 1;
+        m = m + m - 1.0f;
+    } else {
+        m = m - 1.0f;
+    }
+    const float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    const float fe = (float)e;
+    y += fe * -2.12194440e-4f;
+    y += -0.5f * z;
+    float result = m + y;
+    result += fe * 0.693359375f;
+    return result;
+}
 
 /* Asks for the target and label of row r + 8 to be brought into cache while row r's loss is computed: the
  * images of a batch lie at random places, and a burst of prefetches for the whole batch measured no gain. */
@@ -444,14 +530,14 @@ void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t
 #ifdef HAVE_X86
         if (simd) k = sigmoid_avx2(values, size);
 #endif
-        for (; k < size; k++) values[k] = 1.0f / (expf(-values[k]) + 1.0f);
+        for (; k < size; k++) values[k] = 1.0f / (exp_portable(-values[k]) + 1.0f);
         break;
     }
     case RELU:
         for (int64_t k = 0; k < size; k++) values[k] = values[k] > 0.0f ? values[k] : 0.0f;
         break;
     case TANH:
-        for (int64_t k = 0; k < size; k++) values[k] = tanhf(values[k]);
+        for (int64_t k = 0; k < size; k++) values[k] = tanh_portable(values[k]);
         break;
     case SOFTMAX:
 #ifdef HAVE_X86
@@ -464,7 +550,7 @@ void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t
             float *row = values + r * units, top = row[0], sum = 0.0f;
             for (int64_t u = 1; u < units; u++) top = row[u] > top ? row[u] : top;
             for (int64_t u = 0; u < units; u++) {
-                row[u] = expf(row[u] - top);
+                row[u] = exp_portable(row[u] - top);
                 sum += row[u];
             }
             for (int64_t u = 0; u < units; u++) row[u] /= sum;
@@ -534,7 +620,7 @@ void digitlab_dense_loss(const float *outputs, const float *targets, const int64
             for (int64_t c = 0; c < classes; c++) {
                 const float q = p[c] / row_sum;
                 const float kept = q < clip ? clip : (q > 1.0f - clip ? 1.0f - clip : q);
-                sum += (double)(logf(kept) * t[c]);
+                sum += (double)(log_portable(kept) * t[c]);
                 g[c] = (q >= clip && q <= 1.0f - clip) ? t[c] / kept * (-1.0f / (float)batch_rows) : 0.0f;
                 weighted += g[c] * p[c];
             }

@@ -347,7 +347,9 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
 void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
                               int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
                               float rate) {
+#ifdef HAVE_X86
     const int simd = !force_scalar && use_avx2();
+#endif
     for (int64_t p = first_pixel; p < last_pixel; p++) {
         int64_t u0 = 0;
 #ifdef HAVE_X86
