@@ -3,7 +3,8 @@
  *
  * In node:      node tests/wasm_equivalence.mjs DIR ENGINE_DIR   (reads DIR's files, writes its results there)
  * In a browser: a module Worker of this file, sent { base, engine }: fetches the files from `base`, answers
- *               { build, threads, epochs: [{ logs, seconds, weights: ArrayBuffer }] } (or { error }).
+ *               { build, threads, epochs: [{ logs, seconds, weights: ArrayBuffer }], outputs } (or { error }),
+ *               outputs being the trained net's predictions for the first 100 validation images.
  *
  * The files: inputs.json ({ net, threads, epochs }), train_pixels.bin and valid_pixels.bin (uint8, 784 a
  * picture), train_labels.bin and valid_labels.bin (uint8), orders.bin (int32, one order an epoch) and
@@ -41,7 +42,10 @@ export async function run(engineBase, read) {
       for (const array of trained) flat.set(array, offset), (offset += array.length);
       epochs.push({ logs, seconds, weights: flat.buffer });
     }
-    return { build: engine.build, threads: engine.threads, epochs };
+    /* The trained net's outputs for the first validation images (the drawing pad's answer). */
+    const shown = new Uint8Array(await read("valid_pixels.bin")).subarray(0, 784 * 100);
+    const outputs = Array.from(engine.predict(shown));
+    return { build: engine.build, threads: engine.threads, epochs, outputs };
   } finally {
     engine.dispose();
   }
