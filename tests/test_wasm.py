@@ -254,7 +254,8 @@ def test_the_committed_engine_is_what_make_wasm_builds(tmp_path):
     """A reproducible build: the .wasm files in the package are the C sources' build, byte for byte."""
     built = tmp_path / "engine"
     shutil.copytree(ENGINE_DIR, built)
-    subprocess.run(["make", "-C", str(ROOT), "wasm", f"WASM_OUT={built}"], check=True, capture_output=True)
+    make = subprocess.run(["make", "-C", str(ROOT), "wasm", f"WASM_OUT={built}"], capture_output=True, text=True)
+    assert make.returncode == 0, f"make wasm failed:\n{make.stdout}\n{make.stderr}"
     for name in ("engine.wasm", "engine-threads.wasm", "engine-scalar.wasm"):
         assert filecmp.cmp(built / name, ENGINE_DIR / name, shallow=False), (
             f"{name} is not what the C sources build now: run `make wasm` and commit "
