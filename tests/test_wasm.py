@@ -142,6 +142,7 @@ def compare(model_name, train, valid, result: dict, epoch_weights: list[np.ndarr
             values /= values.sum(axis=1, keepdims=True)
     outputs = np.array(result["outputs"], np.float32).reshape(values.shape)
     np.testing.assert_allclose(outputs, values, rtol=1e-4, atol=1e-6)
+    assert result["floatOutputs"] == result["outputs"]  # Float inputs pixel / 255: the same answer.
 
 
 def run_node(tmp_path, model_name, train, valid, threads, simd=True):

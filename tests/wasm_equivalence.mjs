@@ -4,7 +4,8 @@
  * In node:      node tests/wasm_equivalence.mjs DIR ENGINE_DIR   (reads DIR's files, writes its results there)
  * In a browser: a module Worker of this file, sent { base, engine }: fetches the files from `base`, answers
  *               { build, threads, epochs: [{ logs, seconds, weights: ArrayBuffer }], outputs } (or { error }),
- *               outputs being the trained net's predictions for the first 100 validation images.
+ *               outputs being the trained net's predictions for the first 100 validation images (and
+ *               floatOutputs the same from their float inputs).
  *
  * The files: inputs.json ({ net, threads, epochs }), train_pixels.bin and valid_pixels.bin (uint8, 784 a
  * picture), train_labels.bin and valid_labels.bin (uint8), orders.bin (int32, one order an epoch) and
@@ -45,7 +46,9 @@ export async function run(engineBase, read) {
     /* The trained net's outputs for the first validation images (the drawing pad's answer). */
     const shown = new Uint8Array(await read("valid_pixels.bin")).subarray(0, 784 * 100);
     const outputs = Array.from(engine.predict(shown));
-    return { build: engine.build, threads: engine.threads, epochs, outputs };
+    /* The same images as the network's float inputs (the drawing pad gives those). */
+    const floatOutputs = Array.from(engine.predict(Float32Array.from(shown, (value) => value / 255)));
+    return { build: engine.build, threads: engine.threads, epochs, outputs, floatOutputs };
   } finally {
     engine.dispose();
   }

@@ -15,7 +15,8 @@
  *                              shared memory, or with no Worker free, pthread_create fails and _train.c does
  *                              the epoch on the calling thread (the same results);
  *   the data from bytes:       uint8 pixels and labels into the rows, targets and labels _train.c reads
- *                              (pixel / 255 in float32, as data.to_inputs; one-hot float32 targets);
+ *                              (pixel / 255 in float32, as data.to_inputs; one-hot float32 targets), a chunk
+ *                              of images at a time (the page's memory holds the rows, not the pixels too);
  *   a forward pass:            the net's outputs for a few images (the drawing pad's answer).
  *
  * engine.js (src/digitlab/serve/static/engine/) is the JavaScript side; docs/browser-engine.md the API.
@@ -207,13 +208,13 @@ int pthread_join(pthread_t thread, void **result) {
 
 /* ------------------------------------------------------------------------------ the data from bytes */
 
-/* The nonzero pixels of `rows` images of `columns` uint8 pixels, as _train.c reads them: starts (rows + 1,
- * as digitlab_csr_count), then, given room, their columns and values pixel / 255 (float32, as
- * data.to_inputs computes them). Returns the number of nonzero pixels; fills cols and vals when not NULL. */
+/* The nonzero pixels of `rows` images of `columns` uint8 pixels, as _train.c reads them: starts[1 ... rows]
+ * (starts[0], the first image's start, is the caller's: 0, or where the images before this chunk end), then,
+ * given room, their columns and values pixel / 255 (float32, as data.to_inputs computes them) at
+ * cols[starts[r]] and vals[starts[r]]. Returns starts[rows]; fills cols and vals when not NULL. */
 EXPORT(digitlab_bytes_rows)
 int64_t digitlab_bytes_rows(const uint8_t *pixels, int64_t rows, int64_t columns, int64_t *starts, uint16_t *cols,
                             float *vals) {
-    starts[0] = 0;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *row = pixels + r * columns;
         int64_t at = starts[r];

@@ -17,7 +17,8 @@
  *     const logs = engine.trainEpoch(order);       // Int32Array: the epoch's image order, batches in turn
  *     // logs: { loss, accuracy, val_loss, val_accuracy }, as `digitlab train` computes them
  *     const weights = engine.getWeights();         // Float32Arrays, Keras's layout
- *     const outputs = engine.predict(pixels);      // Float32Array rows x classes (Uint8Array rows x 784)
+ *     const outputs = engine.predict(pixels);      // Float32Array rows x classes, for images as Uint8Array
+ *                                                  // rows x 784 (0-255) or Float32Array (inputs 0-1)
  *     engine.dispose();                            // ends the engine's Workers
  *
  * loadEngine({ threads, simd, base }) picks the build: engine-threads.wasm (SIMD128 and shared memory: its
@@ -265,20 +266,40 @@ class Engine {
     return weights;
   }
 
-  /* uint8 images into the engine's rows (CSR: starts, cols, vals), in the memory. */
+  /* Images into the engine's rows (CSR: starts, cols, vals), in the memory: uint8 pixels (0-255, divided by
+   * 255 there) a chunk of images at a time, or float32 inputs (used as they are: the drawing pad's). */
   _rows(pixels, columns) {
-    if (!(pixels instanceof Uint8Array) || pixels.length % columns !== 0)
-      throw new Error(`pixels must be a Uint8Array of whole images of ${columns} pixels.`);
+    const floats = pixels instanceof Float32Array;
+    if (!(pixels instanceof Uint8Array || floats) || pixels.length % columns !== 0)
+      throw new Error(`pixels must be a Uint8Array (or Float32Array) of whole images of ${columns} pixels.`);
     const count = pixels.length / columns;
-    const source = this._alloc(pixels.length);
-    this._bytes().set(pixels, source);
-    const starts = this._alloc(8 * (count + 1));
     const e = this.exports;
-    const nonzero = Number(e.digitlab_bytes_rows(source, BigInt(count), BigInt(columns), starts, 0, 0));
-    const cols = this._alloc(2 * nonzero),
-      vals = this._alloc(4 * nonzero);
-    e.digitlab_bytes_rows(source, BigInt(count), BigInt(columns), starts, cols, vals);
-    this._free(source);
+    const starts = this._alloc(8 * (count + 1));
+    let cols, vals;
+    if (floats) {
+      const source = this._alloc(4 * pixels.length);
+      this._f32(source, pixels.length).set(pixels);
+      const nonzero = Number(e.digitlab_csr_count(source, BigInt(count), BigInt(columns), starts));
+      (cols = this._alloc(2 * nonzero)), (vals = this._alloc(4 * nonzero));
+      e.digitlab_csr_fill(source, BigInt(count), BigInt(columns), starts, cols, vals);
+      this._free(source);
+    } else {
+      const chunk = Math.min(count, 4096);
+      const source = this._alloc(chunk * columns);
+      this._i32(starts, 2).fill(0);
+      const sweep = (cols, vals) => {
+        for (let first = 0; first < count; first += chunk) {
+          const rows = Math.min(chunk, count - first);
+          this._bytes().set(pixels.subarray(first * columns, (first + rows) * columns), source);
+          e.digitlab_bytes_rows(source, BigInt(rows), BigInt(columns), starts + 8 * first, cols, vals);
+        }
+      };
+      sweep(0, 0); /* Each image's count, then the columns and values in the room for them. */
+      const nonzero = this._i32(starts + 8 * count, 1)[0];
+      (cols = this._alloc(2 * nonzero)), (vals = this._alloc(4 * nonzero));
+      sweep(cols, vals);
+      this._free(source);
+    }
     const words = this._i32(starts, 2 * (count + 1));
     let most = 0;
     for (let r = 0; r < count; r++) most = Math.max(most, words[2 * r + 2] - words[2 * r]);
@@ -421,7 +442,8 @@ class Engine {
     return { val_loss: sum / valid.count, val_accuracy: this._i32(correct, 1)[0] / valid.count };
   }
 
-  /** The network's outputs for images (Uint8Array rows x inputs, 0-255): a Float32Array rows x classes. */
+  /** The network's outputs for images (Uint8Array rows x inputs, 0-255, or Float32Array of inputs as the
+   * network takes them, 0-1): a Float32Array rows x classes. */
   predict(pixels) {
     const net = this._needNet();
     const rows = this._rows(pixels, net.units[0]);
