@@ -262,3 +262,62 @@ def test_the_committed_engine_is_what_make_wasm_builds(tmp_path):
             f"{name} is not what the C sources build now: run `make wasm` and commit "
             f"src/digitlab/serve/static/engine/{name}."
         )
+
+
+BAD_SETTINGS = """
+import { loadEngine } from "ENGINE/engine.js";
+const engine = await loadEngine();
+const net = { units: [784, 64, 10], activations: ["sigmoid", "softmax"], loss: "mean_squared_error",
+              optimizer: "sgd", learningRate: 0.01, batchSize: 128 };
+const said = {};
+const attempt = (name, action) => {
+  try { action(); said[name] = null; } catch (error) { said[name] = error.message; }
+};
+attempt("no network", () => engine.trainEpoch(new Int32Array([0])));
+attempt("adam", () => engine.setNetwork({ ...net, optimizer: "adam" }));
+attempt("rate", () => engine.setNetwork({ ...net, learningRate: 0 }));
+attempt("batch", () => engine.setNetwork({ ...net, batchSize: 1.5 }));
+attempt("activation", () => engine.setNetwork({ ...net, activations: ["swish", "softmax"] }));
+attempt("softmax inside", () => engine.setNetwork({ ...net, activations: ["softmax", "softmax"] }));
+const sigmoidOut = { ...net, loss: "categorical_crossentropy", activations: ["relu", "sigmoid"] };
+attempt("cross-entropy", () => engine.setNetwork(sigmoidOut));
+engine.setNetwork(net);
+attempt("weights", () => engine.setWeights([new Float32Array(3)]));
+attempt("pixels", () => engine.setTrainingData(new Uint8Array(785), new Uint8Array(1)));
+attempt("labels", () => engine.setTrainingData(new Uint8Array(784 * 2), new Uint8Array(3)));
+attempt("label 10", () => engine.setTrainingData(new Uint8Array(784), new Uint8Array([10])));
+attempt("no data", () => engine.trainEpoch(new Int32Array([0])));
+engine.setTrainingData(new Uint8Array(784 * 2), new Uint8Array([1, 2]));
+attempt("order", () => engine.trainEpoch(new Int32Array([0, 2])));
+attempt("order type", () => engine.trainEpoch([0, 1]));
+try { await loadEngine({ threads: 0 }); said.threads = null; } catch (error) { said.threads = error.message; }
+console.log(JSON.stringify(said));
+"""
+
+
+def test_the_engine_says_what_was_wrong_with_a_bad_setting():
+    need_node()
+    script = BAD_SETTINGS.replace("ENGINE", ENGINE_DIR.as_uri())
+    answer = subprocess.run(
+        [NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    said = json.loads(answer.stdout)
+    expected = {
+        "no network": "Call setNetwork first.",
+        "adam": "plain SGD only, got optimizer adam",
+        "rate": "learningRate must be a number above 0, got 0",
+        "batch": "batchSize must be a whole number >= 1, got 1.5",
+        "activation": "Unknown activation swish",
+        "softmax inside": "softmax is for the last layer only",
+        "cross-entropy": "categorical_crossentropy needs a softmax last layer",
+        "weights": "Give 4 arrays (each layer's kernel, then bias), got 1",
+        "pixels": "pixels must be a Uint8Array (or Float32Array) of whole images of 784 pixels",
+        "labels": "The training data: 2 images but 3 labels",
+        "label 10": "a label is outside 0 ... 9",
+        "no data": "Call setTrainingData first.",
+        "order": "order names image 2, outside 0 ... 1",
+        "order type": "order must be an Int32Array",
+        "threads": "threads must be a whole number from 1 to 64, got 0",
+    }
+    for case, words in expected.items():
+        assert said[case] is not None and words in said[case], (case, said[case])

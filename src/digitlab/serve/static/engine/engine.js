@@ -322,7 +322,12 @@ class Engine {
     data.targets = this._alloc(4 * data.count * classes);
     data.labels = this._alloc(8 * data.count);
     this.exports.digitlab_bytes_targets(data.labelBytes, BigInt(data.count), BigInt(classes), data.targets, data.labels);
-    this._checkData(data, what);
+    try {
+      this._checkData(data, what);
+    } catch (error) {
+      this._freeData(data);
+      throw error;
+    }
     return data;
   }
 
