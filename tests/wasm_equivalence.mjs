@@ -29,8 +29,9 @@ export async function run(engineBase, read) {
     for (let l = 0; l + 1 < units.length; l++)
       for (const size of [units[l] * units[l + 1], units[l + 1]]) weights.push(initial.slice(at, (at += size)));
     engine.setWeights(weights);
-    engine.setTrainingData(new Uint8Array(await read("train_pixels.bin")), new Uint8Array(await read("train_labels.bin")));
-    engine.setValidationData(new Uint8Array(await read("valid_pixels.bin")), new Uint8Array(await read("valid_labels.bin")));
+    const bytes = async (name) => new Uint8Array(await read(name));
+    engine.setTrainingData(await bytes("train_pixels.bin"), await bytes("train_labels.bin"));
+    engine.setValidationData(await bytes("valid_pixels.bin"), await bytes("valid_labels.bin"));
     /* Each epoch's order as `digitlab train --seed` draws it: NumPy's RandomState(seed).permutation(n). */
     const orders = new NumpyRandomState(inputs.seed);
     const n = new Uint8Array(await read("train_labels.bin")).length;

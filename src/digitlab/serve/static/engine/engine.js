@@ -247,7 +247,8 @@ class Engine {
     if (!Array.isArray(activations) || activations.length !== layers)
       throw new Error(`Give one activation per layer (${layers}), got ${activations}.`);
     for (const [l, name] of activations.entries()) {
-      if (!(name in ACTIVATIONS)) throw new Error(`Unknown activation ${name}: use one of ${Object.keys(ACTIVATIONS)}.`);
+      if (!(name in ACTIVATIONS))
+        throw new Error(`Unknown activation ${name}: use one of ${Object.keys(ACTIVATIONS)}.`);
       if (name === "softmax" && l !== layers - 1) throw new Error("softmax is for the last layer only.");
     }
     if (!(loss in LOSSES)) throw new Error(`Unknown loss ${loss}: use one of ${Object.keys(LOSSES)}.`);
@@ -306,7 +307,9 @@ class Engine {
   setWeights(weights) {
     const net = this._needNet();
     if (!Array.isArray(weights) || weights.length !== 2 * net.layers)
-      throw new Error(`Give ${2 * net.layers} arrays (each layer's kernel, then bias), got ${weights && weights.length}.`);
+      throw new Error(
+        `Give ${2 * net.layers} arrays (each layer's kernel, then bias), got ${weights && weights.length}.`,
+      );
     for (let l = 0; l < net.layers; l++) {
       const sizes = [net.units[l] * net.units[l + 1], net.units[l + 1]];
       for (const [i, at] of [net.kernels[l], net.biases[l]].entries()) {
@@ -379,12 +382,10 @@ class Engine {
       this._freeData(data);
       throw new Error(`${what}: ${data.count} images but ${labels.length} labels.`);
     }
-    data.classes = classes;
     data.labelBytes = this._alloc(labels.length);
     this._bytes().set(labels, data.labelBytes);
-    data.targets = this._alloc(4 * data.count * classes);
     data.labels = this._alloc(8 * data.count);
-    this.exports.digitlab_bytes_targets(data.labelBytes, BigInt(data.count), BigInt(classes), data.targets, data.labels);
+    this._targets(data, classes);
     try {
       this._checkData(data, what);
     } catch (error) {
@@ -392,6 +393,14 @@ class Engine {
       throw error;
     }
     return data;
+  }
+
+  /* The data's one-hot targets for `classes` classes, and its labels as int64. */
+  _targets(data, classes) {
+    data.classes = classes;
+    data.targets = this._alloc(4 * data.count * classes);
+    const count = BigInt(data.count);
+    this.exports.digitlab_bytes_targets(data.labelBytes, count, BigInt(classes), data.targets, data.labels);
   }
 
   _checkData(data, what) {
@@ -402,9 +411,7 @@ class Engine {
     if (data.classes !== classes) {
       /* A new network with another number of classes: the targets follow it. */
       this._free(data.targets);
-      data.classes = classes;
-      data.targets = this._alloc(4 * data.count * classes);
-      this.exports.digitlab_bytes_targets(data.labelBytes, BigInt(data.count), BigInt(classes), data.targets, data.labels);
+      this._targets(data, classes);
     }
   }
 
