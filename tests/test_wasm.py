@@ -41,7 +41,7 @@ ACTIVATION_NAMES = {"shallow": ["sigmoid", "softmax"], "intermediate": ["relu", 
 
 def need_node():
     if NODE is None:
-        pytest.fail("node (version 20 or later) is needed to run the WebAssembly engine: apt-get install nodejs.")
+        pytest.fail("node (18 or later) runs the WebAssembly engine here: apt-get install nodejs (make test does).")
 
 
 @functools.cache
