@@ -106,7 +106,7 @@ tensorboard: setup
 # unit tests on shrunken configurations, one pytest worker per core (whole files to a worker, so each
 # module's fixtures are built once).
 CHECK_TIER := not slow and not heavy and not browser and not docker
-check: setup lint
+check: setup node lint
 	$(PYTHON) -m pytest -ra -m "$(CHECK_TIER)" -n auto --dist loadfile
 
 lint: setup
@@ -116,5 +116,5 @@ lint: setup
 
 # The whole suite: slow reproduction tests, killed processes, servers and browsers included, with a
 # branch-coverage report of src/digitlab at the end (a report, not a gate).
-test: setup browser containers node
+test: setup browser containers node wasm-toolchain
 	$(PYTHON) -m pytest -ra --durations=25 --cov --cov-report=term
