@@ -515,11 +515,15 @@
       document.execCommand("copy");
     }
   });
-  $("train-form").addEventListener("submit", start);
-  stopButton.addEventListener("click", stop);
-  resumeButton.addEventListener("click", resume);
+  if (window.DigitlabMode.trainHere !== "browser") {
+    // Where the page trains in the browser, browser.js owns the form.
+    $("train-form").addEventListener("submit", start);
+    stopButton.addEventListener("click", stop);
+    resumeButton.addEventListener("click", resume);
+  }
 
   async function init() {
+    if (window.DigitlabMode.trainHere === "browser") return; // browser.js trains in this page.
     const health = await healthLoaded;
     if (!health || !health.training) return;
     const { response, body } = await getJson("/api/train");
