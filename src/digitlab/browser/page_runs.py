@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import atomic, backends, checkpoint, data, errors, models, plots, runs, system
+from digitlab import config as config_module
 from digitlab.browser import rules
 from digitlab.config import ConfigError, TrainConfig
 from digitlab.engine import FastEngine
@@ -56,6 +58,9 @@ KEYS = {
 }
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 ENGINE_NAME = "browser-wasm"
+_FLOAT_FIELDS = {
+    field.name for field in dataclasses.fields(TrainConfig) if config_module.field_type(field.name)[0] is float
+}
 
 
 class PageRunError(errors.DigitlabError):
@@ -112,6 +117,13 @@ def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
     values = document.get("config")
     if not isinstance(values, dict):
         raise PageRunError("config must be a JSON object of TrainConfig fields.")
+    # JSON writes 1.0 as 1: whole numbers for float fields become floats, as the `train` flags parse them.
+    values = {
+        name: float(value)
+        if name in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool)
+        else value
+        for name, value in values.items()
+    }
     try:
         config = TrainConfig.from_dict(values).resolved()
     except ConfigError as error:
