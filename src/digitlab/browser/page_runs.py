@@ -117,6 +117,8 @@ def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
     values = document.get("config")
     if not isinstance(values, dict):
         raise PageRunError("config must be a JSON object of TrainConfig fields.")
+    if values.get("model") not in rules.BROWSER_MODELS:
+        raise PageRunError(f"The page trains the {' and '.join(rules.BROWSER_MODELS)} nets, not {values.get('model')}.")
     # JSON writes 1.0 as 1: whole numbers for float fields become floats, as the `train` flags parse them.
     values = {
         name: float(value)
@@ -128,8 +130,6 @@ def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
         config = TrainConfig.from_dict(values).resolved()
     except ConfigError as error:
         raise PageRunError(f"The run's config: {error}") from None
-    if config.model not in rules.BROWSER_MODELS:
-        raise PageRunError(f"The page trains the {' and '.join(rules.BROWSER_MODELS)} nets, not {config.model}.")
     if config.seed is None or config.seeds != 1:
         raise PageRunError("A page run has one network and records its seed; the config lacks them.")
     history = document.get("history")
