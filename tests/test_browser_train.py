@@ -271,3 +271,17 @@ def test_a_run_trained_in_the_page_is_sent_to_serve_once_and_opened_by_evaluate(
     )
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"accuracy {val_accuracy}" in evaluated.stdout
+
+
+def test_the_site_opens_and_trains_offline_after_the_first_visit(chromium, static_host):
+    context = chromium.new_context()
+    page = context.new_page()
+    train_three_epochs(page, static_host)
+    # The service worker has kept the page's files and controls the page.
+    assert page.evaluate("navigator.serviceWorker.ready.then(() => !!navigator.serviceWorker.controller)")
+    context.set_offline(True)
+    page.reload()
+    expect(page.locator("#train-card")).to_be_visible(timeout=LONG)
+    page.locator("#start").click()
+    expect(page.locator("#live-status")).to_contain_text("Done: 3 epochs", timeout=LONG)
+    context.close()

@@ -456,6 +456,11 @@ const lossChart = Charts.lineChart($("loss-chart"), { yMax: null });
 
 async function init() {
   if (window.DigitlabMode.trainHere !== "browser") return;
+  if (!window.DigitlabMode.staticSite) {
+    // A server that keeps no runs (digitlab serve's API alone, one network) offers the drawing page only.
+    const health = await healthLoaded;
+    if (!health || !health.training) return;
+  }
   try {
     rules = await loadRules(new URL("page.json", import.meta.url).href);
   } catch (error) {

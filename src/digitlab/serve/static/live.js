@@ -154,6 +154,7 @@
     const query = new URLSearchParams();
     Object.entries(settings()).forEach(([name, value]) => query.set(name, String(value)));
     if (hidden.size) query.set("hide", [...hidden].join(","));
+    if (params.get("train") === "server") query.set("train", "server"); // The server trains, for whoever opens it.
     const url = `${location.origin}${location.pathname}${query.toString() ? `?${query}` : ""}`;
     shareLink.value = url;
     history.replaceState(null, "", url); // The address bar shares the setting too (never a token).
