@@ -7,16 +7,17 @@
  *               outputs being the trained net's predictions for the first 100 validation images (and
  *               floatOutputs the same from their float inputs).
  *
- * The files: inputs.json ({ net, threads, epochs }), train_pixels.bin and valid_pixels.bin (uint8, 784 a
- * picture), train_labels.bin and valid_labels.bin (uint8), orders.bin (int32, one order an epoch) and
- * initial.bin (float32: every layer's kernel then bias, Keras's layout, one after another).
+ * The files: inputs.json ({ net, threads, epochs, seed, simd }), train_pixels.bin and valid_pixels.bin (uint8,
+ * 784 a picture), train_labels.bin and valid_labels.bin (uint8) and initial.bin (float32: every layer's kernel
+ * then bias, Keras's layout, one after another). The batch orders are drawn here from the seed, as
+ * `digitlab train` draws them (engine.js's NumpyRandomState).
  */
 
 const inNode = typeof process !== "undefined" && !!(process.versions && process.versions.node);
 
 /** Trains `inputs.epochs` epochs; `read(name)` gives a file's bytes (an ArrayBuffer). */
 export async function run(engineBase, read) {
-  const { loadEngine } = await import(new URL("engine.js", engineBase).href);
+  const { loadEngine, NumpyRandomState } = await import(new URL("engine.js", engineBase).href);
   const inputs = JSON.parse(new TextDecoder().decode(await read("inputs.json")));
   const engine = await loadEngine({ threads: inputs.threads, simd: inputs.simd !== false, base: engineBase });
   try {
@@ -28,14 +29,17 @@ export async function run(engineBase, read) {
     for (let l = 0; l + 1 < units.length; l++)
       for (const size of [units[l] * units[l + 1], units[l + 1]]) weights.push(initial.slice(at, (at += size)));
     engine.setWeights(weights);
-    engine.setTrainingData(new Uint8Array(await read("train_pixels.bin")), new Uint8Array(await read("train_labels.bin")));
-    engine.setValidationData(new Uint8Array(await read("valid_pixels.bin")), new Uint8Array(await read("valid_labels.bin")));
-    const orders = new Int32Array(await read("orders.bin"));
-    const n = orders.length / inputs.epochs;
+    const bytes = async (name) => new Uint8Array(await read(name));
+    engine.setTrainingData(await bytes("train_pixels.bin"), await bytes("train_labels.bin"));
+    engine.setValidationData(await bytes("valid_pixels.bin"), await bytes("valid_labels.bin"));
+    /* Each epoch's order as `digitlab train --seed` draws it: NumPy's RandomState(seed).permutation(n). */
+    const orders = new NumpyRandomState(inputs.seed);
+    const n = new Uint8Array(await read("train_labels.bin")).length;
     const epochs = [];
     for (let epoch = 0; epoch < inputs.epochs; epoch++) {
+      const order = orders.permutation(n);
       const began = performance.now();
-      const logs = engine.trainEpoch(orders.subarray(epoch * n, (epoch + 1) * n));
+      const logs = engine.trainEpoch(order);
       const seconds = (performance.now() - began) / 1000;
       const trained = engine.getWeights();
       const flat = new Float32Array(trained.reduce((total, array) => total + array.length, 0));

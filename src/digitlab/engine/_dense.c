@@ -424,6 +424,9 @@ AVX2 static void sigmoid_gradient_avx2(float *gradient, const float *output, int
 /* Each lane does the portable version's operations in its order (no FMA: a multiply, then an add), so these
  * give the portable versions' bits; they keep a block of outputs in registers across each sum. */
 
+/* sum + a * b, the product rounded before the add (as the portable code computes it; not an FMA). */
+static inline v128_t add_product(v128_t sum, v128_t a, v128_t b) { return wasm_f32x4_add(sum, wasm_f32x4_mul(a, b)); }
+
 /* out[r, :] = a[r, :] @ kernel + bias, per row: units in blocks of sixteen, then four, then one by one. */
 static void forward_simd128(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                             int64_t units, float *out) {
@@ -437,7 +440,7 @@ static void forward_simd128(const float *a, int64_t rows, int64_t inputs, const 
             for (int64_t i = 0; i < inputs; i++) {
                 const v128_t v = wasm_f32x4_splat(x[i]);
                 const float *k = kernel + i * units + u0;
-                for (int c = 0; c < 4; c++) acc[c] = wasm_f32x4_add(acc[c], wasm_f32x4_mul(v, wasm_v128_load(k + 4 * c)));
+                for (int c = 0; c < 4; c++) acc[c] = add_product(acc[c], v, wasm_v128_load(k + 4 * c));
             }
             for (int c = 0; c < 4; c++)
                 wasm_v128_store(o + u0 + 4 * c, wasm_f32x4_add(acc[c], wasm_v128_load(bias + u0 + 4 * c)));
@@ -445,7 +448,7 @@ static void forward_simd128(const float *a, int64_t rows, int64_t inputs, const 
         for (; u0 + 4 <= units; u0 += 4) {
             v128_t acc = wasm_f32x4_splat(0.0f);
             for (int64_t i = 0; i < inputs; i++)
-                acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_splat(x[i]), wasm_v128_load(kernel + i * units + u0)));
+                acc = add_product(acc, wasm_f32x4_splat(x[i]), wasm_v128_load(kernel + i * units + u0));
             wasm_v128_store(o + u0, wasm_f32x4_add(acc, wasm_v128_load(bias + u0)));
         }
         for (int64_t u = u0; u < units; u++) {
@@ -468,7 +471,7 @@ static void sum_rows_simd128(const float *scale, int64_t scale_stride, const flo
         for (int64_t k = 0; k < count; k++) {
             const v128_t v = wasm_f32x4_splat(scale[k * scale_stride]);
             const float *s = source + k * source_stride;
-            for (int c = 0; c < 16; c++) acc[c] = wasm_f32x4_add(acc[c], wasm_f32x4_mul(v, wasm_v128_load(s + 4 * c)));
+            for (int c = 0; c < 16; c++) acc[c] = add_product(acc[c], v, wasm_v128_load(s + 4 * c));
         }
         for (int c = 0; c < 16; c++) {
             v128_t value = acc[c];
@@ -480,8 +483,8 @@ static void sum_rows_simd128(const float *scale, int64_t scale_stride, const flo
     for (; i0 + 4 <= width; i0 += 4) {
         v128_t acc = wasm_f32x4_splat(0.0f);
         for (int64_t k = 0; k < count; k++)
-            acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_splat(scale[k * scale_stride]),
-                                                     wasm_v128_load(source + k * source_stride + i0)));
+            acc = add_product(acc, wasm_f32x4_splat(scale[k * scale_stride]),
+                              wasm_v128_load(source + k * source_stride + i0));
         if (subtract) acc = wasm_f32x4_sub(wasm_v128_load(out + i0), wasm_f32x4_mul(acc, step));
         wasm_v128_store(out + i0, acc);
     }
@@ -510,7 +513,8 @@ static void sgd_units_simd128(const float *a, const float *g, int64_t rows, int6
     for (int64_t u = u0; u < u1; u++) {
         float *row = kernel_t + u * inputs;
         for (int64_t i0 = 0; i0 < inputs; i0 += 64)
-            sum_rows_simd128(g + u, units, a + i0, inputs, rows, inputs - i0 < 64 ? inputs - i0 : 64, row + i0, 1, rate);
+            sum_rows_simd128(g + u, units, a + i0, inputs, rows, inputs - i0 < 64 ? inputs - i0 : 64, row + i0, 1,
+                             rate);
         for (int64_t i = 0; i < inputs; i++) kernel[i * units + u] = row[i];
     }
 }
@@ -537,17 +541,16 @@ static inline v128_t exp_simd128(v128_t x) {
     const v128_t low = wasm_f32x4_splat(-87.3365448f), high = wasm_f32x4_splat(88.3762626f);
     x = wasm_v128_bitselect(low, x, wasm_f32x4_lt(x, low));
     x = wasm_v128_bitselect(high, x, wasm_f32x4_gt(x, high));
-    const v128_t n = wasm_f32x4_floor(
-        wasm_f32x4_add(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)), wasm_f32x4_splat(0.5f)));
+    const v128_t n = wasm_f32x4_floor(add_product(wasm_f32x4_splat(0.5f), x, wasm_f32x4_splat(1.44269504088896341f)));
     x = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
     x = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
     v128_t y = wasm_f32x4_splat(1.9875691500e-4f);
-    y = wasm_f32x4_add(wasm_f32x4_mul(y, x), wasm_f32x4_splat(1.3981999507e-3f));
-    y = wasm_f32x4_add(wasm_f32x4_mul(y, x), wasm_f32x4_splat(8.3334519073e-3f));
-    y = wasm_f32x4_add(wasm_f32x4_mul(y, x), wasm_f32x4_splat(4.1665795894e-2f));
-    y = wasm_f32x4_add(wasm_f32x4_mul(y, x), wasm_f32x4_splat(1.6666665459e-1f));
-    y = wasm_f32x4_add(wasm_f32x4_mul(y, x), wasm_f32x4_splat(5.0000001201e-1f));
-    y = wasm_f32x4_add(wasm_f32x4_mul(y, wasm_f32x4_mul(x, x)), wasm_f32x4_add(x, wasm_f32x4_splat(1.0f)));
+    y = add_product(wasm_f32x4_splat(1.3981999507e-3f), y, x);
+    y = add_product(wasm_f32x4_splat(8.3334519073e-3f), y, x);
+    y = add_product(wasm_f32x4_splat(4.1665795894e-2f), y, x);
+    y = add_product(wasm_f32x4_splat(1.6666665459e-1f), y, x);
+    y = add_product(wasm_f32x4_splat(5.0000001201e-1f), y, x);
+    y = add_product(wasm_f32x4_add(x, wasm_f32x4_splat(1.0f)), y, wasm_f32x4_mul(x, x));
     const v128_t scale = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(n), wasm_i32x4_splat(127)), 23);
     return wasm_f32x4_mul(y, scale);
 }

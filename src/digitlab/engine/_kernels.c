@@ -288,7 +288,8 @@ static int64_t sgd_pixel_avx2(int32_t *const *offsets, Entry *const *entries, in
 
 /* acc[c] += value * w[4c ... 4c + 3] for the block's vectors. */
 static inline void add_products(v128_t *acc, v128_t value, const float *w) {
-    for (int c = 0; c < BLOCK; c++) acc[c] = wasm_f32x4_add(acc[c], wasm_f32x4_mul(value, wasm_v128_load(w + 4 * c)));
+    for (int c = 0; c < BLOCK; c++) /* The product rounded before the add: not an FMA. */
+        acc[c] = wasm_f32x4_add(acc[c], wasm_f32x4_mul(value, wasm_v128_load(w + 4 * c)));
 }
 
 static void forward_simd128(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,

@@ -11,6 +11,10 @@
  * then pixels for the first layer's update and units for the other layers' and the biases'; each
  * sum runs in the same order for any number of threads, so the results are the same bits.
  *
+ * The browser's engine is this file too, built for WebAssembly (Makefile target `wasm`): engine.js calls
+ * digitlab_train_epoch once an epoch, and its threads are Web Workers on a shared memory (_wasm.c's
+ * pthread_create and pthread_join).
+ *
  * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax (the last layer only, as spec.py checks).
  * Losses: 0 mean squared error, 1 categorical cross-entropy.
  */

@@ -149,7 +149,9 @@ static WasmThread slots[SLOTS];
 static int32_t workers = 0; /* How many Workers wait on slots 0 ... workers - 1 (engine.js sets it). */
 
 /* The address of slot k's state, on which Worker k waits (engine-thread.js); NULL past the slots. */
-EXPORT(digitlab_thread_slot) int32_t *digitlab_thread_slot(int32_t k) { return k >= 0 && k < SLOTS ? &slots[k].state : NULL; }
+EXPORT(digitlab_thread_slot) int32_t *digitlab_thread_slot(int32_t k) {
+    return k >= 0 && k < SLOTS ? &slots[k].state : NULL;
+}
 
 /* How many Workers are ready (engine.js, once they have started); returns how many the build can use:
  * 0 without shared memory. */

@@ -21,6 +21,9 @@
  *                                                  // rows x 784 (0-255) or Float32Array (inputs 0-1)
  *     engine.dispose();                            // ends the engine's Workers
  *
+ *     const orders = new NumpyRandomState(seed);   // the batch orders of `digitlab train --seed seed`:
+ *     engine.trainEpoch(orders.permutation(n));    // one draw an epoch, as NumPy's RandomState draws them
+ *
  * loadEngine({ threads, simd, base }) picks the build: engine-threads.wasm (SIMD128 and shared memory: its
  * Workers run engine-thread.js) when threads > 1 and SharedArrayBuffer is usable (a cross-origin isolated
  * page, or node); else engine.wasm (SIMD128, one thread); engine-scalar.wasm where the browser has no
@@ -81,6 +84,66 @@ export async function loadEngine({ threads = 1, simd = true, base = new URL(".",
   const engine = new Engine(instance, memory, build, withSimd);
   if (shared) await engine._startWorkers(module, threads - 1, base);
   return engine;
+}
+
+/** NumPy's legacy generator, np.random.RandomState(seed) (MT19937), for the batch orders `digitlab train`
+ * draws: run seed s, network k trains epoch after epoch on RandomState(s + k).permutation(n), one draw an
+ * epoch from one generator, as Keras's fit shuffles. new NumpyRandomState(seed).permutation(n) gives the
+ * same Int32Array as NumPy, draw after draw. */
+export class NumpyRandomState {
+  constructor(seed) {
+    if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
+      throw new Error(`A seed must be a whole number from 0 to 2**32 - 1, got ${seed}.`);
+    this.key = new Uint32Array(624);
+    this.key[0] = seed >>> 0;
+    for (let i = 1; i < 624; i++) {
+      const previous = this.key[i - 1] ^ (this.key[i - 1] >>> 30);
+      /* 1812433253 * previous + i, modulo 2**32, without losing bits to floating point. */
+      this.key[i] = (Math.imul(1812433253, previous) + i) >>> 0;
+    }
+    this.position = 624;
+  }
+
+  /** The next 32 random bits (MT19937's genrand_int32). */
+  nextUint32() {
+    const key = this.key;
+    if (this.position >= 624) {
+      for (let i = 0; i < 624; i++) {
+        const y = (key[i] & 0x80000000) | (key[(i + 1) % 624] & 0x7fffffff);
+        key[i] = key[(i + 397) % 624] ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
+      }
+      this.position = 0;
+    }
+    let y = key[this.position++];
+    y ^= y >>> 11;
+    y ^= (y << 7) & 0x9d2c5680;
+    y ^= (y << 15) & 0xefc60000;
+    y ^= y >>> 18;
+    return y >>> 0;
+  }
+
+  /** A whole number in 0 ... most (NumPy's random_interval: masked draws, the ones above most refused). */
+  interval(most) {
+    if (most === 0) return 0;
+    let mask = most;
+    for (const shift of [1, 2, 4, 8, 16]) mask |= mask >>> shift;
+    for (;;) {
+      const value = (this.nextUint32() & mask) >>> 0;
+      if (value <= most) return value;
+    }
+  }
+
+  /** np.random.RandomState.permutation(n): 0 ... n - 1 shuffled (Fisher-Yates from the end, as NumPy). */
+  permutation(n) {
+    const order = new Int32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    for (let i = n - 1; i >= 1; i--) {
+      const j = this.interval(i);
+      const kept = order[i];
+      (order[i] = order[j]), (order[j] = kept);
+    }
+    return order;
+  }
 }
 
 /** numpy's sum of a float64 array (pairwise, in blocks of 128 with eight partial sums), so val_loss matches. */
@@ -184,7 +247,8 @@ class Engine {
     if (!Array.isArray(activations) || activations.length !== layers)
       throw new Error(`Give one activation per layer (${layers}), got ${activations}.`);
     for (const [l, name] of activations.entries()) {
-      if (!(name in ACTIVATIONS)) throw new Error(`Unknown activation ${name}: use one of ${Object.keys(ACTIVATIONS)}.`);
+      if (!(name in ACTIVATIONS))
+        throw new Error(`Unknown activation ${name}: use one of ${Object.keys(ACTIVATIONS)}.`);
       if (name === "softmax" && l !== layers - 1) throw new Error("softmax is for the last layer only.");
     }
     if (!(loss in LOSSES)) throw new Error(`Unknown loss ${loss}: use one of ${Object.keys(LOSSES)}.`);
@@ -243,7 +307,9 @@ class Engine {
   setWeights(weights) {
     const net = this._needNet();
     if (!Array.isArray(weights) || weights.length !== 2 * net.layers)
-      throw new Error(`Give ${2 * net.layers} arrays (each layer's kernel, then bias), got ${weights && weights.length}.`);
+      throw new Error(
+        `Give ${2 * net.layers} arrays (each layer's kernel, then bias), got ${weights && weights.length}.`,
+      );
     for (let l = 0; l < net.layers; l++) {
       const sizes = [net.units[l] * net.units[l + 1], net.units[l + 1]];
       for (const [i, at] of [net.kernels[l], net.biases[l]].entries()) {
@@ -316,14 +382,25 @@ class Engine {
       this._freeData(data);
       throw new Error(`${what}: ${data.count} images but ${labels.length} labels.`);
     }
-    data.classes = classes;
     data.labelBytes = this._alloc(labels.length);
     this._bytes().set(labels, data.labelBytes);
-    data.targets = this._alloc(4 * data.count * classes);
     data.labels = this._alloc(8 * data.count);
-    this.exports.digitlab_bytes_targets(data.labelBytes, BigInt(data.count), BigInt(classes), data.targets, data.labels);
-    this._checkData(data, what);
+    this._targets(data, classes);
+    try {
+      this._checkData(data, what);
+    } catch (error) {
+      this._freeData(data);
+      throw error;
+    }
     return data;
+  }
+
+  /* The data's one-hot targets for `classes` classes, and its labels as int64. */
+  _targets(data, classes) {
+    data.classes = classes;
+    data.targets = this._alloc(4 * data.count * classes);
+    const count = BigInt(data.count);
+    this.exports.digitlab_bytes_targets(data.labelBytes, count, BigInt(classes), data.targets, data.labels);
   }
 
   _checkData(data, what) {
@@ -334,9 +411,7 @@ class Engine {
     if (data.classes !== classes) {
       /* A new network with another number of classes: the targets follow it. */
       this._free(data.targets);
-      data.classes = classes;
-      data.targets = this._alloc(4 * data.count * classes);
-      this.exports.digitlab_bytes_targets(data.labelBytes, BigInt(data.count), BigInt(classes), data.targets, data.labels);
+      this._targets(data, classes);
     }
   }
 
