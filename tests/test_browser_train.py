@@ -104,7 +104,7 @@ network = models.create_seeded_models(config)[0]
 network.set_weights(prng.initial_weights(config.seed, [784, *config.units, 10]))
 engine = FastEngine([network], config)
 (x, y), validation, _ = data.prepare(data.load({str(mnist_path)!r}).arrays, "test", config.train_limit)
-engine.fit(x, y, validation, epochs=config.epochs, rngs=[prng.PageOrders(config.seed)])
+engine.fit(x, y, validation, epochs=config.epochs, rngs=[np.random.RandomState(config.seed)])
 state = engine.get_state()
 names = ["dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias"]
 np.savez({str(tmp_path / "native.npz")!r}, *[state[name][0] for name in names])
@@ -253,10 +253,10 @@ def test_a_run_trained_in_the_page_is_sent_to_serve_once_and_opened_by_evaluate(
         expect(page.locator("#engine-note")).to_contain_text("threads")
         val_accuracy = page.locator("#n-val_accuracy").text_content()
         page.locator("#send-run").click()
-        expect(page.locator("#keep-status")).to_contain_text("Kept on the server as page-shallow-seed5-")
+        expect(page.locator("#keep-status")).to_contain_text("Kept on the server as page-shallow-seed5-", timeout=LONG)
         name = page.locator("#keep-status").get_attribute("data-run")
         page.locator("#send-run").click()
-        expect(page.locator("#keep-status")).to_contain_text("already kept")
+        expect(page.locator("#keep-status")).to_contain_text("already kept", timeout=LONG)
         page.screenshot(path=str(tmp_path / "sent.png"), full_page=True)
         page.close()
     finally:
