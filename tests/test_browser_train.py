@@ -285,3 +285,23 @@ def test_the_site_opens_and_trains_offline_after_the_first_visit(chromium, stati
     page.locator("#start").click()
     expect(page.locator("#live-status")).to_contain_text("Done: 3 epochs", timeout=LONG)
     context.close()
+
+
+def test_the_page_answers_while_it_trains_and_stop_keeps_the_epochs_done(chromium, static_host, tmp_path):
+    context = chromium.new_context(viewport={"width": 1280, "height": 1400}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(static_host + "?train_limit=2000&epochs=1000&loss=categorical_crossentropy&learning_rate=0.5&seed=7")
+    expect(page.locator("#train-card")).to_be_visible(timeout=LONG)
+    page.locator("#start").click()
+    expect(page.locator("#n-epoch")).to_contain_text("/ 1000", timeout=LONG)
+    # The Worker trains; the page still reads a drawing and moves its slider meanwhile.
+    draw(page, SEVEN)
+    expect(page.locator("#digit")).to_have_text(ONE_DIGIT)
+    page.locator("#stop").click()
+    expect(page.locator("#live-status")).to_contain_text("Stopped after epoch", timeout=LONG)
+    done = int(page.locator("#live-status").text_content().split("epoch ")[1].split()[0])
+    assert 1 <= done < 1000
+    expect(page.locator("#n-epoch")).to_have_text(f"{done} / 1000")
+    document = page_run_from_download(page, tmp_path)
+    assert document["status"] == "interrupted" and len(document["history"]["loss"]) == done
+    context.close()
