@@ -287,6 +287,8 @@ def test_the_server_keeps_a_page_run_once_and_serves_the_pages_files(loaded, tra
     page = client.get("/")
     assert page.headers["cross-origin-embedder-policy"] == "require-corp"
     assert "'wasm-unsafe-eval'" in page.headers["content-security-policy"]
+    assert client.get("/static/browser.js").headers["cross-origin-opener-policy"] == "same-origin"
+    assert "cross-origin-embedder-policy" not in client.get("/docs").headers  # Swagger UI's CDN scripts.
     assert client.get("/static/page.json").json() == json.loads(json.dumps(rules.page_document()))
     index = client.get("/static/mnist/index.json")
     assert index.headers["cache-control"] == "no-cache"
