@@ -9,6 +9,8 @@
     digitlab tensorboard RUN              # a run's --tensorboard logs in TensorBoard
     digitlab sweep --grid learning_rate=0.01,0.1 --seeds 3 --out sweeps/lr   # many runs at once, on Ray
     digitlab serve                        # a page that trains the net live and reads your handwriting
+    digitlab site public/                 # the page as static files that train in the browser
+    digitlab import page-run-....json     # a run trained in the page, kept as a run folder
     digitlab runs | compare | evaluate | report | bench
 
 Bad input (a flag, a file, a run folder) prints one clear `error:` line and exits
@@ -160,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-viewers", type=int, default=100, help="the most event streams open at once")
     cli_flags.add_data_flag(serve)
+
+    site = commands.add_parser(
+        "site",
+        help="write the page, its engine and MNIST as static files that train in any browser",
+        formatter_class=cli_flags.HelpFormatter,
+    )
+    site.add_argument("folder", metavar="DIR", help="a new or empty folder, or a previous site's to replace it")
+    cli_flags.add_data_flag(site)
+
+    keep = commands.add_parser(
+        "import",
+        help="keep a run trained in the page (its downloaded page-run JSON) as a run folder",
+        formatter_class=cli_flags.HelpFormatter,
+    )
+    keep.add_argument("file", metavar="FILE", help="the page-run JSON file the page's Download run button saved")
+    keep.add_argument("--runs-dir", default="runs", help="folder to keep the run folder in")
+    cli_flags.add_data_flag(keep)
 
     from digitlab.serve.board import DEFAULT_PORT
 
@@ -496,6 +515,28 @@ def command_serve(args) -> int:
     return 0
 
 
+def command_site(args) -> int:
+    from digitlab import data
+    from digitlab.browser import site
+
+    written = site.write_site(Path(args.folder), data.load(args.data))
+    size = sum((Path(args.folder) / name).stat().st_size for name in written)
+    print(
+        f"digitlab: wrote the site ({len(written)} files, {size / 1e6:.1f} MB) in {args.folder}; serve it from any "
+        f"static host, e.g. `python -m http.server -d {args.folder}`, and open it in a browser"
+    )
+    return 0
+
+
+def command_import(args) -> int:
+    from digitlab import data
+    from digitlab.browser import page_runs
+
+    run = page_runs.save_page_run(page_runs.read_document(Path(args.file)), args.runs_dir, data.load(args.data))
+    print(f"digitlab: kept {args.file} as the run folder {run.path}")
+    return 0
+
+
 def command_tensorboard(args) -> int:
     from digitlab import runs
     from digitlab.serve import board
@@ -534,6 +575,8 @@ COMMANDS = {
     "tensorboard": command_tensorboard,
     "sweep": command_sweep,
     "bench": command_bench,
+    "site": command_site,
+    "import": command_import,
 }
 
 
