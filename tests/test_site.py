@@ -297,16 +297,16 @@ def test_the_server_keeps_a_page_run_once_and_serves_the_pages_files(loaded, tra
     assert "immutable" in labels.headers["cache-control"] and "content-encoding" not in labels.headers
     assert np.array_equal(np.frombuffer(gzip.decompress(labels.content), np.uint8), loaded.arrays["y_test"])
     document = fresh(trained)
-    first = client.post("/api/runs/upload", json=document)
+    first = client.post("/api/runs", json=document)
     assert first.status_code == 201, first.text
-    again = client.post("/api/runs/upload", json=document)
+    again = client.post("/api/runs", json=document)
     assert again.status_code == 409 and "already kept" in again.json()["detail"]
     assert [path.name for path in tmp_path.iterdir()] == [first.json()["run"]]
     other = dict(document, run_id=uuid.uuid4().hex, data_sha256={key: "0" * 64 for key in data.NPZ_KEYS})
-    refused = client.post("/api/runs/upload", json=other)
+    refused = client.post("/api/runs", json=other)
     assert refused.status_code == 409 and "other MNIST" in refused.json()["detail"]
-    assert client.post("/api/runs/upload", content=b"{not json").status_code == 400
-    assert client.post("/api/runs/upload", json={"format": "x"}).status_code == 422
+    assert client.post("/api/runs", content=b"{not json").status_code == 400
+    assert client.post("/api/runs", json={"format": "x"}).status_code == 422
 
 
 def test_digitlab_import_keeps_a_downloaded_page_run(trained, tmp_path, capsys):

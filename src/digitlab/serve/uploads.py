@@ -7,7 +7,7 @@
 - `GET /static/mnist/index.json` and `GET /static/mnist/FILE`: the MNIST asset
   (`browser.mnist_asset`) built once from the data this server loads; the index is never cached
   (it names the files), each file is named by its content and cached for a year.
-- `POST /api/runs/upload` (the operator, same site): a run trained in the page (the JSON document
+- `POST /api/runs` (the operator, same site): a run trained in the page (the JSON document
   of `browser.page_runs`) becomes a run folder here: 201 `{"run": NAME}`; 409 with a sentence if
   that run was kept already (nothing is written again) or was trained on other data; 422 for a
   document that is not a page run.
@@ -102,10 +102,34 @@ async def mnist_file(name: str, request: Request):
 
 
 @router.post(
-    "/api/runs/upload",
+    "/api/runs",
     status_code=201,
     dependencies=[Depends(access.require_operator)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The page run's JSON document (digitlab.browser.page_runs says what it holds).",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["format", "version", "run_id", "config", "history", "weights", "status"],
+                        "properties": {
+                            "format": {"const": page_runs.FORMAT},
+                            "version": {"const": page_runs.FORMAT_VERSION},
+                            "run_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                            "config": {"type": "object"},
+                            "history": {"type": "object"},
+                            "weights": {"type": "array"},
+                            "status": {"enum": ["complete", "interrupted"]},
+                        },
+                    }
+                }
+            },
+        }
+    },
     responses={
+        400: {"description": "The body is not JSON."},
         409: {"description": "This run was kept already, or it was trained on other MNIST arrays."},
         413: {"description": "Over 4 MB."},
         422: {"description": "Not a page run, or a bad config, history or weights."},

@@ -5,7 +5,7 @@
 // weights (the server's colour scale, from page.json), the slider can show any epoch (every epoch's weights
 // are kept in the page, float32) and the drawing pad is read by that epoch's network, here. A run can be
 // kept: downloaded as a page-run JSON document (`digitlab import FILE` makes it a run folder) or sent to
-// the server that served the page (POST api/runs/upload).
+// the server that served the page (POST api/runs).
 import { check, loadRules } from "./rules.js";
 
 const $ = (id) => document.getElementById(id);
@@ -437,7 +437,7 @@ async function send() {
   const status = $("keep-status");
   status.textContent = "Sending…";
   try {
-    const response = await fetch("api/runs/upload", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(pageRun()) });
+    const response = await fetch("api/runs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(pageRun()) });
     const body = await response.json().catch(() => ({ detail: `The server answered ${response.status}.` }));
     status.textContent = response.ok ? `Kept on the server as ${body.run}: \`digitlab evaluate RUNS/${body.run}\` opens it.` : body.detail;
     status.classList.toggle("error", !response.ok);
