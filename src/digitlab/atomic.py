@@ -17,11 +17,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import secrets
 from pathlib import Path
 
 import numpy as np
 
-from digitlab import errors
+from digitlab import errors, system
 
 
 class WriteError(errors.DigitlabError):
@@ -46,8 +48,34 @@ def atomic_save(path: str | os.PathLike, save) -> None:
 
 
 def temporary_path(path: Path) -> Path:
-    """The hidden temporary file `atomic_save` writes before renaming (`.name.tmp.suffix`)."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+    """The hidden temporary file `atomic_save` writes before renaming: `.STEM.tmp-PID-RANDOM.SUFFIX`.
+
+    Unique to the writer (its process id) and to the write (a random part), so that two writers
+    never share one (one's rename would take the other's file); the suffix stays last, as Keras
+    and Matplotlib choose the format by it. The leading dot keeps it out of every listing of run
+    files, and `leftover_writer` tells the one a killed process left from one being written."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+
+
+_TEMPORARY = re.compile(r"\..*\.tmp-(\d+)-[0-9a-f]{8}(\.[^.]*)?")
+
+
+def leftover_writer(name: str) -> int | None:
+    """The process id in a temporary file's name (`temporary_path`), or None if `name` is not one."""
+    match = _TEMPORARY.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Removes, anywhere under `folder`, the temporary files of processes that have ended (a writer
+    killed mid-write leaves one; the real file beside it is intact); returns what it removed."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp-*"):
+        pid = leftover_writer(path.name)
+        if pid is not None and pid != os.getpid() and not system.process_alive(pid):
+            remove_quietly(path)
+            removed.append(path)
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, payload: bytes) -> None:

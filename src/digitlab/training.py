@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import atomic, backends, checkpoint, data, engine, interrupts, models, plots, runs, system
+from digitlab import atomic, backends, checkpoint, data, engine, interrupts, models, plots, runlock, runs, system
 from digitlab.config import TrainConfig
 from digitlab.engine import FitEngine
 from digitlab.engine.spec import weight_names
@@ -67,12 +67,15 @@ def train(
         config.seed = secrets.randbelow(2**31 - config.seeds)
     session = _Session(config, loaded or data.load(data_path), print_fn, verbose, on_epoch_end, metadata)
     run = runs.new_run(runs_dir, config, name=run_name)
-    config.save(run.file(runs.CONFIG_FILE))
-    run.write_json(runs.DATA_FILE, session.data.record())
-    run.set_status("running", epoch=0)
-    print_fn(f"digitlab: training the {config.model} net in {run.path}\n{config.describe()}")
-    session.networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
-    return session.run(run, saved=None)
+    # The folder is new (made by this process), so the lock is free; taken before config.json
+    # is there, so that no resume can take the run before it is whole.
+    with runlock.RunLock(run.path).acquire("training it"):
+        config.save(run.file(runs.CONFIG_FILE))
+        run.write_json(runs.DATA_FILE, session.data.record())
+        run.set_status("running", epoch=0)
+        print_fn(f"digitlab: training the {config.model} net in {run.path}\n{config.describe()}")
+        session.networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
+        return session.run(run, saved=None)
 
 
 def resume(
@@ -83,18 +86,27 @@ def resume(
     loaded: data.Loaded | None = None,
     on_epoch_end=None,
     metadata: dict | None = None,
+    lock: runlock.RunLock | None = None,
 ) -> Run:
     """Continues an interrupted run from its last checkpoint to the end (`loaded`, `on_epoch_end`
-    and `metadata` as for `train`; given data must be the run's own, by its SHA-256s)."""
+    and `metadata` as for `train`; given data must be the run's own, by its SHA-256s).
+
+    The run's lock is taken first, so a run that another process writes is refused (RunBusy, naming
+    that process) before anything is read or changed; a caller that holds the lock already (the
+    page, a sweep trial) passes it as `lock` and lets it go itself."""
     run = runs.open_run(run_path)
-    status = run.status()
-    if status["status"] == "complete":
+    if lock is None:
+        with runlock.RunLock(run.path).acquire("resuming it"):
+            return _resume(run, data_path, print_fn, verbose, loaded, on_epoch_end, metadata)
+    if not lock.held or not lock.folder.samefile(run.path):
+        raise ValueError(f"resume was given {lock!r}, which is not a held lock of {run.path}")
+    return _resume(run, data_path, print_fn, verbose, loaded, on_epoch_end, metadata)
+
+
+def _resume(run: Run, data_path, print_fn, verbose, loaded, on_epoch_end, metadata) -> Run:
+    # With the lock held, a "running" status is a writer's that died: the run is interrupted.
+    if run.status()["status"] == "complete":
         raise RunError(f"The run {run.path} is already complete; there is nothing to resume.")
-    if status["status"] == "running":
-        raise RunError(
-            f"The run {run.path} is still being trained by process {status.get('pid')}; "
-            "stop that process first (Ctrl-C), then resume."
-        )
     config = run.config()
     saved = checkpoint.load(run.file(runs.CHECKPOINT_FILE))
     # The run's own data, found from its record (a run from before data.json: the usual search).
@@ -104,9 +116,8 @@ def resume(
     runs.check_writable(run.path)
     if session.data.record()["path"] != record.get("path"):
         run.write_json(runs.DATA_FILE, session.data.record())  # Found elsewhere: the next resume looks there.
-    for leftover in run.path.glob(".*.tmp*"):
-        # A process killed while writing leaves its temporary file; the real file is intact.
-        leftover.unlink()
+    # A process killed while writing leaves its temporary file; the real file is intact.
+    atomic.remove_leftovers(run.path)
     run.set_status("running", epoch=saved["epoch"])
     print_fn(f"digitlab: resuming {run.path} after epoch {saved['epoch']} of {config.epochs}")
     return session.run(run, saved=saved)
