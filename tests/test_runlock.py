@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -182,3 +183,50 @@ def test_the_sweep_store_holds_the_lock_while_it_writes_a_run(tmp_path):
         assert not (tmp_path / "t001" / "history.json").exists()
     finally:
         _end(holder)
+
+
+# Heavy: real writers at one run at once. The runs (an uninterrupted one, and one stopped after epoch 3)
+# and the contenders come from scripts/writers_stress.py, which repeats these cases many times.
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, mnist_path, load_script):
+    """(the stress script, the reference Run, the folder of a run stopped after epoch 3)."""
+    stress = load_script("writers_stress")
+    reference, stopped = stress.prepare(tmp_path_factory.mktemp("prepared"), str(mnist_path))
+    return stress, runs.Run(reference), stopped
+
+
+@pytest.mark.heavy
+def test_two_resumes_at_once_one_trains_the_other_is_refused(stopped_run, tmp_path, mnist_path):
+    stress, reference, stopped = stopped_run
+    run = tmp_path / stopped.name
+    shutil.copytree(stopped, run)
+    command = [sys.executable, "-m", "digitlab", "train", "--resume", str(run), "--data", str(mnist_path)]
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in both]
+    results = [(process.pid, process.returncode, out, err) for process, (out, err) in zip(both, outputs, strict=True)]
+    assert sorted(code for _, code, _, _ in results) == [0, 2], results
+    (winner,) = [result for result in results if result[1] == 0]
+    (loser,) = [result for result in results if result[1] == 2]
+    assert f"resuming {run} after epoch {stress.STOPPED_AFTER} of" in winner[2]
+    refusal = loser[3].strip().splitlines()[-1]
+    assert refusal.startswith(f"error: The run {run} {stress.REFUSAL} {winner[0]} ") and "Traceback" not in loser[3]
+    assert "train --resume" in refusal and "wait for that one to finish" in refusal
+    assert "Epoch" not in loser[2]  # Refused before it trained, or wrote, anything.
+    finished = runs.Run(run)
+    assert finished.status()["status"] == "complete" and finished.history() == reference.history()
+    for ours, theirs in zip(finished.load_model().get_weights(), reference.load_model().get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert not list(run.rglob(".*"))  # No lock file, no temporary file left.
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("case", ["page", "sweep"])
+def test_a_resume_beside_the_pages_training_or_a_sweep_trial(stopped_run, tmp_path, mnist_path, case):
+    """`digitlab train --resume` and the page's resume (POST /api/train/RUN/resume, trained in the server's
+    thread), or a sweep trial of the same run, released at the same instant: one writes, the other is
+    refused with the sentence that names it, and the run equals the uninterrupted one."""
+    stress, reference, stopped = stopped_run
+    verdict = stress.one_try(case, stopped, reference, tmp_path, str(mnist_path))
+    assert verdict["sentence"] and not verdict["damaged"] and verdict["equal"], verdict
