@@ -13,8 +13,9 @@ seed as the reference) and lets two writers at it at the same instant:
          a Ray Tune trial runs where the sweep's folder is).
 
 Every writer is a process of its own that imports digitlab, loads what it needs, says "ready" and
-waits; the script then releases both at once, so the two reach the run's lock within milliseconds
-of each other (started cold, one would often arrive after the other had finished). It prints a table:
+waits; the script then releases both within a fraction of a second, in a random order, so the two
+reach the run's lock at about the same instant (started cold, one would often arrive after the
+other had finished). It prints a table:
 tries, damaged runs (not complete, or history or weights not those of the reference, or files left
 over: 0 expected), refusals that were the lock's sentence naming the winner (exit 2, or the page's
 409), and runs whose winner's history and weights equal the uninterrupted run's.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -37,6 +39,8 @@ CASES = ("pair", "page", "sweep")
 CONFIG = {"model": "shallow", "epochs": 10, "train_limit": 10_000, "seed": 5, "engine": "auto"}
 STOPPED_AFTER = 3
 WRITERS = ("resume", "page", "trial")
+# The most by which the second writer of a try is released after the first.
+STAGGER_S = 0.3
 REFUSAL = "is being written by another process: pid"
 
 
@@ -118,6 +122,7 @@ def _writer(kind: str, run: Path, data_path: str | None) -> int:
 
         act = lambda: cli.main(["train", "--resume", str(run)] + (["--data", data_path] if data_path else []))  # noqa: E731
     elif kind == "trial":
+        from digitlab import training  # noqa: F401  (A Ray worker has it imported since its first trial.)
         from digitlab.sweep import trial as sweep_trial
 
         loaded = data.load(data_path)  # A Ray trial gets the data with its parameters.
@@ -183,13 +188,19 @@ def check(run: Path, reference, winner: Writer, loser: Writer, results: dict) ->
     }
 
 
-def one_try(case: str, stopped: Path, reference, folder: Path, data_path: str | None) -> dict:
+def one_try(case: str, stopped: Path, reference, folder: Path, data_path: str | None, seed: int = 0) -> dict:
+    """Two writers of `case` at a copy of `stopped`; the first released is chosen at random, the second
+    follows within STAGGER_S (either may take the lock first: the page, in-process, reaches it sooner
+    than a command that parses its flags and reads the run first)."""
     run = folder / stopped.name
     shutil.copytree(stopped, run)
     kinds = {"pair": ("resume", "resume"), "page": ("resume", "page"), "sweep": ("resume", "trial")}[case]
     writers = [Writer(kind, run, data_path) for kind in kinds]
-    for writer in writers:
-        writer.go()
+    rng = random.Random(seed)
+    rng.shuffle(writers)
+    writers[0].go()
+    time.sleep(rng.uniform(0.0, STAGGER_S))
+    writers[1].go()
     results = {writer: writer.wait() for writer in writers}
     winners = [writer for writer in writers if results[writer][0] == 0]
     if len(winners) != 1:  # Both wrote (the lock failed) or neither did: damaged, whatever the files say.
@@ -235,12 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases:
         verdicts = []
         for index in range(args.tries):
-            verdict = one_try(case, stopped, reference, out / case / f"try-{index:03d}", args.data)
+            verdict = one_try(case, stopped, reference, out / case / f"try-{index:03d}", args.data, seed=index)
             verdicts.append(verdict)
             if verdict["damaged"] or not verdict["sentence"]:
                 print(f"{case} try {index}: {json.dumps(verdict, default=str)}", file=sys.stderr)
         winners = {kind: sum(verdict.get("winner") == kind for verdict in verdicts) for kind in WRITERS}
-        examples.append(f"{case}: {verdicts[0]['detail']['refusal']}")
+        examples.append(f"{case}: {verdicts[0]['detail'].get('refusal')}")
         rows.append(
             (
                 case,
