@@ -30,14 +30,19 @@ class WriteError(errors.DigitlabError):
     """A file could not be written (full disk, read-only folder); the previous file is intact."""
 
 
-def atomic_save(path: str | os.PathLike, save) -> None:
-    """Calls `save(temporary_path)`, flushes it to disk, then renames it to `path`."""
+def atomic_save(path: str | os.PathLike, save, durable: bool = True) -> None:
+    """Calls `save(temporary_path)`, flushes it to disk (unless not `durable`), then renames it to `path`.
+
+    A kill leaves the old file or the new one either way; `durable` also waits until the disk has
+    the new content, so that a power cut cannot leave an empty file (a checkpoint needs it; a file
+    rewritten after every 50-ms epoch, whose content the checkpoint also holds, does not)."""
     path = Path(path)
     temporary = temporary_path(path)
     try:
         save(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as error:
         remove_quietly(temporary)
@@ -78,24 +83,24 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Writes `payload` to `path` atomically."""
+def write_bytes(path: str | os.PathLike, payload: bytes, durable: bool = True) -> None:
+    """Writes `payload` to `path` atomically (`durable` as for `atomic_save`)."""
 
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
             handle.write(payload)
 
-    atomic_save(path, write)
+    atomic_save(path, write, durable)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
     """Writes `text` as UTF-8 to `path` atomically."""
-    write_bytes(path, text.encode("utf-8"))
+    write_bytes(path, text.encode("utf-8"), durable)
 
 
-def write_json(path: str | os.PathLike, value) -> None:
+def write_json(path: str | os.PathLike, value, durable: bool = True) -> None:
     """Writes `value` as indented JSON to `path` atomically (NumPy values and paths included)."""
-    write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+    write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n", durable)
 
 
 def describe_write_error(path: Path, error: OSError) -> str:

@@ -109,13 +109,14 @@ class Run:
 
     # Writing.
 
-    def write_json(self, name: str, value) -> None:
-        atomic.write_json(self.file(name), value)
+    def write_json(self, name: str, value, durable: bool = True) -> None:
+        atomic.write_json(self.file(name), value, durable)
 
-    def write_history(self, histories: list[dict]) -> None:
-        """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`)."""
-        self.write_json(HISTORY_JSON, {"seeds": histories})
-        atomic.write_text(self.file(HISTORY_CSV), history_csv(histories))
+    def write_history(self, histories: list[dict], durable: bool = True) -> None:
+        """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`); `durable`
+        as for `atomic.atomic_save` (training's per-epoch writes are not: the checkpoint is)."""
+        self.write_json(HISTORY_JSON, {"seeds": histories}, durable)
+        atomic.write_text(self.file(HISTORY_CSV), history_csv(histories), durable)
 
     def write_epoch(self, epoch: int, weights: list[np.ndarray]) -> None:
         """Records one epoch's weights (`model.get_weights()` order) at float16 in epochs/epoch-NNNN.npz."""
@@ -125,7 +126,7 @@ class Run:
         np.savez(buffer, *(np.asarray(weight, dtype=np.float16) for weight in weights))
         atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue())
 
-    def set_status(self, status: str, **details) -> None:
+    def set_status(self, status: str, durable: bool = True, **details) -> None:
         if status not in STATUSES:
             raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
         value = {
@@ -136,7 +137,7 @@ class Run:
             "format_version": FORMAT_VERSION,
         }
         value.update(details)
-        self.write_json(STATUS_FILE, value)
+        self.write_json(STATUS_FILE, value, durable)
 
     # Reading.
 
