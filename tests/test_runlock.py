@@ -172,6 +172,12 @@ def test_the_sweep_store_holds_the_lock_while_it_writes_a_run(tmp_path):
     assert store.clear("t000", attempt) and runlock.is_held(tmp_path / "t000")  # Cleared, its lock kept.
     assert store.finish("t000", attempt, {"status": "complete"})
     assert runlock.is_held(tmp_path / "t000") is None
+    # A lost attempt's lock goes with it: the next attempt may train where the sweep's folder is, itself.
+    lost, _ = store.begin("t000", node="lost")
+    assert store.claim("t000") is None and runlock.is_held(tmp_path / "t000")
+    retried, _ = store.begin("t000", node="here")
+    runlock.RunLock(tmp_path / "t000").acquire("training sweep trial t000").release()
+    assert not store.write("t000", lost, [("history.json", b"{}")])
 
     (tmp_path / "t001").mkdir()  # A `train --resume` of the sweep's run writes it first.
     holder = _holder(tmp_path / "t001")

@@ -61,6 +61,9 @@ class RunStore:
         nodes = self.attempts.setdefault(run, [])
         nodes.append(node)
         self.outcomes.pop(run, None)
+        lock = self.locks.pop(run, None)  # The lost attempt's: the new one may train where the folder is.
+        if lock is not None:
+            lock.release()
         return len(nodes), (self.read(run) if want_files else {})
 
     def claim(self, run: str) -> str | None:
