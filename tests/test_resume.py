@@ -217,6 +217,8 @@ def test_the_printed_resume_command_finds_the_runs_own_data(tmp_path, mnist_path
         "3000",
         "--seed",
         "4",
+        "--checkpoint-seconds",  # A checkpoint after every epoch: the Ctrl-C lands right after one.
+        "0",
         "--runs-dir",
         "runs",
     ]
@@ -269,7 +271,8 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, mnist_path):
     environment.update(PYTHONUNBUFFERED="1", HOME=str(tmp_path / "home"), KERAS_HOME=str(tmp_path / "keras"))
     script = os.path.join(os.path.dirname(sys.executable), "digitlab")
     process = subprocess.Popen(
-        [script, "train", "--data", "mnist.npz", "--epochs", "30", "--train-limit", "3000", "--seed", "4"],
+        [script, "train", "--data", "mnist.npz", "--epochs", "30", "--train-limit", "3000", "--seed", "4"]
+        + ["--checkpoint-seconds", "0"],  # A checkpoint after every epoch: the Ctrl-C lands right after one.
         cwd=tmp_path,
         env=environment,
         text=True,
