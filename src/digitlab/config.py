@@ -136,6 +136,11 @@ class TrainConfig:
     )
     train_limit: int | None = _field(None, "use only the first N training images (quick experiments; default: all)")
     checkpoint_every: int = _field(1, "save a checkpoint every N epochs (0: never)")
+    checkpoint_seconds: float = _field(
+        5.0,
+        "save a checkpoint at most every N seconds (0: after every epoch checkpoint_every allows), and "
+        "always after the last epoch and on an interrupt; a killed run resumes from its last one",
+    )
     tensorboard: bool = _field(False, "also write TensorBoard logs into the run folder")
     record_epochs: bool = _field(
         False,
@@ -230,6 +235,11 @@ class TrainConfig:
                 "checkpoint_every must be 0 (no checkpoints) or a positive number of epochs, "
                 f"got {self.checkpoint_every!r}.",
                 field="checkpoint_every",
+            )
+        if not _is_number(self.checkpoint_seconds) or not 0.0 <= self.checkpoint_seconds <= 86_400.0:
+            raise ConfigError(
+                f"checkpoint_seconds must be a number from 0 to 86400, got {self.checkpoint_seconds!r}.",
+                field="checkpoint_seconds",
             )
 
     def check_resumable(self, checkpoint_epoch: int, source: str | Path = "config.json") -> None:

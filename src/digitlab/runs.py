@@ -13,10 +13,12 @@ A run folder holds:
     epochs/          epoch-0001.npz, ...: each epoch's weights at float16 (with --record-epochs)
     curves.png       accuracy and loss per epoch
     metrics.json     final metrics, wall time, engine, backend, versions, data hashes
+    .lock            while a process writes the run: who it is (`runlock`; gone when it ends)
 
 Every file is written atomically (a temporary file, then a rename), so a run
 killed at any instant leaves the previous version or the new one, never a torn
-file. `status.json` says "complete" only after everything else is written.
+file. `status.json` says "complete" only after everything else is written. One process
+writes a run at a time: it holds the run's lock (`digitlab.runlock`) while it does.
 
     from digitlab import runs
     run = runs.open_run("runs/20261125-101500-shallow-seed0")
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, backends, errors
+from digitlab import atomic, backends, errors, runlock, system
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -87,14 +89,8 @@ def _now() -> str:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process with this id runs on this machine (`system.process_alive`)."""
+    return system.process_alive(pid)
 
 
 class Run:
@@ -115,13 +111,14 @@ class Run:
 
     # Writing.
 
-    def write_json(self, name: str, value) -> None:
-        atomic.write_json(self.file(name), value)
+    def write_json(self, name: str, value, durable: bool = True) -> None:
+        atomic.write_json(self.file(name), value, durable)
 
-    def write_history(self, histories: list[dict]) -> None:
-        """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`)."""
-        self.write_json(HISTORY_JSON, {"seeds": histories})
-        atomic.write_text(self.file(HISTORY_CSV), history_csv(histories))
+    def write_history(self, histories: list[dict], durable: bool = True) -> None:
+        """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`); `durable`
+        as for `atomic.atomic_save` (training's per-epoch writes are not: the checkpoint is)."""
+        self.write_json(HISTORY_JSON, {"seeds": histories}, durable)
+        atomic.write_text(self.file(HISTORY_CSV), history_csv(histories), durable)
 
     def write_epoch(self, epoch: int, weights: list[np.ndarray]) -> None:
         """Records one epoch's weights (`model.get_weights()` order) at float16 in epochs/epoch-NNNN.npz."""
@@ -131,7 +128,7 @@ class Run:
         np.savez(buffer, *(np.asarray(weight, dtype=np.float16) for weight in weights))
         atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue())
 
-    def set_status(self, status: str, **details) -> None:
+    def set_status(self, status: str, durable: bool = True, **details) -> None:
         if status not in STATUSES:
             raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
         value = {
@@ -142,7 +139,7 @@ class Run:
             "format_version": FORMAT_VERSION,
         }
         value.update(details)
-        self.write_json(STATUS_FILE, value)
+        self.write_json(STATUS_FILE, value, durable)
 
     # Reading.
 
@@ -171,15 +168,22 @@ class Run:
             return {"status": "unknown"}
         if not isinstance(status, dict) or status.get("status") not in STATUSES:
             return {"status": "unknown"}
-        if (
-            status["status"] == "running"
-            and status.get("host") == socket.gethostname()
-            and isinstance(status.get("pid"), int)
-            and status["pid"] != os.getpid()
-            and not process_alive(status["pid"])
-        ):
+        if status["status"] == "running" and not self._writer_alive(status):
             status = dict(status, status="interrupted", note="the training process is gone")
         return status
+
+    def _writer_alive(self, status: dict) -> bool:
+        """Whether the process that says it writes this run still does: by the run's lock (`runlock`),
+        which the kernel frees when its holder dies whatever its id becomes; by the process id for a
+        run written before run locks, or whose writer let the lock go without a last word."""
+        if status.get("pid") == os.getpid() and status.get("host") == socket.gethostname():
+            return True
+        held = runlock.is_held(self.path)
+        if held is not None:
+            return held
+        if status.get("host") == socket.gethostname() and isinstance(status.get("pid"), int):
+            return process_alive(status["pid"])
+        return True  # Another machine's process, and no lock to ask: taken at its word.
 
     def history(self) -> dict:
         """Per-epoch history of the first (or only) seed: {"loss": [...], "val_accuracy": [...], ...}."""
