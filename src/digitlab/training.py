@@ -100,6 +100,7 @@ def resume(
     that process) before anything is read or changed; a caller that holds the lock already (the
     page, a sweep trial) passes it as `lock` and lets it go itself."""
     run = runs.open_run(run_path)
+    runs.check_writable(run.path)  # A read-only run says so (and what to do) before its lock is asked for.
     if lock is None:
         with runlock.RunLock(run.path).acquire("resuming it"):
             return _resume(run, data_path, print_fn, verbose, loaded, on_epoch_end, metadata)
@@ -119,7 +120,6 @@ def _resume(run: Run, data_path, print_fn, verbose, loaded, on_epoch_end, metada
     record = run.read_json(runs.DATA_FILE) if run.file(runs.DATA_FILE).is_file() else {}
     session = _Session(config, data.load_recorded(record, data_path, loaded), print_fn, verbose, on_epoch_end, metadata)
     session.restore(saved)
-    runs.check_writable(run.path)
     if session.data.record()["path"] != record.get("path"):
         run.write_json(runs.DATA_FILE, session.data.record())  # Found elsewhere: the next resume looks there.
     # A process killed while writing leaves its temporary file; the real file is intact.
