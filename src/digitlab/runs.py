@@ -392,6 +392,11 @@ def check_folder(path: str | Path, what: str = "folder") -> None:
                 f"{path} is a symbolic link that leads back to itself (a loop), so it is not a usable {what}; "
                 f"point the link at a real folder, or give another path."
             ) from None
+        if error.errno == errno.ENOTDIR:
+            blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), path)
+            raise RunError(
+                f"{path} cannot be a {what}: {blocker} is a file, not a folder; give another path."
+            ) from None
         raise RunError(f"Could not open {path} ({error.strerror or error}).") from None
     if not path.is_dir():
         raise RunError(f"{path} is a file, not a {what}; give a folder instead.")
