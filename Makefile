@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser containers train check lint test lab tensorboard lock
+.PHONY: setup browser containers node wasm wasm-toolchain train check lint test lab tensorboard lock
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium > /dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium > /dev/null; fi; }
 
+# Debian's Node.js for the browser engine's tests in node (tests/test_wasm.py), installed when missing.
+node:
+	@command -v node > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs > /dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq nodejs > /dev/null; fi; }
+
 # Debian's podman (on runc: crun cannot start containers where cgroups are hybrid) and debootstrap, for the
 # Docker image's test (tests/test_docker.py), installed when missing and apt-get can; else that test skips.
 containers:
@@ -36,6 +42,33 @@ containers:
 	  if ! command -v apt-get > /dev/null; then echo "No apt-get: install podman to run the docker tests." >&2; \
 	  elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq podman buildah runc debootstrap > /dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq podman buildah runc debootstrap > /dev/null; fi; }
+
+# The browser's engine: the C engine's sources (src/digitlab/engine/*.c) built for wasm32 with Debian's clang,
+# lld and wasi-libc (its headers: the engine brings its own malloc, clock and threads, _wasm.c), installed when
+# missing. Three builds, committed so that a pip install needs no toolchain: engine.wasm (SIMD128),
+# engine-threads.wasm (SIMD128, shared memory and atomics: threads on Web Workers) and engine-scalar.wasm (for
+# browsers without SIMD). No FMA and -ffp-contract=off: the same bits as the native portable path. A build
+# from the same sources gives the same bytes (tests/test_wasm.py checks the committed files).
+WASM_CC ?= clang-19
+comma := ,
+WASM_OUT ?= $(CURDIR)/src/digitlab/serve/static/engine
+WASM_SOURCES := $(addprefix src/digitlab/engine/,_kernels.c _dense.c _train.c _wasm.c)
+WASM_FLAGS := --target=wasm32-wasi --sysroot=/usr -nostdlib -O3 -std=c99 -ffp-contract=off -mbulk-memory -Wall \
+	-Wl,--no-entry,--import-memory,--initial-memory=2097152,--max-memory=2147483648,-z,stack-size=1048576 \
+	$(addprefix -Wl$(comma)--export=,__stack_pointer digitlab_train_epoch digitlab_evaluate digitlab_kernels_simd \
+	  digitlab_csr_count digitlab_csr_fill)
+wasm: wasm-toolchain
+	cd src/digitlab/engine && $(WASM_CC) $(WASM_FLAGS) -msimd128 -o $(WASM_OUT)/engine.wasm $(notdir $(WASM_SOURCES))
+	cd src/digitlab/engine && $(WASM_CC) $(WASM_FLAGS) -msimd128 -matomics -Wl,--shared-memory \
+	  -o $(WASM_OUT)/engine-threads.wasm $(notdir $(WASM_SOURCES))
+	cd src/digitlab/engine && $(WASM_CC) $(WASM_FLAGS) -o $(WASM_OUT)/engine-scalar.wasm $(notdir $(WASM_SOURCES))
+	@ls -l $(WASM_OUT)/*.wasm
+
+wasm-toolchain:
+	@command -v $(WASM_CC) > /dev/null && command -v wasm-ld-19 > /dev/null && test -f /usr/include/wasm32-wasi/stdlib.h || { \
+	  if ! command -v apt-get > /dev/null; then echo "No apt-get: install clang 19, lld 19 and wasi-libc to build the engine." >&2; exit 1; \
+	  elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq clang-19 lld-19 wasi-libc > /dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq clang-19 lld-19 wasi-libc > /dev/null; fi; }
 
 # requirements/: every dependency's exact version, resolved by uv from pyproject.toml for Python 3.11 on
 # x86-64 Linux (the image's and CI's platform). Keeps the pins that still fit; UPGRADE=1 takes the newest.
@@ -73,7 +106,7 @@ tensorboard: setup
 # unit tests on shrunken configurations, one pytest worker per core (whole files to a worker, so each
 # module's fixtures are built once).
 CHECK_TIER := not slow and not heavy and not browser and not docker
-check: setup lint
+check: setup node lint
 	$(PYTHON) -m pytest -ra -m "$(CHECK_TIER)" -n auto --dist loadfile
 
 lint: setup
@@ -83,5 +116,5 @@ lint: setup
 
 # The whole suite: slow reproduction tests, killed processes, servers and browsers included, with a
 # branch-coverage report of src/digitlab at the end (a report, not a gate).
-test: setup browser containers
+test: setup browser containers node wasm-toolchain
 	$(PYTHON) -m pytest -ra --durations=25 --cov --cov-report=term

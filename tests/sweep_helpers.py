@@ -31,6 +31,8 @@ SWEEP_ARGS = [
     "6",
     "--train-limit",
     "6000",
+    "--checkpoint-seconds",  # A checkpoint after every epoch: the tests kill trials between them.
+    "0",
 ]
 ENVIRONMENT = dict(os.environ, PYTHONUNBUFFERED="1")
 

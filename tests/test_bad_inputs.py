@@ -195,3 +195,282 @@ def test_runs_listing_survives_damaged_folders(capsys, tmp_path, trained_run):
     assert cli.main(["runs", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "good" in out and "bad-history" in out and "unknown" in out
+
+
+# Values read from a file are checked as strictly as the flags: a string is not a boolean or a
+# number, and a list, an object or null is not a model name (issue 22, item 3).
+STRICT_CASES = [
+    ({"batch_norm": "no"}, "batch_norm must be true or false, got 'no'."),
+    ({"record_epochs": "false"}, "record_epochs must be true or false, got 'false'."),
+    ({"tensorboard": "false"}, "tensorboard must be true or false, got 'false'."),
+    ({"tensorboard": 0}, "tensorboard must be true or false, got 0."),
+    ({"model": ["shallow"]}, "Unknown model ['shallow']. Choose one of: shallow, intermediate, deep, lenet."),
+    ({"model": {}}, "Unknown model {}. Choose one of:"),
+    ({"model": None}, "Unknown model None. Choose one of:"),
+    ({"epochs": "2"}, "epochs must be a whole number from 1 to 100000, got '2'."),
+    ({"epochs": 2.0}, "epochs must be a whole number from 1 to 100000, got 2.0."),
+    ({"units": 64}, "units must be whole numbers from 1 to 100000, got 64."),
+    ({"units": ["64"]}, "units must be whole numbers from 1 to 100000, got ['64']."),
+    ({"learning_rate": "0.1"}, "learning_rate must be a number above 0 and at most 10, got '0.1'."),
+    ({"momentum": True}, "momentum must be at least 0 and below 1, got True."),
+    ({"seed": True}, "seed must be a whole number from 0 to 2147483647, got True."),
+    ({"optimizer": ["sgd"]}, "Unknown optimizer ['sgd']. Choose one of: sgd, adam, rmsprop."),
+]
+
+
+@pytest.mark.parametrize("values, message", STRICT_CASES, ids=[str(values) for values, _ in STRICT_CASES])
+def test_config_files_are_typed_as_strictly_as_the_flags(capsys, tmp_path, trained_run, values, message):
+    from digitlab import config
+
+    settings = dict(json.loads((trained_run / "config.json").read_text()), **values)
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    expect_clear_error(
+        capsys, ["train", "--config", tmp_path / "config.json", "--runs-dir", tmp_path / "runs"], message
+    )
+    assert not (tmp_path / "runs").exists()
+    # The same rules, in the same place, for a request's values (the page builds its configs this way).
+    with pytest.raises(config.ConfigError) as raised:
+        config.TrainConfig.from_dict(values)
+    assert str(raised.value).startswith(message)
+    assert raised.value.field == next(iter(values))
+
+
+@pytest.mark.parametrize(
+    "flag, values", [(["--epochs", "0"], {"epochs": "2"}), (["--learning-rate", "-1"], {"learning_rate": "0.1"})]
+)
+def test_a_bad_file_value_gets_the_flags_sentence(capsys, tmp_path, trained_run, flag, values):
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    from_flag = cli.main(["train", *flag, "--runs-dir", str(tmp_path / "runs")]), capsys.readouterr().err
+    from_file = cli.main(["train", "--config", str(tmp_path / "config.json")]), capsys.readouterr().err
+    assert from_flag[0] == from_file[0] == 2
+    assert from_flag[1].split(", got ")[0] == from_file[1].split(", got ")[0], (from_flag, from_file)
+
+
+@pytest.mark.parametrize("values, message", STRICT_CASES[:8], ids=[str(values) for values, _ in STRICT_CASES[:8]])
+def test_a_resumed_runs_config_is_typed_strictly(capsys, run_copy, values, message):
+    status = json.loads((run_copy / "status.json").read_text())
+    (run_copy / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
+    settings = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps(dict(settings, **values)))
+    before = snapshot(run_copy)
+    expect_clear_error(capsys, ["train", "--resume", run_copy], message)
+    assert snapshot(run_copy) == before
+
+
+def test_resuming_with_epochs_below_the_checkpoint_changes_nothing(capsys, run_copy):
+    status = json.loads((run_copy / "status.json").read_text())
+    (run_copy / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
+    settings = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps(dict(settings, epochs=1)))
+    before = snapshot(run_copy)
+    expect_clear_error(
+        capsys, ["train", "--resume", run_copy], "is 1, below the 2 epochs its checkpoint has already trained"
+    )
+    assert snapshot(run_copy) == before
+    assert json.loads((run_copy / "status.json").read_text())["status"] == "interrupted"
+
+
+# The smaller findings of issue 22 (item 5).
+
+
+def _symlink_loop(tmp_path):
+    (tmp_path / "loopA").symlink_to(tmp_path / "loopB")
+    (tmp_path / "loopB").symlink_to(tmp_path / "loopA")
+    return tmp_path / "loopA"
+
+
+def test_a_symlink_loop_is_named_as_one(capsys, tmp_path, trained_run, mnist_path):
+    loop = _symlink_loop(tmp_path)
+    message = "is a symbolic link that leads back to itself (a loop)"
+    expect_clear_error(capsys, ["runs", "--runs-dir", loop], message)
+    expect_clear_error(capsys, ["runs", "--runs-dir", loop, "--json"], message)
+    expect_clear_error(capsys, ["train", "--epochs", "1", "--runs-dir", loop], message)
+    expect_clear_error(capsys, ["evaluate", loop], message)
+    expect_clear_error(capsys, ["evaluate", trained_run, "--out", loop], message)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["loopA", "loopB"]
+
+
+def test_runs_tells_an_unusable_folder_from_an_empty_one(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    expect_clear_error(capsys, ["runs", "--runs-dir", tmp_path / "a-file"], "is a file, not a runs folder")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    expect_clear_error(capsys, ["runs", "--runs-dir", tmp_path / "dangling"], "which does not exist")
+    # A folder that is not there yet has no runs: that is no error (a first `digitlab runs`).
+    assert cli.main(["runs", "--runs-dir", str(tmp_path / "not-yet")]) == 0
+    assert "No runs in" in capsys.readouterr().out
+
+
+def test_runs_json_shows_a_non_utf8_folder_name_as_backslash_escapes(capsys, tmp_path, trained_run):
+    import os
+
+    shutil.copytree(trained_run, os.fsdecode(bytes(tmp_path) + b"/caf\xe9-run"))
+    shutil.copytree(trained_run, tmp_path / "数字")
+    assert cli.main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    names = [row["run"] for row in json.loads(out)]
+    assert names == ["caf\\xe9-run", "数字"]
+    for name in names:
+        name.encode("utf-8")  # No lone surrogates: each name is text any JSON reader accepts.
+    # The escapes give the folder's bytes back (as `printf '%b'` does).
+    assert names[0].encode("ascii").decode("unicode_escape").encode("latin-1") == b"caf\xe9-run"
+    assert cli.main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    assert "caf\\xe9-run" in capsys.readouterr().out
+
+
+@pytest.fixture
+def read_only_run(tmp_path, trained_run):
+    """A copy of the trained run, interrupted, on a tmpfs remounted read-only (root can mount, as in CI)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); run as root")
+    try:
+        shutil.copytree(trained_run, disk / "run")
+        status = json.loads((disk / "run" / "status.json").read_text())
+        (disk / "run" / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        yield disk / "run"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize(
+    "argv, advice",
+    [
+        (["evaluate"], "digitlab evaluate RUN --out DIR"),
+        (["report"], "digitlab report RUN --out FILE"),
+        (["train", "--resume"], "chmod u+w"),
+    ],
+)
+def test_a_read_only_run_gets_advice_its_command_can_follow(capsys, read_only_run, mnist_path, argv, advice):
+    before = snapshot(read_only_run)
+    code = cli.main([*argv, str(read_only_run)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: Could not write") and "not writable" in err, err
+    assert advice in err and "--runs-dir" not in err and "Traceback" not in err
+    assert snapshot(read_only_run) == before
+
+
+def test_an_evaluation_stopped_by_sigterm_writes_none_of_its_files(capsys, monkeypatch, run_copy, small_npz):
+    """A real SIGTERM, sent by the process to itself just after the second figure is drawn (on 100
+    real test images, to keep it quick)."""
+    import os
+    import signal
+
+    from digitlab import plots
+
+    before = snapshot(run_copy)
+    drawn = []
+    real_figure_png = plots.figure_png
+
+    def figure_png_then_sigterm(*args, **kwargs):
+        drawn.append(real_figure_png(*args, **kwargs))
+        if len(drawn) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return drawn[-1]
+
+    monkeypatch.setattr(plots, "figure_png", figure_png_then_sigterm)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = cli.main(["evaluate", str(run_copy), "--data", str(small_npz)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_INTERRUPTED and len(drawn) == 2, captured.err
+    assert "Traceback" not in captured.err
+    assert snapshot(run_copy) == before  # No figure, no evaluation.json, no temporary file.
+
+
+def test_a_sigterm_while_the_files_are_renamed_waits_for_all_of_them(monkeypatch, tmp_path):
+    """A real SIGTERM arriving between evaluate's renames is held until the last one: all files are
+    there, then it stops the command (as `evaluate`'s handler does, with KeyboardInterrupt)."""
+    import os
+    import signal
+
+    from digitlab import evaluation
+
+    real_replace = os.replace
+    renamed = []
+
+    def replace_with_sigterm(source, target):
+        if not renamed:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_replace(source, target)
+        renamed.append(os.path.basename(target))
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    files = {tmp_path / name: name.encode() for name in ("confusion.png", "mistakes.png", "evaluation.json")}
+    (tmp_path / "evaluation.json").write_text("the previous evaluation")
+    monkeypatch.setattr(os, "replace", replace_with_sigterm)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluation.write_together(files)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert renamed == ["confusion.png", "mistakes.png", "evaluation.json"]
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == {
+        path.name: payload for path, payload in files.items()
+    }
+
+
+def test_serve_on_a_port_in_use_says_so_at_once(capsys, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        code = cli.main(["serve", "--port", str(port), "--runs-dir", str(tmp_path)])
+        seconds = time.monotonic() - started
+    captured = capsys.readouterr()
+    assert code == 2 and f"Port {port} on 127.0.0.1 is already in use" in captured.err and "--port N" in captured.err
+    assert "serving" not in captured.out and "Traceback" not in captured.err
+    assert seconds < 2, seconds
+    expect_clear_error(capsys, ["serve", "--host", "no-such-host.invalid"], "Cannot listen on --host no-such-host")
+
+
+def test_settings_beside_resume_are_refused_not_ignored(capsys, run_copy):
+    status = json.loads((run_copy / "status.json").read_text())
+    (run_copy / "status.json").write_text(json.dumps(dict(status, status="interrupted")))
+    before = snapshot(run_copy)
+    expect_clear_error(
+        capsys,
+        ["train", "--resume", run_copy, "--epochs", "5", "--no-tensorboard"],
+        "so --epochs, --tensorboard cannot be given with it",
+    )
+    expect_clear_error(capsys, ["train", "--resume", run_copy, "--config", run_copy / "config.json"], "--config")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("metrics.json", "[1]"),
+        ("metrics.json", '{"wall_time_s": "12", "engine": ["fast"], "finished": 3}'),
+        ("history.json", '{"seeds": ["x"]}'),
+        ("history.json", '{"seeds": [{"val_accuracy": ["0.9", true]}]}'),
+        ("history.json", '{"seeds": [{"val_accuracy": 0.9}]}'),
+    ],
+)
+def test_runs_listing_survives_wrongly_typed_files(capsys, tmp_path, trained_run, name, text):
+    shutil.copytree(trained_run, tmp_path / "good")
+    shutil.copytree(trained_run, tmp_path / "odd")
+    (tmp_path / "odd" / name).write_text(text)
+    assert cli.main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "good" in captured.out and "odd" in captured.out and "Traceback" not in captured.err
+    assert cli.main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
+    good, odd = json.loads(capsys.readouterr().out)
+    assert good["epochs"] == 2 and odd["run"] == "odd"
+    if name == "history.json":
+        assert (odd["epochs"], odd["best_val_accuracy"], odd["final_val_accuracy"]) == (0, None, None)
+    else:
+        assert (odd["engine"], odd["wall_time_s"], odd["date"]) == (None, None, None)

@@ -253,3 +253,81 @@ def test_bench_flags_share_the_config_fields_with_the_benchs_defaults():
     assert args.compare_epochs == config.MODEL_DEFAULTS["shallow"]["epochs"]
     args = cli.build_parser().parse_args(["bench", "--epochs", "2", "--seeds", "4", "--train-limit", "500"])
     assert (args.epochs, args.seeds, args.train_limit) == (2, 4, 500)
+
+
+def test_a_flag_beside_config_overrides_the_files_value_and_says_so(capsys, tmp_path, trained_run, mnist_path):
+    saved = json.loads((trained_run / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["train_limit"] == 3000
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--config",
+        trained_run / "config.json",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "500",
+        "--runs-dir",
+        tmp_path,
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == (
+        f"digitlab: the flags given beside --config override {trained_run / 'config.json'}'s values: "
+        "epochs = 1, train_limit = 500"
+    )
+    (run_dir,) = tmp_path.iterdir()
+    written = json.loads((run_dir / "config.json").read_text())
+    assert written == dict(saved, epochs=1, train_limit=500)
+    assert "Epoch 1/1" in out and "Epoch 2/" not in out
+    # Without flags beside it, the file is run as it is, and nothing is said about overriding.
+    args = cli.build_parser().parse_args(["train", "--config", str(trained_run / "config.json")])
+    assert cli_flags.config_from_args(args) == config.TrainConfig(**saved) and cli_flags.override_note(args) is None
+
+
+def test_a_model_beside_config_brings_its_own_defaults(trained_run):
+    args = cli.build_parser().parse_args(
+        ["train", "--config", str(trained_run / "config.json"), "--model", "deep", "--no-tensorboard"]
+    )
+    deep = cli_flags.config_from_args(args).resolved()
+    assert (deep.model, deep.units, deep.optimizer, deep.batch_norm) == ("deep", [64, 64, 64], "adam", True)
+    assert (deep.seed, deep.train_limit, deep.epochs) == (1, 3000, 2)  # Chosen in the file, kept.
+    assert cli_flags.flags_given(args) == ["model", "tensorboard"]
+
+
+@pytest.mark.heavy
+def test_serve_with_a_token_on_loopback_does_not_claim_other_machines_reach_it(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "digitlab",
+            "serve",
+            "--port",
+            str(port),
+            "--token",
+            "operator-token-0123456789",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "view-only" in line:
+                break
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    shown = "".join(lines)
+    assert "Serving on 127.0.0.1: only this machine can reach it, and every request needs a token." in shown
+    assert "other machines" not in shown

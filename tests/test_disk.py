@@ -50,6 +50,8 @@ def _train(runs_dir, *extra):
         "3000",
         "--seed",
         "9",
+        "--checkpoint-seconds",  # A checkpoint after every epoch, so that one meets the full disk.
+        "0",
         "--runs-dir",
         str(runs_dir),
         *extra,

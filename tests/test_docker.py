@@ -380,7 +380,9 @@ def test_docker_stop_interrupts_training_and_the_run_resumes(engine, image, mnis
     user = 4321
     runs = _runs_folder(tmp_path / "runs", owner=user)
     options = ["--user", f"{user}:{user}", *mnist_mount, "--volume", f"{runs}:{HOME}/runs"]
+    # A checkpoint after every epoch, so that the stop lands after the third one, whatever the machine's speed.
     train = ["digitlab", "train", "--epochs", "200", "--train-limit", "20000", "--seed", "3"]
+    train += ["--checkpoint-seconds", "0"]
     container = f"{PREFIX}-stopped"
     engine.run(image, *train, name=container, detach=True, options=options)
     deadline = time.monotonic() + 180

@@ -160,3 +160,49 @@ def test_cli_evaluate(test_run, tmp_path, capsys):
     assert "error: No run folder" in capsys.readouterr().err
     assert cli.main(["evaluate", str(test_run.path), "--json", "--out", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 10_000
+
+
+@pytest.mark.heavy  # Real processes, each killed by a real SIGTERM at a different moment.
+def test_sigterm_at_any_moment_of_evaluate_leaves_all_its_files_or_none(tmp_path, trained_run, mnist_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    names = ("evaluation.json", "confusion.png", "mistakes.png")
+
+    def evaluate(run_dir, stop_after=None):
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "digitlab", "evaluate", str(run_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        if stop_after is not None:
+            time.sleep(stop_after)
+            process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=300)
+        return process.returncode, err, time.monotonic() - started
+
+    shutil.copytree(trained_run, tmp_path / "whole")
+    code, err, whole = evaluate(tmp_path / "whole")
+    assert code == 0, err
+    outcomes = []
+    # SIGTERM at moments spread over a whole evaluation, most of them near its end, where it writes.
+    for fraction in (0.6, 0.8, 0.9, 0.95, 1.0):
+        run_dir = tmp_path / f"run-{fraction}"
+        shutil.copytree(trained_run, run_dir)
+        code, err, _ = evaluate(run_dir, stop_after=fraction * whole)
+        present = [(run_dir / name).is_file() for name in names]
+        # -15: killed while Python was still starting, before `evaluate` took SIGTERM over.
+        assert code in (0, 130, -signal.SIGTERM), err
+        assert "Traceback" not in err
+        # All new, or none: a SIGTERM just after the renames may still stop it (130) with all there.
+        assert all(present) or not any(present), (fraction, present, err)
+        assert all(present) or code != 0
+        assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+        outcomes.append((code, all(present)))
+    assert (130, False) in outcomes, f"no SIGTERM stopped an evaluation: {outcomes}"

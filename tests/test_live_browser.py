@@ -56,7 +56,8 @@ def open_page(chromium, url, shots, name="page"):
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.problems = problems
-    page.goto(url)
+    # These tests are about the server's own training, which the page offers behind ?train=server.
+    page.goto(url + ("&" if "?" in url else "?") + "train=server")
     page.wait_for_selector("#model-badge.ok")
     expect(page.locator("#train-card")).to_be_visible()
     page.shot = lambda step: page.screenshot(path=str(shots / f"{name}-{step}.png"), full_page=True)

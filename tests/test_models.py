@@ -76,6 +76,8 @@ def test_flags_change_the_net():
         (dict(seed=-3), "seed must be a whole number"),
         (dict(momentum=1.0), "momentum must be at least 0"),
         (dict(checkpoint_every=-1), "checkpoint_every must be 0"),
+        (dict(checkpoint_seconds=-1.0), "checkpoint_seconds must be a number from 0"),
+        (dict(checkpoint_seconds=float("nan")), "checkpoint_seconds must be a number from 0"),
     ],
 )
 def test_bad_config_values_are_explained(overrides, message):

@@ -46,6 +46,8 @@ def _train_command(runs_dir, engine, *extra, epochs=EPOCHS):
         "6000",
         "--seed",
         "5",
+        "--checkpoint-seconds",  # A checkpoint after every epoch: the kills land right after one.
+        "0",
         "--runs-dir",
         str(runs_dir),
         *extra,
@@ -215,6 +217,8 @@ def test_the_printed_resume_command_finds_the_runs_own_data(tmp_path, mnist_path
         "3000",
         "--seed",
         "4",
+        "--checkpoint-seconds",  # A checkpoint after every epoch: the Ctrl-C lands right after one.
+        "0",
         "--runs-dir",
         "runs",
     ]
@@ -267,7 +271,8 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, mnist_path):
     environment.update(PYTHONUNBUFFERED="1", HOME=str(tmp_path / "home"), KERAS_HOME=str(tmp_path / "keras"))
     script = os.path.join(os.path.dirname(sys.executable), "digitlab")
     process = subprocess.Popen(
-        [script, "train", "--data", "mnist.npz", "--epochs", "30", "--train-limit", "3000", "--seed", "4"],
+        [script, "train", "--data", "mnist.npz", "--epochs", "30", "--train-limit", "3000", "--seed", "4"]
+        + ["--checkpoint-seconds", "0"],  # A checkpoint after every epoch: the Ctrl-C lands right after one.
         cwd=tmp_path,
         env=environment,
         text=True,
@@ -282,3 +287,55 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, mnist_path):
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert runs.Run(run_dir).status()["status"] == "complete"
+
+
+def test_a_run_killed_between_two_checkpoints_resumes_exactly(tmp_path, mnist_path):
+    """Checkpoints by time (`--checkpoint-seconds`): SIGKILLed several epochs after its last checkpoint, the
+    run loses those epochs (its history.json had them; the checkpoint did not) and `--resume` trains them
+    again from the checkpoint, to exactly the uninterrupted run's history and weights."""
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    epochs, every_s = 400, "0.5"
+    subprocess.run(
+        _train_command(tmp_path / "reference", "fast", "--checkpoint-seconds", every_s, epochs=epochs),
+        check=True,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=900,
+    )
+    (reference,) = [runs.Run(path) for path in (tmp_path / "reference").iterdir()]
+    cut_dir = tmp_path / "cut"
+    process = subprocess.Popen(
+        _train_command(cut_dir, "fast", "--checkpoint-seconds", every_s, epochs=epochs),
+        env=environment,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 300
+    run_dir = None
+    while run_dir is None and time.monotonic() < deadline and process.poll() is None:
+        folders = [path for path in cut_dir.iterdir() if path.is_dir()] if cut_dir.exists() else []
+        status = _status(folders[0]) if folders else {}
+        checkpointed = status.get("checkpoint_epoch") or 0
+        # Between two checkpoints: one written, 3 epochs past it, and ROOM epochs still to train.
+        if status.get("status") == "running" and checkpointed and checkpointed + 3 <= status["epoch"] < epochs - ROOM:
+            process.send_signal(signal.SIGKILL)
+            run_dir = folders[0]
+        time.sleep(0.002)
+    output, _ = process.communicate(timeout=120)
+    assert run_dir is not None and process.returncode == -signal.SIGKILL, output
+    saved = checkpoint.load(run_dir / runs.CHECKPOINT_FILE)["epoch"]
+    written = len(runs.Run(run_dir).history()["val_accuracy"])
+    assert 1 <= saved < written < epochs, (saved, written)  # Killed between two checkpoints.
+    assert runs.Run(run_dir).status()["status"] == "interrupted"
+    finished = subprocess.run(
+        [sys.executable, "-m", "digitlab", "train", "--resume", str(run_dir)],
+        env=environment,
+        text=True,
+        capture_output=True,
+        timeout=900,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert f"after epoch {saved} of {epochs}" in finished.stdout
+    _assert_same_run(run_dir, reference)

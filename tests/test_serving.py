@@ -126,7 +126,7 @@ def test_predict_files(quick_model, tmp_path):
 def test_page_and_its_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert '<canvas id="pad"' in page.text and "/static/app.js" in page.text
+    assert '<canvas id="pad"' in page.text and 'src="static/app.js"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert "http://" not in page.text and "https://" not in page.text  # Nothing from the network.
     for name, kind in (("app.js", "javascript"), ("style.css", "css")):

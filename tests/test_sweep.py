@@ -343,6 +343,7 @@ class _StoreChannel:
     def __init__(self, store: sweep_store.RunStore, run: str, node: str):
         self.store, self.run = store, run
         self.attempt, self.files = store.begin(run, node, want_files=True)
+        assert store.claim(run) is None  # The run's lock, held by the store until `finish`, as raytune does.
         self.sends = 0
 
     def fetch(self):
@@ -379,6 +380,7 @@ def test_a_trial_away_from_the_sweeps_folder_delivers_its_whole_run_through_the_
     status = sweep_trial.train_trial(trial, "/nonexistent/runs", loaded, reported.append, channel, {"node": "x"})
     assert status == "complete" and [metrics["epoch"] for metrics in reported] == [1, 2, 3, 4]
     assert channel.sends == 4 + 1  # After every epoch, and the model, curves and metrics at the end.
+    assert store.finish(trial["run"], channel.attempt, {"status": status})  # Lets the run's lock go.
     delivered = runs.Run(tmp_path / "out" / "runs" / trial["run"])
     alone = runs.Run(here / trial["run"])
     assert delivered.status()["status"] == "complete" and delivered.history() == alone.history()

@@ -17,25 +17,32 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import secrets
 from pathlib import Path
 
 import numpy as np
 
-from digitlab import errors
+from digitlab import errors, system
 
 
 class WriteError(errors.DigitlabError):
     """A file could not be written (full disk, read-only folder); the previous file is intact."""
 
 
-def atomic_save(path: str | os.PathLike, save) -> None:
-    """Calls `save(temporary_path)`, flushes it to disk, then renames it to `path`."""
+def atomic_save(path: str | os.PathLike, save, durable: bool = True) -> None:
+    """Calls `save(temporary_path)`, flushes it to disk (unless not `durable`), then renames it to `path`.
+
+    A kill leaves the old file or the new one either way; `durable` also waits until the disk has
+    the new content, so that a power cut cannot leave an empty file (a checkpoint needs it; a file
+    rewritten after every 50-ms epoch, whose content the checkpoint also holds, does not)."""
     path = Path(path)
     temporary = temporary_path(path)
     try:
         save(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as error:
         remove_quietly(temporary)
@@ -46,28 +53,54 @@ def atomic_save(path: str | os.PathLike, save) -> None:
 
 
 def temporary_path(path: Path) -> Path:
-    """The hidden temporary file `atomic_save` writes before renaming (`.name.tmp.suffix`)."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+    """The hidden temporary file `atomic_save` writes before renaming: `.STEM.tmp-PID-RANDOM.SUFFIX`.
+
+    Unique to the writer (its process id) and to the write (a random part), so that two writers
+    never share one (one's rename would take the other's file); the suffix stays last, as Keras
+    and Matplotlib choose the format by it. The leading dot keeps it out of every listing of run
+    files, and `leftover_writer` tells the one a killed process left from one being written."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
 
 
-def write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Writes `payload` to `path` atomically."""
+_TEMPORARY = re.compile(r"\..*\.tmp-(\d+)-[0-9a-f]{8}(\.[^.]*)?")
+
+
+def leftover_writer(name: str) -> int | None:
+    """The process id in a temporary file's name (`temporary_path`), or None if `name` is not one."""
+    match = _TEMPORARY.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Removes, anywhere under `folder`, the temporary files of processes that have ended (a writer
+    killed mid-write leaves one; the real file beside it is intact); returns what it removed."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp-*"):
+        pid = leftover_writer(path.name)
+        if pid is not None and pid != os.getpid() and not system.process_alive(pid):
+            remove_quietly(path)
+            removed.append(path)
+    return removed
+
+
+def write_bytes(path: str | os.PathLike, payload: bytes, durable: bool = True) -> None:
+    """Writes `payload` to `path` atomically (`durable` as for `atomic_save`)."""
 
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
             handle.write(payload)
 
-    atomic_save(path, write)
+    atomic_save(path, write, durable)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
     """Writes `text` as UTF-8 to `path` atomically."""
-    write_bytes(path, text.encode("utf-8"))
+    write_bytes(path, text.encode("utf-8"), durable)
 
 
-def write_json(path: str | os.PathLike, value) -> None:
+def write_json(path: str | os.PathLike, value, durable: bool = True) -> None:
     """Writes `value` as indented JSON to `path` atomically (NumPy values and paths included)."""
-    write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+    write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n", durable)
 
 
 def describe_write_error(path: Path, error: OSError) -> str:

@@ -136,6 +136,11 @@ class TrainConfig:
     )
     train_limit: int | None = _field(None, "use only the first N training images (quick experiments; default: all)")
     checkpoint_every: int = _field(1, "save a checkpoint every N epochs (0: never)")
+    checkpoint_seconds: float = _field(
+        5.0,
+        "save a checkpoint at most every N seconds (0: after every epoch checkpoint_every allows), and "
+        "always after the last epoch and on an interrupt; a killed run resumes from its last one",
+    )
     tensorboard: bool = _field(False, "also write TensorBoard logs into the run folder")
     record_epochs: bool = _field(
         False,
@@ -145,8 +150,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Returns a copy with every `None` replaced by the model's default, after checking it."""
-        if self.model not in MODEL_DEFAULTS:
-            raise ConfigError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.", field="model")
+        _check_choice("model", self.model, MODELS)
         defaults = MODEL_DEFAULTS[self.model]
         values = dataclasses.asdict(self)
         for name, value in values.items():
@@ -157,10 +161,17 @@ class TrainConfig:
         return resolved
 
     def validate(self) -> None:
-        """Raises ConfigError with a sentence naming the bad field and what is allowed."""
-        defaults = MODEL_DEFAULTS.get(self.model)
-        if defaults is None:
-            raise ConfigError(f"Unknown model {self.model!r}. Choose one of: {', '.join(MODELS)}.", field="model")
+        """Raises ConfigError with a sentence naming the bad field, its value and what is allowed.
+
+        The checks are strict about types, as the flags are: a string is not a boolean or a
+        number ("2" is not 2, "false" is not false), and a boolean is not a number.
+        """
+        _check_choice("model", self.model, MODELS)
+        defaults = MODEL_DEFAULTS[self.model]
+        for name in _BOOLEAN_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}.", field=name)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -225,6 +236,21 @@ class TrainConfig:
                 f"got {self.checkpoint_every!r}.",
                 field="checkpoint_every",
             )
+        if not _is_number(self.checkpoint_seconds) or not 0.0 <= self.checkpoint_seconds <= 86_400.0:
+            raise ConfigError(
+                f"checkpoint_seconds must be a number from 0 to 86400, got {self.checkpoint_seconds!r}.",
+                field="checkpoint_seconds",
+            )
+
+    def check_resumable(self, checkpoint_epoch: int, source: str | Path = "config.json") -> None:
+        """Raises ConfigError if `epochs` (read from `source`) is below the epoch a checkpoint reached."""
+        if self.epochs is not None and self.epochs < checkpoint_epoch:
+            raise ConfigError(
+                f"epochs in {source} is {self.epochs}, below the {checkpoint_epoch} epochs its checkpoint has "
+                f"already trained; set epochs to {checkpoint_epoch} or more (up to 100000) to resume, "
+                "or start a new run.",
+                field="epochs",
+            )
 
     @property
     def book_val_accuracy(self) -> float:
@@ -236,16 +262,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """Builds a config from a dict (a saved config.json), rejecting unknown keys."""
+        """Builds a config from a dict (a saved config.json, a request), checking it as the flags are checked.
+
+        Unknown keys and every bad value raise ConfigError (see `validate`); fields left out or
+        `None` keep their defaults, so the config returned is not resolved yet.
+        """
         if not isinstance(values, dict):
             raise ConfigError("A config must be a JSON object of field names and values.")
         names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted(str(name) for name in set(values) - names)
         if unknown:
             raise ConfigError(
                 f"Unknown config field(s) {', '.join(unknown)}; known fields are: {', '.join(sorted(names))}."
             )
-        return cls(**values)
+        config = cls(**values)
+        config.resolved()  # Every rule, strictly typed, on a copy; the fields left at None stay None.
+        return config
 
     def save(self, path: str | Path) -> None:
         """Writes the config as JSON, atomically (see `digitlab.atomic`)."""
@@ -280,8 +312,12 @@ def field_type(name: str) -> tuple[type, bool]:
     return kind, False
 
 
+_BOOLEAN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field_type(field.name)[0] is bool)
+
+
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+    # A list or an object is never a choice (and is not hashable: `in` a dict would raise TypeError).
+    if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"Unknown {name} {value!r}. Choose one of: {', '.join(choices)}.", field=name)
 
 

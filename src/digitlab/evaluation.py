@@ -18,6 +18,9 @@ folder (or `out_dir`):
     filters.png       (LeNet) the first convolution's filters
     feature_maps.png  (LeNet) the maps they make of the first image
 
+They are written together (`write_together`): all of them new, or, after a Ctrl-C, a
+SIGTERM or a full disk, none of them touched; evaluation.json comes last.
+
 With `split="test"` the files are named evaluation-test.json, confusion-test.png,
 mistakes-test.png and so on, so a holdout run's one final check on the test images
 never overwrites its validation results. `evaluate_model` does the same work on
@@ -27,11 +30,13 @@ writing them.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, data, errors, inside, models, plots, runs
+from digitlab import atomic, data, errors, inside, interrupts, models, plots, runs
 
 SPLITS = ("validation", "test")
 NUM_CLASSES = data.NUM_CLASSES
@@ -212,21 +217,69 @@ def output_names(split: str, figures=("confusion", "mistakes")) -> dict[str, str
 
 def evaluate_run(run: runs.Run, data_path=None, split: str = "validation", out_dir=None) -> dict:
     """Evaluates a run and writes evaluation.json and its figures (confusion.png, mistakes.png and the
-    look inside); returns the result."""
+    look inside); returns the result.
+
+    The files are written together: all of them new, or (after a Ctrl-C, a SIGTERM, a full disk)
+    none of them touched. A folder that cannot be written is reported before the work starts.
+    """
     if split not in SPLITS:
         raise errors.DigitlabError(f"Unknown split {split!r}; choose validation or test.")
     out_dir = Path(out_dir) if out_dir is not None else run.path
+    runs.check_folder(out_dir, "output folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise runs.RunError(f"Cannot create the output folder {out_dir} ({error.strerror}).") from None
+    runs.check_writable(out_dir, advice=WRITABLE_ADVICE)
     result, figures = evaluate(run, data.load_arrays(data_path), split)
     names = output_names(split, figures)
     result["files"] = {key: str(out_dir / name) for key, name in names.items()}
-    for key in figures:
-        plots.save_figure(figures[key], out_dir / names[key], palette=inside.is_inside_figure(key))
-    atomic.write_json(out_dir / names["json"], result)
+    payloads = {}
+    for key, figure in figures.items():
+        interrupts.check()  # A Ctrl-C or SIGTERM asked for under `interrupts.requests_stop` stops here.
+        payloads[out_dir / names[key]] = plots.figure_png(figure, palette=inside.is_inside_figure(key))
+    # evaluation.json last: a reader that finds it finds the figures of the same evaluation.
+    payloads[out_dir / names["json"]] = (json.dumps(result, indent=2) + "\n").encode()
+    interrupts.check()
+    write_together(payloads)
     return result
+
+
+# What `digitlab evaluate` can do when the run folder is read-only.
+WRITABLE_ADVICE = "Give a folder you can write with `digitlab evaluate RUN --out DIR`; the run stays as it is."
+
+
+def write_together(files: dict[Path, bytes]) -> None:
+    """Writes several files so that either all of them are new or none is.
+
+    Each goes to a temporary file of this process first (flushed to disk); a failure or an
+    interrupt there removes the temporary files and leaves every target as it was. Then they
+    are renamed into place in order, with Ctrl-C and SIGTERM held back for those few
+    microseconds (see `interrupts.held`), so the last file's presence means the set is whole.
+    """
+    temporaries: dict[Path, Path] = {}
+    renamed: list[Path] = []
+    path = next(iter(files), Path("."))
+    try:
+        for path, payload in files.items():
+            temporaries[path] = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(temporaries[path], "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+        with interrupts.held():
+            for path, temporary in temporaries.items():
+                os.replace(temporary, path)
+                renamed.append(path)
+    except OSError as error:
+        changed = ", ".join(path.name for path in renamed) or "no file of this evaluation"
+        raise atomic.WriteError(
+            f"Could not write {path} ({error.strerror or error}); {changed} was changed. "
+            "Free some space, or give another folder with --out DIR, and evaluate again."
+        ) from None
+    finally:
+        for temporary in temporaries.values():
+            atomic.remove_quietly(temporary)
 
 
 def format_result(result: dict) -> str:

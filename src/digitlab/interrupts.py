@@ -11,6 +11,9 @@ training calls `check()` where stopping is safe (before each batch of Keras `fit
 epoch of the fast engine), and that raises the KeyboardInterrupt there, in digitlab's own code.
 A second Ctrl-C or SIGTERM stops at once, as Python would.
 
+`held()` is the other way round: for a step of a few microseconds that must not be cut in two
+(renaming a set of files into place), a signal waits until the step is done.
+
     with interrupts.requests_stop():
         for batch in batches:
             interrupts.check()
@@ -68,3 +71,28 @@ def requests_stop():
         for number, handler in previous.items():
             signal.signal(number, handler)
         _requests = 0
+
+
+@contextlib.contextmanager
+def held():
+    """Holds Ctrl-C and SIGTERM back for a short step that must not be cut in two (renaming a set of
+    files into place); one that arrives meanwhile is delivered right after the step, to the handler
+    that was there before. Only the main thread can hold signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {
+        number: signal.getsignal(number) or signal.SIG_DFL
+        for number in SIGNALS
+        if signal.getsignal(number) is not signal.SIG_IGN
+    }
+    for number in previous:
+        signal.signal(number, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])

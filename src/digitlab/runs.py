@@ -13,10 +13,12 @@ A run folder holds:
     epochs/          epoch-0001.npz, ...: each epoch's weights at float16 (with --record-epochs)
     curves.png       accuracy and loss per epoch
     metrics.json     final metrics, wall time, engine, backend, versions, data hashes
+    .lock            while a process writes the run: who it is (`runlock`; gone when it ends)
 
 Every file is written atomically (a temporary file, then a rename), so a run
 killed at any instant leaves the previous version or the new one, never a torn
-file. `status.json` says "complete" only after everything else is written.
+file. `status.json` says "complete" only after everything else is written. One process
+writes a run at a time: it holds the run's lock (`digitlab.runlock`) while it does.
 
     from digitlab import runs
     run = runs.open_run("runs/20261125-101500-shallow-seed0")
@@ -28,8 +30,10 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -38,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, backends, errors
+from digitlab import atomic, backends, errors, runlock, system
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -85,14 +89,8 @@ def _now() -> str:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process with this id runs on this machine (`system.process_alive`)."""
+    return system.process_alive(pid)
 
 
 class Run:
@@ -113,13 +111,14 @@ class Run:
 
     # Writing.
 
-    def write_json(self, name: str, value) -> None:
-        atomic.write_json(self.file(name), value)
+    def write_json(self, name: str, value, durable: bool = True) -> None:
+        atomic.write_json(self.file(name), value, durable)
 
-    def write_history(self, histories: list[dict]) -> None:
-        """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`)."""
-        self.write_json(HISTORY_JSON, {"seeds": histories})
-        atomic.write_text(self.file(HISTORY_CSV), history_csv(histories))
+    def write_history(self, histories: list[dict], durable: bool = True) -> None:
+        """Writes `history.json` (lists per seed) and `history.csv` (see `history_csv`); `durable`
+        as for `atomic.atomic_save` (training's per-epoch writes are not: the checkpoint is)."""
+        self.write_json(HISTORY_JSON, {"seeds": histories}, durable)
+        atomic.write_text(self.file(HISTORY_CSV), history_csv(histories), durable)
 
     def write_epoch(self, epoch: int, weights: list[np.ndarray]) -> None:
         """Records one epoch's weights (`model.get_weights()` order) at float16 in epochs/epoch-NNNN.npz."""
@@ -129,7 +128,7 @@ class Run:
         np.savez(buffer, *(np.asarray(weight, dtype=np.float16) for weight in weights))
         atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue())
 
-    def set_status(self, status: str, **details) -> None:
+    def set_status(self, status: str, durable: bool = True, **details) -> None:
         if status not in STATUSES:
             raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
         value = {
@@ -140,7 +139,7 @@ class Run:
             "format_version": FORMAT_VERSION,
         }
         value.update(details)
-        self.write_json(STATUS_FILE, value)
+        self.write_json(STATUS_FILE, value, durable)
 
     # Reading.
 
@@ -169,15 +168,22 @@ class Run:
             return {"status": "unknown"}
         if not isinstance(status, dict) or status.get("status") not in STATUSES:
             return {"status": "unknown"}
-        if (
-            status["status"] == "running"
-            and status.get("host") == socket.gethostname()
-            and isinstance(status.get("pid"), int)
-            and status["pid"] != os.getpid()
-            and not process_alive(status["pid"])
-        ):
+        if status["status"] == "running" and not self._writer_alive(status):
             status = dict(status, status="interrupted", note="the training process is gone")
         return status
+
+    def _writer_alive(self, status: dict) -> bool:
+        """Whether the process that says it writes this run still does: by the run's lock (`runlock`),
+        which the kernel frees when its holder dies whatever its id becomes; by the process id for a
+        run written before run locks, or whose writer let the lock go without a last word."""
+        if status.get("pid") == os.getpid() and status.get("host") == socket.gethostname():
+            return True
+        held = runlock.is_held(self.path)
+        if held is not None:
+            return held
+        if status.get("host") == socket.gethostname() and isinstance(status.get("pid"), int):
+            return process_alive(status["pid"])
+        return True  # Another machine's process, and no lock to ask: taken at its word.
 
     def history(self) -> dict:
         """Per-epoch history of the first (or only) seed: {"loss": [...], "val_accuracy": [...], ...}."""
@@ -255,24 +261,44 @@ class Run:
             )
         except RunError:
             row.update(model="?")
+        # A damaged history or metrics file (wrong types included) leaves its columns empty.
         try:
             history = self.history()
-            accuracy = history.get("val_accuracy", [])
+            accuracy = history.get("val_accuracy", []) if isinstance(history, dict) else None
+            if not isinstance(accuracy, list) or not all(_is_real(value) for value in accuracy):
+                raise RunError(f"{self.file(HISTORY_JSON)} is not a digitlab history.")
+            finite = [value for value in accuracy if math.isfinite(value)]  # NaN: a diverged epoch.
             row.update(
                 epochs=len(accuracy),
-                best_val_accuracy=max(accuracy) if accuracy else None,
-                final_val_accuracy=accuracy[-1] if accuracy else None,
+                best_val_accuracy=max(finite) if finite else None,
+                final_val_accuracy=accuracy[-1] if accuracy and math.isfinite(accuracy[-1]) else None,
             )
         except RunError:
             row.update(epochs=0, best_val_accuracy=None, final_val_accuracy=None)
         try:
             metrics = self.metrics()
+            if not isinstance(metrics, dict):
+                raise RunError(f"{self.file(METRICS_FILE)} is not a digitlab metrics file.")
             row.update(
-                engine=metrics.get("engine"), wall_time_s=metrics.get("wall_time_s"), date=metrics.get("finished")
+                engine=_text_or_none(metrics.get("engine")),
+                wall_time_s=metrics["wall_time_s"] if _is_number(metrics.get("wall_time_s")) else None,
+                date=_text_or_none(metrics.get("finished")),
             )
         except RunError:
             row.update(engine=None, wall_time_s=None, date=None)
         return row
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return _is_real(value) and math.isfinite(value)
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _epoch_file_name(epoch: int) -> str:
@@ -299,6 +325,7 @@ def new_run(runs_dir: str | Path, config: TrainConfig, name: str | None = None) 
     advance, so it knows where each one is before it starts); it must not exist yet.
     """
     runs_dir = Path(runs_dir)
+    check_folder(runs_dir, "runs folder")
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -323,15 +350,69 @@ def new_run(runs_dir: str | Path, config: TrainConfig, name: str | None = None) 
     return run
 
 
-def check_writable(folder: Path) -> None:
-    """Writes and removes a probe file so a read-only folder is reported before training."""
-    atomic.write_bytes(Path(folder) / ".write-probe", b"digitlab")
-    atomic.remove_quietly(Path(folder) / ".write-probe")
+def check_writable(folder: str | Path, advice: str | None = None) -> None:
+    """Writes and removes a probe file so a read-only folder is reported before anything is written.
+
+    `advice` is what the command that asks can do about it (a flag it really has); the default
+    names what every command can do: make the folder writable.
+    """
+    folder = Path(folder)
+    probe = atomic.temporary_path(folder / "write-probe")  # Hidden, as every temporary file.
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"digitlab")
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise atomic.WriteError(
+                f"Could not write in {folder}: the folder is not writable ({error.strerror}). "
+                + (
+                    advice
+                    or f"Make it writable (e.g. `chmod u+w {folder}`), or, on a read-only disk, copy the "
+                    "folder to a writable one and use the copy."
+                )
+            ) from None
+        raise atomic.WriteError(atomic.describe_write_error(probe, error)) from None
+    finally:
+        atomic.remove_quietly(probe)
+
+
+def check_folder(path: str | Path, what: str = "folder") -> None:
+    """Raises RunError with a sentence if `path` is there but cannot be used as a folder:
+    a symbolic link that loops, a file, a folder this user may not read."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise RunError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist.") from None
+        return
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunError(
+                f"{path} is a symbolic link that leads back to itself (a loop), so it is not a usable {what}; "
+                f"point the link at a real folder, or give another path."
+            ) from None
+        if error.errno == errno.ENOTDIR:
+            blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), path)
+            raise RunError(
+                f"{path} cannot be a {what}: {blocker} is a file, not a folder; give another path."
+            ) from None
+        raise RunError(f"Could not open {path} ({error.strerror or error}).") from None
+    if not path.is_dir():
+        raise RunError(f"{path} is a file, not a {what}; give a folder instead.")
+
+
+def display_name(name: str) -> str:
+    """A folder name as text that is always valid UTF-8: bytes that are not UTF-8 (which Python
+    reads as lone surrogates) are shown as backslash escapes, `\\xff` (Python's "backslashreplace";
+    `printf '%b'` turns the escapes back into the bytes). A UTF-8 name is returned as it is."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def open_run(path: str | Path) -> Run:
     """Opens an existing run folder, with a clear error if it is not one."""
     path = Path(path)
+    check_folder(path, "run folder")
     if not path.exists():
         raise RunError(f"No run folder at {path}. List saved runs with `digitlab runs`.")
     if not path.is_dir():
@@ -352,12 +433,23 @@ def open_run(path: str | Path) -> Run:
 
 
 def list_runs(runs_dir: str | Path) -> list[dict]:
-    """Summaries of every run folder under `runs_dir`, oldest first."""
+    """Summaries of every run folder under `runs_dir`, oldest first; none if the folder does not exist.
+
+    A runs folder that is there but cannot be read (a looping link, a file, no permission) raises
+    RunError rather than looking empty. Each row's "run" is its folder's `display_name`.
+    """
     runs_dir = Path(runs_dir)
+    check_folder(runs_dir, "runs folder")
     if not runs_dir.is_dir():
         return []
+    try:
+        paths = sorted(runs_dir.iterdir())
+    except OSError as error:
+        raise RunError(f"Could not list the runs in {runs_dir} ({error.strerror or error}).") from None
     rows = []
-    for path in sorted(runs_dir.iterdir()):
+    for path in paths:
         if path.is_dir() and (path / CONFIG_FILE).is_file():
-            rows.append(Run(path).summary())
+            row = Run(path).summary()
+            row["run"] = display_name(path.name)
+            rows.append(row)
     return rows

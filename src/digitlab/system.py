@@ -6,6 +6,7 @@ so a benchmark can describe its machine before any backend is loaded.
     from digitlab import system
     system.software_versions()   # {"python": "3.11.7", "keras": "3.15.1", "jax": ..., ...}
     system.machine_info()        # {"cpu": "AMD EPYC ...", "cores": 2, "architecture": "x86_64"}
+    system.process_alive(1234)   # whether that process runs on this machine
 """
 
 from __future__ import annotations
@@ -55,3 +56,14 @@ def machine_summary() -> str:
     """One line for a run's metrics: "x86_64, 2 CPUs"."""
     info = machine_info()
     return f"{info['architecture']}, {info['cores']} CPUs"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

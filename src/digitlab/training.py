@@ -8,15 +8,20 @@ Two engines do the epochs. `fit` is Keras's own `model.fit`, exactly the book's
 code. The fast engine (`digitlab.engine`) runs the same computation (same Keras
 model and initial weights, same loss, optimizer and shuffled batches) faster,
 and trains several seeds side by side; `engine="auto"` uses it whenever it
-supports the model. After every epoch the history is written and, every
-`checkpoint_every` epochs, a checkpoint, so an interrupted run loses at most the
-epoch in progress and `resume` finishes it with the same history and weights as
-an uninterrupted run. With `record_epochs`, every epoch's weights are kept too (at float16,
-`Run.write_epoch`), so that `digitlab serve` can show and ask the network of any epoch.
+supports the model. After every epoch the history and status are written (renamed
+into place, without waiting for the disk), and a checkpoint at most every
+`checkpoint_seconds` (after an epoch that `checkpoint_every` allows), after the last
+epoch, and on an interrupt (Ctrl-C, SIGTERM, the page's stop, a sweep's early stop),
+which saves the newest finished epoch. So an interrupted run loses at most the epoch in
+progress, a killed one at most `checkpoint_seconds` of epochs, and `resume` finishes
+either with the same history and weights as an uninterrupted run. With `record_epochs`,
+every epoch's weights are kept too (at float16, `Run.write_epoch`), so that `digitlab serve`
+can show and ask the network of any epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 import time
@@ -25,7 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import atomic, backends, checkpoint, data, engine, interrupts, models, plots, runs, system
+from digitlab import atomic, backends, checkpoint, data, engine, interrupts, models, plots, runlock, runs, system
 from digitlab.config import TrainConfig
 from digitlab.engine import FitEngine
 from digitlab.engine.spec import weight_names
@@ -67,12 +72,15 @@ def train(
         config.seed = secrets.randbelow(2**31 - config.seeds)
     session = _Session(config, loaded or data.load(data_path), print_fn, verbose, on_epoch_end, metadata)
     run = runs.new_run(runs_dir, config, name=run_name)
-    config.save(run.file(runs.CONFIG_FILE))
-    run.write_json(runs.DATA_FILE, session.data.record())
-    run.set_status("running", epoch=0)
-    print_fn(f"digitlab: training the {config.model} net in {run.path}\n{config.describe()}")
-    session.networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
-    return session.run(run, saved=None)
+    # The folder is new (made by this process), so the lock is free; taken before config.json
+    # is there, so that no resume can take the run before it is whole.
+    with runlock.RunLock(run.path).acquire("training it"):
+        config.save(run.file(runs.CONFIG_FILE))
+        run.write_json(runs.DATA_FILE, session.data.record())
+        run.set_status("running", epoch=0)
+        print_fn(f"digitlab: training the {config.model} net in {run.path}\n{config.describe()}")
+        session.networks[0].summary(print_fn=lambda line, *args, **kwargs: print_fn(line))
+        return session.run(run, saved=None)
 
 
 def resume(
@@ -83,30 +91,39 @@ def resume(
     loaded: data.Loaded | None = None,
     on_epoch_end=None,
     metadata: dict | None = None,
+    lock: runlock.RunLock | None = None,
 ) -> Run:
     """Continues an interrupted run from its last checkpoint to the end (`loaded`, `on_epoch_end`
-    and `metadata` as for `train`; given data must be the run's own, by its SHA-256s)."""
+    and `metadata` as for `train`; given data must be the run's own, by its SHA-256s).
+
+    The run's lock is taken first, so a run that another process writes is refused (RunBusy, naming
+    that process) before anything is read or changed; a caller that holds the lock already (the
+    page, a sweep trial) passes it as `lock` and lets it go itself."""
     run = runs.open_run(run_path)
-    status = run.status()
-    if status["status"] == "complete":
+    runs.check_writable(run.path)  # A read-only run says so (and what to do) before its lock is asked for.
+    if lock is None:
+        with runlock.RunLock(run.path).acquire("resuming it"):
+            return _resume(run, data_path, print_fn, verbose, loaded, on_epoch_end, metadata)
+    if not lock.held or not lock.folder.samefile(run.path):
+        raise ValueError(f"resume was given {lock!r}, which is not a held lock of {run.path}")
+    return _resume(run, data_path, print_fn, verbose, loaded, on_epoch_end, metadata)
+
+
+def _resume(run: Run, data_path, print_fn, verbose, loaded, on_epoch_end, metadata) -> Run:
+    # With the lock held, a "running" status is a writer's that died: the run is interrupted.
+    if run.status()["status"] == "complete":
         raise RunError(f"The run {run.path} is already complete; there is nothing to resume.")
-    if status["status"] == "running":
-        raise RunError(
-            f"The run {run.path} is still being trained by process {status.get('pid')}; "
-            "stop that process first (Ctrl-C), then resume."
-        )
     config = run.config()
     saved = checkpoint.load(run.file(runs.CHECKPOINT_FILE))
+    config.check_resumable(saved["epoch"], run.file(runs.CONFIG_FILE))
     # The run's own data, found from its record (a run from before data.json: the usual search).
     record = run.read_json(runs.DATA_FILE) if run.file(runs.DATA_FILE).is_file() else {}
     session = _Session(config, data.load_recorded(record, data_path, loaded), print_fn, verbose, on_epoch_end, metadata)
     session.restore(saved)
-    runs.check_writable(run.path)
     if session.data.record()["path"] != record.get("path"):
         run.write_json(runs.DATA_FILE, session.data.record())  # Found elsewhere: the next resume looks there.
-    for leftover in run.path.glob(".*.tmp*"):
-        # A process killed while writing leaves its temporary file; the real file is intact.
-        leftover.unlink()
+    # A process killed while writing leaves its temporary file; the real file is intact.
+    atomic.remove_leftovers(run.path)
     run.set_status("running", epoch=saved["epoch"])
     print_fn(f"digitlab: resuming {run.path} after epoch {saved['epoch']} of {config.epochs}")
     return session.run(run, saved=saved)
@@ -202,6 +219,7 @@ class _Session:
             )
         except KeyboardInterrupt:
             epoch_reached = progress.epochs_done or initial_epoch
+            progress.save_pending()
             _record_status(run, "interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
             raise TrainingInterrupted(run, epoch_reached) from None
         except BaseException as error:
@@ -232,6 +250,10 @@ class _EpochEnd:
         self.wall_time_before = wall_time_before
         self.epochs_done = 0
         self.checkpoint_epoch = None
+        # The newest finished epoch not checkpointed yet (its state, random state and history, copied):
+        # what an interrupt saves.
+        self.pending: dict | None = None
+        self.next_checkpoint = 0.0
         self.tensorboard = None
         if config.tensorboard:
             from tensorboardX import SummaryWriter
@@ -240,6 +262,7 @@ class _EpochEnd:
 
     def start(self):
         self.started = self.epoch_started = time.perf_counter()
+        self.next_checkpoint = self.started + self.config.checkpoint_seconds
 
     def close(self) -> None:
         """Writes out the TensorBoard events still queued (flush alone leaves the last one)."""
@@ -258,16 +281,13 @@ class _EpochEnd:
         self._write_history()
         every = self.config.checkpoint_every
         if every and (self.epochs_done % every == 0 or self.epochs_done == self.config.epochs):
-            checkpoint.save(
-                self.run.file(runs.CHECKPOINT_FILE),
-                engine=self.engine.name,
-                epoch=self.epochs_done,
-                state=self.engine.get_state(),
-                rngs=self.rngs,
-                histories=self.histories,
-                wall_time_s=self.wall_time(),
-            )
-            self.checkpoint_epoch = self.epochs_done
+            if self.epochs_done == self.config.epochs or time.perf_counter() >= self.next_checkpoint:
+                self._checkpoint(self.epochs_done, self.engine.get_state(), self.rngs, self.histories)
+            else:
+                rngs = [copy.deepcopy(rng) for rng in self.rngs]
+                histories = [{key: list(values) for key, values in history.items()} for history in self.histories]
+                state = self.engine.get_state()
+                self.pending = dict(epoch=self.epochs_done, state=state, rngs=rngs, histories=histories)
         if self.config.record_epochs:
             self.run.write_epoch(self.epochs_done, _first_network_weights(self.engine))
         if self.tensorboard is not None:
@@ -281,9 +301,33 @@ class _EpochEnd:
             self.hook(self.epochs_done, self.histories, self.wall_time())
         self.epoch_started = time.perf_counter()
 
+    def _checkpoint(self, epoch: int, state: dict, rngs: list, histories: list[dict]) -> None:
+        checkpoint.save(
+            self.run.file(runs.CHECKPOINT_FILE),
+            engine=self.engine.name,
+            epoch=epoch,
+            state=state,
+            rngs=rngs,
+            histories=histories,
+            wall_time_s=self.wall_time(),
+        )
+        self.checkpoint_epoch, self.pending = epoch, None
+        self.next_checkpoint = time.perf_counter() + self.config.checkpoint_seconds
+
+    def save_pending(self) -> None:
+        """On an interrupt: checkpoints the newest finished epoch, if it has none yet. A checkpoint
+        that cannot be written (a full disk) leaves the previous one, which resumes as well."""
+        if self.pending is not None:
+            try:
+                self._checkpoint(**self.pending)
+            except atomic.WriteError:
+                pass
+
     def _write_history(self) -> None:
-        self.run.write_history(self.histories)
-        self.run.set_status("running", epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch)
+        # Renamed into place but not flushed to disk: a kill leaves the old file or the new one, and
+        # the checkpoint (which is flushed) is what a resume reads, history included.
+        self.run.write_history(self.histories, durable=False)
+        self.run.set_status("running", epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch, durable=False)
 
 
 def _first_network_weights(engine) -> list[np.ndarray]:

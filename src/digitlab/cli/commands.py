@@ -9,6 +9,8 @@
     digitlab tensorboard RUN              # a run's --tensorboard logs in TensorBoard
     digitlab sweep --grid learning_rate=0.01,0.1 --seeds 3 --out sweeps/lr   # many runs at once, on Ray
     digitlab serve                        # a page that trains the net live and reads your handwriting
+    digitlab site public/                 # the page as static files that train in the browser
+    digitlab import page-run-....json     # a run trained in the page, kept as a run folder
     digitlab runs | compare | evaluate | report | bench
 
 Bad input (a flag, a file, a run folder) prints one clear `error:` line and exits
@@ -60,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli_flags.add_config_flags(train)
     train.add_argument(
-        "--config", metavar="CONFIG_JSON", default=None, help="re-run a saved config.json (flags are ignored)"
+        "--config",
+        metavar="CONFIG_JSON",
+        default=None,
+        help="start from a saved config.json (a run's, or one you wrote); a flag given beside it overrides "
+        "the file's value for that field, and the command says which it overrode",
     )
     train.add_argument(
         "--resume", metavar="RUN", default=None, help="continue an interrupted run from its last checkpoint"
@@ -157,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-viewers", type=int, default=100, help="the most event streams open at once")
     cli_flags.add_data_flag(serve)
 
+    site = commands.add_parser(
+        "site",
+        help="write the page, its engine and MNIST as static files that train in any browser",
+        formatter_class=cli_flags.HelpFormatter,
+    )
+    site.add_argument("folder", metavar="DIR", help="a new or empty folder, or a previous site's to replace it")
+    cli_flags.add_data_flag(site)
+
+    keep = commands.add_parser(
+        "import",
+        help="keep a run trained in the page (its downloaded page-run JSON) as a run folder",
+        formatter_class=cli_flags.HelpFormatter,
+    )
+    keep.add_argument("file", metavar="FILE", help="the page-run JSON file the page's Download run button saved")
+    keep.add_argument("--runs-dir", default="runs", help="folder to keep the run folder in")
+    cli_flags.add_data_flag(keep)
+
     from digitlab.serve.board import DEFAULT_PORT
 
     board = commands.add_parser(
@@ -224,9 +247,15 @@ def command_train(args) -> int:
 
     # The Keras backend is chosen per net before Keras is first imported (by `training`).
     if args.resume:
+        _refuse_settings_beside_resume(args)
         backends.use_for(_resumed_model(args.resume))
     else:
-        backends.use_for(cli_flags.config_from_args(args).model)
+        config = cli_flags.config_from_args(args)
+        config.resolved()  # Report a bad flag before loading anything.
+        note = cli_flags.override_note(args)
+        if note:
+            print(note)
+        backends.use_for(config.model)
     from digitlab import runs, training
 
     # SIGTERM (a closed terminal, `kill`) stops training the way Ctrl-C does: saved, resumable.
@@ -235,8 +264,6 @@ def command_train(args) -> int:
         if args.resume:
             training.resume(args.resume, data_path=args.data)
         else:
-            config = cli_flags.config_from_args(args)
-            config.resolved()  # Report a bad flag before loading anything.
             training.train(config, runs_dir=args.runs_dir, data_path=args.data)
     except training.TrainingInterrupted as stop:
         print(
@@ -246,6 +273,20 @@ def command_train(args) -> int:
         )
         return EXIT_INTERRUPTED
     return 0
+
+
+def _refuse_settings_beside_resume(args) -> None:
+    """--resume trains on with the run's own config.json: a setting given beside it would be ignored, so
+    it is refused with what to do instead."""
+    given = [f"--{name.replace('_', '-')}" for name in cli_flags.flags_given(args)]
+    given += ["--config"] if args.config else []
+    if given:
+        config_file = Path(args.resume) / "config.json"
+        raise errors.DigitlabError(
+            f"--resume continues a run with the settings of its own {config_file}, so {', '.join(given)} "
+            "cannot be given with it. Change a setting in that file (epochs, to train longer), or start a new "
+            f"run from it with `digitlab train --config {config_file}` and those flags."
+        )
 
 
 def _resumed_model(run_path: str) -> str:
@@ -311,6 +352,7 @@ def command_runs(args) -> int:
 
     rows = runs.list_runs(args.runs_dir)
     if args.json:
+        # Folder names that are not UTF-8 come as backslash escapes (runs.display_name): always valid JSON text.
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
@@ -365,9 +407,16 @@ def _cell(value, spec: str = "") -> str:
 
 
 def command_evaluate(args) -> int:
-    from digitlab import evaluation, runs
+    from digitlab import evaluation, interrupts, runs
 
-    result = evaluation.evaluate_run(runs.open_run(args.run), data_path=args.data, split=args.split, out_dir=args.out)
+    # SIGTERM stops an evaluation as Ctrl-C does: its files all new, or none of them touched. Either
+    # is a request that the evaluation acts on between its steps, never inside JAX or Keras (see
+    # `interrupts`; a KeyboardInterrupt raised there could crash the process as it exits).
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    with interrupts.requests_stop():
+        result = evaluation.evaluate_run(
+            runs.open_run(args.run), data_path=args.data, split=args.split, out_dir=args.out
+        )
     print(json.dumps(result, indent=2) if args.json else evaluation.format_result(result))
     return 0
 
@@ -392,18 +441,58 @@ def command_report(args) -> int:
     if (Path(args.run) / sweep_state.STATE_FILE).is_file():
         path = sweep_report.write_sweep_report(sweep_state.open_sweep(args.run), out_path=args.out)
     else:
-        path = report.write_report(runs.open_run(args.run), data_path=args.data, out_path=args.out)
+        run = runs.open_run(args.run)
+        out_path = Path(args.out) if args.out else run.file(runs.REPORT_FILE)
+        if out_path.parent.is_dir() and not out_path.is_dir():
+            runs.check_writable(
+                out_path.parent, advice="Give a file you can write with `digitlab report RUN --out FILE`."
+            )
+        path = report.write_report(run, data_path=args.data, out_path=out_path)
     print(f"Wrote {path}")
     return 0
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Binds `host:port` for a moment on each address of `host`, as uvicorn's asyncio server will, so
+    that a port in use (or a host this machine does not have) is one clear sentence before the
+    server says it is serving."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise errors.DigitlabError(f"Cannot listen on --host {host}: {error.strerror}.") from None
+    for family, kind, protocol, _, address in dict.fromkeys(addresses):
+        with socket.socket(family, kind, protocol) as probe:
+            # As asyncio does: a port held only by closed connections (TIME_WAIT) counts as free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise errors.DigitlabError(
+                        f"Port {port} on {host} is already in use by another program (another `digitlab serve`?). "
+                        "Stop it, or choose a free port with --port N."
+                    ) from None
+                if error.errno == errno.EACCES:
+                    raise errors.DigitlabError(
+                        f"Not permitted to listen on port {port} ({error.strerror}): ports below 1024 need "
+                        "administrator rights. Choose one from 1024 up with --port N."
+                    ) from None
+                raise errors.DigitlabError(f"Cannot listen on {host}, port {port} ({error.strerror}).") from None
+
+
 def command_serve(args) -> int:
+    if not 0 < args.port < 65536:
+        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
+    check_port_free(args.host, args.port)  # At once, before the seconds that importing the server takes.
     from digitlab import runs
     from digitlab.serve import access, live
     from digitlab.serve import app as serving
 
-    if not 0 < args.port < 65536:
-        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
     for flag, value in (("--max-epochs", args.max_epochs), ("--max-train-images", args.max_train_images)):
         if value < 1:
             raise errors.DigitlabError(f"{flag} must be a positive whole number, got {value}.")
@@ -423,6 +512,28 @@ def command_serve(args) -> int:
         permissions=permissions,
         limits=limits,
     )
+    return 0
+
+
+def command_site(args) -> int:
+    from digitlab import data
+    from digitlab.browser import site
+
+    written = site.write_site(Path(args.folder), data.load(args.data))
+    size = sum((Path(args.folder) / name).stat().st_size for name in written)
+    print(
+        f"digitlab: wrote the site ({len(written)} files, {size / 1e6:.1f} MB) in {args.folder}; serve it from any "
+        f"static host, e.g. `python -m http.server -d {args.folder}`, and open it in a browser"
+    )
+    return 0
+
+
+def command_import(args) -> int:
+    from digitlab import data
+    from digitlab.browser import page_runs
+
+    run = page_runs.save_page_run(page_runs.read_document(Path(args.file)), args.runs_dir, data.load(args.data))
+    print(f"digitlab: kept {args.file} as the run folder {run.path}")
     return 0
 
 
@@ -464,6 +575,8 @@ COMMANDS = {
     "tensorboard": command_tensorboard,
     "sweep": command_sweep,
     "bench": command_bench,
+    "site": command_site,
+    "import": command_import,
 }
 
 

@@ -73,8 +73,9 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None, defaults=None)
             help_text += f"; {_model_defaults(name)}"
         options = dict(default=default, help=help_text, dest=name)
         if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
+            options["action"] = _BooleanGiven
         else:
+            options["action"] = _StoreGiven
             options["type"] = kind
             if is_list:
                 options["nargs"] = "+"
@@ -83,7 +84,61 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None, defaults=None)
         parser.add_argument("--" + name.replace("_", "-"), **options)
 
 
+# The config flags a command line gave, by field name, on the parsed namespace (see `flags_given`).
+_GIVEN = "config_flags_given"
+
+
+class _StoreGiven(argparse.Action):
+    """argparse's plain "store", which also notes that the flag was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _note_given(namespace, self.dest)
+
+
+class _BooleanGiven(argparse.BooleanOptionalAction):
+    """--name / --no-name, which also notes that the flag was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _note_given(namespace, self.dest)
+
+
+def _note_given(namespace, name: str) -> None:
+    given = list(getattr(namespace, _GIVEN, []))
+    if name not in given:
+        given.append(name)
+    setattr(namespace, _GIVEN, given)
+
+
+def flags_given(args) -> list[str]:
+    """The TrainConfig fields whose flags the command line gave, in the order given."""
+    return list(getattr(args, _GIVEN, []))
+
+
 def config_from_args(args) -> TrainConfig:
+    """The config a `train` command line asks for: its flags, or `--config FILE` with the flags given
+    beside it overriding the file's values (`override_note` names those).
+
+    A --model beside --config also brings that model's own defaults for the fields where the file
+    holds its model's defaults (a saved config.json holds every value, resolved)."""
     if args.config:
-        return TrainConfig.load(args.config)
+        values = TrainConfig.load(args.config).to_dict()
+        given = {name: getattr(args, name) for name in flags_given(args)}
+        if given.get("model", values["model"]) != values["model"]:
+            old_defaults = MODEL_DEFAULTS[values["model"]]
+            for name, value in values.items():
+                if name in old_defaults and name not in given and value == old_defaults[name]:
+                    values[name] = None
+        values.update(given)
+        return TrainConfig.from_dict(values)
     return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+
+
+def override_note(args) -> str | None:
+    """The line `train --config FILE` prints when flags beside it override the file's values, else None."""
+    given = flags_given(args)
+    if not args.config or not given:
+        return None
+    shown = ", ".join(f"{name} = {_format_default(getattr(args, name))}" for name in given)
+    return f"digitlab: the flags given beside --config override {args.config}'s values: {shown}"

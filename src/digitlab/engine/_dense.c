@@ -16,6 +16,12 @@
  * forward, sixty-four inputs backward and in the update (the kernel's transpose, `kernel_t`, keeps the
  * backward pass's reads contiguous; the update writes both).
  *
+ * The portable versions are also the WebAssembly build's, where SIMD128 versions of the hot kernels (no FMA:
+ * each lane does the portable version's operations in its order) give the same bits. exp, tanh and log are
+ * this file's own (exp_portable, tanh_portable, log_portable: Cephes's formulas in float, within 2 ulp):
+ * the C libraries' expf and tanhf differ in the last bit on some inputs, so the native portable path and the
+ * browser's engine compute them with this one source to train to the same bits.
+ *
  * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax. Losses: 0 mean squared error,
  * 1 categorical cross-entropy.
  */
@@ -32,6 +38,91 @@
 #define MEAN_SQUARED_ERROR 0
 
 int digitlab_kernels_simd_on(void); /* From _kernels.c. */
+
+#ifdef __wasm_simd128__
+#include <wasm_simd128.h>
+#define HAVE_SIMD128 1
+#endif
+
+/* ------------------------------------------------------------------------------ exp, tanh and log */
+
+/* 2^n for a whole n in -126 ... 128 (128 gives infinity), from its bits. */
+static inline float power_of_two(float n) {
+    union {
+        int32_t bits;
+        float value;
+    } scale = {((int32_t)n + 127) * (1 << 23)};
+    return scale.value;
+}
+
+/* exp(x), Cephes's expf as exp_avx2 computes it but with each product rounded: x = n ln2 + r, |r| <= ln2 / 2
+ * (ln2 in two parts, so n ln2 is exact), exp(r) by its degree-7 polynomial, times 2^n. */
+static inline float exp_portable(float x) {
+    x = x < -87.3365448f ? -87.3365448f : (x > 88.3762626f ? 88.3762626f : x);
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    x -= n * 0.693359375f;
+    x -= n * -2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * x + 1.3981999507e-3f;
+    y = y * x + 8.3334519073e-3f;
+    y = y * x + 4.1665795894e-2f;
+    y = y * x + 1.6666665459e-1f;
+    y = y * x + 5.0000001201e-1f;
+    y = y * (x * x) + (x + 1.0f);
+    return y * power_of_two(n);
+}
+
+/* tanh(x), Cephes's tanhf: an odd polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above, +-1 past 44. */
+static inline float tanh_portable(float x) {
+    const float z = x < 0.0f ? -x : x;
+    if (z >= 0.625f) {
+        const float t = z > 44.0f ? 1.0f : 1.0f - 2.0f / (exp_portable(z + z) + 1.0f);
+        return x < 0.0f ? -t : t;
+    }
+    if (x == 0.0f) return x;
+    const float s = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * s + 2.06390887954e-2f;
+    p = p * s - 5.37397155531e-2f;
+    p = p * s + 1.33314422036e-1f;
+    p = p * s - 3.33332819422e-1f;
+    return p * s * x + x;
+}
+
+/* log(x) for x > 0 (the loss's clipped probabilities), Cephes's logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+ * log(m) by its polynomial in m - 1, plus e ln2 (in two parts). Not for zero, negatives, infinities or NaN. */
+static inline float log_portable(float x) {
+    union {
+        float value;
+        int32_t bits;
+    } parts = {x};
+    int32_t e = ((parts.bits >> 23) & 0xff) - 126; /* x = m 2^e with m in [0.5, 1). */
+    parts.bits = (parts.bits & 0x807fffff) | 0x3f000000;
+    float m = parts.value;
+    if (m < 0.707106781186547524f) {
+        e -= 1;
+        m = m + m - 1.0f;
+    } else {
+        m = m - 1.0f;
+    }
+    const float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    const float fe = (float)e;
+    y += fe * -2.12194440e-4f;
+    y += -0.5f * z;
+    float result = m + y;
+    result += fe * 0.693359375f;
+    return result;
+}
 
 /* Asks for the target and label of row r + 8 to be brought into cache while row r's loss is computed: the
  * images of a batch lie at random places, and a burst of prefetches for the whole batch measured no gain. */
@@ -327,6 +418,166 @@ AVX2 static void sigmoid_gradient_avx2(float *gradient, const float *output, int
 }
 #endif
 
+/* ------------------------------------------------------------------------------ SIMD128 (WebAssembly) */
+
+#ifdef HAVE_SIMD128
+/* Each lane does the portable version's operations in its order (no FMA: a multiply, then an add), so these
+ * give the portable versions' bits; they keep a block of outputs in registers across each sum. */
+
+/* sum + a * b, the product rounded before the add (as the portable code computes it; not an FMA). */
+static inline v128_t add_product(v128_t sum, v128_t a, v128_t b) { return wasm_f32x4_add(sum, wasm_f32x4_mul(a, b)); }
+
+/* out[r, :] = a[r, :] @ kernel + bias, per row: units in blocks of sixteen, then four, then one by one. */
+static void forward_simd128(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                            int64_t units, float *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = a + r * inputs;
+        float *o = out + r * units;
+        int64_t u0 = 0;
+        for (; u0 + 16 <= units; u0 += 16) {
+            v128_t acc[4];
+            for (int c = 0; c < 4; c++) acc[c] = wasm_f32x4_splat(0.0f);
+            for (int64_t i = 0; i < inputs; i++) {
+                const v128_t v = wasm_f32x4_splat(x[i]);
+                const float *k = kernel + i * units + u0;
+                for (int c = 0; c < 4; c++) acc[c] = add_product(acc[c], v, wasm_v128_load(k + 4 * c));
+            }
+            for (int c = 0; c < 4; c++)
+                wasm_v128_store(o + u0 + 4 * c, wasm_f32x4_add(acc[c], wasm_v128_load(bias + u0 + 4 * c)));
+        }
+        for (; u0 + 4 <= units; u0 += 4) {
+            v128_t acc = wasm_f32x4_splat(0.0f);
+            for (int64_t i = 0; i < inputs; i++)
+                acc = add_product(acc, wasm_f32x4_splat(x[i]), wasm_v128_load(kernel + i * units + u0));
+            wasm_v128_store(o + u0, wasm_f32x4_add(acc, wasm_v128_load(bias + u0)));
+        }
+        for (int64_t u = u0; u < units; u++) {
+            float sum = 0.0f;
+            for (int64_t i = 0; i < inputs; i++) sum += x[i] * kernel[i * units + u];
+            o[u] = sum + bias[u];
+        }
+    }
+}
+
+/* out[i] for i < width: the sum over k < count of scale[k * scale_stride] * source[k * source_stride + i], in
+ * k order; `subtract`: out[i] -= rate * that sum instead. Sixty-four outputs in sixteen vectors. */
+static void sum_rows_simd128(const float *scale, int64_t scale_stride, const float *source, int64_t source_stride,
+                             int64_t count, int64_t width, float *out, int subtract, float rate) {
+    const v128_t step = wasm_f32x4_splat(rate);
+    int64_t i0 = 0;
+    if (width == 64) {
+        v128_t acc[16];
+        for (int c = 0; c < 16; c++) acc[c] = wasm_f32x4_splat(0.0f);
+        for (int64_t k = 0; k < count; k++) {
+            const v128_t v = wasm_f32x4_splat(scale[k * scale_stride]);
+            const float *s = source + k * source_stride;
+            for (int c = 0; c < 16; c++) acc[c] = add_product(acc[c], v, wasm_v128_load(s + 4 * c));
+        }
+        for (int c = 0; c < 16; c++) {
+            v128_t value = acc[c];
+            if (subtract) value = wasm_f32x4_sub(wasm_v128_load(out + 4 * c), wasm_f32x4_mul(value, step));
+            wasm_v128_store(out + 4 * c, value);
+        }
+        return;
+    }
+    for (; i0 + 4 <= width; i0 += 4) {
+        v128_t acc = wasm_f32x4_splat(0.0f);
+        for (int64_t k = 0; k < count; k++)
+            acc = add_product(acc, wasm_f32x4_splat(scale[k * scale_stride]),
+                              wasm_v128_load(source + k * source_stride + i0));
+        if (subtract) acc = wasm_f32x4_sub(wasm_v128_load(out + i0), wasm_f32x4_mul(acc, step));
+        wasm_v128_store(out + i0, acc);
+    }
+    for (int64_t i = i0; i < width; i++) {
+        float sum = 0.0f;
+        for (int64_t k = 0; k < count; k++) sum += scale[k * scale_stride] * source[k * source_stride + i];
+        if (subtract) {
+            const float update = sum * rate;
+            out[i] -= update;
+        } else {
+            out[i] = sum;
+        }
+    }
+}
+
+static void backward_simd128(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
+                             float *below) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i0 = 0; i0 < inputs; i0 += 64)
+            sum_rows_simd128(g + r * units, 1, kernel_t + i0, inputs, units, inputs - i0 < 64 ? inputs - i0 : 64,
+                             below + r * inputs + i0, 0, 0.0f);
+}
+
+static void sgd_units_simd128(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units,
+                              int64_t u0, int64_t u1, float *kernel, float *kernel_t, float rate) {
+    for (int64_t u = u0; u < u1; u++) {
+        float *row = kernel_t + u * inputs;
+        for (int64_t i0 = 0; i0 < inputs; i0 += 64)
+            sum_rows_simd128(g + u, units, a + i0, inputs, rows, inputs - i0 < 64 ? inputs - i0 : 64, row + i0, 1,
+                             rate);
+        for (int64_t i = 0; i < inputs; i++) kernel[i * units + u] = row[i];
+    }
+}
+
+static void sgd_bias_simd128(const float *g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *bias,
+                             float rate) {
+    const v128_t step = wasm_f32x4_splat(rate);
+    int64_t u = u0;
+    for (; u + 4 <= u1; u += 4) {
+        v128_t sum = wasm_f32x4_splat(0.0f);
+        for (int64_t r = 0; r < rows; r++) sum = wasm_f32x4_add(sum, wasm_v128_load(g + r * units + u));
+        wasm_v128_store(bias + u, wasm_f32x4_sub(wasm_v128_load(bias + u), wasm_f32x4_mul(sum, step)));
+    }
+    for (; u < u1; u++) {
+        float sum = 0.0f;
+        for (int64_t r = 0; r < rows; r++) sum += g[r * units + u];
+        const float update = sum * rate;
+        bias[u] -= update;
+    }
+}
+
+/* exp_portable on four lanes, operation for operation. */
+static inline v128_t exp_simd128(v128_t x) {
+    const v128_t low = wasm_f32x4_splat(-87.3365448f), high = wasm_f32x4_splat(88.3762626f);
+    x = wasm_v128_bitselect(low, x, wasm_f32x4_lt(x, low));
+    x = wasm_v128_bitselect(high, x, wasm_f32x4_gt(x, high));
+    const v128_t n = wasm_f32x4_floor(add_product(wasm_f32x4_splat(0.5f), x, wasm_f32x4_splat(1.44269504088896341f)));
+    x = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
+    x = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
+    v128_t y = wasm_f32x4_splat(1.9875691500e-4f);
+    y = add_product(wasm_f32x4_splat(1.3981999507e-3f), y, x);
+    y = add_product(wasm_f32x4_splat(8.3334519073e-3f), y, x);
+    y = add_product(wasm_f32x4_splat(4.1665795894e-2f), y, x);
+    y = add_product(wasm_f32x4_splat(1.6666665459e-1f), y, x);
+    y = add_product(wasm_f32x4_splat(5.0000001201e-1f), y, x);
+    y = add_product(wasm_f32x4_add(x, wasm_f32x4_splat(1.0f)), y, wasm_f32x4_mul(x, x));
+    const v128_t scale = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(n), wasm_i32x4_splat(127)), 23);
+    return wasm_f32x4_mul(y, scale);
+}
+
+/* values = 1 / (exp(-values) + 1), four at a time; returns how many it did (a multiple of 4). */
+static int64_t sigmoid_simd128(float *values, int64_t size) {
+    const v128_t one = wasm_f32x4_splat(1.0f);
+    int64_t k = 0;
+    for (; k + 4 <= size; k += 4) {
+        const v128_t e = exp_simd128(wasm_f32x4_neg(wasm_v128_load(values + k)));
+        wasm_v128_store(values + k, wasm_f32x4_div(one, wasm_f32x4_add(e, one)));
+    }
+    return k;
+}
+
+static int64_t sigmoid_gradient_simd128(float *gradient, const float *output, int64_t size) {
+    const v128_t one = wasm_f32x4_splat(1.0f);
+    int64_t k = 0;
+    for (; k + 4 <= size; k += 4) {
+        const v128_t o = wasm_v128_load(output + k);
+        wasm_v128_store(gradient + k,
+                        wasm_f32x4_mul(wasm_v128_load(gradient + k), wasm_f32x4_mul(wasm_f32x4_sub(one, o), o)));
+    }
+    return k;
+}
+#endif
+
 /* ------------------------------------------------------------------------------ the portable versions */
 
 static void forward_portable(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
@@ -392,6 +643,11 @@ void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const 
         forward_avx2(a, rows, inputs, kernel, bias, units, out);
         return;
     }
+#elif defined(HAVE_SIMD128)
+    if (digitlab_kernels_simd_on()) {
+        forward_simd128(a, rows, inputs, kernel, bias, units, out);
+        return;
+    }
 #endif
     forward_portable(a, rows, inputs, kernel, bias, units, out);
 }
@@ -402,6 +658,11 @@ void digitlab_dense_backward(const float *g, int64_t rows, int64_t units, const 
 #ifdef HAVE_X86
     if (digitlab_kernels_simd_on()) {
         backward_avx2(g, rows, units, kernel_t, inputs, below);
+        return;
+    }
+#elif defined(HAVE_SIMD128)
+    if (digitlab_kernels_simd_on()) {
+        backward_simd128(g, rows, units, kernel_t, inputs, below);
         return;
     }
 #endif
@@ -417,6 +678,11 @@ void digitlab_dense_sgd_units(const float *a, const float *g, int64_t rows, int6
         sgd_units_avx2(a, g, rows, inputs, units, u0, u1, kernel, kernel_t, rate);
         return;
     }
+#elif defined(HAVE_SIMD128)
+    if (digitlab_kernels_simd_on()) {
+        sgd_units_simd128(a, g, rows, inputs, units, u0, u1, kernel, kernel_t, rate);
+        return;
+    }
 #endif
     sgd_units_portable(a, g, rows, inputs, units, u0, u1, kernel, kernel_t, rate, scratch);
 }
@@ -429,13 +695,18 @@ void digitlab_dense_sgd_bias(const float *g, int64_t rows, int64_t units, int64_
         sgd_bias_avx2(g, rows, units, u0, u1, bias, rate);
         return;
     }
+#elif defined(HAVE_SIMD128)
+    if (digitlab_kernels_simd_on()) {
+        sgd_bias_simd128(g, rows, units, u0, u1, bias, rate);
+        return;
+    }
 #endif
     sgd_bias_portable(g, rows, units, u0, u1, bias, rate);
 }
 
 void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t activation) {
     const int64_t size = rows * units;
-#ifdef HAVE_X86
+#if defined(HAVE_X86) || defined(HAVE_SIMD128)
     const int simd = digitlab_kernels_simd_on();
 #endif
     switch (activation) {
@@ -443,15 +714,17 @@ void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t
         int64_t k = 0;
 #ifdef HAVE_X86
         if (simd) k = sigmoid_avx2(values, size);
+#elif defined(HAVE_SIMD128)
+        if (simd) k = sigmoid_simd128(values, size);
 #endif
-        for (; k < size; k++) values[k] = 1.0f / (expf(-values[k]) + 1.0f);
+        for (; k < size; k++) values[k] = 1.0f / (exp_portable(-values[k]) + 1.0f);
         break;
     }
     case RELU:
         for (int64_t k = 0; k < size; k++) values[k] = values[k] > 0.0f ? values[k] : 0.0f;
         break;
     case TANH:
-        for (int64_t k = 0; k < size; k++) values[k] = tanhf(values[k]);
+        for (int64_t k = 0; k < size; k++) values[k] = tanh_portable(values[k]);
         break;
     case SOFTMAX:
 #ifdef HAVE_X86
@@ -464,7 +737,7 @@ void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t
             float *row = values + r * units, top = row[0], sum = 0.0f;
             for (int64_t u = 1; u < units; u++) top = row[u] > top ? row[u] : top;
             for (int64_t u = 0; u < units; u++) {
-                row[u] = expf(row[u] - top);
+                row[u] = exp_portable(row[u] - top);
                 sum += row[u];
             }
             for (int64_t u = 0; u < units; u++) row[u] /= sum;
@@ -478,15 +751,19 @@ void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t
 /* gradient *= the activation's derivative, written in terms of its output (not softmax: the loss does it). */
 void digitlab_dense_activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation) {
     switch (activation) {
-    case SIGMOID:
+    case SIGMOID: {
+        int64_t k = 0;
 #ifdef HAVE_X86
         if (digitlab_kernels_simd_on()) {
             sigmoid_gradient_avx2(gradient, output, size);
             break;
         }
+#elif defined(HAVE_SIMD128)
+        if (digitlab_kernels_simd_on()) k = sigmoid_gradient_simd128(gradient, output, size);
 #endif
-        for (int64_t k = 0; k < size; k++) gradient[k] *= (1.0f - output[k]) * output[k];
+        for (; k < size; k++) gradient[k] *= (1.0f - output[k]) * output[k];
         break;
+    }
     case RELU:
         for (int64_t k = 0; k < size; k++) gradient[k] *= output[k] > 0.0f ? 1.0f : 0.0f;
         break;
@@ -534,7 +811,7 @@ void digitlab_dense_loss(const float *outputs, const float *targets, const int64
             for (int64_t c = 0; c < classes; c++) {
                 const float q = p[c] / row_sum;
                 const float kept = q < clip ? clip : (q > 1.0f - clip ? 1.0f - clip : q);
-                sum += (double)(logf(kept) * t[c]);
+                sum += (double)(log_portable(kept) * t[c]);
                 g[c] = (q >= clip && q <= 1.0f - clip) ? t[c] / kept * (-1.0f / (float)batch_rows) : 0.0f;
                 weighted += g[c] * p[c];
             }

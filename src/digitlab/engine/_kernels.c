@@ -1,8 +1,11 @@
 /* The fast engine's sparse first layer, in C: MNIST's images are 81% zero pixels.
  *
  * Built at install time as a plain shared library (setup.py, with _dense.c and _train.c) and loaded
- * with ctypes by sparse.py, which releases the GIL around every call. The two products, each with an
- * AVX2+FMA version (chosen at run time, so the library runs on any x86-64) and a portable one:
+ * with ctypes by sparse.py, which releases the GIL around every call; also built for WebAssembly (Makefile
+ * target `wasm`, the browser's engine). The two products, each with an AVX2+FMA version (chosen at run
+ * time, so the library runs on any x86-64), a SIMD128 version in WebAssembly builds with SIMD (no FMA:
+ * each lane does the portable version's operations, in its order, so the bits are the portable
+ * version's) and a portable one:
  *
  *   forward:         out[r, :] = sum_j vals[j] * kernel[cols[j], :] + bias, over the nonzero
  *                    pixels j of image index[r] (CSR rows: starts, cols, vals), in pixel order;
@@ -27,6 +30,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_X86 1
+#elif defined(__wasm_simd128__)
+#include <wasm_simd128.h>
+#define HAVE_SIMD128 1
 #endif
 
 /* One nonzero pixel in a batch's transpose: the batch row it is in, and its value. */
@@ -272,6 +278,91 @@ static int64_t sgd_pixel_avx2(int32_t *const *offsets, Entry *const *entries, in
 }
 #endif
 
+/* ------------------------------------------------------------------------- SIMD128 versions */
+
+#ifdef HAVE_SIMD128
+/* Eight vectors of four: 32 units in registers (sixteen, 64 units, measured 1.1-1.2x slower in V8: x86-64 has
+ * sixteen vector registers, and the accumulators spilled). Each lane adds its products in the portable order
+ * (a plain multiply, then an add), so the results are the portable version's bits. */
+#define BLOCK 8
+
+/* acc[c] += value * w[4c ... 4c + 3] for the block's vectors. */
+static inline void add_products(v128_t *acc, v128_t value, const float *w) {
+    for (int c = 0; c < BLOCK; c++) /* The product rounded before the add: not an FMA. */
+        acc[c] = wasm_f32x4_add(acc[c], wasm_f32x4_mul(value, wasm_v128_load(w + 4 * c)));
+}
+
+static void forward_simd128(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
+                            int64_t first, int64_t rows, const float *kernel, const float *bias, int64_t units,
+                            float *out, int64_t row0, int32_t *cursor, Entry *entries) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t image = index ? index[r] : first + r;
+        const int64_t begin = starts[image], end = starts[image + 1];
+        const int32_t batch_row = (int32_t)(row0 + r);
+        float *row = out + r * units;
+        int scatter = cursor != NULL;
+        int64_t u0 = 0;
+        for (; u0 + 4 * BLOCK <= units; u0 += 4 * BLOCK) {
+            v128_t acc[BLOCK];
+            for (int c = 0; c < BLOCK; c++) acc[c] = wasm_f32x4_splat(0.0f);
+            if (scatter) { /* The image's transpose entries, in the first pass over its pixels (as forward_avx2). */
+                for (int64_t j = begin; j < end; j++) {
+                    Entry *entry = entries + cursor[cols[j]]++;
+                    entry->row = batch_row, entry->value = vals[j];
+                    add_products(acc, wasm_f32x4_splat(vals[j]), kernel + (int64_t)cols[j] * units + u0);
+                }
+                scatter = 0;
+            } else {
+                for (int64_t j = begin; j < end; j++)
+                    add_products(acc, wasm_f32x4_splat(vals[j]), kernel + (int64_t)cols[j] * units + u0);
+            }
+            for (int c = 0; c < BLOCK; c++)
+                wasm_v128_store(row + u0 + 4 * c, wasm_f32x4_add(acc[c], wasm_v128_load(bias + u0 + 4 * c)));
+        }
+        if (scatter) scatter_image(cols, vals, begin, end, batch_row, cursor, entries);
+        /* Fewer than 32 units left (or in all): blocks of 4, then one by one. */
+        for (; u0 + 4 <= units; u0 += 4) {
+            v128_t acc = wasm_f32x4_splat(0.0f);
+            for (int64_t j = begin; j < end; j++)
+                acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_splat(vals[j]),
+                                                         wasm_v128_load(kernel + (int64_t)cols[j] * units + u0)));
+            wasm_v128_store(row + u0, wasm_f32x4_add(acc, wasm_v128_load(bias + u0)));
+        }
+        for (int64_t u = u0; u < units; u++) {
+            float a = 0.0f;
+            for (int64_t j = begin; j < end; j++) a += vals[j] * kernel[(int64_t)cols[j] * units + u];
+            row[u] = a + bias[u];
+        }
+    }
+}
+
+/* Plain SGD on pixel p's kernel row, units in blocks of 32, as sgd_pixel_avx2: weight -= sum * rate, the sum
+ * over the batch rows of every part in order. Returns the units it did (a multiple of 32). */
+static int64_t sgd_pixel_simd128(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t p,
+                                 const float *dz, int64_t units, float *row, float rate) {
+    int touched = 0;
+    for (int64_t part = 0; part < parts && !touched; part++) touched = offsets[part][p] < offsets[part][p + 1];
+    if (!touched) return units; /* No image of the batch has this pixel: a zero gradient leaves the row. */
+    const v128_t step = wasm_f32x4_splat(rate);
+    int64_t u0 = 0;
+    for (; u0 + 4 * BLOCK <= units; u0 += 4 * BLOCK) {
+        v128_t acc[BLOCK];
+        for (int c = 0; c < BLOCK; c++) acc[c] = wasm_f32x4_splat(0.0f);
+        for (int64_t part = 0; part < parts; part++) {
+            const Entry *own = entries[part];
+            for (int32_t k = offsets[part][p]; k < offsets[part][p + 1]; k++)
+                add_products(acc, wasm_f32x4_splat(own[k].value), dz + (int64_t)own[k].row * units + u0);
+        }
+        float *o = row + u0;
+        for (int c = 0; c < BLOCK; c++)
+            wasm_v128_store(o + 4 * c, wasm_f32x4_sub(wasm_v128_load(o + 4 * c), wasm_f32x4_mul(acc[c], step)));
+    }
+    return u0;
+}
+#undef BLOCK
+#endif
+
+/* 1 where the CPU has AVX2 and FMA (x86-64, checked once) or the WebAssembly build has SIMD128. */
 static int use_avx2(void) {
 #ifdef HAVE_X86
     static int cached = -1;
@@ -280,6 +371,8 @@ static int use_avx2(void) {
         cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     return cached;
+#elif defined(HAVE_SIMD128)
+    return 1;
 #else
     return 0;
 #endif
@@ -287,7 +380,7 @@ static int use_avx2(void) {
 
 /* ---------------------------------------------------------------------------- the entry points */
 
-/* 1 when the AVX2+FMA versions run, 0 for the portable ones; nonzero `scalar_only` disables AVX2. */
+/* 1 when the AVX2+FMA (or SIMD128) versions run, 0 for the portable ones; nonzero `scalar_only` disables them. */
 static int force_scalar = 0;
 
 int digitlab_kernels_simd(int scalar_only) {
@@ -331,6 +424,10 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
     if (!force_scalar && use_avx2())
         forward_avx2(starts, cols, vals, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
     else
+#elif defined(HAVE_SIMD128)
+    if (!force_scalar)
+        forward_simd128(starts, cols, vals, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
+    else
 #endif
         forward_scalar(starts, cols, vals, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
     if (offsets) {
@@ -347,12 +444,16 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
 void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
                               int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
                               float rate) {
+#if defined(HAVE_X86) || defined(HAVE_SIMD128)
     const int simd = !force_scalar && use_avx2();
+#endif
     for (int64_t p = first_pixel; p < last_pixel; p++) {
         int64_t u0 = 0;
 #ifdef HAVE_X86
         /* Blocks of 64 units: the sums stay in registers across the parts, and the update is done there. */
         if (simd) u0 = sgd_pixel_avx2(offsets, entries, parts, p, dz, units, weight + p * units, rate);
+#elif defined(HAVE_SIMD128)
+        if (simd) u0 = sgd_pixel_simd128(offsets, entries, parts, p, dz, units, weight + p * units, rate);
 #endif
         if (u0 == units) continue;
         int touched = 0;

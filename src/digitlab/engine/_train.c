@@ -11,17 +11,26 @@
  * then pixels for the first layer's update and units for the other layers' and the biases'; each
  * sum runs in the same order for any number of threads, so the results are the same bits.
  *
+ * The browser's engine is this file too, built for WebAssembly (Makefile target `wasm`): engine.js calls
+ * digitlab_train_epoch once an epoch, and its threads are Web Workers on a shared memory (_wasm.c's
+ * pthread_create and pthread_join).
+ *
  * Activations: 0 linear, 1 sigmoid, 2 relu, 3 tanh, 4 softmax (the last layer only, as spec.py checks).
  * Losses: 0 mean squared error, 1 categorical cross-entropy.
  */
 
-#ifdef __linux__
 #define _GNU_SOURCE /* syscall() and clock_gettime() under -std=c99 */
-#endif
 #include <math.h>
-#include <pthread.h>
 #include <sched.h>
 #include <time.h>
+#ifdef __wasm__
+/* WebAssembly: the C library has no threads; _wasm.c starts them in Web Workers where memory is shared. */
+typedef struct WasmThread *pthread_t;
+int pthread_create(pthread_t *thread, const void *attributes, void *(*start)(void *), void *argument);
+int pthread_join(pthread_t thread, void **result);
+#else
+#include <pthread.h>
+#endif
 #ifdef __linux__
 #include <limits.h>
 #include <linux/futex.h>
@@ -117,8 +126,12 @@ static void transpose_kernels(int64_t layers, const int64_t *units, float *const
 
 /* A barrier for the threads of one epoch. It spins first: with a core per thread the wait is a few
  * microseconds (the threads' shares differ a little), and sleeping at once measured 1.3x slower. Past
- * SPIN_NS a thread sleeps (a futex on Linux, else it yields), so that when other programs hold the
- * cores the thread it waits for gets one: spinning there made two threads 2x slower than one. */
+ * SPIN_NS a thread sleeps (a futex on Linux, memory.atomic.wait32 in WebAssembly, else it yields), so
+ * that when other programs hold the cores the thread it waits for gets one: spinning there made two
+ * threads 2x slower than one. */
+#if defined(__linux__) || defined(__wasm_atomics__)
+#define BARRIER_SLEEPS 1
+#endif
 #define SPIN_NS 200000
 typedef struct {
     int count, sense, threads, sleepers;
@@ -131,11 +144,15 @@ static int64_t now_ns(void) {
 }
 
 static void barrier_sleep(Barrier *barrier, int old_sense) {
-#ifdef __linux__
+#ifdef BARRIER_SLEEPS
     /* Sleeps only while sense still holds old_sense (the kernel checks it), so a wake cannot be missed:
      * the last thread stores sense, then reads sleepers; a sleeper adds itself, then the kernel reads sense. */
     __atomic_add_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+#ifdef __linux__
     syscall(SYS_futex, &barrier->sense, FUTEX_WAIT_PRIVATE, old_sense, NULL, NULL, 0);
+#else
+    __builtin_wasm_memory_atomic_wait32(&barrier->sense, old_sense, -1);
+#endif
     __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
 #else
     (void)barrier;
@@ -153,6 +170,9 @@ static void barrier_wait(Barrier *barrier, int *local_sense) {
 #ifdef __linux__
         if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
             syscall(SYS_futex, &barrier->sense, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#elif defined(BARRIER_SLEEPS)
+        if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
+            __builtin_wasm_memory_atomic_notify(&barrier->sense, UINT32_MAX);
 #endif
         return;
     }

@@ -55,7 +55,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import digitlab
 from digitlab import data, errors, imaging, predict
-from digitlab.serve import access, live, networks, openapi
+from digitlab.serve import access, live, networks, openapi, uploads
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing adds a few hundred bytes around the file; allow for it.
@@ -71,7 +71,7 @@ TIMING_HEADER = "X-Process-Time-Ms"
 INLINE_PIXELS = 300 * 300
 LARGE_PICTURES_AT_ONCE = 2
 PAGE_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 
@@ -500,6 +500,7 @@ def create_app(
     app.exception_handler(errors.DigitlabError)(_digitlab_error)
     app.exception_handler(Exception)(_unexpected_error)
     app.include_router(router)
+    app.include_router(uploads.router)  # Before /static is mounted: page.json and MNIST are built here.
     if trainer is not None:
         app.include_router(live.router)
     permissions = permissions or access.Access()
@@ -517,6 +518,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
     app.add_middleware(access.RequireToken, access=permissions)
+    app.add_middleware(uploads.CrossOriginIsolation)  # Threads for the browser engine.
     return app
 
 
@@ -562,8 +564,10 @@ def serve(
     what = run_name or (model.name if model is not None else f"the runs in {runs_dir}")
     print(f"digitlab: serving {what} at {base}  (API docs at /docs; Ctrl-C stops)")
     if not permissions.open:
+        loopback = access.is_loopback(host)
+        reach = "only this machine can reach it, and" if loopback else "reachable from other machines, so"
         print(
-            f"Serving on {host}: reachable from other machines, so every request needs a token.\n"
+            f"Serving on {host}: {reach} every request needs a token.\n"
             f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
             f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
         )

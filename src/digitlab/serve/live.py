@@ -20,7 +20,8 @@ Endpoints (the operator's token for the POSTs when the server has tokens; see `a
   reconnects with `Last-Event-ID: E` gets the epochs after E; a finished run replays from its
   folder. At most `Limits.max_viewers` at once (503 beyond).
 - `POST /api/train/NAME/stop`: the run stops after the epoch in progress, saved as Ctrl-C saves
-  it ("interrupted", `digitlab train --resume` finishes it); `POST /api/train/NAME/resume` does.
+  it ("interrupted", `digitlab train --resume` finishes it); `POST /api/train/NAME/resume` does
+  (409, naming it, while another process writes the run: `runlock`).
 - `GET /api/runs`, `GET /api/runs/NAME` (config, history, recorded epochs),
   `GET /api/runs/NAME/epochs/E/tiles.png`, `GET /api/runs/NAME/evaluation?epoch=E`. The list
   shows every run folder, each with `problem`: why it can't be opened (a damaged config.json, a
@@ -57,7 +58,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from digitlab import config as config_module
-from digitlab import data, errors, runs, training
+from digitlab import data, errors, runlock, runs, training
 from digitlab.config import ConfigError, TrainConfig
 from digitlab.serve import access, openapi
 from digitlab.serve.networks import Networks
@@ -390,8 +391,11 @@ class Trainer:
             f"{job.describe()['started']} by {job.started_by}. One run trains at a time here: wait for it, or stop it."
         )
 
-    async def start(self, config: TrainConfig, started_by: str, resume: runs.Run | None = None) -> Job:
-        """Starts a thread that trains `config` into a new run (or resumes `resume`); the Job."""
+    async def start(
+        self, config: TrainConfig, started_by: str, resume: runs.Run | None = None, lock: runlock.RunLock | None = None
+    ) -> Job:
+        """Starts a thread that trains `config` into a new run (or resumes `resume`, whose held `lock`
+        the thread then owns, and lets go at its end); the Job."""
         if self.current is not None:
             raise HTTPException(409, self.busy_message())
         try:
@@ -417,12 +421,12 @@ class Trainer:
         while len(self.jobs) > KEPT_JOBS:
             self.jobs.pop(next(iter(self.jobs)))
         self._loop = asyncio.get_running_loop()
-        job.thread = threading.Thread(target=self._train, args=(job, loaded), name=f"train {name}", daemon=True)
+        job.thread = threading.Thread(target=self._train, args=(job, loaded, lock), name=f"train {name}", daemon=True)
         job.thread.start()
         self.log(f"digitlab: {'resuming' if job.resumed else 'training'} {name} (started by {started_by})")
         return job
 
-    def _train(self, job: Job, loaded: data.Loaded) -> None:
+    def _train(self, job: Job, loaded: data.Loaded, lock: runlock.RunLock | None = None) -> None:
         """The training thread: trains, publishing each epoch, then the end."""
         loop = self._loop
         assert loop is not None
@@ -464,7 +468,12 @@ class Trainer:
         try:
             if job.resumed:
                 training.resume(
-                    self.runs_dir / job.name, loaded=loaded, print_fn=_quiet, verbose=0, on_epoch_end=on_epoch_end
+                    self.runs_dir / job.name,
+                    loaded=loaded,
+                    print_fn=_quiet,
+                    verbose=0,
+                    on_epoch_end=on_epoch_end,
+                    lock=lock,
                 )
             else:
                 training.train(
@@ -483,6 +492,9 @@ class Trainer:
         except Exception as error:  # A bug: its traceback goes to the server's log, its sentence to the page.
             self.log(traceback.format_exc())
             message = f"{type(error).__name__}: {error}"
+        finally:
+            if lock is not None:
+                lock.release()
         run = runs.Run(self.runs_dir / job.name)
         end = end_payload(run, message) if run.file(runs.CONFIG_FILE).is_file() else {"status": "failed"}
         if message and end.get("status") not in ("failed", "interrupted"):
@@ -778,8 +790,6 @@ async def resume_training(request: Request, name: str):
         raise HTTPException(409, f"{name} is training now.")
     if status == "complete":
         raise HTTPException(409, f"{name} is already complete; there is nothing to resume.")
-    if status == "running":
-        raise HTTPException(409, f"{name} is being trained by another process; stop that one first.")
     if not run.file(runs.CHECKPOINT_FILE).is_file():
         raise HTTPException(409, f"{name} has no checkpoint to resume from; train it again.")
     config = run.config()
@@ -787,7 +797,15 @@ async def resume_training(request: Request, name: str):
         trainer.limits.check(config)
     except ConfigError as error:
         return JSONResponse({"detail": str(error), "field": error.field}, status_code=422)
-    job = await trainer.start(config, _client(request), resume=run)
+    try:  # One writer per run: another process's (a `train --resume`, a sweep) is named in the 409.
+        lock = runlock.RunLock(run.path).acquire(f"resuming it from the page, for {_client(request)}")
+    except runlock.RunBusy as busy:
+        raise HTTPException(409, str(busy)) from None
+    try:
+        job = await trainer.start(config, _client(request), resume=run, lock=lock)
+    except BaseException:
+        lock.release()
+        raise
     return JSONResponse(_started(job), status_code=202)
 
 

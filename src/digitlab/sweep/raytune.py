@@ -336,6 +336,10 @@ def _trainable(
     node = ray.util.get_node_ip_address()
     here = sweep_state.holds_sweep(runs_dir, sweep_id)
     attempt, files = ray.get(store.begin.remote(run, node, want_files=not here))
+    refusal = None if here else ray.get(store.claim.remote(run))  # The run's lock, held by the store.
+    if refusal is not None:  # Another process writes the run in the sweep's folder: said, not retried.
+        ray.get(store.finish.remote(run, attempt, sweep_store.Outcome(status="failed", error=refusal)))
+        return
     channel = None if here else _StoreChannel(store, run, attempt, files)
     where = {"address": node, "hostname": socket.gethostname(), "attempt": attempt}
 

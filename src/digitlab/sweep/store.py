@@ -19,6 +19,11 @@ among them), and from then on refuses the old attempt's writes, should it still 
 Every trial, wherever it trains, records its outcome here (complete, stopped, failed with its
 error), so the driver never takes a trial whose files are missing for a result. Nothing here
 needs Ray; `digitlab.sweep.raytune` runs it as an actor on the driver's node.
+
+While a trial on another machine writes a run through it, the store holds that run's lock
+(`digitlab.runlock`), from `claim` (or its first write) to `finish`, as any writer of a run does: a
+`digitlab train --resume` of the same run meanwhile is refused, and `claim` refuses the trial, with
+a sentence, if such a process writes the run first.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import TypedDict
 
-from digitlab import atomic
+from digitlab import atomic, runlock
 from digitlab.sweep import plan as sweep_plan
 
 
@@ -48,6 +53,7 @@ class RunStore:
         self.runs_dir = Path(runs_dir)
         self.attempts: dict[str, list[str]] = {}  # Each run's attempts so far: the node of each.
         self.outcomes: dict[str, Outcome] = {}
+        self.locks: dict[str, runlock.RunLock] = {}  # The runs it writes now, through their trials.
 
     def begin(self, run: str, node: str, want_files: bool = False) -> tuple[int, dict[str, bytes]]:
         """A new attempt at `run` starts on `node`: its number (1, 2, ...), and, if asked, the run's
@@ -55,7 +61,23 @@ class RunStore:
         nodes = self.attempts.setdefault(run, [])
         nodes.append(node)
         self.outcomes.pop(run, None)
+        lock = self.locks.pop(run, None)  # The lost attempt's: the new one may train where the folder is.
+        if lock is not None:
+            lock.release()
         return len(nodes), (self.read(run) if want_files else {})
+
+    def claim(self, run: str) -> str | None:
+        """Takes the run's lock for the writes of its trial's attempts (kept until `finish`): None
+        when the store holds it, else the sentence naming the process that writes the run now."""
+        if run in self.locks:
+            return None
+        folder = self._folder(run)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.locks[run] = runlock.RunLock(folder).acquire("writing the files of its sweep trial")
+        except runlock.RunBusy as busy:
+            return str(busy)
+        return None
 
     def read(self, run: str) -> dict[str, bytes]:
         """The run's files, by their names inside its folder (temporary files left out)."""
@@ -71,7 +93,7 @@ class RunStore:
     def write(self, run: str, attempt: int, files: list[tuple[str, bytes]]) -> bool:
         """Writes the files into OUT/runs/`run`, each atomically, in order. False (nothing written)
         if `attempt` is no longer the run's latest: a newer attempt has taken the run over."""
-        if not self._current(run, attempt):
+        if not self._current(run, attempt) or self.claim(run) is not None:
             return False
         folder = self._folder(run)
         for name, payload in files:
@@ -82,9 +104,15 @@ class RunStore:
 
     def clear(self, run: str, attempt: int) -> bool:
         """Removes OUT/runs/`run` (an attempt that starts the run afresh); False for a stale attempt."""
-        if not self._current(run, attempt):
+        if not self._current(run, attempt) or self.claim(run) is not None:
             return False
-        shutil.rmtree(self._folder(run), ignore_errors=True)
+        for path in self._folder(run).iterdir():  # All but the lock file, which the store holds.
+            if path.name == runlock.LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                atomic.remove_quietly(path)
         return True
 
     def finish(self, run: str, attempt: int, outcome: Outcome) -> bool:
@@ -92,6 +120,9 @@ class RunStore:
         if not self._current(run, attempt):
             return False
         self.outcomes[run] = {**outcome, "node": self.attempts[run][-1], "attempt": attempt}
+        lock = self.locks.pop(run, None)
+        if lock is not None:
+            lock.release()
         return True
 
     def outcome(self, run: str) -> Outcome | None:
@@ -118,5 +149,6 @@ def _checked_name(name: str) -> str:
 
 
 def _is_temporary(name: str) -> bool:
-    """atomic's temporary files (`.name.tmp.suffix`) and the write probe are not run files."""
+    """atomic's temporary files (`.name.tmp-PID-RANDOM.suffix`), the write probe and the lock file
+    (all named with a leading dot) are not run files."""
     return name.startswith(".")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from digitlab import data, runs
+from digitlab import data, runlock, runs, system
 from digitlab.config import TrainConfig
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep.plan import Trial
@@ -58,19 +58,24 @@ class AttemptSuperseded(Exception):
 
 def settle_run(sweep: sweep_state.Sweep, trial: Trial, wait_s: float = 60.0) -> None:
     """Before a trial is resumed: waits for a process of the previous sweep still writing its run
-    (a killed driver's workers end within seconds), else marks the run interrupted."""
+    (a killed driver's workers end within seconds), then marks a run left "running" interrupted.
+    A run whose writer still holds its lock after `wait_s` is left alone: its trial will be refused
+    with a sentence naming that writer."""
     path = sweep.runs_dir / trial["run"]
     if not (path / runs.STATUS_FILE).is_file():
         return
     run = runs.Run(path)
     deadline = time.monotonic() + wait_s
-    while run.status().get("status") == "running" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    status = run.status()
-    if status.get("status") == "running":
-        # A process on another host, or one that hung: the sweep that started it is gone.
-        details = {key: status[key] for key in ("epoch", "checkpoint_epoch") if key in status}
-        run.set_status("interrupted", note="its sweep's driver stopped", **details)
+    while True:
+        try:
+            lock = runlock.RunLock(path).acquire("settling it before its sweep resumes")
+            break
+        except runlock.RunBusy:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.5)
+    with lock:
+        _settle_lost_attempt(run, note="its sweep's driver stopped")
 
 
 def train_trial(
@@ -138,7 +143,7 @@ def _remove_stale_scratch() -> None:
     (an early stop) or a machine that died and came back cannot remove its own."""
     for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
         pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not runs.process_alive(int(pid)):
+        if pid.isdigit() and not system.process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -171,7 +176,11 @@ def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, 
             pass  # A stop after the last epoch: the run is complete anyway.
         return "complete"
 
+    lock = None
     try:
+        if path.is_dir():
+            # Refused here (RunBusy, naming the writer) if another process writes the run.
+            lock = runlock.RunLock(path).acquire(f"training sweep trial {trial['run']}")
         if (path / runs.CONFIG_FILE).is_file():
             run = runs.Run(path)
             _settle_lost_attempt(run)
@@ -189,14 +198,23 @@ def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, 
                 # metrics.json says where the run was taken up again (after a lost machine, a killed sweep).
                 resumed = dict(metadata or {}, resumed_after_epoch=run.status().get("checkpoint_epoch"))
                 training.resume(
-                    path, loaded=loaded, print_fn=_quiet, verbose=0, on_epoch_end=on_epoch_end, metadata=resumed
+                    path,
+                    loaded=loaded,
+                    print_fn=_quiet,
+                    verbose=0,
+                    on_epoch_end=on_epoch_end,
+                    metadata=resumed,
+                    lock=lock,
                 )
                 sync()
                 return report_final()
         if path.exists():
-            shutil.rmtree(path)  # Killed before its first checkpoint: nothing to keep.
+            shutil.rmtree(path)  # Killed before its first checkpoint: nothing to keep (its lock file gone too).
             if mirror is not None:
                 mirror.clear()
+        if lock is not None:
+            lock.release()  # `train` makes the folder again, and takes its lock.
+            lock = None
         training.train(
             TrainConfig.from_dict(trial["config"]),
             runs_dir,
@@ -210,28 +228,39 @@ def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, 
         sync()
         return report_final()
     except training.TrainingInterrupted as stop:
-        status = stop.run.status()
-        stop.run.set_status(
-            "interrupted",
-            epoch=stop.epoch,
-            checkpoint_epoch=status.get("checkpoint_epoch"),
-            note="stopped early by the sweep's scheduler",
-        )
+        # A new run's `train` has let its lock go by now: the note is written under the lock again
+        # (and not at all if another writer has taken the run meanwhile: the run is its now).
+        try:
+            noting = lock or runlock.RunLock(stop.run.path).acquire("noting the scheduler's stop")
+        except runlock.RunBusy:
+            return "stopped"
+        with noting:
+            status = stop.run.status()
+            stop.run.set_status(
+                "interrupted",
+                epoch=stop.epoch,
+                checkpoint_epoch=status.get("checkpoint_epoch"),
+                note="stopped early by the sweep's scheduler",
+            )
         sync()
         return "stopped"
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _settle_lost_attempt(run: runs.Run) -> None:
-    """A run that says "running" when its trial starts was being trained by an earlier attempt of
-    this trial that Tune has given up on (its machine or worker was lost): mark it interrupted, so
-    that it resumes from its checkpoint. (Tune runs one attempt of a trial at a time.)"""
+def _settle_lost_attempt(run: runs.Run, note: str | None = None) -> None:
+    """A run that says "running" when its trial starts (the caller holds its lock, so no process
+    writes it) was being trained by an earlier attempt that is gone: Tune gave up on it (its machine
+    or worker was lost), or the sweep's driver stopped. Mark it interrupted, so that it resumes from
+    its checkpoint."""
     try:
         status = json.loads(run.file(runs.STATUS_FILE).read_text())
     except (OSError, ValueError):
         return
     if isinstance(status, dict) and status.get("status") == "running":
         details = {key: status[key] for key in ("epoch", "checkpoint_epoch") if key in status}
-        run.set_status("interrupted", note=f"its attempt on {status.get('host', '?')} was lost", **details)
+        run.set_status("interrupted", note=note or f"its attempt on {status.get('host', '?')} was lost", **details)
 
 
 class _Mirror:

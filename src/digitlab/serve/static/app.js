@@ -2,7 +2,8 @@
 // the picture is sent to POST /api/predict while you draw (throttled, one request in
 // flight), and the answer fills the verdict, the ten-bar chart and the 28x28 preview.
 // The network asked is the served one, or the run and epoch the training panel chose
-// (live.js calls Pad.ask({ run, epoch, label })), so the slider's epoch answers.
+// (live.js calls Pad.ask({ run, epoch, label })), so the slider's epoch answers. When the page trains in
+// the browser (browser.js), Pad.useLocal(ask) makes the drawing be read there: no request at all.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -40,6 +41,7 @@ let uploaded = false; // The board shows an uploaded picture; drawing starts afr
 let sequence = 0; // Bumped by every clear, so answers for an older drawing are dropped.
 let target = null; // { run, epoch, label }: the network to ask; null asks the served one.
 let lastSent = null; // The last picture sent, so a change of network asks it again.
+let local = null; // (canvas) => answer, or null: set by browser.js, which reads the drawing in the page.
 
 // The chart: one bar and one label per digit.
 const bars = [];
@@ -166,12 +168,24 @@ function flush() {
   clearTimeout(timer);
   timer = null;
   if (!hasInk) return;
+  if (local) {
+    askLocally();
+    return;
+  }
   if (inFlight) {
     pending = true;
     return;
   }
   sendContext.drawImage(pad, 0, 0, SEND_SIZE, SEND_SIZE);
   sendCanvas.toBlob((blob) => blob && send(blob, "drawing.png"), "image/png");
+}
+
+function askLocally() {
+  const started = performance.now();
+  const answer = local(pad);
+  if (!answer) return;
+  showResult(answer, performance.now() - started, NaN);
+  timingView.textContent = `read in this browser in ${(performance.now() - started).toFixed(1)} ms`;
 }
 
 function predictUrl() {
@@ -250,6 +264,14 @@ function showResult(answer, roundTripMs, serverMs) {
 
 // The training panel's choice of network: the drawing on the board is asked again at once.
 const Pad = {
+  // The network to ask lives in the page: `ask(canvas)` gives the answer the server would (digit, top3,
+  // probabilities, pixels, epoch), or null while there is none.
+  useLocal(ask, label) {
+    local = ask;
+    askingView.textContent = label || "";
+    drawArea.hidden = false;
+    if (hasInk) askLocally();
+  },
   ask(next) {
     next = next && next.run ? next : null;
     const same = JSON.stringify(next) === JSON.stringify(target);
@@ -288,13 +310,26 @@ document.getElementById("upload").addEventListener("change", (event) => {
   };
   picture.onerror = () => URL.revokeObjectURL(url);
   picture.src = url;
+  if (local) {
+    picture.addEventListener("load", () => {
+      hasInk = true;
+      askLocally();
+    });
+    return;
+  }
   send(file, file.name);
 });
 
 async function loadHealth() {
   const badge = document.getElementById("model-badge");
+  if (window.DigitlabMode.staticSite) {
+    badge.textContent = "static site · trains in your browser";
+    badge.classList.add("ok");
+    drawArea.hidden = true; // The pad appears with the first epoch trained here.
+    return null;
+  }
   try {
-    const response = await fetch("/api/health");
+    const response = await fetch("api/health");
     const health = await response.json();
     if (!response.ok) throw new Error(health.detail || `the server answered ${response.status}`);
     badge.textContent = health.parameters

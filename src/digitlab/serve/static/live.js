@@ -154,6 +154,7 @@
     const query = new URLSearchParams();
     Object.entries(settings()).forEach(([name, value]) => query.set(name, String(value)));
     if (hidden.size) query.set("hide", [...hidden].join(","));
+    if (params.get("train") === "server") query.set("train", "server"); // The server trains, for whoever opens it.
     const url = `${location.origin}${location.pathname}${query.toString() ? `?${query}` : ""}`;
     shareLink.value = url;
     history.replaceState(null, "", url); // The address bar shares the setting too (never a token).
@@ -518,11 +519,15 @@
       document.execCommand("copy");
     }
   });
-  $("train-form").addEventListener("submit", start);
-  stopButton.addEventListener("click", stop);
-  resumeButton.addEventListener("click", resume);
+  if (window.DigitlabMode.trainHere !== "browser") {
+    // Where the page trains in the browser, browser.js owns the form.
+    $("train-form").addEventListener("submit", start);
+    stopButton.addEventListener("click", stop);
+    resumeButton.addEventListener("click", resume);
+  }
 
   async function init() {
+    if (window.DigitlabMode.trainHere === "browser") return; // browser.js trains in this page.
     const health = await healthLoaded;
     if (!health || !health.training) return;
     const { response, body } = await getJson("/api/train");

@@ -1,0 +1,259 @@
+"""A run trained in the page, kept as an ordinary run folder (`digitlab runs`, `evaluate`, `report`,
+`serve RUN` and `train --resume` open it).
+
+The page sends (or downloads, as `page-run.json`) one JSON document:
+
+    {"format": "digitlab-page-run", "version": 1,
+     "run_id": "a 32-hex id the page drew when Train was pressed",
+     "config": {TrainConfig fields, resolved, with its seed},
+     "history": {"loss": [...], "accuracy": [...], "val_loss": [...], "val_accuracy": [...]},
+     "weights": [{"name": "dense_0/kernel", "shape": [784, 64], "base64": float32 little-endian}, ...],
+     "status": "complete" | "interrupted", "wall_time_s": 12.3,
+     "data_sha256": {"x_train": ..., ...}, "engine": "wasm (SIMD128, 2 threads)", "browser": "user agent"}
+
+`save_page_run` checks it (known fields, the config by TrainConfig's own rules, a net the browser
+trains, one history row per epoch, finite weights of the model's shapes, the same MNIST as this
+machine's by SHA-256) and writes the folder: config.json, data.json, history, model.keras,
+checkpoint.npz (weights, iterations, and the random state after the epochs done: the page draws its
+orders as `digitlab train --seed` does, so `train --resume` goes on with the orders the page would
+have used), curves.png, metrics.json,
+then status.json. The folder is named from the run's id, so the same run sent twice is refused
+(`AlreadySaved`) and never written over.
+
+    run = page_runs.save_page_run(document, "runs", loaded=data.load())
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from digitlab import atomic, backends, checkpoint, data, errors, models, plots, runs, system
+from digitlab import config as config_module
+from digitlab.browser import rules
+from digitlab.config import ConfigError, TrainConfig
+from digitlab.engine import FastEngine
+from digitlab.engine.spec import weight_names
+
+FORMAT = "digitlab-page-run"
+FORMAT_VERSION = 1
+KEYS = {
+    "format",
+    "version",
+    "run_id",
+    "config",
+    "history",
+    "weights",
+    "status",
+    "wall_time_s",
+    "data_sha256",
+    "engine",
+    "browser",
+}
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+ENGINE_NAME = "browser-wasm"
+_FLOAT_FIELDS = {
+    field.name for field in dataclasses.fields(TrainConfig) if config_module.field_type(field.name)[0] is float
+}
+
+
+class PageRunError(errors.DigitlabError):
+    """A page's run document is not one digitlab can keep; the message says what is wrong."""
+
+
+class OtherData(PageRunError):
+    """The run was trained on other MNIST arrays than this machine's."""
+
+
+class AlreadySaved(PageRunError):
+    """This run (by its id) is already a run folder here."""
+
+
+def folder_name(document: dict, config: TrainConfig) -> str:
+    """The run folder's name: the net, the seed and the page's run id (so one run has one folder)."""
+    return f"page-{config.model}-seed{config.seed}-{document['run_id'][:12]}"
+
+
+def find_saved(runs_dir, run_id: str) -> runs.Run | None:
+    """The run folder that already holds the page run `run_id`, if any."""
+    folder = Path(runs_dir)
+    if not folder.is_dir():
+        return None
+    for path in folder.glob(f"page-*-{run_id[:12]}"):
+        if (path / runs.CONFIG_FILE).is_file():
+            return runs.Run(path)
+    return None
+
+
+def read_document(path: Path) -> dict:
+    """A downloaded page run (the page's Download run), read as JSON; PageRunError if it is not readable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PageRunError(f"No file at {path}; give the page-run JSON the page's Download run button saved.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PageRunError(f"{path} is not a readable JSON file ({error}).") from None
+
+
+def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
+    """The run's config, history and weights, after checking everything (PageRunError says what is wrong)."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise PageRunError(f'This is not a run from the page: a JSON object with "format": "{FORMAT}" is expected.')
+    if document.get("version") != FORMAT_VERSION:
+        raise PageRunError(
+            f"This page run is format version {document.get('version')!r}; this digitlab reads {FORMAT_VERSION}."
+        )
+    unknown = sorted(set(document) - KEYS)
+    if unknown:
+        raise PageRunError(f"Unknown field(s) {', '.join(map(str, unknown))} in the page run.")
+    if not isinstance(document.get("run_id"), str) or not _RUN_ID.fullmatch(document["run_id"]):
+        raise PageRunError("run_id must be 32 lowercase hexadecimal digits.")
+    values = document.get("config")
+    if not isinstance(values, dict):
+        raise PageRunError("config must be a JSON object of TrainConfig fields.")
+    if values.get("model") not in rules.BROWSER_MODELS:
+        raise PageRunError(f"The page trains the {' and '.join(rules.BROWSER_MODELS)} nets, not {values.get('model')}.")
+    # JSON writes 1.0 as 1: whole numbers for float fields become floats, as the `train` flags parse them.
+    values = {
+        name: float(value)
+        if name in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool)
+        else value
+        for name, value in values.items()
+    }
+    try:
+        config = TrainConfig.from_dict(values).resolved()
+    except ConfigError as error:
+        raise PageRunError(f"The run's config: {error}") from None
+    if config.seed is None or config.seeds != 1:
+        raise PageRunError("A page run has one network and records its seed; the config lacks them.")
+    history = document.get("history")
+    if not isinstance(history, dict) or set(history) != set(runs.HISTORY_KEYS):
+        raise PageRunError(f"history must hold exactly the lists {', '.join(runs.HISTORY_KEYS)}.")
+    lengths = {len(values) if isinstance(values, list) else -1 for values in history.values()}
+    if len(lengths) != 1 or min(lengths) < 1:
+        raise PageRunError("history's four lists must have one value per epoch trained (at least one), alike.")
+    epochs_done = lengths.pop()
+    assert config.epochs is not None
+    if epochs_done > config.epochs:
+        raise PageRunError(f"history holds {epochs_done} epochs but the config plans {config.epochs}.")
+    for key, values in history.items():
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+            raise PageRunError(f"history[{key!r}] must hold numbers only.")
+    status = document.get("status")
+    if status not in ("complete", "interrupted"):
+        raise PageRunError('status must be "complete" or "interrupted".')
+    if (status == "complete") != (epochs_done == config.epochs):
+        raise PageRunError(f"A {status} run of {config.epochs} epochs cannot have {epochs_done} epochs of history.")
+    model = models.build_model(config)
+    expected = [
+        (f"dense_{index // 2}/{'kernel' if index % 2 == 0 else 'bias'}", tuple(weight.shape))
+        for index, weight in enumerate(model.get_weights())
+    ]
+    given = document.get("weights")
+    if not isinstance(given, list) or len(given) != len(expected):
+        raise PageRunError(f"weights must be a list of {len(expected)} arrays: {', '.join(n for n, _ in expected)}.")
+    weights = []
+    for entry, (name, shape) in zip(given, expected, strict=True):
+        if not isinstance(entry, dict) or entry.get("name") != name or tuple(entry.get("shape") or ()) != shape:
+            raise PageRunError(f"The weights must come in Keras's order; expected {name} of shape {list(shape)}.")
+        try:
+            raw = base64.b64decode(entry.get("base64", ""), validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise PageRunError(f"{name}'s base64 does not decode.") from None
+        if len(raw) != 4 * int(np.prod(shape)):
+            raise PageRunError(f"{name} holds {len(raw)} bytes; {4 * int(np.prod(shape))} (float32) expected.")
+        array = np.frombuffer(raw, "<f4").reshape(shape).copy()
+        if not np.all(np.isfinite(array)):
+            raise PageRunError(f"{name} holds values that are not finite numbers; the network diverged.")
+        weights.append(array)
+    return config, history, weights
+
+
+def save_page_run(document, runs_dir, loaded: data.Loaded) -> runs.Run:
+    """Checks a page run (see `check`) and writes it as a run folder under `runs_dir`; the Run."""
+    config, history, weights = check(document)
+    if document.get("data_sha256") != loaded.sha256:
+        raise OtherData(
+            "The run was trained on other MNIST arrays than this machine's (their SHA-256s differ), so "
+            "its evaluation here would not be its own; send it to the server whose page trained it."
+        )
+    saved = find_saved(runs_dir, document["run_id"])
+    if saved is not None:
+        raise AlreadySaved(
+            f"This run was already kept, as {saved.name}; it is not written again. Train a new run to keep another one."
+        )
+    name = folder_name(document, config)
+    try:
+        run = runs.new_run(runs_dir, config, name=name)
+    except runs.RunError:
+        raise AlreadySaved(f"This run was already kept, as {name}; it is not written again.") from None
+    epochs_done = len(history["val_accuracy"])
+    network = models.create_seeded_models(config)[0]
+    network.set_weights(weights)
+    config.save(run.file(runs.CONFIG_FILE))
+    run.write_json(runs.DATA_FILE, loaded.record())
+    run.write_history([history])
+    with backends.saving_without_tensorflow():
+        atomic.atomic_save(run.model_path(), network.save)
+    fast = FastEngine([network], config)
+    state = fast.get_state()
+    for name_, weight in zip(weight_names(fast.network), weights, strict=True):
+        state[name_] = weight[np.newaxis]
+    (train_inputs, _), _, _ = data.split(loaded.arrays, config.validation, config.train_limit)
+    if "iterations" in state:
+        steps = epochs_done * -(-len(train_inputs) // config.batch_size)
+        state["iterations"] = np.full_like(state["iterations"], steps)
+    # An optimizer with slots (momentum, Adam, RMSprop) would resume from slots the page does not
+    # send: such a run gets no checkpoint (it opens, evaluates and reports; it does not resume).
+    slots = [key for key in state if key not in weight_names(fast.network) and key != "iterations"]
+    # The page drew its orders as digitlab train does (RandomState(seed).permutation, one an epoch): the
+    # generator after the epochs done is where a resumed run goes on, with the orders the page would have.
+    generator = np.random.RandomState(config.seed)
+    for _ in range(epochs_done):
+        generator.permutation(len(train_inputs))
+    if not slots:
+        checkpoint.save(
+            run.file(runs.CHECKPOINT_FILE),
+            engine=fast.name,
+            epoch=epochs_done,
+            state=state,
+            rngs=[generator],
+            histories=[history],
+            wall_time_s=float(document.get("wall_time_s") or 0.0),
+        )
+    plots.save_figure(
+        plots.training_curves([history], title=f"{config.model} net (trained in a browser)"), run.file(runs.CURVES_FILE)
+    )
+    if document["status"] == "interrupted":
+        run.set_status("interrupted", epoch=epochs_done, checkpoint_epoch=None if slots else epochs_done, source="page")
+        return run
+    import keras
+
+    metrics = {
+        "model": config.model,
+        "engine": ENGINE_NAME,
+        "browser_engine": str(document.get("engine", ""))[:200],
+        "epochs": epochs_done,
+        "seeds": 1,
+        "final_val_accuracy": history["val_accuracy"][-1],
+        "final_val_loss": history["val_loss"][-1],
+        "best_val_accuracy": max(history["val_accuracy"]),
+        "wall_time_s": round(float(document.get("wall_time_s") or 0.0), 3),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "validation": config.validation,
+        "backend": keras.backend.backend(),
+        "versions": system.software_versions(),
+        "machine": str(document.get("browser", "a browser"))[:300],
+        "data_sha256": loaded.sha256,
+        "page_run_id": document["run_id"],
+    }
+    run.write_json(runs.METRICS_FILE, metrics)
+    run.set_status("complete", epoch=epochs_done, source="page")
+    return run
