@@ -255,17 +255,17 @@ def native_train(args, scalar: bool, threads: int, folder: Path) -> dict:
     }
 
 
-def native_portable_epochs(arrays: dict, train_limit: int | None, epochs: int) -> tuple[list[np.ndarray], list[float]]:
-    """The book's net from the page's initial weights (digitlab.browser.prng) on the native portable C path:
-    every epoch's weights (flat float32, `model.get_weights()` order) and val accuracy. As
-    tests/test_browser_train.py's native_reproduction trains it, epoch by epoch."""
+def native_portable_epochs(config: TrainConfig, arrays: dict) -> tuple[list[np.ndarray], list[float]]:
+    """A page's run (a resolved config) trained by the native engine on its portable C path, from the page's
+    initial weights (digitlab.browser.prng) and batch orders: every epoch's weights (flat float32, in
+    `model.get_weights()` order) and val accuracy. tests/test_browser_train.py checks the page with it too."""
     from digitlab import models
     from digitlab.engine import FastEngine, sparse
 
-    config = TrainConfig(**BOOK, epochs=epochs, seed=SEED, train_limit=train_limit).resolved()
     network = models.create_seeded_models(config)[0]
-    network.set_weights(prng.initial_weights(SEED, [784, *config.units, 10]))
-    (x, y), validation, _ = data.prepare(arrays, "test", train_limit)
+    network.set_weights(prng.initial_weights(config.seed, [784, *config.units, 10]))
+    (x, y), validation, _ = data.prepare(arrays, "test", config.train_limit)
+    epochs = config.epochs
     previous = os.environ.get(sparse.SCALAR_VARIABLE)
     os.environ[sparse.SCALAR_VARIABLE] = "1"
     sparse.reload()
@@ -278,7 +278,7 @@ def native_portable_epochs(arrays: dict, train_limit: int | None, epochs: int) -
             weights.append(np.concatenate([array.ravel() for array in network.get_weights()]).astype(np.float32))
             accuracies.append(float(logs[0]["val_accuracy"]))
 
-        engine.fit(x, y, validation, epochs=epochs, rngs=[np.random.RandomState(SEED)], on_epoch_end=keep)
+        engine.fit(x, y, validation, epochs=epochs, rngs=[np.random.RandomState(config.seed)], on_epoch_end=keep)
         if not engine.path.startswith("whole epochs in C, sparse first layer (portable C"):
             raise RuntimeError(f"the native check ran on {engine.path!r}, not the portable C path")
     finally:
@@ -412,7 +412,8 @@ def main(argv=None) -> int:
             native[threads] = native_train(args, False, threads, Path(temporary) / f"runs-avx2-{threads}")
             portable[threads] = native_train(args, True, threads, Path(temporary) / f"runs-portable-{threads}")
     print("Training the bit check on the native portable path...", file=sys.stderr, flush=True)
-    native_weights, native_accuracy = native_portable_epochs(loaded.arrays, args.train_limit, args.check_epochs)
+    book = TrainConfig(**BOOK, epochs=args.check_epochs, seed=SEED, train_limit=args.train_limit).resolved()
+    native_weights, native_accuracy = native_portable_epochs(book, loaded.arrays)
     check = {
         "epochs": args.check_epochs,
         "weights": int(native_weights[0].size),
