@@ -25,6 +25,7 @@ from playwright.sync_api import expect
 
 from digitlab import cli, data
 from digitlab.browser import site
+from digitlab.config import TrainConfig
 from test_browser import ONE_DIGIT, draw
 
 pytestmark = pytest.mark.browser
@@ -91,33 +92,16 @@ def page_run_from_download(page, tmp_path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def native_reproduction(document: dict, mnist_path, tmp_path: Path) -> list[np.ndarray]:
-    """The same run trained by digitlab's native engine on its portable C path, from the page's seed."""
-    script = f"""
-import numpy as np
-from digitlab import data, models
-from digitlab.browser import prng
-from digitlab.config import TrainConfig
-from digitlab.engine import FastEngine
-config = TrainConfig.from_dict({document["config"]!r}).resolved()
-network = models.create_seeded_models(config)[0]
-network.set_weights(prng.initial_weights(config.seed, [784, *config.units, 10]))
-engine = FastEngine([network], config)
-(x, y), validation, _ = data.prepare(data.load({str(mnist_path)!r}).arrays, "test", config.train_limit)
-engine.fit(x, y, validation, epochs=config.epochs, rngs=[np.random.RandomState(config.seed)])
-state = engine.get_state()
-names = ["dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias"]
-np.savez({str(tmp_path / "native.npz")!r}, *[state[name][0] for name in names])
-"""
-    environment = dict(os.environ, DIGITLAB_KERNEL_SCALAR="1")
-    done = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    with np.load(tmp_path / "native.npz") as archive:
-        return [archive[f"arr_{index}"] for index in range(4)]
+def native_reproduction(document: dict, mnist_path, load_script) -> np.ndarray:
+    """The same run trained by digitlab's native engine on its portable C path, from the page's seed: the
+    last epoch's weights, flat (scripts/browser_bench.py's native_portable_epochs)."""
+    config = TrainConfig.from_dict(document["config"]).resolved()
+    weights, _ = load_script("browser_bench").native_portable_epochs(config, data.load(mnist_path).arrays)
+    return weights[-1]
 
 
 def test_the_static_site_trains_in_the_browser_with_curves_tiles_slider_and_pad(
-    chromium, static_host, mnist_path, tmp_path
+    chromium, static_host, mnist_path, tmp_path, load_script
 ):
     context = chromium.new_context(viewport={"width": 1280, "height": 1400}, accept_downloads=True)
     page = context.new_page()
@@ -173,8 +157,9 @@ def test_the_static_site_trains_in_the_browser_with_curves_tiles_slider_and_pad(
     page_weights = [
         np.frombuffer(base64.b64decode(entry["base64"]), "<f4").reshape(entry["shape"]) for entry in document["weights"]
     ]
-    for native, browser in zip(native_reproduction(document, mnist_path, tmp_path), page_weights, strict=True):
-        assert np.array_equal(native, browser)
+    bench = load_script("browser_bench")
+    browser = np.concatenate([array.ravel() for array in page_weights])
+    assert bench.differing_weights(native_reproduction(document, mnist_path, load_script), browser) == 0
     assert not errors
     # A second visit reads MNIST from the browser's storage: no MNIST file is fetched again.
     requests.clear()
