@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -157,13 +158,19 @@ def check_history(history, config: TrainConfig, at_least: int = 1) -> int:
     return epochs_done
 
 
-def check_weights(given, config: TrainConfig) -> list[np.ndarray]:
-    """The weights sent as base64 float32 in Keras's order, checked (names, shapes, sizes, finite)."""
-    model = models.build_model(config)
-    expected = [
+@functools.lru_cache(maxsize=64)
+def _expected_weights(config_json: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The weights' names and shapes for a config (built once per config: a class sends many epochs of few)."""
+    model = models.build_model(TrainConfig.from_dict(json.loads(config_json)))
+    return [
         (f"dense_{index // 2}/{'kernel' if index % 2 == 0 else 'bias'}", tuple(weight.shape))
         for index, weight in enumerate(model.get_weights())
     ]
+
+
+def check_weights(given, config: TrainConfig) -> list[np.ndarray]:
+    """The weights sent as base64 float32 in Keras's order, checked (names, shapes, sizes, finite)."""
+    expected = _expected_weights(json.dumps(config.to_dict(), sort_keys=True))
     if not isinstance(given, list) or len(given) != len(expected):
         raise PageRunError(f"weights must be a list of {len(expected)} arrays: {', '.join(n for n, _ in expected)}.")
     weights = []
@@ -249,7 +256,13 @@ def add_epochs(run: runs.Run, rows: dict, weights: list[np.ndarray] | None = Non
 
 
 def finish(
-    run: runs.Run, config: TrainConfig, status: str, weights: list[np.ndarray], document: dict, loaded: data.Loaded
+    run: runs.Run,
+    config: TrainConfig,
+    status: str,
+    weights: list[np.ndarray],
+    document: dict,
+    loaded: data.Loaded,
+    source: str = "page",
 ) -> None:
     """Ends a page run with its final weights: model.keras, checkpoint.npz, curves.png, and metrics.json
     with the status "complete", or the status "interrupted" (resumable where the optimizer has no slots)."""
@@ -284,7 +297,7 @@ def finish(
         plots.training_curves([history], title=f"{config.model} net (trained in a browser)"), run.file(runs.CURVES_FILE)
     )
     if status == "interrupted":
-        run.set_status("interrupted", epoch=epochs_done, checkpoint_epoch=None if slots else epochs_done, source="page")
+        run.set_status("interrupted", epoch=epochs_done, checkpoint_epoch=None if slots else epochs_done, source=source)
         return
     import keras
 
@@ -307,4 +320,4 @@ def finish(
         "page_run_id": document["run_id"],
     }
     run.write_json(runs.METRICS_FILE, metrics)
-    run.set_status("complete", epoch=epochs_done, source="page")
+    run.set_status("complete", epoch=epochs_done, source=source)

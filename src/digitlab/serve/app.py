@@ -54,7 +54,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import digitlab
 from digitlab import imaging, predict
-from digitlab.serve import access, live, networks, uploads
+from digitlab.serve import access, classroom, live, networks, uploads
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing adds a few hundred bytes around the file; allow for it.
@@ -449,6 +449,7 @@ def create_app(
     permissions: access.Access | None = None,
     limits: live.Limits | None = None,
     log=print,
+    class_settings: classroom.ClassSettings | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `model` (a trained Keras model, or None); `run_name` is shown on the page.
 
@@ -472,6 +473,9 @@ def create_app(
     )
     app.state.served = _Served(model, run_name)
     app.state.trainer = trainer
+    app.state.classroom = (
+        None if trainer is None or class_settings is None else classroom.Classroom(runs_dir, class_settings)
+    )
     if model is not None:
         # Compiles the fast path now, so the first visitor does not wait for it.
         predict.pixel_probabilities(model, np.zeros((imaging.FIELD, imaging.FIELD), dtype=np.uint8))
@@ -483,6 +487,7 @@ def create_app(
     app.include_router(uploads.router)  # Before /static is mounted: page.json and MNIST are built here.
     if trainer is not None:
         app.include_router(live.router)
+    app.include_router(classroom.router)  # A class: students' pages send their runs (--class).
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
     app.add_middleware(access.RequireToken, access=permissions or access.Access())
@@ -518,11 +523,14 @@ def serve(
     data_path=None,
     permissions: access.Access | None = None,
     limits: live.Limits | None = None,
+    class_settings: classroom.ClassSettings | None = None,
 ) -> None:
     """Runs the app on uvicorn until Ctrl-C. Loopback by default; another host needs the tokens of
     `permissions` (see `access`), and the links that carry them are printed."""
     permissions = permissions or access.Access.for_host(host)
-    app = create_app(model, run_name, runs_dir, data_path, permissions, limits)
+    if class_settings is not None:
+        permissions = permissions.with_students()
+    app = create_app(model, run_name, runs_dir, data_path, permissions, limits, class_settings=class_settings)
     every_interface = host in ("0.0.0.0", "::")
     shown_host = socket.gethostname() if every_interface else f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{port}/"
@@ -534,6 +542,8 @@ def serve(
             f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
             f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
         )
+        if permissions.student_token is not None:
+            print(f"  students (train, send runs): {permissions.link(base, access.STUDENT)}")
         if every_interface:
             # In a container the host name is the container's: there the published port is the way in.
             local = f"http://127.0.0.1:{port}/"
