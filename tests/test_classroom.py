@@ -323,3 +323,61 @@ def test_a_simulated_class_completes_every_run(tmp_path):
     assert "errors                 0" in done.stdout and "runs complete          8 / 8" in done.stdout, done.stdout
     complete = [path for path in tmp_path.glob("class-*") if runs.Run(path).status()["status"] == "complete"]
     assert len(complete) == 8
+
+
+ODD_STARTS = [
+    None,
+    [],
+    1,
+    {},
+    {"student": 5},
+    {"config": {"model": "shallow", "epochs": "x"}},
+    {"config": {"model": "shallow", "epochs": []}},
+    {"config": {"model": "shallow", "zz": 1}},
+    {"config": {"model": "shallow", "learning_rate": None}},
+    {"config": {"model": "shallow", "units": "abc"}},
+    {"config": {"model": "shallow", "epochs": 10**30}},
+    {"config": {"model": ["shallow"]}},
+    {"config": []},
+    {"run_id": 5},
+    {"version": "1"},
+    {"data_sha256": None},
+    {"student": "a" * 41},
+    {"student": "\u0000x"},
+]
+ROW = {"loss": [1], "accuracy": [1], "val_loss": [1], "val_accuracy": [1]}
+ODD_EPOCHS = [
+    None,
+    [],
+    {},
+    {"epoch": "1"},
+    {"epoch": True},
+    {"epoch": 10**40},
+    {"epoch": 1},
+    {"epoch": 1, "history": []},
+    {"epoch": 1, "history": {"loss": 1}},
+    {"epoch": 1, "history": ROW},
+    {"epoch": 1, "history": ROW, "weights": [None] * 4},
+    {"epoch": 1, "history": ROW, "weights": [{"name": "dense_0/kernel", "shape": "ab", "base64": 5}] * 4},
+    {"epoch": 1, "history": dict(ROW, loss=[10**400])},
+    {"epoch": 1, "handwriting_accuracy": "x"},
+]
+ODD_FINISHES = [None, [], {}, {"status": 1}, {"status": "complete"}, {"status": "interrupted", "wall_time_s": "x"}]
+
+
+def test_odd_bodies_get_a_4xx_never_a_500(tmp_path, mnist_path, loaded):
+    """The shapes a fuzzer tries (the API's schema test fuzzes these routes too): each a 4xx with a sentence."""
+    client = make_client(tmp_path, mnist_path, rate_per_s=1000, burst=1000)
+    client = TestClient(client.app, raise_server_exceptions=False)
+    for change in ODD_STARTS:
+        body = change if not isinstance(change, dict) or not change else {**settings(loaded), **change}
+        answer = client.post("/api/class/runs", content=json.dumps(body), headers=auth())
+        assert 400 <= answer.status_code < 500 and answer.json()["detail"], (change, answer.text)
+    name, secret = begin(client, loaded)
+    for body in ODD_EPOCHS:
+        answer = client.post(f"/api/class/runs/{name}/epochs", content=json.dumps(body), headers=auth(secret=secret))
+        assert 400 <= answer.status_code < 500 and answer.json()["detail"], (body, answer.text)
+    for body in ODD_FINISHES:
+        answer = client.post(f"/api/class/runs/{name}/finish", content=json.dumps(body), headers=auth(secret=secret))
+        assert 400 <= answer.status_code < 500 and answer.json()["detail"], (body, answer.text)
+    assert runs.Run(tmp_path / name).history()["val_accuracy"] == []

@@ -29,6 +29,7 @@ import binascii
 import dataclasses
 import functools
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -139,6 +140,13 @@ def check_settings(document, keys=SETTINGS_KEYS) -> TrainConfig:
     return config
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # A whole number too large for a float.
+        return False
+
+
 def check_history(history, config: TrainConfig, at_least: int = 1) -> int:
     """Checks history lists (one finite number per epoch, the four alike); the number of epochs they hold."""
     if not isinstance(history, dict) or set(history) != set(runs.HISTORY_KEYS):
@@ -153,7 +161,7 @@ def check_history(history, config: TrainConfig, at_least: int = 1) -> int:
     for key, values in history.items():
         if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
             raise PageRunError(f"history[{key!r}] must hold numbers only.")
-        if not all(np.isfinite(value) for value in values):
+        if not all(_finite(value) for value in values):
             raise PageRunError(f"history[{key!r}] holds a value that is not a finite number.")
     return epochs_done
 

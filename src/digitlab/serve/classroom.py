@@ -96,6 +96,17 @@ COMMON_ERRORS = {
 }
 
 
+def _json_object(description: str) -> dict:
+    """openapi_extra for a route that reads its JSON body itself (checked by page_runs, with sentences)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    }
+
+
 class Created(BaseModel):
     run: str = Field(description="The run folder's name.")
     secret: str = Field(description=f"Present it as {SECRET_HEADER} with every later submission of this run.")
@@ -286,6 +297,7 @@ async def class_state(request: Request):
     response_model=Created,
     dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="This run was kept already, or it was trained on other MNIST arrays."),
+    openapi_extra=_json_object("The page run's head (format, version, run_id, config, data_sha256, engine) and student."),
 )
 async def begin_run(request: Request):
     """A student's run begins: its settings (the page run's head) and the student's name; 201 with the run's secret."""
@@ -317,6 +329,7 @@ async def begin_run(request: Request):
     response_model=Kept,
     dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="The run is finished, or an epoch is missing before this one."),
+    openapi_extra=_json_object("epoch, history (four lists of one value), weights, handwriting_accuracy."),
 )
 async def add_epoch(request: Request, name: str, x_run_secret: str | None = Header(None)):
     """One epoch of a student's run: {"epoch": N, "history": {four lists of one value}, "weights": [...],
@@ -376,6 +389,7 @@ async def add_epoch(request: Request, name: str, x_run_secret: str | None = Head
     response_model=Kept,
     dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="The run is finished already, or has no epoch."),
+    openapi_extra=_json_object("status, weights (optional: the last epoch's), wall_time_s."),
 )
 async def finish_run(request: Request, name: str, x_run_secret: str | None = Header(None)):
     """A student's run ends: {"status": "complete" | "interrupted", "weights": [...] (the last epoch's when
