@@ -297,7 +297,7 @@ async def class_state(request: Request):
     response_model=Created,
     dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="This run was kept already, or it was trained on other MNIST arrays."),
-    openapi_extra=_json_object("The page run's head (format, version, run_id, config, data_sha256, engine) and student."),
+    openapi_extra=_json_object("The page run's head (format, version, run_id, config, ...) and student."),
 )
 async def begin_run(request: Request):
     """A student's run begins: its settings (the page run's head) and the student's name; 201 with the run's secret."""
