@@ -126,6 +126,8 @@ class Student(threading.Thread):
                 connection, "POST", f"/api/class/runs/{self.run_name}/epochs", body.encode(), headers
             )
             self.latencies.append(elapsed)
+            if os.environ.get("CLASS_BENCH_TRACE"):
+                print(f"student {self.index} epoch {epoch}: {elapsed * 1000:.0f} ms", file=sys.stderr)
             if payload is not None:
                 self.answered = epoch
         finish = json.dumps({"status": "complete", "wall_time_s": 1.0}).encode()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import functools
 import json
 import math
 import re
@@ -166,19 +165,25 @@ def check_history(history, config: TrainConfig, at_least: int = 1) -> int:
     return epochs_done
 
 
-@functools.lru_cache(maxsize=64)
-def _expected_weights(config_json: str) -> list[tuple[str, tuple[int, ...]]]:
-    """The weights' names and shapes for a config (built once per config: a class sends many epochs of few)."""
-    model = models.build_model(TrainConfig.from_dict(json.loads(config_json)))
-    return [
-        (f"dense_{index // 2}/{'kernel' if index % 2 == 0 else 'bias'}", tuple(weight.shape))
-        for index, weight in enumerate(model.get_weights())
-    ]
+_EXPECTED: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+
+
+def expected_weights(config: TrainConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """The weights' names and shapes for a config's net, built once per net and widths (a class sends
+    thousands of epochs of a few nets; building a Keras model for each would cost more than the rest)."""
+    key = json.dumps([config.model, config.units, config.to_dict().get("activation")], default=str)
+    if key not in _EXPECTED:
+        model = models.build_model(config)
+        _EXPECTED[key] = [
+            (f"dense_{index // 2}/{'kernel' if index % 2 == 0 else 'bias'}", tuple(weight.shape))
+            for index, weight in enumerate(model.get_weights())
+        ]
+    return _EXPECTED[key]
 
 
 def check_weights(given, config: TrainConfig) -> list[np.ndarray]:
     """The weights sent as base64 float32 in Keras's order, checked (names, shapes, sizes, finite)."""
-    expected = _expected_weights(json.dumps(config.to_dict(), sort_keys=True))
+    expected = expected_weights(config)
     if not isinstance(given, list) or len(given) != len(expected):
         raise PageRunError(f"weights must be a list of {len(expected)} arrays: {', '.join(n for n, _ in expected)}.")
     weights = []

@@ -143,6 +143,9 @@ class Classroom:
         self.buckets: dict[str, _Bucket] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.begin_lock = asyncio.Lock()
+        # A finish writes the model, its checkpoint and curves.png (Keras, Matplotlib: a few hundred ms of
+        # mostly Python, holding the GIL): one at a time, so the epochs arriving meanwhile keep moving.
+        self.finishing = asyncio.Semaphore(1)
 
     def measure(self) -> int:
         if self.used_bytes is None:
@@ -315,6 +318,8 @@ async def begin_run(request: Request):
     secret = secrets.token_urlsafe(24)
     record = {"student": student, "secret_sha256": _secret_hash(secret), "began": time.time(), "handwriting": []}
     async with classroom.begin_lock:
+        # The net's weight shapes, built once here (Keras, about a second the first time), not by its epochs.
+        await run_in_threadpool(page_runs.expected_weights, config)
         try:
             run = await run_in_threadpool(page_runs.begin, document, config, classroom.runs_dir, loaded, name)
         except (page_runs.AlreadySaved, page_runs.OtherData) as error:
@@ -430,9 +435,10 @@ async def finish_run(request: Request, name: str, x_run_secret: str | None = Hea
             raise HTTPException(422, str(error)) from None
         classroom.check_room(size + 2 * 4 * sum(weight.size for weight in weights))
         head = {"run_id": name[-12:], "wall_time_s": wall, "engine": "browser (class)", "browser": record["student"]}
-        await _written(
-            classroom, run, lambda: page_runs.finish(run, config, status, weights, head, loaded, source="class")
-        )
+        async with classroom.finishing:
+            await _written(
+                classroom, run, lambda: page_runs.finish(run, config, status, weights, head, loaded, source="class")
+            )
         request.app.state.trainer.networks.forget(name)
     return {"run": name, "epochs": done, "status": status}
 
