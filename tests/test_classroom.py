@@ -381,3 +381,19 @@ def test_odd_bodies_get_a_4xx_never_a_500(tmp_path, mnist_path, loaded):
         answer = client.post(f"/api/class/runs/{name}/finish", content=json.dumps(body), headers=auth(secret=secret))
         assert 400 <= answer.status_code < 500 and answer.json()["detail"], (body, answer.text)
     assert runs.Run(tmp_path / name).history()["val_accuracy"] == []
+
+
+def test_serve_refuses_a_cap_that_is_not_positive(capsys):
+    from digitlab import cli
+
+    assert cli.main(["serve", "--class", "--class-cap-mb", "0"]) == 2
+    assert "--class-cap-mb must be a positive number" in capsys.readouterr().err
+
+
+def test_a_class_prints_a_students_link_off_loopback():
+    permissions = access.Access.for_host("0.0.0.0").with_students()
+    link = permissions.link("http://host:8000/", access.STUDENT)
+    assert permissions.student_token and link.endswith(permissions.student_token)
+    assert permissions.role(permissions.student_token) == access.STUDENT
+    assert permissions.role(permissions.view_token) == access.VIEWER
+    assert access.Access().with_students().open  # Loopback: no tokens at all.
