@@ -16,7 +16,8 @@ Endpoints here (the training ones are in `live`, the tokens in `access`):
   the 28x28 pixels the network saw. Pictures go through `imaging.prepare_image`,
   the same function the command line uses. `?run=NAME&epoch=E` asks that saved run's
   network as it was after epoch E instead of the served one.
-- `GET /api/health`: the model and run being served, whether the server trains, the caller's role.
+- `GET /api/health`: the model and run being served, whether the server trains or has a class, the caller's role.
+- `/api/class/...` (`digitlab serve --class`): students' runs epoch by epoch and the class board (`classroom`).
 - `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
@@ -369,6 +370,7 @@ async def health(request: Request):
         "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
         "max_side": imaging.MAX_SIDE,
         "training": trainer is not None,
+        "class": getattr(request.app.state, "classroom", None) is not None,
         "role": access.role_of(request),
     }
 
@@ -487,7 +489,8 @@ def create_app(
     app.include_router(uploads.router)  # Before /static is mounted: page.json and MNIST are built here.
     if trainer is not None:
         app.include_router(live.router)
-    app.include_router(classroom.router)  # A class: students' pages send their runs (--class).
+    if app.state.classroom is not None:
+        app.include_router(classroom.router)  # A class: students' pages send their runs (--class).
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
     app.add_middleware(access.RequireToken, access=permissions or access.Access())

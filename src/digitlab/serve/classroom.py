@@ -279,12 +279,10 @@ async def _written(classroom: Classroom, run: runs.Run, write) -> None:
 router = APIRouter(prefix="/api/class", tags=["class"])
 
 
-@router.get("")
+@router.get("", responses=_errors(s404=COMMON_ERRORS["s404"]))
 async def class_state(request: Request):
-    """Whether this server has a class, the caller's role, whether students see the board, the runs folder's use."""
-    classroom = getattr(request.app.state, "classroom", None)
-    if classroom is None:
-        return {"class": False, "role": access.role_of(request)}
+    """The class: the caller's role, whether students see the board, the runs folder's use and cap."""
+    classroom = classroom_of(request)
     return {
         "class": True,
         "role": access.role_of(request),

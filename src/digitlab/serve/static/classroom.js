@@ -215,6 +215,8 @@ async function refreshBoard() {
 
 async function init() {
   if (window.DigitlabMode.staticSite || window.DigitlabMode.trainHere !== "browser") return;
+  const health = await healthLoaded; // app.js's: a server started with --class says so.
+  if (!health || !health.class) return;
   try {
     const response = await fetch("api/class");
     state = response.ok ? await response.json() : null;
