@@ -96,13 +96,72 @@ COMMON_ERRORS = {
 }
 
 
-def _json_object(description: str) -> dict:
-    """openapi_extra for a route that reads its JSON body itself (checked by page_runs, with sentences)."""
+_WEIGHTS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "shape", "base64"],
+        "properties": {
+            "name": {"type": "string", "description": "dense_0/kernel, dense_0/bias, ... in Keras's order"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "base64": {"type": "string", "description": "float32 little-endian, base64"},
+        },
+    },
+}
+_ROW = {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 1}
+BODIES = {
+    "begin": {
+        "type": "object",
+        "required": ["format", "version", "run_id", "config", "data_sha256", "student"],
+        "additionalProperties": False,
+        "properties": {
+            "format": {"const": page_runs.FORMAT},
+            "version": {"const": page_runs.FORMAT_VERSION},
+            "run_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "config": {"type": "object", "description": "TrainConfig's fields, resolved, with its seed"},
+            "data_sha256": {"type": "object", "description": "the MNIST arrays' SHA-256s (this server's)"},
+            "engine": {"type": "string"},
+            "browser": {"type": "string"},
+            "student": {"type": "string", "minLength": 1, "maxLength": 40},
+        },
+    },
+    "epoch": {
+        "type": "object",
+        "required": ["epoch", "history", "weights"],
+        "additionalProperties": False,
+        "properties": {
+            "epoch": {"type": "integer", "minimum": 1},
+            "history": {
+                "type": "object",
+                "required": list(runs.HISTORY_KEYS),
+                "additionalProperties": False,
+                "properties": {key: _ROW for key in runs.HISTORY_KEYS},
+            },
+            "weights": _WEIGHTS,
+            "handwriting_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        },
+    },
+    "finish": {
+        "type": "object",
+        "required": ["status"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"enum": ["complete", "interrupted"]},
+            "weights": {**_WEIGHTS, "description": "the final weights (default: the last epoch's, as kept)"},
+            "wall_time_s": {"type": "number", "minimum": 0},
+        },
+    },
+}
+
+
+def _json_body(kind: str, description: str) -> dict:
+    """openapi_extra for a route that reads its JSON body itself (page_runs checks it, with sentences): the
+    body's shape; what no schema can say (TrainConfig's rules, the weights' shapes) answers 422."""
     return {
         "requestBody": {
             "required": True,
             "description": description,
-            "content": {"application/json": {"schema": {"type": "object"}}},
+            "content": {"application/json": {"schema": BODIES[kind]}},
         }
     }
 
@@ -207,7 +266,7 @@ def require_board(request: Request) -> None:
         raise HTTPException(403, "The teacher has not shown the class board (digitlab serve --class-board).")
 
 
-async def _json_body(request: Request) -> tuple[dict, int]:
+async def _read_json(request: Request) -> tuple[dict, int]:
     body = await request.body()
     if len(body) > uploads.MAX_RUN_BYTES:
         raise HTTPException(413, f"A submission may be at most {uploads.MAX_RUN_BYTES} bytes; this one is {len(body)}.")
@@ -298,12 +357,12 @@ async def class_state(request: Request):
     response_model=Created,
     dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="This run was kept already, or it was trained on other MNIST arrays."),
-    openapi_extra=_json_object("The page run's head (format, version, run_id, config, ...) and student."),
+    openapi_extra=_json_body("begin", "The page run's head and the student's name."),
 )
 async def begin_run(request: Request):
     """A student's run begins: its settings (the page run's head) and the student's name; 201 with the run's secret."""
     classroom = classroom_of(request)
-    document, size = await _json_body(request)
+    document, size = await _read_json(request)
     student = student_name(document.pop("student", None))
     classroom.take(student)
     try:
@@ -332,7 +391,7 @@ async def begin_run(request: Request):
     response_model=Kept,
     dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="The run is finished, or an epoch is missing before this one."),
-    openapi_extra=_json_object("epoch, history (four lists of one value), weights, handwriting_accuracy."),
+    openapi_extra=_json_body("epoch", "One epoch: its number, history row, weights, and own-digits accuracy."),
 )
 async def add_epoch(request: Request, name: str, x_run_secret: str | None = Header(None)):
     """One epoch of a student's run: {"epoch": N, "history": {four lists of one value}, "weights": [...],
@@ -340,7 +399,7 @@ async def add_epoch(request: Request, name: str, x_run_secret: str | None = Head
     classroom = classroom_of(request)
     run, record = _open_class_run(classroom, name, x_run_secret)
     classroom.take(record["student"])
-    document, size = await _json_body(request)
+    document, size = await _read_json(request)
     unknown = sorted(set(document) - EPOCH_KEYS)
     if unknown:
         raise HTTPException(
@@ -392,7 +451,7 @@ async def add_epoch(request: Request, name: str, x_run_secret: str | None = Head
     response_model=Kept,
     dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="The run is finished already, or has no epoch."),
-    openapi_extra=_json_object("status, weights (optional: the last epoch's), wall_time_s."),
+    openapi_extra=_json_body("finish", "How the run ended, its final weights, its time."),
 )
 async def finish_run(request: Request, name: str, x_run_secret: str | None = Header(None)):
     """A student's run ends: {"status": "complete" | "interrupted", "weights": [...] (the last epoch's when
@@ -400,7 +459,7 @@ async def finish_run(request: Request, name: str, x_run_secret: str | None = Hea
     classroom = classroom_of(request)
     run, record = _open_class_run(classroom, name, x_run_secret)
     classroom.take(record["student"])
-    document, size = await _json_body(request)
+    document, size = await _read_json(request)
     unknown = sorted(set(document) - FINISH_KEYS)
     if unknown:
         raise HTTPException(
