@@ -29,6 +29,7 @@ import binascii
 import dataclasses
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -264,7 +265,10 @@ def add_epochs(run: runs.Run, rows: dict, weights: list[np.ndarray] | None = Non
     if weights is not None:
         run.write_epoch(epochs_done, weights)
     run.write_history([history])
-    run.set_status("running", epoch=epochs_done, source="page")
+    status = run.status()
+    if status.get("status") != "running" or status.get("pid") != os.getpid():
+        # Once per process that keeps the run (a restarted server takes it over): the history says the epochs.
+        run.set_status("running", epoch=epochs_done, source="page")
     return epochs_done
 
 

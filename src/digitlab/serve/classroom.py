@@ -40,6 +40,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import re
 import secrets
 import time
@@ -325,13 +326,22 @@ def _loaded(request: Request):
     return uploads._loaded(request)
 
 
-async def _written(classroom: Classroom, run: runs.Run, write) -> None:
-    """Runs `write` in a thread and adds what it wrote to the runs folder's size."""
-    before = await run_in_threadpool(_folder_size, run.path)
+def _files_size(run: runs.Run, epoch: int | None) -> int:
+    """The size of the run folder's own files and of epoch `epoch`'s record: what a submission may change
+    (a walk of epochs/ would cost a stat per epoch kept, on every submission)."""
+    size = sum(entry.stat().st_size for entry in os.scandir(run.path) if entry.is_file())
+    record = run.file(runs.EPOCHS_FOLDER) / f"epoch-{epoch:04d}.npz" if epoch else None
+    return size + (record.stat().st_size if record is not None and record.is_file() else 0)
+
+
+async def _written(classroom: Classroom, run: runs.Run, write, epoch: int | None = None) -> None:
+    """Runs `write` in a thread and adds what it wrote (the run's files, epoch `epoch`'s record) to the
+    runs folder's size."""
+    before = await run_in_threadpool(_files_size, run, epoch)
     try:
         await run_in_threadpool(write)
     finally:
-        after = await run_in_threadpool(_folder_size, run.path)
+        after = await run_in_threadpool(_files_size, run, epoch)
         classroom.used_bytes = classroom.measure() + after - before
 
 
@@ -442,7 +452,7 @@ async def add_epoch(request: Request, name: str, x_run_secret: str | None = Head
             record["updated"] = time.time()
             run.write_json(CLASS_FILE, record)
 
-        await _written(classroom, run, write)
+        await _written(classroom, run, write, epoch)
     return {"run": name, "epochs": epoch, "status": "running"}
 
 
