@@ -12,7 +12,8 @@ table: the submissions' latency p50/p99/max, errors (any answer but 2xx, or no a
 (epochs sent and answered but not in the run folder), runs complete in the runs folder, the server
 process's CPU time and use over the test, and the machine. The weights are the page's initial weights
 (prng.initial_weights), one set per student: the server checks them, it does not train.
-The clients and the server share this machine's cores, so the figures are under load by the clients.
+The clients and the server share this machine's cores, so the figures are under load by the clients; the
+machine's load average, printed, says what else ran.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ def main(argv=None) -> int:
         warm = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         warm.request("GET", "/static/mnist/index.json")  # The asset is built once, before the class comes.
         warm.getresponse().read()
+        load_before = os.getloadavg()[0]
         cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
         students = [Student(index, port, args.epochs, loaded.sha256, {}) for index in range(args.students)]
         for student in students:
@@ -236,6 +238,7 @@ def main(argv=None) -> int:
         ("runs folder", f"{size / 1e6:.1f} MB"),
         ("wall time", f"{wall:.1f} s"),
         ("server CPU", f"{cpu:.1f} s ({100 * cpu / wall:.0f}% of one core)"),
+        ("load average (1 min)", f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"),
         ("machine", machine()),
     ]
     for name, value in rows:
