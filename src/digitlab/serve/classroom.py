@@ -1,7 +1,7 @@
 """A class: every student's page trains its own network and sends its run here, epoch by epoch.
 
     digitlab serve --host 0.0.0.0 --class                 # prints the operator's, the students' and a view-only link
-    app = serving.create_app(runs_dir="runs", classroom=classroom.ClassSettings(cap_bytes=2 * 10**9))
+    app = serving.create_app(runs_dir="runs", class_settings=classroom.ClassSettings(cap_bytes=2 * 10**9))
 
 The server trains nothing: a student's page trains in the browser (browser.js) and sends
 
@@ -44,6 +44,7 @@ import os
 import re
 import secrets
 import time
+import urllib.parse
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
@@ -253,11 +254,8 @@ def require_submitter(request: Request) -> None:
             403, "This link is view-only: it can watch, not send runs. Open the students' link the teacher gave."
         )
     origin = request.headers.get("origin")
-    if origin is not None and origin != "null":
-        from urllib.parse import urlsplit
-
-        if urlsplit(origin).netloc != request.headers.get("host"):
-            raise HTTPException(403, f"A request from another site ({origin}) may not send runs here.")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, f"A request from another site ({origin}) may not send runs here.")
 
 
 def require_board(request: Request) -> None:
