@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser containers wasm wasm-toolchain train check lint test lab tensorboard lock
+.PHONY: setup browser containers node wasm wasm-toolchain train check lint test lab tensorboard lock
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ browser:
 	@command -v chromium > /dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium > /dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium > /dev/null; fi; }
+
+# Debian's Node.js for the browser engine's tests in node (tests/test_wasm.py), installed when missing.
+node:
+	@command -v node > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs > /dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq nodejs > /dev/null; fi; }
 
 # Debian's podman (on runc: crun cannot start containers where cgroups are hybrid) and debootstrap, for the
 # Docker image's test (tests/test_docker.py), installed when missing and apt-get can; else that test skips.
@@ -110,5 +116,5 @@ lint: setup
 
 # The whole suite: slow reproduction tests, killed processes, servers and browsers included, with a
 # branch-coverage report of src/digitlab at the end (a report, not a gate).
-test: setup browser containers
+test: setup browser containers node
 	$(PYTHON) -m pytest -ra --durations=25 --cov --cov-report=term

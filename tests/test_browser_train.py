@@ -104,7 +104,7 @@ network = models.create_seeded_models(config)[0]
 network.set_weights(prng.initial_weights(config.seed, [784, *config.units, 10]))
 engine = FastEngine([network], config)
 (x, y), validation, _ = data.prepare(data.load({str(mnist_path)!r}).arrays, "test", config.train_limit)
-engine.fit(x, y, validation, epochs=config.epochs, rngs=[prng.PageOrders(config.seed)])
+engine.fit(x, y, validation, epochs=config.epochs, rngs=[np.random.RandomState(config.seed)])
 state = engine.get_state()
 names = ["dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias"]
 np.savez({str(tmp_path / "native.npz")!r}, *[state[name][0] for name in names])
@@ -253,10 +253,10 @@ def test_a_run_trained_in_the_page_is_sent_to_serve_once_and_opened_by_evaluate(
         expect(page.locator("#engine-note")).to_contain_text("threads")
         val_accuracy = page.locator("#n-val_accuracy").text_content()
         page.locator("#send-run").click()
-        expect(page.locator("#keep-status")).to_contain_text("Kept on the server as page-shallow-seed5-")
+        expect(page.locator("#keep-status")).to_contain_text("Kept on the server as page-shallow-seed5-", timeout=LONG)
         name = page.locator("#keep-status").get_attribute("data-run")
         page.locator("#send-run").click()
-        expect(page.locator("#keep-status")).to_contain_text("already kept")
+        expect(page.locator("#keep-status")).to_contain_text("already kept", timeout=LONG)
         page.screenshot(path=str(tmp_path / "sent.png"), full_page=True)
         page.close()
     finally:
@@ -284,4 +284,24 @@ def test_the_site_opens_and_trains_offline_after_the_first_visit(chromium, stati
     expect(page.locator("#train-card")).to_be_visible(timeout=LONG)
     page.locator("#start").click()
     expect(page.locator("#live-status")).to_contain_text("Done: 3 epochs", timeout=LONG)
+    context.close()
+
+
+def test_the_page_answers_while_it_trains_and_stop_keeps_the_epochs_done(chromium, static_host, tmp_path):
+    context = chromium.new_context(viewport={"width": 1280, "height": 1400}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(static_host + "?train_limit=2000&epochs=1000&loss=categorical_crossentropy&learning_rate=0.5&seed=7")
+    expect(page.locator("#train-card")).to_be_visible(timeout=LONG)
+    page.locator("#start").click()
+    expect(page.locator("#n-epoch")).to_contain_text("/ 1000", timeout=LONG)
+    # The Worker trains; the page still reads a drawing and moves its slider meanwhile.
+    draw(page, SEVEN)
+    expect(page.locator("#digit")).to_have_text(ONE_DIGIT)
+    page.locator("#stop").click()
+    expect(page.locator("#live-status")).to_contain_text("Stopped after epoch", timeout=LONG)
+    done = int(page.locator("#live-status").text_content().split("epoch ")[1].split()[0])
+    assert 1 <= done < 1000
+    expect(page.locator("#n-epoch")).to_have_text(f"{done} / 1000")
+    document = page_run_from_download(page, tmp_path)
+    assert document["status"] == "interrupted" and len(document["history"]["loss"]) == done
     context.close()

@@ -2,8 +2,8 @@
 
 The page's JavaScript that must agree with Python bit for bit (prng.js, rules.js) is run in node
 against the Python side; the page itself is driven in Chromium by tests/test_browser_train.py.
-A page run here is made as the page makes one: the PRNG's initial weights and batch orders,
-trained by digitlab's own engine on 1,000 real images.
+A page run here is made as the page makes one: the PRNG's initial weights and `digitlab train`'s batch
+orders for the seed, trained by digitlab's own engine on 1,000 real images.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def page_run(loaded, epochs_done=2, epochs=2, learning_rate=0.5, seed=11) -> dic
         for key in runs.HISTORY_KEYS:
             history[key].append(logs[0][key])
 
-    engine.fit(x, y, validation, epochs=epochs_done, rngs=[prng.PageOrders(seed)], on_epoch_end=record)
+    engine.fit(x, y, validation, epochs=epochs_done, rngs=[np.random.RandomState(seed)], on_epoch_end=record)
     state = engine.get_state()
     names = ["dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias"]
     return {
@@ -151,23 +151,20 @@ def test_the_pages_check_says_what_digitlab_train_says(tmp_path):
     assert resolved["learning_rate"] == 3 and resolved["epochs"] == 4 and resolved["loss"] == "mean_squared_error"
 
 
-def test_the_pages_prng_is_pythons_bit_for_bit():
+def test_the_pages_initial_weights_are_pythons_bit_for_bit():
     script = f"""
-        import {{ initialWeights, BatchOrders }} from "{(STATIC / "prng.js").as_uri()}";
-        const weights = initialWeights(123, [784, 64, 10]);
-        const orders = new BatchOrders(123, 5000);
-        console.log(JSON.stringify({{
-          weights: weights.map((array) => Array.from(new Uint32Array(array.buffer))),
-          orders: [Array.from(orders.next()), Array.from(orders.next())],
-        }}));
+        import {{ initialWeights }} from "{(STATIC / "prng.js").as_uri()}";
+        const weights = initialWeights(123, [784, 64, 64, 10]);
+        console.log(JSON.stringify(weights.map((array) => Array.from(new Uint32Array(array.buffer)))));
     """
     page = json.loads(run_node(script))
-    weights = prng.initial_weights(123, [784, 64, 10])
-    for mine, theirs in zip(weights, page["weights"], strict=True):
+    weights = prng.initial_weights(123, [784, 64, 64, 10])
+    for mine, theirs in zip(weights, page, strict=True):
         assert np.array_equal(mine.ravel().view(np.uint32), np.asarray(theirs, np.uint32))
-    assert np.array_equal(prng.batch_orders(123, 5000, 2), np.asarray(page["orders"]))
     limit = np.sqrt(6 / (784 + 64))
     assert weights[0].shape == (784, 64) and np.abs(weights[0]).max() <= limit and not weights[1].any()
+    assert np.abs(weights[0]).max() > 0.99 * limit and abs(float(weights[0].mean())) < 0.01 * limit
+    assert not np.array_equal(weights[0], prng.initial_weights(124, [784, 64, 10])[0])
 
 
 # --- MNIST for the browser ------------------------------------------------------------------------
@@ -248,13 +245,16 @@ def test_a_page_run_becomes_a_run_folder_that_digitlab_opens(loaded, trained, tm
     assert len(list(tmp_path.iterdir())) == 1
 
 
-def test_a_stopped_page_run_is_finished_by_train_resume(loaded, tmp_path):
-    document = page_run(loaded, epochs_done=1, epochs=2)
-    run = page_runs.save_page_run(document, tmp_path, loaded)
+def test_a_stopped_page_run_is_finished_by_train_resume_as_if_never_stopped(loaded, tmp_path):
+    stopped = page_run(loaded, epochs_done=1, epochs=2)
+    run = page_runs.save_page_run(stopped, tmp_path, loaded)
     assert run.status()["status"] == "interrupted"
     training.resume(run.path, loaded=loaded, print_fn=lambda *args: None, verbose=0)
-    history = runs.open_run(run.path).history()
-    assert len(history["val_accuracy"]) == 2 and history["loss"][0] == document["history"]["loss"][0]
+    resumed = runs.open_run(run.path)
+    whole = page_run(loaded, epochs_done=2, epochs=2)  # The same run, never stopped.
+    assert resumed.history() == whole["history"]
+    kernel = np.frombuffer(base64.b64decode(whole["weights"][0]["base64"]), "<f4").reshape(784, 64)
+    assert np.array_equal(resumed.load_model().get_weights()[0], kernel)
 
 
 @pytest.mark.parametrize(
@@ -287,6 +287,8 @@ def test_the_server_keeps_a_page_run_once_and_serves_the_pages_files(loaded, tra
     page = client.get("/")
     assert page.headers["cross-origin-embedder-policy"] == "require-corp"
     assert "'wasm-unsafe-eval'" in page.headers["content-security-policy"]
+    assert client.get("/static/browser.js").headers["cross-origin-opener-policy"] == "same-origin"
+    assert "cross-origin-embedder-policy" not in client.get("/docs").headers  # Swagger UI's CDN scripts.
     assert client.get("/static/page.json").json() == json.loads(json.dumps(rules.page_document()))
     index = client.get("/static/mnist/index.json")
     assert index.headers["cache-control"] == "no-cache"

@@ -14,8 +14,9 @@ The page sends (or downloads, as `page-run.json`) one JSON document:
 `save_page_run` checks it (known fields, the config by TrainConfig's own rules, a net the browser
 trains, one history row per epoch, finite weights of the model's shapes, the same MNIST as this
 machine's by SHA-256) and writes the folder: config.json, data.json, history, model.keras,
-checkpoint.npz (weights, iterations, and the run's seed for the next epochs' order: a resumed
-run goes on with `digitlab train`'s own orders, see docs/browser.md), curves.png, metrics.json,
+checkpoint.npz (weights, iterations, and the random state after the epochs done: the page draws its
+orders as `digitlab train --seed` does, so `train --resume` goes on with the orders the page would
+have used), curves.png, metrics.json,
 then status.json. The folder is named from the run's id, so the same run sent twice is refused
 (`AlreadySaved`) and never written over.
 
@@ -300,13 +301,18 @@ def finish(
     # An optimizer with slots (momentum, Adam, RMSprop) would resume from slots the page does not
     # send: such a run gets no checkpoint (it opens, evaluates and reports; it does not resume).
     slots = [key for key in state if key not in weight_names(fast.network) and key != "iterations"]
+    # The page drew its orders as digitlab train does (RandomState(seed).permutation, one an epoch): the
+    # generator after the epochs done is where a resumed run goes on, with the orders the page would have.
+    generator = np.random.RandomState(config.seed)
+    for _ in range(epochs_done):
+        generator.permutation(len(train_inputs))
     if not slots:
         checkpoint.save(
             run.file(runs.CHECKPOINT_FILE),
             engine=fast.name,
             epoch=epochs_done,
             state=state,
-            rngs=[np.random.RandomState(config.seed)],
+            rngs=[generator],
             histories=[history],
             wall_time_s=float(document.get("wall_time_s") or 0.0),
         )

@@ -1,13 +1,13 @@
-"""The page's random numbers, in NumPy: xoshiro128** seeded by splitmix32, bit for bit as prng.js.
+"""The page's initial weights, in NumPy: xoshiro128** seeded by splitmix32, bit for bit as prng.js.
 
-A browser run draws its initial weights and its batch orders from two streams of one seed
-(docs/browser.md): stream 0 gives the glorot-uniform kernels (biases start at 0), stream 1
-one Fisher-Yates permutation per epoch, epoch after epoch. The same functions here give the
-same arrays, so a test (or `digitlab train` with these weights and orders) repeats a run:
+A browser run draws its initial weights from its seed (docs/browser.md): glorot-uniform kernels
+from stream 0 of the seed, biases at 0. Its batch orders are `digitlab train`'s own,
+`np.random.RandomState(seed).permutation(n)` an epoch (engine.js's NumpyRandomState), so a
+test, or the native engine given these weights, repeats a browser run:
 
     from digitlab.browser import prng
     weights = prng.initial_weights(seed=0, layer_sizes=[784, 64, 10])   # [kernel, bias, kernel, bias]
-    orders = prng.batch_orders(seed=0, count=60_000, epochs=3)          # (3, 60000) int64
+    network.set_weights(weights); FastEngine([network], config).fit(..., rngs=[np.random.RandomState(0)])
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy as np
 
 MASK = 0xFFFFFFFF
 WEIGHTS_STREAM = 0
-ORDERS_STREAM = 1
 # Added per stream to the seed before splitmix32 (the fractional bits of sqrt(2)), so that streams differ.
 STREAM_STEP = 0x6A09E667
 
@@ -60,10 +59,6 @@ class Xoshiro128:
         """A float in [0, 1) with 24 random bits (exact in float32)."""
         return (self.next_u32() >> 8) / 16777216.0
 
-    def below(self, bound: int) -> int:
-        """A whole number in [0, bound): the high 32 bits of u32 * bound (bound < 2**21 keeps it exact in JS)."""
-        return (self.next_u32() * bound) >> 32
-
 
 def initial_weights(seed: int, layer_sizes: list[int]) -> list[np.ndarray]:
     """Glorot-uniform kernels (in, out), row after row, and zero biases, in `model.get_weights()` order."""
@@ -75,24 +70,3 @@ def initial_weights(seed: int, layer_sizes: list[int]) -> list[np.ndarray]:
         kernel = ((draws / 16777216.0) * 2.0 - 1.0) * limit
         weights += [kernel.astype(np.float32).reshape(fan_in, fan_out), np.zeros(fan_out, np.float32)]
     return weights
-
-
-def batch_orders(seed: int, count: int, epochs: int) -> np.ndarray:
-    """Each epoch's order of the `count` training images: Fisher-Yates, from the last index down."""
-    generator = PageOrders(seed)
-    return np.stack([generator.permutation(count) for _ in range(epochs)]) if epochs else np.empty((0, count), np.int64)
-
-
-class PageOrders:
-    """The page's batch orders where digitlab's engines expect a NumPy generator: `permutation(n)` gives the
-    next epoch's order, so `FastEngine.fit(..., rngs=[PageOrders(seed)])` trains on a browser run's batches."""
-
-    def __init__(self, seed: int):
-        self.generator = Xoshiro128(seed, ORDERS_STREAM)
-
-    def permutation(self, count: int) -> np.ndarray:
-        order = list(range(count))
-        for index in range(count - 1, 0, -1):
-            other = self.generator.below(index + 1)
-            order[index], order[other] = order[other], order[index]
-        return np.asarray(order, np.int64)

@@ -12,8 +12,8 @@
   that run was kept already (nothing is written again) or was trained on other data; 422 for a
   document that is not a page run.
 
-`CrossOriginIsolation` sends COOP/COEP on every answer, so the page is cross-origin isolated and
-the browser engine may use threads (SharedArrayBuffer).
+`CrossOriginIsolation` sends COOP/COEP with the page and its files, so the page is cross-origin
+isolated and the browser engine may use threads (SharedArrayBuffer).
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ router = APIRouter()
 
 
 class CrossOriginIsolation:
-    """ASGI middleware: COOP same-origin and COEP require-corp on every HTTP answer."""
+    """ASGI middleware: COOP same-origin and COEP require-corp on the page and its files (`/`, `/static/...`).
+
+    Not on /docs: its Swagger UI loads scripts from a CDN, which COEP would block."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not (scope["path"] == "/" or scope["path"].startswith("/static/")):
             await self.app(scope, receive, send)
             return
 

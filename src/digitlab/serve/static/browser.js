@@ -197,7 +197,7 @@ function onWorker(message) {
     $("send-run").disabled = window.DigitlabMode.staticSite;
     say(
       message.status === "complete"
-        ? `Done: ${message.epoch} epochs in ${message.wallTime.toFixed(1)} s, val accuracy ${run.history.val_accuracy.at(-1).toFixed(4)}.`
+        ? `Done: ${message.epoch} epoch${message.epoch === 1 ? "" : "s"} in ${message.wallTime.toFixed(1)} s, val accuracy ${run.history.val_accuracy.at(-1).toFixed(4)}.`
         : `Stopped after epoch ${message.epoch} of ${run.config.epochs}; keep it below, or train again.`
     );
     scheduleRedraw();

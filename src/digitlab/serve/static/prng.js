@@ -1,12 +1,10 @@
-// digitlab's seeded random numbers for a run trained in the browser: xoshiro128** seeded by splitmix32,
+// digitlab's seeded initial weights for a run trained in the browser: xoshiro128** seeded by splitmix32,
 // bit for bit as src/digitlab/browser/prng.py (a test compares the two), so that the native engine can
-// repeat a browser run. Stream 0 of a seed gives the glorot-uniform initial kernels (biases start at 0),
-// stream 1 one Fisher-Yates order of the training images per epoch (docs/browser.md).
-//   import { initialWeights, BatchOrders } from "./prng.js";
+// repeat a browser run: glorot-uniform kernels, zero biases (docs/browser.md). The batch orders are
+// digitlab train's own (engine.js's NumpyRandomState).
+//   import { initialWeights } from "./prng.js";
 //   const weights = initialWeights(seed, [784, 64, 10]);   // [Float32Array kernel, bias, kernel, bias]
-//   const orders = new BatchOrders(seed, 60000); orders.next()  // an Int32Array, each epoch in turn
 export const WEIGHTS_STREAM = 0;
-export const ORDERS_STREAM = 1;
 const STREAM_STEP = 0x6a09e667;
 
 function rotl(value, shift) {
@@ -39,11 +37,6 @@ export class Xoshiro128 {
     s[3] = rotl(s[3], 11);
     return result;
   }
-
-  // A whole number in [0, bound): the high 32 bits of u32 * bound (exact in a double for bound < 2**21).
-  below(bound) {
-    return Math.floor((this.nextU32() * bound) / 4294967296);
-  }
 }
 
 // Glorot-uniform kernels (fan_in x fan_out, row after row) and zero biases, in Keras's get_weights order.
@@ -60,24 +53,4 @@ export function initialWeights(seed, layerSizes) {
     weights.push(kernel, new Float32Array(fanOut));
   }
   return weights;
-}
-
-// Each epoch's order of the `count` training images: Fisher-Yates from the last index down, one stream.
-export class BatchOrders {
-  constructor(seed, count) {
-    this.generator = new Xoshiro128(seed, ORDERS_STREAM);
-    this.count = count;
-  }
-
-  next() {
-    const order = new Int32Array(this.count);
-    for (let index = 0; index < this.count; index++) order[index] = index;
-    for (let index = this.count - 1; index > 0; index--) {
-      const other = this.generator.below(index + 1);
-      const kept = order[index];
-      order[index] = order[other];
-      order[other] = kept;
-    }
-    return order;
-  }
 }

@@ -1,14 +1,15 @@
 // digitlab's training Worker: the heavy work of a run trained in the browser, off the page's thread.
 // It loads MNIST (mnist.js: fetched once, checked, kept), the WebAssembly engine (engine/engine.js) and
-// trains epoch after epoch from the run's seed (prng.js: glorot-uniform weights, Fisher-Yates orders),
-// posting every epoch's logs and weights; between epochs it reads a stop.
+// trains epoch after epoch from the run's seed: glorot-uniform initial weights from prng.js, and the batch
+// orders `digitlab train --seed` draws (engine.js's NumpyRandomState), posting every epoch's logs and
+// weights; between epochs it reads a stop.
 //   const worker = new Worker("static/train-worker.js", { type: "module" });
 //   worker.postMessage({ type: "start", config, mnist: "static/mnist/", threads: 2 });
 //   worker.onmessage = ({ data }) => ...   // status | ready | epoch | end | error
 //   worker.postMessage({ type: "stop" });   // after the epoch in progress
-import { loadEngine } from "./engine/engine.js";
+import { loadEngine, NumpyRandomState } from "./engine/engine.js";
 import { loadMnist } from "./mnist.js";
-import { BatchOrders, initialWeights } from "./prng.js";
+import { initialWeights } from "./prng.js";
 
 let stopping = false;
 let running = false;
@@ -47,7 +48,7 @@ async function train({ config, mnist, threads }) {
   engine.setTrainingData(data.arrays.x_train.subarray(0, count * pixels), data.arrays.y_train.subarray(0, count));
   engine.setValidationData(data.arrays.x_test, data.arrays.y_test);
   engine.setWeights(initialWeights(config.seed, layerSizes(config)));
-  const orders = new BatchOrders(config.seed, count);
+  const orders = new NumpyRandomState(config.seed); // np.random.RandomState(seed), as digitlab train shuffles.
   post({
     type: "ready",
     engine: { build: engine.build, threads: engine.threads, simd: engine.simd },
@@ -60,7 +61,7 @@ async function train({ config, mnist, threads }) {
   let epoch = 0;
   while (epoch < config.epochs && !stopping) {
     const began = performance.now();
-    const logs = engine.trainEpoch(orders.next());
+    const logs = engine.trainEpoch(orders.permutation(count));
     epoch += 1;
     const weights = engine.getWeights();
     post(
