@@ -579,7 +579,8 @@ def board_csv(rows: list[dict]) -> str:
 
 def board_html(runs_dir: Path, rows: list[dict]) -> str:
     """The board as one HTML file in `digitlab report`'s style: the table and `compare`'s overlaid curves."""
-    sections = [f"<p>{len(rows)} runs of the class, in {report.escape(runs_dir)}.</p>"]
+    folder = report.escape(Path(runs_dir).name)
+    sections = [f"<h1>The class board</h1><p>{len(rows)} runs of the class, in {folder}/.</p>"]
     header = ["student", "run", "status", "epochs", "model", "learning rate", "loss", "final val acc", "handwriting"]
     table_rows = [
         [
