@@ -34,11 +34,9 @@ view-only links only with `--class-board`.
 from __future__ import annotations
 
 import asyncio
-import csv
 import dataclasses
 import hashlib
 import hmac
-import io
 import json
 import os
 import re
@@ -52,11 +50,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from digitlab import atomic, compare, report, runs
+from digitlab import runs
 from digitlab.browser import page_runs
-from digitlab.serve import access, uploads
+from digitlab.serve import access, class_board, uploads
 
-CLASS_FILE = "class.json"
+CLASS_FILE = class_board.CLASS_FILE
 RUN_NAME = re.compile(r"class-[a-z0-9-]{1,40}-[0-9a-f]{12}")
 # A student's name: letters (any script), digits, spaces and . ' - _, starting with a letter or digit.
 STUDENT_NAME = re.compile(r"[^\W_][\w .'-]{0,39}")
@@ -508,106 +506,6 @@ async def finish_run(request: Request, name: str, x_run_secret: str | None = Hea
     return {"run": name, "epochs": done, "status": status}
 
 
-def board_rows(runs_dir: Path) -> list[dict]:
-    """Every class run in `runs_dir`: student, status, settings, history, handwriting accuracy."""
-    rows = []
-    for path in sorted(Path(runs_dir).glob("class-*")):
-        run = runs.Run(path)
-        try:
-            record = run.read_json(CLASS_FILE)
-            config = run.config()
-            history = run.history()
-        except runs.RunError:
-            continue
-        accuracy = history.get("val_accuracy") or []
-        handwriting = [value for value in record.get("handwriting", []) if value is not None]
-        rows.append(
-            {
-                "run": run.name,
-                "student": record.get("student", "?"),
-                "status": run.status().get("status", "unknown"),
-                "epochs": len(accuracy),
-                "epochs_planned": config.epochs,
-                "model": config.model,
-                "learning_rate": config.learning_rate,
-                "loss": config.loss,
-                "optimizer": config.optimizer,
-                "batch_size": config.batch_size,
-                "activation": getattr(config, "activation", None),
-                "seed": config.seed,
-                "train_limit": config.train_limit,
-                "final_val_accuracy": accuracy[-1] if accuracy else None,
-                "best_val_accuracy": max(accuracy) if accuracy else None,
-                "final_val_loss": (history.get("val_loss") or [None])[-1],
-                "handwriting_accuracy": handwriting[-1] if handwriting else None,
-                "updated": record.get("updated", record.get("began")),
-                "history": history,
-                "handwriting": record.get("handwriting", []),
-            }
-        )
-    return rows
-
-
-CSV_COLUMNS = [
-    "student",
-    "run",
-    "status",
-    "epochs",
-    "epochs_planned",
-    "model",
-    "learning_rate",
-    "loss",
-    "optimizer",
-    "batch_size",
-    "activation",
-    "seed",
-    "train_limit",
-    "final_val_accuracy",
-    "best_val_accuracy",
-    "final_val_loss",
-    "handwriting_accuracy",
-]
-
-
-def board_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def board_html(runs_dir: Path, rows: list[dict]) -> str:
-    """The board as one HTML file in `digitlab report`'s style: the table and `compare`'s overlaid curves."""
-    folder = report.escape(Path(runs_dir).name)
-    sections = [f"<h1>The class board</h1><p>{len(rows)} runs of the class, in {folder}/.</p>"]
-    header = ["student", "run", "status", "epochs", "model", "learning rate", "loss", "final val acc", "handwriting"]
-    table_rows = [
-        [
-            row["student"],
-            row["run"],
-            row["status"],
-            f"{row['epochs']}/{row['epochs_planned']}",
-            row["model"],
-            report.value_text(row["learning_rate"]),
-            row["loss"],
-            report.value_text(row["final_val_accuracy"]),
-            report.value_text(row["handwriting_accuracy"]),
-        ]
-        for row in sorted(rows, key=lambda row: -(row["final_val_accuracy"] or 0))
-    ]
-    sections.append("<h2>Runs</h2>" + report.table(header, table_rows))
-    with_epochs = [row for row in rows if row["epochs"]]
-    if with_epochs:
-        path = Path(runs_dir) / f".class-compare-{secrets.token_hex(4)}.png"
-        try:
-            compare.compare_runs([Path(runs_dir) / row["run"] for row in with_epochs], out_path=path)
-            sections.append("<h2>Val accuracy, overlaid</h2>" + report.image(path.read_bytes(), "overlaid curves"))
-        finally:
-            atomic.remove_quietly(path)
-    return report.page("digitlab class board", sections)
-
-
 BoardAccess = Depends(require_board)
 BOARD_ERRORS = _errors(s403=COMMON_ERRORS["s403"], s404=COMMON_ERRORS["s404"])
 
@@ -616,7 +514,7 @@ BOARD_ERRORS = _errors(s403=COMMON_ERRORS["s403"], s404=COMMON_ERRORS["s404"])
 async def board(request: Request):
     """Every student's run as it arrives: student, status, settings, history per epoch, handwriting accuracy."""
     classroom = classroom_of(request)
-    return {"runs": await run_in_threadpool(board_rows, classroom.runs_dir)}
+    return {"runs": await run_in_threadpool(class_board.rows, classroom.runs_dir)}
 
 
 @router.get(
@@ -627,9 +525,9 @@ async def board(request: Request):
 )
 async def board_as_csv(request: Request):
     """The board's table as CSV, one row a run."""
-    rows = await run_in_threadpool(board_rows, classroom_of(request).runs_dir)
+    rows = await run_in_threadpool(class_board.rows, classroom_of(request).runs_dir)
     return Response(
-        board_csv(rows),
+        class_board.csv_text(rows),
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="class-board.csv"'},
     )
@@ -644,6 +542,6 @@ async def board_as_csv(request: Request):
 async def board_as_html(request: Request):
     """The board as one HTML file (`digitlab report`'s style): the table and the overlaid val-accuracy curves."""
     runs_dir = classroom_of(request).runs_dir
-    rows = await run_in_threadpool(board_rows, runs_dir)
-    html = await run_in_threadpool(board_html, runs_dir, rows)
+    rows = await run_in_threadpool(class_board.rows, runs_dir)
+    html = await run_in_threadpool(class_board.html, runs_dir, rows)
     return HTMLResponse(html, headers={"Content-Disposition": 'attachment; filename="class-board.html"'})
