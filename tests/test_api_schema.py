@@ -1,7 +1,7 @@
 """The API against its own /openapi.json: schemathesis (`st run`, every check on, a fixed seed, EXAMPLES
 examples a route) against a real `digitlab serve`, in the three setups of issue 22: no run, a saved run,
-and off loopback with tokens, as the operator and as a view-only viewer. Any failure fails the test,
-with schemathesis's report.
+and off loopback with tokens, as the operator and as a view-only viewer; and a class (`--class`). Any
+failure fails the test, with schemathesis's report.
 
 Training requests the fuzzer sends are harmless: the servers train at most MAX_EPOCHS epochs on
 MAX_IMAGES images (--max-epochs, --max-train-images), and /openapi.json says so, so the bodies it
@@ -51,10 +51,17 @@ def _serve(arguments, runs_dir, mnist_path) -> list[str]:
     ]  # fmt: skip
 
 
-def _schemathesis(base, folder, headers=(), name=None, prefix=()):
+CLASS_CONFIG = """
+[[operations]]
+include-path-regex = "^/api/class/runs"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+"""
+
+
+def _schemathesis(base, folder, headers=(), name=None, prefix=(), extra=""):
     """Runs `st run` on base's /openapi.json (in a network namespace with `prefix`); asserts it found nothing."""
     config = folder / "schemathesis.toml"
-    text = CONFIG.format(examples=EXAMPLES)
+    text = CONFIG.format(examples=EXAMPLES) + extra
     if name is not None:  # Every {name} is the saved run, so each route reaches its logic, not a 404.
         text = f"[parameters]\n{json.dumps('path.name')} = {json.dumps(name)}\n\n" + text
     config.write_text(text)
@@ -93,6 +100,17 @@ def test_a_saved_run(tmp_path, load_script, mnist_path, trained_run):
     command = _serve([str(runs_dir / trained_run.name), "--port", str(port)], runs_dir, mnist_path)
     with load_test.run_server(command, f"{base}/api/health", timeout=180):
         _schemathesis(base, tmp_path, name=trained_run.name)
+
+
+def test_a_class(tmp_path, load_script, mnist_path):
+    """`serve --class`: the students' routes too (a page run's settings, epochs and finish may answer
+    422 to a body the schema allows: no schema can say that weights must fit the net's shapes)."""
+    load_test = load_script("load_test")
+    port = load_test.free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = _serve(["--port", str(port), "--class"], tmp_path / "runs", mnist_path)
+    with load_test.run_server(command, f"{base}/api/health", timeout=180):
+        _schemathesis(base, tmp_path, extra=CLASS_CONFIG)
 
 
 def test_off_loopback_with_tokens_as_operator_and_viewer(namespace, tmp_path, mnist_path):  # noqa: F811

@@ -29,6 +29,8 @@ import base64
 import binascii
 import dataclasses
 import json
+import math
+import os
 import re
 import time
 from pathlib import Path
@@ -102,15 +104,18 @@ def read_document(path: Path) -> dict:
         raise PageRunError(f"{path} is not a readable JSON file ({error}).") from None
 
 
-def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
-    """The run's config, history and weights, after checking everything (PageRunError says what is wrong)."""
+SETTINGS_KEYS = {"format", "version", "run_id", "config", "data_sha256", "engine", "browser"}
+
+
+def check_settings(document, keys=SETTINGS_KEYS) -> TrainConfig:
+    """A run's settings (its first submission, or the head of a whole page run): the config, checked."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise PageRunError(f'This is not a run from the page: a JSON object with "format": "{FORMAT}" is expected.')
     if document.get("version") != FORMAT_VERSION:
         raise PageRunError(
             f"This page run is format version {document.get('version')!r}; this digitlab reads {FORMAT_VERSION}."
         )
-    unknown = sorted(set(document) - KEYS)
+    unknown = sorted(set(document) - keys)
     if unknown:
         raise PageRunError(f"Unknown field(s) {', '.join(map(str, unknown))} in the page run.")
     if not isinstance(document.get("run_id"), str) or not _RUN_ID.fullmatch(document["run_id"]):
@@ -133,11 +138,22 @@ def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
         raise PageRunError(f"The run's config: {error}") from None
     if config.seed is None or config.seeds != 1:
         raise PageRunError("A page run has one network and records its seed; the config lacks them.")
-    history = document.get("history")
+    return config
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # A whole number too large for a float.
+        return False
+
+
+def check_history(history, config: TrainConfig, at_least: int = 1) -> int:
+    """Checks history lists (one finite number per epoch, the four alike); the number of epochs they hold."""
     if not isinstance(history, dict) or set(history) != set(runs.HISTORY_KEYS):
         raise PageRunError(f"history must hold exactly the lists {', '.join(runs.HISTORY_KEYS)}.")
     lengths = {len(values) if isinstance(values, list) else -1 for values in history.values()}
-    if len(lengths) != 1 or min(lengths) < 1:
+    if len(lengths) != 1 or min(lengths) < at_least:
         raise PageRunError("history's four lists must have one value per epoch trained (at least one), alike.")
     epochs_done = lengths.pop()
     assert config.epochs is not None
@@ -146,17 +162,30 @@ def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
     for key, values in history.items():
         if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
             raise PageRunError(f"history[{key!r}] must hold numbers only.")
-    status = document.get("status")
-    if status not in ("complete", "interrupted"):
-        raise PageRunError('status must be "complete" or "interrupted".')
-    if (status == "complete") != (epochs_done == config.epochs):
-        raise PageRunError(f"A {status} run of {config.epochs} epochs cannot have {epochs_done} epochs of history.")
-    model = models.build_model(config)
-    expected = [
-        (f"dense_{index // 2}/{'kernel' if index % 2 == 0 else 'bias'}", tuple(weight.shape))
-        for index, weight in enumerate(model.get_weights())
-    ]
-    given = document.get("weights")
+        if not all(_finite(value) for value in values):
+            raise PageRunError(f"history[{key!r}] holds a value that is not a finite number.")
+    return epochs_done
+
+
+_EXPECTED: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+
+
+def expected_weights(config: TrainConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """The weights' names and shapes for a config's net, built once per net and widths (a class sends
+    thousands of epochs of a few nets; building a Keras model for each would cost more than the rest)."""
+    key = json.dumps([config.model, config.units, config.to_dict().get("activation")], default=str)
+    if key not in _EXPECTED:
+        model = models.build_model(config)
+        _EXPECTED[key] = [
+            (f"dense_{index // 2}/{'kernel' if index % 2 == 0 else 'bias'}", tuple(weight.shape))
+            for index, weight in enumerate(model.get_weights())
+        ]
+    return _EXPECTED[key]
+
+
+def check_weights(given, config: TrainConfig) -> list[np.ndarray]:
+    """The weights sent as base64 float32 in Keras's order, checked (names, shapes, sizes, finite)."""
+    expected = expected_weights(config)
     if not isinstance(given, list) or len(given) != len(expected):
         raise PageRunError(f"weights must be a list of {len(expected)} arrays: {', '.join(n for n, _ in expected)}.")
     weights = []
@@ -173,12 +202,36 @@ def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
         if not np.all(np.isfinite(array)):
             raise PageRunError(f"{name} holds values that are not finite numbers; the network diverged.")
         weights.append(array)
-    return config, history, weights
+    return weights
+
+
+def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
+    """The run's config, history and weights, after checking everything (PageRunError says what is wrong)."""
+    config = check_settings(document, KEYS)
+    history = document.get("history")
+    epochs_done = check_history(history, config)
+    status = document.get("status")
+    if status not in ("complete", "interrupted"):
+        raise PageRunError('status must be "complete" or "interrupted".')
+    if (status == "complete") != (epochs_done == config.epochs):
+        raise PageRunError(f"A {status} run of {config.epochs} epochs cannot have {epochs_done} epochs of history.")
+    return config, history, check_weights(document.get("weights"), config)
 
 
 def save_page_run(document, runs_dir, loaded: data.Loaded) -> runs.Run:
-    """Checks a page run (see `check`) and writes it as a run folder under `runs_dir`; the Run."""
+    """Checks a page run (see `check`) and writes it as a run folder under `runs_dir`; the Run.
+
+    A whole page run is the epoch-by-epoch submission sent at once: `begin`, `add_epochs`, `finish`."""
     config, history, weights = check(document)
+    run = begin(document, config, runs_dir, loaded)
+    add_epochs(run, history)
+    finish(run, config, document["status"], weights, document, loaded)
+    return run
+
+
+def begin(document, config: TrainConfig, runs_dir, loaded: data.Loaded, name: str | None = None) -> runs.Run:
+    """A new run folder for a page run whose settings are checked (`check_settings`): config.json,
+    data.json, an empty history and the status "running". OtherData or AlreadySaved refuse it."""
     if document.get("data_sha256") != loaded.sha256:
         raise OtherData(
             "The run was trained on other MNIST arrays than this machine's (their SHA-256s differ), so "
@@ -189,17 +242,52 @@ def save_page_run(document, runs_dir, loaded: data.Loaded) -> runs.Run:
         raise AlreadySaved(
             f"This run was already kept, as {saved.name}; it is not written again. Train a new run to keep another one."
         )
-    name = folder_name(document, config)
+    name = name or folder_name(document, config)
     try:
         run = runs.new_run(runs_dir, config, name=name)
     except runs.RunError:
         raise AlreadySaved(f"This run was already kept, as {name}; it is not written again.") from None
+    run.write_json(runs.DATA_FILE, loaded.record())
+    run.write_history([{key: [] for key in runs.HISTORY_KEYS}])
+    run.set_status("running", epoch=0, source="page")
+    config.save(run.file(runs.CONFIG_FILE))  # Last: a folder with config.json is a run (find_saved, list_runs).
+    return run
+
+
+def add_epochs(run: runs.Run, rows: dict, weights: list[np.ndarray] | None = None) -> int:
+    """Appends checked history rows (`check_history`) to the run's history; with `weights`, records
+    them as the last new epoch's (epochs/epoch-NNNN.npz, what the page's slider opens). The epochs done."""
+    try:
+        history = run.history()
+    except runs.RunError:
+        history = {key: [] for key in runs.HISTORY_KEYS}
+    history = {key: [*history.get(key, []), *rows[key]] for key in runs.HISTORY_KEYS}
+    epochs_done = len(history["val_accuracy"])
+    if weights is not None:
+        run.write_epoch(epochs_done, weights)
+    run.write_history([history])
+    status = run.status()
+    if status.get("status") != "running" or status.get("pid") != os.getpid():
+        # Once per process that keeps the run (a restarted server takes it over): the history says the epochs.
+        run.set_status("running", epoch=epochs_done, source="page")
+    return epochs_done
+
+
+def finish(
+    run: runs.Run,
+    config: TrainConfig,
+    status: str,
+    weights: list[np.ndarray],
+    document: dict,
+    loaded: data.Loaded,
+    source: str = "page",
+) -> None:
+    """Ends a page run with its final weights: model.keras, checkpoint.npz, curves.png, and metrics.json
+    with the status "complete", or the status "interrupted" (resumable where the optimizer has no slots)."""
+    history = run.history()
     epochs_done = len(history["val_accuracy"])
     network = models.create_seeded_models(config)[0]
     network.set_weights(weights)
-    config.save(run.file(runs.CONFIG_FILE))
-    run.write_json(runs.DATA_FILE, loaded.record())
-    run.write_history([history])
     with backends.saving_without_tensorflow():
         atomic.atomic_save(run.model_path(), network.save)
     fast = FastEngine([network], config)
@@ -231,9 +319,9 @@ def save_page_run(document, runs_dir, loaded: data.Loaded) -> runs.Run:
     plots.save_figure(
         plots.training_curves([history], title=f"{config.model} net (trained in a browser)"), run.file(runs.CURVES_FILE)
     )
-    if document["status"] == "interrupted":
-        run.set_status("interrupted", epoch=epochs_done, checkpoint_epoch=None if slots else epochs_done, source="page")
-        return run
+    if status == "interrupted":
+        run.set_status("interrupted", epoch=epochs_done, checkpoint_epoch=None if slots else epochs_done, source=source)
+        return
     import keras
 
     metrics = {
@@ -255,5 +343,4 @@ def save_page_run(document, runs_dir, loaded: data.Loaded) -> runs.Run:
         "page_run_id": document["run_id"],
     }
     run.write_json(runs.METRICS_FILE, metrics)
-    run.set_status("complete", epoch=epochs_done, source="page")
-    return run
+    run.set_status("complete", epoch=epochs_done, source=source)

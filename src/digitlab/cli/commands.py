@@ -161,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-train-images", type=int, default=60_000, help="the most training images one run from the page may use"
     )
     serve.add_argument("--max-viewers", type=int, default=100, help="the most event streams open at once")
+    serve.add_argument(
+        "--class",
+        dest="classroom",
+        action="store_true",
+        help="a class: each student's page trains and sends its run here (a students' link is printed)",
+    )
+    serve.add_argument("--class-board", action="store_true", help="with --class, students see the class board too")
+    serve.add_argument(
+        "--class-cap-mb", type=float, default=2048, help="with --class, the most the runs folder may hold, in MB"
+    )
     cli_flags.add_data_flag(serve)
 
     site = commands.add_parser(
@@ -500,6 +510,15 @@ def command_serve(args) -> int:
         raise errors.DigitlabError(f"--max-viewers must be a positive whole number, got {args.max_viewers}.")
     permissions = access.Access.for_host(args.host, args.token, args.view_token)
     limits = live.Limits(args.max_epochs, args.max_train_images, args.max_viewers)
+    class_settings = None
+    if args.classroom:
+        from digitlab.serve import classroom
+
+        if not args.class_cap_mb > 0:
+            raise errors.DigitlabError(f"--class-cap-mb must be a positive number of MB, got {args.class_cap_mb}.")
+        class_settings = classroom.ClassSettings(
+            cap_bytes=int(args.class_cap_mb * 1024**2), board_for_students=args.class_board
+        )
     run = runs.open_run(args.run) if args.run else None
     runs_dir = args.runs_dir or (run.path.parent if run else "runs")
     serving.serve(
@@ -511,6 +530,7 @@ def command_serve(args) -> int:
         data_path=args.data,
         permissions=permissions,
         limits=limits,
+        class_settings=class_settings,
     )
     return 0
 

@@ -38,7 +38,7 @@ from digitlab import errors
 
 ROLE_KEY = "digitlab.role"
 COOKIE = "digitlab_token"
-OPERATOR, VIEWER = "operator", "viewer"
+OPERATOR, VIEWER, STUDENT = "operator", "viewer", "student"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,200}")
 
 
@@ -58,6 +58,8 @@ class Access:
 
     operator_token: str | None = None
     view_token: str | None = None
+    # A class (serve/classroom.py): students send their runs with this token; None when there is no class.
+    student_token: str | None = None
 
     @classmethod
     def for_host(cls, host: str, operator_token: str | None = None, view_token: str | None = None) -> Access:
@@ -76,6 +78,12 @@ class Access:
             raise errors.DigitlabError("--token and --view-token must differ: one starts training, one only watches.")
         return cls(operator_token, view_token)
 
+    def with_students(self) -> Access:
+        """The same tokens and a students' one (generated), for a class; unchanged when open (loopback)."""
+        if self.open or self.student_token is not None:
+            return self
+        return dataclasses.replace(self, student_token=secrets.token_urlsafe(18))
+
     @property
     def open(self) -> bool:
         return self.operator_token is None
@@ -88,13 +96,16 @@ class Access:
         # Both comparisons always run, so the time taken says nothing about which one matched.
         is_operator = hmac.compare_digest(presented, (self.operator_token or "").encode())
         is_viewer = hmac.compare_digest(presented, (self.view_token or "").encode())
+        is_student = self.student_token is not None and hmac.compare_digest(presented, self.student_token.encode())
         if is_operator:
             return OPERATOR
+        if is_student:
+            return STUDENT
         return VIEWER if is_viewer else None
 
     def link(self, base_url: str, role: str = OPERATOR) -> str:
         """`base_url` carrying the role's token (unchanged when the server is open)."""
-        token = self.operator_token if role == OPERATOR else self.view_token
+        token = {OPERATOR: self.operator_token, STUDENT: self.student_token}.get(role, self.view_token)
         return base_url if token is None else f"{base_url}?token={urllib.parse.quote(token)}"
 
 

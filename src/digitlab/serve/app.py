@@ -16,7 +16,8 @@ Endpoints here (the training ones are in `live`, the tokens in `access`):
   the 28x28 pixels the network saw. Pictures go through `imaging.prepare_image`,
   the same function the command line uses. `?run=NAME&epoch=E` asks that saved run's
   network as it was after epoch E instead of the served one.
-- `GET /api/health`: the model and run being served, whether the server trains, the caller's role.
+- `GET /api/health`: the model and run being served, whether the server trains or has a class, the caller's role.
+- `/api/class/...` (`digitlab serve --class`): students' runs epoch by epoch and the class board (`classroom`).
 - `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
@@ -55,7 +56,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import digitlab
 from digitlab import data, errors, imaging, predict
-from digitlab.serve import access, live, networks, openapi, uploads
+from digitlab.serve import access, classroom, live, networks, openapi, uploads
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing adds a few hundred bytes around the file; allow for it.
@@ -370,6 +371,7 @@ async def health(request: Request):
         "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
         "max_side": imaging.MAX_SIDE,
         "training": trainer is not None,
+        "class": getattr(request.app.state, "classroom", None) is not None,
         "role": access.role_of(request),
     }
 
@@ -470,6 +472,7 @@ def create_app(
     permissions: access.Access | None = None,
     limits: live.Limits | None = None,
     log=print,
+    class_settings: classroom.ClassSettings | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `model` (a trained Keras model, or None); `run_name` is shown on the page.
 
@@ -493,6 +496,9 @@ def create_app(
     )
     app.state.served = _Served(model, run_name)
     app.state.trainer = trainer
+    app.state.classroom = (
+        None if trainer is None or class_settings is None else classroom.Classroom(runs_dir, class_settings)
+    )
     if model is not None:
         # Compiles the fast path now, so the first visitor does not wait for it.
         predict.pixel_probabilities(model, np.zeros((imaging.FIELD, imaging.FIELD), dtype=np.uint8))
@@ -503,6 +509,8 @@ def create_app(
     app.include_router(uploads.router)  # Before /static is mounted: page.json and MNIST are built here.
     if trainer is not None:
         app.include_router(live.router)
+    if app.state.classroom is not None:
+        app.include_router(classroom.router)  # A class: students' pages send their runs (--class).
     permissions = permissions or access.Access()
     openapi.install(app, permissions)
     if trainer is not None:
@@ -553,11 +561,14 @@ def serve(
     data_path=None,
     permissions: access.Access | None = None,
     limits: live.Limits | None = None,
+    class_settings: classroom.ClassSettings | None = None,
 ) -> None:
     """Runs the app on uvicorn until Ctrl-C. Loopback by default; another host needs the tokens of
     `permissions` (see `access`), and the links that carry them are printed."""
     permissions = permissions or access.Access.for_host(host)
-    app = create_app(model, run_name, runs_dir, data_path, permissions, limits)
+    if class_settings is not None:
+        permissions = permissions.with_students()
+    app = create_app(model, run_name, runs_dir, data_path, permissions, limits, class_settings=class_settings)
     every_interface = host in ("0.0.0.0", "::")
     shown_host = socket.gethostname() if every_interface else f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{port}/"
@@ -571,6 +582,8 @@ def serve(
             f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
             f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
         )
+        if permissions.student_token is not None:
+            print(f"  students (train, send runs): {permissions.link(base, access.STUDENT)}")
         if every_interface:
             # In a container the host name is the container's: there the published port is the way in.
             local = f"http://127.0.0.1:{port}/"

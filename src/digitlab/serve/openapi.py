@@ -37,6 +37,7 @@ MEANINGS = {
     413: "The body is over 5 MB.",
     415: "A content type this route does not take.",
     422: "A parameter or a field is not allowed: `detail` says which and why.",
+    429: "Too many requests from this client: wait and send again.",
     503: "The server cannot do it now (see `detail`).",
 }
 SCHEMES = {

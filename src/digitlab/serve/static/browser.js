@@ -5,7 +5,9 @@
 // weights (the server's colour scale, from page.json), the slider can show any epoch (every epoch's weights
 // are kept in the page, float32) and the drawing pad is read by that epoch's network, here. A run can be
 // kept: downloaded as a page-run JSON document (`digitlab import FILE` makes it a run folder) or sent to
-// the server that served the page (POST api/runs).
+// the server that served the page (POST api/runs). Other modules follow a run through the events
+// "digitlab:run-start", "digitlab:epoch" and "digitlab:run-end" on document (classroom.js sends it to a
+// class, handwriting.js scores the learner's own digits), and read drawings with prepare and probabilities.
 import { check, loadRules } from "./rules.js";
 
 const $ = (id) => document.getElementById(id);
@@ -147,6 +149,7 @@ function start(event) {
   worker.postMessage({ type: "start", config, mnist: new URL("mnist/", import.meta.url).href, threads });
   say("Starting…");
   scheduleRedraw();
+  document.dispatchEvent(new CustomEvent("digitlab:run-start", { detail: { run } }));
 }
 
 function failed(message) {
@@ -184,6 +187,7 @@ function onWorker(message) {
     run.wallTime = message.wallTime;
     say(`Epoch ${message.epoch} of ${run.config.epochs} took ${message.seconds.toFixed(2)} s.`);
     scheduleRedraw();
+    document.dispatchEvent(new CustomEvent("digitlab:epoch", { detail: { run, epoch: message.epoch, seconds: message.seconds } }));
   } else if (message.type === "end") {
     run.status = message.status;
     run.wallTime = message.wallTime;
@@ -197,6 +201,7 @@ function onWorker(message) {
         : `Stopped after epoch ${message.epoch} of ${run.config.epochs}; keep it below, or train again.`
     );
     scheduleRedraw();
+    document.dispatchEvent(new CustomEvent("digitlab:run-end", { detail: { run } }));
   } else if (message.type === "error") failed(`The training stopped: ${message.message}`);
 }
 
@@ -287,7 +292,7 @@ function drawTiles(kernel, epoch) {
 
 // The drawing as MNIST's 28x28 field: ink cropped, its longer side scaled to 20 pixels, centred on its centre
 // of mass (imaging.center_like_mnist's steps, without its stroke-width correction). Null without ink.
-function prepare(canvas) {
+export function prepare(canvas) {
   const { width, height } = canvas;
   const source = canvas.getContext("2d").getImageData(0, 0, width, height).data;
   const corners = [0, width - 1, (height - 1) * width, height * width - 1].map((index) => source[index * 4]);
@@ -356,7 +361,7 @@ const ACTIVATE = {
 };
 
 // The network's ten probabilities for 784 pixels (0-255): Dense layers, the config's activation, softmax.
-function probabilities(weights, pixels) {
+export function probabilities(weights, pixels, activation = run.config.activation) {
   let values = Float64Array.from(pixels, (value) => value / 255);
   const layers = weights.length / 2;
   for (let layer = 0; layer < layers; layer++) {
@@ -369,7 +374,7 @@ function probabilities(weights, pixels) {
       const row = input * units;
       for (let unit = 0; unit < units; unit++) out[unit] += value * kernel[row + unit];
     }
-    if (layer < layers - 1) out.forEach((value, unit) => (out[unit] = ACTIVATE[run.config.activation](value)));
+    if (layer < layers - 1) out.forEach((value, unit) => (out[unit] = ACTIVATE[activation](value)));
     values = out;
   }
   const largest = Math.max(...values);
@@ -390,35 +395,46 @@ function answer(canvas, weights, epoch) {
 
 // --- Keeping the run ------------------------------------------------------------------------------
 
-function base64(array) {
+export function base64(array) {
   const bytes = new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
   let text = "";
   for (let start = 0; start < bytes.length; start += 0x8000) text += String.fromCharCode(...bytes.subarray(start, start + 0x8000));
   return btoa(text);
 }
 
-function pageRun() {
-  const final = run.weights.at(-1);
-  const sizes = [784, ...run.config.units, 10];
+// One epoch's weights as the page run's document holds them: Keras's order, base64 float32.
+export function encodeWeights(config, weights) {
+  const sizes = [784, ...config.units, 10];
+  return weights.map((array, index) => {
+    const layer = Math.floor(index / 2);
+    return {
+      name: `dense_${layer}/${index % 2 ? "bias" : "kernel"}`,
+      shape: index % 2 ? [sizes[layer + 1]] : [sizes[layer], sizes[layer + 1]],
+      base64: base64(array),
+    };
+  });
+}
+
+// The page run's head: what a class's server gets first (POST api/class/runs), before any epoch.
+export function runHead(run) {
   return {
     format: "digitlab-page-run",
     version: 1,
     run_id: run.id,
     config: run.config,
-    history: run.history,
-    weights: final.map((array, index) => {
-      const layer = Math.floor(index / 2);
-      return {
-        name: `dense_${layer}/${index % 2 ? "bias" : "kernel"}`,
-        shape: index % 2 ? [sizes[layer + 1]] : [sizes[layer], sizes[layer + 1]],
-        base64: base64(array),
-      };
-    }),
-    status: run.status,
-    wall_time_s: run.wallTime,
     data_sha256: run.sha256,
     engine: `${run.engine.build} (${run.engine.threads} thread${run.engine.threads > 1 ? "s" : ""})`,
     browser: navigator.userAgent,
+  };
+}
+
+function pageRun() {
+  return {
+    ...runHead(run),
+    history: run.history,
+    weights: encodeWeights(run.config, run.weights.at(-1)),
+    status: run.status,
+    wall_time_s: run.wallTime,
   };
 }
 

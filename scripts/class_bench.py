@@ -1,0 +1,252 @@
+"""A simulated class against one real `digitlab serve --class`, on this machine's loopback.
+
+    python scripts/class_bench.py                               # 100 students x 200 epochs (issue 24's target)
+    python scripts/class_bench.py --students 20 --epochs 20     # a quick look
+
+It starts `digitlab serve --class` on a free loopback port with a fresh runs folder (or --runs-dir)
+and runs N students at once, each in a thread of its own: a student fetches the page's files once
+(the page, its scripts and style, page.json and MNIST's index; not MNIST's arrays, which a browser
+caches), begins a run of the shallow net (POST /api/class/runs), then sends an epoch (its history row
+and its 50,890 weights, as the page does) every 0.1-0.5 s for E epochs, then finishes it. It prints one
+table: the submissions' latency p50/p99/max, errors (any answer but 2xx, or no answer), epochs lost
+(epochs sent and answered but not in the run folder), runs complete in the runs folder, the server
+process's CPU time and use over the test, and the machine. The weights are the page's initial weights
+(prng.initial_weights), one set per student: the server checks them, it does not train.
+The clients and the server share this machine's cores, so the figures are under load by the clients; the
+machine's load average, printed, says what else ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from digitlab import data, runs
+from digitlab.browser import page_runs, prng
+from digitlab.config import TrainConfig
+
+PAGE_FILES = [
+    "/",
+    "/static/style.css",
+    "/static/mode.js",
+    "/static/charts.js",
+    "/static/app.js",
+    "/static/live.js",
+    "/static/browser.js",
+    "/static/page.json",
+    "/static/mnist/index.json",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def encoded(weights) -> list[dict]:
+    names = ["dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias"]
+    return [
+        {"name": name, "shape": list(w.shape), "base64": base64.b64encode(np.asarray(w, "<f4").tobytes()).decode()}
+        for name, w in zip(names, weights, strict=True)
+    ]
+
+
+class Student(threading.Thread):
+    def __init__(self, index: int, port: int, epochs: int, sha256: dict, results: dict):
+        super().__init__(daemon=True)
+        self.index, self.port, self.epochs, self.sha256, self.results = index, port, epochs, sha256, results
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.answered = 0
+        self.run_name: str | None = None
+
+    def request(self, connection, method: str, path: str, body: bytes | None = None, headers=None):
+        start = time.perf_counter()
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            answer = connection.getresponse()
+            payload = answer.read()
+        except OSError as error:
+            self.errors.append(f"{method} {path}: {error}")
+            return None, time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        if not 200 <= answer.status < 300:
+            self.errors.append(f"{method} {path}: {answer.status} {payload[:200]!r}")
+            return None, elapsed
+        return payload, elapsed
+
+    def run(self) -> None:
+        rng = random.Random(self.index)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        for path in PAGE_FILES:
+            self.request(connection, "GET", path)
+        config = TrainConfig(model="shallow", epochs=self.epochs, learning_rate=0.5, seed=self.index, train_limit=1000)
+        head = {
+            "format": page_runs.FORMAT,
+            "version": page_runs.FORMAT_VERSION,
+            "run_id": uuid.uuid4().hex,
+            "config": config.resolved().to_dict(),
+            "data_sha256": self.sha256,
+            "engine": "class_bench",
+            "browser": "class_bench",
+            "student": f"Student {self.index:03d}",
+        }
+        json_headers = {"Content-Type": "application/json"}
+        payload, _ = self.request(connection, "POST", "/api/class/runs", json.dumps(head).encode(), json_headers)
+        if payload is None:
+            return
+        created = json.loads(payload)
+        self.run_name = created["run"]
+        headers = {**json_headers, "X-Run-Secret": created["secret"]}
+        weights = json.dumps(encoded(prng.initial_weights(self.index, [784, 64, 10])))
+        for epoch in range(1, self.epochs + 1):
+            time.sleep(rng.uniform(0.1, 0.5))
+            row = {"loss": [1 / epoch], "accuracy": [0.9], "val_loss": [1 / epoch], "val_accuracy": [0.9]}
+            body = (
+                f'{{"epoch": {epoch}, "history": {json.dumps(row)}, "handwriting_accuracy": 0.5, "weights": {weights}}}'
+            )
+            payload, elapsed = self.request(
+                connection, "POST", f"/api/class/runs/{self.run_name}/epochs", body.encode(), headers
+            )
+            self.latencies.append(elapsed)
+            if os.environ.get("CLASS_BENCH_TRACE"):
+                print(f"student {self.index} epoch {epoch}: {elapsed * 1000:.0f} ms", file=sys.stderr)
+            if payload is not None:
+                self.answered = epoch
+        finish = json.dumps({"status": "complete", "wall_time_s": 1.0}).encode()
+        self.request(connection, "POST", f"/api/class/runs/{self.run_name}/finish", finish, headers)
+        connection.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU time so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=100, help="students at once (default: 100)")
+    parser.add_argument("--epochs", type=int, default=200, help="epochs each student sends (default: 200)")
+    parser.add_argument("--runs-dir", default=None, help="the server's runs folder (default: a fresh temporary one)")
+    parser.add_argument("--cap-mb", type=float, default=100_000, help="the runs folder's cap, MB (default: 100000)")
+    args = parser.parse_args(argv)
+    if args.students < 1 or args.epochs < 1:
+        parser.error("--students and --epochs must be positive")
+    runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="class-bench-"))
+    port = free_port()
+    loaded = data.load(os.environ.get("DIGITLAB_DATA"))
+    command = [
+        sys.executable, "-m", "digitlab", "serve", "--class", "--host", "127.0.0.1", "--port", str(port),
+        "--runs-dir", str(runs_dir), "--class-cap-mb", str(args.cap_mb),
+    ]  # fmt: skip
+    if os.environ.get("DIGITLAB_DATA"):
+        command += ["--data", os.environ["DIGITLAB_DATA"]]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                probe.request("GET", "/api/health")
+                if probe.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                print(server.stderr.read().decode() if server.stderr else "", file=sys.stderr)
+                print("error: digitlab serve did not start", file=sys.stderr)
+                return 2
+            time.sleep(0.2)
+        warm = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        warm.request("GET", "/static/mnist/index.json")  # The asset is built once, before the class comes.
+        warm.getresponse().read()
+        load_before = os.getloadavg()[0]
+        cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
+        students = [Student(index, port, args.epochs, loaded.sha256, {}) for index in range(args.students)]
+        for student in students:
+            student.start()
+        for student in students:
+            student.join()
+        wall = time.perf_counter() - wall_before
+        cpu = cpu_seconds(server.pid) - cpu_before
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    latencies = sorted(latency for student in students for latency in student.latencies)
+    errors = [error for student in students for error in student.errors]
+    lost, complete = 0, 0
+    for student in students:
+        if student.run_name is None:
+            lost += args.epochs
+            continue
+        run = runs.Run(runs_dir / student.run_name)
+        kept = len(run.history()["val_accuracy"])
+        lost += max(0, student.answered - kept) + (args.epochs - student.answered)
+        complete += run.status().get("status") == "complete" and kept == args.epochs
+    size = sum(path.stat().st_size for path in runs_dir.rglob("*") if path.is_file())
+
+    def ms(fraction: float) -> str:
+        return (
+            f"{latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000:.1f} ms" if latencies else "-"
+        )
+
+    rows = [
+        ("students x epochs", f"{args.students} x {args.epochs}"),
+        ("submissions", str(len(latencies))),
+        ("submissions p50", ms(0.50)),
+        ("submissions p99", ms(0.99)),
+        ("submissions max", ms(1.0)),
+        ("mean", f"{statistics.fmean(latencies) * 1000:.1f} ms" if latencies else "-"),
+        ("errors", str(len(errors))),
+        ("epochs lost", str(lost)),
+        ("runs complete", f"{complete} / {args.students}"),
+        ("runs folder", f"{size / 1e6:.1f} MB"),
+        ("wall time", f"{wall:.1f} s"),
+        ("server CPU", f"{cpu:.1f} s ({100 * cpu / wall:.0f}% of one core)"),
+        ("load average (1 min)", f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"),
+        ("machine", machine()),
+    ]
+    for name, value in rows:
+        print(f"{name:<22} {value}")
+    for error in errors[:5]:
+        print(f"  e.g. {error}")
+    return 0 if not errors and lost == 0 and complete == args.students else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
