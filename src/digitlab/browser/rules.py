@@ -21,6 +21,7 @@ import numpy as np
 
 import digitlab
 from digitlab import config as config_module
+from digitlab import runs
 from digitlab.config import ConfigError, TrainConfig
 
 # The TrainConfig fields the page offers; the rest keep their defaults.
@@ -35,6 +36,19 @@ PAGE_FIELDS = (
     "seed",
     "train_limit",
 )
+# What the page calls each field (page.json carries them; the server-training panel, live.js, still
+# has its own copy until that mode goes).
+LABELS = {
+    "model": "Net",
+    "loss": "Loss",
+    "activation": "Activation",
+    "learning_rate": "Learning rate",
+    "optimizer": "Optimizer",
+    "batch_size": "Batch size",
+    "epochs": "Epochs",
+    "seed": "Seed",
+    "train_limit": "Training images",
+}
 # The nets the browser engine trains: Dense layers only, no BatchNormalization or Dropout.
 BROWSER_MODELS = ("shallow", "intermediate")
 # Whole numbers beyond this are not exact in JavaScript; a field accepting it has no upper limit.
@@ -122,7 +136,7 @@ def page_document() -> dict:
     fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
     document = {
         "version": digitlab.__version__,
-        "fields": {name: _field_rule(fields[name], base) for name in PAGE_FIELDS},
+        "fields": {name: {**_field_rule(fields[name], base), "label": LABELS[name]} for name in PAGE_FIELDS},
         "model_defaults": {
             model: {key: value for key, value in values.items() if key in fields}
             for model, values in config_module.MODEL_DEFAULTS.items()
@@ -131,7 +145,7 @@ def page_document() -> dict:
         "browser_model_sentence": (
             "The page trains the {browser} nets in your browser; train {value} with `digitlab train --model {value}`."
         ),
-        "history_keys": ["loss", "accuracy", "val_loss", "val_accuracy"],
+        "history_keys": list(runs.HISTORY_KEYS),
         "tiles": {
             "gap": networks.TILE_GAP,
             # Rows and columns of the first layer's tiles, per net (plots.inside.grid_shape).

@@ -59,23 +59,14 @@ from starlette.concurrency import run_in_threadpool
 
 from digitlab import config as config_module
 from digitlab import data, errors, runlock, runs, training
+from digitlab.browser import rules
 from digitlab.config import ConfigError, TrainConfig
 from digitlab.serve import access, openapi
 from digitlab.serve.networks import Networks
 
-# The TrainConfig fields the page offers; the rest keep their defaults (record_epochs is always on).
-PAGE_FIELDS = (
-    "model",
-    "loss",
-    "activation",
-    "learning_rate",
-    "optimizer",
-    "batch_size",
-    "epochs",
-    "seed",
-    "train_limit",
-    "validation",
-)
+# The TrainConfig fields the page offers (the browser's, and where the server trains, the validation
+# split); the rest keep their defaults (record_epochs is always on).
+PAGE_FIELDS = (*rules.PAGE_FIELDS, "validation")
 # The nets the fast engine trains in a few seconds an epoch (the deep net's BatchNormalization runs on fit).
 LIVE_MODELS = ("shallow", "intermediate", "deep")
 KEEPALIVE_S = 15.0

@@ -11,18 +11,6 @@
 import { check, loadRules } from "./rules.js";
 
 const $ = (id) => document.getElementById(id);
-const KEYS = ["loss", "accuracy", "val_loss", "val_accuracy"];
-const LABELS = {
-  model: "Net",
-  loss: "Loss",
-  activation: "Activation",
-  learning_rate: "Learning rate",
-  optimizer: "Optimizer",
-  batch_size: "Batch size",
-  epochs: "Epochs",
-  seed: "Seed",
-  train_limit: "Training images",
-};
 const BLANK = { seed: "random", train_limit: "all" };
 const PAD_BACKGROUND = 20; // The pad's board (#14181f): its red level, the ink's zero.
 
@@ -34,7 +22,7 @@ let redraw = null;
 const params = new URLSearchParams(location.search);
 
 function emptyHistory() {
-  return Object.fromEntries(KEYS.map((key) => [key, []]));
+  return Object.fromEntries(rules.history_keys.map((key) => [key, []]));
 }
 
 function say(message, isError = false) {
@@ -53,7 +41,7 @@ function buildForm() {
     wrapper.className = "field";
     wrapper.dataset.field = name;
     const label = document.createElement("label");
-    label.textContent = LABELS[name] || name;
+    label.textContent = rule.label;
     label.htmlFor = `field-${name}`;
     label.title = rule.help;
     let input;
@@ -182,7 +170,7 @@ function onWorker(message) {
     const where = message.fetched.length ? `MNIST downloaded (${(message.bytes / 1e6).toFixed(1)} MB, kept for next time)` : "MNIST from this browser's storage";
     say(`Training on ${message.trainImages.toLocaleString("en")} images; ${where}.`);
   } else if (message.type === "epoch") {
-    KEYS.forEach((key) => run.history[key].push(message.logs[key]));
+    rules.history_keys.forEach((key) => run.history[key].push(message.logs[key]));
     run.weights.push(message.weights);
     run.wallTime = message.wallTime;
     say(`Epoch ${message.epoch} of ${run.config.epochs} took ${message.seconds.toFixed(2)} s.`);
@@ -241,7 +229,7 @@ function drawShown() {
     ],
     { epochs: planned, marker: epoch }
   );
-  KEYS.forEach((key) => ($(`n-${key}`).textContent = epoch ? format(history[key][epoch - 1]) : "–"));
+  rules.history_keys.forEach((key) => ($(`n-${key}`).textContent = epoch ? format(history[key][epoch - 1]) : "–"));
   $("n-epoch").textContent = epoch ? `${epoch} / ${planned}` : "–";
   $("epoch-shown").textContent = epoch ? `${epoch} of ${planned}` : "–";
   if (!epoch) return;
