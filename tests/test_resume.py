@@ -62,13 +62,16 @@ def _status(run_dir):
 
 
 def _wait_for_checkpoint(process, runs_dir, epoch: int, deadline_s: float = 300.0):
-    """The run folder, once the run has written its checkpoint of `epoch` (or a later one)."""
+    """The run folder, once `process` has written the run's checkpoint of `epoch` (or a later one).
+    Only this process's status counts: a resumed run's folder still holds the status a killed process
+    wrote, which may name a later checkpoint than `epoch` before the resumed process has even started."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         folders = [path for path in runs_dir.iterdir() if path.is_dir()] if runs_dir.exists() else []
         if folders:
             status = _status(folders[0])
-            if status.get("status") == "running" and (status.get("checkpoint_epoch") or 0) >= epoch:
+            ours = status.get("status") == "running" and status.get("pid") == process.pid
+            if ours and (status.get("checkpoint_epoch") or 0) >= epoch:
                 return folders[0]
         if process.poll() is not None:
             pytest.fail(f"training ended before its checkpoint of epoch {epoch}:\n{process.stdout.read()}")
