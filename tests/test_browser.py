@@ -44,9 +44,10 @@ def page(chromium, live_server):
     context.close()
 
 
-def draw(page, strokes, steps=12):
-    """Draws polylines given in 0-1 coordinates of the canvas, with mouse moves between points."""
-    box = page.locator("#pad").bounding_box()
+def draw(page, strokes, steps=12, selector="#pad"):
+    """Draws polylines given in 0-1 coordinates of the canvas `selector`, with mouse moves between points."""
+    page.locator(selector).scroll_into_view_if_needed()
+    box = page.locator(selector).bounding_box()
 
     def at(point):
         return box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]

@@ -11,7 +11,6 @@ and the handwriting panel are photographed into the test's tmp_path.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from digitlab import cli, runs
+from test_browser import draw
 from test_browser_train import LONG, free_port, wait_for
 
 pytestmark = pytest.mark.browser
@@ -34,23 +34,6 @@ SHAPES = {
     7: [[(0.25, 0.2), (0.75, 0.2)], [(0.75, 0.2), (0.45, 0.85)]],
     0: [[(0.5, 0.15), (0.75, 0.5), (0.5, 0.85), (0.25, 0.5), (0.5, 0.15)]],
 }
-
-
-def draw_on(page, selector, strokes, steps=10):
-    page.locator(selector).scroll_into_view_if_needed()
-    box = page.locator(selector).bounding_box()
-
-    def at(point):
-        return box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]
-
-    for stroke in strokes:
-        page.mouse.move(*at(stroke[0]))
-        page.mouse.down()
-        for start, end in itertools.pairwise(stroke):
-            for step in range(1, steps + 1):
-                share = step / steps
-                page.mouse.move(*at((start[0] + (end[0] - start[0]) * share, start[1] + (end[1] - start[1]) * share)))
-        page.mouse.up()
 
 
 @pytest.fixture
@@ -128,7 +111,7 @@ def test_a_handwriting_set_is_drawn_kept_loaded_and_scored_every_epoch(chromium,
     expect(page.locator("#hw-card")).to_be_visible(timeout=LONG)
     for label, strokes in SHAPES.items():
         page.locator("#hw-label").select_option(str(label))
-        draw_on(page, "#hw-pad", strokes)
+        draw(page, strokes, steps=10, selector="#hw-pad")
         page.locator("#hw-add").click()
         expect(page.locator("#hw-status")).to_contain_text(f"Added a {label}")
     expect(page.locator(".hw-digit")).to_have_count(3)
