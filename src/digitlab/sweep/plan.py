@@ -9,7 +9,7 @@ Each value takes its TrainConfig field's type, and each trial's configuration is
 as `digitlab train` checks it, so a bad sweep is refused before anything runs. Random
 samples are drawn here with a seeded generator, not by a Tune searcher, so the plan is
 whole before any trial starts (see `digitlab.sweep.runner`). `SweepError` is every sweep's
-bad-input error; `value_text` and `label` write a configuration as the tables show it.
+bad-input error; `label` writes a configuration as the tables show it (`digitlab.text.value_text`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from digitlab import config as config_module
-from digitlab import errors
+from digitlab import errors, text
 from digitlab.config import TrainConfig
 
 # A sweep of more trials than this needs --yes: a typo in a grid should not start thousands of runs.
@@ -196,7 +196,7 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
                 try:
                     resolved = TrainConfig(**values).resolved()
                 except config_module.ConfigError as error:
-                    shown = ", ".join(f"{name}={value_text(value)}" for name, value in params.items())
+                    shown = ", ".join(f"{name}={text.value_text(value)}" for name, value in params.items())
                     raise SweepError(f"The configuration {shown} is not valid: {error}") from None
                 index = len(trials)
                 trials.append(
@@ -214,20 +214,11 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
 
 
 def _run_name(index: int, params: dict, seed: int) -> str:
-    words = "-".join(value_text(value).replace(" ", "x") for value in params.values())
+    words = "-".join(text.value_text(value).replace(" ", "x") for value in params.values())
     words = "".join(char if char.isalnum() or char in "._-" else "_" for char in words)[:60]
     return f"t{index:03d}-{words}-seed{seed}" if words else f"t{index:03d}-seed{seed}"
 
 
-def value_text(value) -> str:
-    """A swept value as text: lists by spaces, floats to 4 significant digits."""
-    if isinstance(value, list):
-        return " ".join(value_text(item) for item in value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def label(params: dict) -> str:
     """A configuration as text: "activation=relu, learning_rate=0.1"."""
-    return ", ".join(f"{name}={value_text(value)}" for name, value in params.items())
+    return ", ".join(f"{name}={text.value_text(value)}" for name, value in params.items())

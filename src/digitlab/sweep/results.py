@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from digitlab import atomic, plots, runs
+from digitlab import atomic, plots, runs, text
 from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import state as sweep_state
@@ -167,7 +167,7 @@ def results_table(rows: list[ResultRow], swept: list[str]) -> Table:
 
 def _cells(row: ResultRow, swept: list[str]) -> list[str]:
     values: dict[str, Any] = dict(row)
-    cells = [sweep_plan.value_text(row["params"][name]) for name in swept]
+    cells = [text.value_text(row["params"][name]) for name in swept]
     for name in RESULT_COLUMNS:
         value = values[name]
         if name == "wall_time_s":
