@@ -24,6 +24,10 @@ writes a run at a time: it holds the run's lock (`digitlab.runlock`) while it do
     run = runs.open_run("runs/20261125-101500-shallow-seed0")
     run.status()["status"], run.history(), run.load_model()
     for summary in runs.list_runs("runs"): ...
+    print(runs.format_table(runs.list_runs("runs")))
+
+The module runs past 450 lines as one concern: a run folder's layout, and the functions that make,
+open, list and check one, all reading the same file names; a split would part `Run` from them.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, backends, errors, runlock, system
+from digitlab import atomic, backends, errors, runlock, system, text
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -61,6 +65,8 @@ CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.json"
 EPOCHS_FOLDER = "epochs"
 REPORT_FILE = "report.html"
+# The folder that holds the run folders unless a command is told another (--runs-dir).
+RUNS_DIR = "runs"
 
 
 class RunError(errors.DigitlabError):
@@ -453,3 +459,49 @@ def list_runs(runs_dir: str | Path) -> list[dict]:
             row["run"] = display_name(path.name)
             rows.append(row)
     return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """`list_runs`'s rows as the aligned plain-text table `digitlab runs` prints."""
+    header = (
+        "run",
+        "status",
+        "model",
+        "optimizer",
+        "lr",
+        "epochs",
+        "best val",
+        "final val",
+        "engine",
+        "time s",
+        "date",
+    )
+    return text.aligned_table(
+        header,
+        (
+            (
+                row["run"],
+                row["status"],
+                row.get("model", "?"),
+                row.get("optimizer", "?"),
+                text.value_text(row.get("learning_rate"), missing="-"),
+                f"{row.get('epochs', 0)}/{row.get('epochs_planned', '?')}",
+                text.value_text(row.get("best_val_accuracy"), ".4f", missing="-"),
+                text.value_text(row.get("final_val_accuracy"), ".4f", missing="-"),
+                row.get("engine") or "-",
+                text.value_text(row.get("wall_time_s"), ".1f", missing="-"),
+                row.get("date") or "-",
+            )
+            for row in rows
+        ),
+    )
+
+
+def model_to_resume(path: str | Path) -> str:
+    """The model a run to resume was started with, read from its config.json without Keras (so that the
+    Keras backend can be chosen for it first). A missing or damaged run folder gives the default model:
+    `training.resume` then reports it properly."""
+    try:
+        return TrainConfig.load(Path(path) / CONFIG_FILE).model
+    except (OSError, errors.DigitlabError):
+        return TrainConfig().model

@@ -48,7 +48,7 @@ class TrainingInterrupted(Exception):
 
 def train(
     config: TrainConfig,
-    runs_dir: str | Path = "runs",
+    runs_dir: str | Path = runs.RUNS_DIR,
     data_path=None,
     print_fn=print,
     verbose: int | None = None,

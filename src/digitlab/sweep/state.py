@@ -136,6 +136,11 @@ def check_new_folder(out_dir: Path) -> None:
         raise sweep_plan.SweepError(f"--out {out_dir} already holds other files; choose a new or empty folder.")
 
 
+def is_sweep_folder(path: str | Path) -> bool:
+    """Whether `path` is a sweep's folder (it holds sweep.json), not a run's."""
+    return (Path(path) / STATE_FILE).is_file()
+
+
 def open_sweep(out_dir: str | Path) -> Sweep:
     """Opens a sweep folder, with a clear error if it is not one."""
     out_dir = Path(out_dir)
