@@ -504,6 +504,25 @@ def test_the_embedded_ray_listens_on_loopback_only(reference_sweep):
     assert not beyond, f"listening beyond loopback: {sorted(beyond)}"
 
 
+def test_the_private_parts_of_ray_that_digitlab_patches_are_still_there():
+    from digitlab.sweep import ray_patches
+
+    ray_patches.check()
+
+
+def test_a_patch_that_no_longer_applies_is_named_with_rays_version(monkeypatch):
+    from digitlab.sweep import ray_patches
+
+    monkeypatch.delattr(ray_patches.ray_constants, "ENABLE_RAY_CLUSTER")
+    monkeypatch.delattr(ray_patches.TrialProgressCallback, "_print")
+    with pytest.raises(RuntimeError) as raised:
+        ray_patches.check()
+    message = str(raised.value)
+    assert message.startswith(f"Ray {ray_patches.ray.__version__} no longer takes these of digitlab's patches ")
+    assert "ENABLE_RAY_CLUSTER is gone" in message and "TrialProgressCallback._print(self, msg) is gone" in message
+    assert "ENABLE_RAY_CLUSTERS_ENV_VAR" not in message and "TUNE_DISABLE_SIGINT_HANDLER" not in message
+
+
 @pytest.mark.heavy
 def test_the_embedded_rays_processes_skip_the_import_they_never_use(reference_sweep):
     """rfc3987-syntax (2.4 s of CPU in each of Ray's Python processes) is left out of them (raytune), but

@@ -9,7 +9,9 @@
   retried trial gets them back, and every trial's outcome is kept (no Ray needed);
 - `results`: one row per configuration from the run folders, and the results files;
 - `raytune`: Ray, embedded (on loopback) or a cluster, the store's actor, the Tune trial, its retries
-  after a lost machine, and the progress line;
+  after a lost machine;
+- `progress`: the Tune callback that keeps sweep.json current and prints the progress line;
+- `ray_patches`: every patch of Ray's and Tune's private parts, why, and `check()` that each still applies;
 - `report`: the sweep's HTML page.
 
 Nothing is imported here, so `from digitlab.sweep import plan` loads neither Ray nor Matplotlib.
