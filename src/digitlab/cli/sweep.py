@@ -14,6 +14,7 @@ import dataclasses
 import shlex
 import time
 
+from digitlab import errors
 from digitlab.cli import flags as cli_flags
 from digitlab.config import TrainConfig
 from digitlab.sweep import plan as sweep_plan
@@ -96,7 +97,7 @@ def run(args) -> None:
         sweep_runner.resume_sweep(args.resume, data_path=args.data, address=args.address)
         return
     if args.seeds < 1:
-        raise sweep_plan.SweepError(f"--seeds must be at least 1, got {args.seeds}.")
+        raise errors.SweepError(f"--seeds must be at least 1, got {args.seeds}.")
     base = TrainConfig(
         **{
             field.name: getattr(args, field.name)

@@ -1,7 +1,8 @@
 """`digitlab sweep`: many runs at once, one per configuration and seed, on Ray Tune.
 
 - `runner`: `run_sweep` and `resume_sweep`, the whole sweep from plan to results;
-- `plan`: `--grid` and `--sample` parsed and checked, samples drawn, every trial named (`SweepError`);
+- `plan`: `--grid` and `--sample` parsed and checked, samples drawn, every trial named
+  (its errors: `digitlab.errors.SweepError`);
 - `state`: the sweep folder and its record, `sweep.json`;
 - `trial`: one trial, trained, resumed or skipped by what its run folder holds, in place or in a
   scratch folder mirrored to the driver's machine (no Ray needed);

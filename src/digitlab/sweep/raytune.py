@@ -115,7 +115,7 @@ def connect(address: str | None):
                     " The cluster asks for a token: set RAY_AUTH_MODE=token, with the cluster's token in "
                     "~/.ray/auth_token or RAY_AUTH_TOKEN (see `ray get-auth-token`)."
                 )
-            raise sweep_plan.SweepError(
+            raise errors.SweepError(
                 f"Could not start or reach {where}: {type(error).__name__}: {error}.{hint}"
             ) from None
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
@@ -150,7 +150,7 @@ def check_resources(cpus_per_trial: float) -> None:
     """Refuses trials that ask for more CPUs than the whole cluster has (Tune would wait for them forever)."""
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus_per_trial > cpus:
-        raise sweep_plan.SweepError(
+        raise errors.SweepError(
             f"Each trial asks for {cpus_per_trial:g} CPUs (--cpus-per-trial), but this Ray has only {cpus:g}."
         )
 
@@ -159,12 +159,12 @@ def check_reachable(address: str) -> None:
     """A TCP connection to HOST:PORT within CONNECT_TIMEOUT_S, or a SweepError saying what to check."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise sweep_plan.SweepError(f"--address {address!r} is not HOST:PORT (or auto).")
+        raise errors.SweepError(f"--address {address!r} is not HOST:PORT (or auto).")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as error:
-        raise sweep_plan.SweepError(
+        raise errors.SweepError(
             f"No Ray cluster reachable at {address} ({error.strerror or error}). Start one with "
             f"`ray start --head --port {port}` on {host}, or leave out --address for an embedded Ray."
         ) from None
