@@ -46,6 +46,10 @@ class TrainingInterrupted(Exception):
         self.epoch = epoch
 
 
+def quiet(*args, **kwargs) -> None:
+    """A `print_fn` that prints nothing, for training whose progress lines go nowhere (a sweep's trial)."""
+
+
 def train(
     config: TrainConfig,
     runs_dir: str | Path = runs.RUNS_DIR,
