@@ -231,6 +231,7 @@ def table(header, rows, escaped: bool = True, numbers: bool = False) -> str:
 
 
 def image(png: bytes, alt: str) -> str:
+    """A PNG as an inline <img> (a data: URL), so the page needs no other file."""
     encoded = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}">'
 
@@ -240,6 +241,7 @@ value_text = text.value_text
 
 
 def escape(value) -> str:
+    """`value` as HTML text, quotes escaped too."""
     return html.escape(str(value), quote=True)
 
 

@@ -110,14 +110,17 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The run's folder name."""
         return self.path.name
 
     def file(self, name: str) -> Path:
+        """The path of `name` inside the run folder."""
         return self.path / name
 
     # Writing.
 
     def write_json(self, name: str, value, durable: bool = True) -> None:
+        """Writes `value` as the run's JSON file `name`, atomically (synced unless `durable` is False)."""
         atomic.write_json(self.file(name), value, durable)
 
     def write_history(self, histories: list[dict], durable: bool = True) -> None:
@@ -135,6 +138,7 @@ class Run:
         atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue())
 
     def set_status(self, status: str, durable: bool = True, **details) -> None:
+        """Writes status.json: `status` (one of STATUSES), when, which process on which machine, and `details`."""
         if status not in STATUSES:
             raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
         value = {
@@ -150,6 +154,7 @@ class Run:
     # Reading.
 
     def read_json(self, name: str):
+        """The run's JSON file `name`, or a RunError saying it is missing or damaged."""
         path = self.file(name)
         try:
             return json.loads(path.read_text())
@@ -159,6 +164,7 @@ class Run:
             raise RunError(f"{path} is damaged or not JSON ({error}).") from None
 
     def config(self) -> TrainConfig:
+        """The run's config.json as a resolved TrainConfig, or a RunError saying what is wrong with it."""
         try:
             return TrainConfig.from_dict(self.read_json(CONFIG_FILE)).resolved()
         except RunError:
@@ -223,9 +229,11 @@ class Run:
             raise RunError(f"{path} is damaged ({error}).") from None
 
     def metrics(self) -> dict:
+        """The run's metrics.json (a RunError if the run never finished)."""
         return self.read_json(METRICS_FILE)
 
     def model_path(self, seed_index: int = 0) -> Path:
+        """Where the model of seed `seed_index` is saved: model.keras for the first, seeds/ for the others."""
         if seed_index == 0:
             return self.file(MODEL_FILE)
         return self.file(SEEDS_FOLDER) / f"seed-{seed_index + 1}.keras"

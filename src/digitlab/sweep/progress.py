@@ -42,10 +42,12 @@ class Progress(tune.Callback):
         return trial.config["trial"]
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        """Tune: a trial started; marked running."""
         self.sweep.update(self._index(trial), status="running")
         self.show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        """Tune: a trial reported an epoch; its epochs, val accuracy, time and node recorded."""
         self.sweep.update(
             self._index(trial),
             status="running",
@@ -57,6 +59,7 @@ class Progress(tune.Callback):
         self.show()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune: a trial lost its worker or machine and is retried; counted, and said."""
         index = self._index(trial)
         record = self.sweep.trials[index]
         lost = record.get("node") or "its node"
@@ -66,6 +69,7 @@ class Progress(tune.Callback):
         self.show(ended=True, note=f"{record['run']} lost its worker on {lost}; retrying it from its last checkpoint")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """Tune: a trial ended; complete, stopped or failed by what the store and its run in OUT say."""
         index = self._index(trial)
         record = self.sweep.trials[index]
         outcome = ray.get(self.store.outcome.remote(record["run"])) or {}
@@ -91,11 +95,13 @@ class Progress(tune.Callback):
         self.show(ended=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """Tune: a trial failed; recorded with its error in a line."""
         index = self._index(trial)
         self.sweep.update(index, status="failed", error=_error_message(self.sweep, index, trial))
         self.show(ended=True)
 
     def show(self, ended: bool = False, note: str = "") -> None:
+        """Prints the progress line: in place on a terminal, else only when a trial ends (`ended`)."""
         line = self.line()
         if self.tty:
             if note:
@@ -109,6 +115,7 @@ class Progress(tune.Callback):
         self.last_line = line
 
     def line(self) -> str:
+        """The progress line: trials done, running, failed and retried, the best so far."""
         trials = self.sweep.trials
         count = {
             status: sum(trial["status"] == status for trial in trials)
@@ -134,6 +141,7 @@ class Progress(tune.Callback):
         return text
 
     def close(self) -> None:
+        """Ends the line rewritten in place, on a terminal."""
         if self.tty and self.last_line is not None:
             sys.stdout.write("\n")
             sys.stdout.flush()

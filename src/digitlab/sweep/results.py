@@ -186,6 +186,7 @@ def number_text(value: float | None, digits: int = 4) -> str:
 
 
 def results_csv(table: Table) -> str:
+    """The results table as CSV (results.csv)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(table.names)
@@ -194,6 +195,8 @@ def results_csv(table: Table) -> str:
 
 
 def results_markdown(table: Table) -> str:
+    """The results table as Markdown (results.md), numeric columns right-aligned."""
+
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 

@@ -38,16 +38,20 @@ class Sweep:
 
     @property
     def trials(self) -> list[Trial]:
+        """Every trial of the plan, with its status, as sweep.json records it."""
         return self.state["trials"]
 
     @property
     def runs_dir(self) -> Path:
+        """The folder of the trials' run folders, OUT/runs."""
         return self.path / "runs"
 
     def file(self, name: str) -> Path:
+        """The path of `name` inside the sweep folder."""
         return self.path / name
 
     def save(self) -> None:
+        """Writes sweep.json atomically."""
         atomic.write_json(self.file(STATE_FILE), self.state)
 
     def update(self, index: int, **values: Any) -> None:
@@ -56,9 +60,11 @@ class Sweep:
         self.save()
 
     def unfinished(self) -> list[Trial]:
+        """The trials that are not finished (pending, running, or cut short)."""
         return [trial for trial in self.trials if trial["status"] not in FINISHED]
 
     def resume_command(self) -> str:
+        """The command that resumes this sweep."""
         return resume_command(self.path)
 
     @property
