@@ -31,7 +31,6 @@ orders, and their mean final val accuracy. Workers run as
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
@@ -94,14 +93,8 @@ def run_bench(
         )
     table: list[rows.Row] = []
     for backend in backends:
-        label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
-        if importlib.util.find_spec(backend) is None:
-            table.append({"name": label, "kind": "fit", "keras_backend": backend, "status": NOT_INSTALLED})
-        else:
-            table.append(
-                _run_worker(label, {"kind": "fit", "keras_backend": backend, "epochs": epochs, "seeds": [0], **common})
-            )
-        print_fn(f"  {label}: {bench_markdown.short(table[-1])}")
+        table.append(_keras_row(backend, {"kind": "fit", "epochs": epochs, "seeds": [0], **common}))
+        print_fn(f"  {table[-1]['name']}: {bench_markdown.short(table[-1])}")
     # The engine on every core (its default), and with one seed on one core: the anchor of the seeds' scaling.
     contenders = (
         [(1, None)] + ([(1, 1)] if system.machine_info()["cores"] > 1 else []) + ([(seeds, None)] if seeds > 1 else [])
@@ -176,12 +169,8 @@ def run_lenet_bench(
     print_fn(f"Benchmarking LeNet's fit for {steps} steps per backend on {system.machine_name()}...")
     table: list[rows.Row] = []
     for backend in backends:
-        label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
-        if importlib.util.find_spec(backend) is None:
-            table.append({"name": label, "kind": "steps", "keras_backend": backend, "status": NOT_INSTALLED})
-        else:
-            table.append(_run_worker(label, {**common, "keras_backend": backend}))
-        print_fn(f"  {label}: {bench_markdown.short_steps(table[-1])}")
+        table.append(_keras_row(backend, common))
+        print_fn(f"  {table[-1]['name']}: {bench_markdown.short_steps(table[-1])}")
     default = _run_worker("`digitlab train --model lenet`, its default backend", {**common, "keras_backend": None})
     default["default"] = True
     table.append(default)
@@ -246,6 +235,14 @@ def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, en
 def _check_whole(name: str, value, least: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise errors.DigitlabError(f"{name} must be a whole number of at least {least}, got {value!r}.")
+
+
+def _keras_row(backend: str, spec: rows.WorkerSpec) -> rows.Row:
+    """The row of Keras `fit` on `backend` (spec's kind), or its name and NOT_INSTALLED without that package."""
+    label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
+    if not backends.installed(backend):
+        return {"name": label, "kind": spec["kind"], "keras_backend": backend, "status": NOT_INSTALLED}
+    return _run_worker(label, {**spec, "keras_backend": backend})
 
 
 def _run_worker(label: str, spec: rows.WorkerSpec) -> rows.Row:
