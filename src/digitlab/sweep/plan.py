@@ -29,6 +29,8 @@ from digitlab.config import TrainConfig
 TRIAL_LIMIT = 1000
 # Fields a sweep sets itself: each trial trains one seed (see --seed and --seeds).
 NOT_SWEPT = ("seed", "seeds")
+# The TrainConfig fields --grid and --sample may sweep (and every trial's train flags), in the config's order.
+SWEPT_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.name not in NOT_SWEPT)
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLE_HELP = (
     "draw FIELD at random, --samples times: uniform:LOW:HIGH, loguniform:LOW:HIGH, "
@@ -146,13 +148,12 @@ def _split_assignment(spec: str, flag: str, form: str) -> tuple[str, str]:
     name = name.strip().replace("-", "_")
     if not equals or not name:
         raise errors.SweepError(f"{flag} {spec!r} is not of the form {form}.")
-    fields = [field.name for field in dataclasses.fields(TrainConfig)]
     if name in NOT_SWEPT:
         raise errors.SweepError(
             f"{flag} cannot sweep {name}: every trial trains one seed; use --seed FIRST and --seeds N."
         )
-    if name not in fields:
-        swept = ", ".join(field for field in fields if field not in NOT_SWEPT)
+    if name not in SWEPT_FIELDS:
+        swept = ", ".join(SWEPT_FIELDS)
         raise errors.SweepError(f"{flag} {spec!r}: unknown field {name!r}. Sweepable fields: {swept}.")
     return name, text
 
