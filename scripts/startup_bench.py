@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(_phases(args.epochs)))
         return 0
 
-    from digitlab.bench import runner
+    from digitlab import system
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="digitlab-startup-") as scratch:
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     load_after = os.getloadavg()[0]
 
     lines = [
-        f"`digitlab train --seed 0 --epochs {args.epochs}` on {runner.machine_name()}; load average "
+        f"`digitlab train --seed 0 --epochs {args.epochs}` on {system.machine_name()}; load average "
         f"{load_before:.1f} before, {load_after:.1f} after (above 0.5: under load); median of {args.repeats} runs",
         "",
         "| way | to epoch 1 | to Done | to exit | CPU s |",

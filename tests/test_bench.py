@@ -10,7 +10,7 @@ import json
 import pytest
 
 from digitlab import atomic
-from digitlab.bench import breakdown
+from digitlab.bench import arithmetic, breakdown
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
 from digitlab.engine import timing
@@ -95,14 +95,19 @@ def test_lenet_bench_times_each_backend_and_marks_the_default(tmp_path):
 
 
 def test_useful_flops_count_only_nonzero_pixels():
-    dense = bench.epoch_flops([784, 64, 10], 100, 10)
-    assert bench.useful_epoch_flops([784, 64, 10], 100, 10, 100 * 784, 10 * 784) == dense
-    assert bench.useful_epoch_flops([784, 64, 10], 100, 10, 0, 0) == dense - 2 * 2 * 784 * 64 * 100 - 2 * 784 * 64 * 10
+    dense = arithmetic.epoch_flops([784, 64, 10], 100, 10)
+    assert arithmetic.useful_epoch_flops([784, 64, 10], 100, 10, 100 * 784, 10 * 784) == dense
+    assert (
+        arithmetic.useful_epoch_flops([784, 64, 10], 100, 10, 0, 0)
+        == dense - 2 * 2 * 784 * 64 * 100 - 2 * 784 * 64 * 10
+    )
 
 
 def test_epoch_flops_of_the_shallow_net():
     # Forward 784*64 + 64*10 multiply-adds, the same for weight gradients, 64*10 for the hidden input gradient.
-    assert bench.epoch_flops([784, 64, 10], 60_000, 10_000) == 2 * (2 * 50_816 + 640) * 60_000 + 2 * 50_816 * 10_000
+    assert (
+        arithmetic.epoch_flops([784, 64, 10], 60_000, 10_000) == 2 * (2 * 50_816 + 640) * 60_000 + 2 * 50_816 * 10_000
+    )
 
 
 def test_bad_arguments_raise_value_error(tmp_path):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from digitlab import cli, config, runs
+from digitlab import cli, config, errors, runs
 from digitlab.cli import flags as cli_flags
 
 
@@ -101,9 +101,8 @@ def test_an_internal_error_is_shown_as_a_bug_not_as_bad_input(capsys, monkeypatc
 
 
 def test_every_user_error_shares_one_base():
-    from digitlab import atomic, config, data, errors, imaging, runs
+    from digitlab import atomic, config, data, imaging, runs
     from digitlab.engine import spec
-    from digitlab.sweep import plan
 
     for kind in (
         atomic.WriteError,
@@ -112,7 +111,7 @@ def test_every_user_error_shares_one_base():
         imaging.ImageError,
         imaging.ImageTooLargeError,
         runs.RunError,
-        plan.SweepError,
+        errors.SweepError,
         spec.UnsupportedModel,
     ):
         assert issubclass(kind, errors.DigitlabError), kind

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from digitlab import cli, config, data, plots, runs, training
+from digitlab import cli, config, data, errors, plots, runs, training
 from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
@@ -81,7 +81,7 @@ def test_grid_values_take_each_fields_type():
     ],
 )
 def test_bad_grids_say_what_is_wrong(spec, message):
-    with pytest.raises(sweep_plan.SweepError, match=message):
+    with pytest.raises(errors.SweepError, match=message):
         sweep_plan.parse_grid([spec])
 
 
@@ -97,7 +97,7 @@ def test_bad_grids_say_what_is_wrong(spec, message):
     ],
 )
 def test_bad_samples_say_what_is_wrong(spec, message):
-    with pytest.raises(sweep_plan.SweepError, match=message):
+    with pytest.raises(errors.SweepError, match=message):
         sweep_plan.parse_sample([spec])
 
 
@@ -140,7 +140,7 @@ def test_the_plan_is_the_product_of_the_grid_times_the_samples_times_the_seeds()
 
 
 def test_a_value_train_would_refuse_is_refused_for_the_whole_sweep():
-    with pytest.raises(sweep_plan.SweepError, match="learning_rate=-0.1 is not valid: learning_rate must be"):
+    with pytest.raises(errors.SweepError, match="learning_rate=-0.1 is not valid: learning_rate must be"):
         sweep_plan.plan_trials(config.TrainConfig(), {"learning_rate": [0.1, -0.1]}, [], seeds=[0])
 
 
@@ -451,7 +451,7 @@ def test_the_store_refuses_a_file_name_that_would_leave_its_run_folder(tmp_path)
     store = sweep_store.RunStore(tmp_path / "runs")
     attempt, _ = store.begin("t000-seed0", node="10.0.0.2")
     for name in ("../sweep.json", "/etc/passwd", "seeds/../../x", ""):
-        with pytest.raises(sweep_plan.SweepError, match="not a path inside its run folder"):
+        with pytest.raises(errors.SweepError, match="not a path inside its run folder"):
             store.write("t000-seed0", attempt, [(name, b"x")])
     assert not (tmp_path / "sweep.json").exists()
 
@@ -502,6 +502,25 @@ def test_the_embedded_ray_listens_on_loopback_only(reference_sweep):
     assert {"gcs_server", "raylet"} <= names, listening  # Ray's own, and its workers ("ray::...").
     beyond = {socket for socket in listening if not is_loopback(socket[1])}
     assert not beyond, f"listening beyond loopback: {sorted(beyond)}"
+
+
+def test_the_private_parts_of_ray_that_digitlab_patches_are_still_there():
+    from digitlab.sweep import ray_patches
+
+    ray_patches.check()
+
+
+def test_a_patch_that_no_longer_applies_is_named_with_rays_version(monkeypatch):
+    from digitlab.sweep import ray_patches
+
+    monkeypatch.delattr(ray_patches.ray_constants, "ENABLE_RAY_CLUSTER")
+    monkeypatch.delattr(ray_patches.TrialProgressCallback, "_print")
+    with pytest.raises(RuntimeError) as raised:
+        ray_patches.check()
+    message = str(raised.value)
+    assert message.startswith(f"Ray {ray_patches.ray.__version__} no longer takes these of digitlab's patches ")
+    assert "ENABLE_RAY_CLUSTER is gone" in message and "TrialProgressCallback._print(self, msg) is gone" in message
+    assert "ENABLE_RAY_CLUSTERS_ENV_VAR" not in message and "TUNE_DISABLE_SIGINT_HANDLER" not in message
 
 
 @pytest.mark.heavy

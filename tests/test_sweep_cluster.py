@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from digitlab import cli, runs
-from digitlab.sweep import plan as sweep_plan
+from digitlab import cli, runs, text
 from sweep_helpers import ENVIRONMENT, SWEEP_ARGS, descendants, kill, results_without_time, trials, wait_gone
 
 HEAD_IP, WORKER_IP = "10.213.0.1", "10.213.0.2"
@@ -302,7 +301,7 @@ def test_early_stopping_stops_the_trials_that_trail_and_says_so(ray_cluster, tmp
         assert runs.Run(out / "runs" / trial["run"]).status()["status"] == "interrupted"
     rows = {row["learning_rate"]: row for row in results_without_time(out)}
     for trial in stopped:
-        assert rows[sweep_plan.value_text(trial["params"]["learning_rate"])]["status"] == "stopped early (1 of 1 seeds)"
+        assert rows[text.value_text(trial["params"]["learning_rate"])]["status"] == "stopped early (1 of 1 seeds)"
     assert f"{len(stopped)} stopped early" in result.stdout.splitlines()[-1]
 
 
@@ -366,7 +365,7 @@ def test_a_lost_machine_is_survived_with_the_same_results(two_machines, referenc
     assert metrics["node"]["address"] == HEAD_IP and metrics["node"]["attempt"] >= 2
     assert metrics["resumed_after_epoch"] >= cut["checkpoint_epoch"]  # From its checkpoint, not from the start.
     assert results_without_time(out) == [
-        dict(row, retried=str(int(row["learning_rate"] == sweep_plan.value_text(cut["params"]["learning_rate"]))))
+        dict(row, retried=str(int(row["learning_rate"] == text.value_text(cut["params"]["learning_rate"]))))
         for row in results_without_time(reference_sweep[1])
     ]
     for name in state:

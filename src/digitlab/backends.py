@@ -245,6 +245,7 @@ def user_chosen() -> str | None:
 
 
 def installed(backend: str) -> bool:
+    """Whether the Keras backend's package (`jax`, `tensorflow`) is installed, found without importing it."""
     return importlib.util.find_spec(backend) is not None
 
 

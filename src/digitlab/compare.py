@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import plots, runs
+from digitlab import plots, runs, text
 
 
 def compare_runs(run_paths, out_path: str | Path = "compare.png") -> list[dict]:
@@ -91,24 +91,22 @@ def format_table(rows: list[dict]) -> str:
         "time s",
     )
     best = max(range(len(rows)), key=lambda index: rows[index]["final_val_accuracy"]) if rows else None
-    lines = [header]
-    for index, row in enumerate(rows):
-        lines.append(
+    return text.aligned_table(
+        header,
+        (
             (
                 row["run"] + (" *" if index == best and len(rows) > 1 else ""),
                 row["status"],
                 row["model"],
                 row["optimizer"],
-                f"{row['learning_rate']:g}",
+                text.value_text(row["learning_rate"], "g"),
                 row["validation"],
                 f"{row['epochs']}/{row['epochs_planned']}",
                 f"{row['best_val_accuracy']:.4f} ({row['best_epoch']})",
-                f"{row['final_val_accuracy']:.4f}",
-                "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}",
-                "-" if row["wall_time_s"] is None else f"{row['wall_time_s']:.1f}",
+                text.value_text(row["final_val_accuracy"], ".4f"),
+                text.value_text(row["test_accuracy"], ".4f", missing="-"),
+                text.value_text(row["wall_time_s"], ".1f", missing="-"),
             )
-        )
-    widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
-    return "\n".join(
-        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+            for index, row in enumerate(rows)
+        ),
     )

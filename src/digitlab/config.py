@@ -258,6 +258,7 @@ class TrainConfig:
         return MODEL_DEFAULTS[self.model]["book_val_accuracy"]
 
     def to_dict(self) -> dict:
+        """The config as a plain dict of its fields, as config.json holds it."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -73,6 +73,7 @@ class Loaded:
 
     @functools.cached_property
     def sha256(self) -> dict[str, str]:
+        """The SHA-256 of each array (`fingerprint`), computed once."""
         return fingerprint(self.arrays)
 
     def record(self) -> dict:

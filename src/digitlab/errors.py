@@ -14,7 +14,9 @@ digitlab: the command line shows its traceback and says where to report it.
 It lives in a module of its own, imported by every package, so that no subpackage has to
 import its (possibly half-loaded) parent to reach it. The subclasses live beside the code
 that raises them: `config.ConfigError`, `data.DataError`, `imaging.ImageError`,
-`runs.RunError`, `atomic.WriteError`, `sweep.plan.SweepError`, `engine.spec.UnsupportedModel`.
+`runs.RunError`, `atomic.WriteError`, `engine.spec.UnsupportedModel`. `SweepError` is here, beside
+the base: every module of `digitlab.sweep` and the command line's sweep flags raise it, so no one
+module of them is its home.
 
 It derives from ValueError, as Keras's own bad-input errors do, so that code calling
 digitlab from Python can catch either.
@@ -23,3 +25,7 @@ digitlab from Python can catch either.
 
 class DigitlabError(ValueError):
     """Something the user gave or did is wrong; the message says what, and what to do instead."""
+
+
+class SweepError(DigitlabError):
+    """A sweep cannot start or resume: bad grid, bad folder, Ray unavailable."""

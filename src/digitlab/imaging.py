@@ -48,6 +48,8 @@ from digitlab import errors
 # The largest picture accepted, per side, and the largest upload in bytes.
 MAX_SIDE = 4096
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+# The upload limit in words, for the messages and documents that name it.
+MAX_UPLOAD_TEXT = f"{MAX_UPLOAD_BYTES // 1024**2} MB"
 # Files named on the command line may be larger (an uncompressed 4096x4096 BMP is 64 MB).
 MAX_FILE_BYTES = 100 * 1024 * 1024
 # Pillow warns above this many pixels and refuses at twice as many; our own side

@@ -11,6 +11,10 @@ training calls `check()` where stopping is safe (before each batch of Keras `fit
 epoch of the fast engine), and that raises the KeyboardInterrupt there, in digitlab's own code.
 A second Ctrl-C or SIGTERM stops at once, as Python would.
 
+`sigterm_as_ctrl_c()` is where a command makes SIGTERM (a closed terminal, `kill`) stop as
+Ctrl-C does, and `sigterm_kept()` puts that handler back after a library that replaces it
+(`ray.init` makes SIGTERM exit the process at once). Every SIGTERM handler of digitlab is set here.
+
 `held()` is the other way round: for a step of a few microseconds that must not be cut in two
 (renaming a set of files into place), a signal waits until the step is done.
 
@@ -35,6 +39,28 @@ def check() -> None:
     """Raises KeyboardInterrupt if a stop was requested since `requests_stop()` began."""
     if _requests:
         raise KeyboardInterrupt
+
+
+def sigterm_as_ctrl_c() -> None:
+    """From now on SIGTERM raises KeyboardInterrupt, as Ctrl-C does: a command that trains, sweeps or
+    evaluates then stops the same way for both (saved, resumable, or its files untouched)."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_kept():
+    """Puts the SIGTERM handler back after the block, which may replace it (`ray.init` does). Only the
+    main thread can set handlers; elsewhere the block runs as it is."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _request(signum, frame) -> None:

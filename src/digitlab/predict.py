@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import errors, imaging
+from digitlab import data, errors, imaging
 
 # Batches up to this size take the compiled fast path; larger ones go to model.predict.
 FAST_PATH_MAX_BATCH = 64
@@ -111,6 +111,13 @@ def predict_index(model: keras.Model, x_valid_uint8: np.ndarray, y_valid: np.nda
     result.update(describe(pixel_probabilities(model, pixels)[0]))
     result["correct"] = result["digit"] == result["label"]
     return result
+
+
+def predict_validation_image(run, index: int, data_path=None) -> dict:
+    """`predict_index` on the run's own validation images (its config's split of the MNIST at `data_path`)."""
+    model = run.load_model()
+    (_, _), (x_valid, y_valid), _ = data.split(data.load_arrays(data_path), run.config().validation)
+    return predict_index(model, x_valid, y_valid, index)
 
 
 def predict_files(

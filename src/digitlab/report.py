@@ -20,7 +20,7 @@ import datetime
 import html
 from pathlib import Path
 
-from digitlab import atomic, data, evaluation, inside, plots, runs
+from digitlab import atomic, data, evaluation, inside, plots, runs, text
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
@@ -85,7 +85,7 @@ def render_report(run: runs.Run, data_path=None) -> str:
         "<h2>Configuration</h2>",
         '<p class="note">Re-run it with <code>digitlab train --config '
         f"{escape(str(run.file(runs.CONFIG_FILE)))}</code>.</p>",
-        table(["setting", "value"], [(name, value_text(value)) for name, value in config.to_dict().items()]),
+        table(["setting", "value"], [(name, text.value_text(value)) for name, value in config.to_dict().items()]),
         "<h2>The network</h2>",
         f"<pre>{escape(chr(10).join(line.rstrip() for line in summary_lines))}</pre>",
         "<h2>The data</h2>",
@@ -231,17 +231,17 @@ def table(header, rows, escaped: bool = True, numbers: bool = False) -> str:
 
 
 def image(png: bytes, alt: str) -> str:
+    """A PNG as an inline <img> (a data: URL), so the page needs no other file."""
     encoded = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}">'
 
 
-def value_text(value) -> str:
-    if isinstance(value, list):
-        return ", ".join(str(item) for item in value) or "none"
-    return "none" if value is None else str(value)
+# serve/class_board.py writes its cells with `report.value_text`: the one way, `digitlab.text`'s.
+value_text = text.value_text
 
 
 def escape(value) -> str:
+    """`value` as HTML text, quotes escaped too."""
     return html.escape(str(value), quote=True)
 
 
@@ -256,8 +256,9 @@ def page(title: str, sections: list[str]) -> str:
 
 
 def check_out_path(out_path: Path) -> None:
-    """Refuses a report path that is a folder, or whose folder does not exist."""
+    """Refuses a report path that is a folder, or whose folder does not exist or cannot be written."""
     if out_path.is_dir():
         raise runs.RunError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
     if not out_path.parent.is_dir():
         raise runs.RunError(f"Cannot write {out_path}: the folder {out_path.parent} does not exist.")
+    runs.check_writable(out_path.parent, advice="Give a file you can write with `digitlab report RUN --out FILE`.")

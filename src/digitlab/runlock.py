@@ -66,6 +66,7 @@ class RunLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock now."""
         return self._descriptor is not None
 
     def acquire(self, doing: str) -> RunLock:

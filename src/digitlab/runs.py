@@ -24,6 +24,10 @@ writes a run at a time: it holds the run's lock (`digitlab.runlock`) while it do
     run = runs.open_run("runs/20261125-101500-shallow-seed0")
     run.status()["status"], run.history(), run.load_model()
     for summary in runs.list_runs("runs"): ...
+    print(runs.format_table(runs.list_runs("runs")))
+
+The module runs past 450 lines as one concern: a run folder's layout, and the functions that make,
+open, list and check one, all reading the same file names; a split would part `Run` from them.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, backends, errors, runlock, system
+from digitlab import atomic, backends, errors, runlock, system, text
 from digitlab.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -61,6 +65,8 @@ CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.json"
 EPOCHS_FOLDER = "epochs"
 REPORT_FILE = "report.html"
+# The folder that holds the run folders unless a command is told another (--runs-dir).
+RUNS_DIR = "runs"
 
 
 class RunError(errors.DigitlabError):
@@ -104,14 +110,17 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The run's folder name."""
         return self.path.name
 
     def file(self, name: str) -> Path:
+        """The path of `name` inside the run folder."""
         return self.path / name
 
     # Writing.
 
     def write_json(self, name: str, value, durable: bool = True) -> None:
+        """Writes `value` as the run's JSON file `name`, atomically (synced unless `durable` is False)."""
         atomic.write_json(self.file(name), value, durable)
 
     def write_history(self, histories: list[dict], durable: bool = True) -> None:
@@ -129,6 +138,7 @@ class Run:
         atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue())
 
     def set_status(self, status: str, durable: bool = True, **details) -> None:
+        """Writes status.json: `status` (one of STATUSES), when, which process on which machine, and `details`."""
         if status not in STATUSES:
             raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
         value = {
@@ -144,6 +154,7 @@ class Run:
     # Reading.
 
     def read_json(self, name: str):
+        """The run's JSON file `name`, or a RunError saying it is missing or damaged."""
         path = self.file(name)
         try:
             return json.loads(path.read_text())
@@ -153,6 +164,7 @@ class Run:
             raise RunError(f"{path} is damaged or not JSON ({error}).") from None
 
     def config(self) -> TrainConfig:
+        """The run's config.json as a resolved TrainConfig, or a RunError saying what is wrong with it."""
         try:
             return TrainConfig.from_dict(self.read_json(CONFIG_FILE)).resolved()
         except RunError:
@@ -217,9 +229,11 @@ class Run:
             raise RunError(f"{path} is damaged ({error}).") from None
 
     def metrics(self) -> dict:
+        """The run's metrics.json (a RunError if the run never finished)."""
         return self.read_json(METRICS_FILE)
 
     def model_path(self, seed_index: int = 0) -> Path:
+        """Where the model of seed `seed_index` is saved: model.keras for the first, seeds/ for the others."""
         if seed_index == 0:
             return self.file(MODEL_FILE)
         return self.file(SEEDS_FOLDER) / f"seed-{seed_index + 1}.keras"
@@ -453,3 +467,49 @@ def list_runs(runs_dir: str | Path) -> list[dict]:
             row["run"] = display_name(path.name)
             rows.append(row)
     return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """`list_runs`'s rows as the aligned plain-text table `digitlab runs` prints."""
+    header = (
+        "run",
+        "status",
+        "model",
+        "optimizer",
+        "lr",
+        "epochs",
+        "best val",
+        "final val",
+        "engine",
+        "time s",
+        "date",
+    )
+    return text.aligned_table(
+        header,
+        (
+            (
+                row["run"],
+                row["status"],
+                row.get("model", "?"),
+                row.get("optimizer", "?"),
+                text.value_text(row.get("learning_rate"), missing="-"),
+                f"{row.get('epochs', 0)}/{row.get('epochs_planned', '?')}",
+                text.value_text(row.get("best_val_accuracy"), ".4f", missing="-"),
+                text.value_text(row.get("final_val_accuracy"), ".4f", missing="-"),
+                row.get("engine") or "-",
+                text.value_text(row.get("wall_time_s"), ".1f", missing="-"),
+                row.get("date") or "-",
+            )
+            for row in rows
+        ),
+    )
+
+
+def model_to_resume(path: str | Path) -> str:
+    """The model a run to resume was started with, read from its config.json without Keras (so that the
+    Keras backend can be chosen for it first). A missing or damaged run folder gives the default model:
+    `training.resume` then reports it properly."""
+    try:
+        return TrainConfig.load(Path(path) / CONFIG_FILE).model
+    except (OSError, errors.DigitlabError):
+        return TrainConfig().model

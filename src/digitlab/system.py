@@ -6,6 +6,7 @@ so a benchmark can describe its machine before any backend is loaded.
     from digitlab import system
     system.software_versions()   # {"python": "3.11.7", "keras": "3.15.1", "jax": ..., ...}
     system.machine_info()        # {"cpu": "AMD EPYC ...", "cores": 2, "architecture": "x86_64"}
+    system.machine_info(versions_of=("keras", "jax"))   # ... and "python", "keras", "jax": their versions
     system.process_alive(1234)   # whether that process runs on this machine
 """
 
@@ -39,8 +40,9 @@ def version_of(versions: dict[str, str], package: str) -> str:
     return versions.get(package, NOT_INSTALLED)
 
 
-def machine_info() -> dict:
-    """The CPU's name, its core count and the architecture."""
+def machine_info(versions_of: tuple[str, ...] = ()) -> dict:
+    """The CPU's name, its core count and the architecture; with `versions_of`, also Python's version and
+    each of those packages' (`version_of`: NOT_INSTALLED where it is missing), as a benchmark names them."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,7 +51,18 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "architecture": platform.machine()}
+    info: dict = {"cpu": cpu, "cores": os.cpu_count(), "architecture": platform.machine()}
+    if versions_of:
+        versions = software_versions()
+        info["python"] = versions["python"]
+        info.update({package: version_of(versions, package) for package in versions_of})
+    return info
+
+
+def machine_name() -> str:
+    """The CPU and its cores, as a benchmark's first line names them: "AMD EPYC ... (2 cores)"."""
+    info = machine_info()
+    return f"{info['cpu']} ({info['cores']} cores)"
 
 
 def machine_summary() -> str:

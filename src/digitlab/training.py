@@ -46,9 +46,13 @@ class TrainingInterrupted(Exception):
         self.epoch = epoch
 
 
+def quiet(*args, **kwargs) -> None:
+    """A `print_fn` that prints nothing, for training whose progress lines go nowhere (a sweep's trial)."""
+
+
 def train(
     config: TrainConfig,
-    runs_dir: str | Path = "runs",
+    runs_dir: str | Path = runs.RUNS_DIR,
     data_path=None,
     print_fn=print,
     verbose: int | None = None,

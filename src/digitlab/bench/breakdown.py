@@ -25,6 +25,8 @@ LEVEL_NAMES = {"arithmetic": "multiply-adds", "l1": "L1 bytes", "l2": "L2 bytes"
 
 
 class Phase(TypedDict):
+    """One phase of an engine row's epoch: its seconds, its own limit and what sets that limit."""
+
     phase: str
     seconds: list[float]  # Per epoch, one per thread (validation and Python: one number).
     limit_seconds: float  # 0: no arithmetic limit.

@@ -33,7 +33,16 @@ class WorkerSpec(TypedDict, total=False):
     output: str  # The JSON file the worker writes its result to.
 
 
-class _EpochResult(TypedDict):
+class _Measured(TypedDict, total=False):
+    peak_memory_mb: float  # The largest resident set of the process that trained.
+
+
+class EpochResult(_Measured, total=False):
+    """What an epoch worker measures (the fit rows and the engine rows); the engine rows say what ran.
+
+    Each key is listed once, here: `Row` takes them all by inheriting (none is required there, as a
+    failed row has none of them; every epoch worker writes all up to `useful_flops_per_epoch`)."""
+
     engine: str
     path: str  # How the engine ran, in words ("Keras fit" for the fit rows).
     networks: int
@@ -47,12 +56,6 @@ class _EpochResult(TypedDict):
     final_val_accuracies: list[float]
     flops_per_epoch: int
     useful_flops_per_epoch: int
-    peak_memory_mb: float
-
-
-class EpochResult(_EpochResult, total=False):
-    """What an epoch worker measures (the fit rows and the engine rows); the engine rows say what ran."""
-
     kernel: str  # The first layer's code: "AVX2", "portable C", "NumPy" or "JAX".
     thread_counts: dict[str, int]  # Epochs per number of threads each network ran on.
     seed_threads: int  # Threads sharing the seeds.
@@ -61,15 +64,17 @@ class EpochResult(_EpochResult, total=False):
     work: dict  # `engine.timing.work(...)`: each phase's multiply-adds and bytes, one network's epoch.
 
 
-class StepsResult(TypedDict):
-    """What a steps worker measures (`digitlab bench --model lenet`)."""
-
-    keras_backend: str
+class _StepsKeys(_Measured, total=False):
     chosen: str
     steps: int
     first_steps_seconds: float
     ms_per_step: float
-    peak_memory_mb: float
+
+
+class StepsResult(_StepsKeys, total=False):
+    """What a steps worker measures (`digitlab bench --model lenet`)."""
+
+    keras_backend: str
 
 
 class _RowName(TypedDict):
@@ -78,39 +83,14 @@ class _RowName(TypedDict):
     status: str  # "ok", or why the row has no figures.
 
 
-class Row(_RowName, total=False):
-    """One row of the table: the spec's names, the worker's result, and the ratios the runner adds."""
+class Row(_RowName, EpochResult, _StepsKeys, total=False):
+    """One row of the table: the spec's names, the worker's result (`EpochResult` or `StepsResult`'s
+    keys, inherited), and the ratios the runner adds."""
 
     keras_backend: str | None
     engine_backend: str
     workers: int | None
     default: bool  # LeNet: the row of the backend `digitlab train --model lenet` chooses.
-    # EpochResult's keys.
-    engine: str
-    path: str
-    networks: int
-    seeds: list[int]
-    epochs: int
-    first_epoch_seconds: float
-    seconds_per_epoch: float
-    projected_seconds: float
-    total_seconds: float
-    val_accuracy: float
-    final_val_accuracies: list[float]
-    flops_per_epoch: int
-    useful_flops_per_epoch: int
-    peak_memory_mb: float
-    kernel: str
-    thread_counts: dict[str, int]
-    seed_threads: int
-    cores: int
-    profile: dict
-    work: dict
-    # StepsResult's keys.
-    chosen: str
-    steps: int
-    first_steps_seconds: float
-    ms_per_step: float
     # Added by the runner.
     limit_seconds_per_epoch: float
     times_limit: float

@@ -31,8 +31,6 @@ orders, and their mean final val accuracy. Workers run as
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
 import os
 import statistics
@@ -42,19 +40,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from digitlab import atomic, backends, errors, system
-from digitlab.bench import breakdown, rows
+from digitlab.bench import arithmetic, breakdown, rows
+from digitlab.bench import markdown as bench_markdown
 from digitlab.config import MODEL_DEFAULTS
 
 MODEL = "shallow"
 BOOK_EPOCHS = MODEL_DEFAULTS[MODEL]["epochs"]
 # The defaults of `digitlab bench` (and of `run_bench`): a few epochs, and 8 seeds in the many-seeds row.
 DEFAULTS = {"epochs": 3, "seeds": 8, "train_limit": None, "compare_epochs": BOOK_EPOCHS, "steps": 100}
-# `digitlab bench --model lenet` times this many first steps of `fit` as compilation, and leaves them out.
-WARMUP_STEPS = 5
-NOT_INSTALLED = "not installed (pip install tensorflow-cpu)"
+WARMUP_STEPS = bench_markdown.WARMUP_STEPS
+NOT_INSTALLED = f"{system.NOT_INSTALLED} (pip install tensorflow-cpu)"
+# The packages whose versions bench.json and bench.md name beside the machine.
+MACHINE_VERSIONS = ("keras", "jax", "numpy", "tensorflow")
 
 
 def run_bench(
@@ -84,8 +82,8 @@ def run_bench(
     if unknown:
         raise errors.DigitlabError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
     common: rows.WorkerSpec = {"data_path": str(data_path) if data_path else None, "train_limit": train_limit}
-    print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {machine_name()}...")
-    gflops = {"all_cores": matmul_gflops(), "one_core": matmul_gflops(threads=1)}
+    print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {system.machine_name()}...")
+    gflops = {"all_cores": arithmetic.matmul_gflops(), "one_core": arithmetic.matmul_gflops(threads=1)}
     print_fn(f"float32 matrix multiply: {gflops['all_cores']:.0f} GFLOP/s ({gflops['one_core']:.0f} on one core)")
     bandwidth = breakdown.measure_bandwidth() if profile else {}
     if bandwidth:
@@ -95,14 +93,8 @@ def run_bench(
         )
     table: list[rows.Row] = []
     for backend in backends:
-        label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
-        if importlib.util.find_spec(backend) is None:
-            table.append({"name": label, "kind": "fit", "keras_backend": backend, "status": NOT_INSTALLED})
-        else:
-            table.append(
-                _run_worker(label, {"kind": "fit", "keras_backend": backend, "epochs": epochs, "seeds": [0], **common})
-            )
-        print_fn(f"  {label}: {_short(table[-1])}")
+        table.append(_keras_row(backend, {"kind": "fit", "epochs": epochs, "seeds": [0], **common}))
+        print_fn(f"  {table[-1]['name']}: {bench_markdown.short(table[-1])}")
     # The engine on every core (its default), and with one seed on one core: the anchor of the seeds' scaling.
     contenders = (
         [(1, None)] + ([(1, 1)] if system.machine_info()["cores"] > 1 else []) + ([(seeds, None)] if seeds > 1 else [])
@@ -119,7 +111,7 @@ def run_bench(
             **common,
         }
         table.append(_run_worker(label, spec))
-        print_fn(f"  {label}: {_short(table[-1])}")
+        print_fn(f"  {label}: {bench_markdown.short(table[-1])}")
     # The machine's limit is its faster measured figure (a second BLAS thread can lose on a busy machine).
     gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
     _add_ratios(table, gflops["limit"])
@@ -128,7 +120,7 @@ def run_bench(
             row["breakdown"] = list(breakdown.phases(row, gflops, bandwidth))
     scaling = seed_scaling(table)
     results: rows.Results = {
-        "machine": machine_info(),
+        "machine": system.machine_info(versions_of=MACHINE_VERSIONS),
         "gflops": gflops,
         "model": MODEL,
         "epochs": epochs,
@@ -150,7 +142,7 @@ def run_bench(
         )
         results["comparison"] = comparison
         print_fn("  " + comparison["summary"])
-    write_results(out_dir, results, to_markdown(results), print_fn)
+    write_results(out_dir, results, bench_markdown.to_markdown(results), print_fn)
     return results
 
 
@@ -174,31 +166,27 @@ def run_lenet_bench(
         "steps": steps,
         "data_path": str(data_path) if data_path else None,
     }
-    print_fn(f"Benchmarking LeNet's fit for {steps} steps per backend on {machine_name()}...")
+    print_fn(f"Benchmarking LeNet's fit for {steps} steps per backend on {system.machine_name()}...")
     table: list[rows.Row] = []
     for backend in backends:
-        label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
-        if importlib.util.find_spec(backend) is None:
-            table.append({"name": label, "kind": "steps", "keras_backend": backend, "status": NOT_INSTALLED})
-        else:
-            table.append(_run_worker(label, {**common, "keras_backend": backend}))
-        print_fn(f"  {label}: {_short_steps(table[-1])}")
+        table.append(_keras_row(backend, common))
+        print_fn(f"  {table[-1]['name']}: {bench_markdown.short_steps(table[-1])}")
     default = _run_worker("`digitlab train --model lenet`, its default backend", {**common, "keras_backend": None})
     default["default"] = True
     table.append(default)
-    print_fn(f"  {default['name']}: {_short_steps(default)}")
+    print_fn(f"  {default['name']}: {bench_markdown.short_steps(default)}")
     timed = [row["ms_per_step"] for row in table if row["status"] == "ok"]
     for row in table:
         if row["status"] == "ok":
             row["times_fastest"] = row["ms_per_step"] / min(timed)
     results: rows.Results = {
-        "machine": machine_info(),
+        "machine": system.machine_info(versions_of=MACHINE_VERSIONS),
         "model": "lenet",
         "steps": steps,
         "rows": table,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_results(out_dir, results, lenet_markdown(results), print_fn)
+    write_results(out_dir, results, bench_markdown.lenet_markdown(results), print_fn)
     return results
 
 
@@ -215,37 +203,6 @@ def write_results(out_dir: str | Path, results: rows.Results, markdown: str, pri
     print_fn("")
     print_fn(markdown)
     print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
-
-
-def _short_steps(row: rows.Row) -> str:
-    if row["status"] != "ok":
-        return row["status"]
-    return f"{row['ms_per_step']:.0f} ms/step on {row['keras_backend']}, peak {row['peak_memory_mb']:.0f} MB"
-
-
-def lenet_markdown(results: rows.Results) -> str:
-    """The LeNet step timings as a Markdown table with the machine it ran on."""
-    machine = results["machine"]
-    lines = [
-        f"LeNet (chapter 10, batch 128), Keras fit, {results['steps']} steps per row, each in its own process.",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; Keras {machine['keras']}, JAX {machine['jax']}, "
-        f"TensorFlow {machine['tensorflow']}; {results['created']}.",
-        "",
-        "| Row | backend | ms/step | epoch of 469 steps (projected) | × fastest | peak memory |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for row in results["rows"]:
-        name = f"**{row['name']}**" if row.get("default") else row["name"]
-        if row["status"] != "ok":
-            lines.append(f"| {name} | {row.get('keras_backend') or ''} | {row['status']} | | | |")
-            continue
-        lines.append(
-            f"| {name} | {row['keras_backend']} | {row['ms_per_step']:.0f} | "
-            f"{row['ms_per_step'] * 469 / 1000:.0f} s | {row['times_fastest']:.2f} | "
-            f"{row['peak_memory_mb']:.0f} MB |"
-        )
-    lines += ["", f"ms/step: median step after the first {WARMUP_STEPS} (compilation); an epoch adds validation."]
-    return "\n".join(lines) + "\n"
 
 
 def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, engine_backend="auto") -> rows.Comparison:
@@ -278,6 +235,14 @@ def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, en
 def _check_whole(name: str, value, least: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise errors.DigitlabError(f"{name} must be a whole number of at least {least}, got {value!r}.")
+
+
+def _keras_row(backend: str, spec: rows.WorkerSpec) -> rows.Row:
+    """The row of Keras `fit` on `backend` (spec's kind), or its name and NOT_INSTALLED without that package."""
+    label = f"Keras fit, {'TensorFlow' if backend == 'tensorflow' else 'JAX'} backend"
+    if not backends.installed(backend):
+        return {"name": label, "kind": spec["kind"], "keras_backend": backend, "status": NOT_INSTALLED}
+    return _run_worker(label, {**spec, "keras_backend": backend})
 
 
 def _run_worker(label: str, spec: rows.WorkerSpec) -> rows.Row:
@@ -349,133 +314,3 @@ def seed_scaling(table: list[rows.Row]) -> dict[str, float]:
         for row in engine_rows
         if row is not anchor
     }
-
-
-def _short(row: rows.Row) -> str:
-    if row["status"] != "ok":
-        return row["status"]
-    return (
-        f"{row['seconds_per_epoch']:.3f} s/epoch, val accuracy {row['val_accuracy']:.4f}, "
-        f"peak {row['peak_memory_mb']:.0f} MB ({breakdown.describe_path(row)})"
-    )
-
-
-def to_markdown(results: rows.Results) -> str:
-    """The bench results as a Markdown table with the machine it ran on."""
-    machine, gflops = results["machine"], results["gflops"]
-    lines = [
-        f"Book's shallow net (MNIST, batch 128, validation every epoch), {results['epochs']} epoch(s) measured"
-        + (f" on {results['train_limit']} training images" if results["train_limit"] else "")
-        + ".",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul {gflops['all_cores']:.0f} GFLOP/s "
-        f"({gflops['one_core']:.0f} on one core); Keras {machine['keras']}, JAX {machine['jax']}, "
-        f"TensorFlow {machine['tensorflow']}, NumPy {machine['numpy']}; {results['created']}.",
-        "",
-        "| Engine | s/epoch | 1st epoch s | 200 epochs (projected) | val accuracy | peak memory "
-        "| × arithmetic limit (dense / useful) | speedup vs fit TF | speedup vs fit JAX |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in results["rows"]:
-        if row["status"] != "ok":
-            lines.append(f"| {row['name']} | {row['status']} | | | | | | | |")
-            continue
-        speedups = [row.get("speedup_vs_fit_tensorflow"), row.get("speedup_vs_fit_jax")]
-        lines.append(
-            f"| {row['name']} ({breakdown.describe_path(row)}) | {row['seconds_per_epoch']:.3f} "
-            f"| {row['first_epoch_seconds']:.2f} "
-            f"| {row['projected_seconds']:.0f} s | {row['val_accuracy']:.4f} | {row['peak_memory_mb']:.0f} MB "
-            f"| {row['times_limit']:.1f} / {row['times_useful_limit']:.1f} | "
-            + " | ".join("" if s is None else f"{s:.1f}×" for s in speedups)
-            + " |"
-        )
-    lines += [
-        "",
-        "s/epoch: median of the epochs after the first (the first includes compilation). 200 epochs: the first "
-        "epoch plus 199 more. Rows with N seeds train N networks; their times are for all N and their speedups "
-        "are per network. × arithmetic limit: s/epoch over (the epoch's multiply-adds × 2 ÷ the measured "
-        f"GFLOP/s, {gflops['limit']:.0f}); dense counts every pixel, useful only the nonzero ones (the first "
-        "layer's products with zero pixels add nothing). Peak memory: the largest resident set of the process "
-        "that trained.",
-    ]
-    if results.get("scaling"):
-        lines += [
-            "",
-            "Per network, against one seed on one core (the other cores' worth): "
-            + "; ".join(f"{name}: {ratio:.2f}×" for name, ratio in results["scaling"].items())
-            + ".",
-        ]
-    bandwidth = results.get("bandwidth")
-    for row in results["rows"]:
-        if row.get("breakdown"):
-            lines += ["", *breakdown.to_markdown(row, row["breakdown"])]
-    if bandwidth:
-        lines += [
-            "",
-            "limit: the phase's multiply-adds at the measured matrix-multiply speed (one core's where one thread "
-            "ran, all cores' where one per core ran), or its bytes at the read bandwidth of the level they come "
-            "from (one core's: "
-            + ", ".join(f"{level} {value / 1e9:.0f} GB/s" for level, value in bandwidth.items())
-            + ", times the threads that ran), whichever is longer; waiting, the loss, setup and Python have none. "
-            "Each thread's phases add up to its epoch; validation runs on every thread.",
-        ]
-    comparison = results.get("comparison")
-    if comparison:
-        lines += ["", f"Accuracy check: {comparison['summary']}."]
-    return "\n".join(lines) + "\n"
-
-
-def machine_name() -> str:
-    info = system.machine_info()
-    return f"{info['cpu']} ({info['cores']} cores)"
-
-
-def machine_info() -> dict:
-    """The machine and the versions the table names, read without importing Keras or TensorFlow."""
-    versions = system.software_versions()
-    return {
-        **system.machine_info(),
-        "python": versions["python"],
-        **{package: system.version_of(versions, package) for package in ("keras", "jax", "numpy", "tensorflow")},
-    }
-
-
-def matmul_gflops(size: int = 1024, repeats: int = 20, threads: int | None = None) -> float:
-    """This machine's float32 matrix-multiply speed (best of `repeats`), all cores or `threads` of them."""
-    from digitlab.engine import blas
-
-    rng = np.random.default_rng(0)
-    left, right = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
-    product = np.empty_like(left)
-    best = float("inf")
-    with blas.BlasThreads(threads):
-        np.matmul(left, right, out=product)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            np.matmul(left, right, out=product)
-            best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
-def useful_epoch_flops(
-    layer_sizes: list[int], train_examples: int, valid_examples: int, train_nonzeros: int, valid_nonzeros: int
-) -> int:
-    """`epoch_flops` with the first layer's multiply-adds counted for nonzero inputs only.
-
-    81% of MNIST's pixels are zero, and a product with zero adds nothing: this is the
-    arithmetic an engine cannot avoid, where `epoch_flops` is what a dense product does.
-    """
-    first = layer_sizes[1]
-    dense_first = 2 * 2 * layer_sizes[0] * first * train_examples + 2 * layer_sizes[0] * first * valid_examples
-    useful_first = 2 * 2 * train_nonzeros * first + 2 * valid_nonzeros * first
-    return epoch_flops(layer_sizes, train_examples, valid_examples) - dense_first + useful_first
-
-
-def epoch_flops(layer_sizes: list[int], train_examples: int, valid_examples: int) -> int:
-    """Floating-point operations of one epoch: forward and weight gradients, hidden-input gradients, validation.
-
-    The gradient with respect to the images themselves is not counted; neither
-    the engine nor XLA (which prunes it) computes it.
-    """
-    products = [inputs * outputs for inputs, outputs in itertools.pairwise(layer_sizes)]
-    train = 2 * (2 * sum(products) + sum(products[1:]))
-    return train * train_examples + 2 * sum(products) * valid_examples

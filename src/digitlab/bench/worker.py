@@ -19,7 +19,8 @@ import numpy as np
 
 from digitlab import backends
 from digitlab.bench import rows
-from digitlab.bench.runner import BOOK_EPOCHS, MODEL, WARMUP_STEPS, epoch_flops, useful_epoch_flops
+from digitlab.bench.arithmetic import epoch_flops, useful_epoch_flops
+from digitlab.bench.runner import BOOK_EPOCHS, MODEL, WARMUP_STEPS
 
 
 def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:

@@ -20,17 +20,16 @@ during training saves the run and exits with status 130.
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
 import sys
 import traceback
 from pathlib import Path
 
-from digitlab import errors
+from digitlab import errors, interrupts, runs
 from digitlab.cli import flags as cli_flags
+from digitlab.cli import parser as cli_parser
 from digitlab.cli import sweep as cli_sweep
-from digitlab.config import TrainConfig
+from digitlab.serve import settings as serve_settings
 
 EXIT_BUG = 1
 EXIT_BAD_INPUT = 2
@@ -42,210 +41,8 @@ BUG_REPORT = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="digitlab",
-        formatter_class=cli_flags.HelpFormatter,
-        description="The Shallow Net in Keras of Deep Learning Illustrated (chapter 5), and the book's later "
-        "MNIST nets: look at the data, train, evaluate, compare, predict your own digits.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    explore = commands.add_parser(
-        "explore", help="look at MNIST: shapes, labels, counts, figures", formatter_class=cli_flags.HelpFormatter
-    )
-    cli_flags.add_data_flag(explore)
-    explore.add_argument("--out", default="figures", help="folder for the PNG figures")
-
-    train = commands.add_parser(
-        "train", help="train a network (the book's shallow net by default)", formatter_class=cli_flags.HelpFormatter
-    )
-    cli_flags.add_config_flags(train)
-    train.add_argument(
-        "--config",
-        metavar="CONFIG_JSON",
-        default=None,
-        help="start from a saved config.json (a run's, or one you wrote); a flag given beside it overrides "
-        "the file's value for that field, and the command says which it overrode",
-    )
-    train.add_argument(
-        "--resume", metavar="RUN", default=None, help="continue an interrupted run from its last checkpoint"
-    )
-    cli_flags.add_data_flag(train)
-    cli_flags.add_runs_dir_flag(train)
-
-    predict = commands.add_parser(
-        "predict",
-        help="ask a trained network about a validation image or image files",
-        formatter_class=cli_flags.HelpFormatter,
-    )
-    predict.add_argument("run", metavar="RUN", help="a run folder")
-    predict.add_argument("images", metavar="IMAGE", nargs="*", help="image files of handwritten digits")
-    predict.add_argument("--index", type=int, default=None, help="predict validation image N instead of files")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
-    predict.add_argument(
-        "--show", metavar="DIR", default=None, help="write the 28x28 input the network saw for each image into DIR"
-    )
-    cli_flags.add_data_flag(predict)
-
-    listing = commands.add_parser("runs", help="list saved runs", formatter_class=cli_flags.HelpFormatter)
-    cli_flags.add_runs_dir_flag(listing)
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="accuracy, loss, per-digit scores, confusion matrix and mistakes of a run",
-        formatter_class=cli_flags.HelpFormatter,
-    )
-    evaluate.add_argument("run", metavar="RUN", help="a run folder")
-    evaluate.add_argument(
-        "--split",
-        default="validation",
-        choices=("validation", "test"),
-        help="'validation' scores the images the run validated on; 'test' the 10,000 test images "
-        "(for a holdout run, the one final check)",
-    )
-    evaluate.add_argument(
-        "--out",
-        metavar="DIR",
-        default=None,
-        help="folder for evaluation.json, confusion.png and mistakes.png; None means the run folder",
-    )
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
-    cli_flags.add_data_flag(evaluate)
-
-    compare = commands.add_parser(
-        "compare",
-        help="overlay the val-accuracy curves of several runs and print a table",
-        formatter_class=cli_flags.HelpFormatter,
-    )
-    compare.add_argument("runs", metavar="RUN", nargs="+", help="run folders")
-    compare.add_argument("--out", default="compare.png", help="the PNG to write")
-    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    report = commands.add_parser(
-        "report", help="write one self-contained HTML report of a run", formatter_class=cli_flags.HelpFormatter
-    )
-    report.add_argument("run", metavar="RUN", help="a run folder")
-    report.add_argument(
-        "--out", metavar="FILE", default=None, help="the HTML file to write; None means RUN/report.html"
-    )
-    cli_flags.add_data_flag(report)
-
-    serve = commands.add_parser(
-        "serve",
-        help="a page that trains the net live and reads your handwriting, and its HTTP API",
-        formatter_class=cli_flags.HelpFormatter,
-    )
-    serve.add_argument("run", metavar="RUN", nargs="?", default=None, help="a run folder to open (default: none)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument(
-        "--runs-dir",
-        default=None,
-        help="folder of the runs the page lists and trains into (default: RUN's folder, else runs)",
-    )
-    serve.add_argument(
-        "--token",
-        default=None,
-        help="the operator's token (trains, stops), needed on every request when --host is not loopback "
-        "(default: generated and printed in a link)",
-    )
-    serve.add_argument(
-        "--view-token",
-        default=None,
-        help="the view-only token (watch, draw) (default: generated when a token is needed)",
-    )
-    serve.add_argument("--max-epochs", type=int, default=1000, help="the most epochs one run from the page may train")
-    serve.add_argument(
-        "--max-train-images", type=int, default=60_000, help="the most training images one run from the page may use"
-    )
-    serve.add_argument("--max-viewers", type=int, default=100, help="the most event streams open at once")
-    serve.add_argument(
-        "--class",
-        dest="classroom",
-        action="store_true",
-        help="a class: each student's page trains and sends its run here (a students' link is printed)",
-    )
-    serve.add_argument("--class-board", action="store_true", help="with --class, students see the class board too")
-    serve.add_argument(
-        "--class-cap-mb", type=float, default=2048, help="with --class, the most the runs folder may hold, in MB"
-    )
-    cli_flags.add_data_flag(serve)
-
-    site = commands.add_parser(
-        "site",
-        help="write the page, its engine and MNIST as static files that train in any browser",
-        formatter_class=cli_flags.HelpFormatter,
-    )
-    site.add_argument("folder", metavar="DIR", help="a new or empty folder, or a previous site's to replace it")
-    cli_flags.add_data_flag(site)
-
-    keep = commands.add_parser(
-        "import",
-        help="keep a run trained in the page (its downloaded page-run JSON) as a run folder",
-        formatter_class=cli_flags.HelpFormatter,
-    )
-    keep.add_argument("file", metavar="FILE", help="the page-run JSON file the page's Download run button saved")
-    keep.add_argument("--runs-dir", default="runs", help="folder to keep the run folder in")
-    cli_flags.add_data_flag(keep)
-
-    from digitlab.serve.board import DEFAULT_PORT
-
-    board = commands.add_parser(
-        "tensorboard", help="show a run's --tensorboard logs in TensorBoard", formatter_class=cli_flags.HelpFormatter
-    )
-    board.add_argument("run", metavar="RUN", help="a run folder trained with --tensorboard")
-    board.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: only this machine)")
-    board.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
-    cli_sweep.add_parser(commands)
-
-    bench_defaults = _bench_defaults()
-    bench = commands.add_parser(
-        "bench",
-        help="time Keras fit (TensorFlow, JAX) against digitlab's engine, side by side",
-        formatter_class=cli_flags.HelpFormatter,
-    )
-    cli_flags.add_config_flags(bench, names=("epochs", "seeds", "train_limit"), defaults=bench_defaults)
-    bench.add_argument(
-        "--model",
-        default="shallow",
-        choices=("shallow", "lenet"),
-        help="'shallow': fit against the engine, per epoch; "
-        "'lenet': fit's steps on each Keras backend and the default one",
-    )
-    bench.add_argument(
-        "--steps", type=int, default=bench_defaults["steps"], help="--model lenet: the training steps timed per backend"
-    )
-    bench.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
-    bench.add_argument(
-        "--compare-seeds",
-        type=int,
-        default=0,
-        help="also compare the final val accuracy of this many seeds, engine against fit (0: skip)",
-    )
-    bench.add_argument(
-        "--compare-epochs",
-        type=int,
-        default=bench_defaults["compare_epochs"],
-        help="epochs of each run in the accuracy comparison",
-    )
-    bench.add_argument(
-        "--profile",
-        action="store_true",
-        help="also measure where the engine's epochs go, phase by phase, against each phase's limit",
-    )
-    cli_flags.add_data_flag(bench)
-    return parser
-
-
-def _bench_defaults() -> dict:
-    from digitlab.bench import runner as bench
-
-    return bench.DEFAULTS
-
-
 def command_explore(args) -> int:
+    """`digitlab explore`: MNIST's shapes, labels and counts, and the book's figures."""
     from digitlab import explore
 
     explore.explore(data_path=args.data, out_dir=args.out)
@@ -253,12 +50,13 @@ def command_explore(args) -> int:
 
 
 def command_train(args) -> int:
+    """`digitlab train`: a new run from the flags (or --config), or --resume's run trained on."""
     from digitlab import backends
 
-    # The Keras backend is chosen per net before Keras is first imported (by `training`).
+    # The Keras backend is chosen for the net before Keras is first imported (by `training`).
     if args.resume:
-        _refuse_settings_beside_resume(args)
-        backends.use_for(_resumed_model(args.resume))
+        cli_flags.refuse_settings_beside_resume(args)
+        backends.use_for(runs.model_to_resume(args.resume))
     else:
         config = cli_flags.config_from_args(args)
         config.resolved()  # Report a bad flag before loading anything.
@@ -266,10 +64,9 @@ def command_train(args) -> int:
         if note:
             print(note)
         backends.use_for(config.model)
-    from digitlab import runs, training
+    from digitlab import training
 
-    # SIGTERM (a closed terminal, `kill`) stops training the way Ctrl-C does: saved, resumable.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupts.sigterm_as_ctrl_c()
     try:
         if args.resume:
             training.resume(args.resume, data_path=args.data)
@@ -285,43 +82,12 @@ def command_train(args) -> int:
     return 0
 
 
-def _refuse_settings_beside_resume(args) -> None:
-    """--resume trains on with the run's own config.json: a setting given beside it would be ignored, so
-    it is refused with what to do instead."""
-    given = [f"--{name.replace('_', '-')}" for name in cli_flags.flags_given(args)]
-    given += ["--config"] if args.config else []
-    if given:
-        config_file = Path(args.resume) / "config.json"
-        raise errors.DigitlabError(
-            f"--resume continues a run with the settings of its own {config_file}, so {', '.join(given)} "
-            "cannot be given with it. Change a setting in that file (epochs, to train longer), or start a new "
-            f"run from it with `digitlab train --config {config_file}` and those flags."
-        )
-
-
-def _resumed_model(run_path: str) -> str:
-    """The model a run to resume was started with, read from its config.json without Keras.
-
-    A missing or damaged run folder falls back to the default model here; `training.resume`
-    then reports it properly.
-    """
-    from digitlab import runs
-
-    try:
-        return TrainConfig.load(Path(run_path) / runs.CONFIG_FILE).model
-    except (OSError, errors.DigitlabError):
-        return TrainConfig().model
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def command_sweep(args) -> int:
+    """`digitlab sweep`: many runs at once on Ray Tune, or --resume's sweep finished."""
     from digitlab.sweep import runner as sweep_runner
     from digitlab.sweep import state as sweep_state
 
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupts.sigterm_as_ctrl_c()
     try:
         cli_sweep.run(args)
     except sweep_runner.SweepInterrupted as stop:
@@ -335,20 +101,18 @@ def command_sweep(args) -> int:
 
 
 def command_predict(args) -> int:
-    from digitlab import data, predict, runs
+    """`digitlab predict`: the network's answer for a validation image (--index) or image files."""
+    from digitlab import predict
 
     run = runs.open_run(args.run)
     if args.index is not None and args.images:
         raise errors.DigitlabError("Give either --index N or image files, not both.")
     if args.index is None and not args.images:
         raise errors.DigitlabError("Say what to predict: --index N for a validation image, or one or more image files.")
-    model = run.load_model()
     if args.index is not None:
-        config = run.config()
-        (_, _), (x_valid, y_valid), _ = data.split(data.load_arrays(args.data), config.validation)
-        results = [predict.predict_index(model, x_valid, y_valid, args.index)]
+        results = [predict.predict_validation_image(run, args.index, data_path=args.data)]
     else:
-        results = predict.predict_files(model, args.images, show_dir=args.show)
+        results = predict.predict_files(run.load_model(), args.images, show_dir=args.show)
     if args.json:
         print(json.dumps(results if len(results) > 1 or args.images else results[0], indent=2))
     else:
@@ -358,71 +122,26 @@ def command_predict(args) -> int:
 
 
 def command_runs(args) -> int:
-    from digitlab import runs
-
+    """`digitlab runs`: the saved runs as a table (or JSON)."""
     rows = runs.list_runs(args.runs_dir)
     if args.json:
         # Folder names that are not UTF-8 come as backslash escapes (runs.display_name): always valid JSON text.
         print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
+    elif not rows:
         print(f"No runs in {args.runs_dir}. Train one with `digitlab train`.")
-        return 0
-    print(format_runs_table(rows))
+    else:
+        print(runs.format_table(rows))
     return 0
 
 
-def format_runs_table(rows: list[dict]) -> str:
-    """A plain-text table of `runs.list_runs` rows."""
-    header = (
-        "run",
-        "status",
-        "model",
-        "optimizer",
-        "lr",
-        "epochs",
-        "best val",
-        "final val",
-        "engine",
-        "time s",
-        "date",
-    )
-    lines = [header]
-    for row in rows:
-        lines.append(
-            (
-                row["run"],
-                row["status"],
-                row.get("model", "?"),
-                row.get("optimizer", "?"),
-                _cell(row.get("learning_rate")),
-                f"{row.get('epochs', 0)}/{row.get('epochs_planned', '?')}",
-                _cell(row.get("best_val_accuracy"), ".4f"),
-                _cell(row.get("final_val_accuracy"), ".4f"),
-                row.get("engine") or "-",
-                _cell(row.get("wall_time_s"), ".1f"),
-                row.get("date") or "-",
-            )
-        )
-    widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
-    return "\n".join(
-        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
-    )
-
-
-def _cell(value, spec: str = "") -> str:
-    if value is None:
-        return "-"
-    return format(value, spec)
-
-
 def command_evaluate(args) -> int:
-    from digitlab import evaluation, interrupts, runs
+    """`digitlab evaluate`: a run's scores, confusion matrix and mistakes, on validation or test images."""
+    from digitlab import evaluation
 
     # SIGTERM stops an evaluation as Ctrl-C does: its files all new, or none of them touched. Either
     # is a request that the evaluation acts on between its steps, never inside JAX or Keras (see
     # `interrupts`; a KeyboardInterrupt raised there could crash the process as it exits).
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupts.sigterm_as_ctrl_c()
     with interrupts.requests_stop():
         result = evaluation.evaluate_run(
             runs.open_run(args.run), data_path=args.data, split=args.split, out_dir=args.out
@@ -432,6 +151,7 @@ def command_evaluate(args) -> int:
 
 
 def command_compare(args) -> int:
+    """`digitlab compare`: the runs' val-accuracy curves in one PNG, and a table."""
     from digitlab import compare
 
     rows = compare.compare_runs(args.runs, out_path=args.out)
@@ -444,98 +164,56 @@ def command_compare(args) -> int:
 
 
 def command_report(args) -> int:
-    from digitlab import report, runs
+    """`digitlab report`: a run's (or a sweep's) self-contained HTML report."""
+    from digitlab import report
     from digitlab.sweep import report as sweep_report
     from digitlab.sweep import state as sweep_state
 
-    if (Path(args.run) / sweep_state.STATE_FILE).is_file():
+    if sweep_state.is_sweep_folder(args.run):
         path = sweep_report.write_sweep_report(sweep_state.open_sweep(args.run), out_path=args.out)
     else:
-        run = runs.open_run(args.run)
-        out_path = Path(args.out) if args.out else run.file(runs.REPORT_FILE)
-        if out_path.parent.is_dir() and not out_path.is_dir():
-            runs.check_writable(
-                out_path.parent, advice="Give a file you can write with `digitlab report RUN --out FILE`."
-            )
-        path = report.write_report(run, data_path=args.data, out_path=out_path)
+        path = report.write_report(runs.open_run(args.run), data_path=args.data, out_path=args.out)
     print(f"Wrote {path}")
     return 0
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Binds `host:port` for a moment on each address of `host`, as uvicorn's asyncio server will, so
-    that a port in use (or a host this machine does not have) is one clear sentence before the
-    server says it is serving."""
-    import errno
-    import socket
-
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as error:
-        raise errors.DigitlabError(f"Cannot listen on --host {host}: {error.strerror}.") from None
-    for family, kind, protocol, _, address in dict.fromkeys(addresses):
-        with socket.socket(family, kind, protocol) as probe:
-            # As asyncio does: a port held only by closed connections (TIME_WAIT) counts as free.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                probe.bind(address)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    raise errors.DigitlabError(
-                        f"Port {port} on {host} is already in use by another program (another `digitlab serve`?). "
-                        "Stop it, or choose a free port with --port N."
-                    ) from None
-                if error.errno == errno.EACCES:
-                    raise errors.DigitlabError(
-                        f"Not permitted to listen on port {port} ({error.strerror}): ports below 1024 need "
-                        "administrator rights. Choose one from 1024 up with --port N."
-                    ) from None
-                raise errors.DigitlabError(f"Cannot listen on {host}, port {port} ({error.strerror}).") from None
-
-
 def command_serve(args) -> int:
-    if not 0 < args.port < 65536:
-        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
-    check_port_free(args.host, args.port)  # At once, before the seconds that importing the server takes.
-    from digitlab import runs
+    """`digitlab serve`: the page that trains live and reads handwriting, with its API, until Ctrl-C."""
+    serve_settings.check(
+        args.port,
+        args.max_epochs,
+        args.max_train_images,
+        args.max_viewers,
+        class_cap_mb=args.class_cap_mb if args.classroom else None,
+    )
+    serve_settings.check_port_free(args.host, args.port)  # At once, before the seconds the server's imports take.
     from digitlab.serve import access, live
     from digitlab.serve import app as serving
 
-    for flag, value in (("--max-epochs", args.max_epochs), ("--max-train-images", args.max_train_images)):
-        if value < 1:
-            raise errors.DigitlabError(f"{flag} must be a positive whole number, got {value}.")
-    if args.max_viewers < 1:
-        raise errors.DigitlabError(f"--max-viewers must be a positive whole number, got {args.max_viewers}.")
-    permissions = access.Access.for_host(args.host, args.token, args.view_token)
-    limits = live.Limits(args.max_epochs, args.max_train_images, args.max_viewers)
     class_settings = None
     if args.classroom:
         from digitlab.serve import classroom
 
-        if not args.class_cap_mb > 0:
-            raise errors.DigitlabError(f"--class-cap-mb must be a positive number of MB, got {args.class_cap_mb}.")
         class_settings = classroom.ClassSettings(
             cap_bytes=int(args.class_cap_mb * 1024**2), board_for_students=args.class_board
         )
     run = runs.open_run(args.run) if args.run else None
-    runs_dir = args.runs_dir or (run.path.parent if run else "runs")
     serving.serve(
         run.load_model() if run else None,
         host=args.host,
         port=args.port,
         run_name=run.name if run else "",
-        runs_dir=runs_dir,
+        runs_dir=args.runs_dir or (run.path.parent if run else runs.RUNS_DIR),
         data_path=args.data,
-        permissions=permissions,
-        limits=limits,
+        permissions=access.Access.for_host(args.host, args.token, args.view_token),
+        limits=live.Limits(args.max_epochs, args.max_train_images, args.max_viewers),
         class_settings=class_settings,
     )
     return 0
 
 
 def command_site(args) -> int:
+    """`digitlab site`: the page, its engine and MNIST as static files."""
     from digitlab import data
     from digitlab.browser import site
 
@@ -549,6 +227,7 @@ def command_site(args) -> int:
 
 
 def command_import(args) -> int:
+    """`digitlab import`: a run trained in the page, kept as a run folder."""
     from digitlab import data
     from digitlab.browser import page_runs
 
@@ -558,13 +237,14 @@ def command_import(args) -> int:
 
 
 def command_tensorboard(args) -> int:
-    from digitlab import runs
+    """`digitlab tensorboard`: TensorBoard on a run's --tensorboard logs."""
     from digitlab.serve import board
 
     return board.serve(runs.open_run(args.run), host=args.host, port=args.port)
 
 
 def command_bench(args) -> int:
+    """`digitlab bench`: Keras fit against digitlab's engine (or LeNet's steps per backend)."""
     from digitlab.bench import runner as bench
 
     if args.model == "lenet":
@@ -601,7 +281,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Runs the command `argv` (default: the process's) names; returns its exit status (0, 1, 2 or 130)."""
+    parser = cli_parser.build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -1,4 +1,5 @@
-"""Flags that `digitlab`'s commands share: the help formatter, --data, --runs-dir, one per TrainConfig field.
+"""Flags that `digitlab`'s commands share: the help formatter, --data, --runs-dir, --host and --port, one per
+TrainConfig field, and the checks of flags against each other.
 
     from digitlab.cli import flags as cli_flags
     train = commands.add_parser("train", formatter_class=cli_flags.HelpFormatter)
@@ -14,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from digitlab import config as config_module
+from digitlab import errors, runs, text
 from digitlab.config import MODEL_DEFAULTS, TrainConfig
+from digitlab.serve import settings as serve_settings
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -31,18 +35,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def _model_defaults(field: str) -> str:
     return (
         "default: the model's own ("
-        + ", ".join(f"{name} {_format_default(values[field])}" for name, values in MODEL_DEFAULTS.items())
+        + ", ".join(f"{name} {text.value_text(values[field])}" for name, values in MODEL_DEFAULTS.items())
         + ")"
     )
 
 
-def _format_default(value) -> str:
-    if isinstance(value, list):
-        return " ".join(str(item) for item in value) or "none"
-    return str(value)
-
-
 def add_data_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds --data, where MNIST is read from."""
     parser.add_argument(
         "--data",
         metavar="PATH",
@@ -52,8 +51,17 @@ def add_data_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_runs_dir_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs-dir", default="runs", help="folder that holds the run folders")
+def add_runs_dir_flag(parser: argparse.ArgumentParser, help_text: str = "folder that holds the run folders") -> None:
+    """Adds --runs-dir, whose default is `runs.RUNS_DIR`."""
+    parser.add_argument("--runs-dir", default=runs.RUNS_DIR, help=help_text)
+
+
+def add_host_port_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    """Adds --host (loopback by default: `serve.settings.HOST`) and --port for a server."""
+    parser.add_argument(
+        "--host", default=serve_settings.HOST, help="address to listen on (loopback: only this machine)"
+    )
+    parser.add_argument("--port", type=int, default=port, help="port to listen on")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, names=None, defaults=None) -> None:
@@ -135,10 +143,24 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
 
 
+def refuse_settings_beside_resume(args) -> None:
+    """--resume trains on with the run's own config.json: a setting given beside it would be ignored, so
+    it is refused with what to do instead."""
+    given = [f"--{name.replace('_', '-')}" for name in flags_given(args)]
+    given += ["--config"] if args.config else []
+    if given:
+        config_file = Path(args.resume) / runs.CONFIG_FILE
+        raise errors.DigitlabError(
+            f"--resume continues a run with the settings of its own {config_file}, so {', '.join(given)} "
+            "cannot be given with it. Change a setting in that file (epochs, to train longer), or start a new "
+            f"run from it with `digitlab train --config {config_file}` and those flags."
+        )
+
+
 def override_note(args) -> str | None:
     """The line `train --config FILE` prints when flags beside it override the file's values, else None."""
     given = flags_given(args)
     if not args.config or not given:
         return None
-    shown = ", ".join(f"{name} = {_format_default(getattr(args, name))}" for name in given)
+    shown = ", ".join(f"{name} = {text.value_text(getattr(args, name))}" for name in given)
     return f"digitlab: the flags given beside --config override {args.config}'s values: {shown}"

@@ -10,10 +10,10 @@ Like the rest of the command, it only turns flags into a call: the sweep itself 
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import time
 
+from digitlab import errors
 from digitlab.cli import flags as cli_flags
 from digitlab.config import TrainConfig
 from digitlab.sweep import plan as sweep_plan
@@ -82,9 +82,7 @@ def add_parser(commands) -> None:
         help="CPUs Ray gives each trial (1: as many trials at once as cores)",
     )
     sweep.add_argument("--yes", action="store_true", help=f"allow a sweep of more than {sweep_plan.TRIAL_LIMIT} trials")
-    cli_flags.add_config_flags(
-        sweep, names=[field.name for field in dataclasses.fields(TrainConfig) if field.name not in sweep_plan.NOT_SWEPT]
-    )
+    cli_flags.add_config_flags(sweep, names=sweep_plan.SWEPT_FIELDS)
     cli_flags.add_data_flag(sweep)
 
 
@@ -96,14 +94,8 @@ def run(args) -> None:
         sweep_runner.resume_sweep(args.resume, data_path=args.data, address=args.address)
         return
     if args.seeds < 1:
-        raise sweep_plan.SweepError(f"--seeds must be at least 1, got {args.seeds}.")
-    base = TrainConfig(
-        **{
-            field.name: getattr(args, field.name)
-            for field in dataclasses.fields(TrainConfig)
-            if field.name not in sweep_plan.NOT_SWEPT
-        }
-    )
+        raise errors.SweepError(f"--seeds must be at least 1, got {args.seeds}.")
+    base = TrainConfig(**{name: getattr(args, name) for name in sweep_plan.SWEPT_FIELDS})
     samples = args.samples if args.samples is not None else (10 if args.sample else 0)
     sweep_runner.run_sweep(
         base,

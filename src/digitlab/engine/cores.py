@@ -20,6 +20,8 @@ WINDOW_S = 0.5
 
 
 class FreeCores:
+    """Tracks how busy this process's cores are, to say how many threads an epoch should use now."""
+
     def __init__(self):
         self.cores: list[int] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

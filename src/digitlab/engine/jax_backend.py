@@ -36,16 +36,19 @@ class JaxBackend:
         self.load(state)
 
     def state(self) -> dict:
+        """The weights, optimizer state and step count as NumPy arrays (a checkpoint's)."""
         state = {name: np.asarray(value) for name, value in self.arrays.items()}
         state["iterations"] = np.asarray(state["iterations"], np.int64)
         return state
 
     def load(self, state: dict) -> None:
+        """Takes the arrays of `state` (a checkpoint's) as the current ones."""
         jnp = self.jax.numpy
         self.arrays = {name: jnp.asarray(value) for name, value in state.items() if name != "iterations"}
         self.arrays["iterations"] = jnp.asarray(int(state["iterations"]), jnp.int32)
 
     def start(self, x, y, validation) -> None:
+        """Puts the training data (and the validation data, if any) on the device once."""
         jnp = self.jax.numpy
         self.data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(np.argmax(y, axis=1).astype(np.int32)))
         self.validation = None
@@ -57,11 +60,13 @@ class JaxBackend:
             )
 
     def train_epoch(self, orders: np.ndarray):
+        """Trains one epoch in the batch orders given; each network's loss sums and correct counts."""
         epoch = self.program.epoch(orders.shape[1])
         self.arrays, loss_sums, correct = epoch(self.arrays, *self.data, orders.astype(np.int32))
         return np.asarray(loss_sums, np.float64), np.asarray(correct, np.int64)
 
     def evaluate(self):
+        """Each network's loss sums and correct counts on the validation data given to `start`."""
         assert self.validation is not None, "evaluate needs the validation data given to start"
         loss_sums, correct = self.program.evaluate(self.arrays, *self.validation)
         return np.asarray(loss_sums, np.float64), np.asarray(correct, np.int64)

@@ -16,6 +16,10 @@ whole epochs instead (`sparse.train_epoch`: no Python between batches), one call
 per model, with `epoch_threads` threads sharing each batch; `DIGITLAB_NO_FUSED=1`
 keeps the per-batch steps. `seeds.SeedThreads` runs N seeds as one `NumpyBackend`
 per core, in threads.
+
+It runs past 450 lines as one numeric concern: a step's forward and backward passes read the
+same stacked arrays and workspace, each beside the other as llm.c keeps them, and a split would
+part a layer's gradient from its forward product.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class FirstLayerPlan:
     )
 
     def sentence(self) -> str:
+        """How the first layer runs, in words (the engine prints it)."""
         if self.kernel is None:
             return f"NumPy only: {self.reason}"
         what = "whole epochs in C, sparse first layer" if self.whole_epochs else "sparse first layer in C"
@@ -141,9 +146,11 @@ class NumpyBackend:
         return array[0] if self.count == 1 else array
 
     def state(self) -> dict:
+        """The weights, optimizer state and step count (a checkpoint's), as the arrays themselves."""
         return self.arrays
 
     def load(self, state: dict) -> None:
+        """Copies the arrays of `state` (a checkpoint's) into the current ones."""
         for name, value in state.items():
             self.arrays[name][...] = value
 
@@ -237,6 +244,7 @@ class NumpyBackend:
         return self.workspaces[rows]
 
     def train_epoch(self, orders: np.ndarray):
+        """Trains one epoch in the batch orders given; each network's loss sums and correct counts."""
         count, size = orders.shape
         if self.plans is not None and self.sparse_rows is not None:
             threads = self._threads_now()

@@ -51,10 +51,12 @@ class SeedThreads:
 
     @property
     def path(self) -> str:
+        """How the first layer runs, in words, and over how many threads the seeds go."""
         return f"{self.groups[0].path}; {len(self.groups)} threads over the seeds"
 
     @property
     def kernel(self) -> str:
+        """The first layer's code, as each group's (`NumpyBackend.kernel`)."""
         return self.groups[0].kernel
 
     @property
@@ -64,6 +66,7 @@ class SeedThreads:
 
     @property
     def profile_threads(self) -> int:
+        """The profile rows of all the groups together (`NumpyBackend.profile_threads`)."""
         return sum(group.profile_threads for group in self.groups)
 
     def profile_into(self, rows: np.ndarray) -> None:
@@ -74,16 +77,19 @@ class SeedThreads:
             first += group.profile_threads
 
     def state(self) -> dict:
+        """All the seeds' arrays as one checkpoint's."""
         self.arrays["iterations"][...] = self.groups[0].arrays["iterations"]
         return self.arrays
 
     def load(self, state: dict) -> None:
+        """Copies a checkpoint's arrays into every group."""
         for name, value in state.items():
             self.arrays[name][...] = value
         for group in self.groups:
             group.arrays["iterations"][...] = self.arrays["iterations"]
 
     def start(self, x, y, validation) -> None:
+        """Starts every group on the data with one first-layer plan, its CSR rows built once."""
         first_layer = self.groups[0].plan_first_layer(x, validation)  # One plan, its CSR rows built once.
         for group in self.groups:
             group.start(x, y, validation, first_layer)
@@ -98,7 +104,9 @@ class SeedThreads:
         return np.concatenate([loss for loss, _ in results]), np.concatenate([hits for _, hits in results])
 
     def train_epoch(self, orders: np.ndarray):
+        """Trains one epoch, each group on its seeds' orders in its own thread; all the losses and counts."""
         return self._each("train_epoch", [orders[part] for part in self.slices])
 
     def evaluate(self):
+        """Every group's validation loss sums and correct counts, each in its own thread."""
         return self._each("evaluate")

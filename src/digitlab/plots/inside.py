@@ -28,6 +28,7 @@ def grid_shape(count: int) -> tuple[int, int]:
 
 
 def symmetric_limit(values: np.ndarray) -> float:
+    """The largest absolute value, for a colour scale centred on zero (1.0 where all are zero)."""
     limit = float(np.max(np.abs(values)))
     return limit if limit > 0 else 1.0
 

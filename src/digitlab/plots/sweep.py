@@ -8,7 +8,7 @@ fields, and parallel coordinates of every trial.
     plots.save_figure(plots_sweep.sweep_parallel(rows, ["activation", "learning_rate"]), "sweeps/x/parallel.png")
 
 Like every figure of `digitlab.plots`, each is a Matplotlib `Figure` built without pyplot. Swept
-values are written as the sweep's tables write them (`digitlab.sweep.plan.value_text`).
+values are written as the sweep's tables write them (`digitlab.text.value_text`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from digitlab.sweep import plan as sweep_plan
+from digitlab import text
 
 
 def sweep_curves(series: list[dict], title: str = "Validation accuracy per epoch, mean and min-max over seeds"):
@@ -99,18 +99,18 @@ def sweep_heatmap(rows, fields: list[str], grid: dict[str, list], title: str = "
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             value = matrix[i, j]
-            text = "failed" if np.isnan(value) else f"{value:.4f}"
+            cell = "failed" if np.isnan(value) else f"{value:.4f}"
             axis.text(
                 j,
                 i,
-                text,
+                cell,
                 ha="center",
                 va="center",
                 fontsize=9,
                 color="black" if np.isfinite(value) and value > middle else "white",
             )
-    axis.set_xticks(range(len(column_values)), [sweep_plan.value_text(value) for value in column_values])
-    axis.set_yticks(range(len(row_values)), [sweep_plan.value_text(value) for value in row_values])
+    axis.set_xticks(range(len(column_values)), [text.value_text(value) for value in column_values])
+    axis.set_yticks(range(len(row_values)), [text.value_text(value) for value in row_values])
     axis.set_xlabel(column_field)
     axis.set_ylabel(row_field)
     axis.set_title(title or "Mean final validation accuracy over seeds")
@@ -169,7 +169,7 @@ def sweep_parallel(rows, fields: list[str], title: str = ""):
     for position, scale in enumerate(scales):
         axis.axvline(position, color="#444444", linewidth=1)
         for value in scale.values:
-            axis.text(position - 0.05, scale(value), sweep_plan.value_text(value), ha="right", **label)
+            axis.text(position - 0.05, scale(value), text.value_text(value), ha="right", **label)
     axis.axvline(len(fields), color="#444444", linewidth=1)
     for tick in final.values:
         axis.text(len(fields) + 0.05, final(tick), f"{tick:.4f}", ha="left", **label)

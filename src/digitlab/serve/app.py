@@ -56,7 +56,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import digitlab
 from digitlab import data, errors, imaging, predict
-from digitlab.serve import access, classroom, live, networks, openapi, uploads
+from digitlab.serve import access, classroom, live, networks, openapi, settings, uploads
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing adds a few hundred bytes around the file; allow for it.
@@ -553,8 +553,8 @@ class _Server(uvicorn.Server):
 
 def serve(
     model: keras.Model | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = settings.HOST,
+    port: int = settings.PORT,
     run_name: str = "",
     access_log: bool = True,
     runs_dir=None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from digitlab import errors, runs
+from digitlab.serve import settings
 
 LOG_FOLDER = "tensorboard"
 DEFAULT_PORT = 6006
@@ -31,7 +32,7 @@ def log_dir(run: runs.Run) -> Path:
     return folder
 
 
-def serve(run: runs.Run, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
+def serve(run: runs.Run, host: str = settings.HOST, port: int = DEFAULT_PORT) -> int:
     """Serves TensorBoard on the run's logs until interrupted; returns its exit status."""
     if not 0 < port < 65536:
         raise errors.DigitlabError(f"--port must be from 1 to 65535, got {port}.")

@@ -8,8 +8,8 @@
 Each value takes its TrainConfig field's type, and each trial's configuration is checked
 as `digitlab train` checks it, so a bad sweep is refused before anything runs. Random
 samples are drawn here with a seeded generator, not by a Tune searcher, so the plan is
-whole before any trial starts (see `digitlab.sweep.runner`). `SweepError` is every sweep's
-bad-input error; `value_text` and `label` write a configuration as the tables show it.
+whole before any trial starts (see `digitlab.sweep.runner`). `errors.SweepError` is every sweep's
+bad-input error; `label` writes a configuration as the tables show it (`digitlab.text.value_text`).
 """
 
 from __future__ import annotations
@@ -22,22 +22,20 @@ from typing import Any, TypedDict
 import numpy as np
 
 from digitlab import config as config_module
-from digitlab import errors
+from digitlab import errors, text
 from digitlab.config import TrainConfig
 
 # A sweep of more trials than this needs --yes: a typo in a grid should not start thousands of runs.
 TRIAL_LIMIT = 1000
 # Fields a sweep sets itself: each trial trains one seed (see --seed and --seeds).
 NOT_SWEPT = ("seed", "seeds")
+# The TrainConfig fields --grid and --sample may sweep (and every trial's train flags), in the config's order.
+SWEPT_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.name not in NOT_SWEPT)
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLE_HELP = (
     "draw FIELD at random, --samples times: uniform:LOW:HIGH, loguniform:LOW:HIGH, "
     "int:LOW:HIGH (whole numbers, both ends included) or choice:V1,V2,..."
 )
-
-
-class SweepError(errors.DigitlabError):
-    """A sweep cannot start or resume: bad grid, bad folder, Ray unavailable."""
 
 
 class _PlannedTrial(TypedDict):
@@ -75,10 +73,12 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
     for spec in specs:
         name, text = _split_assignment(spec, "--grid", "FIELD=V1,V2,...")
         if name in grid:
-            raise SweepError(f"--grid {name} is given twice; give all its values in one --grid {name}=V1,V2.")
+            raise errors.SweepError(f"--grid {name} is given twice; give all its values in one --grid {name}=V1,V2.")
         values = [item.strip() for item in text.split(",")]
         if not text.strip() or any(not item for item in values):
-            raise SweepError(f"--grid {spec!r} has an empty value; write --grid {name}=V1,V2,... with no empty item.")
+            raise errors.SweepError(
+                f"--grid {spec!r} has an empty value; write --grid {name}=V1,V2,... with no empty item."
+            )
         grid[name] = [parse_value(name, item) for item in values]
     return grid
 
@@ -89,16 +89,16 @@ def parse_sample(specs: list[str]) -> dict[str, tuple]:
     for spec in specs:
         name, text = _split_assignment(spec, "--sample", "FIELD=DIST:...")
         if name in samples:
-            raise SweepError(f"--sample {name} is given twice.")
+            raise errors.SweepError(f"--sample {name} is given twice.")
         kind, _, rest = text.partition(":")
         kind = kind.strip()
         if kind not in DISTRIBUTIONS:
-            raise SweepError(f"--sample {spec!r}: unknown distribution {kind!r}. {SAMPLE_HELP}.")
+            raise errors.SweepError(f"--sample {spec!r}: unknown distribution {kind!r}. {SAMPLE_HELP}.")
         value_type, is_list = config_module.field_type(name)
         if kind == "choice":
             values = [item.strip() for item in rest.split(",")]
             if not rest.strip() or any(not item for item in values):
-                raise SweepError(f"--sample {spec!r} has an empty choice; write {name}=choice:V1,V2,...")
+                raise errors.SweepError(f"--sample {spec!r} has an empty choice; write {name}=choice:V1,V2,...")
             samples[name] = ("choice", [parse_value(name, item) for item in values])
             continue
         if is_list or value_type not in (int, float) or (kind == "int") != (value_type is int):
@@ -107,15 +107,15 @@ def parse_sample(specs: list[str]) -> dict[str, tuple]:
                 if value_type is int
                 else ("uniform or loguniform" if value_type is float else "choice")
             )
-            raise SweepError(f"--sample {spec!r}: {name} takes {wanted}, not {kind}.")
+            raise errors.SweepError(f"--sample {spec!r}: {name} takes {wanted}, not {kind}.")
         bounds = rest.split(":")
         if len(bounds) != 2:
-            raise SweepError(f"--sample {spec!r}: write {name}={kind}:LOW:HIGH.")
+            raise errors.SweepError(f"--sample {spec!r}: write {name}={kind}:LOW:HIGH.")
         low, high = (parse_value(name, bound.strip()) for bound in bounds)
         if not low < high:
-            raise SweepError(f"--sample {spec!r}: LOW must be below HIGH.")
+            raise errors.SweepError(f"--sample {spec!r}: LOW must be below HIGH.")
         if kind == "loguniform" and low <= 0:
-            raise SweepError(f"--sample {spec!r}: loguniform needs LOW above 0.")
+            raise errors.SweepError(f"--sample {spec!r}: loguniform needs LOW above 0.")
         samples[name] = (kind, low, high)
     return samples
 
@@ -135,25 +135,26 @@ def _parse_scalar(name: str, text: str, value_type: type):
             return True
         if lowered in ("false", "no", "0", "off"):
             return False
-        raise SweepError(f"{name} takes true or false, not {text!r}.")
+        raise errors.SweepError(f"{name} takes true or false, not {text!r}.")
     try:
         return value_type(text)
     except ValueError:
         kind = {int: "whole numbers", float: "numbers"}.get(value_type, "text")
-        raise SweepError(f"{name} takes {kind}; {text!r} is not one.") from None
+        raise errors.SweepError(f"{name} takes {kind}; {text!r} is not one.") from None
 
 
 def _split_assignment(spec: str, flag: str, form: str) -> tuple[str, str]:
     name, equals, text = spec.partition("=")
     name = name.strip().replace("-", "_")
     if not equals or not name:
-        raise SweepError(f"{flag} {spec!r} is not of the form {form}.")
-    fields = [field.name for field in dataclasses.fields(TrainConfig)]
+        raise errors.SweepError(f"{flag} {spec!r} is not of the form {form}.")
     if name in NOT_SWEPT:
-        raise SweepError(f"{flag} cannot sweep {name}: every trial trains one seed; use --seed FIRST and --seeds N.")
-    if name not in fields:
-        swept = ", ".join(field for field in fields if field not in NOT_SWEPT)
-        raise SweepError(f"{flag} {spec!r}: unknown field {name!r}. Sweepable fields: {swept}.")
+        raise errors.SweepError(
+            f"{flag} cannot sweep {name}: every trial trains one seed; use --seed FIRST and --seeds N."
+        )
+    if name not in SWEPT_FIELDS:
+        swept = ", ".join(SWEPT_FIELDS)
+        raise errors.SweepError(f"{flag} {spec!r}: unknown field {name!r}. Sweepable fields: {swept}.")
     return name, text
 
 
@@ -196,8 +197,8 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
                 try:
                     resolved = TrainConfig(**values).resolved()
                 except config_module.ConfigError as error:
-                    shown = ", ".join(f"{name}={value_text(value)}" for name, value in params.items())
-                    raise SweepError(f"The configuration {shown} is not valid: {error}") from None
+                    shown = ", ".join(f"{name}={text.value_text(value)}" for name, value in params.items())
+                    raise errors.SweepError(f"The configuration {shown} is not valid: {error}") from None
                 index = len(trials)
                 trials.append(
                     Trial(
@@ -214,20 +215,11 @@ def plan_trials(base: TrainConfig, grid: dict[str, list], samples: list[dict], s
 
 
 def _run_name(index: int, params: dict, seed: int) -> str:
-    words = "-".join(value_text(value).replace(" ", "x") for value in params.values())
+    words = "-".join(text.value_text(value).replace(" ", "x") for value in params.values())
     words = "".join(char if char.isalnum() or char in "._-" else "_" for char in words)[:60]
     return f"t{index:03d}-{words}-seed{seed}" if words else f"t{index:03d}-seed{seed}"
 
 
-def value_text(value) -> str:
-    """A swept value as text: lists by spaces, floats to 4 significant digits."""
-    if isinstance(value, list):
-        return " ".join(value_text(item) for item in value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def label(params: dict) -> str:
     """A configuration as text: "activation=relu, learning_rate=0.1"."""
-    return ", ".join(f"{name}={value_text(value)}" for name, value in params.items())
+    return ", ".join(f"{name}={text.value_text(value)}" for name, value in params.items())

@@ -1,4 +1,4 @@
-"""Ray for `digitlab sweep`: starting or joining Ray, the Tune trial, and the one-line progress.
+"""Ray for `digitlab sweep`: starting or joining Ray, the Tune trial and its retries.
 
     from digitlab.sweep import raytune
     with raytune.connect(None):               # an embedded Ray on this machine (loopback only), stopped afterwards
@@ -27,67 +27,41 @@ RETRIES times) on another machine, from the last checkpoint the store holds; a t
 (bad values, a bug) is recorded as failed, not retried.
 
 Listening. The embedded Ray is started in Ray's single-machine mode (the one it uses on macOS
-and Windows), in which every Ray process listens on 127.0.0.1 only; Ray's token (Ray's default,
-in ~/.ray/auth_token) is still asked for. A cluster given by `--address` is reached within
+and Windows), in which every Ray process listens on 127.0.0.1 only (`ray_patches.on_loopback`);
+Ray's token (Ray's default, in ~/.ray/auth_token) is still asked for. A cluster given by `--address` is reached within
 CONNECT_TIMEOUT_S or reported unreachable. Ray's clusters ask for a token by default, which Ray
 sends to an explicit address only with RAY_AUTH_MODE=token in the driver's environment: the
 error says so.
 
-Ray's own console output (its trial tables, its workers' logs) is switched off; a
-Tune callback keeps `sweep.json` current and prints one progress line: trials done,
-running and failed, the best so far, and on a cluster the trials of each node.
+Ray's own console output (its trial tables, its workers' logs) is switched off (`ray_patches`:
+every use of Ray's private parts is there, with why); a Tune callback (`sweep.progress`) keeps
+`sweep.json` current and prints one progress line.
 """
 
 from __future__ import annotations
 
+from digitlab.sweep import ray_patches  # First: it sets what Ray must see when it is imported.
+
+# isort: split
 import contextlib
 import logging
 import os
-import signal
 import socket
-import sys
 import tempfile
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from digitlab import atomic, errors, runs
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from digitlab import errors, interrupts, runs
 from digitlab.sweep import plan as sweep_plan
+from digitlab.sweep import progress as sweep_progress
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
-
-# A module that Ray's processes import and never use, at a price: `import ray` imports jsonschema,
-# which imports rfc3987-syntax where it is installed (JupyterLab's jupyter-events brings it into
-# digitlab's environment), and rfc3987-syntax compiles its IRI grammar when it is imported: 2.4 s
-# of CPU in every Python process of Ray (an embedded sweep has about 12: the driver, Ray's dashboard,
-# agents and monitors, the trials' workers). jsonschema goes without it (it only checks "iri"
-# formats, which Ray never asks for). Measured on the 2-core machine: Ray's start 20.5 s against
-# 7.8 s without it, a 4-trial sweep 73.6 against 46.1 CPU-seconds (docs/sweeps.md). UNUSED_IMPORT_ENV=1
-# keeps it, to measure the difference.
-UNUSED_IMPORT = "rfc3987_syntax"
-UNUSED_IMPORT_ENV = "DIGITLAB_SWEEP_KEEP_RFC3987"
-
-
-def _quiet_environment() -> None:
-    """Environment settings that keep Ray and Tune from printing or phoning home; set before Ray starts."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ctrl-C reaches our code as KeyboardInterrupt, which marks the sweep interrupted and resumable.
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    if os.environ.get(UNUSED_IMPORT_ENV) != "1":
-        sys.modules.setdefault(UNUSED_IMPORT, None)  # type: ignore[arg-type]  # None: "import it" raises ImportError.
-
-
-_quiet_environment()
-import ray
-from ray import cloudpickle, tune
-from ray._private import ray_constants
-from ray.tune.progress_reporter import TrialProgressCallback
-from ray.tune.schedulers import ASHAScheduler
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # Seconds to reach a given --address before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10
@@ -104,8 +78,6 @@ STARTS = 2
 # trial reports at most once a second. With --early-stop every epoch is reported, as ASHA's rungs are
 # epochs.
 REPORT_EVERY_S = 1.0
-# Ray's switch for a Ray on one machine only (see `_on_loopback`).
-SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @contextlib.contextmanager
@@ -125,13 +97,13 @@ def connect(address: str | None):
     if not address:
         # "local" always starts a new instance, never joining a cluster someone else started here.
         options.update(object_store_memory=OBJECT_STORE_BYTES)
-    # ray.init makes SIGTERM exit the process at once (sys.exit), which would leave the sweep's trials
-    # marked running; digitlab's own handler (Ctrl-C's way: saved, resumable) is put back after it.
-    sigterm = signal.getsignal(signal.SIGTERM)
     embedded = _embedded_environment() if not address else contextlib.nullcontext()
     with tempfile.TemporaryFile() as log, embedded:
         try:
-            with _stderr_to(log):  # Ray's C++ core logs each failed try on file descriptor 2.
+            # ray.init makes SIGTERM exit the process at once (sys.exit), which would leave the sweep's
+            # trials marked running; digitlab's own handler (Ctrl-C's way: saved, resumable) is put back.
+            # Ray's C++ core logs each failed try on file descriptor 2.
+            with interrupts.sigterm_kept(), ray_patches.stderr_to(log):
                 _init(address, options)
         except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError and its own kinds.
             log.seek(0)
@@ -143,11 +115,9 @@ def connect(address: str | None):
                     " The cluster asks for a token: set RAY_AUTH_MODE=token, with the cluster's token in "
                     "~/.ray/auth_token or RAY_AUTH_TOKEN (see `ray get-auth-token`)."
                 )
-            raise sweep_plan.SweepError(
+            raise errors.SweepError(
                 f"Could not start or reach {where}: {type(error).__name__}: {error}.{hint}"
             ) from None
-        if sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, sigterm)
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
         try:
@@ -171,64 +141,16 @@ def _init(address: str | None, options: dict) -> None:
 
 @contextlib.contextmanager
 def _embedded_environment():
-    """What the embedded Ray's processes are started with: loopback only, and without UNUSED_IMPORT."""
-    with _on_loopback(), _without_unused_import():
+    """What the embedded Ray's processes are started with: loopback only, and without the import they never use."""
+    with ray_patches.on_loopback(), ray_patches.without_unused_import():
         yield
-
-
-@contextlib.contextmanager
-def _without_unused_import():
-    """Ray's processes inherit PYTHONPATH: a folder on it first holds a stand-in for UNUSED_IMPORT
-    that raises ImportError, as the package's absence does (jsonschema then does without it). Ray's
-    two agents are the exception: its raylet starts them without PYTHONPATH."""
-    if os.environ.get(UNUSED_IMPORT_ENV) == "1":
-        yield
-        return
-    # One folder per user, kept (one small file): a sweep killed with SIGKILL leaves nothing behind.
-    folder = Path(tempfile.gettempdir(), f"digitlab-ray-path-{os.getuid()}")
-    folder.mkdir(exist_ok=True)
-    atomic.write_text(
-        folder / f"{UNUSED_IMPORT}.py",
-        f'raise ImportError("{UNUSED_IMPORT} is left out of digitlab\'s embedded Ray (see digitlab.sweep.raytune)")\n',
-    )
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([saved] if saved else [])])
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
-
-
-@contextlib.contextmanager
-def _on_loopback():
-    """Starts the embedded Ray in Ray's single-machine mode: its node address is 127.0.0.1, and
-    with that address every Ray process (GCS, raylet, object manager, workers, agents) listens on
-    127.0.0.1 only, where by default they listen on every interface. Ray reads the switch from its
-    environment when it is imported (this process has imported it already, so the module's
-    constant is set too) and passes it to the processes it starts. Ray 2.60 has no other way to
-    say so: `--node-ip-address 127.0.0.1` is replaced by the machine's address. The test of the
-    listening sockets (tests/test_sweep.py) checks that it still holds."""
-    saved = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[SINGLE_MACHINE_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        if saved[0] is None:
-            os.environ.pop(SINGLE_MACHINE_ENV, None)
-        else:
-            os.environ[SINGLE_MACHINE_ENV] = saved[0]
-        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def check_resources(cpus_per_trial: float) -> None:
     """Refuses trials that ask for more CPUs than the whole cluster has (Tune would wait for them forever)."""
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus_per_trial > cpus:
-        raise sweep_plan.SweepError(
+        raise errors.SweepError(
             f"Each trial asks for {cpus_per_trial:g} CPUs (--cpus-per-trial), but this Ray has only {cpus:g}."
         )
 
@@ -237,12 +159,12 @@ def check_reachable(address: str) -> None:
     """A TCP connection to HOST:PORT within CONNECT_TIMEOUT_S, or a SweepError saying what to check."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise sweep_plan.SweepError(f"--address {address!r} is not HOST:PORT (or auto).")
+        raise errors.SweepError(f"--address {address!r} is not HOST:PORT (or auto).")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as error:
-        raise sweep_plan.SweepError(
+        raise errors.SweepError(
             f"No Ray cluster reachable at {address} ({error.strerror or error}). Start one with "
             f"`ray start --head --port {port}` on {host}, or leave out --address for an embedded Ray."
         ) from None
@@ -265,7 +187,7 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
         )
         .remote(str(sweep.runs_dir))
     )
-    progress = Progress(sweep, store, print_fn, cluster=cluster)
+    progress = sweep_progress.Progress(sweep, store, print_fn, cluster=cluster)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trainable,
@@ -309,13 +231,13 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(storage),
             verbose=0,
-            callbacks=[progress, _Silent()],
+            callbacks=[progress, ray_patches.SilentTrialPrinter()],
             # Only a lost worker or machine fails a trial in Tune's eyes (a trial's own error is
             # caught in _trainable and recorded): such a trial is started again, elsewhere if need be.
             failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False),
         ),
     )
-    with open(storage / "ray-driver.log", "ab") as log, _stderr_to(log):
+    with open(storage / "ray-driver.log", "ab") as log, ray_patches.stderr_to(log):
         tuner.fit()
     progress.close()
 
@@ -388,171 +310,3 @@ def _run_error(runs_dir: str, run: str, here: bool) -> str | None:
         return None
     status = runs.Run(os.path.join(runs_dir, run)).status()
     return status.get("message") if status.get("status") == "failed" else None
-
-
-@contextlib.contextmanager
-def _stderr_to(log):
-    """Sends what Ray's C++ core and Tune write straight to file descriptor 2 into the open file
-    `log`, so the terminal shows only the progress line; Python's sys.stderr stays the terminal."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    sys.stderr.flush()
-    original = sys.stderr
-    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
-    os.dup2(log.fileno(), 2)
-    sys.stderr = terminal
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        sys.stderr = original
-        terminal.close()
-
-
-class Progress(tune.Callback):
-    """A Tune callback: records each trial's start, epochs, retries and end in sweep.json, and prints one line.
-
-    On a terminal the line is rewritten in place at every event; otherwise a new line is
-    printed only when a trial ends or is retried (so a log shows one line per such event).
-    A trial counts as complete only when it said so to the store and its run in OUT is
-    complete: a trial whose files did not reach OUT is failed, never a result.
-    """
-
-    def __init__(self, sweep, store, print_fn=print, cluster: bool = False):
-        self.sweep, self.store, self.print_fn, self.cluster = sweep, store, print_fn, cluster
-        self.tty = print_fn is print and sys.stdout.isatty()
-        self.last_line: str | None = None
-
-    def _index(self, trial) -> int:
-        return trial.config["trial"]
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.sweep.update(self._index(trial), status="running")
-        self.show()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.sweep.update(
-            self._index(trial),
-            status="running",
-            epochs=result.get("epoch"),
-            val_accuracy=result.get("val_accuracy"),
-            wall_time_s=result.get("wall_time_s"),
-            node=result.get("node"),
-        )
-        self.show()
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        index = self._index(trial)
-        record = self.sweep.trials[index]
-        lost = record.get("node") or "its node"
-        self.sweep.update(
-            index, status="pending", retries=record.get("retries", 0) + 1, lost=[*record.get("lost", []), lost]
-        )
-        self.show(ended=True, note=f"{record['run']} lost its worker on {lost}; retrying it from its last checkpoint")
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        index = self._index(trial)
-        record = self.sweep.trials[index]
-        outcome = ray.get(self.store.outcome.remote(record["run"])) or {}
-        run_status = runs.Run(self.sweep.runs_dir / record["run"]).status().get("status")
-        node = outcome.get("node") or record.get("node")
-        if outcome.get("status") == "failed":
-            self.sweep.update(index, status="failed", error=outcome.get("error") or "unknown error", node=node)
-        elif run_status == "complete" and outcome.get("status") in (None, "complete"):
-            # Its run reached OUT complete: a result, even where Tune ended its worker (an early stop
-            # decided while the last epoch trained) before the trial could say so.
-            self.sweep.update(index, status="complete", node=node)
-        elif outcome.get("status") == "stopped" or (not outcome and self.sweep.state["settings"]["early_stop"]):
-            # Stopped by the ASHA scheduler (Tune may end its worker before it says so).
-            self.sweep.update(index, status="stopped", node=node)
-        else:
-            said = outcome.get("status") or "nothing"
-            self.sweep.update(
-                index,
-                status="failed",
-                node=node,
-                error=f"its trial ended (it said: {said}) but its run in OUT is {run_status}; its files are lost",
-            )
-        self.show(ended=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        index = self._index(trial)
-        self.sweep.update(index, status="failed", error=_error_message(self.sweep, index, trial))
-        self.show(ended=True)
-
-    def show(self, ended: bool = False, note: str = "") -> None:
-        line = self.line()
-        if self.tty:
-            if note:
-                sys.stdout.write("\r\033[K" + note + "\n")
-            sys.stdout.write("\r\033[K" + line)
-            sys.stdout.flush()
-        elif ended:
-            if note:
-                self.print_fn(note)
-            self.print_fn(line)
-        self.last_line = line
-
-    def line(self) -> str:
-        trials = self.sweep.trials
-        count = {
-            status: sum(trial["status"] == status for trial in trials)
-            for status in ("complete", "stopped", "failed", "running")
-        }
-        done = count["complete"] + count["stopped"] + count["failed"]
-        text = f"sweep: {done}/{len(trials)} done"
-        if count["stopped"]:
-            text += f" ({count['stopped']} stopped early)"
-        text += f", {count['running']} running, {count['failed']} failed"
-        retried = sum(bool(trial.get("retries")) for trial in trials)
-        if retried:
-            text += f", {retried} retried"
-        if self.cluster:
-            text += "; " + sweep_state.node_counts(trials)
-        scored = [trial for trial in trials if trial.get("val_accuracy") is not None]
-        if scored:
-            best = max(scored, key=lambda trial: trial["val_accuracy"])
-            text += (
-                f"; best so far val_accuracy {best['val_accuracy']:.4f} "
-                f"({sweep_plan.label(best['params'])}, seed {best['seed']}, epoch {best.get('epochs')})"
-            )
-        return text
-
-    def close(self) -> None:
-        if self.tty and self.last_line is not None:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-
-
-class _Silent(TrialProgressCallback):
-    """Tune's own per-trial printer, given so that Tune adds no other, and silenced: even at
-    verbose=0 it prints "Trial ... completed" lines."""
-
-    def _print(self, msg: str) -> None:
-        pass
-
-
-def _error_message(sweep, index: int, trial) -> str:
-    """The error that ended a trial, in a line: from its run's status, else from the exception Tune
-    kept for it (the trial's own error inside Ray's wrapper), else the last line of Tune's trace."""
-    status = runs.Run(sweep.runs_dir / sweep.trials[index]["run"]).status()
-    if status.get("status") == "failed" and status.get("message"):
-        return status["message"]
-    try:
-        with open(trial.pickled_error_file, "rb") as handle:
-            error = cloudpickle.load(handle)
-        cause = getattr(error, "cause", None) or error
-        return f"{type(cause).__name__}: {cause}"
-    except Exception:  # No pickled error (a worker that died): fall back to the text trace.
-        pass
-    try:
-        with open(trial.error_file) as handle:
-            lines = [line.strip() for line in handle if line.strip()]
-    except (OSError, TypeError):
-        lines = []
-    return lines[-1] if lines else "the trial's worker ended unexpectedly"

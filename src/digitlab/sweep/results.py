@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from digitlab import atomic, plots, runs
+from digitlab import atomic, plots, runs, text
 from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import state as sweep_state
@@ -167,7 +167,7 @@ def results_table(rows: list[ResultRow], swept: list[str]) -> Table:
 
 def _cells(row: ResultRow, swept: list[str]) -> list[str]:
     values: dict[str, Any] = dict(row)
-    cells = [sweep_plan.value_text(row["params"][name]) for name in swept]
+    cells = [text.value_text(row["params"][name]) for name in swept]
     for name in RESULT_COLUMNS:
         value = values[name]
         if name == "wall_time_s":
@@ -186,6 +186,7 @@ def number_text(value: float | None, digits: int = 4) -> str:
 
 
 def results_csv(table: Table) -> str:
+    """The results table as CSV (results.csv)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(table.names)
@@ -194,6 +195,8 @@ def results_csv(table: Table) -> str:
 
 
 def results_markdown(table: Table) -> str:
+    """The results table as Markdown (results.md), numeric columns right-aligned."""
+
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 

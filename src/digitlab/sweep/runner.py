@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from digitlab import data
+from digitlab import data, errors
 from digitlab.config import TrainConfig
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
@@ -71,21 +71,21 @@ def run_sweep(
     """
     sample = sample or {}
     if not grid and not sample:
-        raise sweep_plan.SweepError("Nothing to sweep: give at least one --grid FIELD=V1,V2 or --sample FIELD=DIST:...")
+        raise errors.SweepError("Nothing to sweep: give at least one --grid FIELD=V1,V2 or --sample FIELD=DIST:...")
     both = sorted(set(grid) & set(sample))
     if both:
-        raise sweep_plan.SweepError(f"{', '.join(both)} is given both as --grid and --sample; choose one.")
+        raise errors.SweepError(f"{', '.join(both)} is given both as --grid and --sample; choose one.")
     if sample and samples < 1:
-        raise sweep_plan.SweepError(f"--samples must be at least 1 with --sample, got {samples}.")
+        raise errors.SweepError(f"--samples must be at least 1 with --sample, got {samples}.")
     if samples and not sample:
-        raise sweep_plan.SweepError("--samples needs at least one --sample FIELD=DIST:...")
+        raise errors.SweepError("--samples needs at least one --sample FIELD=DIST:...")
     if not seeds:
-        raise sweep_plan.SweepError("--seeds must be at least 1.")
+        raise errors.SweepError("--seeds must be at least 1.")
     if not cpus_per_trial > 0:
-        raise sweep_plan.SweepError(f"--cpus-per-trial must be above 0, got {cpus_per_trial}.")
+        raise errors.SweepError(f"--cpus-per-trial must be above 0, got {cpus_per_trial}.")
     trials = sweep_plan.plan_trials(base, grid, sweep_plan.draw_samples(sample, samples, sample_seed), seeds)
     if len(trials) > sweep_plan.TRIAL_LIMIT and not yes:
-        raise sweep_plan.SweepError(
+        raise errors.SweepError(
             f"This sweep has {len(trials)} trials (over {sweep_plan.TRIAL_LIMIT}); add --yes if you mean it."
         )
     out_dir = Path(out_dir)

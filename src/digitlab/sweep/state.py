@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from digitlab import atomic, data
-from digitlab.sweep import plan as sweep_plan
+from digitlab import atomic, data, errors
 from digitlab.sweep.plan import Trial
 
 FORMAT_VERSION = 1
@@ -39,16 +38,20 @@ class Sweep:
 
     @property
     def trials(self) -> list[Trial]:
+        """Every trial of the plan, with its status, as sweep.json records it."""
         return self.state["trials"]
 
     @property
     def runs_dir(self) -> Path:
+        """The folder of the trials' run folders, OUT/runs."""
         return self.path / "runs"
 
     def file(self, name: str) -> Path:
+        """The path of `name` inside the sweep folder."""
         return self.path / name
 
     def save(self) -> None:
+        """Writes sweep.json atomically."""
         atomic.write_json(self.file(STATE_FILE), self.state)
 
     def update(self, index: int, **values: Any) -> None:
@@ -57,9 +60,11 @@ class Sweep:
         self.save()
 
     def unfinished(self) -> list[Trial]:
+        """The trials that are not finished (pending, running, or cut short)."""
         return [trial for trial in self.trials if trial["status"] not in FINISHED]
 
     def resume_command(self) -> str:
+        """The command that resumes this sweep."""
         return resume_command(self.path)
 
     @property
@@ -110,7 +115,7 @@ def create(out_dir: str | Path, trials: list[Trial], settings: dict, loaded: dat
     try:
         (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise sweep_plan.SweepError(atomic.describe_write_error(out_dir, error)) from None
+        raise errors.SweepError(atomic.describe_write_error(out_dir, error)) from None
     state = {
         "format_version": FORMAT_VERSION,
         "id": secrets.token_hex(8),
@@ -127,13 +132,18 @@ def create(out_dir: str | Path, trials: list[Trial], settings: dict, loaded: dat
 def check_new_folder(out_dir: Path) -> None:
     """Refuses an --out that is a file, a sweep already (resume it instead) or a folder holding other things."""
     if (out_dir / STATE_FILE).is_file():
-        raise sweep_plan.SweepError(
+        raise errors.SweepError(
             f"{out_dir} already holds a sweep. Finish it with `{resume_command(out_dir)}`, or choose another --out."
         )
     if out_dir.exists() and not out_dir.is_dir():
-        raise sweep_plan.SweepError(f"--out {out_dir} is a file; choose a new or empty folder.")
+        raise errors.SweepError(f"--out {out_dir} is a file; choose a new or empty folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise sweep_plan.SweepError(f"--out {out_dir} already holds other files; choose a new or empty folder.")
+        raise errors.SweepError(f"--out {out_dir} already holds other files; choose a new or empty folder.")
+
+
+def is_sweep_folder(path: str | Path) -> bool:
+    """Whether `path` is a sweep's folder (it holds sweep.json), not a run's."""
+    return (Path(path) / STATE_FILE).is_file()
 
 
 def open_sweep(out_dir: str | Path) -> Sweep:
@@ -141,13 +151,13 @@ def open_sweep(out_dir: str | Path) -> Sweep:
     out_dir = Path(out_dir)
     path = out_dir / STATE_FILE
     if not path.is_file():
-        raise sweep_plan.SweepError(f"{out_dir} is not a sweep folder (it has no {STATE_FILE}).")
+        raise errors.SweepError(f"{out_dir} is not a sweep folder (it has no {STATE_FILE}).")
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise sweep_plan.SweepError(f"{path} is damaged or not JSON ({error}).") from None
+        raise errors.SweepError(f"{path} is damaged or not JSON ({error}).") from None
     if not isinstance(state, dict) or not isinstance(state.get("trials"), list):
-        raise sweep_plan.SweepError(f"{path} is not a digitlab sweep record.")
+        raise errors.SweepError(f"{path} is not a digitlab sweep record.")
     if state.get("format_version") != FORMAT_VERSION:
-        raise sweep_plan.SweepError(f"{path} is from another digitlab version (format {state.get('format_version')}).")
+        raise errors.SweepError(f"{path} is from another digitlab version (format {state.get('format_version')}).")
     return Sweep(out_dir, state)

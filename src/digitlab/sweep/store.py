@@ -32,8 +32,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import TypedDict
 
-from digitlab import atomic, runlock
-from digitlab.sweep import plan as sweep_plan
+from digitlab import atomic, errors, runlock
 
 
 class Outcome(TypedDict, total=False):
@@ -144,7 +143,7 @@ def _checked_name(name: str) -> str:
     """A path inside a run folder, refused if it could leave it (absolute, or with `..`)."""
     parts = PurePosixPath(name).parts
     if not parts or PurePosixPath(name).is_absolute() or any(part in ("", ".", "..") for part in parts):
-        raise sweep_plan.SweepError(f"A trial sent a file named {name!r}, which is not a path inside its run folder.")
+        raise errors.SweepError(f"A trial sent a file named {name!r}, which is not a path inside its run folder.")
     return name
 
 

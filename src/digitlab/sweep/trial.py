@@ -200,7 +200,7 @@ def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, 
                 training.resume(
                     path,
                     loaded=loaded,
-                    print_fn=_quiet,
+                    print_fn=training.quiet,
                     verbose=0,
                     on_epoch_end=on_epoch_end,
                     metadata=resumed,
@@ -220,7 +220,7 @@ def _train(trial: Trial, runs_dir: Path, loaded: data.Loaded, report, metadata, 
             runs_dir,
             loaded=loaded,
             run_name=trial["run"],
-            print_fn=_quiet,
+            print_fn=training.quiet,
             verbose=0,
             on_epoch_end=on_epoch_end,
             metadata=metadata,
@@ -297,7 +297,3 @@ class _Mirror:
     def clear(self) -> None:
         self.channel.clear()
         self.sent = {}
-
-
-def _quiet(*args, **kwargs) -> None:
-    """The print function of a trial's training: a worker's output goes nowhere."""
