@@ -553,9 +553,11 @@ int digitlab_kernels_simd_on(void) {
 #ifdef HAVE_X86
 static int allow_avx512 = 1;
 
+static int avx512_on(void) { return allow_avx512 && !force_scalar && use_avx2() && has_avx512(); }
+
 int digitlab_kernels_avx512(int allowed) {
     allow_avx512 = allowed;
-    return allow_avx512 && !force_scalar && use_avx2() && has_avx512();
+    return avx512_on();
 }
 #else
 int digitlab_kernels_avx512(int allowed) {
@@ -572,7 +574,7 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
                              int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                              int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries) {
 #ifdef HAVE_X86
-    const int wide = units == 64 && digitlab_kernels_avx512(allow_avx512);
+    const int wide = units == 64 && avx512_on();
 #endif
     int32_t *second = NULL; /* The AVX-512 version's cursors for the second half of the rows. */
     if (offsets) {
@@ -638,7 +640,7 @@ void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, in
 #endif
     int64_t p = first_pixel;
 #ifdef HAVE_X86
-    if (units == 64 && digitlab_kernels_avx512(allow_avx512))
+    if (units == 64 && avx512_on())
         for (; p + 2 <= last_pixel; p += 2) sgd_pair_avx512(offsets, entries, parts, p, dz, weight + p * units, rate);
 #endif
     for (; p < last_pixel; p++) {
