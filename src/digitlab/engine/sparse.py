@@ -67,6 +67,9 @@ def _load():
     except OSError as error:
         _reason = f"the C kernel {path.name} could not be loaded ({error})"
         return None
+    if not hasattr(library, "digitlab_kernels_avx512"):  # The newest entry point: a build older than this code.
+        _reason = f"the C kernel {path.name} is older than this digitlab; rebuild it (pip install -e . or make setup)"
+        return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.digitlab_kernels_simd.argtypes = [ctypes.c_int]
     library.digitlab_kernels_simd.restype = ctypes.c_int
