@@ -20,10 +20,17 @@
  * NumPy backend's per-batch steps, and digitlab_sparse_sgd_rows (a range of pixels, from the
  * transposes of several row ranges) for _train.c's threads. Units are handled in blocks of 64
  * (eight AVX2 registers), then of 8, then one by one.
+ *
+ * Where the CPU has AVX-512F, the AVX2 path runs its first layer for 64 units (the book's nets) in AVX-512, with
+ * the same FMAs in every lane, so the same bits: two images at a time forward and two pixels at a time in the
+ * update, their chains interleaved in 8 of the 32 registers (forward_avx512, sgd_pair_avx512). Tiling the kernel
+ * by pixels so that a tile's weight rows serve a group of images from L1 was measured and dropped on every path
+ * (docs/engine.md, "The first layer against its limit").
  */
 
 #define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c99 */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -278,6 +285,154 @@ static int64_t sgd_pixel_avx2(int32_t *const *offsets, Entry *const *entries, in
 }
 #endif
 
+/* ------------------------------------------------------------------------- AVX-512 versions */
+
+#ifdef HAVE_X86
+/* Zen 4 runs AVX-512 on 256-bit units, so its arithmetic is no faster than AVX2's; what it saves is instructions:
+ * a pixel's 64 units are four loads and four FMAs, not eight. Each lane does forward_avx2's FMAs in its order, so
+ * the bits are the AVX2 version's. These take only whole blocks of 64 units (units % 64 == 0: the book's nets);
+ * other widths run the AVX2 versions. */
+/* Pixel j's share of an image's 64 units, into its four accumulators x0 ... x3. */
+#define FMA64_512(j, x0, x1, x2, x3)                                                                              \
+    do {                                                                                                          \
+        const __m512 value = _mm512_set1_ps(vals[j]);                                                             \
+        const float *w = kernel + (int64_t)cols[j] * 64;                                                          \
+        x0 = _mm512_fmadd_ps(value, _mm512_loadu_ps(w), x0);                                                      \
+        x1 = _mm512_fmadd_ps(value, _mm512_loadu_ps(w + 16), x1);                                                 \
+        x2 = _mm512_fmadd_ps(value, _mm512_loadu_ps(w + 32), x2);                                                 \
+        x3 = _mm512_fmadd_ps(value, _mm512_loadu_ps(w + 48), x3);                                                 \
+    } while (0)
+
+/* Pixel j's transpose entry for batch row `row`, at its cursor in `at` (when the transpose is built). */
+#define SCATTER(j, at, number)                                                                                     \
+    do {                                                                                                          \
+        if (at) {                                                                                                 \
+            Entry *entry = entries + (at)[cols[j]]++;                                                             \
+            entry->row = (int32_t)(number), entry->value = vals[j];                                               \
+        }                                                                                                         \
+    } while (0)
+
+/* Stores an image's sums plus the bias. */
+#define STORE64_512(o, x0, x1, x2, x3)                                                                            \
+    do {                                                                                                          \
+        _mm512_storeu_ps((o), _mm512_add_ps(x0, _mm512_loadu_ps(bias)));                                          \
+        _mm512_storeu_ps((o) + 16, _mm512_add_ps(x1, _mm512_loadu_ps(bias + 16)));                                \
+        _mm512_storeu_ps((o) + 32, _mm512_add_ps(x2, _mm512_loadu_ps(bias + 32)));                                \
+        _mm512_storeu_ps((o) + 48, _mm512_add_ps(x3, _mm512_loadu_ps(bias + 48)));                                \
+    } while (0)
+
+/* forward_avx2 for 64 units, two images at a time: row r of the first half of the rows and row half + r of the
+ * second, their FMA chains interleaved (eight of the 32 registers), so that one image's loads overlap the
+ * other's. Each image's sum runs over its pixels in order, FMA by FMA as in forward_avx2: the same bits. The
+ * transpose's entries of the first half go to the cursors in `cursor` and those of the second to `second`
+ * (each pixel's first-half entries end where its second-half ones start), so each pixel's entries stay in row
+ * order. */
+__attribute__((target("avx512f,avx2,fma")))
+static void forward_avx512(const int64_t *restrict starts, const uint16_t *restrict cols, const float *restrict vals,
+                           const int64_t *restrict index, int64_t first, int64_t rows, const float *restrict kernel,
+                           const float *restrict bias, float *restrict out, int64_t row0, int32_t *restrict cursor,
+                           int32_t *restrict second, Entry *restrict entries) {
+    const int64_t half = rows / 2;
+    for (int64_t r = 0; r < half; r++) {
+        const int64_t r1 = half + r, image = index ? index[r] : first + r, other = index ? index[r1] : first + r1;
+        const int64_t begin = starts[image], end = starts[image + 1], begin1 = starts[other], end1 = starts[other + 1];
+        if (!cursor) {
+            prefetch_image(starts, cols, vals, index, first, r, rows);
+            prefetch_image(starts, cols, vals, index, first, r1, rows);
+        }
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        const int64_t both = end - begin < end1 - begin1 ? end - begin : end1 - begin1;
+        for (int64_t k = 0; k < both; k++) {
+            SCATTER(begin + k, cursor, row0 + r);
+            FMA64_512(begin + k, a0, a1, a2, a3);
+            SCATTER(begin1 + k, second, row0 + r1);
+            FMA64_512(begin1 + k, b0, b1, b2, b3);
+        }
+        for (int64_t j = begin + both; j < end; j++) {
+            SCATTER(j, cursor, row0 + r);
+            FMA64_512(j, a0, a1, a2, a3);
+        }
+        for (int64_t j = begin1 + both; j < end1; j++) {
+            SCATTER(j, second, row0 + r1);
+            FMA64_512(j, b0, b1, b2, b3);
+        }
+        STORE64_512(out + r * 64, a0, a1, a2, a3);
+        STORE64_512(out + r1 * 64, b0, b1, b2, b3);
+    }
+    if (rows > 2 * half) { /* An odd number of rows: the last one alone, the last of the second half. */
+        const int64_t r = rows - 1, image = index ? index[r] : first + r;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = starts[image]; j < starts[image + 1]; j++) {
+            SCATTER(j, second, row0 + r);
+            FMA64_512(j, a0, a1, a2, a3);
+        }
+        STORE64_512(out + r * 64, a0, a1, a2, a3);
+    }
+}
+#undef FMA64_512
+#undef SCATTER
+#undef STORE64_512
+
+/* The gradient sum of pixel p (into a0 ... a3, 64 units) and of pixel q (b0 ... b3) over their entries in part
+ * `part`, each in row order: the two pixels' chains interleaved, so that the loads of one overlap the other's. */
+#define DZ64_512(k, a0, a1, a2, a3)                                                                               \
+    do {                                                                                                          \
+        const __m512 value = _mm512_set1_ps(own[k].value);                                                        \
+        const float *s = dz + (int64_t)own[k].row * 64;                                                           \
+        a0 = _mm512_fmadd_ps(value, _mm512_loadu_ps(s), a0);                                                      \
+        a1 = _mm512_fmadd_ps(value, _mm512_loadu_ps(s + 16), a1);                                                 \
+        a2 = _mm512_fmadd_ps(value, _mm512_loadu_ps(s + 32), a2);                                                 \
+        a3 = _mm512_fmadd_ps(value, _mm512_loadu_ps(s + 48), a3);                                                 \
+    } while (0)
+
+/* Plain SGD on the kernel rows of pixels p and p + 1 (64 units: the caller checks), as sgd_pixel_avx2 does each:
+ * weight -= rate * sum, the sum over the batch rows of every part in order, each FMA in every lane as there, so
+ * the bits are the AVX2 version's. The two pixels' sums take 8 of the 32 registers. */
+__attribute__((target("avx512f,avx2,fma")))
+static void sgd_pair_avx512(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t p, const float *dz,
+                            float *rows, float rate) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int touched0 = 0, touched1 = 0;
+    for (int64_t part = 0; part < parts; part++) {
+        const Entry *own = entries[part];
+        const int32_t k0 = offsets[part][p], k1 = offsets[part][p + 1], k2 = offsets[part][p + 2];
+        const int32_t both = k1 - k0 < k2 - k1 ? k1 - k0 : k2 - k1;
+        touched0 |= k1 > k0, touched1 |= k2 > k1;
+        for (int32_t k = 0; k < both; k++) {
+            DZ64_512(k0 + k, a0, a1, a2, a3);
+            DZ64_512(k1 + k, b0, b1, b2, b3);
+        }
+        for (int32_t k = k0 + both; k < k1; k++) DZ64_512(k, a0, a1, a2, a3);
+        for (int32_t k = k1 + both; k < k2; k++) DZ64_512(k, b0, b1, b2, b3);
+    }
+    const __m512 step = _mm512_set1_ps(rate);
+    if (touched0) { /* No image of the batch has the pixel: a zero gradient leaves its row. */
+        _mm512_storeu_ps(rows, _mm512_sub_ps(_mm512_loadu_ps(rows), _mm512_mul_ps(a0, step)));
+        _mm512_storeu_ps(rows + 16, _mm512_sub_ps(_mm512_loadu_ps(rows + 16), _mm512_mul_ps(a1, step)));
+        _mm512_storeu_ps(rows + 32, _mm512_sub_ps(_mm512_loadu_ps(rows + 32), _mm512_mul_ps(a2, step)));
+        _mm512_storeu_ps(rows + 48, _mm512_sub_ps(_mm512_loadu_ps(rows + 48), _mm512_mul_ps(a3, step)));
+    }
+    if (touched1) {
+        rows += 64;
+        _mm512_storeu_ps(rows, _mm512_sub_ps(_mm512_loadu_ps(rows), _mm512_mul_ps(b0, step)));
+        _mm512_storeu_ps(rows + 16, _mm512_sub_ps(_mm512_loadu_ps(rows + 16), _mm512_mul_ps(b1, step)));
+        _mm512_storeu_ps(rows + 32, _mm512_sub_ps(_mm512_loadu_ps(rows + 32), _mm512_mul_ps(b2, step)));
+        _mm512_storeu_ps(rows + 48, _mm512_sub_ps(_mm512_loadu_ps(rows + 48), _mm512_mul_ps(b3, step)));
+    }
+}
+#undef DZ64_512
+
+/* 1 where the CPU has AVX-512F (checked once). */
+static int has_avx512(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f");
+    }
+    return cached;
+}
+#endif
+
 /* ------------------------------------------------------------------------- SIMD128 versions */
 
 #ifdef HAVE_SIMD128
@@ -393,6 +548,24 @@ int digitlab_kernels_simd_on(void) {
     return !force_scalar && use_avx2();
 }
 
+/* 1 when the first layer's AVX-512 versions run (for 64 units: the AVX2 path's bits, on a CPU with AVX-512F and
+ * the AVX2 versions on); `allowed` 0 keeps the AVX2 ones (DIGITLAB_KERNEL_AVX512=0, sparse.py; the tests). */
+#ifdef HAVE_X86
+static int allow_avx512 = 1;
+
+static int avx512_on(void) { return allow_avx512 && !force_scalar && use_avx2() && has_avx512(); }
+
+int digitlab_kernels_avx512(int allowed) {
+    allow_avx512 = allowed;
+    return avx512_on();
+}
+#else
+int digitlab_kernels_avx512(int allowed) {
+    (void)allowed;
+    return 0;
+}
+#endif
+
 /* out = x[index] @ kernel + bias for `rows` images (index NULL: images first ... first + rows - 1), out
  * being rows x units. When `offsets` is not NULL it also builds these rows' transpose, numbered as batch
  * rows row0 ... row0 + rows - 1: offsets (inputs + 1 ints; pixel p's entries are offsets[p] ... offsets[p + 1]
@@ -400,6 +573,10 @@ int digitlab_kernels_simd_on(void) {
 void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
                              int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                              int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries) {
+#ifdef HAVE_X86
+    const int wide = units == 64 && avx512_on();
+#endif
+    int32_t *second = NULL; /* The AVX-512 version's cursors for the second half of the rows. */
     if (offsets) {
         /* Each pixel's count, then its start: the images then write their entries at each pixel's cursor.
          * The count runs ahead of the forward, so it asks for the images' rows to be brought into cache:
@@ -408,6 +585,11 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
         memset(offsets, 0, sizeof(int32_t) * (inputs + 1));
         for (int64_t r = 0; r < rows; r++) {
             const int64_t image = index ? index[r] : first + r;
+#ifdef HAVE_X86
+            /* The counts of the first half of the rows: where the second half's entries start. */
+            if (wide && r == rows / 2 && (second = malloc(sizeof(int32_t) * (inputs + 1))))
+                memcpy(second, offsets, sizeof(int32_t) * (inputs + 1));
+#endif
 #ifdef __GNUC__
             if (index && r + 8 < rows) __builtin_prefetch(starts + index[r + 8]);
             if (r + 4 < rows) {
@@ -419,9 +601,13 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
             for (int64_t j = starts[image]; j < starts[image + 1]; j++) offsets[cols[j] + 1]++;
         }
         for (int64_t p = 0; p < inputs; p++) offsets[p + 1] += offsets[p];
+        if (second)
+            for (int64_t p = 0; p < inputs; p++) second[p] = offsets[p] + second[p + 1];
     }
 #ifdef HAVE_X86
-    if (!force_scalar && use_avx2())
+    if (wide && (second || !offsets))
+        forward_avx512(starts, cols, vals, index, first, rows, kernel, bias, out, row0, offsets, second, entries);
+    else if (!force_scalar && use_avx2())
         forward_avx2(starts, cols, vals, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
     else
 #elif defined(HAVE_SIMD128)
@@ -431,10 +617,15 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
 #endif
         forward_scalar(starts, cols, vals, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
     if (offsets) {
-        /* The cursors moved each pixel's start to the next pixel's: shift them back. */
+        /* The cursors moved each pixel's start to the next pixel's (the second half's cursors, where there are
+         * two): shift them back. */
+        if (second) memcpy(offsets, second, sizeof(int32_t) * inputs);
         memmove(offsets + 1, offsets, sizeof(int32_t) * inputs);
         offsets[0] = 0;
     }
+#ifdef HAVE_X86
+    free(second);
+#endif
 }
 
 /* Plain SGD on the first layer's kernel rows first_pixel ... last_pixel - 1, from the transposes of
@@ -447,11 +638,17 @@ void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, in
 #if defined(HAVE_X86) || defined(HAVE_SIMD128)
     const int simd = !force_scalar && use_avx2();
 #endif
-    for (int64_t p = first_pixel; p < last_pixel; p++) {
+    int64_t p = first_pixel;
+#ifdef HAVE_X86
+    if (units == 64 && avx512_on())
+        for (; p + 2 <= last_pixel; p += 2) sgd_pair_avx512(offsets, entries, parts, p, dz, weight + p * units, rate);
+#endif
+    for (; p < last_pixel; p++) {
         int64_t u0 = 0;
 #ifdef HAVE_X86
         /* Blocks of 64 units: the sums stay in registers across the parts, and the update is done there. */
-        if (simd) u0 = sgd_pixel_avx2(offsets, entries, parts, p, dz, units, weight + p * units, rate);
+        if (simd)
+            u0 = sgd_pixel_avx2(offsets, entries, parts, p, dz, units, weight + p * units, rate);
 #elif defined(HAVE_SIMD128)
         if (simd) u0 = sgd_pixel_simd128(offsets, entries, parts, p, dz, units, weight + p * units, rate);
 #endif

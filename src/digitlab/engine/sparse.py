@@ -20,7 +20,9 @@ call (every batch's layers, loss, backward pass and update), with threads sharin
 each batch. A machine where the library could not be built, or a run with
 `DIGITLAB_NO_KERNEL=1` in the environment, trains on the NumPy path instead, and
 `unavailable_reason` says so. `DIGITLAB_KERNEL_SCALAR=1` keeps the library but
-skips its AVX2 versions (the portable ones then run; the tests use it).
+skips its AVX2 versions (the portable ones then run; the tests use it). Where
+the CPU has AVX-512, the AVX2 path runs its first layer for 64 units in AVX-512
+(the same bits); `DIGITLAB_KERNEL_AVX512=0` keeps it in AVX2.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 LIBRARY_NAME = "_kernels"
 DISABLE_VARIABLE = "DIGITLAB_NO_KERNEL"
 SCALAR_VARIABLE = "DIGITLAB_KERNEL_SCALAR"
+AVX512_VARIABLE = "DIGITLAB_KERNEL_AVX512"
 # Above this fraction of nonzero inputs the dense BLAS product is the faster path.
 MAX_DENSITY = 0.5
 
@@ -63,6 +66,9 @@ def _load():
         library = ctypes.CDLL(str(path))
     except OSError as error:
         _reason = f"the C kernel {path.name} could not be loaded ({error})"
+        return None
+    if not hasattr(library, "digitlab_kernels_avx512"):  # The newest entry point: a build older than this code.
+        _reason = f"the C kernel {path.name} is older than this digitlab; rebuild it (pip install -e . or make setup)"
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.digitlab_kernels_simd.argtypes = [ctypes.c_int]
@@ -95,7 +101,10 @@ def _load():
         [pointer] * 6 + [size] * 2 + [pointer] * 4 + [ctypes.c_int32, ctypes.c_float, size, pointer, pointer]
     )
     library.digitlab_evaluate.restype = ctypes.c_int
+    library.digitlab_kernels_avx512.argtypes = [ctypes.c_int]
+    library.digitlab_kernels_avx512.restype = ctypes.c_int
     library.digitlab_kernels_simd(int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0")))
+    library.digitlab_kernels_avx512(int(os.environ.get(AVX512_VARIABLE, "") != "0"))
     _library = library
     return _library
 
@@ -126,6 +135,16 @@ def simd() -> bool:
     library = _load()
     return bool(
         library is not None and library.digitlab_kernels_simd(int(os.environ.get(SCALAR_VARIABLE, "") not in ("", "0")))
+    )
+
+
+def avx512() -> bool:
+    """True when the AVX2 path runs its first layer in AVX-512 (a CPU with AVX-512F, 64 units; the same bits)."""
+    library = _load()
+    return bool(
+        library is not None
+        and simd()
+        and library.digitlab_kernels_avx512(int(os.environ.get(AVX512_VARIABLE, "") != "0"))
     )
 
 
