@@ -143,22 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--runs-dir",
         default=None,
-        help="folder of the runs the page lists and trains into (default: RUN's folder, else runs)",
+        help="folder of the runs the page lists and keeps (default: RUN's folder, else runs)",
     )
     serve.add_argument(
         "--token",
         default=None,
-        help="the operator's token (trains, stops), needed on every request when --host is not loopback "
+        help="the operator's token (keeps the page's runs here), needed on every request when --host is not loopback "
         "(default: generated and printed in a link)",
     )
     serve.add_argument(
         "--view-token",
         default=None,
         help="the view-only token (watch, draw) (default: generated when a token is needed)",
-    )
-    serve.add_argument("--max-epochs", type=int, default=1000, help="the most epochs one run from the page may train")
-    serve.add_argument(
-        "--max-train-images", type=int, default=60_000, help="the most training images one run from the page may use"
     )
     serve.add_argument("--max-viewers", type=int, default=100, help="the most event streams open at once")
     serve.add_argument(
@@ -500,16 +496,12 @@ def command_serve(args) -> int:
         raise errors.DigitlabError(f"--port must be from 1 to 65535, got {args.port}.")
     check_port_free(args.host, args.port)  # At once, before the seconds that importing the server takes.
     from digitlab import runs
-    from digitlab.serve import access, live
+    from digitlab.serve import access
     from digitlab.serve import app as serving
 
-    for flag, value in (("--max-epochs", args.max_epochs), ("--max-train-images", args.max_train_images)):
-        if value < 1:
-            raise errors.DigitlabError(f"{flag} must be a positive whole number, got {value}.")
     if args.max_viewers < 1:
         raise errors.DigitlabError(f"--max-viewers must be a positive whole number, got {args.max_viewers}.")
     permissions = access.Access.for_host(args.host, args.token, args.view_token)
-    limits = live.Limits(args.max_epochs, args.max_train_images, args.max_viewers)
     class_settings = None
     if args.classroom:
         from digitlab.serve import classroom
@@ -529,7 +521,7 @@ def command_serve(args) -> int:
         runs_dir=runs_dir,
         data_path=args.data,
         permissions=permissions,
-        limits=limits,
+        max_viewers=args.max_viewers,
         class_settings=class_settings,
     )
     return 0

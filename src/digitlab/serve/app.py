@@ -2,13 +2,14 @@
 
     from digitlab.serve import app as serving
     app = serving.create_app(model, run_name="shallow-1")   # a FastAPI app (tests use it directly)
-    app = serving.create_app(runs_dir="runs")               # ... that also trains (serve/live.py)
+    app = serving.create_app(runs_dir="runs")               # ... that also keeps runs (serve/live.py)
     serving.serve(model, host="127.0.0.1", port=8000, run_name="shallow-1", runs_dir="runs")
 
-Endpoints here (the training ones are in `live`, the tokens in `access`):
+Endpoints here (the runs' in `live`, the page's MNIST and kept runs in `uploads`, the tokens in `access`):
 
-- `GET /`: the page (static/: index.html, app.js, live.js, charts.js, style.css; nothing from
-  the network, so it works offline).
+- `GET /`: the page (static/: index.html, app.js, browser.js, live.js, charts.js, style.css, the
+  engine; nothing from the network, so it works offline). The page trains in the browser; the
+  server trains nothing.
 - `POST /api/predict`: a picture as a multipart upload (field `file`) or as the raw
   body (`Content-Type: image/...`), or JSON `{"pixels": [[...28 numbers 0-255...] x 28]}`
   taken as an MNIST-style input as it is (add `"prepare": true` to centre and
@@ -16,7 +17,7 @@ Endpoints here (the training ones are in `live`, the tokens in `access`):
   the 28x28 pixels the network saw. Pictures go through `imaging.prepare_image`,
   the same function the command line uses. `?run=NAME&epoch=E` asks that saved run's
   network as it was after epoch E instead of the served one.
-- `GET /api/health`: the model and run being served, whether the server trains or has a class, the caller's role.
+- `GET /api/health`: the model and run being served, whether the server keeps runs or has a class, the caller's role.
 - `/api/class/...` (`digitlab serve --class`): students' runs epoch by epoch and the class board (`classroom`).
 - `GET /docs`, `GET /openapi.json`: FastAPI's API documentation.
 
@@ -341,8 +342,8 @@ def _served(request: Request) -> _Served:
     return request.app.state.served
 
 
-def _trainer(request: Request) -> live.Trainer | None:
-    return request.app.state.trainer
+def _home(request: Request) -> live.RunsHome | None:
+    return request.app.state.runs_home
 
 
 router = APIRouter()
@@ -357,8 +358,8 @@ async def index(request: Request):
 
 @router.get("/api/health")
 async def health(request: Request):
-    """The server is up; which model and run it serves, and whether it trains (and lists runs)."""
-    served, trainer = _served(request), _trainer(request)
+    """The server is up; which model and run it serves, and whether it keeps runs (and lists them)."""
+    served, home = _served(request), _home(request)
     model = served.model
     return {
         "status": "ok",
@@ -370,7 +371,7 @@ async def health(request: Request):
         "version": digitlab.__version__,
         "max_upload_bytes": imaging.MAX_UPLOAD_BYTES,
         "max_side": imaging.MAX_SIDE,
-        "training": trainer is not None,
+        "runs": home is not None,
         "class": getattr(request.app.state, "classroom", None) is not None,
         "role": access.role_of(request),
     }
@@ -419,22 +420,22 @@ async def predict_digit(
     ] = None,
 ):
     """Reads the digit in a picture (multipart field `file`, or the raw body) or in 28x28 JSON pixels."""
-    served, trainer = _served(request), _trainer(request)
+    served, home = _served(request), _home(request)
     pixels, source = await pixels_from_request(request, served.large_pictures)
     extra = {}
     if run is not None or epoch is not None:
-        if trainer is None:
+        if home is None:
             raise HTTPException(404, "This server serves one network and keeps no runs; leave out run and epoch.")
         if run is None and not served.run_name:
             raise HTTPException(409, "No run is served here, so name the run whose epoch to ask: ?run=NAME&epoch=E.")
         run = served.run_name if run is None else run
-        row, asked = trainer.networks.probabilities(run, epoch, pixels)
+        row, asked = home.networks.probabilities(run, epoch, pixels)
         extra = {"run": run, "epoch": asked}
     elif served.model is not None:
         row = predict.pixel_probabilities(served.model, pixels)[0]
     else:
         raise HTTPException(
-            409, "No network is served yet: train one on the page (or POST /api/train), then ask it with ?run=NAME."
+            409, "No network is served yet: train one on the page and keep it here, then ask it with ?run=NAME."
         )
     answer = predict.describe(row)
     answer["pixels"] = pixels.tolist()
@@ -470,34 +471,35 @@ def create_app(
     runs_dir=None,
     data_path=None,
     permissions: access.Access | None = None,
-    limits: live.Limits | None = None,
-    log=print,
+    max_viewers: int = 100,
     class_settings: classroom.ClassSettings | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `model` (a trained Keras model, or None); `run_name` is shown on the page.
 
-    With `runs_dir`, the page also trains (`live`) into that folder and shows its runs at any epoch;
+    With `runs_dir`, the page keeps the runs it trains in that folder and shows its runs at any epoch,
+    live while `digitlab train` trains them (`live`; at most `max_viewers` event streams at once);
     `permissions` (`access.Access`, open by default) says which tokens a request needs."""
-    trainer = None if runs_dir is None else live.Trainer(runs_dir, data_path, limits, log=log)
+    home = None if runs_dir is None else live.RunsHome(runs_dir, data_path, max_viewers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        if trainer is not None:
-            await trainer.close()  # A training is stopped and saved, resumable.
+        if home is not None:
+            home.close()  # Ends the event streams.
 
     app = FastAPI(
         title="digitlab",
         version=digitlab.__version__,
         description="Reads handwritten digits with the Shallow Net of Deep Learning Illustrated (chapter 5), and "
-        "trains it live. Draw on the page at /, POST a picture or 28x28 pixels to /api/predict, or train with "
-        "POST /api/train and watch GET /api/train/NAME/events.",
+        "shows its runs. Draw on the page at / (it trains the net in your browser), POST a picture or 28x28 pixels "
+        "to /api/predict, or watch a run that `digitlab train` trains at GET /api/runs/NAME/events.",
         lifespan=lifespan,
     )
     app.state.served = _Served(model, run_name)
-    app.state.trainer = trainer
+    app.state.runs_home = home
+    app.state.trainer = home  # classroom.py's name for it (it calls .networks.forget), until it is renamed there.
     app.state.classroom = (
-        None if trainer is None or class_settings is None else classroom.Classroom(runs_dir, class_settings)
+        None if home is None or class_settings is None else classroom.Classroom(runs_dir, class_settings)
     )
     if model is not None:
         # Compiles the fast path now, so the first visitor does not wait for it.
@@ -507,22 +509,12 @@ def create_app(
     app.exception_handler(Exception)(_unexpected_error)
     app.include_router(router)
     app.include_router(uploads.router)  # Before /static is mounted: page.json and MNIST are built here.
-    if trainer is not None:
+    if home is not None:
         app.include_router(live.router)
     if app.state.classroom is not None:
         app.include_router(classroom.router)  # A class: students' pages send their runs (--class).
     permissions = permissions or access.Access()
     openapi.install(app, permissions)
-    if trainer is not None:
-        generate = app.openapi
-
-        def with_limits() -> dict:  # The training body's schema holds this server's limits.
-            schema = generate()
-            body = schema["paths"]["/api/train"]["post"]["requestBody"]["content"]["application/json"]
-            body["schema"] = live.train_body_schema(trainer.limits)
-            return schema
-
-        app.openapi = with_limits  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_GuardAndTime, limit=MAX_BODY_BYTES)
     app.add_middleware(access.RequireToken, access=permissions)
@@ -538,16 +530,16 @@ async def _digitlab_error(request: Request, error: Exception):
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, which first ends the event streams and stops a training (saved, resumable) when it
-    is told to stop: otherwise it would wait for the viewers' open streams before shutting down."""
+    """uvicorn's server, which first ends the event streams when it is told to stop: otherwise it would
+    wait for the viewers' open streams before shutting down."""
 
-    def __init__(self, config: uvicorn.Config, trainer: live.Trainer | None):
+    def __init__(self, config: uvicorn.Config, home: live.RunsHome | None):
         super().__init__(config)
-        self.trainer = trainer
+        self.home = home
 
     async def shutdown(self, sockets=None):
-        if self.trainer is not None:
-            await self.trainer.close()
+        if self.home is not None:
+            self.home.close()
         await super().shutdown(sockets)
 
 
@@ -560,7 +552,7 @@ def serve(
     runs_dir=None,
     data_path=None,
     permissions: access.Access | None = None,
-    limits: live.Limits | None = None,
+    max_viewers: int = 100,
     class_settings: classroom.ClassSettings | None = None,
 ) -> None:
     """Runs the app on uvicorn until Ctrl-C. Loopback by default; another host needs the tokens of
@@ -568,7 +560,7 @@ def serve(
     permissions = permissions or access.Access.for_host(host)
     if class_settings is not None:
         permissions = permissions.with_students()
-    app = create_app(model, run_name, runs_dir, data_path, permissions, limits, class_settings=class_settings)
+    app = create_app(model, run_name, runs_dir, data_path, permissions, max_viewers, class_settings=class_settings)
     every_interface = host in ("0.0.0.0", "::")
     shown_host = socket.gethostname() if every_interface else f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{port}/"
@@ -579,7 +571,7 @@ def serve(
         reach = "only this machine can reach it, and" if loopback else "reachable from other machines, so"
         print(
             f"Serving on {host}: {reach} every request needs a token.\n"
-            f"  operator (trains, stops):  {permissions.link(base, access.OPERATOR)}\n"
+            f"  operator (keeps runs):     {permissions.link(base, access.OPERATOR)}\n"
             f"  view-only (watch, draw):   {permissions.link(base, access.VIEWER)}"
         )
         if permissions.student_token is not None:
@@ -593,4 +585,4 @@ def serve(
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", access_log=access_log, loop="asyncio", timeout_graceful_shutdown=5
     )
-    _Server(config, app.state.trainer).run()
+    _Server(config, app.state.runs_home).run()
