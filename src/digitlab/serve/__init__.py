@@ -3,6 +3,7 @@
 - `app`: `digitlab serve [RUN]`, the FastAPI app (`create_app`), the drawing API and the server (`serve`);
 - `live`: the runs API: saved runs, and a run `digitlab train` trains now, its epochs as Server-Sent Events;
 - `uploads`: what the page trains with (its rules, MNIST) and a run it keeps; `classroom`: a class's runs;
+- `bodies`: reading a prediction's body (size guard, JSON pixels, multipart, pictures), each refusal a sentence;
 - `networks`: any saved run's network at any recorded epoch (predictions, weight tiles, evaluation);
 - `access`: the tokens a server off loopback requires (operator and view-only);
 - `openapi`: what /openapi.json says: the error body, every status of each route, the tokens as schemes;

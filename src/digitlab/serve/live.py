@@ -48,7 +48,7 @@ from digitlab.serve.networks import Networks
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
 # How often a run that another process trains is read: its epochs reach the page within this.
-POLL_S = 0.25
+POLL_S = 0.1
 # A Last-Event-ID: an epoch number (ASCII digits only: '³'.isdigit() is true, int('³') fails) or "end".
 EVENT_ID = re.compile(r"[0-9]{1,9}|end")
 # One Server-Sent Event of GET /api/runs/NAME/events (as the OpenAPI 3.2 itemSchema of an event stream).

@@ -1,5 +1,5 @@
-// digitlab: the training panel when the page trains in the browser (mode.js decides; the default wherever
-// WebAssembly runs). The settings are checked with TrainConfig's own rules (rules.js, page.json); Train
+// digitlab: the training panel: the page trains in the browser (wherever WebAssembly and Workers run: mode.js).
+// The settings are checked with TrainConfig's own rules (rules.js, page.json); Train
 // starts train-worker.js, which trains in a Worker with the WebAssembly engine; every epoch's logs and
 // weights come back here: the curves gain a point, the 64 weight tiles are drawn from the first layer's
 // weights (the server's colour scale, from page.json), the slider can show any epoch (every epoch's weights
