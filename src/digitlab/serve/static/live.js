@@ -20,6 +20,8 @@
   const overlayChart = Charts.lineChart($("overlay-chart"), { yMax: 1 });
   const KEYS = ["loss", "accuracy", "val_loss", "val_accuracy"];
   const HERE = "\u0000browser"; // The overlay's key for the run trained in this browser (no run folder has it).
+  // ?run=NAME opens that run; read now, before browser.js writes the settings into the address bar.
+  const wanted = new URLSearchParams(location.search).get("run");
 
   // The server's run on show (null while the browser's run is): its name, history, planned epochs, tiles, status.
   let shown = null;
@@ -375,7 +377,6 @@
       liveStatus.textContent = "This browser cannot train the network (it lacks WebAssembly or Workers); open a saved run below.";
     }
     await loadRuns();
-    const wanted = new URLSearchParams(location.search).get("run");
     const training = listed.filter((summary) => summary.training).at(-1); // The newest run `digitlab train` trains.
     if (wanted) watch(wanted);
     else if (training) watch(training.run);
