@@ -180,7 +180,10 @@ class Follower:
         """Reads the run until it stops running, or until nobody watches it (then it is let go)."""
         try:
             while not self.home.closing:
-                frames, tiles, end = await run_in_threadpool(self._read)
+                try:
+                    frames, tiles, end = await run_in_threadpool(self._read)
+                except runs.RunError:  # Its files were damaged while it trained: its end, as it stands.
+                    frames, tiles, end = [], None, _frame("end", "end", end_payload(self.run))
                 if frames:
                     self.frames.extend(frames)
                     self.tiles = tiles

@@ -377,7 +377,8 @@
       liveStatus.textContent = "This browser cannot train the network (it lacks WebAssembly or Workers); open a saved run below.";
     }
     await loadRuns();
-    const training = listed.filter((summary) => summary.training).at(-1); // The newest run `digitlab train` trains.
+    // The newest run that a process trains (`digitlab train`); in a class, students' runs wait on the board.
+    const training = health.class ? null : listed.filter((summary) => summary.training).at(-1);
     if (wanted) watch(wanted);
     else if (training) watch(training.run);
     else if (health.run) watch(health.run);
