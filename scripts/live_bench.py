@@ -1,27 +1,26 @@
-"""Measures the live training page on this machine's loopback, side by side with `digitlab train`.
+"""Measures `digitlab serve` showing, live, the runs `digitlab train` trains into its runs folder.
 
-    python scripts/live_bench.py                              # 200 epochs, twice each, 20 and 50 viewers
+    python scripts/live_bench.py                              # 200 epochs, twice each, 50 viewers
     python scripts/live_bench.py --epochs 20 --repeats 1      # a quick look
 
-It starts `digitlab serve` (no RUN) on a free loopback port and prints one table:
+It starts `digitlab serve` (no RUN) on a free loopback port and prints one table, every row from
+this one run:
 
-1. Speed: the book's run (shallow net, all 60,000 images, --epochs, seed 0) trained by
-   `digitlab train` in its own process, then the same config started from the page's API
-   (`POST /api/train`) while `--viewers` viewers watch it, alternating, `--repeats` times. For each:
-   the wall time (the command's whole life; for the page, the POST until the end event) and the
-   training loop's own time (metrics.json `wall_time_s`), and the server's answers meanwhile (a
-   prediction every 50 ms, p50/p99): with `digitlab train` the training runs in another process,
-   which is what a server training in a subprocess would give; with the page it runs in the
-   server's own thread. A first row gives the server's answers with nothing training.
-2. Delay: `--latency-viewers` viewers watch a run of `--latency-epochs` epochs; for every epoch
-   and viewer, the time from the end of the epoch (the `time` the server stamps in the event,
-   when the epoch's files are written) to the event's arrival, p50/p99/max.
+1. The book's run (shallow net, all 60,000 images, --epochs, seed 0, --record-epochs) trained by
+   `digitlab train` into a folder the server does not serve (the anchor), then into the server's
+   runs folder while `--viewers` viewers follow it (as the page does: the event stream, the newest
+   epoch's tiles inside it, any other epoch's tiles fetched), alternating, `--repeats` times. For
+   each: the command's wall time and the training loop's own (metrics.json `wall_time_s`), and
+   the server's answers meanwhile (a prediction every 50 ms, p50/p99); a first row gives those
+   answers with nothing training. The ratios say what being watched costs the training.
+2. Delay: for every epoch and viewer of the followed runs, the time from the epoch's weights
+   landing on disk (the mtime of epochs/epoch-NNNN.npz, the last file training writes for an
+   epoch) to the event's arrival, p50/p99/max. The server reads a followed run's folder every
+   `live.POLL_S` seconds, so that bounds the typical delay.
 
-Each viewer does what the page does: it reads the event stream (`GET /api/train/NAME/events`),
-whose newest epoch carries its weight tiles, and fetches by URL the tiles of any epoch that came
-without them (when it fell behind), one picture at a time. The clients are a few lines
-of asyncio speaking HTTP/1.1 directly, so that they take as little CPU as they can from the server.
-Everything runs on 127.0.0.1; the script refuses any other address. Tests import `read_events`.
+The clients are a few lines of asyncio speaking HTTP/1.1 directly, so that they take as little CPU
+as they can from the server. Everything runs on 127.0.0.1; the script refuses any other address.
+Tests import `read_events`.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ async def read_events_async(
     wanted = {"Accept": "text/event-stream", **(headers or {})}
     if last_event_id is not None:
         wanted["Last-Event-ID"] = str(last_event_id)
-    reader, writer, status, fields = await _open(parts.hostname, parts.port, f"/api/train/{name}/events", wanted)
+    reader, writer, status, fields = await _open(parts.hostname, parts.port, f"/api/runs/{name}/events", wanted)
     if status != 200:
         body = await _body(reader, fields)
         writer.close()
@@ -219,42 +218,47 @@ async def _probe(url: str, run: str, stop: asyncio.Event) -> list[float]:
     return latencies
 
 
-def _post_json(url: str, path: str, values: dict) -> dict:
-    request = urllib.request.Request(
-        url + path, data=json.dumps(values).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        return json.loads(answer.read())
+def _percentiles(values) -> str:
+    if not values:
+        return "-"
+    return f"{np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
 
 
-def _metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+def _train_command(folder: Path, epochs: int, train_limit, data) -> list[str]:
+    command = [sys.executable, "-m", "digitlab", "train", "--epochs", str(epochs), "--seed", "0", "--record-epochs"]
+    command += ["--runs-dir", str(folder)] + (["--train-limit", str(train_limit)] if train_limit else [])
+    return command + (["--data", data] if data else [])
 
 
-async def _page_run(url, runs_dir, values, viewers, probe_run, tiles=True):
-    started = time.perf_counter()
-    name = (await asyncio.to_thread(_post_json, url, "/api/train", values))["run"]
+async def _new_run(folder: Path, known: set, process) -> str:
+    """The run folder a `digitlab train` just made in `folder`, once it has its config."""
+    while True:
+        made = [path.parent.name for path in folder.glob("*/config.json") if path.parent.name not in known]
+        if made:
+            return made[0]
+        if process.returncode is not None:
+            raise RuntimeError("digitlab train ended before its run folder appeared.")
+        await asyncio.sleep(0.02)
+
+
+async def _timed_run(command, url, probe_run, folder: Path, viewers: int):
+    """Runs `digitlab train`; with `viewers`, that many follow its run on the server from its first
+    moment. Returns (run name, wall s, the viewers' events, prediction latencies meanwhile)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    known = {path.name for path in folder.iterdir()}
     stop = asyncio.Event()
-    probe = asyncio.create_task(_probe(url, probe_run, stop)) if probe_run else None
-    watched = await asyncio.gather(*(_viewer(url, name, tiles) for _ in range(viewers)))
-    wall = time.perf_counter() - started
-    stop.set()
-    latencies = await probe if probe else []
-    return name, wall, watched, latencies
-
-
-async def _cli_run(command, probe_url, probe_run):
-    stop = asyncio.Event()
-    probe = asyncio.create_task(_probe(probe_url, probe_run, stop))
+    probe = asyncio.create_task(_probe(url, probe_run, stop))
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    name = await _new_run(folder, known, process)
+    watched = await asyncio.gather(*(_viewer(url, name, True) for _ in range(viewers)))
     _, errors = await process.communicate()
     wall = time.perf_counter() - started
     stop.set()
     latencies = await probe
     if process.returncode != 0:
         raise RuntimeError(f"digitlab train failed: {errors.decode()[-2000:]}")
-    return wall, latencies
+    return name, wall, watched, latencies
 
 
 async def _idle_probe(url, run, seconds):
@@ -265,78 +269,53 @@ async def _idle_probe(url, run, seconds):
     return await probe
 
 
-def _percentiles(values) -> str:
-    if not values:
-        return "-"
-    return f"{np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
+def _delays(run_dir: Path, watched: list) -> list[float]:
+    """Per epoch event: its arrival less the time its weights were written, in ms."""
+    written = {int(path.stem.split("-")[1]): path.stat().st_mtime for path in (run_dir / "epochs").glob("epoch-*.npz")}
+    return [
+        (arrived - written[data["epoch"]]) * 1000
+        for seen in watched
+        for _, kind, data, arrived in seen
+        if kind == "epoch" and data["epoch"] in written
+    ]
 
 
-def run_bench(
-    epochs=200,
-    repeats=2,
-    viewers=20,
-    latency_viewers=50,
-    latency_epochs=200,
-    train_limit=None,
-    data=None,
-    idle_s=10.0,
-    baseline=False,
-):
+def run_bench(epochs=200, repeats=2, viewers=50, train_limit=None, data=None, idle_s=10.0):
     """Runs the benchmark (see the module docstring); returns (table text, figures dict)."""
     folder = Path(tempfile.mkdtemp(prefix="digitlab-live-bench-"))
     port = load_test.free_port()
     url = f"http://127.0.0.1:{port}"
-    data_flags = ["--data", data] if data else []
-    server = [sys.executable, "-m", "digitlab", "serve", "--runs-dir", str(folder / "page"), "--port", str(port)]
-    server += [
-        "--max-viewers",
-        str(max(viewers, latency_viewers) + 10),
-        "--max-epochs",
-        str(max(epochs, latency_epochs)),
-    ]
-    limit = {"train_limit": train_limit} if train_limit else {}
-    values = {"epochs": epochs, "seed": 0, **limit}
-    cli = [sys.executable, "-m", "digitlab", "train", "--epochs", str(epochs), "--seed", "0", *data_flags]
-    cli += ["--runs-dir", str(folder / "cli")] + (["--train-limit", str(train_limit)] if train_limit else [])
-    rows, figures = [], {"cli": [], "page": []}
-    with load_test.run_server(server + data_flags, f"{url}/api/health", timeout=180):
-        # A first short run loads MNIST and warms the server; predictions ask its network.
-        warm = _post_json(url, "/api/train", {"epochs": 1, "train_limit": 2000, "seed": 0})["run"]
-        read_events(url, warm)
+    served = folder / "served"
+    server = [sys.executable, "-m", "digitlab", "serve", "--runs-dir", str(served), "--port", str(port)]
+    server += ["--max-viewers", str(viewers + 10)] + (["--data", data] if data else [])
+    rows, delays = [], []
+    with load_test.run_server(server, f"{url}/api/health", timeout=180):
+        # A first short run, in the served folder, whose network the predictions ask.
+        subprocess.run(_train_command(served, 1, 2000, data), check=True, capture_output=True)
+        (warm,) = [path.name for path in served.iterdir()]
         rows.append((f"server idle ({idle_s:g} s)", 1, None, None, asyncio.run(_idle_probe(url, warm, idle_s))))
         for repeat in range(1, repeats + 1):
-            wall, latencies = asyncio.run(_cli_run(cli, url, warm))
-            (run_dir,) = [path for path in (folder / "cli").iterdir() if path.name not in figures["cli"]]
-            figures["cli"].append(run_dir.name)
-            loop = _metrics(run_dir)["wall_time_s"]
-            rows.append(("digitlab train (own process)", repeat, wall, loop, latencies))
-            name, wall, watched, latencies = asyncio.run(_page_run(url, folder / "page", values, viewers, warm))
-            figures["page"].append(name)
-            loop = _metrics(folder / "page" / name)["wall_time_s"]
-            if any(len([item for item in seen if item[1] == "epoch"]) != epochs for seen in watched):
-                raise RuntimeError("A viewer missed epochs.")
-            rows.append((f"page, {viewers} viewers (server thread)", repeat, wall, loop, latencies))
-            if baseline:  # The same with one viewer reading the events only: what the viewers cost.
-                name, wall, _, latencies = asyncio.run(_page_run(url, folder / "page", values, 1, warm, tiles=False))
-                loop = _metrics(folder / "page" / name)["wall_time_s"]
-                rows.append(("page, 1 viewer, events only", repeat, wall, loop, latencies))
-        name, _, watched, _ = asyncio.run(
-            _page_run(url, folder / "page", {**values, "epochs": latency_epochs}, latency_viewers, None)
-        )
-        delays = [
-            (arrived - data["time"]) * 1000
-            for seen in watched
-            for _, kind, data, arrived in seen
-            if kind == "epoch" and data.get("time")
-        ]
-    cli_walls = [row[2] for row in rows if row[0].startswith("digitlab")]
-    page_walls = [row[2] for row in rows if row[0].startswith(f"page, {viewers} ")]
-    cli_loops = [row[3] for row in rows if row[0].startswith("digitlab")]
-    page_loops = [row[3] for row in rows if row[0].startswith(f"page, {viewers} ")]
+            for label, where, count in (
+                ("digitlab train, not watched", folder / "alone", 0),
+                (f"digitlab train, {viewers} viewers", served, viewers),
+            ):
+                name, wall, watched, latencies = asyncio.run(
+                    _timed_run(_train_command(where, epochs, train_limit, data), url, warm, where, count)
+                )
+                loop = json.loads((where / name / "metrics.json").read_text())["wall_time_s"]
+                if any(
+                    [item[2]["epoch"] for item in seen if item[1] == "epoch"] != list(range(1, epochs + 1))
+                    for seen in watched
+                ):
+                    raise RuntimeError("A viewer missed epochs.")
+                delays += _delays(where / name, watched)
+                rows.append((label, repeat, wall, loop, latencies))
+    alone = [row for row in rows if row[0].endswith("not watched")]
+    watched_rows = [row for row in rows if row[0].endswith("viewers")]
     images = f"{train_limit:,}" if train_limit else "60,000"
     load = os.getloadavg()
     lines = [
-        f"live_bench: shallow net, {epochs} epochs on {images} images, seed 0; {platform.machine()}, "
+        f"live_bench: shallow net, {epochs} epochs on {images} images, seed 0, --record-epochs; {platform.machine()}, "
         f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         "",
         f"{'':36} {'run':>3}  {'wall s':>7}  {'training loop s':>15}  {'predict ms p50 / p99 meanwhile':>30}",
@@ -344,19 +323,23 @@ def run_bench(
     for label, repeat, wall, loop, latencies in rows:
         wall_text, loop_text = ("-", "-") if wall is None else (f"{wall:.1f}", f"{loop:.1f}")
         lines.append(f"{label:36} {repeat:>3}  {wall_text:>7}  {loop_text:>15}  {_percentiles(latencies):>30}")
+    ratio_wall = statistics.median(row[2] for row in watched_rows) / statistics.median(row[2] for row in alone)
+    ratio_loop = statistics.median(row[3] for row in watched_rows) / statistics.median(row[3] for row in alone)
     lines += [
         "",
-        f"page / digitlab train, median of {repeats}:  "
-        f"wall {statistics.median(page_walls) / statistics.median(cli_walls):.3f}   "
-        f"training loop {statistics.median(page_loops) / statistics.median(cli_loops):.3f}",
-        f"epoch end -> event arrival, {latency_viewers} viewers x {latency_epochs} epochs ({len(delays)} events): "
+        f"watched / not watched, median of {repeats}:  wall {ratio_wall:.3f}   training loop {ratio_loop:.3f}",
+        f"epoch written -> event arrival, {viewers} viewers ({len(delays)} events): "
         f"p50 {np.percentile(delays, 50):.1f} ms   p99 {np.percentile(delays, 99):.1f} ms   max {max(delays):.1f} ms",
     ]
-    figures.update(
-        rows=[dict(zip(("what", "repeat", "wall_s", "loop_s", "predict_ms"), row, strict=True)) for row in rows],
-        delay_ms={"p50": float(np.percentile(delays, 50)), "p99": float(np.percentile(delays, 99)), "max": max(delays)},
-        folder=str(folder),
-    )
+    figures = {
+        "rows": [dict(zip(("what", "repeat", "wall_s", "loop_s", "predict_ms"), row, strict=True)) for row in rows],
+        "delay_ms": {
+            "p50": float(np.percentile(delays, 50)),
+            "p99": float(np.percentile(delays, 99)),
+            "max": max(delays),
+        },
+        "folder": str(folder),
+    }
     return "\n".join(lines), figures
 
 
@@ -364,30 +347,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=200, help="epochs of each timed run (default: 200, the book's)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each kind, alternating (default: 2)")
-    parser.add_argument("--viewers", type=int, default=20, help="viewers during the timed page runs (default: 20)")
-    parser.add_argument("--latency-viewers", type=int, default=50, help="viewers of the delay run (default: 50)")
-    parser.add_argument("--latency-epochs", type=int, default=200, help="epochs of the delay run (default: 200)")
+    parser.add_argument("--viewers", type=int, default=50, help="viewers of each watched run (default: 50)")
     parser.add_argument("--train-limit", type=int, default=None, help="training images (default: all 60,000)")
-    parser.add_argument(
-        "--baseline", action="store_true", help="also time the page with one viewer reading the events only"
-    )
     parser.add_argument(
         "--data", default=None, help="MNIST's mnist.npz (default: digitlab's search, DIGITLAB_DATA first)"
     )
     args = parser.parse_args(argv)
-    for name in ("epochs", "repeats", "viewers", "latency_viewers", "latency_epochs"):
+    for name in ("epochs", "repeats", "viewers"):
         if not 1 <= getattr(args, name) <= 1000:
             parser.error(f"--{name.replace('_', '-')} must be from 1 to 1000")
-    table, _ = run_bench(
-        args.epochs,
-        args.repeats,
-        args.viewers,
-        args.latency_viewers,
-        args.latency_epochs,
-        args.train_limit,
-        args.data,
-        baseline=args.baseline,
-    )
+    table, _ = run_bench(args.epochs, args.repeats, args.viewers, args.train_limit, args.data)
     print(table)
     return 0
 

@@ -1,14 +1,12 @@
 """Two writers on one run, many times over: issue 22's target for the run lock (`digitlab.runlock`).
 
     python scripts/writers_stress.py                      # 50 tries of each case (minutes)
-    python scripts/writers_stress.py --tries 3 --cases pair page
+    python scripts/writers_stress.py --tries 3 --cases pair sweep
 
 Each try copies a run stopped after epoch 3 (made once, with an uninterrupted run of the same
 seed as the reference) and lets two writers at it at the same instant:
 
 - pair:  two `digitlab train --resume RUN`;
-- page:  `digitlab train --resume RUN` and the page's resume (`POST /api/train/RUN/resume` to the
-         real app of `digitlab serve`, its training in the server's thread, serve/live.py);
 - sweep: `digitlab train --resume RUN` and a sweep trial of that run (`sweep.trial.train_trial`, what
          a Ray Tune trial runs where the sweep's folder is).
 
@@ -17,8 +15,8 @@ waits; the script then releases both within a fraction of a second, in a random 
 reach the run's lock at about the same instant (started cold, one would often arrive after the
 other had finished). It prints a table:
 tries, damaged runs (not complete, or history or weights not those of the reference, or files left
-over: 0 expected), refusals that were the lock's sentence naming the winner (exit 2, or the page's
-409), and runs whose winner's history and weights equal the uninterrupted run's.
+over: 0 expected), refusals that were the lock's sentence naming the winner (exit 2), and runs
+whose winner's history and weights equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -34,11 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = ("pair", "page", "sweep")
+CASES = ("pair", "sweep")  # The page's resume went with the server's training (the page trains in the browser).
 # The run: the shallow net on 10,000 images, 10 epochs, stopped after epoch 3.
 CONFIG = {"model": "shallow", "epochs": 10, "train_limit": 10_000, "seed": 5, "engine": "auto"}
 STOPPED_AFTER = 3
-WRITERS = ("resume", "page", "trial")
+WRITERS = ("resume", "trial")
 # The most by which the second writer of a try is released after the first.
 STAGGER_S = 0.3
 REFUSAL = "is being written by another process: pid"
@@ -136,24 +134,6 @@ def _writer(kind: str, run: Path, data_path: str | None) -> int:
                 return 2
             return 0 if status == "complete" else 1
 
-    elif kind == "page":
-        from fastapi.testclient import TestClient
-
-        from digitlab.serve import app as serving
-
-        client = TestClient(serving.create_app(runs_dir=run.parent, data_path=data_path, log=lambda *args: None))
-        client.__enter__()
-        client.get("/api/train")  # The app is up.
-
-        def act() -> int:
-            answer = client.post(f"/api/train/{run.name}/resume")
-            if answer.status_code != 202:
-                print(f"error: {answer.json().get('detail')} ({answer.status_code})", file=sys.stderr)
-                return 2
-            stream = client.get(f"/api/train/{run.name}/events").text  # Returns when the run ends.
-            end = json.loads(stream.rsplit("event: end\ndata: ", 1)[1].split("\n", 1)[0])
-            return 0 if end["status"] == "complete" else 1
-
     else:
         raise SystemExit(f"unknown writer {kind!r}")
     print("ready", flush=True)
@@ -190,11 +170,10 @@ def check(run: Path, reference, winner: Writer, loser: Writer, results: dict) ->
 
 def one_try(case: str, stopped: Path, reference, folder: Path, data_path: str | None, seed: int = 0) -> dict:
     """Two writers of `case` at a copy of `stopped`; the first released is chosen at random, the second
-    follows within STAGGER_S (either may take the lock first: the page, in-process, reaches it sooner
-    than a command that parses its flags and reads the run first)."""
+    follows within STAGGER_S (either may take the lock first)."""
     run = folder / stopped.name
     shutil.copytree(stopped, run)
-    kinds = {"pair": ("resume", "resume"), "page": ("resume", "page"), "sweep": ("resume", "trial")}[case]
+    kinds = {"pair": ("resume", "resume"), "sweep": ("resume", "trial")}[case]
     writers = [Writer(kind, run, data_path) for kind in kinds]
     rng = random.Random(seed)
     rng.shuffle(writers)
@@ -219,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     stress = sub.add_parser("stress", help="the tries and their table (the default)")
     for each in (parser, stress):
         each.add_argument("--tries", type=int, default=50, help="tries of each case (default: 50)")
-        each.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="default: all three")
+        each.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="default: both")
         each.add_argument("--out", default=None, help="folder for the runs (default: a temporary one, removed)")
         each.add_argument("--data", default=os.environ.get("DIGITLAB_DATA"), help="MNIST (default: $DIGITLAB_DATA)")
     prepare_parser = sub.add_parser("prepare")

@@ -3,12 +3,11 @@ examples a route) against a real `digitlab serve`, in the three setups of issue 
 and off loopback with tokens, as the operator and as a view-only viewer; and a class (`--class`). Any
 failure fails the test, with schemathesis's report.
 
-Training requests the fuzzer sends are harmless: the servers train at most MAX_EPOCHS epochs on
-MAX_IMAGES images (--max-epochs, --max-train-images), and /openapi.json says so, so the bodies it
-generates within the schema train a few seconds (or wait: 409). The one exception to the checks'
-defaults: POST /api/predict may answer 422 to a body the schema allows, since no schema can say that
-a picture must hold a digit (schemathesis sends a blank 1x1 PNG), and POST /api/runs may answer 422 to
-a page run the schema allows, since no schema can say that its weights must fit its config.
+The servers train nothing (the page trains in the browser), so every request the fuzzer sends is
+answered at once. The one exception to the checks' defaults: POST /api/predict may answer 422 to a
+body the schema allows, since no schema can say that a picture must hold a digit (schemathesis sends
+a blank 1x1 PNG), and POST /api/runs may answer 422 to a page run the schema allows, since no schema
+can say that its weights must fit its config.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ pytestmark = pytest.mark.heavy
 
 EXAMPLES = 50
 SEED = 22
-MAX_EPOCHS, MAX_IMAGES = 2, 500
 OPERATOR, VIEWER = "operator-token-0123456789", "viewer-token-0123456789"
 CONFIG = """\
 [generation]
@@ -47,7 +45,6 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 def _serve(arguments, runs_dir, mnist_path) -> list[str]:
     return [
         sys.executable, "-m", "digitlab", "serve", *arguments, "--runs-dir", str(runs_dir), "--data", str(mnist_path),
-        "--max-epochs", str(MAX_EPOCHS), "--max-train-images", str(MAX_IMAGES),
     ]  # fmt: skip
 
 

@@ -1,8 +1,9 @@
-"""Tests of the live training API (serve/live.py), the networks of any epoch (serve/networks.py) and the
-tokens (serve/access.py), in-process through FastAPI's TestClient: real trainings in the server's
-thread, on a 600-image subset of the real MNIST (conftest's small_npz), into real run folders.
+"""Tests of the runs API (serve/live.py): saved runs and a run that another training writes now, their
+events, the networks of any epoch (serve/networks.py) and the tokens (serve/access.py), in-process
+through FastAPI's TestClient, on run folders trained for real on a 600-image subset of the real MNIST
+(conftest's small_npz).
 
-The real server on loopback and in a network namespace is test_live_server.py; the page in
+The real server on loopback, following a real `digitlab train`, is test_live_server.py; the page in
 headless Chromium is test_live_browser.py.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -19,24 +21,25 @@ from PIL import Image
 
 import digitlab  # noqa: F401  (chooses the JAX backend)
 from digitlab import cli, config, data, runs, training
-from digitlab.serve import access, live
+from digitlab.serve import access
 from digitlab.serve import app as serving
 
-QUICK = {"learning_rate": 0.5, "epochs": 3, "seed": 3}
+QUICK = config.TrainConfig(learning_rate=0.5, epochs=3, seed=3, record_epochs=True)
 
 
 @pytest.fixture
 def server(tmp_path, small_npz):
-    """The app with training on, its runs in tmp_path/runs, trained on small_npz."""
-    app = serving.create_app(runs_dir=tmp_path / "runs", data_path=small_npz, log=lambda *args: None)
+    """The app keeping runs in tmp_path/runs, with small_npz as its MNIST."""
+    app = serving.create_app(runs_dir=tmp_path / "runs", data_path=small_npz)
     with TestClient(app) as client:
-        client.runs_dir = tmp_path / "runs"
+        client.runs_dir, client.data_path = tmp_path / "runs", small_npz
         yield client
 
 
-def events_of(client, name, headers=None) -> list[tuple[str, str, dict]]:
-    """(id, event, data) of every event of a run's stream; returns once the stream ends (with the run)."""
-    answer = client.get(f"/api/train/{name}/events", headers=headers or {})
+def events_of(client, name, headers=None, pushed=None) -> list[tuple[str, str, dict]]:
+    """(id, event, data) of every event of a run's stream; returns once the stream ends (with the run).
+    The `tiles` events' epochs go to the list `pushed`."""
+    answer = client.get(f"/api/runs/{name}/events", headers=headers or {})
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/event-stream")
     found = []
@@ -48,107 +51,33 @@ def events_of(client, name, headers=None) -> list[tuple[str, str, dict]]:
             assert head == "data:image/png;base64" and "id" not in fields
             # The epoch's tiles, as GET .../tiles.png gives them (for the last epoch of a finished run, its
             # model.keras rather than the float16 record: a colour step apart here and there at most).
-            pushed = np.asarray(Image.open(io.BytesIO(base64.b64decode(inside))), dtype=int)
+            picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(inside))), dtype=int)
             fetched = client.get(f"/api/runs/{name}/epochs/{tiles['epoch']}/tiles.png", headers=headers or {})
-            assert np.abs(pushed - np.asarray(Image.open(io.BytesIO(fetched.content)), dtype=int)).max() <= 1
+            assert np.abs(picture - np.asarray(Image.open(io.BytesIO(fetched.content)), dtype=int)).max() <= 1
+            if pushed is not None:
+                pushed.append(tiles["epoch"])
         elif "event" in fields:
             found.append((fields["id"], fields["event"], json.loads(fields["data"])))
     return found
 
 
-def train(client, **values) -> str:
-    answer = client.post("/api/train", json={**QUICK, **values})
-    assert answer.status_code == 202, answer.text
-    return answer.json()["run"]
+def train(client, quiet, **changes) -> runs.Run:
+    """A run trained as `digitlab train` trains it, into the server's runs folder."""
+    wanted = config.TrainConfig(**{**QUICK.to_dict(), **changes})
+    return training.train(wanted, runs_dir=client.runs_dir, data_path=client.data_path, print_fn=quiet)
 
 
-# --- Every TrainConfig rule, with the sentence the `train` flag gives ------------------------------
-
-# Bad values whose flag parses, so that `digitlab train` reaches TrainConfig's own rule.
-FLAG_RULES = [
-    ("learning_rate", 0, ["--learning-rate", "0"]),
-    ("learning_rate", 11, ["--learning-rate", "11"]),
-    ("batch_size", 0, ["--batch-size", "0"]),
-    ("batch_size", 60001, ["--batch-size", "60001"]),
-    ("epochs", 0, ["--epochs", "0"]),
-    ("epochs", 100001, ["--epochs", "100001"]),
-    ("seed", -1, ["--seed", "-1"]),
-    ("seed", 2**31, ["--seed", str(2**31)]),
-    ("train_limit", 0, ["--train-limit", "0"]),
-]
+@pytest.fixture
+def trained(server, quiet):
+    run = train(server, quiet)
+    return run.name, run
 
 
-@pytest.mark.parametrize("field, value, flags", FLAG_RULES, ids=[f"{rule[0]}={rule[1]}" for rule in FLAG_RULES])
-def test_each_rule_gets_the_sentence_of_the_train_flag(server, capsys, field, value, flags):
-    answer = server.post("/api/train", json={field: value})
-    assert answer.status_code == 422 and answer.json()["field"] == field
-    assert cli.main(["train", *flags]) == 2
-    flag_says = capsys.readouterr().err.strip().removeprefix("error: ")
-    assert answer.json()["detail"] == flag_says
+# --- A saved run's events, and a run that another training writes now, followed -----------------------
 
 
-# Values the flags' parser refuses itself (choices, types): the API gives TrainConfig's sentence.
-TYPE_AND_CHOICE_RULES = [
-    ("model", "resnet"),
-    ("activation", "swish"),
-    ("loss", "hinge"),
-    ("optimizer", "lion"),
-    ("validation", "train"),
-    ("learning_rate", "fast"),
-    ("learning_rate", True),
-    ("batch_size", 12.5),
-    ("epochs", "3"),
-    ("seed", 1.5),
-    ("train_limit", [100]),
-]
-
-
-@pytest.mark.parametrize(
-    "field, value", TYPE_AND_CHOICE_RULES, ids=[f"{rule[0]}={rule[1]!r}" for rule in TYPE_AND_CHOICE_RULES]
-)
-def test_bad_types_and_choices_get_trainconfigs_sentence(server, field, value):
-    answer = server.post("/api/train", json={field: value})
-    assert answer.status_code == 422, answer.text
-    with pytest.raises(config.ConfigError) as rule:
-        config.TrainConfig(**{field: value}).resolved()
-    assert answer.json() == {"detail": str(rule.value), "field": field}
-
-
-@pytest.mark.parametrize(
-    "body, status, message, field",
-    [
-        ({"model": "lenet"}, 422, "The page trains the dense nets", "model"),
-        ({"epochs": 1001}, 422, "at most 1000 epochs a run", "epochs"),
-        ({"engine": "fit"}, 422, "The page cannot set 'engine'", "engine"),
-        ({"seeds": 4}, 422, "The page cannot set 'seeds'", "seeds"),
-        ([1, 2], 422, "must be a JSON object", None),
-        ("{epochs: 3", 400, "not valid JSON", None),
-        ('{"learning_rate": NaN}', 422, "finite number", None),
-    ],
-)
-def test_other_bad_bodies(server, body, status, message, field):
-    content = body if isinstance(body, str) else json.dumps(body)
-    answer = server.post("/api/train", content=content, headers={"content-type": "application/json"})
-    assert answer.status_code == status, answer.text
-    assert message in answer.json()["detail"]
-    assert answer.json().get("field") == field
-    assert not server.runs_dir.exists() or not list(server.runs_dir.iterdir())  # Nothing was started.
-
-
-def test_limits_on_training_images(tmp_path, small_npz):
-    app = serving.create_app(runs_dir=tmp_path, data_path=small_npz, limits=live.Limits(max_train_images=500))
-    with TestClient(app) as client:
-        for values in ({}, {"train_limit": 501}):
-            answer = client.post("/api/train", json=values)
-            assert answer.status_code == 422 and answer.json()["field"] == "train_limit"
-            assert "at most 500 images a run" in answer.json()["detail"]
-
-
-# --- A training from the API: events, the run folder, the same run as the CLI's ----------------------
-
-
-def test_a_training_streams_its_epochs_and_is_an_ordinary_run(server, small_npz, quiet, tmp_path):
-    name = train(server)
+def test_a_saved_run_replays_its_epochs_from_its_folder(server, trained):
+    name, run = trained
     found = events_of(server, name)
     assert [(event_id, kind) for event_id, kind, _ in found] == [
         ("1", "epoch"),
@@ -158,111 +87,71 @@ def test_a_training_streams_its_epochs_and_is_an_ordinary_run(server, small_npz,
     ]
     epochs = [payload for _, kind, payload in found if kind == "epoch"]
     assert [payload["epoch"] for payload in epochs] == [1, 2, 3] and all(payload["epochs"] == 3 for payload in epochs)
-    assert all(payload["time"] > 0 and payload["wall_time_s"] > 0 for payload in epochs)
     assert all(payload["tiles"] == f"/api/runs/{name}/epochs/{payload['epoch']}/tiles.png" for payload in epochs)
-    assert "tiles_data" not in epochs[0] and "event: tiles" not in server.get(f"/api/train/{name}/events").text
+    assert "event: tiles" not in server.get(f"/api/runs/{name}/events").text  # Only live viewers get pictures.
     assert found[-1][2]["status"] == "complete" and found[-1][2]["epoch"] == 3
-
-    run = runs.open_run(server.runs_dir / name)
-    assert run.status()["status"] == "complete" and run.model_path().is_file()
-    assert [row["run"] for row in runs.list_runs(server.runs_dir)] == [name]  # `digitlab runs` lists it.
+    assert found[-1][2]["final_val_accuracy"] == run.history()["val_accuracy"][-1]
     history = run.history()
     for payload in epochs:
         for key in runs.HISTORY_KEYS:
             assert payload[key] == history[key][payload["epoch"] - 1]
-    # The same config trained as `digitlab train` trains it (training.train) gives the same history.
-    same = training.train(run.config(), runs_dir=tmp_path / "cli", data_path=small_npz, print_fn=quiet)
-    assert same.history() == history
-
-    # The record of every epoch: float16 weights, about 100 KB an epoch for the shallow net.
-    assert run.recorded_epochs() == [1, 2, 3]
-    sizes = {path.stat().st_size for path in (run.path / runs.EPOCHS_FOLDER).iterdir()}
-    assert len(sizes) == 1 and 50_890 * 2 < sizes.pop() < 104_000  # 2 bytes a weight, and npz headers.
-    final = run.load_model().get_weights()
-    for recorded, exact in zip(run.epoch_weights(3), final, strict=True):
-        np.testing.assert_allclose(recorded, exact, rtol=1e-3, atol=1e-4)
 
 
-def test_events_replay_with_last_event_id(server):
-    name = train(server)
-    assert len(events_of(server, name)) == 4  # Waits for the run to end.
+def test_events_replay_with_last_event_id(server, trained):
+    name, _ = trained
     assert [event_id for event_id, _, _ in events_of(server, name, {"Last-Event-ID": "2"})] == ["3", "end"]
     assert [event_id for event_id, _, _ in events_of(server, name, {"Last-Event-ID": "3"})] == ["end"]
-    assert server.get(f"/api/train/{name}/events", headers={"Last-Event-ID": "end"}).status_code == 204
-    bad = server.get(f"/api/train/{name}/events", headers={"Last-Event-ID": "three"})
+    assert server.get(f"/api/runs/{name}/events", headers={"Last-Event-ID": "end"}).status_code == 204
+    bad = server.get(f"/api/runs/{name}/events", headers={"Last-Event-ID": "three"})
     assert bad.status_code == 400 and "epoch number" in bad.json()["detail"]
-    assert server.get("/api/train/no-such-run/events").status_code == 404
-    assert server.get("/api/train/..%2F..%2Fetc/events").status_code == 404
+    assert server.get("/api/runs/no-such-run/events").status_code == 404
+    assert server.get("/api/runs/..%2F..%2Fetc/events").status_code == 404
 
 
-def test_a_run_from_another_server_replays_from_its_folder(tmp_path, small_npz, quiet):
-    run = training.train(
-        config.TrainConfig(epochs=2, seed=1, record_epochs=True), runs_dir=tmp_path, data_path=small_npz, print_fn=quiet
+def test_a_run_another_training_writes_is_followed_epoch_by_epoch(server, quiet):
+    """A training (here in a thread, as `digitlab train` in another process: the run's status and lock say
+    it is being written) held after its second epoch: the server lists it as training with two epochs; a
+    viewer who comes then gets those two, then each later epoch as it is written, its tiles pushed with it,
+    then the end."""
+    second, go_on = threading.Event(), threading.Event()
+
+    def hold(epochs_done, histories, wall_time_s):
+        if epochs_done == 2:
+            second.set()
+            assert go_on.wait(120), "the test never let the training go on"
+
+    trainer = threading.Thread(
+        target=training.train,
+        args=(config.TrainConfig(**{**QUICK.to_dict(), "epochs": 4}),),
+        kwargs=dict(runs_dir=server.runs_dir, data_path=server.data_path, print_fn=quiet, on_epoch_end=hold),
     )
-    with TestClient(serving.create_app(runs_dir=tmp_path, data_path=small_npz)) as client:
-        found = events_of(client, run.name)
-        assert [event_id for event_id, _, _ in found] == ["1", "2", "end"]
-        assert found[0][2]["val_accuracy"] == run.history()["val_accuracy"][0]
-        assert found[0][2]["tiles"].endswith("/epochs/1/tiles.png") and found[-1][2]["status"] == "complete"
-
-
-def test_a_second_training_while_one_runs_is_refused_then_stop_saves_it(server):
-    name = train(server, epochs=1000)  # Far longer than the test: it is stopped below.
-    second = server.post("/api/train", json=QUICK)
-    assert second.status_code == 409
-    assert f"{name} is training" in second.json()["detail"] and "stop it" in second.json()["detail"]
-    now = server.get("/api/train").json()["training"]
-    assert now["run"] == name and now["epochs"] == 1000 and "operator" in now["started_by"]
-    stopping = server.post(f"/api/train/{name}/stop")
-    assert stopping.status_code == 202 and "train --resume" in stopping.json()["detail"]
-    end = events_of(server, name)[-1][2]
-    assert end["status"] == "interrupted" and end["resume"] == runs.resume_command(server.runs_dir / name)
-    status = runs.open_run(server.runs_dir / name).status()
-    assert status["status"] == "interrupted" and status["epoch"] < 1000
-    assert server.get("/api/train").json()["training"] is None
-    again = server.post(f"/api/train/{name}/stop")
-    assert again.status_code == 409 and "not training" in again.json()["detail"]
-
-
-def test_stopped_and_resumed_equals_uninterrupted(server, small_npz, quiet, tmp_path):
-    name = train(server, epochs=6)
-    assert server.post(f"/api/train/{name}/stop").status_code == 202  # Acted on after an epoch.
-    end = events_of(server, name)[-1][2]
-    assert end["status"] == "interrupted", "the run ended before the stop arrived"
-    stopped_at = end["epoch"]
-    assert 1 <= stopped_at < 6
-    resumed = server.post(f"/api/train/{name}/resume")
-    assert resumed.status_code == 202, resumed.text
-    found = events_of(server, name)
-    # A viewer of the resumed run gets every epoch: the first ones replayed from the run's history.
-    assert [event_id for event_id, _, _ in found] == ["1", "2", "3", "4", "5", "6", "end"]
+    trainer.start()
+    try:
+        assert second.wait(120)
+        (row,) = server.get("/api/runs").json()["runs"]
+        name = row["run"]
+        assert row["training"] is True and row["status"] == "running" and row["epochs"] == 2
+        detail = server.get(f"/api/runs/{name}").json()
+        assert detail["training"] is True and len(detail["history"]["val_accuracy"]) == 2
+        pushed, found = [], []
+        viewer = threading.Thread(target=lambda: found.extend(events_of(server, name, pushed=pushed)))
+        viewer.start()
+        go_on.set()
+        viewer.join(120)
+        assert not viewer.is_alive()
+    finally:
+        go_on.set()
+        trainer.join(120)
+    assert [event_id for event_id, _, _ in found] == ["1", "2", "3", "4", "end"]
     assert found[-1][2]["status"] == "complete"
-    run = runs.open_run(server.runs_dir / name)
-    uninterrupted = training.train(run.config(), runs_dir=tmp_path / "whole", data_path=small_npz, print_fn=quiet)
-    assert run.history() == uninterrupted.history()
-    np.testing.assert_array_equal(run.load_model().get_weights()[0], uninterrupted.load_model().get_weights()[0])
-    assert run.recorded_epochs() == [1, 2, 3, 4, 5, 6]
-    complete = server.post(f"/api/train/{name}/resume")
-    assert complete.status_code == 409 and "already complete" in complete.json()["detail"]
-    assert server.post("/api/train/nothing-here/resume").status_code == 404
-
-
-def test_resume_refuses_a_run_of_other_data(tmp_path, small_npz, mnist_path, quiet):
-    run = training.train(config.TrainConfig(epochs=3, seed=1), runs_dir=tmp_path, data_path=small_npz, print_fn=quiet)
-    run.set_status("interrupted", epoch=1)
-    with TestClient(serving.create_app(runs_dir=tmp_path, data_path=mnist_path)) as client:
-        answer = client.post(f"/api/train/{run.name}/resume")
-        assert answer.status_code == 409 and "SHA-256" in answer.json()["detail"], answer.text
+    assert pushed and pushed[-1] >= 3 and all(epoch in (2, 3, 4) for epoch in pushed)  # The newest's tiles.
+    history = runs.open_run(server.runs_dir / name).history()
+    assert [payload["val_accuracy"] for _, kind, payload in found if kind == "epoch"] == history["val_accuracy"]
+    assert server.get("/api/runs").json()["runs"][0]["training"] is False
+    assert server.get(f"/api/runs/{name}/evaluation").json()["epoch"] == 4  # Its model.keras now.
 
 
 # --- Any epoch's network: predictions, tiles, evaluation ------------------------------------------
-
-
-@pytest.fixture
-def trained(server):
-    name = train(server)
-    events_of(server, name)
-    return name, runs.open_run(server.runs_dir / name)
 
 
 def test_predictions_use_that_epochs_network(server, trained, mnist):
@@ -339,13 +228,14 @@ def test_runs_listing_and_detail(server, trained):
     assert server.get("/api/runs/nope").status_code == 404
 
 
-def test_the_drawing_only_server_has_no_training():
+def test_the_drawing_only_server_keeps_no_runs_and_no_server_trains():
     from digitlab import models
 
     untrained = models.create_model(config.TrainConfig().resolved())  # Only the routes matter here.
     with TestClient(serving.create_app(untrained, run_name="r")) as client:
-        assert client.get("/api/health").json()["training"] is False
-        assert client.post("/api/train", json=QUICK).status_code == 404
+        assert client.get("/api/health").json()["runs"] is False
+        assert client.get("/api/runs").status_code == 405  # No listing: only POST, which answers it keeps none.
+        assert client.post("/api/train", json={"epochs": 3}).status_code == 404  # The page trains; never the server.
         assert client.post("/api/predict?run=r", json={"pixels": [[0] * 28] * 28}).status_code == 404
 
 
@@ -359,6 +249,8 @@ def guarded(tmp_path, small_npz):
     permissions = access.Access.for_host("10.1.2.3", OPERATOR, VIEWER)
     app = serving.create_app(runs_dir=tmp_path / "runs", data_path=small_npz, permissions=permissions)
     with TestClient(app) as client:
+        client.runs_dir = tmp_path / "runs"
+        client.runs_dir.mkdir()
         yield client
 
 
@@ -368,10 +260,9 @@ PATHS = [
     "/static/style.css",
     "/api/health",
     "/api/runs",
-    "/api/train",
     "/docs",
     "/openapi.json",
-    "/api/train/x/events",
+    "/api/runs/x/events",
     "/nothing",
 ]
 
@@ -386,7 +277,7 @@ def test_without_the_token_nothing_is_served(guarded, path):
     assert guarded.post("/api/predict", json={"pixels": [[0] * 28] * 28}).status_code == 401
 
 
-def test_the_links_tokens_and_the_cookie(guarded):
+def test_the_links_tokens_and_the_cookie(guarded, trained_run):
     page = guarded.get(f"/?token={VIEWER}")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text
     cookie = page.headers["set-cookie"]
@@ -394,17 +285,19 @@ def test_the_links_tokens_and_the_cookie(guarded):
     # The page's scripts and requests then carry the cookie.
     assert guarded.get("/static/live.js").status_code == 200
     assert guarded.get("/api/health").json()["role"] == "viewer"
-    refused = guarded.post("/api/train", json=QUICK)
+    refused = guarded.post("/api/runs", json={})  # Keeping a page's run here is the operator's.
     assert refused.status_code == 403 and "view-only" in refused.json()["detail"]
-    assert guarded.post("/api/train/x/stop").status_code == 403
+    import shutil
+
+    shutil.copytree(trained_run, guarded.runs_dir / "kept")
+    assert [event[0] for event in events_of(guarded, "kept")] == ["1", "2", "end"]  # A viewer watches runs.
     guarded.cookies.clear()
     operator = {"Authorization": f"Bearer {OPERATOR}"}
     assert guarded.get("/api/health", headers=operator).json()["role"] == "operator"
-    cross_site = guarded.post("/api/train", json=QUICK, headers={**operator, "Origin": "http://elsewhere.example"})
+    cross_site = guarded.post("/api/runs", json={}, headers={**operator, "Origin": "http://elsewhere.example"})
     assert cross_site.status_code == 403 and "another site" in cross_site.json()["detail"]
-    started = guarded.post("/api/train", json=QUICK, headers={**operator, "Origin": "http://testserver"})
-    assert started.status_code == 202, started.text
-    events_of(guarded, started.json()["run"], headers=operator)
+    same_site = guarded.post("/api/runs", json={}, headers={**operator, "Origin": "http://testserver"})
+    assert same_site.status_code == 422, same_site.text  # Let through; an empty document is not a page run.
 
 
 def test_access_rules():
@@ -429,7 +322,6 @@ def test_access_rules():
 def test_serve_flags_are_checked(capsys, tmp_path):
     for flags, message in (
         (["--port", "0"], "--port must be from 1 to 65535"),
-        (["--max-epochs", "0"], "--max-epochs must be a positive"),
         (["--max-viewers", "-1"], "--max-viewers must be a positive"),
         (["--host", "0.0.0.0", "--token", "abc"], "--token must be 16 to 200"),
         ([str(tmp_path / "missing")], "No run folder"),
@@ -450,7 +342,7 @@ def damaged(tmp_path, small_npz, trained_run):
 
     runs_dir = tmp_path / "runs"
     shutil.copytree(trained_run, runs_dir / "good")
-    app = serving.create_app(runs_dir=runs_dir, data_path=small_npz, log=lambda *args: None)
+    app = serving.create_app(runs_dir=runs_dir, data_path=small_npz)
 
     def damage(name, **fields):
         shutil.copytree(trained_run, runs_dir / name)
@@ -483,9 +375,8 @@ def test_a_run_whose_config_holds_a_wrong_type_answers_409(damaged, fields):
         damaged.get(f"/api/runs/{name}"),
         damaged.get(f"/api/runs/{name}/evaluation"),
         damaged.get(f"/api/runs/{name}/epochs/2/tiles.png"),
-        damaged.get(f"/api/train/{name}/events"),
+        damaged.get(f"/api/runs/{name}/events"),
         damaged.post(f"/api/predict?run={name}", json=PIXELS),
-        damaged.post(f"/api/train/{name}/resume"),
     ):
         _refused(answer, 409, f"The run {name} cannot be opened", "config")
     listed = {row["run"]: row for row in damaged.get("/api/runs").json()["runs"]}
@@ -534,38 +425,11 @@ def test_every_name_listed_as_openable_opens(damaged, name):
 
 
 def test_a_last_event_id_of_other_digits_is_refused(damaged):
-    as_query = damaged.get("/api/train/good/events?last_event_id=%C2%B3")  # '³'.isdigit() is true.
+    as_query = damaged.get("/api/runs/good/events?last_event_id=%C2%B3")  # '³'.isdigit() is true.
     _refused(as_query, 422, "last_event_id")
-    as_header = damaged.get("/api/train/good/events", headers={"Last-Event-ID": "\u00b3".encode()})
+    as_header = damaged.get("/api/runs/good/events", headers={"Last-Event-ID": "\u00b3".encode()})
     _refused(as_header, 400, "Last-Event-ID must be an epoch number")
     assert [event[0] for event in events_of(damaged, "good", {"Last-Event-ID": "1"})] == ["2", "end"]
-
-
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"model": []}, "model"),
-        ({"model": {}}, "model"),
-        ({"model": None}, "model"),
-        ({"epochs": "2"}, "epochs"),
-        ({"learning_rate": True}, "learning_rate"),
-        ({"learning_rate": "0.5"}, "learning_rate"),
-        ({"seed": 1.5}, "seed"),
-        ({"validation": ["test"]}, "validation"),
-        ({"loss": 3}, "loss"),
-    ],
-)
-def test_a_training_field_of_the_wrong_type_is_a_422_naming_it(server, body, field):
-    answer = server.post("/api/train", json=body)
-    _refused(answer, 422, field)
-    assert answer.json()["field"] == field
-
-
-def test_whole_numbers_in_any_spelling_are_taken(server):
-    assert live.as_json_number("epochs", 3.0) == 3 and isinstance(live.as_json_number("epochs", 3.0), int)
-    assert isinstance(live.as_json_number("learning_rate", 1), float) and live.as_json_number("epochs", 2.5) == 2.5
-    assert live.as_json_number("epochs", None) is None and live.as_json_number("epochs", True) is True
-    assert live.config_from_values({"epochs": 3.0, "learning_rate": 1}).epochs == 3
 
 
 # --- The OpenAPI schema says what the API does (issue 22; tests/test_api_schema.py fuzzes it) --------
@@ -576,10 +440,7 @@ def test_every_status_and_the_error_shape_are_in_the_schema(server):
     assert "HTTPValidationError" not in json.dumps(schema) and "securitySchemes" not in schema["components"]
     error = {"$ref": "#/components/schemas/ErrorBody"}
     expected = {
-        ("post", "/api/train"): {"202", "400", "403", "409", "422", "503"},
-        ("get", "/api/train/{name}/events"): {"200", "204", "400", "404", "409", "422", "503"},
-        ("post", "/api/train/{name}/stop"): {"202", "403", "404", "409", "422"},
-        ("post", "/api/train/{name}/resume"): {"202", "403", "404", "409", "422", "503"},
+        ("get", "/api/runs/{name}/events"): {"200", "204", "400", "404", "409", "422", "503"},
         ("get", "/api/runs/{name}"): {"200", "404", "409", "422"},
         ("get", "/api/runs/{name}/evaluation"): {"200", "404", "409", "422", "503"},
         ("post", "/api/predict"): {"200", "400", "404", "409", "413", "415", "422"},
@@ -589,34 +450,15 @@ def test_every_status_and_the_error_shape_are_in_the_schema(server):
         assert set(answers) == statuses, (path, set(answers))
         for status in statuses - {"200", "202", "204"}:
             assert answers[status]["content"]["application/json"]["schema"] == error, (path, status)
-    body = schema["paths"]["/api/train"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["additionalProperties"] is False and body["properties"]["model"]["enum"] == list(live.LIVE_MODELS)
+    assert not [path for path in schema["paths"] if path.startswith("/api/train")]  # The server trains nothing.
     # The 422 FastAPI makes itself (a parameter of the wrong type) has the documented shape too.
     assert set(server.get("/api/runs/x/evaluation?epoch=abc").json()) == {"detail"}
 
 
-def test_the_training_schema_has_the_servers_limits_and_trainconfigs_bounds():
-    schema = live.train_body_schema(live.Limits(max_epochs=5, max_train_images=500))["properties"]
-    assert schema["epochs"]["maximum"] == 5 and schema["epochs"]["type"] == "integer"  # null: 200 epochs > 5.
-    assert schema["train_limit"]["maximum"] == 500 and schema["train_limit"]["type"] == "integer"
-    assert live.train_body_schema(live.Limits(max_epochs=5, max_train_images=500))["required"] == [
-        "epochs",
-        "train_limit",
-    ]
-    assert live.train_body_schema(live.Limits())["properties"]["epochs"]["type"] == ["integer", "null"]
-    for name, bounds in live.FIELD_BOUNDS.items():  # The largest (smallest) value passes, one step beyond fails.
-        for key, limit in bounds.items():
-            step = {"maximum": 1, "minimum": -1, "exclusiveMinimum": 0}[key]
-            inside = limit if key != "exclusiveMinimum" else 1e-9
-            live.config_from_values({name: inside})
-            with pytest.raises(config.ConfigError):
-                live.config_from_values({name: limit + step})
-
-
 def test_a_405_lists_every_method_of_its_path(server):
     for method, path, allowed in (
-        ("OPTIONS", "/api/train", "GET, POST"),
-        ("PUT", "/api/train", "GET, POST"),
+        ("OPTIONS", "/api/runs", "GET, POST"),
+        ("PUT", "/api/runs", "GET, POST"),
         ("DELETE", "/api/runs/x", "GET"),
         ("GET", "/api/predict", "POST"),
     ):
@@ -626,9 +468,7 @@ def test_a_405_lists_every_method_of_its_path(server):
 
 
 def test_with_tokens_the_schema_names_them_and_401_403(tmp_path):
-    guarded = serving.create_app(
-        runs_dir=tmp_path / "runs", permissions=access.Access(OPERATOR, VIEWER), log=lambda *args: None
-    )
+    guarded = serving.create_app(runs_dir=tmp_path / "runs", permissions=access.Access(OPERATOR, VIEWER))
     with TestClient(guarded) as client:
         schema = client.get("/openapi.json", headers={"Authorization": f"Bearer {VIEWER}"}).json()
     schemes = schema["components"]["securitySchemes"]

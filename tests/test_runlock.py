@@ -2,7 +2,7 @@
 
 The fast tests take the lock in real processes (a small Python child that holds it, then is
 SIGKILLed) and in this one; the heavy ones run two real `digitlab train --resume` of one run at
-once, and a resume beside the page's training and beside a sweep trial of the same run, and check
+once, and a resume beside a sweep trial of the same run, and check
 that exactly one writes it, the other is refused with the sentence, and the run ends equal to one
 trained without interruption. scripts/writers_stress.py repeats the heavy cases many times.
 """
@@ -228,11 +228,10 @@ def test_two_resumes_at_once_one_trains_the_other_is_refused(stopped_run, tmp_pa
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("case", ["page", "sweep"])
-def test_a_resume_beside_the_pages_training_or_a_sweep_trial(stopped_run, tmp_path, mnist_path, case):
-    """`digitlab train --resume` and the page's resume (POST /api/train/RUN/resume, trained in the server's
-    thread), or a sweep trial of the same run, released at the same instant: one writes, the other is
-    refused with the sentence that names it, and the run equals the uninterrupted one."""
+@pytest.mark.parametrize("case", ["sweep"])
+def test_a_resume_beside_a_sweep_trial(stopped_run, tmp_path, mnist_path, case):
+    """`digitlab train --resume` and a sweep trial of the same run, released at the same instant: one
+    writes, the other is refused with the sentence that names it, and the run equals the uninterrupted one."""
     stress, reference, stopped = stopped_run
     verdict = stress.one_try(case, stopped, reference, tmp_path, str(mnist_path))
     assert verdict["sentence"] and not verdict["damaged"] and verdict["equal"], verdict

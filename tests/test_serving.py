@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 import digitlab  # noqa: F401  (chooses the JAX backend)
 from digitlab import data, imaging, predict
 from digitlab.serve import app as serving
+from digitlab.serve import bodies
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +191,7 @@ def test_uploaded_picture_equals_model_predict_on_prepared_pixels(client, quick_
 
 
 def test_large_photo_is_read_in_a_worker_thread(client):
-    """SYNTHETIC photo, 2400x1800 (over serving.INLINE_PIXELS): dark ink on grey paper, JPEG."""
+    """SYNTHETIC photo, 2400x1800 (over bodies.INLINE_PIXELS): dark ink on grey paper, JPEG."""
     photo = Image.new("RGB", (2400, 1800), (200, 198, 190))
     ImageDraw.Draw(photo).line([(1300, 400), (1800, 400), (1450, 1500)], fill=(30, 30, 40), width=70, joint="curve")
     buffer = io.BytesIO()
@@ -367,10 +368,10 @@ def test_real_server_answers_413_to_a_client_that_sends_6_mb_without_waiting(liv
 @pytest.mark.heavy
 @pytest.mark.parametrize("framing", ["Content-Length", "chunked"])
 def test_real_server_closes_on_a_body_past_the_drain_limit(live_server, framing):
-    """Past serving.DRAIN_LIMIT_BYTES the server answers 413 and closes the connection without reading on:
+    """Past bodies.DRAIN_LIMIT_BYTES the server answers 413 and closes the connection without reading on:
     a client still sending sees the connection closed under it (broken pipe or reset), never a hang,
     and the server goes on serving."""
-    size = serving.DRAIN_LIMIT_BYTES + 8 * 1024 * 1024
+    size = bodies.DRAIN_LIMIT_BYTES + 8 * 1024 * 1024
     try:
         status, answer = _post_with_urllib(live_server, b"\0" * size if framing == "Content-Length" else _chunks(size))
     except urllib.error.URLError as error:
@@ -397,7 +398,7 @@ def _send_head_and_read_answer(live_server, head: bytes) -> str:
 @pytest.mark.parametrize("declared, expect", [(6291456, b"Expect: 100-continue\r\n"), (64 * 1024 * 1024, b"")])
 def test_real_server_refuses_a_declared_large_body_before_reading_it(live_server, declared, expect):
     """A client that waits for "100 Continue" (as curl does) gets the 413 before sending its 6 MB, and so
-    does any client declaring more than serving.DRAIN_LIMIT_BYTES; then the server closes."""
+    does any client declaring more than bodies.DRAIN_LIMIT_BYTES; then the server closes."""
     answer = _send_head_and_read_answer(
         live_server,
         b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"

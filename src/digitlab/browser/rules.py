@@ -36,8 +36,7 @@ PAGE_FIELDS = (
     "seed",
     "train_limit",
 )
-# What the page calls each field (page.json carries them; the server-training panel, live.js, still
-# has its own copy until that mode goes).
+# What the page calls each field (page.json carries them).
 LABELS = {
     "model": "Net",
     "loss": "Loss",
@@ -129,6 +128,7 @@ def _field_rule(field: dataclasses.Field, defaults: TrainConfig) -> dict:
 def page_document() -> dict:
     """Everything the page takes from the package: fields and their rules, the nets' defaults, the
     nets the browser trains, the weight tiles' colour scale, and the version that wrote it."""
+    from digitlab import evaluation
     from digitlab.plots import inside
     from digitlab.serve import networks
 
@@ -146,6 +146,8 @@ def page_document() -> dict:
             "The page trains the {browser} nets in your browser; train {value} with `digitlab train --model {value}`."
         ),
         "history_keys": list(runs.HISTORY_KEYS),
+        # The end-of-run gallery of confident mistakes, as the server's evaluation shows it.
+        "evaluation": {"gallery_size": evaluation.GALLERY_SIZE},
         "tiles": {
             "gap": networks.TILE_GAP,
             # Rows and columns of the first layer's tiles, per net (plots.inside.grid_shape).

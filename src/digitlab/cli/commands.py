@@ -8,7 +8,7 @@
     digitlab predict RUN digit.png        # ... or about your own handwriting
     digitlab tensorboard RUN              # a run's --tensorboard logs in TensorBoard
     digitlab sweep --grid learning_rate=0.01,0.1 --seeds 3 --out sweeps/lr   # many runs at once, on Ray
-    digitlab serve                        # a page that trains the net live and reads your handwriting
+    digitlab serve                        # the page: trains in your browser, shows runs live, reads your handwriting
     digitlab site public/                 # the page as static files that train in the browser
     digitlab import page-run-....json     # a run trained in the page, kept as a run folder
     digitlab runs | compare | evaluate | report | bench
@@ -178,16 +178,10 @@ def command_report(args) -> int:
 
 
 def command_serve(args) -> int:
-    """`digitlab serve`: the page that trains live and reads handwriting, with its API, until Ctrl-C."""
-    serve_settings.check(
-        args.port,
-        args.max_epochs,
-        args.max_train_images,
-        args.max_viewers,
-        class_cap_mb=args.class_cap_mb if args.classroom else None,
-    )
+    """`digitlab serve`: the page (it trains in the browser), the runs live, predictions and the API, until Ctrl-C."""
+    serve_settings.check(args.port, args.max_viewers, class_cap_mb=args.class_cap_mb if args.classroom else None)
     serve_settings.check_port_free(args.host, args.port)  # At once, before the seconds the server's imports take.
-    from digitlab.serve import access, live
+    from digitlab.serve import access
     from digitlab.serve import app as serving
 
     class_settings = None
@@ -206,7 +200,7 @@ def command_serve(args) -> int:
         runs_dir=args.runs_dir or (run.path.parent if run else runs.RUNS_DIR),
         data_path=args.data,
         permissions=access.Access.for_host(args.host, args.token, args.view_token),
-        limits=live.Limits(args.max_epochs, args.max_train_images, args.max_viewers),
+        max_viewers=args.max_viewers,
         class_settings=class_settings,
     )
     return 0

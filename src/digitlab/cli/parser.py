@@ -127,36 +127,26 @@ def _add_report(commands) -> None:
 
 
 def _add_serve(commands) -> None:
-    serve = _command(commands, "serve", "a page that trains the net live and reads your handwriting, and its HTTP API")
+    serve = _command(
+        commands, "serve", "the page (it trains in your browser): runs live, your handwriting read, the API"
+    )
     serve.add_argument("run", metavar="RUN", nargs="?", default=None, help="a run folder to open (default: none)")
     cli_flags.add_host_port_flags(serve, serve_settings.PORT)
     serve.add_argument(
         "--runs-dir",
         default=None,
-        help=f"folder of the runs the page lists and trains into (default: RUN's folder, else {runs.RUNS_DIR})",
+        help=f"folder of the runs the page lists and keeps (default: RUN's folder, else {runs.RUNS_DIR})",
     )
     serve.add_argument(
         "--token",
         default=None,
-        help="the operator's token (trains, stops), needed on every request when --host is not loopback "
+        help="the operator's token (keeps the page's runs here), needed on every request when --host is not loopback "
         "(default: generated and printed in a link)",
     )
     serve.add_argument(
         "--view-token",
         default=None,
         help="the view-only token (watch, draw) (default: generated when a token is needed)",
-    )
-    serve.add_argument(
-        "--max-epochs",
-        type=int,
-        default=serve_settings.MAX_EPOCHS,
-        help="the most epochs one run from the page may train",
-    )
-    serve.add_argument(
-        "--max-train-images",
-        type=int,
-        default=serve_settings.MAX_TRAIN_IMAGES,
-        help="the most training images one run from the page may use",
     )
     serve.add_argument(
         "--max-viewers", type=int, default=serve_settings.MAX_VIEWERS, help="the most event streams open at once"

@@ -6,13 +6,13 @@ documents, the tokens as security schemes, and the Allow header of a 405.
     openapi.install(app, permissions)       # /openapi.json: the tokens, 401/403, our 422 shape
 
 Every 4xx the server gives is one JSON object, `ErrorBody`: `detail`, a sentence saying what was
-wrong and what to do, and, for a TrainConfig field at fault, `field`. That includes 422 for a
+wrong and what to do. That includes 422 for a
 parameter of the wrong type (FastAPI would answer its `HTTPValidationError` list; the server
 answers a sentence, and the schema says so). Off loopback (`access`), every route may also answer
 401 (no token) or 403 (a wrong one), and the schema names the three ways a token travels: the
 `Authorization: Bearer` header, `?token=` and the page's cookie. A method a path does not have gets
 405 with an `Allow` header that lists every method the path has (Starlette lists only those of the
-first route it matched: `GET /api/train` hid `POST /api/train`).
+first route it matched: `GET /api/runs` would hide `POST /api/runs`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class ErrorBody(BaseModel):
     """Every 4xx answer of the API."""
 
     detail: str = Field(description="What was wrong, and what to do, in a sentence.")
-    field: str | None = Field(None, description="The TrainConfig field at fault (POST /api/train), else null.")
 
 
 def errors(*statuses: int, **descriptions: str) -> dict:

@@ -1,11 +1,11 @@
 """`digitlab serve`'s defaults and limits, and the checks of the values given for them: one home.
 
-The command line's flags take their defaults from here, and the server (`app.serve`,
-`live.Limits`) is meant to as well; nothing here imports FastAPI or Keras, so the command
+The command line's flags take their defaults from here, and so do the server (`app.serve`) and
+its runs home (`live.RunsHome`); nothing here imports FastAPI or Keras, so the command
 can check its flags (and that the port is free) before the seconds the server takes to import.
 
     from digitlab.serve import settings
-    settings.check(port=8000, max_epochs=1000, max_train_images=60_000, max_viewers=100)
+    settings.check(port=8000, max_viewers=100)
     settings.check_port_free("127.0.0.1", 8000)    # one clear sentence if another program holds it
 """
 
@@ -19,22 +19,15 @@ from digitlab import errors
 # Loopback: only this machine can reach the server (another host needs tokens: `serve.access`).
 HOST = "127.0.0.1"
 PORT = 8000
-# What one request from the page may ask of the server (`live.Limits`).
-MAX_EPOCHS = 1000
-MAX_TRAIN_IMAGES = 60_000
+# The most event streams (pages following runs) open at once.
 MAX_VIEWERS = 100
 # `--class`: the most the runs folder may hold, in MB.
 CLASS_CAP_MB = 2048.0
 
 
-def check(
-    port: int, max_epochs: int, max_train_images: int, max_viewers: int, class_cap_mb: float | None = None
-) -> None:
+def check(port: int, max_viewers: int, class_cap_mb: float | None = None) -> None:
     """Refuses a port outside 1-65535 and a limit that is not positive, each with the flag to change."""
     check_port(port)
-    for flag, value in (("--max-epochs", max_epochs), ("--max-train-images", max_train_images)):
-        if value < 1:
-            raise errors.DigitlabError(f"{flag} must be a positive whole number, got {value}.")
     if max_viewers < 1:
         raise errors.DigitlabError(f"--max-viewers must be a positive whole number, got {max_viewers}.")
     if class_cap_mb is not None and not class_cap_mb > 0:

@@ -61,11 +61,11 @@ class CrossOriginIsolation:
 
 
 def _loaded(request: Request) -> data.Loaded:
-    trainer = request.app.state.trainer
-    if trainer is None:
+    home = request.app.state.runs_home
+    if home is None:
         raise HTTPException(404, "This server keeps no runs (it was started without a runs folder).")
     try:
-        return trainer.loaded()
+        return home.loaded()
     except data.DataError as error:
         raise HTTPException(503, str(error)) from None
 
@@ -145,7 +145,7 @@ async def upload_run(request: Request):
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"The body is not JSON ({error}); send the page run's JSON document.") from None
     loaded = await run_in_threadpool(_loaded, request)
-    runs_dir = request.app.state.trainer.runs_dir
+    runs_dir = request.app.state.runs_home.runs_dir
     lock = getattr(request.app.state, "upload_lock", None)
     if lock is None:
         lock = request.app.state.upload_lock = asyncio.Lock()

@@ -1,7 +1,7 @@
 // digitlab drawing page: draw on the canvas with mouse, pen or finger (pointer events);
 // the picture is sent to POST /api/predict while you draw (throttled, one request in
 // flight), and the answer fills the verdict, the ten-bar chart and the 28x28 preview.
-// The network asked is the served one, or the run and epoch the training panel chose
+// The network asked is the served one, or the run and epoch of a server's run on show
 // (live.js calls Pad.ask({ run, epoch, label })), so the slider's epoch answers. When the page trains in
 // the browser (browser.js), Pad.useLocal(ask) makes the drawing be read there: no request at all.
 "use strict";
@@ -273,6 +273,7 @@ const Pad = {
     if (hasInk) askLocally();
   },
   ask(next) {
+    local = null; // The server's run is asked now, not the one trained in this page.
     next = next && next.run ? next : null;
     const same = JSON.stringify(next) === JSON.stringify(target);
     target = next;

@@ -1,13 +1,18 @@
-// digitlab: the training panel when the page trains in the browser (mode.js decides; the default wherever
-// WebAssembly runs). The settings are checked with TrainConfig's own rules (rules.js, page.json); Train
+// digitlab: the training panel: the page trains in the browser (wherever WebAssembly and Workers run: mode.js).
+// The settings are checked with TrainConfig's own rules (rules.js, page.json); Train
 // starts train-worker.js, which trains in a Worker with the WebAssembly engine; every epoch's logs and
 // weights come back here: the curves gain a point, the 64 weight tiles are drawn from the first layer's
 // weights (the server's colour scale, from page.json), the slider can show any epoch (every epoch's weights
 // are kept in the page, float32) and the drawing pad is read by that epoch's network, here. A run can be
 // kept: downloaded as a page-run JSON document (`digitlab import FILE` makes it a run folder) or sent to
-// the server that served the page (POST api/runs). Other modules follow a run through the events
-// "digitlab:run-start", "digitlab:epoch" and "digitlab:run-end" on document (classroom.js sends it to a
-// class, handwriting.js scores the learner's own digits), and read drawings with prepare and probabilities.
+// the server that served the page (POST api/runs). At its end the Worker computes the confusion matrix and
+// the most confident mistakes on the validation images ("digitlab:evaluation", which live.js shows). Other
+// modules follow a run through the events "digitlab:run-start", "digitlab:epoch", "digitlab:run-end" and
+// "digitlab:kept" on document (classroom.js sends it to a class, handwriting.js scores the learner's own
+// digits, live.js lists it beside the server's runs), and read drawings with prepare and probabilities.
+// "digitlab:show" says whether this run (source "browser") or a server's run (live.js) is on show. The
+// page's address holds the settings (TrainConfig's names, ?learning_rate=0.5&epochs=3) and `hide=loss,optimizer`
+// hides those fields: a teacher's link opens the page ready to train.
 import { check, loadRules } from "./rules.js";
 
 const $ = (id) => document.getElementById(id);
@@ -19,7 +24,9 @@ let worker = null;
 let run = null; // { id, config, history, weights: [per epoch: Float32Array[]], status, engine, sha256, wallTime }
 let follow = true;
 let redraw = null;
+let onShow = true; // Whether this run is on show (not a server's run that live.js opened).
 const params = new URLSearchParams(location.search);
+const hidden = new Set((params.get("hide") || "").split(",").map((name) => name.trim()).filter(Boolean));
 
 function emptyHistory() {
   return Object.fromEntries(rules.history_keys.map((key) => [key, []]));
@@ -64,6 +71,7 @@ function buildForm() {
     error.id = `error-${name}`;
     error.setAttribute("role", "alert");
     wrapper.append(label, input, error);
+    wrapper.hidden = hidden.has(name);
     fields.appendChild(wrapper);
     const given = params.get(name);
     if (given !== null) input.value = given;
@@ -71,9 +79,22 @@ function buildForm() {
     input.addEventListener("input", () => {
       clearErrors();
       if (name === "model") showDefaults();
+      updateShareLink();
     });
+    input.addEventListener("change", updateShareLink);
   });
   showDefaults();
+  updateShareLink();
+}
+
+// The link to this setting: the page's address with the fields set (never a token), and `hide` kept.
+function updateShareLink() {
+  const query = new URLSearchParams();
+  Object.entries(texts()).forEach(([name, text]) => text.trim() && query.set(name, text.trim()));
+  if (hidden.size) query.set("hide", [...hidden].join(","));
+  const url = `${location.origin}${location.pathname}${query.toString() ? `?${query}` : ""}`;
+  $("share-link").value = url;
+  history.replaceState(null, "", url);
 }
 
 function showDefaults() {
@@ -100,7 +121,7 @@ function clearErrors() {
 
 function showFieldError(field, sentence) {
   const error = $(`error-${field}`);
-  if (error) {
+  if (error && !error.closest(".field").hidden) {
     error.textContent = sentence;
     error.closest(".field").classList.add("bad");
   }
@@ -134,10 +155,11 @@ function start(event) {
   worker.onmessage = ({ data }) => onWorker(data);
   worker.onerror = (error) => failed(error.message || "the training Worker stopped");
   const threads = Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 4));
-  worker.postMessage({ type: "start", config, mnist: new URL("mnist/", import.meta.url).href, threads });
+  const gallery = rules.evaluation.gallery_size;
+  worker.postMessage({ type: "start", config, mnist: new URL("mnist/", import.meta.url).href, threads, gallery });
   say("Starting…");
-  scheduleRedraw();
   document.dispatchEvent(new CustomEvent("digitlab:run-start", { detail: { run } }));
+  document.dispatchEvent(new CustomEvent("digitlab:show", { detail: { source: "browser", started: true } }));
 }
 
 function failed(message) {
@@ -160,7 +182,7 @@ function describeEngine(engine) {
 
 function onWorker(message) {
   if (!run) return;
-  if (message.type === "status") say(message.message);
+  if (message.type === "status") onShow && say(message.message);
   else if (message.type === "ready") {
     run.engine = message.engine;
     run.sha256 = message.sha256;
@@ -173,7 +195,7 @@ function onWorker(message) {
     rules.history_keys.forEach((key) => run.history[key].push(message.logs[key]));
     run.weights.push(message.weights);
     run.wallTime = message.wallTime;
-    say(`Epoch ${message.epoch} of ${run.config.epochs} took ${message.seconds.toFixed(2)} s.`);
+    if (onShow) say(`Epoch ${message.epoch} of ${run.config.epochs} took ${message.seconds.toFixed(2)} s.`);
     scheduleRedraw();
     document.dispatchEvent(new CustomEvent("digitlab:epoch", { detail: { run, epoch: message.epoch, seconds: message.seconds } }));
   } else if (message.type === "end") {
@@ -183,13 +205,16 @@ function onWorker(message) {
     $("stop").disabled = true;
     $("download-run").disabled = false;
     $("send-run").disabled = window.DigitlabMode.staticSite;
-    say(
+    if (onShow) say(
       message.status === "complete"
         ? `Done: ${message.epoch} epoch${message.epoch === 1 ? "" : "s"} in ${message.wallTime.toFixed(1)} s, val accuracy ${run.history.val_accuracy.at(-1).toFixed(4)}.`
         : `Stopped after epoch ${message.epoch} of ${run.config.epochs}; keep it below, or train again.`
     );
     scheduleRedraw();
     document.dispatchEvent(new CustomEvent("digitlab:run-end", { detail: { run } }));
+  } else if (message.type === "evaluation") {
+    const detail = { ...message.evaluation, run: "this browser's run", data: `the ${message.evaluation.data}` };
+    document.dispatchEvent(new CustomEvent("digitlab:evaluation", { detail }));
   } else if (message.type === "error") failed(`The training stopped: ${message.message}`);
 }
 
@@ -207,6 +232,7 @@ function scheduleRedraw() {
 
 function drawShown() {
   redraw = null;
+  if (!onShow) return;
   const history = run ? run.history : emptyHistory();
   const done = history.val_accuracy.length;
   const planned = run ? run.config.epochs : 1;
@@ -446,6 +472,7 @@ async function send() {
     status.textContent = response.ok ? `Kept on the server as ${body.run}: \`digitlab evaluate RUNS/${body.run}\` opens it.` : body.detail;
     status.classList.toggle("error", !response.ok);
     status.dataset.run = response.ok ? body.run : "";
+    if (response.ok) document.dispatchEvent(new CustomEvent("digitlab:kept", { detail: { run: body.run } }));
   } catch (error) {
     status.textContent = `Could not reach the server (${error.message}); download the run instead.`;
   } finally {
@@ -463,7 +490,7 @@ async function init() {
   if (!window.DigitlabMode.staticSite) {
     // A server that keeps no runs (digitlab serve's API alone, one network) offers the drawing page only.
     const health = await healthLoaded;
-    if (!health || !health.training) return;
+    if (!health || !health.runs) return;
   }
   try {
     rules = await loadRules(new URL("page.json", import.meta.url).href);
@@ -474,17 +501,17 @@ async function init() {
   $("train-card").hidden = false;
   $("keep").hidden = false;
   $("send-run").hidden = window.DigitlabMode.staticSite;
-  $("resume").hidden = true;
-  document.querySelector(".share").hidden = true;
   $("train-title").textContent = "Train it, in this browser";
   buildForm();
-  say("Choose the settings and press Start: the network trains in this browser.");
+  if (onShow) say("Choose the settings and press Start: the network trains in this browser.");
   drawShown();
   $("train-form").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
   $("download-run").addEventListener("click", download);
   $("send-run").addEventListener("click", send);
+  $("copy-link").addEventListener("click", () => navigator.clipboard.writeText($("share-link").value).catch(() => {}));
   $("epoch-slider").addEventListener("input", () => {
+    if (!onShow) return; // live.js moves a server's run.
     follow = parseInt($("epoch-slider").value, 10) >= parseInt($("epoch-slider").max, 10);
     scheduleRedraw();
   });
@@ -492,5 +519,13 @@ async function init() {
     navigator.serviceWorker.register("sw.js").catch(() => {}); // Offline after the first visit, where allowed.
   }
 }
+
+// live.js opens a server's run (source "server"), or shows this run again (source "browser").
+document.addEventListener("digitlab:show", ({ detail }) => {
+  onShow = detail.source === "browser";
+  if (!onShow || !run) return;
+  if (!detail.started) say(run.status === "running" ? `Training in this browser: epoch ${run.history.val_accuracy.length} of ${run.config.epochs}.` : `This browser's run: ${run.status}.`);
+  scheduleRedraw();
+});
 
 init();

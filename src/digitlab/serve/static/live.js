@@ -1,289 +1,97 @@
-// digitlab training panel: set the chapter's network up, train it on the server (POST /api/train)
-// and watch every epoch arrive (Server-Sent Events: the curves gain a point, the 64 weight tiles are
-// redrawn); move the slider to any epoch, and the drawing pad asks that epoch's network.
-// The page's URL holds the settings (TrainConfig's field names, e.g. ?learning_rate=0.5&epochs=3)
-// and `hide=loss,optimizer` hides those fields: a teacher's link opens the page ready to train.
+// digitlab: the server's runs on the page. The runs side by side (GET /api/runs; ticked runs' validation
+// accuracy overlaid, the run training in this browser among them); a saved run opened at any epoch (its
+// curves, tiles and slider; the drawing pad asks that epoch's network through /api/predict); a run that
+// `digitlab train` is training into the server's runs folder followed live (Server-Sent Events,
+// GET /api/runs/NAME/events: a point an epoch, the newest tiles pushed with it); and, at a run's end, the
+// confusion matrix and the most confident mistakes (GET /api/runs/NAME/evaluation for the server's runs;
+// for the run trained here, browser.js's Worker computes them and sends them as "digitlab:evaluation").
+// The run trained in this browser is drawn by browser.js: "digitlab:show" (detail.source "server" or
+// "browser") on document says which of the two the charts, the tiles and the pad show.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const trainCard = $("train-card");
-  const fieldsView = $("fields");
-  const startButton = $("start");
-  const stopButton = $("stop");
-  const resumeButton = $("resume");
   const liveStatus = $("live-status");
   const slider = $("epoch-slider");
-  const epochShown = $("epoch-shown");
   const tiles = $("tiles");
   const tilesCaption = $("tiles-caption");
-  const shareLink = $("share-link");
   const accuracyChart = Charts.lineChart($("accuracy-chart"), { yMax: 1 });
   const lossChart = Charts.lineChart($("loss-chart"), { yMax: null });
   const overlayChart = Charts.lineChart($("overlay-chart"), { yMax: 1 });
   const KEYS = ["loss", "accuracy", "val_loss", "val_accuracy"];
-  const LABELS = {
-    model: "Net",
-    loss: "Loss",
-    activation: "Activation",
-    learning_rate: "Learning rate",
-    optimizer: "Optimizer",
-    batch_size: "Batch size",
-    epochs: "Epochs",
-    seed: "Seed",
-    train_limit: "Training images",
-    validation: "Validation",
-  };
-  const BLANK = { seed: "random", train_limit: "all" };
-  const params = new URLSearchParams(location.search);
-  const hidden = new Set((params.get("hide") || "").split(",").map((name) => name.trim()).filter(Boolean));
+  const HERE = "\u0000browser"; // The overlay's key for the run trained in this browser (no run folder has it).
+  // ?run=NAME opens that run; read now, before browser.js writes the settings into the address bar.
+  const wanted = new URLSearchParams(location.search).get("run");
 
-  let options = null; // GET /api/train: fields, model defaults, limits, role.
-  let role = "operator";
-  // The run on show: its name, history, planned epochs, whether epochs have tiles, and its status.
-  let shown = { run: null, history: emptyHistory(), epochs: 0, tiles: {}, status: null };
+  // The server's run on show (null while the browser's run is): its name, history, planned epochs, tiles, status.
+  let shown = null;
   let source = null; // The EventSource of the run on show.
-  let watching = 0; // Bumped by every watch(), so that late answers about an earlier showing are dropped.
   let follow = true; // The slider follows the newest epoch until it is moved back.
   let redraw = null;
   let tilesWanted = null;
   let tilesLoading = false;
+  let browserRun = null; // browser.js's run, as its events describe it.
+  let browserEvaluation = null;
   const overlay = new Map(); // Ticked run -> its history.
+
+  async function getJson(url) {
+    const response = await fetch(url);
+    const body = await response.json().catch(() => ({ detail: `The server answered ${response.status}.` }));
+    return { response, body };
+  }
 
   function emptyHistory() {
     return Object.fromEntries(KEYS.map((key) => [key, []]));
   }
 
-  function showStatus(message, isError = false) {
-    const status = $("status");
-    status.textContent = message;
-    status.classList.toggle("error", isError);
+  function formatNumber(value) {
+    return Number.isFinite(value) ? value.toFixed(4) : "–";
   }
 
-  async function getJson(url, init) {
-    const response = await fetch(url, init);
-    let body = {};
-    try {
-      body = await response.json();
-    } catch (error) {
-      body = { detail: `The server answered ${response.status}.` };
-    }
-    return { response, body };
-  }
+  // --- A server's run on show ---------------------------------------------------------------------
 
-  // --- The form -------------------------------------------------------------------------------
-
-  function fieldInput(name, spec) {
-    if (spec.choices) {
-      const select = document.createElement("select");
-      if (name !== "model" && name !== "validation") select.appendChild(new Option("the net's own", ""));
-      spec.choices.forEach((choice) => select.appendChild(new Option(choice.replaceAll("_", " "), choice)));
-      return select;
-    }
-    const input = document.createElement("input");
-    input.type = "text";
-    input.inputMode = spec.type === "float" ? "decimal" : "numeric";
-    input.autocomplete = "off";
-    return input;
-  }
-
-  function buildForm() {
-    fieldsView.replaceChildren();
-    Object.entries(options.fields).forEach(([name, spec]) => {
-      const wrapper = document.createElement("div");
-      wrapper.className = "field";
-      wrapper.dataset.field = name;
-      const label = document.createElement("label");
-      label.textContent = LABELS[name] || name;
-      label.htmlFor = `field-${name}`;
-      label.title = spec.help;
-      const input = fieldInput(name, spec);
-      input.id = `field-${name}`;
-      input.name = name;
-      input.title = spec.help;
-      const error = document.createElement("p");
-      error.className = "field-error";
-      error.id = `error-${name}`;
-      error.setAttribute("role", "alert");
-      wrapper.append(label, input, error);
-      wrapper.hidden = hidden.has(name);
-      fieldsView.appendChild(wrapper);
-      const given = params.get(name);
-      if (given !== null) input.value = given;
-      else if (name === "model") input.value = "shallow";
-      else if (name === "validation") input.value = spec.default;
-      input.addEventListener("input", () => {
-        clearErrors(name);
-        if (name === "model") showModelDefaults();
-        updateShareLink();
-      });
-      input.addEventListener("change", updateShareLink);
-    });
-    showModelDefaults();
-    updateShareLink();
-  }
-
-  function showModelDefaults() {
-    const model = $("field-model").value;
-    const defaults = options.model_defaults[model] || {};
-    Object.entries(options.fields).forEach(([name, spec]) => {
-      const input = $(`field-${name}`);
-      const own = name in defaults ? defaults[name] : spec.default;
-      if (input.tagName === "SELECT") {
-        const first = input.options[0];
-        if (first && first.value === "" && own !== null) first.textContent = `${String(own).replaceAll("_", " ")} (net's)`;
-      } else {
-        input.placeholder = own !== null && own !== undefined ? String(own) : BLANK[name] || "";
-      }
-    });
-  }
-
-  function settings() {
-    const values = {};
-    Object.entries(options.fields).forEach(([name, spec]) => {
-      const text = $(`field-${name}`).value.trim();
-      if (text === "") return;
-      if (spec.type === "int") values[name] = /^[+-]?\d+$/.test(text) ? parseInt(text, 10) : text;
-      else if (spec.type === "float") values[name] = Number.isFinite(Number(text)) ? Number(text) : text;
-      else values[name] = text;
-    });
-    return values;
-  }
-
-  function updateShareLink() {
-    const query = new URLSearchParams();
-    Object.entries(settings()).forEach(([name, value]) => query.set(name, String(value)));
-    if (hidden.size) query.set("hide", [...hidden].join(","));
-    if (params.get("train") === "server") query.set("train", "server"); // The server trains, for whoever opens it.
-    const url = `${location.origin}${location.pathname}${query.toString() ? `?${query}` : ""}`;
-    shareLink.value = url;
-    history.replaceState(null, "", url); // The address bar shares the setting too (never a token).
-  }
-
-  function clearErrors(only = null) {
-    document.querySelectorAll(".field-error").forEach((error) => {
-      if (only === null || error.id === `error-${only}`) error.textContent = "";
-    });
-    document.querySelectorAll(".field.bad").forEach((field) => {
-      if (only === null || field.dataset.field === only) field.classList.remove("bad");
-    });
-  }
-
-  function showFieldError(field, message) {
-    const error = field && $(`error-${field}`);
-    if (!error || error.closest(".field").hidden) {
-      liveStatus.textContent = message;
-      liveStatus.classList.add("error");
-      return;
-    }
-    error.textContent = message;
-    error.closest(".field").classList.add("bad");
-  }
-
-  // --- Training -------------------------------------------------------------------------------
-
-  async function start(event) {
-    event.preventDefault();
-    clearErrors();
-    liveStatus.classList.remove("error");
-    startButton.disabled = true;
-    const { response, body } = await getJson("/api/train", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(settings()),
-    });
-    if (response.status === 202) {
-      watch(body.run, true);
-      return;
-    }
-    startButton.disabled = false;
-    if (response.status === 422) showFieldError(body.field, body.detail);
-    else {
-      liveStatus.textContent = body.detail;
-      liveStatus.classList.add("error");
-    }
-  }
-
-  async function post(url) {
-    const { response, body } = await getJson(url, { method: "POST" });
-    if (!response.ok) {
-      liveStatus.textContent = body.detail;
-      liveStatus.classList.add("error");
-    }
-    return { response, body };
-  }
-
-  async function stop() {
-    stopButton.disabled = true;
-    const { response } = await post(`/api/train/${encodeURIComponent(shown.run)}/stop`);
-    if (response.ok) liveStatus.textContent = `Stopping ${shown.run} after the epoch in progress…`;
-  }
-
-  async function resume() {
-    resumeButton.disabled = true;
-    const { response, body } = await post(`/api/train/${encodeURIComponent(shown.run)}/resume`);
-    if (response.status === 202) watch(body.run, true);
-    else resumeButton.disabled = false;
-  }
-
-  function setButtons() {
-    const operator = role === "operator";
-    const training = shown.status === "running";
-    startButton.disabled = !operator || training;
-    stopButton.disabled = !operator || !training;
-    resumeButton.disabled = !operator || training || !["interrupted", "failed"].includes(shown.status);
-  }
-
-  // Shows a run: its events replay what it has (a saved run ends at once), then arrive live.
-  function watch(run, live = false) {
+  // Shows a run: its events replay what it has (a finished run ends at once), then arrive live while a
+  // process trains it.
+  function watch(run) {
     if (source) source.close();
-    watching += 1;
-    shown = { run, history: emptyHistory(), epochs: 0, tiles: {}, tilesData: null, status: live ? "running" : null };
+    shown = { run, history: emptyHistory(), epochs: 0, tiles: {}, tilesData: null, status: null };
     slider.dataset.events = "0";
     follow = true;
+    $("train-card").hidden = false;
     $("end-card").hidden = true;
     liveStatus.classList.remove("error");
-    liveStatus.textContent = live ? `Starting ${run}…` : `Opening ${run}…`;
-    setButtons();
-    source = new EventSource(`/api/train/${encodeURIComponent(run)}/events`);
-    source.addEventListener("epoch", (message) => onEpoch(JSON.parse(message.data)));
+    liveStatus.textContent = `Opening ${run}…`;
+    document.dispatchEvent(new CustomEvent("digitlab:show", { detail: { source: "server", run } }));
+    const mine = shown;
+    source = new EventSource(`api/runs/${encodeURIComponent(run)}/events`);
+    source.addEventListener("epoch", (message) => mine === shown && onEpoch(JSON.parse(message.data)));
     // The newest epoch's tiles follow its event while the run trains, so the page need not ask for them.
     source.addEventListener("tiles", (message) => {
-      const tiles = JSON.parse(message.data);
-      shown.tilesData = { epoch: tiles.epoch, data: tiles.png };
+      if (mine !== shown) return;
+      const pushed = JSON.parse(message.data);
+      shown.tilesData = { epoch: pushed.epoch, data: pushed.png };
       scheduleRedraw();
     });
     source.addEventListener("end", (message) => {
       source.close();
-      onEnd(JSON.parse(message.data));
+      if (mine === shown) onEnd(JSON.parse(message.data));
     });
     source.onerror = () => {
-      if (source.readyState === EventSource.CLOSED) {
+      if (source.readyState === EventSource.CLOSED && mine === shown) {
         liveStatus.textContent = `The event stream of ${run} closed; reload the page to reconnect.`;
         liveStatus.classList.add("error");
       }
     };
     markOpenRun();
-    const badge = $("model-badge");
-    badge.textContent = `showing ${run}`;
-    badge.classList.add("ok");
   }
 
   function onEpoch(event) {
-    if (event.run !== shown.run) return;
     slider.dataset.events = String((parseInt(slider.dataset.events, 10) || 0) + 1); // Epoch events received.
-    KEYS.forEach((key) => {
-      shown.history[key][event.epoch - 1] = event[key];
-    });
+    KEYS.forEach((key) => (shown.history[key][event.epoch - 1] = event[key]));
     shown.epochs = event.epochs || shown.epochs;
     shown.tiles[event.epoch] = event.tiles;
-    if (shown.status === null) shown.status = "replaying";
-    if (shown.status === "running") {
-      if (!shown.listed) loadRuns(); // Its run folder exists from its first epoch on.
-      shown.listed = true;
-      const by = shown.startedBy ? ` (started by ${shown.startedBy})` : "";
-      liveStatus.textContent = `Training ${event.run}: epoch ${event.epoch} of ${event.epochs}${by}`;
-    }
+    shown.status = "running";
+    liveStatus.textContent = `${event.run}: epoch ${event.epoch} of ${event.epochs}`;
     slider.max = String(event.epoch);
     slider.disabled = false;
     if (follow) slider.value = String(event.epoch);
@@ -293,17 +101,16 @@
   function onEnd(event) {
     shown.status = event.status;
     const done = shown.history.val_accuracy.length;
+    const seconds = event.wall_time_s ? ` in ${event.wall_time_s.toFixed(1)} s` : "";
     const words = {
-      complete: `${event.run} is complete: ${done} epochs${event.wall_time_s ? ` in ${event.wall_time_s.toFixed(1)} s` : ""}, validation accuracy ${formatNumber(event.final_val_accuracy)}.`,
-      interrupted: `${event.run} was stopped after epoch ${event.epoch} of ${event.epochs} and saved. Resume it here, or with: ${event.resume}`,
-      failed: `${event.run} failed: ${event.message || "see the server's log"}`,
-      running: `${event.run} is being trained by another process; reload to see its newest epochs.`,
+      complete: `${event.run} is complete: ${done} epochs${seconds}, validation accuracy ${formatNumber(event.final_val_accuracy)}.`,
+      interrupted: `${event.run} was stopped after epoch ${event.epoch} of ${event.epochs}. Finish it with: ${event.resume}`,
+      failed: `${event.run} failed: ${event.message || "see its training's output"}`,
     };
     liveStatus.textContent = words[event.status] || `${event.run}: ${event.status}`;
     liveStatus.classList.toggle("error", event.status === "failed");
-    setButtons();
     scheduleRedraw();
-    if (done) showEvaluation(event.run);
+    if (done) showServerEvaluation(event.run);
     loadRuns();
   }
 
@@ -311,49 +118,33 @@
     if (redraw === null) redraw = requestAnimationFrame(drawShown);
   }
 
-  function selectedEpoch() {
-    return Math.min(parseInt(slider.value, 10) || 1, shown.history.val_accuracy.length);
-  }
-
   function drawShown() {
     redraw = null;
+    if (!shown) return;
     const history = shown.history;
-    const epochs = Math.max(shown.epochs, history.val_accuracy.length);
-    const epoch = history.val_accuracy.length ? selectedEpoch() : null;
-    accuracyChart.draw(
-      [
-        { name: "accuracy", values: history.accuracy, className: "train" },
-        { name: "val_accuracy", values: history.val_accuracy, className: "valid" },
-      ],
-      { epochs, marker: epoch }
-    );
-    lossChart.draw(
-      [
-        { name: "loss", values: history.loss, className: "train" },
-        { name: "val_loss", values: history.val_loss, className: "valid" },
-      ],
-      { epochs, marker: epoch }
-    );
-    KEYS.forEach((key) => {
-      $(`n-${key}`).textContent = epoch ? formatNumber(history[key][epoch - 1]) : "–";
-    });
+    const done = history.val_accuracy.length;
+    const epochs = Math.max(shown.epochs, done);
+    const epoch = done ? Math.min(parseInt(slider.value, 10) || 1, done) : null;
+    const series = (train, valid) => [
+      { name: train, values: history[train], className: "train" },
+      { name: valid, values: history[valid], className: "valid" },
+    ];
+    accuracyChart.draw(series("accuracy", "val_accuracy"), { epochs, marker: epoch });
+    lossChart.draw(series("loss", "val_loss"), { epochs, marker: epoch });
+    KEYS.forEach((key) => ($(`n-${key}`).textContent = epoch ? formatNumber(history[key][epoch - 1]) : "–"));
     $("n-epoch").textContent = epoch ? `${epoch} / ${epochs}` : "–";
-    epochShown.textContent = epoch ? `${epoch} of ${epochs}` : "–";
-    if (epoch) {
-      // The newest epoch's tiles come inside its event; any other epoch's are fetched.
-      const inside = shown.tilesData && shown.tilesData.epoch === epoch ? shown.tilesData.data : null;
-      showTiles(inside || shown.tiles[epoch], epoch);
-      const last = epoch === history.val_accuracy.length && shown.status === "complete";
-      Pad.ask({ run: shown.run, epoch: last ? null : epoch, label: `${shown.run} at epoch ${epoch}` });
-    }
-  }
-
-  function formatNumber(value) {
-    return Number.isFinite(value) ? value.toFixed(4) : "–";
+    $("epoch-shown").textContent = epoch ? `${epoch} of ${epochs}` : "–";
+    if (!epoch) return;
+    // The newest epoch's tiles come inside its event; any other epoch's are fetched.
+    const inside = shown.tilesData && shown.tilesData.epoch === epoch ? shown.tilesData.data : null;
+    showTiles(inside || shown.tiles[epoch], epoch);
+    const last = epoch === done && shown.status === "complete";
+    Pad.ask({ run: shown.run, epoch: last ? null : epoch, label: `${shown.run} at epoch ${epoch}` });
   }
 
   // One picture loads at a time; while it loads, only the newest wanted epoch is remembered.
   function showTiles(url, epoch) {
+    $("tiles-canvas").hidden = true; // browser.js's drawing of the run trained here.
     if (!url) {
       tiles.hidden = true;
       tilesCaption.textContent = `This run kept no weights for epoch ${epoch} (train with --record-epochs to keep them).`;
@@ -361,11 +152,15 @@
     }
     tilesWanted = { url, epoch, key: `${shown.run}/${epoch}` };
     if (!tilesLoading) loadTiles();
+    else tiles.hidden = false;
   }
 
   function loadTiles() {
     const wanted = tilesWanted;
-    if (!wanted || tiles.dataset.key === wanted.key) return;
+    if (!wanted || tiles.dataset.key === wanted.key) {
+      tiles.hidden = false;
+      return;
+    }
     tilesLoading = true;
     tiles.onload = tiles.onerror = () => {
       tilesLoading = false;
@@ -379,33 +174,34 @@
   }
 
   slider.addEventListener("input", () => {
+    if (!shown) return; // browser.js moves its own run.
     follow = parseInt(slider.value, 10) >= parseInt(slider.max, 10);
     scheduleRedraw();
   });
 
-  // --- At the end: the confusion matrix and the most confident mistakes -------------------------
+  // --- At the end: the confusion matrix and the most confident mistakes ---------------------------
 
-  async function showEvaluation(run) {
-    const mine = watching;
-    const { response, body } = await getJson(`/api/runs/${encodeURIComponent(run)}/evaluation`);
-    if (!response.ok || mine !== watching) return;
+  async function showServerEvaluation(run) {
+    const mine = shown;
+    const { response, body } = await getJson(`api/runs/${encodeURIComponent(run)}/evaluation`);
+    if (response.ok && mine === shown) showEvaluation(body);
+  }
+
+  // `body`: the server's evaluation answer (run, epoch, data, images, errors, accuracy, confusion_matrix,
+  // mistakes), or the same computed in the browser for the run trained here.
+  function showEvaluation(body) {
     $("end-card").hidden = false;
-    $("end-summary").textContent = `${run} after epoch ${body.epoch}: ${body.errors} of ${body.images.toLocaleString("en")} wrong (accuracy ${body.accuracy.toFixed(4)}) on ${body.data}.`;
+    $("end-card").dataset.run = body.run;
+    $("end-summary").textContent = `${body.run} after epoch ${body.epoch}: ${body.errors} of ${body.images.toLocaleString("en")} wrong (accuracy ${body.accuracy.toFixed(4)}) on ${body.data}.`;
     const table = $("confusion");
     table.replaceChildren();
     const head = table.insertRow();
     head.appendChild(document.createElement("th"));
-    for (let digit = 0; digit < 10; digit++) {
-      const th = document.createElement("th");
-      th.textContent = String(digit);
-      head.appendChild(th);
-    }
+    for (let digit = 0; digit < 10; digit++) head.appendChild(document.createElement("th")).textContent = String(digit);
     const largest = Math.max(...body.confusion_matrix.flat());
     body.confusion_matrix.forEach((row, truth) => {
       const line = table.insertRow();
-      const th = document.createElement("th");
-      th.textContent = String(truth);
-      line.appendChild(th);
+      line.appendChild(document.createElement("th")).textContent = String(truth);
       row.forEach((count, said) => {
         const cell = line.insertCell();
         cell.textContent = String(count);
@@ -434,59 +230,91 @@
     });
   }
 
-  // --- Runs side by side ----------------------------------------------------------------------
+  // --- Runs side by side ----------------------------------------------------------------------------
+
+  function runRow(rows, summary, onOpen) {
+    const row = rows.insertRow();
+    row.dataset.run = summary.run;
+    const tick = document.createElement("input");
+    tick.type = "checkbox";
+    tick.className = "overlay-tick";
+    tick.checked = overlay.has(summary.key);
+    tick.setAttribute("aria-label", `Overlay ${summary.run}`);
+    tick.addEventListener("change", () => toggleOverlay(summary.key, tick.checked));
+    row.insertCell().appendChild(tick);
+    row.insertCell().textContent = summary.run;
+    const status = row.insertCell();
+    status.textContent = summary.training ? "training" : summary.problem ? "can't open" : summary.status;
+    if (summary.problem) status.title = summary.problem; // Why: a damaged config.json, a name that is not UTF-8.
+    row.insertCell().textContent = summary.model || "?";
+    row.insertCell().textContent = summary.learning_rate ?? "";
+    row.insertCell().textContent = `${summary.epochs}/${summary.epochs_planned ?? "?"}`;
+    row.insertCell().textContent = formatNumber(summary.final_val_accuracy);
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "button secondary small open-run";
+    open.textContent = "Open";
+    open.disabled = tick.disabled = Boolean(summary.problem);
+    open.addEventListener("click", onOpen);
+    row.insertCell().appendChild(open);
+    return row;
+  }
+
+  function browserSummary() {
+    const history = browserRun.history;
+    return {
+      key: HERE,
+      run: "this browser's run",
+      status: browserRun.status,
+      training: browserRun.status === "running",
+      model: browserRun.config.model,
+      learning_rate: browserRun.config.learning_rate,
+      epochs: history.val_accuracy.length,
+      epochs_planned: browserRun.config.epochs,
+      final_val_accuracy: history.val_accuracy.at(-1),
+    };
+  }
+
+  let listed = [];
 
   async function loadRuns() {
-    const { response, body } = await getJson("/api/runs");
+    const { response, body } = await getJson("api/runs");
     if (!response.ok) return;
+    listed = body.runs;
+    showRuns();
+  }
+
+  function showRuns() {
     const table = $("runs-table");
     table.replaceChildren();
     const head = table.createTHead().insertRow();
     ["", "run", "status", "net", "lr", "epochs", "val accuracy", ""].forEach((text) => {
-      const th = document.createElement("th");
-      th.textContent = text;
-      head.appendChild(th);
+      head.appendChild(document.createElement("th")).textContent = text;
     });
     const rows = table.createTBody();
-    [...body.runs].reverse().forEach((summary) => {
-      const row = rows.insertRow();
-      row.dataset.run = summary.run;
-      const tick = document.createElement("input");
-      tick.type = "checkbox";
-      tick.className = "overlay-tick";
-      tick.checked = overlay.has(summary.run);
-      tick.setAttribute("aria-label", `Overlay ${summary.run}`);
-      tick.addEventListener("change", () => toggleOverlay(summary.run, tick.checked));
-      row.insertCell().appendChild(tick);
-      row.insertCell().textContent = summary.run;
-      const status = row.insertCell();
-      status.textContent = summary.training ? "training" : summary.problem ? "can't open" : summary.status;
-      if (summary.problem) status.title = summary.problem; // Why: a damaged config.json, a name that is not UTF-8.
-      row.insertCell().textContent = summary.model || "?";
-      row.insertCell().textContent = summary.learning_rate ?? "";
-      row.insertCell().textContent = `${summary.epochs}/${summary.epochs_planned ?? "?"}`;
-      row.insertCell().textContent = formatNumber(summary.final_val_accuracy);
-      const open = document.createElement("button");
-      open.type = "button";
-      open.className = "button secondary small open-run";
-      open.textContent = "Open";
-      open.disabled = tick.disabled = Boolean(summary.problem);
-      open.addEventListener("click", () => watch(summary.run, summary.training));
-      row.insertCell().appendChild(open);
-    });
+    if (browserRun) {
+      const row = runRow(rows, browserSummary(), () => {
+        document.dispatchEvent(new CustomEvent("digitlab:show", { detail: { source: "browser" } }));
+      });
+      row.classList.add("here");
+    }
+    [...listed].reverse().forEach((summary) => runRow(rows, { ...summary, key: summary.run }, () => watch(summary.run)));
     markOpenRun();
     drawOverlay();
   }
 
   function markOpenRun() {
-    document.querySelectorAll("#runs-table tbody tr").forEach((row) => row.classList.toggle("open", row.dataset.run === shown.run));
+    document.querySelectorAll("#runs-table tbody tr").forEach((row) => {
+      row.classList.toggle("open", shown ? row.dataset.run === shown.run : row.classList.contains("here"));
+    });
   }
 
-  async function toggleOverlay(run, on) {
-    if (!on) overlay.delete(run);
+  async function toggleOverlay(key, on) {
+    if (!on) overlay.delete(key);
+    else if (key === HERE) overlay.set(key, browserRun.history); // Grows as the run trains.
     else {
-      const { response, body } = await getJson(`/api/runs/${encodeURIComponent(run)}`);
-      if (response.ok) overlay.set(run, body.history);
+      const { response, body } = await getJson(`api/runs/${encodeURIComponent(key)}`);
+      if (response.ok) overlay.set(key, body.history);
     }
     drawOverlay();
   }
@@ -494,62 +322,65 @@
   function drawOverlay() {
     const runs = [...overlay.entries()];
     const epochs = Math.max(1, ...runs.map(([, history]) => history.val_accuracy.length));
+    const name = (key) => (key === HERE ? "this browser's run" : key);
     overlayChart.draw(
-      runs.map(([run, history], index) => ({ name: run, values: history.val_accuracy, className: `c${index % 6}` })),
+      runs.map(([key, history], index) => ({ name: name(key), values: history.val_accuracy, className: `c${index % 6}` })),
       { epochs, empty: "tick two or more runs" }
     );
     const legend = $("overlay-legend");
     legend.replaceChildren("validation accuracy of the ticked runs");
-    runs.forEach(([run], index) => {
-      const key = document.createElement("span");
-      key.className = `key c${index % 6}`;
-      key.textContent = run;
-      legend.append(" ", key);
+    runs.forEach(([key], index) => {
+      const item = document.createElement("span");
+      item.className = `key c${index % 6}`;
+      item.textContent = name(key);
+      legend.append(" ", item);
     });
   }
 
-  // --- Start-up -------------------------------------------------------------------------------
+  // --- The run trained in this browser (browser.js) -------------------------------------------------
 
-  $("copy-link").addEventListener("click", async () => {
-    shareLink.select();
-    try {
-      await navigator.clipboard.writeText(shareLink.value);
-      showStatus("The link is copied.");
-    } catch (error) {
-      document.execCommand("copy");
-    }
+  document.addEventListener("digitlab:show", ({ detail }) => {
+    if (detail.source !== "browser") return;
+    if (source) source.close();
+    shown = null;
+    $("end-card").hidden = true;
+    if (browserEvaluation) showEvaluation(browserEvaluation);
+    markOpenRun();
   });
-  if (window.DigitlabMode.trainHere !== "browser") {
-    // Where the page trains in the browser, browser.js owns the form.
-    $("train-form").addEventListener("submit", start);
-    stopButton.addEventListener("click", stop);
-    resumeButton.addEventListener("click", resume);
-  }
+  document.addEventListener("digitlab:run-start", ({ detail }) => {
+    browserRun = detail.run;
+    browserEvaluation = null;
+    overlay.delete(HERE);
+    showRuns();
+  });
+  document.addEventListener("digitlab:epoch", () => showRuns());
+  document.addEventListener("digitlab:run-end", () => showRuns());
+  document.addEventListener("digitlab:evaluation", ({ detail }) => {
+    browserEvaluation = detail;
+    if (!shown) showEvaluation(detail);
+  });
+  // A run sent to the server is one of its runs now.
+  document.addEventListener("digitlab:kept", () => loadRuns());
+
+  // --- Start-up -------------------------------------------------------------------------------------
 
   async function init() {
-    if (window.DigitlabMode.trainHere === "browser") return; // browser.js trains in this page.
+    if (window.DigitlabMode.staticSite) return; // No server behind the page: its run is the only one.
     const health = await healthLoaded;
-    if (!health || !health.training) return;
-    const { response, body } = await getJson("/api/train");
-    if (!response.ok) return;
-    options = body;
-    role = body.role;
-    trainCard.hidden = false;
+    if (!health || !health.runs) return;
+    document.body.classList.toggle("viewer", health.role !== "operator");
+    $("role-note").hidden = health.role === "operator";
     $("runs-card").hidden = false;
-    $("role-note").hidden = role === "operator";
-    document.body.classList.toggle("viewer", role !== "operator");
-    buildForm();
-    drawShown();
-    setButtons();
-    await loadRuns();
-    const wanted = params.get("run");
-    if (body.training) {
-      const job = body.training;
-      watch(job.run, true);
-      shown.startedBy = `${job.started_by} at ${job.started}`;
-      liveStatus.textContent = `${job.run} is training (epoch ${job.epoch} of ${job.epochs}), started by ${shown.startedBy}.`;
+    if (!window.DigitlabMode.trainHere) {
+      $("train-card").hidden = false;
+      $("train-form").hidden = true;
+      liveStatus.textContent = "This browser cannot train the network (it lacks WebAssembly or Workers); open a saved run below.";
     }
-    else if (wanted) watch(wanted);
+    await loadRuns();
+    // The newest run that a process trains (`digitlab train`); in a class, students' runs wait on the board.
+    const training = health.class ? null : listed.filter((summary) => summary.training).at(-1);
+    if (wanted) watch(wanted);
+    else if (training) watch(training.run);
     else if (health.run) watch(health.run);
   }
 

@@ -1,14 +1,13 @@
-// digitlab: where this page trains, decided once before the other scripts run.
+// digitlab: what this page can do here, decided once before the other scripts run.
 // `DigitlabMode.staticSite`: the page came from `digitlab site` (no server behind it).
-// `DigitlabMode.trainHere`: "browser" (the default wherever WebAssembly runs: browser.js trains in a
-// Worker) or "server" (no WebAssembly, or ?train=server: live.js asks the server to train).
+// `DigitlabMode.trainHere`: "browser" wherever WebAssembly and Workers run (browser.js trains in a Worker),
+// else null: the page then says it cannot train in this browser, and still shows the server's runs.
 "use strict";
 
 window.DigitlabMode = (() => {
   const staticSite = !!document.querySelector('meta[name="digitlab-mode"][content="static"]');
   const wasm = typeof WebAssembly === "object" && typeof Worker === "function";
-  const asked = new URLSearchParams(location.search).get("train");
-  const trainHere = wasm && (staticSite || asked !== "server") ? "browser" : "server";
-  document.documentElement.dataset.train = trainHere;
+  const trainHere = wasm ? "browser" : null;
+  document.documentElement.dataset.train = trainHere || "none";
   return { staticSite, wasm, trainHere };
 })();

@@ -2,10 +2,12 @@
 // It loads MNIST (mnist.js: fetched once, checked, kept), the WebAssembly engine (engine/engine.js) and
 // trains epoch after epoch from the run's seed: glorot-uniform initial weights from prng.js, and the batch
 // orders `digitlab train --seed` draws (engine.js's NumpyRandomState), posting every epoch's logs and
-// weights; between epochs it reads a stop.
+// weights; between epochs it reads a stop. At the end it posts the network's evaluation on the validation
+// images: the confusion matrix and the `gallery` most confident mistakes, as GET api/runs/NAME/evaluation
+// answers them for the server's runs (evaluation.confusion_matrix and confident_mistakes).
 //   const worker = new Worker("static/train-worker.js", { type: "module" });
-//   worker.postMessage({ type: "start", config, mnist: "static/mnist/", threads: 2 });
-//   worker.onmessage = ({ data }) => ...   // status | ready | epoch | end | error
+//   worker.postMessage({ type: "start", config, mnist: "static/mnist/", threads: 2, gallery: 24 });
+//   worker.onmessage = ({ data }) => ...   // status | ready | epoch | end | evaluation | error
 //   worker.postMessage({ type: "stop" });   // after the epoch in progress
 import { loadEngine, NumpyRandomState } from "./engine/engine.js";
 import { loadMnist } from "./mnist.js";
@@ -35,7 +37,38 @@ function networkOf(config) {
   };
 }
 
-async function train({ config, mnist, threads }) {
+// The network's answers on the validation images: accuracy, the 10x10 confusion matrix (row: the true
+// digit) and the `gallery` mistakes made with the highest probability (ties in image order); null when
+// its outputs are not numbers (a diverged run).
+function evaluation(pixels, labels, epoch, gallery) {
+  const outputs = engine.predict(pixels);
+  const matrix = Array.from({ length: 10 }, () => new Array(10).fill(0));
+  const wrong = [];
+  for (let image = 0; image < labels.length; image++) {
+    const row = outputs.subarray(image * 10, image * 10 + 10);
+    if (!row.every(Number.isFinite)) return null;
+    let said = 0;
+    for (let digit = 1; digit < 10; digit++) if (row[digit] > row[said]) said = digit;
+    matrix[labels[image]][said] += 1;
+    if (said !== labels[image]) wrong.push({ index: image, true: labels[image], predicted: said, probability: row[said] });
+  }
+  wrong.sort((a, b) => b.probability - a.probability); // Stable: equally sure mistakes stay in image order.
+  const mistakes = wrong.slice(0, gallery).map((mistake) => {
+    const flat = pixels.subarray(mistake.index * 784, mistake.index * 784 + 784);
+    return { ...mistake, pixels: Array.from({ length: 28 }, (_, y) => Array.from(flat.subarray(y * 28, y * 28 + 28))) };
+  });
+  return {
+    epoch,
+    data: `${labels.length.toLocaleString("en")} test images it validated on, as in the book`,
+    images: labels.length,
+    accuracy: (labels.length - wrong.length) / labels.length,
+    errors: wrong.length,
+    confusion_matrix: matrix,
+    mistakes,
+  };
+}
+
+async function train({ config, mnist, threads, gallery = 24 }) {
   running = true;
   stopping = false;
   post({ type: "status", message: "Loading MNIST…" });
@@ -72,6 +105,10 @@ async function train({ config, mnist, threads }) {
   }
   post({ type: "end", status: epoch === config.epochs ? "complete" : "interrupted", epoch, wallTime: (performance.now() - started) / 1000 });
   running = false;
+  if (epoch) {
+    const evaluated = evaluation(data.arrays.x_test, data.arrays.y_test, epoch, gallery);
+    if (evaluated) post({ type: "evaluation", evaluation: evaluated });
+  }
 }
 
 self.onmessage = async ({ data }) => {
