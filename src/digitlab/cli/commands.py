@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--model",
         default="shallow",
-        choices=("shallow", "lenet"),
-        help="'shallow': fit against the engine, per epoch; "
+        choices=("shallow", "deep", "lenet"),
+        help="'shallow' (chapter 5) or 'deep' (chapter 9): fit against the engine, per epoch; "
         "'lenet': fit's steps on each Keras backend and the default one",
     )
     bench.add_argument(
@@ -579,6 +579,7 @@ def command_bench(args) -> int:
         compare_seeds=args.compare_seeds,
         compare_epochs=args.compare_epochs,
         profile=args.profile,
+        model=args.model,
     )
     return 0
 
