@@ -1,4 +1,4 @@
-"""Builds the fast engine's C kernels (src/digitlab/engine/_kernels.c, _dense.c, _train.c) at install time.
+"""Builds the fast engine's C kernels (src/digitlab/engine/_kernels.c, _dense.c, _train.c, _deep.c) at install time.
 
 Everything else about the package is in pyproject.toml. The kernels are a plain
 shared library that `digitlab.engine.sparse` loads with ctypes (no Python C API),
@@ -17,6 +17,7 @@ setup(
                 "src/digitlab/engine/_kernels.c",
                 "src/digitlab/engine/_dense.c",
                 "src/digitlab/engine/_train.c",
+                "src/digitlab/engine/_deep.c",
             ],
             extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off"],
             optional=True,

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from digitlab import atomic
+from digitlab import atomic, errors
 from digitlab.bench import arithmetic, breakdown
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
@@ -81,6 +81,26 @@ def test_run_bench_writes_every_row(tmp_path):
     assert comparison["within_one_point"] is True
     assert "Accuracy check" in markdown
     assert any("bench.md" in line for line in printed)
+
+
+def test_deep_net_rows_time_fit_against_the_engine(tmp_path):
+    results = bench.run_bench(
+        epochs=2,
+        seeds=1,
+        out_dir=tmp_path,
+        train_limit=300,
+        backends=("jax",),
+        print_fn=lambda line: None,
+        model="deep",
+    )
+    assert [row["name"] for row in results["rows"]] == [ROW_NAMES[1], ROW_NAMES[2], ROW_NAMES[3]]
+    assert all(row["status"] == "ok" and row["speedup_vs_fit_jax"] > 0 for row in results["rows"])
+    engine_rows = results["rows"][1:]
+    assert all(row["engine"] == "fast-numpy" and "whole epochs in C" in row["path"] for row in engine_rows)
+    markdown = (tmp_path / "bench.md").read_text()
+    assert markdown.startswith("Book's deep net") and "20 epochs (projected)" in markdown
+    with pytest.raises(errors.DigitlabError, match="--profile"):
+        bench.run_bench(epochs=1, seeds=1, out_dir=tmp_path, profile=True, model="deep")
 
 
 @pytest.mark.heavy

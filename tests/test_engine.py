@@ -482,11 +482,14 @@ def test_backends_agree_on_dropout_free_models(mnist):
 
 
 def test_unsupported_reason_names_the_problem():
-    for name in ("shallow", "intermediate"):
+    for name in ("shallow", "intermediate", "deep"):
         cfg = config.TrainConfig(model=name).resolved()
         assert engine.unsupported_reason(models.create_model(cfg), cfg) is None
     deep = config.TrainConfig(model="deep").resolved()
-    reason = engine.unsupported_reason(models.create_model(deep), deep)
+    uncentered = keras.Sequential([keras.Input(shape=(784,)), layers.Dense(8), layers.BatchNormalization(center=False)])
+    uncentered.add(layers.Dense(10, activation="softmax"))
+    uncentered.compile(loss="categorical_crossentropy", optimizer="adam")
+    reason = engine.unsupported_reason(uncentered, deep)
     assert "BatchNormalization" in reason and reason.endswith(".")
     lenet = config.TrainConfig(model="lenet").resolved()
     assert "Conv2D" in engine.unsupported_reason(models.create_model(lenet), lenet)
@@ -498,7 +501,7 @@ def test_unsupported_reason_names_the_problem():
     model.compile(loss="mean_absolute_error", optimizer="sgd")
     assert "loss" in engine.unsupported_reason(model, shallow)
     with pytest.raises(ValueError, match="BatchNormalization"):
-        engine.FastEngine([models.create_model(deep)], deep)
+        engine.FastEngine([models.create_model(deep)], deep, backend="jax")
 
 
 def test_bad_input_raises_value_error(mnist):

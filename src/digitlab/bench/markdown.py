@@ -8,6 +8,7 @@ print(bench_markdown.lenet_markdown(results))     # LeNet's steps per backend (`
 from __future__ import annotations
 
 from digitlab.bench import breakdown, rows
+from digitlab.config import MODEL_DEFAULTS
 
 # `digitlab bench --model lenet` times this many first steps of `fit` as compilation, and leaves them out.
 WARMUP_STEPS = 5
@@ -58,15 +59,17 @@ def short(row: rows.Row) -> str:
 def to_markdown(results: rows.Results) -> str:
     """The bench results as a Markdown table with the machine it ran on."""
     machine, gflops = results["machine"], results["gflops"]
+    book_epochs = MODEL_DEFAULTS[results["model"]]["epochs"]
     lines = [
-        f"Book's shallow net (MNIST, batch 128, validation every epoch), {results['epochs']} epoch(s) measured"
+        f"Book's {results['model']} net (MNIST, batch 128, validation every epoch), "
+        f"{results['epochs']} epoch(s) measured"
         + (f" on {results['train_limit']} training images" if results["train_limit"] else "")
         + ".",
         f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul {gflops['all_cores']:.0f} GFLOP/s "
         f"({gflops['one_core']:.0f} on one core); Keras {machine['keras']}, JAX {machine['jax']}, "
         f"TensorFlow {machine['tensorflow']}, NumPy {machine['numpy']}; {results['created']}.",
         "",
-        "| Engine | s/epoch | 1st epoch s | 200 epochs (projected) | val accuracy | peak memory "
+        f"| Engine | s/epoch | 1st epoch s | {book_epochs} epochs (projected) | val accuracy | peak memory "
         "| × arithmetic limit (dense / useful) | speedup vs fit TF | speedup vs fit JAX |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -85,9 +88,10 @@ def to_markdown(results: rows.Results) -> str:
         )
     lines += [
         "",
-        "s/epoch: median of the epochs after the first (the first includes compilation). 200 epochs: the first "
-        "epoch plus 199 more. Rows with N seeds train N networks; their times are for all N and their speedups "
-        "are per network. × arithmetic limit: s/epoch over (the epoch's multiply-adds × 2 ÷ the measured "
+        "s/epoch: median of the epochs after the first (the first includes compilation). "
+        f"{book_epochs} epochs (the book's run): the first epoch plus {book_epochs - 1} more. "
+        "Rows with N seeds train N networks; their times are for all N and their speedups are per network. "
+        "× arithmetic limit: s/epoch over (the epoch's multiply-adds × 2 ÷ the measured "
         f"GFLOP/s, {gflops['limit']:.0f}); dense counts every pixel, useful only the nonzero ones (the first "
         "layer's products with zero pixels add nothing). Peak memory: the largest resident set of the process "
         "that trained.",

@@ -19,7 +19,9 @@ to `bench.json` and `bench.md`.
     results = bench.run_bench(epochs=3, seeds=8, out_dir="bench")
     results = bench.run_bench(compare_seeds=5, compare_epochs=200)   # also: accuracy, engine vs fit
 
-`run_lenet_bench(steps=100)` (`digitlab bench --model lenet`) times LeNet's `fit`
+`run_bench(model="deep")` (`digitlab bench --model deep`) runs the same rows on the book's deep
+net (chapter 9: Dense, BatchNormalization, Dropout, Adam; 20 epochs projected), which the engine
+trains with `_deep.c`. `run_lenet_bench(steps=100)` (`digitlab bench --model lenet`) times LeNet's `fit`
 steps instead: on each installed Keras backend, and on the one `digitlab train
 --model lenet` chooses by default (`digitlab.backends`), marked `"default": true`.
 
@@ -46,6 +48,7 @@ from digitlab.bench import markdown as bench_markdown
 from digitlab.config import MODEL_DEFAULTS
 
 MODEL = "shallow"
+EPOCH_MODELS = ("shallow", "deep")  # The nets whose epochs `run_bench` times (LeNet: `run_lenet_bench`).
 BOOK_EPOCHS = MODEL_DEFAULTS[MODEL]["epochs"]
 # The defaults of `digitlab bench` (and of `run_bench`): a few epochs, and 8 seeds in the many-seeds row.
 DEFAULTS = {"epochs": 3, "seeds": 8, "train_limit": None, "compare_epochs": BOOK_EPOCHS, "steps": 100}
@@ -67,6 +70,7 @@ def run_bench(
     compare_seeds: int = 0,
     compare_epochs: int = DEFAULTS["compare_epochs"],
     profile: bool = False,
+    model: str = MODEL,
 ) -> rows.Results:
     """Runs every contender in its own subprocess, prints the table, writes bench.json and bench.md.
 
@@ -81,8 +85,19 @@ def run_bench(
     unknown = [backend for backend in backends if backend not in ("tensorflow", "jax")]
     if unknown:
         raise errors.DigitlabError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
-    common: rows.WorkerSpec = {"data_path": str(data_path) if data_path else None, "train_limit": train_limit}
-    print_fn(f"Benchmarking the book's {MODEL} net for {epochs} epoch(s) on {system.machine_name()}...")
+    if model not in EPOCH_MODELS:
+        raise errors.DigitlabError(f"Unknown net {model!r} for the epoch rows; choose {' or '.join(EPOCH_MODELS)}.")
+    if profile and model != MODEL:
+        raise errors.DigitlabError(
+            "--profile times the phases of the shallow net's C epoch (_train.c); the deep net's epochs "
+            "(_deep.c) have no phases to time. Drop --profile, or bench --model shallow."
+        )
+    common: rows.WorkerSpec = {
+        "data_path": str(data_path) if data_path else None,
+        "train_limit": train_limit,
+        "model": model,
+    }
+    print_fn(f"Benchmarking the book's {model} net for {epochs} epoch(s) on {system.machine_name()}...")
     gflops = {"all_cores": arithmetic.matmul_gflops(), "one_core": arithmetic.matmul_gflops(threads=1)}
     print_fn(f"float32 matrix multiply: {gflops['all_cores']:.0f} GFLOP/s ({gflops['one_core']:.0f} on one core)")
     bandwidth = breakdown.measure_bandwidth() if profile else {}
@@ -122,7 +137,7 @@ def run_bench(
     results: rows.Results = {
         "machine": system.machine_info(versions_of=MACHINE_VERSIONS),
         "gflops": gflops,
-        "model": MODEL,
+        "model": model,
         "epochs": epochs,
         "train_limit": train_limit,
         "rows": table,
@@ -139,6 +154,7 @@ def run_bench(
             engine_backend=engine_backend,
             data_path=common["data_path"],
             train_limit=train_limit,
+            model=model,
         )
         results["comparison"] = comparison
         print_fn("  " + comparison["summary"])
@@ -205,9 +221,12 @@ def write_results(out_dir: str | Path, results: rows.Results, markdown: str, pri
     print_fn(f"Wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}.")
 
 
-def run_comparison(seeds: int, epochs: int, data_path=None, train_limit=None, engine_backend="auto") -> rows.Comparison:
+def run_comparison(
+    seeds: int, epochs: int, data_path=None, train_limit=None, engine_backend="auto", model: str = MODEL
+) -> rows.Comparison:
     """Final val accuracy of `seeds` full runs with `fit` (JAX) and with the engine, same init and batches."""
     common: rows.WorkerSpec = {
+        "model": model,
         "data_path": data_path,
         "train_limit": train_limit,
         "epochs": epochs,

@@ -20,7 +20,7 @@ import numpy as np
 from digitlab import backends
 from digitlab.bench import rows
 from digitlab.bench.arithmetic import epoch_flops, useful_epoch_flops
-from digitlab.bench.runner import BOOK_EPOCHS, MODEL, WARMUP_STEPS
+from digitlab.bench.runner import MODEL, WARMUP_STEPS
 
 
 def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
@@ -30,9 +30,11 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
     if spec["kind"] == "steps":
         return _steps_worker(spec)
     seeds = spec["seeds"]  # Consecutive: 0, 1, ..., N-1.
+    model = spec.get("model", MODEL)
     cfg = config.TrainConfig(
-        model=MODEL, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds), train_limit=spec.get("train_limit")
+        model=model, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds), train_limit=spec.get("train_limit")
     ).resolved()
+    book_epochs = config.MODEL_DEFAULTS[model]["epochs"]
     (x, y), validation, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit)
     if spec["kind"] == "fit":
         durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
@@ -57,7 +59,7 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         "epochs": spec["epochs"],
         "first_epoch_seconds": first,
         "seconds_per_epoch": per_epoch,
-        "projected_seconds": first + (BOOK_EPOCHS - 1) * per_epoch,
+        "projected_seconds": first + (book_epochs - 1) * per_epoch,
         "total_seconds": float(durations.sum()),
         "val_accuracy": float(np.mean(final)),
         "final_val_accuracies": final,

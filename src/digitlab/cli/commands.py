@@ -253,6 +253,7 @@ def command_bench(args) -> int:
         compare_seeds=args.compare_seeds,
         compare_epochs=args.compare_epochs,
         profile=args.profile,
+        model=args.model,
     )
     return 0
 

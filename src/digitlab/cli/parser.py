@@ -197,8 +197,8 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "--model",
         default="shallow",
-        choices=("shallow", "lenet"),
-        help="'shallow': fit against the engine, per epoch; "
+        choices=("shallow", "deep", "lenet"),
+        help="'shallow' (chapter 5) or 'deep' (chapter 9): fit against the engine, per epoch; "
         "'lenet': fit's steps on each Keras backend and the default one",
     )
     bench.add_argument(

@@ -35,17 +35,19 @@ given, so model k built after `keras.utils.set_random_seed(seed_k)` and trained 
 `FastEngine` (`FitEngine` keeps `fit`'s one-off build draw out of the generator).
 
 Supported by the fast engine: `keras.Sequential` of Dense layers (sigmoid, relu,
-tanh, elu, selu or linear; softmax on the last) and Dropout layers, mean squared
-error or categorical cross-entropy, SGD (with momentum, Nesterov or not), Adam
-and RMSprop. `unsupported_reason` says in a sentence why any other model is not.
-Dropout draws its own masks (from the layer's seed), so models with Dropout
-train like `fit` in distribution but not bit for bit.
+tanh, elu, selu or linear; softmax on the last), BatchNormalization after a Dense
+layer (the book's deep net; Keras's momentum and epsilon, moving statistics in
+evaluation) and Dropout layers, mean squared error or categorical cross-entropy,
+SGD (with momentum, Nesterov or not), Adam and RMSprop. `unsupported_reason` says
+in a sentence why any other model is not. Dropout draws its own masks (from the
+layer's seed), so models with Dropout train like `fit` in distribution but not bit for bit.
 
 The modules: `spec.py` reads a Keras model into a `NetworkSpec`; `fast.py` is
 `FastEngine`; `numpy_backend.py` and `jax_backend.py` its backends; `sparse.py` the
 C kernels (`_kernels.c` the sparse first layer, `_dense.c` the layers above it,
-`_train.c` whole epochs); `timing.py` where an epoch goes (`FastEngine(...,
-profile=True)`, `digitlab bench --profile`); `blas.py` OpenBLAS thread control;
+`_train.c` whole epochs); `deep.py` whole epochs of nets with BatchNormalization
+(`_deep.c`) and `norm.py` its NumPy steps; `timing.py` where an epoch goes
+(`FastEngine(..., profile=True)`, `digitlab bench --profile`); `blas.py` OpenBLAS thread control;
 `fit.py` is `FitEngine`. How the engine works and what it measured: docs/engine.md.
 """
 

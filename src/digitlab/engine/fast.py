@@ -82,16 +82,20 @@ class FastEngine:
                 raise ValueError("All models given to FastEngine must share one architecture, loss and optimizer.")
         self.models = list(models)
         self.batch_size = int(config.batch_size)
+        normed = any(layer.norm for layer in self.network.dense)
+        if backend == "jax" and normed:
+            raise ValueError("The engine's JAX backend has no BatchNormalization; use backend='numpy' or 'auto'.")
         if backend == "auto":
-            backend = "jax" if jax_has_gpu() else "numpy"
+            backend = "jax" if not normed and jax_has_gpu() else "numpy"
         self.backend = backend
         self.name = f"fast-{backend}"
         weights = [model.get_weights() for model in models]  # Kernel, bias, kernel, bias, ...
         state: dict[str, np.ndarray] = {"iterations": np.zeros((), np.int64)}
+        trained = spec.trained_names(self.network)
         for position, name in enumerate(spec.weight_names(self.network)):
             stacked = np.stack([np.asarray(each[position], np.float32) for each in weights])
             state[name] = stacked
-            for slot in spec.slot_names(self.network.optimizer):
+            for slot in spec.slot_names(self.network.optimizer) if name in trained else ():
                 state[f"{slot}/{name}"] = np.zeros_like(stacked)
         if any(layer.dropout for layer in self.network.dense):
             state["dropout_seeds"] = np.array([_dropout_seed(model) for model in models], np.uint32)

@@ -13,8 +13,12 @@ nonzero pixels only: its forward product, and its weight gradient through each
 batch's transpose (with plain SGD, the C kernel also applies the update, to the
 weight rows the batch touches). With plain SGD and no Dropout the C kernel runs
 whole epochs instead (`sparse.train_epoch`: no Python between batches), one call
-per model, with `epoch_threads` threads sharing each batch; `DIGITLAB_NO_FUSED=1`
-keeps the per-batch steps. `seeds.SeedThreads` runs N seeds as one `NumpyBackend`
+per model, with `epoch_threads` threads sharing each batch; nets with
+BatchNormalization run whole epochs in `_deep.c` (`deep.train_epoch`, one thread a
+model); `DIGITLAB_NO_FUSED=1` keeps the per-batch steps. BatchNormalization's
+per-batch steps and its evaluation (moving statistics) are `norm.py`'s. (The module
+is over 450 lines: the steps, the loss, the optimizers and evaluation share one
+workspace and its views, which a split would pass around whole.) `seeds.SeedThreads` runs N seeds as one `NumpyBackend`
 per core, in threads.
 
 It runs past 450 lines as one numeric concern: a step's forward and backward passes read the
@@ -31,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.engine import activations, blas, cores, sparse, spec
+from digitlab.engine import activations, blas, cores, deep, norm, sparse, spec
 
 # Set to 1 to keep the per-batch NumPy steps even where the C kernel could run whole epochs.
 NO_FUSED_VARIABLE = "DIGITLAB_NO_FUSED"
@@ -100,6 +104,10 @@ class _Workspace:
         self.masks: list[Any] = [
             buffer(layer.inputs, bool) if rate else None for layer, rate in zip(network.dense, dropout, strict=True)
         ]
+        # A BatchNormalization after a layer: its buffers for a step (norm.Buffers), else None.
+        self.norm_buffers: list[Any] = [
+            norm.Buffers(lead, rows, layer.units) if training and layer.norm else None for layer in network.dense
+        ]
 
 
 class NumpyBackend:
@@ -121,7 +129,7 @@ class NumpyBackend:
         self.count = len(self.arrays["dense_0/kernel"])
         # With one model the 2-D views skip NumPy's stacked-matmul loop; they share memory.
         self.lead = () if self.count == 1 else (self.count,)
-        self.names = spec.weight_names(network)
+        self.names = spec.trained_names(network)
         self.grads = {name: np.zeros_like(self.arrays[name]) for name in self.names}
         self.temps = {name: np.zeros_like(self.arrays[name]) for name in self.names}
         self.workspaces: dict[int, _Workspace] = {}
@@ -141,6 +149,11 @@ class NumpyBackend:
         self.biases = [self._view(self.arrays[f"dense_{index}/bias"])[..., None, :] for index in layers_range]
         self.kernel_grads = [self._view(self.grads[f"dense_{index}/kernel"]) for index in layers_range]
         self.bias_grads = [self._view(self.grads[f"dense_{index}/bias"]) for index in layers_range]
+        # A BatchNormalization's arrays and gradients where one follows the layer (norm.Arrays), else None.
+        self.norms: list[Any] = [
+            norm.Arrays.of(self.arrays, self.grads, index, self._view) if network.dense[index].norm else None
+            for index in layers_range
+        ]
 
     def _view(self, array):
         return array[0] if self.count == 1 else array
@@ -173,7 +186,11 @@ class NumpyBackend:
         self.first_layer = first_layer if first_layer is not None else self.plan_first_layer(x, validation)
         self.sparse_rows = self.first_layer.rows
         self.plans = None
-        if self.first_layer.whole_epochs and self.sparse_rows is not None:
+        self.deep_plans = None
+        if self.first_layer.whole_epochs and self.sparse_rows is not None and deep.supports(self.network):
+            # BatchNormalization: whole epochs in _deep.c (one thread a network); validation stays in NumPy.
+            self.deep_plans = [deep.DeepPlan(self.network, self.arrays, k) for k in range(self.count)]
+        elif self.first_layer.whole_epochs and self.sparse_rows is not None:
             self.plans = [
                 sparse.EpochPlan(
                     [self.arrays[f"dense_{number}/kernel"][k] for number in range(len(self.network.dense))],
@@ -204,11 +221,15 @@ class NumpyBackend:
         return self.free_cores.threads(self.epoch_threads) if self.free_cores is not None else 1
 
     def _fusable(self) -> bool:
-        """True when the C kernel can run whole epochs: plain SGD, no Dropout, activations it knows."""
-        return (
-            self.fused_sgd
-            and os.environ.get(NO_FUSED_VARIABLE, "") in ("", "0")
-            and all(layer.activation in sparse.FUSED_ACTIVATIONS and not layer.dropout for layer in self.network.dense)
+        """True when the C kernel can run whole epochs: plain SGD, no Dropout, activations it knows (_train.c);
+        or a net with BatchNormalization that `deep.supports` (_deep.c)."""
+        if os.environ.get(NO_FUSED_VARIABLE, "") not in ("", "0"):
+            return False
+        if deep.supports(self.network):
+            return True
+        return self.fused_sgd and all(
+            layer.activation in sparse.FUSED_ACTIVATIONS and not layer.dropout and not layer.norm
+            for layer in self.network.dense
         )
 
     def plan_first_layer(self, x=None, validation=None) -> FirstLayerPlan:
@@ -234,7 +255,7 @@ class NumpyBackend:
             kernel=kernel,
             density=density,
             whole_epochs=whole_epochs,
-            threads=self.epoch_threads if whole_epochs else 1,
+            threads=self.epoch_threads if whole_epochs and not deep.supports(self.network) else 1,
             rows=rows,
         )
 
@@ -246,6 +267,15 @@ class NumpyBackend:
     def train_epoch(self, orders: np.ndarray):
         """Trains one epoch in the batch orders given; each network's loss sums and correct counts."""
         count, size = orders.shape
+        if self.deep_plans is not None and self.sparse_rows is not None:
+            self.thread_counts[1] += 1
+            step = int(self.arrays["iterations"])
+            results = [
+                deep.train_epoch(self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan, step)
+                for k, plan in enumerate(self.deep_plans)
+            ]
+            self.arrays["iterations"] += -(-size // self.batch_size)
+            return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         if self.plans is not None and self.sparse_rows is not None:
             threads = self._threads_now()
             self.thread_counts[threads] += 1
@@ -294,7 +324,10 @@ class NumpyBackend:
                 np.matmul(values, self.kernels[number], out=output)
                 output += self.biases[number]
             activations.apply(output, layer.activation, work.scratch[number], work.row)
-            values = output
+            if layer.norm is not None:
+                values = norm.train(layer.norm, self.norms[number], work.norm_buffers[number], output)
+            else:
+                values = output
         loss_sums, correct = self._loss(work, values, work.targets, work.labels, work.gradients[-1])
         for number in reversed(range(len(self.network.dense))):
             gradient, layer = work.gradients[number], self.network.dense[number]
@@ -315,6 +348,8 @@ class NumpyBackend:
             if layer.dropout:
                 below /= np.float32(1.0 - layer.dropout)
                 below *= work.masks[number]
+            if self.network.dense[number - 1].norm:
+                norm.backward(self.norms[number - 1], work.norm_buffers[number - 1], below)
             activations.backward(
                 below, work.outputs[number - 1], self.network.dense[number - 1].activation, work.scratch[number - 1]
             )
@@ -478,6 +513,8 @@ class NumpyBackend:
                     if number == 0 and rows is not None:
                         self._sparse_forward(rows, None, output, first=start)
                         activations.apply(output, layer.activation, work.scratch[number], work.row)
+                        if layer.norm:
+                            norm.evaluate(layer.norm, self.norms[number], output)
                         values = output
                         continue
                     if number == 0 and self.count > 1:
@@ -490,6 +527,8 @@ class NumpyBackend:
                         np.matmul(values, self.kernels[number], out=output)
                     output += self.biases[number]
                     activations.apply(output, layer.activation, work.scratch[number], work.row)
+                    if layer.norm:
+                        norm.evaluate(layer.norm, self.norms[number], output)
                     values = output
                 work_labels = np.broadcast_to(labels[start:stop], work.labels.shape)
                 targets = np.broadcast_to(y[start:stop], work.targets.shape)

@@ -5,7 +5,7 @@
     reason = spec.unsupported_reason(model, config)  # None, or a sentence why not
 
 `describe` checks the model against what `FastEngine` supports (a `keras.Sequential`
-of Dense and Dropout layers, mean squared error or categorical cross-entropy, SGD,
+of Dense, BatchNormalization and Dropout layers, mean squared error or categorical cross-entropy, SGD,
 Adam or RMSprop) and returns its layers, loss and optimizer as plain frozen
 dataclasses. Both backends compute from a `NetworkSpec` alone, and share the names
 and constants defined here (`weight_names`, `slot_names`, `CROSSENTROPY_CLIP`).
@@ -29,13 +29,27 @@ CROSSENTROPY_CLIP = 1e-7
 
 
 @dataclasses.dataclass(frozen=True)
+class NormSpec:
+    """A BatchNormalization layer right after a Dense layer's activation: Keras's momentum and epsilon.
+
+    Training normalizes with the batch's mean and (biased) variance and moves the moving statistics
+    toward them (moving = moving * momentum + batch * (1 - momentum)); evaluation uses the moving ones.
+    """
+
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
 class DenseSpec:
-    """One Dense layer: its sizes, activation, and the Dropout rate applied to its input."""
+    """One Dense layer: its sizes, activation, the Dropout rate applied to its input, and the
+    BatchNormalization applied to its output (None: none)."""
 
     inputs: int
     units: int
     activation: str
     dropout: float = 0.0
+    norm: NormSpec | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +107,26 @@ def describe(model: keras.Model, config: TrainConfig) -> NetworkSpec:
         elif isinstance(layer, layers.Dense):
             dense.append(_dense_spec(layer, dropout))
             dropout = 0.0
+        elif isinstance(layer, layers.BatchNormalization):
+            if not dense or dropout or dense[-1].norm is not None:
+                raise UnsupportedModel(
+                    "The fast engine runs a BatchNormalization layer only right after a Dense layer "
+                    "(one per Dense layer, before any Dropout); use the fit engine."
+                )
+            dense[-1] = dataclasses.replace(dense[-1], norm=_norm_spec(layer))
         else:
             raise UnsupportedModel(
                 f"{type(layer).__name__} layers are not supported by the fast engine "
-                "(it runs Dense and Dropout layers only); use the fit engine."
+                "(it runs Dense, BatchNormalization and Dropout layers only); use the fit engine."
             )
     if not dense:
         raise UnsupportedModel("The model has no Dense layer for the fast engine to train.")
     if dropout:
         raise UnsupportedModel("A Dropout layer after the last Dense layer is not supported by the fast engine.")
+    if dense[-1].norm is not None:
+        raise UnsupportedModel(
+            "A BatchNormalization layer after the last Dense layer is not supported by the fast engine."
+        )
     if any(spec.activation == "softmax" for spec in dense[:-1]):
         raise UnsupportedModel("The fast engine supports softmax on the last layer only.")
     for before, after in itertools.pairwise(dense):
@@ -133,6 +158,26 @@ def _dense_spec(layer: layers.Dense, dropout: float) -> DenseSpec:
         )
     kernel_shape = tuple(layer.kernel.shape)
     return DenseSpec(int(kernel_shape[0]), int(kernel_shape[1]), activation, dropout)
+
+
+def _norm_spec(layer: layers.BatchNormalization) -> NormSpec:
+    axis = layer.axis if isinstance(layer.axis, int) else -1
+    extras = ("beta_regularizer", "gamma_regularizer", "beta_constraint", "gamma_constraint")
+    if (
+        axis not in (-1, 1)
+        or not (layer.center and layer.scale)
+        or layer.renorm
+        or getattr(layer, "synchronized", False)
+        or any(getattr(layer, extra, None) is not None for extra in extras)
+        or not layer.trainable
+    ):
+        raise UnsupportedModel(
+            f"The BatchNormalization layer {layer.name} is not the plain kind the fast engine runs (last axis, "
+            "center and scale, trainable, no renorm, regularizers or constraints); use the fit engine."
+        )
+    if layer.compute_dtype != "float32" or layer.variable_dtype != "float32":
+        raise UnsupportedModel("The fast engine computes in float32 only; the model uses another dtype policy.")
+    return NormSpec(momentum=float(layer.momentum), epsilon=float(layer.epsilon))
 
 
 def _loss_name(loss) -> str:
@@ -221,6 +266,20 @@ def slot_names(optimizer: OptimizerSpec) -> tuple[str, ...]:
     return ("velocity", "momentum") if optimizer.momentum else ("velocity",)
 
 
+NORM_TRAINED = ("gamma", "beta")
+NORM_MOVING = ("moving_mean", "moving_variance")
+
+
 def weight_names(network: NetworkSpec) -> list[str]:
-    """The names of the trained arrays in the engine's state, in Keras's order: kernel, bias, kernel, ..."""
-    return [f"dense_{index}/{part}" for index in range(len(network.dense)) for part in ("kernel", "bias")]
+    """The names of the model's arrays in the engine's state, in Keras's order (`get_weights`): kernel,
+    bias, then, where a BatchNormalization follows the layer, gamma, beta, moving_mean, moving_variance."""
+    names = []
+    for index, layer in enumerate(network.dense):
+        parts = ("kernel", "bias") + ((NORM_TRAINED + NORM_MOVING) if layer.norm else ())
+        names += [f"dense_{index}/{part}" for part in parts]
+    return names
+
+
+def trained_names(network: NetworkSpec) -> list[str]:
+    """The arrays the optimizer updates (every weight but the moving statistics), in Keras's order."""
+    return [name for name in weight_names(network) if name.rpartition("/")[2] not in NORM_MOVING]
