@@ -158,8 +158,8 @@ def native_page_run():
     return cfg, initial, epochs, logs, outputs
 
 
-@pytest.mark.parametrize("simd", [True, False], ids=["simd128", "scalar"])
-def test_engine_js_trains_the_deep_net_as_a_page_run_to_the_native_bits(tmp_path, simd):
+@pytest.mark.parametrize(("simd", "threads"), [(True, 1), (False, 1), (True, 2)], ids=["simd128", "scalar", "threads"])
+def test_engine_js_trains_the_deep_net_as_a_page_run_to_the_native_bits(tmp_path, simd, threads):
     """engine.js's setNetwork with BatchNormalization, Dropout and Adam (engine-deep.js), as the training Worker
     calls it, from a page run's initial arrays and Dropout seed: every array after each epoch is the native
     portable path's, the training logs too; validation and predictions use the moving statistics."""
@@ -178,7 +178,7 @@ def test_engine_js_trains_the_deep_net_as_a_page_run_to_the_native_bits(tmp_path
         dropoutSeed=prng.dropout_seed(PAGE_SEED),
         batchSize=cfg.batch_size,
     )
-    inputs = dict(net=net, threads=1, epochs=EPOCHS, simd=simd, seed=PAGE_SEED, sizes=[a.size for a in initial])
+    inputs = dict(net=net, threads=threads, epochs=EPOCHS, simd=simd, seed=PAGE_SEED, sizes=[a.size for a in initial])
     (tmp_path / "inputs.json").write_text(json.dumps(inputs))
     for name, array in [("train_pixels", x_train), ("train_labels", y_train), ("valid_pixels", x_valid)]:
         (tmp_path / f"{name}.bin").write_bytes(np.ascontiguousarray(array, np.uint8).tobytes())
@@ -186,7 +186,10 @@ def test_engine_js_trains_the_deep_net_as_a_page_run_to_the_native_bits(tmp_path
     (tmp_path / "initial.bin").write_bytes(np.concatenate([a.ravel() for a in initial]).astype(np.float32).tobytes())
     subprocess.run([NODE, str(EQUIVALENCE), str(tmp_path), str(ENGINE_DIR)], check=True, timeout=600)
     result = json.loads((tmp_path / "results.json").read_text())
-    assert result["build"] == ("engine.wasm" if simd else "engine-scalar.wasm")
+    # The threaded build (a cross-origin isolated page) trains the deep net on one of its threads.
+    assert result["build"] == (
+        "engine-threads.wasm" if threads > 1 else "engine.wasm" if simd else "engine-scalar.wasm"
+    )
     for epoch in range(EPOCHS):
         assert_same_bits(tmp_path / f"weights_{epoch}.bin", epochs[epoch], epoch)
         given = result["epochs"][epoch]["logs"]
