@@ -55,7 +55,7 @@ WASM_OUT ?= $(CURDIR)/src/digitlab/serve/static/engine
 WASM_SOURCES := $(addprefix src/digitlab/engine/,_kernels.c _dense.c _train.c _deep.c _wasm.c)
 WASM_FLAGS := --target=wasm32-wasi --sysroot=/usr -nostdlib -O3 -std=c99 -ffp-contract=off -mbulk-memory -Wall \
 	-Wl,--no-entry,--import-memory,--initial-memory=2097152,--max-memory=2147483648,-z,stack-size=1048576 \
-	$(addprefix -Wl$(comma)--export=,__stack_pointer digitlab_train_epoch digitlab_train_epoch_deep digitlab_evaluate \
+	$(addprefix -Wl$(comma)--export=,__stack_pointer digitlab_train_epoch digitlab_train_epoch_deep digitlab_infer_deep digitlab_evaluate \
 	  digitlab_kernels_simd \
 	  digitlab_csr_count digitlab_csr_fill)
 wasm: wasm-toolchain

@@ -263,7 +263,10 @@ def native_portable_epochs(config: TrainConfig, arrays: dict) -> tuple[list[np.n
     from digitlab.engine import FastEngine, sparse
 
     network = models.create_seeded_models(config)[0]
-    network.set_weights(prng.initial_weights(config.seed, [784, *config.units, 10]))
+    # The deep net's BatchNormalization arrays too, and the Dropout seed its page run draws its masks from.
+    network.set_weights(
+        prng.page_arrays(config.seed, [784, *config.units, 10], [*[config.batch_norm] * len(config.units), False])
+    )
     (x, y), validation, _ = data.prepare(arrays, "test", config.train_limit)
     epochs = config.epochs
     previous = os.environ.get(sparse.SCALAR_VARIABLE)
@@ -272,6 +275,10 @@ def native_portable_epochs(config: TrainConfig, arrays: dict) -> tuple[list[np.n
     weights, accuracies = [], []
     try:
         engine = FastEngine([network], config)
+        state = engine.get_state()
+        if "dropout_seeds" in state:
+            state["dropout_seeds"] = np.array([prng.dropout_seed(config.seed)], np.uint32)
+            engine.set_state(state)
 
         def keep(epoch, logs):
             engine.sync_to_models()

@@ -204,7 +204,7 @@ BAD_STARTS = {
     "forged name": ({"student": "../../etc"}, 422, "student must be your name"),
     "empty name": ({"student": ""}, 422, "student must be your name"),
     "slash in name": ({"student": "a/b"}, 422, "student must be your name"),
-    "not a browser net": ({"config": {"model": "deep"}}, 422, "The page trains"),
+    "not a browser net": ({"config": {"model": "lenet"}}, 422, "The page trains"),
     "bad run id": ({"run_id": "../x"}, 422, "run_id"),
     "other data": ({"data_sha256": {"x_train": "0" * 64}}, 409, "other MNIST"),
 }

@@ -7,9 +7,10 @@
  *               outputs being the trained net's predictions for the first 100 validation images (and
  *               floatOutputs the same from their float inputs).
  *
- * The files: inputs.json ({ net, threads, epochs, seed, simd }), train_pixels.bin and valid_pixels.bin (uint8,
+ * The files: inputs.json ({ net, threads, epochs, seed, simd, sizes }: engine.js's setNetwork settings; sizes,
+ * each array's size in initial.bin, for nets with more arrays than kernels and biases), train_pixels.bin and valid_pixels.bin (uint8,
  * 784 a picture), train_labels.bin and valid_labels.bin (uint8) and initial.bin (float32: every layer's kernel
- * then bias, Keras's layout, one after another). The batch orders are drawn here from the seed, as
+ * then bias, Keras's layout, one after another; the deep net's in Keras's get_weights order). The batch orders are drawn here from the seed, as
  * `digitlab train` draws them (engine.js's NumpyRandomState).
  */
 
@@ -24,10 +25,11 @@ export async function run(engineBase, read) {
     engine.setNetwork(inputs.net);
     const units = inputs.net.units;
     const initial = new Float32Array(await read("initial.bin"));
+    /* Each array's size: inputs.sizes where the net has more than kernels and biases (the deep net). */
+    const sizes = inputs.sizes || units.slice(1).flatMap((width, l) => [units[l] * width, width]);
     const weights = [];
     let at = 0;
-    for (let l = 0; l + 1 < units.length; l++)
-      for (const size of [units[l] * units[l + 1], units[l + 1]]) weights.push(initial.slice(at, (at += size)));
+    for (const size of sizes) weights.push(initial.slice(at, (at += size)));
     engine.setWeights(weights);
     const bytes = async (name) => new Uint8Array(await read(name));
     engine.setTrainingData(await bytes("train_pixels.bin"), await bytes("train_labels.bin"));

@@ -8,6 +8,7 @@ The page sends (or downloads, as `page-run.json`) one JSON document:
      "config": {TrainConfig fields, resolved, with its seed},
      "history": {"loss": [...], "accuracy": [...], "val_loss": [...], "val_accuracy": [...]},
      "weights": [{"name": "dense_0/kernel", "shape": [784, 64], "base64": float32 little-endian}, ...],
+     "slots": [{"name": "momentum/dense_0/kernel", "shape": [50176], "base64": ...}, ...]  (the deep net's Adam),
      "status": "complete" | "interrupted", "wall_time_s": 12.3,
      "data_sha256": {"x_train": ..., ...}, "engine": "wasm (SIMD128, 2 threads)", "browser": "user agent"}
 
@@ -39,9 +40,9 @@ import numpy as np
 
 from digitlab import atomic, backends, checkpoint, data, errors, models, plots, runs, system
 from digitlab import config as config_module
-from digitlab.browser import rules
+from digitlab.browser import prng, rules
 from digitlab.config import ConfigError, TrainConfig
-from digitlab.engine import FastEngine
+from digitlab.engine import FastEngine, spec
 from digitlab.engine.spec import weight_names
 
 FORMAT = "digitlab-page-run"
@@ -58,6 +59,7 @@ KEYS = {
     "data_sha256",
     "engine",
     "browser",
+    "slots",
 }
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 ENGINE_NAME = "browser-wasm"
@@ -175,11 +177,9 @@ def expected_weights(config: TrainConfig) -> list[tuple[str, tuple[int, ...]]]:
     thousands of epochs of a few nets; building a Keras model for each would cost more than the rest)."""
     key = json.dumps([config.model, config.units, config.to_dict().get("activation")], default=str)
     if key not in _EXPECTED:
-        model = models.build_model(config)
-        _EXPECTED[key] = [
-            (f"dense_{index // 2}/{'kernel' if index % 2 == 0 else 'bias'}", tuple(weight.shape))
-            for index, weight in enumerate(model.get_weights())
-        ]
+        model = models.create_model(config)  # Compiled: spec.describe reads its optimizer too.
+        names = weight_names(spec.describe(model, config))  # dense_0/kernel, ..., and the deep net's gamma, beta, ...
+        _EXPECTED[key] = [(name, tuple(weight.shape)) for name, weight in zip(names, model.get_weights(), strict=True)]
     return _EXPECTED[key]
 
 
@@ -205,6 +205,34 @@ def check_weights(given, config: TrainConfig) -> list[np.ndarray]:
     return weights
 
 
+def check_slots(given, config: TrainConfig) -> dict[str, np.ndarray]:
+    """The optimizer's slots a page run of the deep net sends (Adam's momentum and velocity of every trained
+    array, by the engine's state names, flat base64 float32), checked; {} when the page sent none."""
+    if given is None:
+        return {}
+    expected = dict(expected_weights(config))
+    if not isinstance(given, list):
+        raise PageRunError("slots must be a list of arrays, each with its name, shape and base64.")
+    slots = {}
+    for entry in given:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        slot, _, weight = str(name).partition("/")
+        if slot not in ("momentum", "velocity") or weight not in expected:
+            raise PageRunError(f"slots: {name!r} is not an optimizer slot of this net's weights.")
+        size = int(np.prod(expected[weight]))
+        try:
+            raw = base64.b64decode(entry.get("base64", ""), validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise PageRunError(f"{name}'s base64 does not decode.") from None
+        if len(raw) != 4 * size:
+            raise PageRunError(f"{name} holds {len(raw)} bytes; {4 * size} (float32) expected.")
+        array = np.frombuffer(raw, "<f4").reshape(expected[weight]).copy()
+        if not np.all(np.isfinite(array)):
+            raise PageRunError(f"{name} holds values that are not finite numbers.")
+        slots[str(name)] = array
+    return slots
+
+
 def check(document) -> tuple[TrainConfig, dict, list[np.ndarray]]:
     """The run's config, history and weights, after checking everything (PageRunError says what is wrong)."""
     config = check_settings(document, KEYS)
@@ -223,6 +251,7 @@ def save_page_run(document, runs_dir, loaded: data.Loaded) -> runs.Run:
 
     A whole page run is the epoch-by-epoch submission sent at once: `begin`, `add_epochs`, `finish`."""
     config, history, weights = check(document)
+    check_slots(document.get("slots"), config)
     run = begin(document, config, runs_dir, loaded)
     add_epochs(run, history)
     finish(run, config, document["status"], weights, document, loaded)
@@ -283,7 +312,8 @@ def finish(
     source: str = "page",
 ) -> None:
     """Ends a page run with its final weights: model.keras, checkpoint.npz, curves.png, and metrics.json
-    with the status "complete", or the status "interrupted" (resumable where the optimizer has no slots)."""
+    with the status "complete", or the status "interrupted" (resumable where the optimizer has no slots, or
+    the page sent them: the deep net's Adam)."""
     history = run.history()
     epochs_done = len(history["val_accuracy"])
     network = models.create_seeded_models(config)[0]
@@ -294,13 +324,20 @@ def finish(
     state = fast.get_state()
     for name_, weight in zip(weight_names(fast.network), weights, strict=True):
         state[name_] = weight[np.newaxis]
+    # The deep net: Adam's slots as the page ended with them, and the Dropout seed the page drew its masks from.
+    sent = check_slots(document.get("slots"), config)
+    for name_, slot in sent.items():
+        state[name_] = slot[np.newaxis]
+    if "dropout_seeds" in state:
+        assert config.seed is not None  # check_settings refuses a page run without its seed.
+        state["dropout_seeds"] = np.array([prng.dropout_seed(config.seed)], np.uint32)
     (train_inputs, _), _, _ = data.split(loaded.arrays, config.validation, config.train_limit)
     if "iterations" in state:
         steps = epochs_done * -(-len(train_inputs) // config.batch_size)
         state["iterations"] = np.full_like(state["iterations"], steps)
-    # An optimizer with slots (momentum, Adam, RMSprop) would resume from slots the page does not
-    # send: such a run gets no checkpoint (it opens, evaluates and reports; it does not resume).
-    slots = [key for key in state if key not in weight_names(fast.network) and key != "iterations"]
+    # An optimizer with slots the page did not send (a class's runs are sent epoch by epoch, without them) would
+    # resume from zeros: such a run gets no checkpoint (it opens, evaluates and reports; it does not resume).
+    slots = [key for key in state if key not in {*weight_names(fast.network), *sent, "iterations", "dropout_seeds"}]
     # The page drew its orders as digitlab train does (RandomState(seed).permutation, one an epoch): the
     # generator after the epochs done is where a resumed run goes on, with the orders the page would have.
     generator = np.random.RandomState(config.seed)

@@ -70,3 +70,24 @@ def initial_weights(seed: int, layer_sizes: list[int]) -> list[np.ndarray]:
         kernel = ((draws / 16777216.0) * 2.0 - 1.0) * limit
         weights += [kernel.astype(np.float32).reshape(fan_in, fan_out), np.zeros(fan_out, np.float32)]
     return weights
+
+
+DROPOUT_STREAM = 1
+
+
+def dropout_seed(seed: int) -> int:
+    """The Dropout seed of a page run with seed `seed`: the first draw of stream 1 (prng.js's dropoutSeed).
+    The engine's Dropout masks are a hash of it and the step (_deep.c), natively and in the browser."""
+    return Xoshiro128(seed, DROPOUT_STREAM).next_u32()
+
+
+def page_arrays(seed: int, layer_sizes: list[int], normed: list[bool]) -> list[np.ndarray]:
+    """A page run's initial arrays in `model.get_weights()` order: `initial_weights`, and after each Dense layer
+    with a BatchNormalization (normed[layer]) Keras's initial gamma 1, beta 0, moving mean 0, moving variance 1."""
+    dense = initial_weights(seed, layer_sizes)
+    arrays: list[np.ndarray] = []
+    for layer, units in enumerate(layer_sizes[1:]):
+        arrays += dense[2 * layer : 2 * layer + 2]
+        if normed[layer]:
+            arrays += [np.full(units, value, np.float32) for value in (1, 0, 0, 1)]
+    return arrays

@@ -48,8 +48,8 @@ LABELS = {
     "seed": "Seed",
     "train_limit": "Training images",
 }
-# The nets the browser engine trains: Dense layers only, no BatchNormalization or Dropout.
-BROWSER_MODELS = ("shallow", "intermediate")
+# The nets the browser engine trains: Dense layers, and the deep net's BatchNormalization, Dropout and Adam.
+BROWSER_MODELS = ("shallow", "intermediate", "deep")
 # Whole numbers beyond this are not exact in JavaScript; a field accepting it has no upper limit.
 LARGEST_EXACT = 2**53
 _INT_SENTINEL = -987_654_321_987
@@ -124,6 +124,18 @@ def _field_rule(field: dataclasses.Field, defaults: TrainConfig) -> dict:
     return rule
 
 
+def engine_settings() -> dict:
+    """Keras's BatchNormalization and Adam settings, as the native engine reads them from the deep net's layers
+    (engine/spec.py): the page's engine trains the deep net with them (train-worker.js)."""
+    import keras
+
+    norm, adam = keras.layers.BatchNormalization(), keras.optimizers.Adam()
+    return {
+        "batch_norm": {"momentum": float(norm.momentum), "epsilon": float(norm.epsilon)},
+        "adam": {"beta_1": float(adam.beta_1), "beta_2": float(adam.beta_2), "epsilon": float(adam.epsilon)},
+    }
+
+
 @functools.cache
 def page_document() -> dict:
     """Everything the page takes from the package: fields and their rules, the nets' defaults, the
@@ -146,6 +158,7 @@ def page_document() -> dict:
             "The page trains the {browser} nets in your browser; train {value} with `digitlab train --model {value}`."
         ),
         "history_keys": list(runs.HISTORY_KEYS),
+        "engine_settings": engine_settings(),
         # The end-of-run gallery of confident mistakes, as the server's evaluation shows it.
         "evaluation": {"gallery_size": evaluation.GALLERY_SIZE},
         "tiles": {

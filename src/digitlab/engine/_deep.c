@@ -381,3 +381,62 @@ int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const
     free(entries);
     return failed ? -1 : 0;
 }
+
+/* Evaluation and predictions of such a net, as Keras infers: each BatchNormalization with its moving
+ * statistics (norm.py's evaluate: scale = gamma / sqrt(moving variance + epsilon), y = x * scale + (beta -
+ * moving mean * scale)) and no Dropout, in chunks of 256 images. The images are `index`'s n (NULL: 0 ... n - 1);
+ * `arrays`, `units`, `activations` and `norm` as digitlab_train_epoch_deep takes them. With `outputs` (n x
+ * classes) it writes the net's outputs there; with `targets` each image's loss into row_losses (the caller sums
+ * them in order) and the right answers into *correct, as digitlab_evaluate does for nets without it. The
+ * browser's engine calls it (engine.js) for validation and the drawing pad. Returns 0, or -1 when memory could
+ * not be had. */
+int digitlab_infer_deep(const int64_t *starts, const uint16_t *cols, const float *vals, const float *targets,
+                        const int64_t *labels, const int64_t *index, int64_t n, int64_t layers, const int64_t *units,
+                        const int32_t *activations, const float *norm, float *const *arrays, int32_t loss, float clip,
+                        float *outputs, double *row_losses, int64_t *correct) {
+    if (layers < 1 || layers > MAX_LAYERS) return -1;
+    const int64_t chunk = 256, classes = units[layers];
+    int64_t widest = 1;
+    for (int64_t l = 1; l <= layers; l++) widest = units[l] > widest ? units[l] : widest;
+    float *here = malloc(sizeof(float) * chunk * widest), *there = malloc(sizeof(float) * chunk * widest);
+    float *gradient = malloc(sizeof(float) * chunk * classes), *scale = malloc(sizeof(float) * widest * 2);
+    int64_t *numbers = index ? NULL : malloc(sizeof(int64_t) * chunk);
+    const int failed = !here || !there || !gradient || !scale || (!index && !numbers);
+    for (int64_t start = 0; !failed && start < n; start += chunk) {
+        const int64_t rows = n - start < chunk ? n - start : chunk;
+        const int64_t *rows_index = index ? index + start : numbers;
+        if (!index)
+            for (int64_t r = 0; r < rows; r++) numbers[r] = start + r;
+        digitlab_sparse_forward(starts, cols, vals, rows_index, 0, rows, units[0], arrays[0], arrays[1], units[1],
+                                here, 0, NULL, NULL);
+        for (int64_t l = 0; l < layers; l++) {
+            const int64_t width = units[l + 1];
+            float *const *mine = arrays + ARRAYS * l;
+            if (l > 0) {
+                digitlab_dense_forward(here, rows, units[l], mine[0], mine[1], width, there);
+                float *swap = here;
+                here = there, there = swap;
+            }
+            digitlab_dense_activate(here, rows, width, activations[l]);
+            if (!mine[2]) continue;
+            float *shift = scale + widest;
+            const float epsilon = norm[3 * l + 2];
+            for (int64_t u = 0; u < width; u++) {
+                scale[u] = mine[2][u] / __builtin_sqrtf(mine[5][u] + epsilon);
+                shift[u] = mine[3][u] - mine[4][u] * scale[u];
+            }
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t u = 0; u < width; u++) here[r * width + u] = here[r * width + u] * scale[u] + shift[u];
+        }
+        if (outputs) memcpy(outputs + start * classes, here, sizeof(float) * rows * classes);
+        if (targets)
+            digitlab_dense_loss(here, targets, labels, rows_index, rows, rows, classes, loss, activations[layers - 1],
+                                clip, gradient, correct, row_losses + start);
+    }
+    free(here);
+    free(there);
+    free(gradient);
+    free(scale);
+    free(numbers);
+    return failed ? -1 : 0;
+}

@@ -94,14 +94,18 @@ class DeepPlan:
         self._keep = (views, moments)  # Keeps the arrays the pointers point into alive.
 
     def step_sizes(self, step: int, batches: int) -> np.ndarray:
-        """Each batch's Adam alpha (numpy_backend.py's formula, in float32) or the SGD rate, from step `step`."""
+        """Each batch's Adam alpha (numpy_backend.py's formula, in float32) or the SGD rate, from step `step`.
+
+        beta ** t is taken in double precision and rounded once to float32, not with float32's `powf`: C
+        libraries' `powf` differ in the last bit (glibc's has an FMA variant), a double `pow` rounded to
+        float32 does not, so the browser's engine (engine-deep.js: Math.pow) draws the same step sizes."""
         if self.optimizer.name == "sgd":
             return np.full(batches, self.rate, np.float32)
         one, beta_1, beta_2 = np.float32(1), np.float32(self.optimizer.beta_1), np.float32(self.optimizer.beta_2)
         sizes = np.empty(batches, np.float32)
         for number in range(batches):
             count = np.float32(step + number + 1)
-            power_1, power_2 = np.power(beta_1, count), np.power(beta_2, count)
+            power_1, power_2 = np.float32(float(beta_1) ** float(count)), np.float32(float(beta_2) ** float(count))
             sizes[number] = self.rate * np.sqrt(one - power_2) / (one - power_1)
         return sizes
 

@@ -14,6 +14,7 @@
 // page's address holds the settings (TrainConfig's names, ?learning_rate=0.5&epochs=3) and `hide=loss,optimizer`
 // hides those fields: a teacher's link opens the page ready to train.
 import { check, loadRules } from "./rules.js";
+import { arrayNames } from "./engine/engine-deep.js";
 
 const $ = (id) => document.getElementById(id);
 const BLANK = { seed: "random", train_limit: "all" };
@@ -156,7 +157,8 @@ function start(event) {
   worker.onerror = (error) => failed(error.message || "the training Worker stopped");
   const threads = Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 4));
   const gallery = rules.evaluation.gallery_size;
-  worker.postMessage({ type: "start", config, mnist: new URL("mnist/", import.meta.url).href, threads, gallery });
+  const engineSettings = rules.engine_settings; // The deep net's BatchNormalization and Adam settings.
+  worker.postMessage({ type: "start", config, mnist: new URL("mnist/", import.meta.url).href, threads, gallery, engineSettings });
   say("Starting…");
   document.dispatchEvent(new CustomEvent("digitlab:run-start", { detail: { run } }));
   document.dispatchEvent(new CustomEvent("digitlab:show", { detail: { source: "browser", started: true } }));
@@ -200,6 +202,7 @@ function onWorker(message) {
     document.dispatchEvent(new CustomEvent("digitlab:epoch", { detail: { run, epoch: message.epoch, seconds: message.seconds } }));
   } else if (message.type === "end") {
     run.status = message.status;
+    run.slots = message.slots; // Adam's slots of a net with BatchNormalization (null for the others).
     run.wallTime = message.wallTime;
     $("start").disabled = false;
     $("stop").disabled = true;
@@ -374,12 +377,16 @@ const ACTIVATE = {
   selu: (value) => 1.0507009873554805 * (value > 0 ? value : 1.6732632423543772 * Math.expm1(value)),
 };
 
-// The network's ten probabilities for 784 pixels (0-255): Dense layers, the config's activation, softmax.
-export function probabilities(weights, pixels, activation = run.config.activation) {
+// The network's ten probabilities for 784 pixels (0-255): Dense layers, the config's activation, softmax;
+// in the deep net each hidden layer's BatchNormalization with its moving statistics, as Keras predicts.
+export function probabilities(weights, pixels, activation = run.config.activation, config = run.config) {
   let values = Float64Array.from(pixels, (value) => value / 255);
-  const layers = weights.length / 2;
+  const names = arrayNames(normedLayers(config));
+  const layers = config.units.length + 1;
+  const epsilon = config.batch_norm ? rules.engine_settings.batch_norm.epsilon : 0;
   for (let layer = 0; layer < layers; layer++) {
-    const [kernel, bias] = [weights[2 * layer], weights[2 * layer + 1]];
+    const at = names.indexOf(`dense_${layer}/kernel`);
+    const [kernel, bias] = [weights[at], weights[at + 1]];
     const units = bias.length;
     const out = Float64Array.from(bias);
     for (let input = 0; input < values.length; input++) {
@@ -389,6 +396,13 @@ export function probabilities(weights, pixels, activation = run.config.activatio
       for (let unit = 0; unit < units; unit++) out[unit] += value * kernel[row + unit];
     }
     if (layer < layers - 1) out.forEach((value, unit) => (out[unit] = ACTIVATE[activation](value)));
+    if (names[at + 2] === `dense_${layer}/gamma`) {
+      const [gamma, beta, mean, variance] = weights.slice(at + 2, at + 6);
+      out.forEach((value, unit) => {
+        const scale = gamma[unit] / Math.sqrt(variance[unit] + epsilon);
+        out[unit] = value * scale + (beta[unit] - mean[unit] * scale);
+      });
+    }
     values = out;
   }
   const largest = Math.max(...values);
@@ -416,17 +430,27 @@ export function base64(array) {
   return btoa(text);
 }
 
-// One epoch's weights as the page run's document holds them: Keras's order, base64 float32.
+// Which layers a BatchNormalization follows (the train Worker's normedLayers): the hidden ones of a
+// config with batch_norm.
+function normedLayers(config) {
+  return [...config.units.map(() => !!config.batch_norm), false];
+}
+
+// One epoch's weights as the page run's document holds them: Keras's order and names, base64 float32.
 export function encodeWeights(config, weights) {
   const sizes = [784, ...config.units, 10];
+  const names = arrayNames(normedLayers(config));
   return weights.map((array, index) => {
-    const layer = Math.floor(index / 2);
-    return {
-      name: `dense_${layer}/${index % 2 ? "bias" : "kernel"}`,
-      shape: index % 2 ? [sizes[layer + 1]] : [sizes[layer], sizes[layer + 1]],
-      base64: base64(array),
-    };
+    const layer = Number(names[index].split("/")[0].slice("dense_".length));
+    const kernel = names[index].endsWith("/kernel");
+    return { name: names[index], shape: kernel ? [sizes[layer], sizes[layer + 1]] : [sizes[layer + 1]], base64: base64(array) };
   });
+}
+
+// Adam's slots (the deep net's) as the document holds them: their native names, base64 float32; or none.
+function encodeSlots(slots) {
+  if (!slots || !Object.keys(slots).length) return undefined;
+  return Object.entries(slots).map(([name, array]) => ({ name, shape: [array.length], base64: base64(array) }));
 }
 
 // The page run's head: what a class's server gets first (POST api/class/runs), before any epoch.
@@ -447,6 +471,7 @@ function pageRun() {
     ...runHead(run),
     history: run.history,
     weights: encodeWeights(run.config, run.weights.at(-1)),
+    slots: encodeSlots(run.slots),
     status: run.status,
     wall_time_s: run.wallTime,
   };

@@ -54,3 +54,21 @@ export function initialWeights(seed, layerSizes) {
   }
   return weights;
 }
+
+// The Dropout seed of a run with seed `seed` (prng.py's dropout_seed): the first draw of stream 1.
+export const DROPOUT_STREAM = 1;
+export function dropoutSeed(seed) {
+  return new Xoshiro128(seed, DROPOUT_STREAM).nextU32();
+}
+
+// The initial arrays in Keras's get_weights order: initialWeights, and after each Dense layer with a
+// BatchNormalization (normed[layer]) gamma 1, beta 0, moving mean 0, moving variance 1 (prng.py's page_arrays).
+export function pageArrays(seed, layerSizes, normed) {
+  const dense = initialWeights(seed, layerSizes);
+  const arrays = [];
+  for (let layer = 0; layer + 1 < layerSizes.length; layer++) {
+    arrays.push(dense[2 * layer], dense[2 * layer + 1]);
+    if (normed[layer]) for (const value of [1, 0, 0, 1]) arrays.push(new Float32Array(layerSizes[layer + 1]).fill(value));
+  }
+  return arrays;
+}

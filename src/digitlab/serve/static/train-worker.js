@@ -6,12 +6,14 @@
 // images: the confusion matrix and the `gallery` most confident mistakes, as GET api/runs/NAME/evaluation
 // answers them for the server's runs (evaluation.confusion_matrix and confident_mistakes).
 //   const worker = new Worker("static/train-worker.js", { type: "module" });
-//   worker.postMessage({ type: "start", config, mnist: "static/mnist/", threads: 2, gallery: 24 });
+//   worker.postMessage({ type: "start", config, mnist: "static/mnist/", threads: 2, gallery: 24,
+//                        engineSettings });   // page.json's engine_settings (the deep net's BatchNormalization, Adam)
 //   worker.onmessage = ({ data }) => ...   // status | ready | epoch | end | evaluation | error
 //   worker.postMessage({ type: "stop" });   // after the epoch in progress
+import { arrayNames } from "./engine/engine-deep.js";
 import { loadEngine, NumpyRandomState } from "./engine/engine.js";
 import { loadMnist } from "./mnist.js";
-import { initialWeights } from "./prng.js";
+import { dropoutSeed, pageArrays } from "./prng.js";
 
 let stopping = false;
 let running = false;
@@ -25,15 +27,36 @@ function layerSizes(config) {
   return [784, ...config.units, 10];
 }
 
-function networkOf(config) {
+// Which layers a BatchNormalization follows: every hidden one where config.batch_norm (digitlab.models).
+function normedLayers(config) {
+  return [...config.units.map(() => !!config.batch_norm), false];
+}
+
+function networkOf(config, engineSettings) {
   // Every net of the book ends in a 10-unit softmax (digitlab.models).
-  return {
+  const network = {
     units: layerSizes(config),
     activations: [...config.units.map(() => config.activation), "softmax"],
     loss: config.loss,
     optimizer: config.optimizer,
     learningRate: config.learning_rate,
     batchSize: config.batch_size,
+  };
+  if (!config.batch_norm) return network;
+  // The deep net (engine-deep.js): Keras's BatchNormalization and Adam settings (page.json's engine_settings,
+  // from digitlab.engine.spec), the Dropout (models.py stacks config.dropout before the last Dense layer; the
+  // engine takes one rate a layer) and the Dropout seed a native run of this seed takes (prng.py).
+  const rates = config.dropout || [];
+  if (rates.length > 1) throw new Error("The page trains nets with at most one Dropout; train this one with `digitlab train`.");
+  const { batch_norm: norm, adam } = engineSettings;
+  return {
+    ...network,
+    norm: normedLayers(config).map((normed) => (normed ? { momentum: norm.momentum, epsilon: norm.epsilon } : null)),
+    dropout: [...config.units.map(() => 0), rates[0] || 0],
+    beta1: adam.beta_1,
+    beta2: adam.beta_2,
+    epsilon: adam.epsilon,
+    dropoutSeed: dropoutSeed(config.seed),
   };
 }
 
@@ -68,23 +91,24 @@ function evaluation(pixels, labels, epoch, gallery) {
   };
 }
 
-async function train({ config, mnist, threads, gallery = 24 }) {
+async function train({ config, mnist, threads, gallery = 24, engineSettings }) {
   running = true;
   stopping = false;
   post({ type: "status", message: "Loading MNIST…" });
   const data = await loadMnist(mnist, (message) => post({ type: "status", message }));
   post({ type: "status", message: "Starting the engine…" });
   if (!engine) engine = await loadEngine({ threads });
-  engine.setNetwork(networkOf(config));
+  engine.setNetwork(networkOf(config, engineSettings));
   const pixels = 784;
   const count = Math.min(config.train_limit ?? data.arrays.y_train.length, data.arrays.y_train.length);
   engine.setTrainingData(data.arrays.x_train.subarray(0, count * pixels), data.arrays.y_train.subarray(0, count));
   engine.setValidationData(data.arrays.x_test, data.arrays.y_test);
-  engine.setWeights(initialWeights(config.seed, layerSizes(config)));
+  engine.setWeights(pageArrays(config.seed, layerSizes(config), normedLayers(config)));
   const orders = new NumpyRandomState(config.seed); // np.random.RandomState(seed), as digitlab train shuffles.
   post({
     type: "ready",
     engine: { build: engine.build, threads: engine.threads, simd: engine.simd },
+    names: arrayNames(normedLayers(config)),
     trainImages: count,
     fetched: data.fetched,
     bytes: data.bytes,
@@ -103,7 +127,9 @@ async function train({ config, mnist, threads, gallery = 24 }) {
     );
     await new Promise((resolve) => setTimeout(resolve, 0)); // A stop sent meanwhile is read here.
   }
-  post({ type: "end", status: epoch === config.epochs ? "complete" : "interrupted", epoch, wallTime: (performance.now() - started) / 1000 });
+  // A net with BatchNormalization trains with Adam's slots: the run keeps them, so `train --resume` goes on.
+  const slots = config.batch_norm && epoch ? engine.getSlots().slots : null;
+  post({ type: "end", status: epoch === config.epochs ? "complete" : "interrupted", epoch, wallTime: (performance.now() - started) / 1000, slots });
   running = false;
   if (epoch) {
     const evaluated = evaluation(data.arrays.x_test, data.arrays.y_test, epoch, gallery);

@@ -31,8 +31,12 @@
  * `engine.simd` say what it runs. Activations: linear, sigmoid, relu, tanh, softmax (the last layer);
  * losses: mean_squared_error, categorical_crossentropy (on a softmax). Bad settings throw an Error
  * saying what was wrong. In node (the tests), loadEngine reads the .wasm files from disk.
+ * Nets with BatchNormalization (the book's deep net, with Dropout and Adam) train through engine-deep.js:
+ * setNetwork takes `norm`, `dropout`, optimizer "adam" and its settings there (see that file).
  * docs/browser-engine.md describes the API and how the two engines are held to the same bits.
  */
+
+import { DeepNet, isDeep } from "./engine-deep.js";
 
 const ACTIVATIONS = { linear: 0, sigmoid: 1, relu: 2, tanh: 3, softmax: 4 };
 const LOSSES = { mean_squared_error: 0, categorical_crossentropy: 1 };
@@ -237,8 +241,10 @@ class Engine {
     this.threads = 1 + this.exports.digitlab_thread_workers(count);
   }
 
-  /** Sets the network: { units, activations, loss, optimizer = "sgd", learningRate, batchSize }. Weights: 0. */
-  setNetwork({ units, activations, loss, optimizer = "sgd", learningRate, batchSize }) {
+  /** Sets the network: { units, activations, loss, optimizer = "sgd", learningRate, batchSize } (and, for a net
+   * with BatchNormalization, engine-deep.js's settings). Weights: 0 (gamma and the moving variance: 1). */
+  setNetwork(settings) {
+    const { units, activations, loss, optimizer = "sgd", learningRate, batchSize } = settings;
     if (!Array.isArray(units) || units.length < 2 || !units.every((u) => Number.isInteger(u) && u >= 1))
       throw new Error(`units must list the input size and each layer's units (whole numbers >= 1), got ${units}.`);
     if (units[0] > 65535) throw new Error(`The engine takes at most 65535 inputs, got ${units[0]}.`);
@@ -254,7 +260,7 @@ class Engine {
     if (!(loss in LOSSES)) throw new Error(`Unknown loss ${loss}: use one of ${Object.keys(LOSSES)}.`);
     if (loss === "categorical_crossentropy" && activations[layers - 1] !== "softmax")
       throw new Error("categorical_crossentropy needs a softmax last layer.");
-    if (optimizer !== "sgd") throw new Error(`The engine trains with plain SGD only, got optimizer ${optimizer}.`);
+    if (optimizer !== "sgd" && !isDeep(settings)) throw new Error(`The engine trains with plain SGD only, got optimizer ${optimizer}.`);
     if (!(learningRate > 0) || !Number.isFinite(learningRate))
       throw new Error(`learningRate must be a number above 0, got ${learningRate}.`);
     if (!Number.isInteger(batchSize) || batchSize < 1)
@@ -287,13 +293,23 @@ class Engine {
       biasPointers,
       codes,
       unitsAt: this._int64s(units),
+      deep: null,
     };
+    if (isDeep(settings)) {
+      try {
+        this.net.deep = new DeepNet(this, this.net, settings);
+      } catch (error) {
+        this._freeNet();
+        throw error;
+      }
+    }
     for (const data of [this.train, this.valid]) if (data) this._checkData(data, "");
   }
 
   _freeNet() {
     if (!this.net) return;
     const n = this.net;
+    if (n.deep) n.deep.free();
     this._free(...n.kernels, ...n.biases, n.kernelPointers, n.biasPointers, n.codes, n.unitsAt);
     this.net = null;
   }
@@ -306,6 +322,7 @@ class Engine {
   /** Sets the weights: Float32Arrays in Keras's order and layout (kernel inputs x units, then bias, per layer). */
   setWeights(weights) {
     const net = this._needNet();
+    if (net.deep) return net.deep.setWeights(weights);
     if (!Array.isArray(weights) || weights.length !== 2 * net.layers)
       throw new Error(
         `Give ${2 * net.layers} arrays (each layer's kernel, then bias), got ${weights && weights.length}.`,
@@ -324,6 +341,7 @@ class Engine {
   /** The weights: Float32Arrays in Keras's order and layout (copies). */
   getWeights() {
     const net = this._needNet();
+    if (net.deep) return net.deep.getWeights();
     const weights = [];
     for (let l = 0; l < net.layers; l++) {
       weights.push(this._f32(net.kernels[l], net.units[l] * net.units[l + 1]).slice());
@@ -448,6 +466,17 @@ class Engine {
       if (!(image >= 0 && image < train.count))
         throw new Error(`order names image ${image}, outside 0 ... ${train.count - 1}.`);
     const at = this._int64s(order);
+    if (net.deep) {
+      let done;
+      try {
+        done = net.deep.trainEpoch(train, at, order.length);
+      } finally {
+        this._free(at);
+      }
+      const logs = { loss: done.lossSum / order.length, accuracy: done.correct / order.length };
+      if (this.valid) Object.assign(logs, this.evaluate());
+      return logs;
+    }
     const sums = this.scratch;
     this._f64(sums, 1)[0] = 0;
     this._i32(sums + 8, 2).fill(0);
@@ -492,7 +521,9 @@ class Engine {
     const losses = this._alloc(8 * valid.count);
     const correct = this.scratch + 8;
     this._i32(correct, 2).fill(0);
-    const status = this.exports.digitlab_evaluate(
+    const status = net.deep
+      ? net.deep.infer(valid, 0, valid, losses, correct)
+      : this.exports.digitlab_evaluate(
       valid.starts,
       valid.cols,
       valid.vals,
@@ -524,7 +555,9 @@ class Engine {
     const rows = this._rows(pixels, net.units[0]);
     const classes = net.units[net.layers];
     const out = this._alloc(4 * rows.count * classes);
-    const status = this.exports.digitlab_predict(
+    const status = net.deep
+      ? net.deep.infer(rows, out, null, 0, 0)
+      : this.exports.digitlab_predict(
       rows.starts,
       rows.cols,
       rows.vals,
@@ -540,6 +573,28 @@ class Engine {
     this._free(out, rows.starts, rows.cols, rows.vals);
     if (status !== 0) throw new Error("The engine could not allocate its prediction buffers.");
     return outputs;
+  }
+
+  /** A net with BatchNormalization's Adam slots and step count: { step, slots: { name: Float32Array } }. */
+  getSlots() {
+    const net = this._needNet();
+    if (!net.deep) throw new Error("Only a net with BatchNormalization has optimizer slots here.");
+    return net.deep.getSlots();
+  }
+
+  /** Sets them (as getSlots gives them), to go on from a saved state. */
+  setSlots(state) {
+    const net = this._needNet();
+    if (!net.deep) throw new Error("Only a net with BatchNormalization has optimizer slots here.");
+    net.deep.setSlots(state);
+  }
+
+  /* The loss's code and the cross-entropy clip, as the C code takes them (engine-deep.js uses them). */
+  lossCode() {
+    return LOSSES[this._needNet().loss];
+  }
+  clip() {
+    return CROSSENTROPY_CLIP;
   }
 
   /** Ends the engine's Workers; the engine is not to be used after. */
