@@ -33,6 +33,7 @@ import http.server
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -217,6 +218,8 @@ def measure_browser(playwright, folder: Path, threads: int, args, check_epochs: 
         "train_to_end_s": (end["at"] - timed["clicked"]) / 1000,
         "worker_loop_s": end["wallTime"],
         "first_epoch_s": epochs[0]["seconds"],
+        # Each epoch's trainEpoch (its validation included) and getWeights, in the Worker: the engine's time.
+        "epoch_seconds": [m["seconds"] for m in epochs],
         "train_to_first_epoch_s": (epochs[0]["at"] - timed["clicked"]) / 1000,
         "load_to_first_epoch_first_visit_s": first_epoch_end(first) / 1000,
         "load_to_first_epoch_cached_s": first_epoch_end(cached) / 1000,
@@ -343,6 +346,12 @@ def table(results: dict) -> str:
             f"| Browser, {where}: Train to epoch {args['epochs']}'s end | {row['train_to_end_s']:.1f} s |",
             f"| Browser, {where}: the Worker's training loop | {row['worker_loop_s']:.1f} s |",
             f"| Browser, {where}: first epoch (the Worker's own) | {row['first_epoch_s']:.2f} s |",
+            f"| Browser, {where}: the epochs in the engine (trainEpoch and getWeights, summed) | "
+            f"{sum(row['epoch_seconds']):.1f} s |",
+            f"| Browser, {where}: the loop outside the engine (orders, messages, the stop's check) | "
+            f"{row['worker_loop_s'] - sum(row['epoch_seconds']):.2f} s |",
+            f"| Browser, {where}: an epoch in the engine: fastest, median | "
+            f"{min(row['epoch_seconds']):.3f} s, {statistics.median(row['epoch_seconds']):.3f} s |",
             f"| Browser, {where}: Train to epoch 1's end | {row['train_to_first_epoch_s']:.2f} s |",
             f"| Ratio browser (Train to end) / digitlab train (AVX2), {n} thread(s) (target <= 2) | "
             f"{row['train_to_end_s'] / native['wall_time_s']:.2f}x |",

@@ -427,9 +427,59 @@ AVX2 static void sigmoid_gradient_avx2(float *gradient, const float *output, int
 /* sum + a * b, the product rounded before the add (as the portable code computes it; not an FMA). */
 static inline v128_t add_product(v128_t sum, v128_t a, v128_t b) { return wasm_f32x4_add(sum, wasm_f32x4_mul(a, b)); }
 
+/* The first `count` (1-4) floats at p in a vector's first lanes, zeros in the others (no read past them). */
+static inline v128_t load_lanes(const float *p, int64_t count) {
+    if (count >= 4) return wasm_v128_load(p);
+    if (count == 3) return wasm_f32x4_replace_lane(wasm_v128_load64_zero(p), 2, p[2]);
+    return count == 2 ? wasm_v128_load64_zero(p) : wasm_v128_load32_zero(p);
+}
+
+/* Stores the first `count` (1-4) lanes of v at p. */
+static inline void store_lanes_simd128(float *p, v128_t v, int64_t count) {
+    if (count >= 4) return wasm_v128_store(p, v);
+    if (count >= 2) wasm_v128_store64_lane(p, v, 0);
+    else wasm_v128_store32_lane(p, v, 0);
+    if (count == 3) p[2] = wasm_f32x4_extract_lane(v, 2);
+}
+
+/* forward_simd128 for fewer than sixteen units (the softmax layer's ten): every unit in one of four vectors,
+ * the last one's lanes past `units` zero, two rows at a time, so that their sums run side by side (one sum
+ * after another, each a chain of dependent adds, was 5x slower than the AVX2 path). Each lane adds its
+ * products in the portable order. */
+static void forward_narrow_simd128(const float *a, int64_t rows, int64_t inputs, const float *kernel,
+                                   const float *bias, int64_t units, float *out) {
+    const int64_t blocks = (units + 3) / 4;
+    for (int64_t r = 0; r < rows; r += 2) {
+        const float *x0 = a + r * inputs, *x1 = r + 1 < rows ? x0 + inputs : x0;
+        v128_t acc0[4], acc1[4];
+        for (int c = 0; c < 4; c++) acc0[c] = acc1[c] = wasm_f32x4_splat(0.0f);
+        for (int64_t i = 0; i < inputs; i++) {
+            const float *k = kernel + i * units;
+            const v128_t v0 = wasm_f32x4_splat(x0[i]), v1 = wasm_f32x4_splat(x1[i]);
+            for (int c = 0; c < 4; c++)
+                if (c < blocks) {
+                    const v128_t w = load_lanes(k + 4 * c, units - 4 * c);
+                    acc0[c] = add_product(acc0[c], v0, w);
+                    acc1[c] = add_product(acc1[c], v1, w);
+                }
+        }
+        for (int c = 0; c < 4; c++)
+            if (c < blocks) {
+                const v128_t b = load_lanes(bias + 4 * c, units - 4 * c);
+                store_lanes_simd128(out + r * units + 4 * c, wasm_f32x4_add(acc0[c], b), units - 4 * c);
+                if (r + 1 < rows)
+                    store_lanes_simd128(out + (r + 1) * units + 4 * c, wasm_f32x4_add(acc1[c], b), units - 4 * c);
+            }
+    }
+}
+
 /* out[r, :] = a[r, :] @ kernel + bias, per row: units in blocks of sixteen, then four, then one by one. */
 static void forward_simd128(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                             int64_t units, float *out) {
+    if (units < 16) {
+        forward_narrow_simd128(a, rows, inputs, kernel, bias, units, out);
+        return;
+    }
     for (int64_t r = 0; r < rows; r++) {
         const float *x = a + r * inputs;
         float *o = out + r * units;
@@ -460,25 +510,25 @@ static void forward_simd128(const float *a, int64_t rows, int64_t inputs, const 
 }
 
 /* out[i] for i < width: the sum over k < count of scale[k * scale_stride] * source[k * source_stride + i], in
- * k order; `subtract`: out[i] -= rate * that sum instead. Sixty-four outputs in sixteen vectors. */
+ * k order; `subtract`: out[i] -= rate * that sum instead. Thirty-two outputs at a time in eight vectors (sixteen,
+ * for 64, spilled in V8: the backward pass and the updates were 1.3-1.5x slower). */
 static void sum_rows_simd128(const float *scale, int64_t scale_stride, const float *source, int64_t source_stride,
                              int64_t count, int64_t width, float *out, int subtract, float rate) {
     const v128_t step = wasm_f32x4_splat(rate);
     int64_t i0 = 0;
-    if (width == 64) {
-        v128_t acc[16];
-        for (int c = 0; c < 16; c++) acc[c] = wasm_f32x4_splat(0.0f);
+    for (; i0 + 32 <= width; i0 += 32) {
+        v128_t acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = wasm_f32x4_splat(0.0f);
         for (int64_t k = 0; k < count; k++) {
             const v128_t v = wasm_f32x4_splat(scale[k * scale_stride]);
-            const float *s = source + k * source_stride;
-            for (int c = 0; c < 16; c++) acc[c] = add_product(acc[c], v, wasm_v128_load(s + 4 * c));
+            const float *s = source + k * source_stride + i0;
+            for (int c = 0; c < 8; c++) acc[c] = add_product(acc[c], v, wasm_v128_load(s + 4 * c));
         }
-        for (int c = 0; c < 16; c++) {
+        for (int c = 0; c < 8; c++) {
             v128_t value = acc[c];
-            if (subtract) value = wasm_f32x4_sub(wasm_v128_load(out + 4 * c), wasm_f32x4_mul(value, step));
-            wasm_v128_store(out + 4 * c, value);
+            if (subtract) value = wasm_f32x4_sub(wasm_v128_load(out + i0 + 4 * c), wasm_f32x4_mul(value, step));
+            wasm_v128_store(out + i0 + 4 * c, value);
         }
-        return;
     }
     for (; i0 + 4 <= width; i0 += 4) {
         v128_t acc = wasm_f32x4_splat(0.0f);
@@ -564,6 +614,24 @@ static int64_t sigmoid_simd128(float *values, int64_t size) {
         wasm_v128_store(values + k, wasm_f32x4_div(one, wasm_f32x4_add(e, one)));
     }
     return k;
+}
+
+/* The softmax of each row, as the portable loop computes it: the largest value and the sum one by one in the
+ * row's order, the exponentials (exp_portable's operations) and the divisions four at a time. */
+static void softmax_simd128(float *values, int64_t rows, int64_t units) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = values + r * units, top = row[0], sum = 0.0f;
+        for (int64_t u = 1; u < units; u++) top = row[u] > top ? row[u] : top;
+        const v128_t most = wasm_f32x4_splat(top);
+        int64_t u = 0;
+        for (; u + 4 <= units; u += 4)
+            wasm_v128_store(row + u, exp_simd128(wasm_f32x4_sub(wasm_v128_load(row + u), most)));
+        for (; u < units; u++) row[u] = exp_portable(row[u] - top);
+        for (u = 0; u < units; u++) sum += row[u];
+        const v128_t total = wasm_f32x4_splat(sum);
+        for (u = 0; u + 4 <= units; u += 4) wasm_v128_store(row + u, wasm_f32x4_div(wasm_v128_load(row + u), total));
+        for (; u < units; u++) row[u] /= sum;
+    }
 }
 
 static int64_t sigmoid_gradient_simd128(float *gradient, const float *output, int64_t size) {
@@ -730,6 +798,11 @@ void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t
 #ifdef HAVE_X86
         if (simd) {
             softmax_avx2(values, rows, units);
+            break;
+        }
+#elif defined(HAVE_SIMD128)
+        if (simd) {
+            softmax_simd128(values, rows, units);
             break;
         }
 #endif
