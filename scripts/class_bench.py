@@ -3,10 +3,10 @@
     python scripts/class_bench.py                               # 100 students x 200 epochs (issue 24's target)
     python scripts/class_bench.py --students 20 --epochs 20     # a quick look
 
-It starts `digitlab serve --class` on a free loopback port with a fresh runs folder (or --runs-dir)
-and runs N students at once, each in a thread of its own: a student fetches the page's files once
-(the page, its scripts and style, page.json and MNIST's index; not MNIST's arrays, which a browser
-caches), begins a run of the shallow net (POST /api/class/runs), then sends an epoch every 0.1-0.5 s
+It starts `digitlab serve --class` on a free loopback port with a fresh runs folder (removed at the
+end), or --runs-dir, and runs N students at once, each in a thread of its own: a student fetches the
+page's files once (the page, its scripts and style, page.json and MNIST's index; not MNIST's arrays,
+which a browser caches), begins a run of the shallow net (POST /api/class/runs), then sends an epoch every 0.1-0.5 s
 for E epochs, then finishes it, as the page's classroom.js does: each epoch its history row and
 handwriting accuracy, and its 50,890 weights when GET /api/class's weights_every_s have passed since
 it last sent them (the first time, a random part of that after the run began); the finish with the
@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -314,6 +315,8 @@ def main(argv=None) -> int:
         print(f"  e.g. {error}")
     for reason in [reason for student in students for reason in student.resent][:5]:
         print(f"  resent after {reason}")
+    if args.runs_dir is None:
+        shutil.rmtree(runs_dir)  # A fresh folder of its own: the class's runs go once measured.
     return 0 if not errors and lost == 0 and complete == args.students else 1
 
 
