@@ -12,8 +12,11 @@ import base64
 import csv
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -171,6 +174,24 @@ def test_epochs_without_weights_are_kept_and_a_killed_servers_journal_is_recover
     assert client.post(f"/api/class/runs/{name}/finish", json=body, headers=auth(secret=secret)).status_code == 200
     assert all(np.array_equal(a, b) for a, b in zip(run.load_model().get_weights(), final, strict=True))
     assert not run.file(class_runs.JOURNAL_FILE).exists() and run.history()["val_accuracy"][-1] == 0.8 + 3 / 100
+
+
+def test_a_finish_worker_that_died_is_replaced(tmp_path, mnist_path, loaded):
+    """Finishes run in worker processes (class_runs.FINISH_WORKERS): one killed between two finishes (out of
+    memory, say) takes its pool with it, and the next finish is kept by a new pool."""
+    client = make_client(tmp_path, mnist_path)
+    classroom_state = client.app.state.classroom
+    for student in ("Ada", "Grace"):
+        name, secret = begin(client, loaded, student=student)
+        for epoch in range(1, EPOCHS + 1):
+            client.post(f"/api/class/runs/{name}/epochs", json=epoch_body(epoch), headers=auth(secret=secret))
+        if student == "Grace":
+            for pid in list(classroom_state.workers._processes):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        done = client.post(f"/api/class/runs/{name}/finish", json={"status": "complete"}, headers=auth(secret=secret))
+        assert done.status_code == 200, done.text
+        assert runs.Run(tmp_path / name).status()["status"] == "complete"
 
 
 def test_the_board_lists_sorts_and_exports_the_class(tmp_path, mnist_path, loaded):

@@ -205,7 +205,27 @@ class Classroom:
 
     async def finish(self, entry: ClassRun, status: str, weights: list[np.ndarray], head: dict, loaded) -> None:
         """Ends a run with its checked final weights (`page_runs.finish`, in a worker process): its files
-        written from memory first (with an fsync), the journal removed last."""
+        written from memory first (with an fsync), the journal removed last. A worker that died (killed,
+        out of memory) takes its pool with it: the finish is tried once more in a new one."""
+        before = await asyncio.to_thread(files_size, entry.run)
+        try:
+            await asyncio.to_thread(rewrite, entry, True)  # page_runs.finish reads history.json.
+            data_path = None if loaded.path is None else str(loaded.path)
+            job = functools.partial(finish_run, str(entry.run.path), status, weights, head, data_path, loaded.sha256)
+            for attempt in (1, 2):
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self._workers(), job)
+                    break
+                except concurrent.futures.process.BrokenProcessPool:
+                    self.workers = None
+                    if attempt == 2:
+                        raise
+            entry.finished = True
+        finally:
+            self.used_bytes = self.measure() + await asyncio.to_thread(files_size, entry.run) - before
+
+    def _workers(self) -> concurrent.futures.ProcessPoolExecutor:
+        """The finish workers, started at the first finish."""
         if self.workers is None:
             context = multiprocessing.get_context("spawn")  # Not a fork of a server with threads.
             # At a lower priority (nice 10, set before the worker imports Keras): a finish waits a little
@@ -213,15 +233,7 @@ class Classroom:
             self.workers = concurrent.futures.ProcessPoolExecutor(
                 FINISH_WORKERS, mp_context=context, initializer=os.nice, initargs=(FINISH_NICENESS,)
             )
-        before = await asyncio.to_thread(files_size, entry.run)
-        try:
-            await asyncio.to_thread(rewrite, entry, True)  # page_runs.finish reads history.json.
-            data_path = None if loaded.path is None else str(loaded.path)
-            job = functools.partial(finish_run, str(entry.run.path), status, weights, head, data_path, loaded.sha256)
-            await asyncio.get_running_loop().run_in_executor(self.workers, job)
-            entry.finished = True
-        finally:
-            self.used_bytes = self.measure() + await asyncio.to_thread(files_size, entry.run) - before
+        return self.workers
 
     def _start_flusher(self) -> None:
         if self.flusher is None or self.flusher.done():
