@@ -3,17 +3,25 @@
     python scripts/class_bench.py                               # 100 students x 200 epochs (issue 24's target)
     python scripts/class_bench.py --students 20 --epochs 20     # a quick look
 
-It starts `digitlab serve --class` on a free loopback port with a fresh runs folder (or --runs-dir)
-and runs N students at once, each in a thread of its own: a student fetches the page's files once
-(the page, its scripts and style, page.json and MNIST's index; not MNIST's arrays, which a browser
-caches), begins a run of the shallow net (POST /api/class/runs), then sends an epoch (its history row
-and its 50,890 weights, as the page does) every 0.1-0.5 s for E epochs, then finishes it. It prints one
-table: the submissions' latency p50/p99/max, errors (any answer but 2xx, or no answer), epochs lost
-(epochs sent and answered but not in the run folder), runs complete in the runs folder, the server
-process's CPU time and use over the test, and the machine. The weights are the page's initial weights
-(prng.initial_weights), one set per student: the server checks them, it does not train.
-The clients and the server share this machine's cores, so the figures are under load by the clients; the
-machine's load average, printed, says what else ran.
+It starts `digitlab serve --class` on a free loopback port with a fresh runs folder (removed at the
+end), or --runs-dir, and runs N students at once, each in a thread of its own: a student fetches the
+page's files once (the page, its scripts and style, page.json and MNIST's index; not MNIST's arrays,
+which a browser caches), begins a run of the shallow net (POST /api/class/runs), then sends an epoch every 0.1-0.5 s
+for E epochs, then finishes it, as the page's classroom.js does: each epoch its history row and
+handwriting accuracy, and its 50,890 weights when GET /api/class's weights_every_s have passed since
+it last sent them (the first time, a random part of that after the run began); the finish with the
+final weights at float32; a submission lost on the way sent again on a new connection, one refused
+for the rate after a second. The weights are the page's initial weights (prng.initial_weights), one
+set per student: the server checks them, it does not train.
+
+It prints one table: the epoch submissions' latency p50/p99/max (from the first attempt to the
+answer), errors (a submission that failed in the end: an answer but 2xx, or no answer after the
+page's retries), how many were resent and why, epochs lost (epochs not in the run folder), runs
+complete in the runs folder, the finishes' latency, the bytes sent, the CPU time and use over the
+test of the server process and of its finish workers, and the machine. CLASS_BENCH_TRACE=1 prints
+each epoch's latency and the moment it was answered to stderr. The clients and the server share this
+machine's cores, so the figures are under load by the clients; the machine's load average, printed,
+says what else ran.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -41,6 +50,7 @@ from digitlab import data, runs
 from digitlab.browser import page_runs, prng
 from digitlab.config import TrainConfig
 
+TIMEOUT_S = 600  # The page's fetch waits as long as the server takes; a finish queues behind the class's others.
 PAGE_FILES = [
     "/",
     "/static/style.css",
@@ -49,6 +59,8 @@ PAGE_FILES = [
     "/static/app.js",
     "/static/live.js",
     "/static/browser.js",
+    "/static/classroom.js",
+    "/static/handwriting.js",
     "/static/page.json",
     "/static/mnist/index.json",
 ]
@@ -73,30 +85,54 @@ class Student(threading.Thread):
         super().__init__(daemon=True)
         self.index, self.port, self.epochs, self.sha256, self.results = index, port, epochs, sha256, results
         self.latencies: list[float] = []
+        self.finish_latency: float | None = None
         self.errors: list[str] = []
+        self.retries = 0
+        self.resent: list[str] = []
+        self.sent_bytes = 0
         self.answered = 0
         self.run_name: str | None = None
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
 
-    def request(self, connection, method: str, path: str, body: bytes | None = None, headers=None):
+    def request(self, method: str, path: str, body: bytes | None = None, headers=None):
+        """Sends as the page's classroom.js does: a request lost on the way is sent again on a new
+        connection (5 times, waiting 0.5 s, 1 s, 2 s, ...), one refused for the rate (429) after 1 s (8
+        times). The answer's body (None if it failed in the end) and the seconds from the first attempt."""
         start = time.perf_counter()
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            answer = connection.getresponse()
-            payload = answer.read()
-        except OSError as error:
-            self.errors.append(f"{method} {path}: {error}")
-            return None, time.perf_counter() - start
-        elapsed = time.perf_counter() - start
-        if not 200 <= answer.status < 300:
-            self.errors.append(f"{method} {path}: {answer.status} {payload[:200]!r}")
-            return None, elapsed
-        return payload, elapsed
+        for attempt in range(9):
+            try:
+                self.connection.request(method, path, body=body, headers=headers or {})
+                answer = self.connection.getresponse()
+                payload = answer.read()
+            except (OSError, http.client.HTTPException) as error:
+                self.connection.close()
+                self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT_S)
+                if attempt < 5:
+                    self.retries += 1
+                    self.resent.append(f"{method} {path}: {type(error).__name__}: {error}")
+                    time.sleep(0.5 * 2**attempt)
+                    continue
+                self.errors.append(f"{method} {path}: {error}")
+                return None, time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.sent_bytes += len(body or b"")
+            if answer.status == 429 and attempt < 8:
+                self.retries += 1
+                self.resent.append(f"{method} {path}: 429")
+                time.sleep(1)
+                continue
+            if not 200 <= answer.status < 300:
+                self.errors.append(f"{method} {path}: {answer.status} {payload[:200]!r}")
+                return None, elapsed
+            return payload, elapsed
+        return None, time.perf_counter() - start
 
     def run(self) -> None:
         rng = random.Random(self.index)
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         for path in PAGE_FILES:
-            self.request(connection, "GET", path)
+            self.request("GET", path)
+        state, _ = self.request("GET", "/api/class")
+        weights_every_s = json.loads(state)["weights_every_s"] if state else 0.0
         config = TrainConfig(model="shallow", epochs=self.epochs, learning_rate=0.5, seed=self.index, train_limit=1000)
         head = {
             "format": page_runs.FORMAT,
@@ -109,36 +145,56 @@ class Student(threading.Thread):
             "student": f"Student {self.index:03d}",
         }
         json_headers = {"Content-Type": "application/json"}
-        payload, _ = self.request(connection, "POST", "/api/class/runs", json.dumps(head).encode(), json_headers)
+        payload, _ = self.request("POST", "/api/class/runs", json.dumps(head).encode(), json_headers)
         if payload is None:
             return
         created = json.loads(payload)
         self.run_name = created["run"]
         headers = {**json_headers, "X-Run-Secret": created["secret"]}
         weights = json.dumps(encoded(prng.initial_weights(self.index, [784, 64, 10])))
+        # As the page: weights every weights_every_s, the first after a random part of that (not all at once).
+        weights_sent = time.monotonic() - rng.uniform(0, weights_every_s)
         for epoch in range(1, self.epochs + 1):
             time.sleep(rng.uniform(0.1, 0.5))
             row = {"loss": [1 / epoch], "accuracy": [0.9], "val_loss": [1 / epoch], "val_accuracy": [0.9]}
-            body = (
-                f'{{"epoch": {epoch}, "history": {json.dumps(row)}, "handwriting_accuracy": 0.5, "weights": {weights}}}'
-            )
+            body = f'{{"epoch": {epoch}, "history": {json.dumps(row)}, "handwriting_accuracy": 0.5'
+            if time.monotonic() - weights_sent >= weights_every_s:  # As the page: every few seconds.
+                body += f', "weights": {weights}'
+                weights_sent = time.monotonic()
             payload, elapsed = self.request(
-                connection, "POST", f"/api/class/runs/{self.run_name}/epochs", body.encode(), headers
+                "POST", f"/api/class/runs/{self.run_name}/epochs", (body + "}").encode(), headers
             )
             self.latencies.append(elapsed)
-            if os.environ.get("CLASS_BENCH_TRACE"):
-                print(f"student {self.index} epoch {epoch}: {elapsed * 1000:.0f} ms", file=sys.stderr)
+            if os.environ.get("CLASS_BENCH_TRACE"):  # When each epoch was answered, and how long it took.
+                print(
+                    f"student {self.index} epoch {epoch}: {elapsed * 1000:.0f} ms at {time.monotonic():.3f}",
+                    file=sys.stderr,
+                )
             if payload is not None:
                 self.answered = epoch
-        finish = json.dumps({"status": "complete", "wall_time_s": 1.0}).encode()
-        self.request(connection, "POST", f"/api/class/runs/{self.run_name}/finish", finish, headers)
-        connection.close()
+        # The final weights at float32, as the page sends them.
+        finish = f'{{"status": "complete", "wall_time_s": 1.0, "weights": {weights}}}'.encode()
+        _, self.finish_latency = self.request("POST", f"/api/class/runs/{self.run_name}/finish", finish, headers)
+        self.connection.close()
 
 
 def cpu_seconds(pid: int) -> float:
     """A process's user and system CPU time so far, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds(pid: int, seen: dict[int, float]) -> float:
+    """The CPU time of `pid`'s child processes (the server's finish workers), each as last seen alive:
+    call it until the children end, with the same `seen`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            seen[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(seen.values())
 
 
 def machine() -> str:
@@ -197,10 +253,13 @@ def main(argv=None) -> int:
         students = [Student(index, port, args.epochs, loaded.sha256, {}) for index in range(args.students)]
         for student in students:
             student.start()
-        for student in students:
-            student.join()
+        workers: dict[int, float] = {}
+        while any(student.is_alive() for student in students):
+            children_cpu_seconds(server.pid, workers)
+            time.sleep(0.5)
         wall = time.perf_counter() - wall_before
         cpu = cpu_seconds(server.pid) - cpu_before
+        workers_cpu = children_cpu_seconds(server.pid, workers)
     finally:
         server.terminate()
         try:
@@ -225,6 +284,11 @@ def main(argv=None) -> int:
             f"{latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000:.1f} ms" if latencies else "-"
         )
 
+    finishes = sorted(student.finish_latency for student in students if student.finish_latency is not None)
+
+    def finish_ms(fraction: float) -> str:
+        return f"{finishes[min(len(finishes) - 1, int(fraction * len(finishes)))] * 1000:.0f} ms" if finishes else "-"
+
     rows = [
         ("students x epochs", f"{args.students} x {args.epochs}"),
         ("submissions", str(len(latencies))),
@@ -233,11 +297,15 @@ def main(argv=None) -> int:
         ("submissions max", ms(1.0)),
         ("mean", f"{statistics.fmean(latencies) * 1000:.1f} ms" if latencies else "-"),
         ("errors", str(len(errors))),
+        ("resent", f"{sum(student.retries for student in students)} (lost on the way or refused for the rate)"),
         ("epochs lost", str(lost)),
         ("runs complete", f"{complete} / {args.students}"),
+        ("finishes p50, max", f"{finish_ms(0.5)}, {finish_ms(1.0)}"),
+        ("sent", f"{sum(student.sent_bytes for student in students) / 1e6:.1f} MB"),
         ("runs folder", f"{size / 1e6:.1f} MB"),
         ("wall time", f"{wall:.1f} s"),
         ("server CPU", f"{cpu:.1f} s ({100 * cpu / wall:.0f}% of one core)"),
+        ("finish workers' CPU", f"{workers_cpu:.1f} s ({100 * workers_cpu / wall:.0f}% of one core)"),
         ("load average (1 min)", f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"),
         ("machine", machine()),
     ]
@@ -245,6 +313,10 @@ def main(argv=None) -> int:
         print(f"{name:<22} {value}")
     for error in errors[:5]:
         print(f"  e.g. {error}")
+    for reason in [reason for student in students for reason in student.resent][:5]:
+        print(f"  resent after {reason}")
+    if args.runs_dir is None:
+        shutil.rmtree(runs_dir)  # A fresh folder of its own: the class's runs go once measured.
     return 0 if not errors and lost == 0 and complete == args.students else 1
 
 

@@ -12,8 +12,11 @@ import base64
 import csv
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from fastapi.testclient import TestClient
 from digitlab import data, runs
 from digitlab.browser import page_runs, prng
 from digitlab.config import TrainConfig
-from digitlab.serve import access, classroom
+from digitlab.serve import access, class_runs, classroom
 from digitlab.serve import app as serving
 
 OPERATOR, VIEWER, STUDENT = "operator-token-0123456789", "viewer-token-0123456789", "student-token-0123456789"
@@ -111,8 +114,10 @@ def test_a_student_sends_a_run_epoch_by_epoch_and_it_is_an_ordinary_run(tmp_path
     for epoch in range(1, EPOCHS + 1):
         answer = client.post(f"/api/class/runs/{name}/epochs", json=epoch_body(epoch), headers=auth(secret=secret))
         assert answer.json() == {"run": name, "epochs": epoch, "status": "running"}
-        # A closed laptop loses at most the epoch in progress: what came is kept, at once.
-        assert len(run.history()["val_accuracy"]) == epoch and run.recorded_epochs() == list(range(1, epoch + 1))
+        # A closed laptop loses at most the epoch in progress: what came is kept, at once (the run's journal;
+        # history.json follows within class_runs.FLUSH_SECONDS).
+        kept = class_runs.load(run)
+        assert kept.done == epoch and run.recorded_epochs() == list(range(1, epoch + 1))
     # A retry of an epoch already kept is answered and not written again.
     before = snapshot(run.path)
     again = client.post(f"/api/class/runs/{name}/epochs", json=epoch_body(2), headers=auth(secret=secret))
@@ -140,6 +145,53 @@ def test_a_student_sends_a_run_epoch_by_epoch_and_it_is_an_ordinary_run(tmp_path
         ).status_code
         == 409
     )
+
+
+def test_epochs_without_weights_are_kept_and_a_killed_servers_journal_is_recovered(tmp_path, mnist_path, loaded):
+    """The page sends weights every few seconds, not with every epoch; what a killed server acknowledged is
+    in the run's journal, and the next server writes it into history.json before showing the board."""
+    client = make_client(tmp_path, mnist_path)
+    name, secret = begin(client, loaded)
+    for epoch in (1, 2, 3):
+        body = epoch_body(epoch)
+        if epoch == 2:
+            del body["weights"]
+        answer = client.post(f"/api/class/runs/{name}/epochs", json=body, headers=auth(secret=secret))
+        assert answer.status_code == 200, answer.text
+    run = runs.Run(tmp_path / name)
+    assert run.recorded_epochs() == [1, 3] and len(class_runs.journal_lines(run)) == EPOCHS
+    # A server killed before its flush: history.json holds one epoch, the journal three.
+    entry = class_runs.load(run)
+    entry.history = {key: values[:1] for key, values in entry.history.items()}
+    class_runs.write(entry, durable=False)
+    assert len(run.history()["val_accuracy"]) == 1
+    board = make_client(tmp_path, mnist_path).get("/api/class/board", headers=auth(OPERATOR)).json()["runs"]
+    assert board[0]["epochs"] == EPOCHS and len(run.history()["val_accuracy"]) == EPOCHS
+    assert board[0]["handwriting"] == [0.5] * EPOCHS
+    # The finish sends the final weights at float32: they are the model's, exactly.
+    final = prng.initial_weights(99, [784, 64, 10])
+    body = {"status": "complete", "weights": encoded(final), "wall_time_s": 1.0}
+    assert client.post(f"/api/class/runs/{name}/finish", json=body, headers=auth(secret=secret)).status_code == 200
+    assert all(np.array_equal(a, b) for a, b in zip(run.load_model().get_weights(), final, strict=True))
+    assert not run.file(class_runs.JOURNAL_FILE).exists() and run.history()["val_accuracy"][-1] == 0.8 + 3 / 100
+
+
+def test_a_finish_worker_that_died_is_replaced(tmp_path, mnist_path, loaded):
+    """Finishes run in worker processes (class_runs.FINISH_WORKERS): one killed between two finishes (out of
+    memory, say) takes its pool with it, and the next finish is kept by a new pool."""
+    client = make_client(tmp_path, mnist_path)
+    classroom_state = client.app.state.classroom
+    for student in ("Ada", "Grace"):
+        name, secret = begin(client, loaded, student=student)
+        for epoch in range(1, EPOCHS + 1):
+            client.post(f"/api/class/runs/{name}/epochs", json=epoch_body(epoch), headers=auth(secret=secret))
+        if student == "Grace":
+            for pid in list(classroom_state.workers._processes):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        done = client.post(f"/api/class/runs/{name}/finish", json={"status": "complete"}, headers=auth(secret=secret))
+        assert done.status_code == 200, done.text
+        assert runs.Run(tmp_path / name).status()["status"] == "complete"
 
 
 def test_the_board_lists_sorts_and_exports_the_class(tmp_path, mnist_path, loaded):
@@ -356,7 +408,7 @@ ODD_EPOCHS = [
     {"epoch": 1},
     {"epoch": 1, "history": []},
     {"epoch": 1, "history": {"loss": 1}},
-    {"epoch": 1, "history": ROW},
+    {"epoch": 1, "history": ROW, "weights": []},
     {"epoch": 1, "history": ROW, "weights": [None] * 4},
     {"epoch": 1, "history": ROW, "weights": [{"name": "dense_0/kernel", "shape": "ab", "base64": 5}] * 4},
     {"epoch": 1, "history": dict(ROW, loss=[10**400])},

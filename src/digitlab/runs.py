@@ -129,13 +129,14 @@ class Run:
         self.write_json(HISTORY_JSON, {"seeds": histories}, durable)
         atomic.write_text(self.file(HISTORY_CSV), history_csv(histories), durable)
 
-    def write_epoch(self, epoch: int, weights: list[np.ndarray]) -> None:
-        """Records one epoch's weights (`model.get_weights()` order) at float16 in epochs/epoch-NNNN.npz."""
+    def write_epoch(self, epoch: int, weights: list[np.ndarray], durable: bool = True) -> None:
+        """Records one epoch's weights (`model.get_weights()` order) at float16 in epochs/epoch-NNNN.npz;
+        `durable` as for `atomic.atomic_save`."""
         folder = self.file(EPOCHS_FOLDER)
         folder.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, *(np.asarray(weight, dtype=np.float16) for weight in weights))
-        atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue())
+        atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue(), durable)
 
     def set_status(self, status: str, durable: bool = True, **details) -> None:
         """Writes status.json: `status` (one of STATUSES), when, which process on which machine, and `details`."""

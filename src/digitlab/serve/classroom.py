@@ -8,22 +8,25 @@ The server trains nothing: a student's page trains in the browser (browser.js) a
 - `POST /api/class/runs`: the run's settings (the head of `browser.page_runs`' document) and the
   name the student typed; 201 `{"run": NAME, "secret": SECRET}`. The run folder exists from now on,
   with the status "running".
-- `POST /api/class/runs/NAME/epochs` (header `X-Run-Secret: SECRET`): one epoch's history row, its
-  weights (recorded as epochs/epoch-NNNN.npz, what the page's slider opens) and, if the student drew
-  some, the accuracy on their own handwriting; a closed laptop loses at most the epoch in progress.
-  The same epoch sent twice (a retry) is answered 200 and written once.
+- `POST /api/class/runs/NAME/epochs` (header `X-Run-Secret: SECRET`): one epoch's history row, if the
+  student drew some the accuracy on their own handwriting, and now and then (the page: every
+  few seconds) its weights, recorded at float16 as epochs/epoch-NNNN.npz, what the page's slider opens;
+  a closed laptop loses at most the epoch in progress. The same epoch sent twice (a retry) is answered
+  200 and written once. How an epoch is kept (a journal line, history.json every few seconds):
+  `class_runs`.
 - `POST /api/class/runs/NAME/finish` (the secret): the status ("complete" or "interrupted") and the
-  final weights; the folder gets model.keras, checkpoint.npz, curves.png, metrics.json.
+  final weights at float32 (the page always sends them; left out, the last epoch's record, if it has
+  one); the folder gets model.keras, checkpoint.npz, curves.png, metrics.json.
 
-These are `page_runs.begin`, `add_epochs` and `finish`: the one-shot `POST /api/runs` is the
+These are `page_runs.begin`, its epochs and `page_runs.finish`: the one-shot `POST /api/runs` is the
 same three steps at once. Only the page that created a run holds its secret (the folder keeps its
 SHA-256 in class.json), so students cannot write into each other's runs, and nothing here deletes.
 
 Every submission is checked before anything is written (`page_runs`' checks: shapes, sizes, finite
-numbers, the config's rules; the student's name; the run's name, which must match `RUN_NAME`, so no
+numbers, the config's rules; the student's name; the run's name, which must match `class_runs.RUN_NAME`, so no
 path leaves the runs folder), and refused with a 4xx sentence: 403 for a view-only link or a wrong
 secret, 413 over the size of one run or over the runs folder's cap (`--class-cap-mb`), 429 past a
-student's rate (RATE_PER_S submissions a second, BURST at once).
+student's rate (`class_runs.RATE_PER_S` submissions a second, `BURST` at once).
 
 The board: `GET /api/class/board` (every run with its student, settings, history, handwriting
 accuracy), `GET /api/class/board.csv` and `GET /api/class/report.html` (`digitlab report`'s style:
@@ -33,17 +36,10 @@ view-only links only with `--class-board`.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import hashlib
-import hmac
 import json
-import os
-import re
 import secrets
 import time
 import urllib.parse
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -52,28 +48,15 @@ from starlette.concurrency import run_in_threadpool
 
 from digitlab import runs
 from digitlab.browser import page_runs
-from digitlab.serve import access, class_board, openapi, uploads
+from digitlab.serve import access, class_board, class_runs, openapi, uploads
+from digitlab.serve.class_runs import CLASS_FILE, SECRET_HEADER, Classroom, ClassSettings
 
-CLASS_FILE = class_board.CLASS_FILE
-RUN_NAME = re.compile(r"class-[a-z0-9-]{1,40}-[0-9a-f]{12}")
-# A student's name: letters (any script), digits, spaces and . ' - _, starting with a letter or digit.
-STUDENT_NAME = re.compile(r"[^\W_][\w .'-]{0,39}")
-SECRET_HEADER = "X-Run-Secret"
-RATE_PER_S = 10.0
-BURST = 20
-DEFAULT_CAP_BYTES = 2 * 1024**3
-EPOCH_KEYS = {"epoch", "history", "weights", "handwriting_accuracy"}
-FINISH_KEYS = {"status", "weights", "wall_time_s"}
+__all__ = ["ClassSettings", "Classroom", "SECRET_HEADER", "router"]
 
-
-@dataclasses.dataclass(frozen=True)
-class ClassSettings:
-    """A class's limits: the runs folder's cap, whether students see the board, each student's rate."""
-
-    cap_bytes: int = DEFAULT_CAP_BYTES
-    board_for_students: bool = False
-    rate_per_s: float = RATE_PER_S
-    burst: int = BURST
+KEYS = {
+    "an epoch": {"epoch", "history", "weights", "handwriting_accuracy"},
+    "a finish": {"status", "weights", "wall_time_s"},
+}
 
 
 def _errors(**statuses: str) -> dict:
@@ -122,7 +105,7 @@ BODIES = {
     },
     "epoch": {
         "type": "object",
-        "required": ["epoch", "history", "weights"],
+        "required": ["epoch", "history"],
         "additionalProperties": False,
         "properties": {
             "epoch": {"type": "integer", "minimum": 1},
@@ -132,7 +115,7 @@ BODIES = {
                 "additionalProperties": False,
                 "properties": {key: _ROW for key in runs.HISTORY_KEYS},
             },
-            "weights": _WEIGHTS,
+            "weights": {**_WEIGHTS, "description": "the epoch's weights, now and then (float32, kept at float16)"},
             "handwriting_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
         },
     },
@@ -172,68 +155,8 @@ class Kept(BaseModel):
     status: str
 
 
-class _Bucket:
-    """A token bucket: `rate` submissions a second, `burst` at once."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
-class Classroom:
-    """The class's state in the server: the runs folder's size, the students' rates, a lock per run."""
-
-    def __init__(self, runs_dir, settings: ClassSettings):
-        self.runs_dir, self.settings = Path(runs_dir), settings
-        self.used_bytes: int | None = None
-        self.buckets: dict[str, _Bucket] = {}
-        self.locks: dict[str, asyncio.Lock] = {}
-        self.begin_lock = asyncio.Lock()
-        # A finish writes the model, its checkpoint and curves.png (Keras, Matplotlib: a few hundred ms of
-        # mostly Python, holding the GIL): one at a time, so the epochs arriving meanwhile keep moving.
-        self.finishing = asyncio.Semaphore(1)
-
-    def measure(self) -> int:
-        if self.used_bytes is None:
-            self.used_bytes = _folder_size(self.runs_dir) if self.runs_dir.is_dir() else 0
-        return self.used_bytes
-
-    def check_room(self, incoming: int) -> None:
-        used, cap = self.measure(), self.settings.cap_bytes
-        if used + incoming > cap:
-            raise HTTPException(
-                413,
-                f"The runs folder is full: it holds {used / 1e6:.1f} MB of its {cap / 1e6:.1f} MB cap "
-                "(digitlab serve --class-cap-mb), so nothing more is kept. Ask the teacher to make room.",
-            )
-
-    def take(self, student: str) -> None:
-        bucket = self.buckets.setdefault(student.casefold(), _Bucket(self.settings.rate_per_s, self.settings.burst))
-        if not bucket.take():
-            raise HTTPException(
-                429,
-                f"{student} sends more than {self.settings.rate_per_s:g} submissions a second; wait a moment and "
-                "send again (the page does so by itself).",
-                headers={"Retry-After": "1"},
-            )
-
-    def lock(self, name: str) -> asyncio.Lock:
-        return self.locks.setdefault(name, asyncio.Lock())
-
-
-def _folder_size(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
 def classroom_of(request: Request) -> Classroom:
+    """The server's class (404 if it has none)."""
     found = getattr(request.app.state, "classroom", None)
     if found is None:
         raise HTTPException(404, "This server has no class; start it with digitlab serve --class.")
@@ -271,77 +194,46 @@ async def _read_json(request: Request) -> tuple[dict, int]:
     return document, len(body)
 
 
-def _listed(keys) -> str:
-    return ", ".join(sorted(keys))
-
-
 def _no_constant(name: str):
     raise HTTPException(422, f"Every number must be finite; the JSON holds {name}.")
 
 
-def student_name(value) -> str:
-    if not isinstance(value, str) or not STUDENT_NAME.fullmatch(value.strip()):
+async def _submission(request: Request, name: str, secret: str | None, what: str):
+    """A run's later submission (`what`: "an epoch" or "a finish"), checked up to its content: the class,
+    the run and its secret, the student's rate, a JSON object of known fields. The classroom, the run's
+    entry, the document and its size in bytes."""
+    classroom = classroom_of(request)
+    entry = classroom.open(name, secret)
+    classroom.take(entry.record["student"])
+    document, size = await _read_json(request)
+    unknown = sorted(set(document) - KEYS[what])
+    if unknown:
         raise HTTPException(
-            422,
-            "student must be your name: 1 to 40 letters, digits, spaces or . ' - _, starting with a letter or digit.",
+            422, f"Unknown field(s) {', '.join(unknown)}; {what} holds {', '.join(sorted(KEYS[what]))}."
         )
-    return value.strip()
+    return classroom, entry, document, size
 
 
-def _slug(student: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", student.casefold().encode("ascii", "ignore").decode()).strip("-")
-    return (slug or hashlib.sha256(student.encode()).hexdigest()[:8])[:40]
-
-
-def _secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _open_class_run(classroom: Classroom, name: str, secret: str | None) -> tuple[runs.Run, dict]:
-    """The class run `name` after checking its name and the secret its page was given."""
-    if not RUN_NAME.fullmatch(name):
-        raise HTTPException(404, f"No class run {name!r}: a class run's name is class-STUDENT-ID.")
-    run = runs.Run(classroom.runs_dir / name)
+def _page_rule(check, *args):
+    """`check(*args)`, a page_runs check, with its PageRunError as a 422."""
     try:
-        record = run.read_json(CLASS_FILE)
-    except runs.RunError:
-        raise HTTPException(404, f"No class run {name!r} here; start one from the page.") from None
-    if not secret or not hmac.compare_digest(_secret_hash(secret), str(record.get("secret_sha256", ""))):
-        raise HTTPException(
-            403, f"This is not your run: {SECRET_HEADER} must be the secret your page was given when the run began."
-        )
-    return run, record
+        return check(*args)
+    except page_runs.PageRunError as error:
+        raise HTTPException(422, str(error)) from None
 
 
-def _loaded(request: Request):
-    return uploads._loaded(request)
-
-
-def _files_size(run: runs.Run, epoch: int | None) -> int:
-    """The size of the run folder's own files and of epoch `epoch`'s record: what a submission may change
-    (a walk of epochs/ would cost a stat per epoch kept, on every submission)."""
-    size = sum(entry.stat().st_size for entry in os.scandir(run.path) if entry.is_file())
-    record = run.file(runs.EPOCHS_FOLDER) / f"epoch-{epoch:04d}.npz" if epoch else None
-    return size + (record.stat().st_size if record is not None and record.is_file() else 0)
-
-
-async def _written(classroom: Classroom, run: runs.Run, write, epoch: int | None = None) -> None:
-    """Runs `write` in a thread and adds what it wrote (the run's files, epoch `epoch`'s record) to the
-    runs folder's size."""
-    before = await run_in_threadpool(_files_size, run, epoch)
-    try:
-        await run_in_threadpool(write)
-    finally:
-        after = await run_in_threadpool(_files_size, run, epoch)
-        classroom.used_bytes = classroom.measure() + after - before
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 router = APIRouter(prefix="/api/class", tags=["class"])
+SUBMITTERS = [Depends(require_submitter)]
 
 
 @router.get("", responses=_errors(s404=COMMON_ERRORS["s404"]))
 async def class_state(request: Request):
-    """The class: the caller's role, whether students see the board, the runs folder's use and cap."""
+    """The class: the caller's role, whether students see the board, the runs folder's use and cap, and how
+    often a page sends its weights with an epoch."""
     classroom = classroom_of(request)
     return {
         "class": True,
@@ -349,6 +241,7 @@ async def class_state(request: Request):
         "board_for_students": classroom.settings.board_for_students,
         "cap_bytes": classroom.settings.cap_bytes,
         "used_bytes": await run_in_threadpool(classroom.measure),
+        "weights_every_s": class_runs.WEIGHTS_SECONDS,
     }
 
 
@@ -356,63 +249,57 @@ async def class_state(request: Request):
     "/runs",
     status_code=201,
     response_model=Created,
-    dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="This run was kept already, or it was trained on other MNIST arrays."),
     openapi_extra=_json_body("begin", "The page run's head and the student's name."),
+    dependencies=SUBMITTERS,
 )
 async def begin_run(request: Request):
     """A student's run begins: its settings (the page run's head) and the student's name; 201 with the run's secret."""
     classroom = classroom_of(request)
     document, size = await _read_json(request)
-    student = student_name(document.pop("student", None))
+    student = class_runs.student_name(document.pop("student", None))
     classroom.take(student)
-    try:
-        config = page_runs.check_settings(document)
-    except page_runs.PageRunError as error:
-        raise HTTPException(422, str(error)) from None
+    config = _page_rule(page_runs.check_settings, document)
     classroom.check_room(size)
-    loaded = await run_in_threadpool(_loaded, request)
-    name = f"class-{_slug(student)}-{document['run_id'][:12]}"
+    loaded = await run_in_threadpool(uploads._loaded, request)
+    name = f"class-{class_runs.slug(student)}-{document['run_id'][:12]}"
     secret = secrets.token_urlsafe(24)
-    record = {"student": student, "secret_sha256": _secret_hash(secret), "began": time.time(), "handwriting": []}
+    record = {"student": student, "secret_sha256": class_runs.secret_hash(secret), "began": time.time()}
     async with classroom.begin_lock:
         # The net's weight shapes, built once here (Keras, about a second the first time), not by its epochs.
         await run_in_threadpool(page_runs.expected_weights, config)
-        try:
-            run = await run_in_threadpool(page_runs.begin, document, config, classroom.runs_dir, loaded, name)
-        except (page_runs.AlreadySaved, page_runs.OtherData) as error:
-            raise HTTPException(409, str(error)) from None
-        await run_in_threadpool(run.write_json, CLASS_FILE, record)
-    classroom.used_bytes = classroom.measure() + await run_in_threadpool(_folder_size, run.path)
+        classroom.settle()
+    # Not under the lock: a begin waits for its fsyncs (15 ms of a class's hundred at once, one at a time),
+    # and the run folder's exclusive mkdir refuses the same run begun twice.
+    try:
+        run = await run_in_threadpool(page_runs.begin, document, config, classroom.runs_dir, loaded, name)
+    except (page_runs.AlreadySaved, page_runs.OtherData) as error:
+        raise HTTPException(409, str(error)) from None
+    record["handwriting"] = []
+    await run_in_threadpool(run.write_json, CLASS_FILE, record)
+    history: dict = {key: [] for key in runs.HISTORY_KEYS}
+    classroom.entries[run.name] = class_runs.ClassRun(run, config, record, history, 0, False, time.monotonic())
+    classroom.used_bytes = classroom.measure() + await run_in_threadpool(class_runs.folder_size, run.path)
     return JSONResponse({"run": run.name, "secret": secret}, status_code=201)
 
 
 @router.post(
     "/runs/{name}/epochs",
     response_model=Kept,
-    dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="The run is finished, or an epoch is missing before this one."),
-    openapi_extra=_json_body("epoch", "One epoch: its number, history row, weights, and own-digits accuracy."),
+    openapi_extra=_json_body(
+        "epoch", "One epoch: its number, history row, own-digits accuracy, and now and then weights."
+    ),
+    dependencies=SUBMITTERS,
 )
 async def add_epoch(request: Request, name: str, x_run_secret: str | None = Header(None)):
-    """One epoch of a student's run: {"epoch": N, "history": {four lists of one value}, "weights": [...],
-    "handwriting_accuracy": 0-1 or null}."""
-    classroom = classroom_of(request)
-    run, record = _open_class_run(classroom, name, x_run_secret)
-    classroom.take(record["student"])
-    document, size = await _read_json(request)
-    unknown = sorted(set(document) - EPOCH_KEYS)
-    if unknown:
-        raise HTTPException(
-            422, f"Unknown field(s) {', '.join(unknown)}; an epoch holds {', '.join(sorted(EPOCH_KEYS))}."
-        )
-    async with classroom.lock(name):
-        config = await run_in_threadpool(run.config)
-        status = run.status().get("status")
-        if status in ("complete", "interrupted") and run.file(runs.MODEL_FILE).is_file():
-            raise HTTPException(409, f"The run {name} is finished ({status}); start a new run to train again.")
-        done = len(run.history()["val_accuracy"])
-        epoch = document.get("epoch")
+    """One epoch of a student's run: {"epoch": N, "history": {four lists of one value}, "handwriting_accuracy":
+    0-1 or null, "weights": [...] (now and then; the page sends them every few seconds)}."""
+    classroom, entry, document, size = await _submission(request, name, x_run_secret, "an epoch")
+    async with entry.lock:
+        if entry.finished:
+            raise HTTPException(409, f"The run {name} is finished; start a new run to train again.")
+        epoch, done = document.get("epoch"), entry.done
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
             raise HTTPException(422, "epoch must be the number of the epoch just trained, from 1.")
         if epoch <= done:  # A retry of an epoch already kept: nothing is written again.
@@ -423,55 +310,37 @@ async def add_epoch(request: Request, name: str, x_run_secret: str | None = Head
         if not isinstance(history, dict):
             raise HTTPException(422, "history must be a JSON object of the four lists, one value each.")
         handwriting = document.get("handwriting_accuracy")
-        if handwriting is not None and (
-            not isinstance(handwriting, (int, float)) or isinstance(handwriting, bool) or not 0 <= handwriting <= 1
-        ):
+        if handwriting is not None and not (_is_number(handwriting) and 0 <= handwriting <= 1):
             raise HTTPException(422, "handwriting_accuracy must be a number from 0 to 1, or null.")
-        try:
-            if page_runs.check_history(history, config) != 1:
-                raise page_runs.PageRunError("history must hold one value per list: this epoch's.")
-            if epoch > (config.epochs or 0):
-                raise page_runs.PageRunError(f"The run plans {config.epochs} epochs; epoch {epoch} is past them.")
-            weights = await run_in_threadpool(page_runs.check_weights, document.get("weights"), config)
-        except page_runs.PageRunError as error:
-            raise HTTPException(422, str(error)) from None
-        classroom.check_room(size // 2)  # Weights are kept at float16: about 3/8 of their base64.
-
-        def write():
-            page_runs.add_epochs(run, history, weights)
-            record["handwriting"] = [*record.get("handwriting", []), handwriting][:epoch]
-            record["updated"] = time.time()
-            run.write_json(CLASS_FILE, record)
-
-        await _written(classroom, run, write, epoch)
+        if _page_rule(page_runs.check_history, history, entry.config) != 1:
+            raise HTTPException(422, "history must hold one value per list: this epoch's.")
+        if epoch > (entry.config.epochs or 0):
+            raise HTTPException(422, f"The run plans {entry.config.epochs} epochs; epoch {epoch} is past them.")
+        weights = document.get("weights")
+        if weights is not None:  # A few ms, in a thread: the epochs without weights keep being answered.
+            weights = await run_in_threadpool(_page_rule, page_runs.check_weights, weights, entry.config)
+        # Weights are kept at float16: about 3/8 of their base64.
+        classroom.check_room(size // 2 if weights is not None else size)
+        await classroom.add_epoch(entry, history, handwriting, weights)
     return {"run": name, "epochs": epoch, "status": "running"}
 
 
 @router.post(
     "/runs/{name}/finish",
     response_model=Kept,
-    dependencies=[Depends(require_submitter)],
     responses=_errors(**COMMON_ERRORS, s409="The run is finished already, or has no epoch."),
     openapi_extra=_json_body("finish", "How the run ended, its final weights, its time."),
+    dependencies=SUBMITTERS,
 )
 async def finish_run(request: Request, name: str, x_run_secret: str | None = Header(None)):
-    """A student's run ends: {"status": "complete" | "interrupted", "weights": [...] (the last epoch's when
-    left out), "wall_time_s": seconds}."""
-    classroom = classroom_of(request)
-    run, record = _open_class_run(classroom, name, x_run_secret)
-    classroom.take(record["student"])
-    document, size = await _read_json(request)
-    unknown = sorted(set(document) - FINISH_KEYS)
-    if unknown:
-        raise HTTPException(
-            422, f"Unknown field(s) {', '.join(unknown)}; a finish holds {', '.join(sorted(FINISH_KEYS))}."
-        )
-    loaded = await run_in_threadpool(_loaded, request)
-    async with classroom.lock(name):
-        if run.file(runs.MODEL_FILE).is_file():
+    """A student's run ends: {"status": "complete" | "interrupted", "weights": [...] (the last epoch's record
+    when left out), "wall_time_s": seconds}."""
+    classroom, entry, document, size = await _submission(request, name, x_run_secret, "a finish")
+    loaded = await run_in_threadpool(uploads._loaded, request)
+    async with entry.lock:
+        run, config, done = entry.run, entry.config, entry.done
+        if entry.finished:
             raise HTTPException(409, f"The run {name} is finished already; start a new run to train again.")
-        config = await run_in_threadpool(run.config)
-        done = len(run.history()["val_accuracy"])
         status = document.get("status")
         if status not in ("complete", "interrupted"):
             raise HTTPException(422, 'status must be "complete" or "interrupted".')
@@ -480,23 +349,18 @@ async def finish_run(request: Request, name: str, x_run_secret: str | None = Hea
         if (status == "complete") != (done == config.epochs):
             raise HTTPException(409, f"The run holds {done} of {config.epochs} epochs, so it cannot be {status}.")
         wall = document.get("wall_time_s", 0)
-        if not isinstance(wall, (int, float)) or isinstance(wall, bool) or not 0 <= wall < 1e7:
+        if not _is_number(wall) or not 0 <= wall < 1e7:
             raise HTTPException(422, "wall_time_s must be the seconds the run took, a number from 0.")
-        try:
-            if document.get("weights") is None:
-                if done not in run.recorded_epochs():
-                    raise page_runs.PageRunError("weights: the run has no weights for its last epoch; send them.")
-                weights = run.epoch_weights(done)
-            else:
-                weights = await run_in_threadpool(page_runs.check_weights, document["weights"], config)
-        except page_runs.PageRunError as error:
-            raise HTTPException(422, str(error)) from None
+        if document.get("weights") is not None:
+            weights = _page_rule(page_runs.check_weights, document["weights"], config)
+        elif done in run.recorded_epochs():
+            weights = run.epoch_weights(done)
+        else:
+            raise HTTPException(422, "weights: the run has no weights for its last epoch; send them.")
         classroom.check_room(size + 2 * 4 * sum(weight.size for weight in weights))
-        head = {"run_id": name[-12:], "wall_time_s": wall, "engine": "browser (class)", "browser": record["student"]}
-        async with classroom.finishing:
-            await _written(
-                classroom, run, lambda: page_runs.finish(run, config, status, weights, head, loaded, source="class")
-            )
+        student = entry.record["student"]
+        head = {"run_id": name[-12:], "wall_time_s": wall, "engine": "browser (class)", "browser": student}
+        await classroom.finish(entry, status, weights, head, loaded)
         request.app.state.trainer.networks.forget(name)
     return {"run": name, "epochs": done, "status": status}
 
@@ -509,6 +373,7 @@ BOARD_ERRORS = _errors(s403=COMMON_ERRORS["s403"], s404=COMMON_ERRORS["s404"])
 async def board(request: Request):
     """Every student's run as it arrives: student, status, settings, history per epoch, handwriting accuracy."""
     classroom = classroom_of(request)
+    await run_in_threadpool(classroom.measure)  # Once: the epochs a stopped server's journals hold, written in.
     return {"runs": await run_in_threadpool(class_board.rows, classroom.runs_dir)}
 
 

@@ -1,9 +1,11 @@
 // digitlab: the page in a class (`digitlab serve --class`, serve/classroom.py).
 // A student types their name; every run they train here is sent to the server epoch by epoch as it
 // trains: its settings at the first epoch (POST api/class/runs, which answers the run's secret), then
-// each epoch's history row, weights and the accuracy on the student's own handwriting (handwriting.js),
-// then the finish. A closed laptop loses at most the epoch in progress. Submissions go one at a time in
-// order, and one refused for the rate (429) or lost on the way is sent again.
+// each epoch's history row and the accuracy on the student's own handwriting (handwriting.js), with the
+// epoch's weights when the class's weights_every_s (GET api/class) have passed since the run began or
+// last sent them (the slider and tiles of the run on the board have those epochs), then the finish with
+// the final weights at float32. A closed laptop loses at most the epoch in progress. Submissions go one
+// at a time in order, and one refused for the rate (429) or lost on the way is sent again.
 // The board (the teacher's, and the students' too with --class-board): every run of the class, its
 // val-accuracy curves overlaid and side by side, a table sorted by any column, each run openable in the
 // page's own view (slider, tiles, pad), and the board as CSV or as one HTML file.
@@ -70,8 +72,15 @@ function studentName() {
 
 function onStart({ detail }) {
   const name = studentName();
-  sending = name ? { run: detail.run, name, secret: null, runName: null, queue: Promise.resolve(), failed: false } : null;
+  const fresh = { secret: null, runName: null, queue: Promise.resolve(), failed: false, weightsSent: jittered() };
+  sending = name ? { run: detail.run, name, ...fresh } : null;
   if (!name) note("Type your name above to send this run to the class.", true);
+}
+
+// When the run "last sent" weights: up to one period back, so that a class that pressed Train together
+// does not send its weights together (a hundred at once kept the server from answering the others in time).
+function jittered() {
+  return performance.now() - Math.random() * 1000 * state.weights_every_s;
 }
 
 function enqueue(job) {
@@ -92,13 +101,18 @@ function onEpoch({ detail }) {
   const { run, epoch } = detail;
   const score = scoreEpoch(run, epoch);
   const history = Object.fromEntries(Object.entries(run.history).map(([key, values]) => [key, [values[epoch - 1]]]));
-  const weights = encodeWeights(run.config, run.weights[epoch - 1]);
+  // Now and then, not every epoch: a class of a hundred sending every epoch's 50,890 weights kept the
+  // server from answering in time (docs/teaching.md#measured).
+  const withWeights = performance.now() - sending.weightsSent >= 1000 * state.weights_every_s;
+  if (withWeights) sending.weightsSent = performance.now();
+  const weights = withWeights ? encodeWeights(run.config, run.weights[epoch - 1]) : undefined;
   enqueue(async (current) => {
     if (!current.secret) {
       const created = await post("api/class/runs", { ...runHead(run), student: current.name });
       [current.runName, current.secret] = [created.run, created.secret];
     }
-    const body = { epoch, history, weights, handwriting_accuracy: score ? score.accuracy : null };
+    const body = { epoch, history, handwriting_accuracy: score ? score.accuracy : null };
+    if (weights) body.weights = weights;
     await post(`api/class/runs/${current.runName}/epochs`, body, current.secret);
     note(`Sent to the class as ${current.runName}: epoch ${epoch}.`);
     $("class-status").dataset.run = current.runName;
