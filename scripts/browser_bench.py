@@ -12,6 +12,13 @@ one epoch, then the timed run: the book's net (shallow, MSE, SGD 0.01, batch 128
 epochs, from the click on Train to the end of the last epoch. The page is not changed for this: an init
 script wraps the page's Worker constructor so that every message the training Worker sends is recorded
 with the page's clock, and pins `navigator.hardwareConcurrency` (from which the page picks its threads).
+The timed run has a handwriting set of 100 digits in the page (issue 24's target): ten of each label, the
+first of the MNIST test images (the book's validation images), kept as the page keeps a drawn set
+(handwriting.js's localStorage format, the 28x28 field and a pad-sized PNG). The page scores it every epoch
+on its main thread while the Worker trains on; handwriting.js times each scoring with performance.now()
+and hands the times to the list the init script puts in the page (handwriting.js's hook, there only when
+this script asks), and the table sets them against the Worker's epochs. (One script over 450 lines: every
+figure of both issues' tables from one run, which the coordinator starts once on a quiet machine.)
 
 Then `digitlab train --seed 0` trains the same run twice in its own process, on the AVX2 path (the
 default) and on the portable C path (DIGITLAB_KERNEL_SCALAR=1, which engine/sparse.py reads), and the
@@ -30,6 +37,7 @@ import datetime
 import functools
 import gzip
 import http.server
+import io
 import json
 import os
 import re
@@ -59,6 +67,7 @@ EPOCH_MS = 60_000  # The same for one epoch (the book's net takes well under a s
 RECORDER = """
 Object.defineProperty(Navigator.prototype, "hardwareConcurrency", { get: () => %(threads)d });
 window.__bench = { messages: [], weights: [], clicked: null };
+window.__digitlabHandwritingTimes = []; // handwriting.js's hook: each epoch's scoring of the set (ms).
 document.addEventListener("click", (event) => {
   if (event.target.id === "start") window.__bench.clicked = performance.now();
 }, true);
@@ -87,6 +96,37 @@ window.__benchWeights = (epoch) => {
   return btoa(text);
 };
 """
+
+
+HANDWRITING_STORE = "digitlab-handwriting"  # handwriting.js's localStorage key and file format.
+HANDWRITING_PER_LABEL = 10
+PAD_BOARD = (0x14, 0x18, 0x1F)  # The pad's board colour (#14181f); the ink is white.
+
+
+def handwriting_set(arrays: dict, per_label: int = HANDWRITING_PER_LABEL) -> str:
+    """A handwriting set as the page keeps one (JSON text): the first `per_label` MNIST test images of each
+    label, each as its 28x28 field (what the page's preprocessing makes of a drawing) and a 280x280 PNG of
+    the pad showing it (each pixel a 10x10 square of white ink on the board), as `Add` keeps a drawn digit."""
+    from PIL import Image
+
+    images, labels = arrays["x_test"], arrays["y_test"]
+    board = np.array(PAD_BOARD, np.float32)
+    digits = []
+    for label in range(10):
+        for index in np.flatnonzero(labels == label)[:per_label]:
+            image = images[index]
+            ink = image.astype(np.float32)[..., None] / 255
+            pad = Image.fromarray((board + (255 - board) * ink).round().astype(np.uint8), "RGB")
+            buffer = io.BytesIO()
+            pad.resize((280, 280), Image.Resampling.NEAREST).save(buffer, "PNG")
+            digits.append(
+                {
+                    "label": label,
+                    "png": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
+                    "pixels": base64.b64encode(image.astype(np.uint8).tobytes()).decode(),
+                }
+            )
+    return json.dumps({"format": HANDWRITING_STORE, "version": 1, "digits": digits})
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -182,8 +222,9 @@ def browser_weights(page, epoch: int) -> np.ndarray:
     return np.frombuffer(base64.b64decode(page.evaluate("(epoch) => window.__benchWeights(epoch)", epoch)), "<f4")
 
 
-def measure_browser(playwright, folder: Path, threads: int, args, check_epochs: int) -> dict:
-    """One thread count: a first visit, a cached visit, the timed run, its weights and the renderers' peak RSS."""
+def measure_browser(playwright, folder: Path, threads: int, args, check_epochs: int, handwriting: str) -> dict:
+    """One thread count: a first visit, a cached visit, the timed run (with the handwriting set in the page),
+    its weights, each epoch's scoring of the set and the renderers' peak RSS."""
     with serve(folder, isolated=threads > 1) as url:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -192,7 +233,10 @@ def measure_browser(playwright, folder: Path, threads: int, args, check_epochs: 
             page = context.new_page()
             first = train_in_page(page, url + page_settings(1, args.train_limit), 1)
             cached = train_in_page(page, url + page_settings(1, args.train_limit), 1)
+            # Kept as a learner's set is: the page reads it when it loads.
+            page.evaluate("([key, text]) => localStorage.setItem(key, text)", [HANDWRITING_STORE, handwriting])
             timed = train_in_page(page, url + page_settings(args.epochs, args.train_limit), args.epochs)
+            scorings = page.evaluate("() => window.__digitlabHandwritingTimes")
             weights = [browser_weights(page, epoch) for epoch in range(1, check_epochs + 1)]
             peak_rss = renderer_peak_rss()
             context.close()
@@ -211,6 +255,9 @@ def measure_browser(playwright, folder: Path, threads: int, args, check_epochs: 
     if ready(cached)["fetched"] or not ready(first)["fetched"]:
         raise RuntimeError("the first visit should fetch MNIST and the second read it from IndexedDB")
     epochs = [m for m in timed["messages"] if m["type"] == "epoch"]
+    digits = len(json.loads(handwriting)["digits"])
+    if [(s["epoch"], s["count"]) for s in scorings] != [(n, digits) for n in range(1, args.epochs + 1)]:
+        raise RuntimeError(f"the page scored its handwriting set of {digits} as {scorings!r}, not once an epoch")
     end = next(m for m in timed["messages"] if m["type"] == "end")
     return {
         "threads": threads,
@@ -225,6 +272,10 @@ def measure_browser(playwright, folder: Path, threads: int, args, check_epochs: 
         "load_to_first_epoch_cached_s": first_epoch_end(cached) / 1000,
         "mnist_transfer_bytes": ready(first)["bytes"],
         "val_accuracy": [m["logs"]["val_accuracy"] for m in epochs[:check_epochs]],
+        "handwriting_digits": digits,
+        # Each epoch's scoring of the set on the page's main thread, and with the set's grid rebuilt too (ms).
+        "handwriting_scoring_ms": [s["scoring"] for s in scorings],
+        "handwriting_shown_ms": [s["shown"] for s in scorings],
         "weights": weights,
         "peak_rss_bytes": peak_rss[0] if peak_rss else 0,
         "renderers_peak_rss_bytes": peak_rss,
@@ -317,6 +368,20 @@ def engine_sizes() -> dict[str, tuple[int, int]]:
     return sizes
 
 
+def handwriting_row(row: dict, threads: int) -> str:
+    """Issue 24's row: the set's scoring each epoch (median, max) against the Worker's epoch (median)."""
+    scoring, shown = row["handwriting_scoring_ms"], row["handwriting_shown_ms"]
+    epoch_ms = statistics.median(row["epoch_seconds"]) * 1000
+    median, slowest = statistics.median(scoring), max(scoring)
+    return (
+        f"| Handwriting set of {row['handwriting_digits']}, scored each epoch, {threads} thread(s): "
+        f"{median:.1f} ms = {100 * median / epoch_ms:.2f}% of an epoch (target <= 5%; medians over "
+        f"{len(scoring)} epochs, an epoch {epoch_ms / 1000:.3f} s; the slowest scoring {slowest:.1f} ms = "
+        f"{100 * slowest / epoch_ms:.2f}%; with the set's grid rebuilt (layout and paint not counted), "
+        f"median {statistics.median(shown):.1f} ms) | {100 * median / epoch_ms:.2f}% |"
+    )
+
+
 def table(results: dict) -> str:
     """Every figure as one Markdown table, with the machine and the date."""
     machine, args = results["machine"], results["args"]
@@ -361,6 +426,7 @@ def table(results: dict) -> str:
             f"{row['load_to_first_epoch_cached_s']:.2f} s |",
             f"| Page load to epoch 1's end, first visit (MNIST fetched), {n} thread(s) | "
             f"{row['load_to_first_epoch_first_visit_s']:.2f} s |",
+            handwriting_row(row, n),
             f"| Page's peak memory, {n} thread(s) (its renderer process's VmHWM, /proc; "
             f"{len(row['renderers_peak_rss_bytes'])} renderers summed: "
             f"{sum(row['renderers_peak_rss_bytes']) / 2**20:.0f} MiB) | {row['peak_rss_bytes'] / 2**20:.0f} MiB |",
@@ -414,11 +480,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="browser-bench-") as temporary:
         folder = Path(temporary) / "site"
         site.write_site(folder, loaded)
+        handwriting = handwriting_set(loaded.arrays)
         browser_rows = []
         with sync_playwright() as playwright:
             for threads in args.threads:
                 print(f"Training in Chromium with {threads} thread(s)...", file=sys.stderr, flush=True)
-                browser_rows.append(measure_browser(playwright, folder, threads, args, args.check_epochs))
+                browser_rows.append(measure_browser(playwright, folder, threads, args, args.check_epochs, handwriting))
             probe = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             chromium_version = probe.version
             probe.close()

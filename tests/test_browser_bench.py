@@ -1,5 +1,6 @@
 """scripts/browser_bench.py --quick: every row of issue 23's table is printed, from one run, and the browser's
-weights equal the native portable path's, bit for bit, after every epoch at one thread and at two."""
+weights equal the native portable path's, bit for bit, after every epoch at one thread and at two; issue 24's
+row, the handwriting set of 100 scored every epoch, is printed with a percent of an epoch."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def test_the_quick_benchmark_prints_every_row_with_no_differing_weight(mnist_pat
     for threads in (1, 2):
         for row in ROWS:
             assert re.search(row.format(n=threads), table), (row.format(n=threads), table)
+        handwriting = re.search(
+            rf"^\| Handwriting set of 100, scored each epoch, {threads} thread\(s\): ([0-9.]+) ms = ([0-9.]+)% of an "
+            r"epoch \(target <= 5%; .*\) \| ([0-9.]+)% \|$",
+            table,
+            re.M,
+        )
+        assert handwriting, table
+        assert float(handwriting[1]) > 0 and float(handwriting[2]) > 0 and handwriting[2] == handwriting[3]
     for name in ("engine.js", "engine.wasm", "engine-threads.wasm", "engine-scalar.wasm"):
         assert re.search(rf"\| Engine file {re.escape(name)}: bytes, gzip'ed \| [0-9,]+ / [0-9,]+ \|", table)
     assert re.search(r"\| MNIST's transfer .* \| [0-9,]+ bytes \|", table)
@@ -59,5 +68,8 @@ def test_the_quick_benchmark_prints_every_row_with_no_differing_weight(mnist_pat
         (1, "engine.wasm"),
         (2, "engine-threads.wasm"),
     ]
+    # The set was scored once an epoch, all 100 digits, in the timed run of each thread count.
+    assert [len(row["handwriting_scoring_ms"]) for row in results["browser"]] == [5, 5]
+    assert all(row["handwriting_digits"] == 100 for row in results["browser"])
     # A first visit fetched all of MNIST, compressed.
     assert 10_000_000 < results["mnist_transfer_bytes"] < 20_000_000

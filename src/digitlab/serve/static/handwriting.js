@@ -5,7 +5,7 @@
 // digits it gets wrong are marked. The set downloads as one small JSON file (Load reads it again) or as
 // PNG pictures named digit-LABEL-N.png that `digitlab predict RUN FILE` reads. Nothing leaves the browser
 // unless the learner sends it: classroom.js sends only the accuracy, with a run.
-//   import { scoreEpoch } from "./handwriting.js";   // { accuracy, wrong: [indices], count } for a run's epoch
+//   import { scoreEpoch } from "./handwriting.js";   // { accuracy, wrong, count, milliseconds } for a run's epoch
 import { prepare, probabilities } from "./browser.js";
 
 const $ = (id) => document.getElementById(id);
@@ -124,6 +124,7 @@ export function scoreEpoch(run, epoch) {
   if (!digits.length || !run.weights[epoch - 1]) return null;
   const key = `${run.id}/${epoch}/${digits.length}`;
   if (!scores.has(key)) {
+    const started = performance.now();
     const weights = run.weights[epoch - 1];
     const wrong = [];
     digits.forEach((digit, index) => {
@@ -131,7 +132,8 @@ export function scoreEpoch(run, epoch) {
       const said = probs.indexOf(Math.max(...probs));
       if (said !== digit.label) wrong.push({ index, said });
     });
-    scores.set(key, { accuracy: (digits.length - wrong.length) / digits.length, wrong, count: digits.length, epoch });
+    const milliseconds = performance.now() - started; // The scoring's own time (scripts/browser_bench.py reads it).
+    scores.set(key, { accuracy: (digits.length - wrong.length) / digits.length, wrong, count: digits.length, epoch, milliseconds });
   }
   return scores.get(key);
 }
@@ -238,7 +240,16 @@ function init() {
   $("hw-download").addEventListener("click", download);
   $("hw-pngs").addEventListener("click", downloadPngs);
   $("hw-load").addEventListener("change", load);
-  document.addEventListener("digitlab:epoch", ({ detail }) => showScore(scoreEpoch(detail.run, detail.epoch)));
+  document.addEventListener("digitlab:epoch", ({ detail }) => {
+    const started = performance.now();
+    const score = scoreEpoch(detail.run, detail.epoch);
+    showScore(score);
+    // A benchmark's hook, there only when scripts/browser_bench.py puts the list in the page: each epoch's
+    // scoring time, and the time with the set's grid rebuilt (its marks) too.
+    if (score && Array.isArray(window.__digitlabHandwritingTimes)) {
+      window.__digitlabHandwritingTimes.push({ epoch: detail.epoch, count: score.count, scoring: score.milliseconds, shown: performance.now() - started });
+    }
+  });
   document.addEventListener("digitlab:run-start", () => showScore(null));
   render();
   if (window.DigitlabMode.trainHere === "browser") $("hw-card").hidden = false;
