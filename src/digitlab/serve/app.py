@@ -100,6 +100,7 @@ router = APIRouter()
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def index(request: Request):
+    """The page (static/index.html), never cached, with its Content-Security-Policy."""
     return HTMLResponse(
         _served(request).page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY}
     )

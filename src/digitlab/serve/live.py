@@ -80,6 +80,7 @@ def finite(value):
 
 
 def tiles_url(run_name: str, epoch: int) -> str:
+    """The path of a run's weight tiles after `epoch` (the run's name quoted as one path segment)."""
     return f"/api/runs/{urllib.parse.quote(run_name, safe='')}/epochs/{epoch}/tiles.png"
 
 
@@ -140,6 +141,7 @@ class Follower:
         self.task: asyncio.Task | None = None
 
     def wake(self) -> None:
+        """Tells every viewer waiting in `changed` that there is something new (events, or the end)."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -250,6 +252,7 @@ class RunsHome:
 
 
 def home_of(request: Request) -> RunsHome:
+    """The app's `RunsHome` (the runs folder it serves)."""
     return request.app.state.runs_home
 
 

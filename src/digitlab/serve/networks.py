@@ -231,6 +231,7 @@ class Networks:
         return row, epoch
 
     def cached_tiles(self, name: str, epoch: int) -> bytes | None:
+        """The run's tiles after `epoch` if they were drawn before, else None (never touches the disk)."""
         with self._lock:
             return self._tiles.recall((name, epoch))
 

@@ -84,11 +84,13 @@ async def _asset(request: Request) -> dict[str, bytes]:
 
 @router.get("/static/page.json", include_in_schema=False)
 async def page_document():
+    """page.json: TrainConfig's rules for the page (`browser.rules.page_document`), never cached."""
     return JSONResponse(rules.page_document(), headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/static/mnist/{name}", include_in_schema=False)
 async def mnist_file(name: str, request: Request):
+    """A file of the MNIST asset: the index never cached, each data file (named by its content) for a year."""
     files = await _asset(request)
     if name not in files:
         raise HTTPException(404, f"No MNIST file {name!r}; the page reads the names from mnist/index.json.")
