@@ -24,10 +24,10 @@ the predictions' bodies are read by `bodies`):
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
 wrong (`openapi.ErrorBody`; /openapi.json names every status each route gives, see `openapi`):
-bodies over 5 MB (413, from Content-Length and again while reading; the
+bodies over `imaging.MAX_UPLOAD_BYTES` (413, from Content-Length and again while reading; the
 body is read to its end, up to bodies.DRAIN_LIMIT_BYTES, before the answer, so that clients
 which do not wait for `Expect: 100-continue` see the 413 rather than a reset),
-pictures over 4096 pixels a side (413, before decoding), files that are not
+pictures over `imaging.MAX_SIDE` pixels a side (413, before decoding), files that are not
 pictures or are truncated (422), malformed JSON (400), wrong shapes, values out
 of range, NaN or Infinity (422), other content types (415). Every response
 carries `X-Process-Time-Ms`, the server's own time for the request.
@@ -140,7 +140,7 @@ async def health(request: Request):
         s400="Malformed JSON or multipart body.",
         s409="No network to ask yet (nothing served, or the run has no epoch yet), it diverged, or the run's "
         "files are damaged.",
-        s413="Body over 5 MB or picture over 4096 pixels a side.",
+        s413=f"Body over {imaging.MAX_UPLOAD_TEXT} or picture over {imaging.MAX_SIDE} pixels a side.",
         s415="A content type other than multipart, JSON or image/*.",
         s422="Not a picture, truncated, empty, or pixels of the wrong shape or range.",
     ),

@@ -133,7 +133,7 @@ async def mnist_file(name: str, request: Request):
     responses={
         400: {"description": "The body is not JSON."},
         409: {"description": "This run was kept already, or it was trained on other MNIST arrays."},
-        413: {"description": "Over 4 MB."},
+        413: {"description": f"Over {MAX_RUN_BYTES // 1024**2} MB."},
         422: {"description": "Not a page run, or a bad config, history or weights."},
     },
 )
