@@ -22,21 +22,16 @@ why it can't be opened where it can't (a name that is not UTF-8, a damaged confi
 from __future__ import annotations
 
 import collections
-import functools
-import io
 import os
 import threading
 import unicodedata
 from collections.abc import Callable
 
 import numpy as np
-from matplotlib import colormaps
-from PIL import Image
 
 from digitlab import data, errors, evaluation, imaging, models, predict, runs
 from digitlab.plots import inside as plots_inside
 
-TILE_GAP = 2
 # The longest folder name Linux allows, in bytes.
 MAX_NAME_BYTES = 255
 
@@ -246,7 +241,7 @@ class Networks:
         if kernel.ndim != 2 or kernel.shape[0] != imaging.FIELD * imaging.FIELD:
             raise NotFound(f"The run {name} does not start with a Dense layer on 784 pixels, so it has no tiles.")
         with self._lock:
-            return self._tiles.remember((name, epoch), weight_tiles_png(kernel))
+            return self._tiles.remember((name, epoch), plots_inside.weight_tiles_png(kernel))
 
     def evaluation(self, name: str, epoch: int | None) -> dict:
         """Accuracy, the confusion matrix and the most confidently wrong digits of the run's network
@@ -301,32 +296,3 @@ def _set_weights(model, weights: list[np.ndarray], name: str) -> None:
             f"The weights of the run {name} do not fit the network its config.json describes ({error}); "
             "was config.json edited after training? Put it back as the run wrote it, or train again."
         ) from None
-
-
-@functools.cache
-def _palette() -> list[int]:
-    """hidden_units.png's diverging colour map in 255 steps, then white (index 255, between the tiles)."""
-    table = np.rint(colormaps[plots_inside.WEIGHT_COLOURS](np.linspace(0, 1, 255))[:, :3] * 255).astype(np.uint8)
-    return [*table.ravel().tolist(), 255, 255, 255]
-
-
-def weight_tiles_png(kernel: np.ndarray) -> bytes:
-    """A 784 x units kernel as a grid of 28x28 tiles (plots.inside's grid, white between them), on one
-    colour scale symmetric around 0, as a 256-colour PNG (a third of the size of an RGB one)."""
-    kernel = np.nan_to_num(np.asarray(kernel, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    units = kernel.shape[1]
-    rows, columns = plots_inside.grid_shape(units)
-    limit = plots_inside.symmetric_limit(kernel)
-    levels = np.rint((np.clip(kernel / limit, -1, 1) + 1) * 127).astype(np.uint8)  # 0-254
-    step = imaging.FIELD + TILE_GAP
-    picture = np.full((rows * step - TILE_GAP, columns * step - TILE_GAP), 255, np.uint8)
-    for unit in range(units):
-        top, left = (unit // columns) * step, (unit % columns) * step
-        picture[top : top + imaging.FIELD, left : left + imaging.FIELD] = levels[:, unit].reshape(
-            imaging.FIELD, imaging.FIELD
-        )
-    image = Image.fromarray(picture, mode="P")
-    image.putpalette(_palette())
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
