@@ -260,9 +260,7 @@ class Networks:
         probabilities = np.asarray(model.predict(inputs, batch_size=1000, verbose=0))
         if not np.all(np.isfinite(probabilities)):
             raise NotReady(f"The network of {run.name} at epoch {epoch} has diverged (its outputs are not numbers).")
-        predicted = probabilities.argmax(axis=1)
-        matrix = evaluation.confusion_matrix(labels, predicted)
-        wrong = evaluation.confident_mistakes(probabilities, labels)
+        _, matrix, mistakes = evaluation.score(probabilities, labels)
         result = {
             "run": run.name,
             "epoch": epoch,
@@ -271,16 +269,7 @@ class Networks:
             "accuracy": float(np.trace(matrix) / len(images)),
             "errors": int(len(images) - np.trace(matrix)),
             "confusion_matrix": matrix.tolist(),
-            "mistakes": [
-                {
-                    "index": int(index),
-                    "true": int(labels[index]),
-                    "predicted": int(predicted[index]),
-                    "probability": float(probabilities[index, predicted[index]]),
-                    "pixels": images[index].tolist(),
-                }
-                for index in wrong
-            ],
+            "mistakes": [dict(mistake, pixels=images[mistake["index"]].tolist()) for mistake in mistakes],
         }
         with self._lock:
             return self._evaluations.remember((name, epoch), result)
