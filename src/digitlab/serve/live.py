@@ -15,7 +15,7 @@ keeps becomes a run folder here (`uploads`). What the page cannot do alone is se
   data: epoch, loss, accuracy, val_loss, val_accuracy, its tiles' URL), then one `end` event
   (`id: end`) with the run's final status. A finished run replays from its folder. A run that
   another process trains now (`digitlab train`, a sweep, `train --resume`: its run lock, `runlock`,
-  is held) is followed as it grows: its folder is read every
+  is held: `runs.Run.being_written`) is followed as it grows: its folder is read every
   POLL_S seconds by one `Follower` shared by all its viewers, and each new epoch goes out as it is
   written, followed by a `tiles` event (no id; data: the epoch and its tiles as a PNG data URL) when
   the run records its epochs (`--record-epochs`). A viewer that reconnects with `Last-Event-ID: E`
@@ -41,7 +41,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from digitlab import data, runlock, runs
+from digitlab import data, runs
 from digitlab.serve import openapi, settings
 from digitlab.serve.networks import Networks
 
@@ -113,13 +113,6 @@ def end_payload(run: runs.Run) -> dict:
     return payload
 
 
-def being_written(run: runs.Run) -> bool:
-    """Whether a process writes the run now: its run lock is held (taken before config.json is written,
-    let go after the last status), or, for a run written before run locks, its status says so."""
-    held = runlock.is_held(run.path)
-    return held if held is not None else run.status().get("status") == "running"
-
-
 def _history(run: runs.Run) -> dict:
     try:
         return run.history()
@@ -155,7 +148,7 @@ class Follower:
 
     def _read(self) -> tuple[list[bytes], bytes | None, bytes | None]:
         """The epoch events not published yet, the newest one's tiles, and the end if the run stopped."""
-        running = being_written(self.run)  # Read first: an epoch written after it is read next time.
+        running = self.run.being_written()  # Read first: an epoch written after it is read next time.
         history = _history(self.run)
         config = self.run.config()
         recorded = set(self.run.recorded_epochs()) if config.record_epochs else set()
@@ -292,7 +285,7 @@ async def events(
     home = home_of(request)
     run = home.networks.open(name)
     follower = home.followers.get(name)
-    if follower is None and await run_in_threadpool(being_written, run):
+    if follower is None and await run_in_threadpool(run.being_written):
         follower = home.follower(run)
     if follower is None:
         frames, end = await run_in_threadpool(home.saved_events, run)
