@@ -158,9 +158,9 @@ class Networks:
     def final_epoch(self, run: runs.Run) -> int | None:
         """The last epoch whose network can be asked: the last recorded, or a complete run's last."""
         recorded = run.recorded_epochs()
-        if run.status().get("status") == "complete" and run.model_path().is_file():
-            return max(len(run.history()["val_accuracy"]), recorded[-1] if recorded else 0)
-        return recorded[-1] if recorded else None
+        last_recorded = recorded[-1] if recorded else None
+        saved = _model_epoch(run)
+        return last_recorded if saved is None else max(saved, last_recorded or 0)
 
     def forget(self, name: str) -> None:
         """Drops what is kept of a run (its training started, resumed or ended: its last epoch may change)."""
@@ -192,8 +192,7 @@ class Networks:
             cached = self._weights.recall((name, epoch))
         if cached is not None:
             return cached
-        complete = run.status().get("status") == "complete" and run.model_path().is_file()
-        if complete and epoch == len(run.history()["val_accuracy"]):
+        if epoch == _model_epoch(run):
             weights = run.load_model().get_weights()  # The trained model itself, at full precision.
         elif epoch in run.recorded_epochs():
             weights = run.epoch_weights(epoch)
@@ -273,6 +272,13 @@ class Networks:
         }
         with self._lock:
             return self._evaluations.remember((name, epoch), result)
+
+
+def _model_epoch(run: runs.Run) -> int | None:
+    """The epoch whose network a complete run's model.keras holds (its last), or None for a run not complete."""
+    if run.status().get("status") == "complete" and run.model_path().is_file():
+        return len(run.history()["val_accuracy"])
+    return None
 
 
 def _set_weights(model, weights: list[np.ndarray], name: str) -> None:
