@@ -163,7 +163,9 @@ async def health(request: Request):
 )
 async def predict_digit(
     request: Request,
-    run: Annotated[str | None, Query(description="Ask this saved run's network instead of the served one.")] = None,
+    run_name: Annotated[
+        str | None, Query(alias="run", description="Ask this saved run's network instead of the served one.")
+    ] = None,
     epoch: Annotated[
         int | None,
         Query(ge=1, description="... as it was after this epoch (default: its last; alone: the served run's)."),
@@ -173,14 +175,14 @@ async def predict_digit(
     served, home = _served(request), _home(request)
     pixels, source = await bodies.pixels_from_request(request, served.large_pictures)
     extra = {}
-    if run is not None or epoch is not None:
+    if run_name is not None or epoch is not None:
         if home is None:
             raise HTTPException(404, "This server serves one network and keeps no runs; leave out run and epoch.")
-        if run is None and not served.run_name:
+        if run_name is None and not served.run_name:
             raise HTTPException(409, "No run is served here, so name the run whose epoch to ask: ?run=NAME&epoch=E.")
-        run = served.run_name if run is None else run
-        row, asked = home.networks.probabilities(run, epoch, pixels)
-        extra = {"run": run, "epoch": asked}
+        run_name = served.run_name if run_name is None else run_name
+        row, asked = home.networks.probabilities(run_name, epoch, pixels)
+        extra = {"run": run_name, "epoch": asked}
     elif served.model is not None:
         row = predict.pixel_probabilities(served.model, pixels)[0]
     else:

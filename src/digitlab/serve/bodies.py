@@ -157,7 +157,7 @@ def _reject_constant(name: str):
     raise HTTPException(422, f"Every pixel must be a finite number 0-255; the JSON holds {name}.")
 
 
-def _describe_pixels_error(errors: list[ErrorDetails]) -> str:
+def _pixels_error_sentence(errors: list[ErrorDetails]) -> str:
     """One sentence for pydantic's errors about a JSON body: the first in the order a reader checks
     it (the object and its "pixels" key, unknown keys, "prepare", then the pixels, outermost first)."""
 
@@ -200,7 +200,7 @@ def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
     try:
         request = PixelsRequest.model_validate(document)
     except ValidationError as error:
-        raise HTTPException(422, _describe_pixels_error(error.errors())) from None
+        raise HTTPException(422, _pixels_error_sentence(error.errors())) from None
     return np.rint(np.array(request.pixels, dtype=np.float64)).astype(np.uint8), request.prepare
 
 
