@@ -53,7 +53,7 @@ from pydantic import BaseModel, Field
 
 import digitlab
 from digitlab import data, errors, imaging, predict
-from digitlab.serve import access, bodies, classroom, live, networks, openapi, settings, uploads
+from digitlab.serve import access, bodies, classroom, live, openapi, runs_folder, settings, uploads
 
 STATIC_DIR = Path(__file__).parent / "static"
 LARGE_PICTURES_AT_ONCE = 2
@@ -277,7 +277,7 @@ def create_app(
 async def _digitlab_error(request: Request, error: Exception):
     """A user's error met while answering (a run not there, damaged, without a network yet; MNIST not
     found) as a 4xx with its sentence (503 for the data: the server, not the request, lacks it)."""
-    status = 404 if isinstance(error, networks.NotFound) else 503 if isinstance(error, data.DataError) else 409
+    status = 404 if isinstance(error, runs_folder.NotFound) else 503 if isinstance(error, data.DataError) else 409
     return JSONResponse({"detail": str(error)}, status_code=status)
 
 

@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from digitlab import data, runs
 from digitlab.serve import openapi, settings
 from digitlab.serve.networks import Networks
+from digitlab.serve.runs_folder import RunsFolder
 
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
@@ -196,12 +197,13 @@ class Follower:
 
 
 class RunsHome:
-    """The runs folder this server serves: its runs' networks (`networks`), MNIST once loaded, the
-    followers of the runs trained into it now, and the count of open event streams."""
+    """The runs folder this server serves: its runs by name (`folder`), their networks (`networks`),
+    MNIST once loaded, the followers of the runs trained into it now, and the count of open event streams."""
 
     def __init__(self, runs_dir, data_path=None, max_viewers: int = settings.MAX_VIEWERS):
         self.runs_dir, self.data_path, self.max_viewers = runs.Path(runs_dir), data_path, max_viewers
-        self.networks = Networks(self.runs_dir, self.loaded)
+        self.folder = RunsFolder(self.runs_dir)
+        self.networks = Networks(self.folder, self.loaded)
         self.followers: dict[str, Follower] = {}
         self.viewers = 0
         self.closing = False
@@ -283,7 +285,7 @@ async def events(
 ):
     """The run's epochs as Server-Sent Events, live while another process trains it (`Last-Event-ID` resumes)."""
     home = home_of(request)
-    run = home.networks.open(name)
+    run = home.folder.open(name)
     follower = home.followers.get(name)
     if follower is None and await run_in_threadpool(run.being_written):
         follower = home.follower(run)
@@ -341,7 +343,7 @@ async def list_runs(request: Request):
     home = home_of(request)
 
     def rows():
-        found = home.networks.listing()
+        found = home.folder.listing()
         for row in found:
             row["training"] = row["status"] == "running"  # runs.Run.status: its writer is alive.
         return found
@@ -355,7 +357,7 @@ async def run_detail(request: Request, name: str):
     home = home_of(request)
 
     def detail():
-        run = home.networks.open(name)
+        run = home.folder.open(name)
         recorded = run.recorded_epochs()
         status = run.status()
         return {
