@@ -61,13 +61,11 @@ class CrossOriginIsolation:
 
 
 def _loaded(request: Request) -> data.Loaded:
+    """MNIST as the server loaded it; a DataError (no MNIST here) is the app's 503 (`app._digitlab_error`)."""
     home = request.app.state.runs_home
     if home is None:
         raise HTTPException(404, "This server keeps no runs (it was started without a runs folder).")
-    try:
-        return home.loaded()
-    except data.DataError as error:
-        raise HTTPException(503, str(error)) from None
+    return home.loaded()
 
 
 async def _asset(request: Request) -> dict[str, bytes]:
