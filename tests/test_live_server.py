@@ -29,7 +29,7 @@ import urllib.request
 import pytest
 
 from digitlab import runs
-from digitlab.serve import networks
+from digitlab.plots import inside as plots_inside
 
 pytestmark = pytest.mark.heavy
 
@@ -106,7 +106,7 @@ def test_a_digitlab_train_run_is_shown_live_and_then_finished(served, load_scrip
         (picture,) = pictures
         assert picture["epoch"] == done
         png = base64.b64decode(picture["png"].split(",", 1)[1])
-        assert png == networks.weight_tiles_png(run.epoch_weights(done)[0])
+        assert png == plots_inside.weight_tiles_png(run.epoch_weights(done)[0])
         process.send_signal(signal.SIGCONT)
         rest = bench.read_events(url, run.name, last_event_id=done)  # Reconnects: the epochs after `done`.
     assert [event_id for event_id, *_ in rest] == [*map(str, range(done + 1, EPOCHS + 1)), "end"]

@@ -95,6 +95,27 @@ def confident_mistakes(probabilities: np.ndarray, true_labels, count: int = GALL
     return wrong[order[:count]]
 
 
+def score(
+    probabilities: np.ndarray, labels: np.ndarray, gallery_size: int = GALLERY_SIZE
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """The predicted digits, the confusion matrix and the gallery's mistakes (the most confidently wrong
+    first, each a dict: index, true, predicted, probability, probability_of_true) of a network's
+    `probabilities` for images whose digits are `labels`. `evaluate_model` and the server's evaluation
+    of any epoch (`serve.networks`) both score with it."""
+    predicted = probabilities.argmax(axis=1)
+    mistakes = [
+        dict(
+            index=int(index),
+            true=int(labels[index]),
+            predicted=int(predicted[index]),
+            probability=float(probabilities[index, predicted[index]]),
+            probability_of_true=float(probabilities[index, labels[index]]),
+        )
+        for index in confident_mistakes(probabilities, labels, gallery_size)
+    ]
+    return predicted, confusion_matrix(labels, predicted), mistakes
+
+
 def evaluate_model(
     model,
     images: np.ndarray,
@@ -118,20 +139,9 @@ def evaluate_model(
     inputs, targets = data.to_inputs(images, flat), data.to_targets(labels)
     loss, accuracy = model.evaluate(inputs, targets, batch_size=1000, verbose=0)
     probabilities = np.asarray(model.predict(inputs, batch_size=1000, verbose=0))
-    predicted = probabilities.argmax(axis=1)
-    matrix = confusion_matrix(labels, predicted)
+    predicted, matrix, mistakes = score(probabilities, labels, gallery_size)
     scores = per_digit_scores(matrix)
-    wrong = confident_mistakes(probabilities, labels, gallery_size)
-    mistakes = [
-        dict(
-            index=int(index),
-            true=int(labels[index]),
-            predicted=int(predicted[index]),
-            probability=float(probabilities[index, predicted[index]]),
-            probability_of_true=float(probabilities[index, labels[index]]),
-        )
-        for index in wrong
-    ]
+    wrong = np.array([mistake["index"] for mistake in mistakes], dtype=np.intp)
     result = {
         "images": int(len(images)),
         "accuracy": float(accuracy),

@@ -198,6 +198,13 @@ class Run:
             return process_alive(status["pid"])
         return True  # Another machine's process, and no lock to ask: taken at its word.
 
+    def being_written(self) -> bool:
+        """Whether a process writes the run now: its run lock is held (taken before config.json is
+        written, let go after the last status), or, for a run written before run locks, its status
+        says so (`status`: "running" while its writer is alive)."""
+        held = runlock.is_held(self.path)
+        return held if held is not None else self.status().get("status") == "running"
+
     def history(self) -> dict:
         """Per-epoch history of the first (or only) seed: {"loss": [...], "val_accuracy": [...], ...}."""
         histories = self.histories()

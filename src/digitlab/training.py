@@ -361,6 +361,30 @@ def _default_verbose(verbose: int | None) -> int:
     return 1 if os.isatty(1) else 2
 
 
+def complete_metrics(
+    config: TrainConfig, engine_name: str, histories: list[dict], wall_time_s: float, machine: str, data_sha256: dict
+) -> dict:
+    """metrics.json of a complete run, as every trainer writes it (`digitlab train`, a page run kept:
+    `browser.page_runs`): the net, its engine, epochs and seeds, the first seed's final and best
+    validation scores, the wall time, when it finished, the backend, versions, machine and data."""
+    return {
+        "model": config.model,
+        "engine": engine_name,
+        "epochs": len(histories[0]["val_accuracy"]),
+        "seeds": len(histories),
+        "final_val_accuracy": histories[0]["val_accuracy"][-1],
+        "final_val_loss": histories[0]["val_loss"][-1],
+        "best_val_accuracy": max(histories[0]["val_accuracy"]),
+        "wall_time_s": round(wall_time_s, 3),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "validation": config.validation,
+        "backend": keras.backend.backend(),
+        "versions": system.software_versions(),
+        "machine": machine,
+        "data_sha256": data_sha256,
+    }
+
+
 def _finish(run, config, engine, networks, histories, test, flat, wall_time, loaded, print_fn, metadata):
     """Writes the trained model(s), curves and metrics, then marks the run complete."""
     with backends.saving_without_tensorflow():
@@ -372,20 +396,7 @@ def _finish(run, config, engine, networks, histories, test, flat, wall_time, loa
     plots.save_figure(plots.training_curves(histories, title=f"{config.model} net"), run.file(runs.CURVES_FILE))
     final = [history["val_accuracy"][-1] for history in histories]
     metrics = {
-        "model": config.model,
-        "engine": engine.name,
-        "epochs": len(histories[0]["val_accuracy"]),
-        "seeds": len(histories),
-        "final_val_accuracy": final[0],
-        "final_val_loss": histories[0]["val_loss"][-1],
-        "best_val_accuracy": max(histories[0]["val_accuracy"]),
-        "wall_time_s": round(wall_time, 3),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "validation": config.validation,
-        "backend": keras.backend.backend(),
-        "versions": system.software_versions(),
-        "machine": system.machine_summary(),
-        "data_sha256": loaded.sha256,
+        **complete_metrics(config, engine.name, histories, wall_time, system.machine_summary(), loaded.sha256),
         **metadata,
     }
     if len(histories) > 1:

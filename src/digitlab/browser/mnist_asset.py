@@ -58,6 +58,7 @@ def build(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
 
 
 def index_of(files: dict[str, bytes]) -> dict:
+    """The asset's index (INDEX_FILE) as a dict: which file holds which array."""
     return json.loads(files[INDEX_FILE])
 
 

@@ -33,12 +33,11 @@ import json
 import math
 import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 
-from digitlab import atomic, backends, checkpoint, data, errors, models, plots, runs, system
+from digitlab import atomic, backends, checkpoint, data, errors, models, plots, runs
 from digitlab import config as config_module
 from digitlab.browser import prng, rules
 from digitlab.config import ConfigError, TrainConfig
@@ -359,24 +358,13 @@ def finish(
     if status == "interrupted":
         run.set_status("interrupted", epoch=epochs_done, checkpoint_epoch=None if slots else epochs_done, source=source)
         return
-    import keras
+    from digitlab import training  # Keras, loaded only when a page run is kept.
 
+    wall_time_s = float(document.get("wall_time_s") or 0.0)
+    machine = str(document.get("browser", "a browser"))[:300]
     metrics = {
-        "model": config.model,
-        "engine": ENGINE_NAME,
+        **training.complete_metrics(config, ENGINE_NAME, [history], wall_time_s, machine, loaded.sha256),
         "browser_engine": str(document.get("engine", ""))[:200],
-        "epochs": epochs_done,
-        "seeds": 1,
-        "final_val_accuracy": history["val_accuracy"][-1],
-        "final_val_loss": history["val_loss"][-1],
-        "best_val_accuracy": max(history["val_accuracy"]),
-        "wall_time_s": round(float(document.get("wall_time_s") or 0.0), 3),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "validation": config.validation,
-        "backend": keras.backend.backend(),
-        "versions": system.software_versions(),
-        "machine": str(document.get("browser", "a browser"))[:300],
-        "data_sha256": loaded.sha256,
         "page_run_id": document["run_id"],
     }
     run.write_json(runs.METRICS_FILE, metrics)

@@ -43,6 +43,7 @@ class Xoshiro128:
         self.state = state
 
     def next_u32(self) -> int:
+        """The next 32-bit output (xoshiro128**), as the page's generator gives it."""
         s0, s1, s2, s3 = self.state
         result = (_rotl((s1 * 5) & MASK, 7) * 9) & MASK
         t = (s1 << 9) & MASK

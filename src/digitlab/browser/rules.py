@@ -142,7 +142,6 @@ def page_document() -> dict:
     nets the browser trains, the weight tiles' colour scale, and the version that wrote it."""
     from digitlab import evaluation
     from digitlab.plots import inside
-    from digitlab.serve import networks
 
     base = _base()
     fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
@@ -162,14 +161,14 @@ def page_document() -> dict:
         # The end-of-run gallery of confident mistakes, as the server's evaluation shows it.
         "evaluation": {"gallery_size": evaluation.GALLERY_SIZE},
         "tiles": {
-            "gap": networks.TILE_GAP,
+            "gap": inside.TILE_GAP,
             # Rows and columns of the first layer's tiles, per net (plots.inside.grid_shape).
             "grid": {
                 model: list(inside.grid_shape(config_module.MODEL_DEFAULTS[model]["units"][0]))
                 for model in BROWSER_MODELS
             },
             # hidden_units.png's diverging colours in 255 steps, -limit to +limit (RGB triples).
-            "palette": np.asarray(networks._palette()[: 255 * 3]).reshape(255, 3).tolist(),
+            "palette": np.asarray(inside.weight_palette()[: 255 * 3]).reshape(255, 3).tolist(),
         },
     }
     return document

@@ -8,17 +8,28 @@
     plots_inside.feature_maps(X_valid[0], y_valid[0], maps, probabilities)
 
 Like every figure of `digitlab.plots`, each is a Matplotlib `Figure` built without pyplot.
-Weights share one diverging colour scale symmetric around 0 (WEIGHT_COLOURS).
+Weights share one diverging colour scale symmetric around 0 (WEIGHT_COLOURS). `weight_tiles_png`
+draws the first layer's tiles alone as a small 256-colour PNG (the server's tiles of each epoch), and
+`weight_palette` is its colours (the page draws its own tiles with them).
 """
 
 from __future__ import annotations
 
+import functools
+import io
+
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from PIL import Image
+
+from digitlab import imaging
 
 # Weights share one diverging scale, symmetric around 0: red pixels push a neuron up,
 # blue ones pull it down, white ones do nothing.
 WEIGHT_COLOURS = "RdBu_r"
+# White pixels between the tiles of weight_tiles_png.
+TILE_GAP = 2
 
 
 def grid_shape(count: int) -> tuple[int, int]:
@@ -217,3 +228,33 @@ def feature_maps(
         fontsize=12,
     )
     return figure
+
+
+@functools.cache
+def weight_palette() -> list[int]:
+    """hidden_units.png's diverging colour map in 255 steps, then white (index 255, between the tiles),
+    as a PIL palette (R, G, B, R, ...); the page draws its tiles with the same 255 colours (page.json)."""
+    table = np.rint(colormaps[WEIGHT_COLOURS](np.linspace(0, 1, 255))[:, :3] * 255).astype(np.uint8)
+    return [*table.ravel().tolist(), 255, 255, 255]
+
+
+def weight_tiles_png(kernel: np.ndarray) -> bytes:
+    """A 784 x units kernel as a grid of 28x28 tiles (`grid_shape`'s grid, TILE_GAP white pixels between
+    them), on one colour scale symmetric around 0, as a 256-colour PNG (a third of the size of an RGB one)."""
+    kernel = np.nan_to_num(np.asarray(kernel, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    units = kernel.shape[1]
+    rows, columns = grid_shape(units)
+    limit = symmetric_limit(kernel)
+    levels = np.rint((np.clip(kernel / limit, -1, 1) + 1) * 127).astype(np.uint8)  # 0-254
+    step = imaging.FIELD + TILE_GAP
+    picture = np.full((rows * step - TILE_GAP, columns * step - TILE_GAP), 255, np.uint8)
+    for unit in range(units):
+        top, left = (unit // columns) * step, (unit % columns) * step
+        picture[top : top + imaging.FIELD, left : left + imaging.FIELD] = levels[:, unit].reshape(
+            imaging.FIELD, imaging.FIELD
+        )
+    image = Image.fromarray(picture, mode="P")
+    image.putpalette(weight_palette())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

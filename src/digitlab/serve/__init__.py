@@ -5,6 +5,7 @@
 - `uploads`: what the page trains with (its rules, MNIST) and a run it keeps; `classroom`: a class's runs;
 - `bodies`: reading a prediction's body (size guard, JSON pixels, multipart, pictures), each refusal a sentence;
 - `networks`: any saved run's network at any recorded epoch (predictions, weight tiles, evaluation);
+- `runs_folder`: the runs folder by name: which folders are runs, which a URL opens, why one cannot be;
 - `access`: the tokens a server off loopback requires (operator and view-only);
 - `openapi`: what /openapi.json says: the error body, every status of each route, the tokens as schemes;
 - `static/`: the page (index.html, app.js for the drawing pad, browser.js and train-worker.js for training in

@@ -86,6 +86,7 @@ class Access:
 
     @property
     def open(self) -> bool:
+        """Whether requests need no token (no operator token was made): every request is the operator's."""
         return self.operator_token is None
 
     def role(self, token: str | None) -> str | None:
@@ -167,6 +168,7 @@ class RequireToken:
 
 
 def role_of(request: Request) -> str:
+    """The role (`OPERATOR`, `VIEWER` or `STUDENT`) that `RequireToken` gave this request's token."""
     return request.scope.get(ROLE_KEY, VIEWER)
 
 

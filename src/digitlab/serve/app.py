@@ -24,10 +24,10 @@ the predictions' bodies are read by `bodies`):
 
 Every bad request gets a 4xx JSON answer `{"detail": "..."}` that says what was
 wrong (`openapi.ErrorBody`; /openapi.json names every status each route gives, see `openapi`):
-bodies over 5 MB (413, from Content-Length and again while reading; the
+bodies over `imaging.MAX_UPLOAD_BYTES` (413, from Content-Length and again while reading; the
 body is read to its end, up to bodies.DRAIN_LIMIT_BYTES, before the answer, so that clients
 which do not wait for `Expect: 100-continue` see the 413 rather than a reset),
-pictures over 4096 pixels a side (413, before decoding), files that are not
+pictures over `imaging.MAX_SIDE` pixels a side (413, before decoding), files that are not
 pictures or are truncated (422), malformed JSON (400), wrong shapes, values out
 of range, NaN or Infinity (422), other content types (415). Every response
 carries `X-Process-Time-Ms`, the server's own time for the request.
@@ -53,7 +53,7 @@ from pydantic import BaseModel, Field
 
 import digitlab
 from digitlab import data, errors, imaging, predict
-from digitlab.serve import access, bodies, classroom, live, networks, openapi, settings, uploads
+from digitlab.serve import access, bodies, classroom, live, openapi, runs_folder, settings, uploads
 
 STATIC_DIR = Path(__file__).parent / "static"
 LARGE_PICTURES_AT_ONCE = 2
@@ -100,6 +100,7 @@ router = APIRouter()
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def index(request: Request):
+    """The page (static/index.html), never cached, with its Content-Security-Policy."""
     return HTMLResponse(
         _served(request).page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_SECURITY_POLICY}
     )
@@ -139,7 +140,7 @@ async def health(request: Request):
         s400="Malformed JSON or multipart body.",
         s409="No network to ask yet (nothing served, or the run has no epoch yet), it diverged, or the run's "
         "files are damaged.",
-        s413="Body over 5 MB or picture over 4096 pixels a side.",
+        s413=f"Body over {imaging.MAX_UPLOAD_TEXT} or picture over {imaging.MAX_SIDE} pixels a side.",
         s415="A content type other than multipart, JSON or image/*.",
         s422="Not a picture, truncated, empty, or pixels of the wrong shape or range.",
     ),
@@ -162,7 +163,9 @@ async def health(request: Request):
 )
 async def predict_digit(
     request: Request,
-    run: Annotated[str | None, Query(description="Ask this saved run's network instead of the served one.")] = None,
+    run_name: Annotated[
+        str | None, Query(alias="run", description="Ask this saved run's network instead of the served one.")
+    ] = None,
     epoch: Annotated[
         int | None,
         Query(ge=1, description="... as it was after this epoch (default: its last; alone: the served run's)."),
@@ -172,14 +175,14 @@ async def predict_digit(
     served, home = _served(request), _home(request)
     pixels, source = await bodies.pixels_from_request(request, served.large_pictures)
     extra = {}
-    if run is not None or epoch is not None:
+    if run_name is not None or epoch is not None:
         if home is None:
             raise HTTPException(404, "This server serves one network and keeps no runs; leave out run and epoch.")
-        if run is None and not served.run_name:
+        if run_name is None and not served.run_name:
             raise HTTPException(409, "No run is served here, so name the run whose epoch to ask: ?run=NAME&epoch=E.")
-        run = served.run_name if run is None else run
-        row, asked = home.networks.probabilities(run, epoch, pixels)
-        extra = {"run": run, "epoch": asked}
+        run_name = served.run_name if run_name is None else run_name
+        row, asked = home.networks.probabilities(run_name, epoch, pixels)
+        extra = {"run": run_name, "epoch": asked}
     elif served.model is not None:
         row = predict.pixel_probabilities(served.model, pixels)[0]
     else:
@@ -274,7 +277,7 @@ def create_app(
 async def _digitlab_error(request: Request, error: Exception):
     """A user's error met while answering (a run not there, damaged, without a network yet; MNIST not
     found) as a 4xx with its sentence (503 for the data: the server, not the request, lacks it)."""
-    status = 404 if isinstance(error, networks.NotFound) else 503 if isinstance(error, data.DataError) else 409
+    status = 404 if isinstance(error, runs_folder.NotFound) else 503 if isinstance(error, data.DataError) else 409
     return JSONResponse({"detail": str(error)}, status_code=status)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digitlab import errors, runs
+from digitlab import runs
 from digitlab.serve import settings
 
 LOG_FOLDER = "tensorboard"
@@ -34,8 +34,7 @@ def log_dir(run: runs.Run) -> Path:
 
 def serve(run: runs.Run, host: str = settings.HOST, port: int = DEFAULT_PORT) -> int:
     """Serves TensorBoard on the run's logs until interrupted; returns its exit status."""
-    if not 0 < port < 65536:
-        raise errors.DigitlabError(f"--port must be from 1 to 65535, got {port}.")
+    settings.check_port(port)
     folder = log_dir(run)
     from tensorboard import program
 

@@ -6,6 +6,11 @@ picture, each refused with a 4xx sentence (HTTPException) when it is not what th
 
 Pictures go through `imaging.prepare_image`, the function the command line uses; JSON pixels are
 checked against `PixelsRequest` and the first error a reader would check is told in one sentence.
+
+The upload limit (`imaging.MAX_UPLOAD_BYTES`) is one rule, told in one sentence (`too_large`), and
+checked where each size is first known: the Content-Length a client declares (`GuardAndTime`,
+before a byte is read), the bytes as they come (a chunked body declares none), and the file inside
+a multipart body (the body's limit, MAX_BODY_BYTES, allows for the framing around it).
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class GuardAndTime:
                 waiting = headers.get(b"expect", b"").lower() == b"100-continue"
                 drained = not waiting and length <= DRAIN_LIMIT_BYTES and await _drain(receive)
                 response = JSONResponse(
-                    {"detail": _too_large(f"is {length} bytes")},
+                    {"detail": too_large(f"is {length} bytes")},
                     status_code=413,
                     headers=None if drained else {"Connection": "close"},
                 )
@@ -108,8 +113,12 @@ class GuardAndTime:
         await self.app(scope, receive, send_with_time)
 
 
-def _too_large(size: str) -> str:
-    return f"The request body {size}; the limit is {imaging.MAX_UPLOAD_BYTES} bytes (5 MB). Send a smaller picture."
+def too_large(size: str, what: str = "request body") -> str:
+    """The 413 sentence for a `what` whose size is `size` ("is 6000000 bytes"): the limit, and what to do."""
+    return (
+        f"The {what} {size}; the limit is {imaging.MAX_UPLOAD_BYTES} bytes ({imaging.MAX_UPLOAD_TEXT}). "
+        "Send a smaller picture."
+    )
 
 
 async def _drain(receive) -> bool:
@@ -138,9 +147,9 @@ async def _read_body(request: Request) -> bytes:
         if size <= MAX_BODY_BYTES:
             chunks.append(chunk)
     if size > DRAIN_LIMIT_BYTES:
-        raise HTTPException(413, _too_large(f"is over {DRAIN_LIMIT_BYTES} bytes"), headers={"Connection": "close"})
+        raise HTTPException(413, too_large(f"is over {DRAIN_LIMIT_BYTES} bytes"), headers={"Connection": "close"})
     if size > MAX_BODY_BYTES:
-        raise HTTPException(413, _too_large(f"is {size} bytes"))
+        raise HTTPException(413, too_large(f"is {size} bytes"))
     return b"".join(chunks)
 
 
@@ -148,7 +157,7 @@ def _reject_constant(name: str):
     raise HTTPException(422, f"Every pixel must be a finite number 0-255; the JSON holds {name}.")
 
 
-def _describe_pixels_error(errors: list[ErrorDetails]) -> str:
+def _pixels_error_sentence(errors: list[ErrorDetails]) -> str:
     """One sentence for pydantic's errors about a JSON body: the first in the order a reader checks
     it (the object and its "pixels" key, unknown keys, "prepare", then the pixels, outermost first)."""
 
@@ -191,7 +200,7 @@ def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
     try:
         request = PixelsRequest.model_validate(document)
     except ValidationError as error:
-        raise HTTPException(422, _describe_pixels_error(error.errors())) from None
+        raise HTTPException(422, _pixels_error_sentence(error.errors())) from None
     return np.rint(np.array(request.pixels, dtype=np.float64)).astype(np.uint8), request.prepare
 
 
@@ -221,9 +230,7 @@ async def _file_from_multipart(request: Request, body: bytes) -> bytes:
 
 def _prepare_picture(data: bytes) -> np.ndarray:
     if len(data) > imaging.MAX_UPLOAD_BYTES:
-        raise imaging.ImageTooLargeError(
-            f"The file is {len(data)} bytes; the limit is {imaging.MAX_UPLOAD_BYTES} (5 MB)."
-        )
+        raise imaging.ImageTooLargeError(too_large(f"is {len(data)} bytes", what="file"))
     if not data:
         raise imaging.ImageError("The uploaded file is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF picture.")
     return imaging.prepare_image(data)

@@ -15,7 +15,7 @@ keeps becomes a run folder here (`uploads`). What the page cannot do alone is se
   data: epoch, loss, accuracy, val_loss, val_accuracy, its tiles' URL), then one `end` event
   (`id: end`) with the run's final status. A finished run replays from its folder. A run that
   another process trains now (`digitlab train`, a sweep, `train --resume`: its run lock, `runlock`,
-  is held) is followed as it grows: its folder is read every
+  is held: `runs.Run.being_written`) is followed as it grows: its folder is read every
   POLL_S seconds by one `Follower` shared by all its viewers, and each new epoch goes out as it is
   written, followed by a `tiles` event (no id; data: the epoch and its tiles as a PNG data URL) when
   the run records its epochs (`--record-epochs`). A viewer that reconnects with `Last-Event-ID: E`
@@ -41,9 +41,10 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from digitlab import data, runlock, runs
+from digitlab import data, runs
 from digitlab.serve import openapi, settings
 from digitlab.serve.networks import Networks
+from digitlab.serve.runs_folder import RunsFolder
 
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
@@ -80,6 +81,7 @@ def finite(value):
 
 
 def tiles_url(run_name: str, epoch: int) -> str:
+    """The path of a run's weight tiles after `epoch` (the run's name quoted as one path segment)."""
     return f"/api/runs/{urllib.parse.quote(run_name, safe='')}/epochs/{epoch}/tiles.png"
 
 
@@ -112,13 +114,6 @@ def end_payload(run: runs.Run) -> dict:
     return payload
 
 
-def being_written(run: runs.Run) -> bool:
-    """Whether a process writes the run now: its run lock is held (taken before config.json is written,
-    let go after the last status), or, for a run written before run locks, its status says so."""
-    held = runlock.is_held(run.path)
-    return held if held is not None else run.status().get("status") == "running"
-
-
 def _history(run: runs.Run) -> dict:
     try:
         return run.history()
@@ -140,6 +135,7 @@ class Follower:
         self.task: asyncio.Task | None = None
 
     def wake(self) -> None:
+        """Tells every viewer waiting in `changed` that there is something new (events, or the end)."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -153,7 +149,7 @@ class Follower:
 
     def _read(self) -> tuple[list[bytes], bytes | None, bytes | None]:
         """The epoch events not published yet, the newest one's tiles, and the end if the run stopped."""
-        running = being_written(self.run)  # Read first: an epoch written after it is read next time.
+        running = self.run.being_written()  # Read first: an epoch written after it is read next time.
         history = _history(self.run)
         config = self.run.config()
         recorded = set(self.run.recorded_epochs()) if config.record_epochs else set()
@@ -201,12 +197,13 @@ class Follower:
 
 
 class RunsHome:
-    """The runs folder this server serves: its runs' networks (`networks`), MNIST once loaded, the
-    followers of the runs trained into it now, and the count of open event streams."""
+    """The runs folder this server serves: its runs by name (`folder`), their networks (`networks`),
+    MNIST once loaded, the followers of the runs trained into it now, and the count of open event streams."""
 
     def __init__(self, runs_dir, data_path=None, max_viewers: int = settings.MAX_VIEWERS):
         self.runs_dir, self.data_path, self.max_viewers = runs.Path(runs_dir), data_path, max_viewers
-        self.networks = Networks(self.runs_dir, self.loaded)
+        self.folder = RunsFolder(self.runs_dir)
+        self.networks = Networks(self.folder, self.loaded)
         self.followers: dict[str, Follower] = {}
         self.viewers = 0
         self.closing = False
@@ -250,6 +247,7 @@ class RunsHome:
 
 
 def home_of(request: Request) -> RunsHome:
+    """The app's `RunsHome` (the runs folder it serves)."""
     return request.app.state.runs_home
 
 
@@ -287,9 +285,9 @@ async def events(
 ):
     """The run's epochs as Server-Sent Events, live while another process trains it (`Last-Event-ID` resumes)."""
     home = home_of(request)
-    run = home.networks.open(name)
+    run = home.folder.open(name)
     follower = home.followers.get(name)
-    if follower is None and await run_in_threadpool(being_written, run):
+    if follower is None and await run_in_threadpool(run.being_written):
         follower = home.follower(run)
     if follower is None:
         frames, end = await run_in_threadpool(home.saved_events, run)
@@ -345,7 +343,7 @@ async def list_runs(request: Request):
     home = home_of(request)
 
     def rows():
-        found = home.networks.listing()
+        found = home.folder.listing()
         for row in found:
             row["training"] = row["status"] == "running"  # runs.Run.status: its writer is alive.
         return found
@@ -359,7 +357,7 @@ async def run_detail(request: Request, name: str):
     home = home_of(request)
 
     def detail():
-        run = home.networks.open(name)
+        run = home.folder.open(name)
         recorded = run.recorded_epochs()
         status = run.status()
         return {

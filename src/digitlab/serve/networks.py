@@ -1,6 +1,6 @@
 """Any saved run's network at any epoch: for the page's predictions, weight tiles and end-of-run results.
 
-    networks = Networks("runs", loaded_data)             # loaded_data(): the MNIST arrays, loaded once
+    networks = Networks(RunsFolder("runs"), loaded_data)  # loaded_data(): the MNIST arrays, loaded once
     name = "20261201-101500-shallow-seed0"
     networks.probabilities(name, epoch=3, pixels=...)    # the ten probabilities of epoch 3's network
     networks.tiles_png(name, epoch=3)                    # its 64 first-layer weight tiles, as a PNG
@@ -14,69 +14,24 @@ so the network asked is Keras's own, only its weights change with the epoch. Eve
 kept in small caches; the tiles and evaluations of an epoch never change, so each is computed
 once.
 
-Any folder of runs_dir that holds a config.json is a run: `listing()` lists each one, and says
-why it can't be opened where it can't (a name that is not UTF-8, a damaged config.json);
-`open` opens exactly those it lists as openable, by the same rule (`name_problem`).
+The runs are found by name in a `runs_folder.RunsFolder`, which says why one cannot be opened.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
-import io
-import os
 import threading
-import unicodedata
 from collections.abc import Callable
 
 import numpy as np
-from matplotlib import colormaps
-from PIL import Image
 
-from digitlab import data, errors, evaluation, imaging, models, predict, runs
+from digitlab import data, evaluation, imaging, models, predict, runs
 from digitlab.plots import inside as plots_inside
-
-TILE_GAP = 2
-# The longest folder name Linux allows, in bytes.
-MAX_NAME_BYTES = 255
-
-
-class NotFound(runs.RunError):
-    """A run, or an epoch of it, that is not there (the API answers 404)."""
+from digitlab.serve import runs_folder
 
 
 class NotReady(runs.RunError):
     """A run that has no network to ask yet, or whose network diverged (the API answers 409)."""
-
-
-class Unusable(runs.RunError):
-    """A run whose files cannot be used as they are: a damaged or edited config.json, weights that do
-    not fit the network it describes (the API answers 409)."""
-
-
-def name_problem(name: str) -> str | None:
-    """Why a folder of the runs folder cannot be opened by its name in a URL, or None when it can.
-
-    The one rule for `Networks.open` and `Networks.listing`: any name a URL path can carry as one
-    segment (UTF-8, no '/', no control characters), except hidden ones ('.', '..', '.x')."""
-    if not name:
-        return "its name is empty"
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:  # os.listdir's stand-ins for bytes that are not UTF-8.
-        return "its name is not UTF-8, so no URL can name it; rename the folder"
-    if name.startswith("."):
-        return "its name starts with '.' (a hidden folder)"
-    if "/" in name or any(unicodedata.category(character) == "Cc" for character in name):
-        return "its name holds a '/' or a control character; rename the folder"
-    if len(encoded) > MAX_NAME_BYTES:
-        return f"its name is over {MAX_NAME_BYTES} bytes"
-    return None
-
-
-def shown_name(name: str) -> str:
-    """A folder name as text that JSON can carry: bytes that are not UTF-8 become U+FFFD."""
-    return os.fsencode(name).decode("utf-8", errors="replace")
 
 
 class _Cache(collections.OrderedDict):
@@ -101,71 +56,22 @@ class _Cache(collections.OrderedDict):
 
 
 class Networks:
-    """The networks of the runs in `runs_dir`, at any recorded epoch (see the module docstring)."""
+    """The networks of the runs in `folder`, at any recorded epoch (see the module docstring)."""
 
-    def __init__(self, runs_dir, loaded_data: Callable[[], data.Loaded]):
-        self.runs_dir, self.loaded_data = runs_dir, loaded_data
+    def __init__(self, folder: runs_folder.RunsFolder, loaded_data: Callable[[], data.Loaded]):
+        self.folder, self.loaded_data = folder, loaded_data
         self._weights = _Cache(64)  # (run, epoch) -> (weights, epoch)
         self._models = _Cache(8)  # run -> (Keras model, what it holds now)
         self._tiles = _Cache(256)  # (run, epoch) -> PNG bytes
         self._evaluations = _Cache(32)  # (run, epoch) -> result
         self._lock = threading.Lock()  # The caches are shared with worker threads.
 
-    def open(self, name: str) -> runs.Run:
-        """The run folder `name` directly under runs_dir, its config.json checked: NotFound if there is
-        none (or its name is one `listing` shows as not openable), Unusable if its config is damaged."""
-        if self.runs_dir is None or name_problem(name) is not None:
-            raise NotFound(f"No run named {name!r} here. The page lists the saved runs (GET /api/runs).")
-        path = runs.Path(self.runs_dir) / name
-        if not (path / runs.CONFIG_FILE).is_file():
-            raise NotFound(f"No run named {name!r} in {self.runs_dir}. GET /api/runs lists them.")
-        try:
-            run = runs.open_run(path)
-            run.config()
-        except errors.DigitlabError as error:
-            raise Unusable(f"The run {name} cannot be opened: {error}") from None
-        return run
-
-    def listing(self) -> list[dict]:
-        """Every run folder (one holding a config.json) as `digitlab runs` lists it, oldest first, with
-        `problem`: why it cannot be opened (None when it can). A damaged run never hides the others."""
-        folder = runs.Path(self.runs_dir)
-        try:
-            names = sorted(os.listdir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except OSError as error:
-            raise Unusable(f"The runs folder {folder} cannot be read ({error.strerror}).") from None
-        rows = []
-        for name in names:
-            path = folder / name
-            try:
-                if not (path / runs.CONFIG_FILE).is_file():
-                    continue
-            except OSError:
-                continue
-            problem = name_problem(name)
-            row: dict = {"run": shown_name(name), "status": "unknown", "model": "?"}
-            if problem is None:
-                try:
-                    self.open(name)
-                    row.update(runs.Run(path).summary())
-                    row["recorded_epochs"] = len(runs.Run(path).recorded_epochs())
-                except errors.DigitlabError as error:
-                    problem = str(error)
-                except Exception as error:  # A file digitlab did not write: the row says so, the list goes on.
-                    problem = f"The run {name} cannot be read ({type(error).__name__}: {error})."
-            row.setdefault("recorded_epochs", 0)
-            row["problem"] = problem
-            rows.append(row)
-        return rows
-
     def final_epoch(self, run: runs.Run) -> int | None:
         """The last epoch whose network can be asked: the last recorded, or a complete run's last."""
         recorded = run.recorded_epochs()
-        if run.status().get("status") == "complete" and run.model_path().is_file():
-            return max(len(run.history()["val_accuracy"]), recorded[-1] if recorded else 0)
-        return recorded[-1] if recorded else None
+        last_recorded = recorded[-1] if recorded else None
+        saved = _model_epoch(run)
+        return last_recorded if saved is None else max(saved, last_recorded or 0)
 
     def forget(self, name: str) -> None:
         """Drops what is kept of a run (its training started, resumed or ended: its last epoch may change)."""
@@ -185,7 +91,7 @@ class Networks:
                 cached = self._weights.recall((name, epoch))
             if cached is not None:
                 return cached
-        run = self.open(name)
+        run = self.folder.open(name)
         last = self.final_epoch(run)
         if last is None:
             raise NotReady(
@@ -197,15 +103,14 @@ class Networks:
             cached = self._weights.recall((name, epoch))
         if cached is not None:
             return cached
-        complete = run.status().get("status") == "complete" and run.model_path().is_file()
-        if complete and epoch == len(run.history()["val_accuracy"]):
+        if epoch == _model_epoch(run):
             weights = run.load_model().get_weights()  # The trained model itself, at full precision.
         elif epoch in run.recorded_epochs():
             weights = run.epoch_weights(epoch)
         else:
             recorded = run.recorded_epochs()
             have = f"epochs {recorded[0]} to {recorded[-1]}" if recorded else f"only its last epoch ({last})"
-            raise NotFound(f"The run {name} has no record of epoch {epoch}; it has {have}.")
+            raise runs_folder.NotFound(f"The run {name} has no record of epoch {epoch}; it has {have}.")
         with self._lock:
             return self._weights.remember((name, epoch), (weights, epoch))
 
@@ -217,7 +122,7 @@ class Networks:
         weights, epoch = self.weights(name, epoch)
         model, holds = self._models.recall(name) or (None, None)
         if model is None:
-            model = models.build_model(self.open(name).config())
+            model = models.build_model(self.folder.open(name).config())
             holds = None
         if holds != epoch:
             _set_weights(model, weights, name)
@@ -231,6 +136,7 @@ class Networks:
         return row, epoch
 
     def cached_tiles(self, name: str, epoch: int) -> bytes | None:
+        """The run's tiles after `epoch` if they were drawn before, else None (never touches the disk)."""
         with self._lock:
             return self._tiles.recall((name, epoch))
 
@@ -243,9 +149,11 @@ class Networks:
             return cached
         kernel = weights[0]
         if kernel.ndim != 2 or kernel.shape[0] != imaging.FIELD * imaging.FIELD:
-            raise NotFound(f"The run {name} does not start with a Dense layer on 784 pixels, so it has no tiles.")
+            raise runs_folder.NotFound(
+                f"The run {name} does not start with a Dense layer on 784 pixels, so it has no tiles."
+            )
         with self._lock:
-            return self._tiles.remember((name, epoch), weight_tiles_png(kernel))
+            return self._tiles.remember((name, epoch), plots_inside.weight_tiles_png(kernel))
 
     def evaluation(self, name: str, epoch: int | None) -> dict:
         """Accuracy, the confusion matrix and the most confidently wrong digits of the run's network
@@ -255,7 +163,7 @@ class Networks:
             cached = self._evaluations.recall((name, epoch))
         if cached is not None:
             return cached
-        run = self.open(name)
+        run = self.folder.open(name)
         config = run.config()
         images, labels, description = evaluation.evaluation_images(run, self.loaded_data().arrays)
         model = models.build_model(config)  # Its own model: this runs beside the event loop's.
@@ -264,9 +172,7 @@ class Networks:
         probabilities = np.asarray(model.predict(inputs, batch_size=1000, verbose=0))
         if not np.all(np.isfinite(probabilities)):
             raise NotReady(f"The network of {run.name} at epoch {epoch} has diverged (its outputs are not numbers).")
-        predicted = probabilities.argmax(axis=1)
-        matrix = evaluation.confusion_matrix(labels, predicted)
-        wrong = evaluation.confident_mistakes(probabilities, labels)
+        _, matrix, mistakes = evaluation.score(probabilities, labels)
         result = {
             "run": run.name,
             "epoch": epoch,
@@ -275,19 +181,17 @@ class Networks:
             "accuracy": float(np.trace(matrix) / len(images)),
             "errors": int(len(images) - np.trace(matrix)),
             "confusion_matrix": matrix.tolist(),
-            "mistakes": [
-                {
-                    "index": int(index),
-                    "true": int(labels[index]),
-                    "predicted": int(predicted[index]),
-                    "probability": float(probabilities[index, predicted[index]]),
-                    "pixels": images[index].tolist(),
-                }
-                for index in wrong
-            ],
+            "mistakes": [dict(mistake, pixels=images[mistake["index"]].tolist()) for mistake in mistakes],
         }
         with self._lock:
             return self._evaluations.remember((name, epoch), result)
+
+
+def _model_epoch(run: runs.Run) -> int | None:
+    """The epoch whose network a complete run's model.keras holds (its last), or None for a run not complete."""
+    if run.status().get("status") == "complete" and run.model_path().is_file():
+        return len(run.history()["val_accuracy"])
+    return None
 
 
 def _set_weights(model, weights: list[np.ndarray], name: str) -> None:
@@ -296,36 +200,7 @@ def _set_weights(model, weights: list[np.ndarray], name: str) -> None:
     try:
         model.set_weights(weights)
     except ValueError as error:
-        raise Unusable(
+        raise runs_folder.Unusable(
             f"The weights of the run {name} do not fit the network its config.json describes ({error}); "
             "was config.json edited after training? Put it back as the run wrote it, or train again."
         ) from None
-
-
-@functools.cache
-def _palette() -> list[int]:
-    """hidden_units.png's diverging colour map in 255 steps, then white (index 255, between the tiles)."""
-    table = np.rint(colormaps[plots_inside.WEIGHT_COLOURS](np.linspace(0, 1, 255))[:, :3] * 255).astype(np.uint8)
-    return [*table.ravel().tolist(), 255, 255, 255]
-
-
-def weight_tiles_png(kernel: np.ndarray) -> bytes:
-    """A 784 x units kernel as a grid of 28x28 tiles (plots.inside's grid, white between them), on one
-    colour scale symmetric around 0, as a 256-colour PNG (a third of the size of an RGB one)."""
-    kernel = np.nan_to_num(np.asarray(kernel, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    units = kernel.shape[1]
-    rows, columns = plots_inside.grid_shape(units)
-    limit = plots_inside.symmetric_limit(kernel)
-    levels = np.rint((np.clip(kernel / limit, -1, 1) + 1) * 127).astype(np.uint8)  # 0-254
-    step = imaging.FIELD + TILE_GAP
-    picture = np.full((rows * step - TILE_GAP, columns * step - TILE_GAP), 255, np.uint8)
-    for unit in range(units):
-        top, left = (unit // columns) * step, (unit % columns) * step
-        picture[top : top + imaging.FIELD, left : left + imaging.FIELD] = levels[:, unit].reshape(
-            imaging.FIELD, imaging.FIELD
-        )
-    image = Image.fromarray(picture, mode="P")
-    image.putpalette(_palette())
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from digitlab import imaging
 from digitlab.serve import access
 
 # What each status means wherever a route does not say more.
@@ -34,7 +35,7 @@ MEANINGS = {
     403: "The token is not this server's, or this route needs the operator's token.",
     404: "No such run, or no record of that epoch.",
     409: "The run, or the server, is in a state that does not allow it (see `detail`).",
-    413: "The body is over 5 MB.",
+    413: f"The body is over {imaging.MAX_UPLOAD_TEXT}.",
     415: "A content type this route does not take.",
     422: "A parameter or a field is not allowed: `detail` says which and why.",
     429: "Too many requests from this client: wait and send again.",

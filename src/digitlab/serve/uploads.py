@@ -61,13 +61,11 @@ class CrossOriginIsolation:
 
 
 def _loaded(request: Request) -> data.Loaded:
+    """MNIST as the server loaded it; a DataError (no MNIST here) is the app's 503 (`app._digitlab_error`)."""
     home = request.app.state.runs_home
     if home is None:
         raise HTTPException(404, "This server keeps no runs (it was started without a runs folder).")
-    try:
-        return home.loaded()
-    except data.DataError as error:
-        raise HTTPException(503, str(error)) from None
+    return home.loaded()
 
 
 async def _asset(request: Request) -> dict[str, bytes]:
@@ -84,11 +82,13 @@ async def _asset(request: Request) -> dict[str, bytes]:
 
 @router.get("/static/page.json", include_in_schema=False)
 async def page_document():
+    """page.json: TrainConfig's rules for the page (`browser.rules.page_document`), never cached."""
     return JSONResponse(rules.page_document(), headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/static/mnist/{name}", include_in_schema=False)
 async def mnist_file(name: str, request: Request):
+    """A file of the MNIST asset: the index never cached, each data file (named by its content) for a year."""
     files = await _asset(request)
     if name not in files:
         raise HTTPException(404, f"No MNIST file {name!r}; the page reads the names from mnist/index.json.")
@@ -131,7 +131,7 @@ async def mnist_file(name: str, request: Request):
     responses={
         400: {"description": "The body is not JSON."},
         409: {"description": "This run was kept already, or it was trained on other MNIST arrays."},
-        413: {"description": "Over 4 MB."},
+        413: {"description": f"Over {MAX_RUN_BYTES // 1024**2} MB."},
         422: {"description": "Not a page run, or a bad config, history or weights."},
     },
 )

@@ -272,7 +272,7 @@ function format(value) {
 }
 
 // The first layer's kernel (784 x units, row-major) as 28x28 tiles on one colour scale symmetric around 0,
-// white between them: networks.weight_tiles_png's picture, drawn here (palette and grid from page.json).
+// white between them: plots.inside.weight_tiles_png's picture, drawn here (palette and grid from page.json).
 function drawTiles(kernel, epoch) {
   const units = kernel.length / 784;
   const [rows, columns] = rules.tiles.grid[run.config.model] || [Math.ceil(units / 8), 8];
