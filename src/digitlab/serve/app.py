@@ -249,7 +249,6 @@ def create_app(
     )
     app.state.served = _Served(model, run_name)
     app.state.runs_home = home
-    app.state.trainer = home  # classroom.py's name for it (it calls .networks.forget), until it is renamed there.
     app.state.classroom = (
         None if home is None or class_settings is None else classroom.Classroom(runs_dir, class_settings)
     )

@@ -79,6 +79,7 @@ CSV_COLUMNS = [
 
 
 def csv_text(rows: list[dict]) -> str:
+    """The board's rows as CSV, one line a run, the columns of CSV_COLUMNS."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -36,7 +36,6 @@ view-only links only with `--class-board`.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 import urllib.parse
@@ -68,7 +67,7 @@ COMMON_ERRORS = {
     "s400": "The body is not JSON.",
     "s403": "A view-only link, another site, or (for a run) not its secret.",
     "s404": "No class run of that name, or this server has no class.",
-    "s413": "Over 4 MB, or the runs folder is at its cap (--class-cap-mb).",
+    "s413": f"Over {uploads.MAX_RUN_BYTES // 1024**2} MB, or the runs folder is at its cap (--class-cap-mb).",
     "s422": "Not a page run's settings or epoch: `detail` says which field and why.",
     "s429": "This student sends faster than the class allows; wait and send again.",
 }
@@ -145,11 +144,15 @@ def _json_body(kind: str, description: str) -> dict:
 
 
 class Created(BaseModel):
+    """A class run begun: its name, and the secret that its later submissions present."""
+
     run: str = Field(description="The run folder's name.")
     secret: str = Field(description=f"Present it as {SECRET_HEADER} with every later submission of this run.")
 
 
 class Kept(BaseModel):
+    """A submission kept: the run, the epochs its folder holds now, its status."""
+
     run: str
     epochs: int = Field(description="The epochs the run folder holds now.")
     status: str
@@ -181,23 +184,6 @@ def require_board(request: Request) -> None:
         raise HTTPException(403, "The teacher has not shown the class board (digitlab serve --class-board).")
 
 
-async def _read_json(request: Request) -> tuple[dict, int]:
-    body = await request.body()
-    if len(body) > uploads.MAX_RUN_BYTES:
-        raise HTTPException(413, f"A submission may be at most {uploads.MAX_RUN_BYTES} bytes; this one is {len(body)}.")
-    try:
-        document = json.loads(body, parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise HTTPException(400, f"The body is not JSON ({error}); the page sends a JSON object.") from None
-    if not isinstance(document, dict):
-        raise HTTPException(422, "The body must be a JSON object.")
-    return document, len(body)
-
-
-def _no_constant(name: str):
-    raise HTTPException(422, f"Every number must be finite; the JSON holds {name}.")
-
-
 async def _submission(request: Request, name: str, secret: str | None, what: str):
     """A run's later submission (`what`: "an epoch" or "a finish"), checked up to its content: the class,
     the run and its secret, the student's rate, a JSON object of known fields. The classroom, the run's
@@ -205,7 +191,7 @@ async def _submission(request: Request, name: str, secret: str | None, what: str
     classroom = classroom_of(request)
     entry = classroom.open(name, secret)
     classroom.take(entry.record["student"])
-    document, size = await _read_json(request)
+    document, size = await uploads.read_json(request, "A submission")
     unknown = sorted(set(document) - KEYS[what])
     if unknown:
         raise HTTPException(
@@ -216,10 +202,8 @@ async def _submission(request: Request, name: str, secret: str | None, what: str
 
 def _page_rule(check, *args):
     """`check(*args)`, a page_runs check, with its PageRunError as a 422."""
-    try:
+    with uploads.page_run_errors():
         return check(*args)
-    except page_runs.PageRunError as error:
-        raise HTTPException(422, str(error)) from None
 
 
 def _is_number(value) -> bool:
@@ -256,12 +240,12 @@ async def class_state(request: Request):
 async def begin_run(request: Request):
     """A student's run begins: its settings (the page run's head) and the student's name; 201 with the run's secret."""
     classroom = classroom_of(request)
-    document, size = await _read_json(request)
+    document, size = await uploads.read_json(request, "A submission")
     student = class_runs.student_name(document.pop("student", None))
     classroom.take(student)
     config = _page_rule(page_runs.check_settings, document)
     classroom.check_room(size)
-    loaded = await run_in_threadpool(uploads._loaded, request)
+    loaded = await run_in_threadpool(uploads.loaded_data, request)
     name = f"class-{class_runs.slug(student)}-{document['run_id'][:12]}"
     secret = secrets.token_urlsafe(24)
     record = {"student": student, "secret_sha256": class_runs.secret_hash(secret), "began": time.time()}
@@ -271,10 +255,8 @@ async def begin_run(request: Request):
         classroom.settle()
     # Not under the lock: a begin waits for its fsyncs (15 ms of a class's hundred at once, one at a time),
     # and the run folder's exclusive mkdir refuses the same run begun twice.
-    try:
+    with uploads.page_run_errors():
         run = await run_in_threadpool(page_runs.begin, document, config, classroom.runs_dir, loaded, name)
-    except (page_runs.AlreadySaved, page_runs.OtherData) as error:
-        raise HTTPException(409, str(error)) from None
     record["handwriting"] = []
     await run_in_threadpool(run.write_json, CLASS_FILE, record)
     history: dict = {key: [] for key in runs.HISTORY_KEYS}
@@ -336,7 +318,7 @@ async def finish_run(request: Request, name: str, x_run_secret: str | None = Hea
     """A student's run ends: {"status": "complete" | "interrupted", "weights": [...] (the last epoch's record
     when left out), "wall_time_s": seconds}."""
     classroom, entry, document, size = await _submission(request, name, x_run_secret, "a finish")
-    loaded = await run_in_threadpool(uploads._loaded, request)
+    loaded = await run_in_threadpool(uploads.loaded_data, request)
     async with entry.lock:
         run, config, done = entry.run, entry.config, entry.done
         if entry.finished:
@@ -361,7 +343,7 @@ async def finish_run(request: Request, name: str, x_run_secret: str | None = Hea
         student = entry.record["student"]
         head = {"run_id": name[-12:], "wall_time_s": wall, "engine": "browser (class)", "browser": student}
         await classroom.finish(entry, status, weights, head, loaded)
-        request.app.state.trainer.networks.forget(name)
+        request.app.state.runs_home.networks.forget(name)
     return {"run": name, "epochs": done, "status": status}
 
 

@@ -19,6 +19,7 @@ isolated and the browser engine may use threads (SharedArrayBuffer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -37,6 +38,37 @@ ISOLATION_HEADERS = [
 ]
 
 router = APIRouter()
+
+
+async def read_json(request: Request, what: str) -> tuple[dict, int]:
+    """The request's body as a JSON object, and its size: 413 over MAX_RUN_BYTES, 400 if not JSON, 422 for a
+    non-finite number (NaN, Infinity) or anything but an object. `what` names the body in the 413's sentence
+    ("A page run", "A submission"). Used by POST /api/runs and by the classroom's submissions."""
+    body = await request.body()
+    if len(body) > MAX_RUN_BYTES:
+        raise HTTPException(413, f"{what} may be at most {MAX_RUN_BYTES} bytes; this one is {len(body)}.")
+    try:
+        document = json.loads(body, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise HTTPException(400, f"The body is not JSON ({error}); the page sends a JSON object.") from None
+    if not isinstance(document, dict):
+        raise HTTPException(422, "The body must be a JSON object.")
+    return document, len(body)
+
+
+def _no_constant(name: str):
+    raise HTTPException(422, f"Every number must be finite; the JSON holds {name}.")
+
+
+@contextlib.contextmanager
+def page_run_errors():
+    """A page run's refusals as answers: kept already or trained on other data 409, not a page run 422."""
+    try:
+        yield
+    except (page_runs.AlreadySaved, page_runs.OtherData) as error:
+        raise HTTPException(409, str(error)) from None
+    except page_runs.PageRunError as error:
+        raise HTTPException(422, str(error)) from None
 
 
 class CrossOriginIsolation:
@@ -60,7 +92,7 @@ class CrossOriginIsolation:
         await self.app(scope, receive, send_isolated)
 
 
-def _loaded(request: Request) -> data.Loaded:
+def loaded_data(request: Request) -> data.Loaded:
     """MNIST as the server loaded it; a DataError (no MNIST here) is the app's 503 (`app._digitlab_error`)."""
     home = request.app.state.runs_home
     if home is None:
@@ -75,7 +107,7 @@ async def _asset(request: Request) -> dict[str, bytes]:
         state.mnist_asset_lock = asyncio.Lock()
     async with state.mnist_asset_lock:
         if getattr(state, "mnist_asset", None) is None:
-            loaded = await run_in_threadpool(_loaded, request)
+            loaded = await run_in_threadpool(loaded_data, request)
             state.mnist_asset = await run_in_threadpool(mnist_asset.build, loaded.arrays)
     return state.mnist_asset
 
@@ -137,23 +169,13 @@ async def mnist_file(name: str, request: Request):
 )
 async def upload_run(request: Request):
     """Keeps a run trained in the page as an ordinary run folder; 201 {"run": NAME}."""
-    body = await request.body()
-    if len(body) > MAX_RUN_BYTES:
-        raise HTTPException(413, f"A page run may be at most {MAX_RUN_BYTES} bytes; this one is {len(body)}.")
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HTTPException(400, f"The body is not JSON ({error}); send the page run's JSON document.") from None
-    loaded = await run_in_threadpool(_loaded, request)
+    document, _ = await read_json(request, "A page run")
+    loaded = await run_in_threadpool(loaded_data, request)
     runs_dir = request.app.state.runs_home.runs_dir
     lock = getattr(request.app.state, "upload_lock", None)
     if lock is None:
         lock = request.app.state.upload_lock = asyncio.Lock()
     async with lock:  # Two copies of one run sent at once: the second finds the first's folder.
-        try:
+        with page_run_errors():
             run = await run_in_threadpool(page_runs.save_page_run, document, runs_dir, loaded)
-        except (page_runs.AlreadySaved, page_runs.OtherData) as error:
-            raise HTTPException(409, str(error)) from None
-        except page_runs.PageRunError as error:
-            raise HTTPException(422, str(error)) from None
     return JSONResponse({"run": run.name}, status_code=201)

@@ -181,7 +181,7 @@ function drawBoard(rows) {
       }
     });
     const open = document.createElement("a");
-    open.href = `./?train=server&run=${encodeURIComponent(row.run)}`;
+    open.href = `./?run=${encodeURIComponent(row.run)}`;
     open.target = "_blank";
     open.textContent = "open";
     line.insertCell().appendChild(open);
