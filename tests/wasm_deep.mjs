@@ -114,6 +114,7 @@ for (let epoch = 0; epoch < epochs; epoch++) {
     inputs.clip,
     sums,
     sums + 8,
+    1, // threads: one (the engine's Worker threads are not started here)
   );
   if (status !== 0) throw new Error(`digitlab_train_epoch_deep returned ${status}`);
   step += batches;
