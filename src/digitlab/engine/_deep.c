@@ -26,7 +26,8 @@
  * through the net and back; the per-unit sums over the batch's rows (BatchNormalization's mean and variance, its
  * backward sums, every kernel's and bias's gradient) run over all the rows in row order, split between the
  * threads by unit, input or pixel or computed by each for itself, so every thread count gives the one-thread
- * bits (11 barriers a batch for the book's net).
+ * bits (8 barriers a batch for the book's net: one a BatchNormalization forward, one a layer backward, one
+ * after the updates).
  *
  * Evaluation (moving statistics) runs in numpy_backend.py. The browser's engine builds this file too
  * (Makefile target `wasm`): it uses no C library function beyond _wasm.c's malloc, free, clock and threads.
@@ -87,8 +88,8 @@ static float uniform(uint32_t seed, int64_t step, int64_t layer, int64_t entry) 
 /* BatchNormalization in training, the batch's statistics from all its `rows` x `units` values x, in row order:
  * mean and (biased) var, and 1 / sqrt(var + epsilon) into scale. Every thread computes them all for itself
  * (a few microseconds: cheaper than a barrier more), so the threads have the one-thread bits. */
-static void norm_statistics(const float *x, int64_t rows, int64_t units, float epsilon, float *mean, float *var,
-                            float *scale) {
+static void norm_statistics(const float *restrict x, int64_t rows, int64_t units, float epsilon,
+                            float *restrict mean, float *restrict var, float *restrict scale) {
     const float count = (float)rows;
     memset(mean, 0, sizeof(float) * units);
     memset(var, 0, sizeof(float) * units);
@@ -118,8 +119,9 @@ static void norm_move(float *const *arrays, const float *settings, const float *
 }
 
 /* The layer's output for `rows` rows of x: x_hat = (x - mean) * scale, y = x_hat * gamma + beta. */
-static void norm_apply(const float *x, int64_t rows, int64_t units, const float *gamma, const float *beta,
-                       const float *mean, const float *scale, float *x_hat, float *y) {
+static void norm_apply(const float *restrict x, int64_t rows, int64_t units, const float *restrict gamma,
+                       const float *restrict beta, const float *restrict mean, const float *restrict scale,
+                       float *restrict x_hat, float *restrict y) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t u = 0; u < units; u++) {
             const float normalized = (x[r * units + u] - mean[u]) * scale[u];
@@ -130,8 +132,8 @@ static void norm_apply(const float *x, int64_t rows, int64_t units, const float 
 
 /* BatchNormalization's backward sums over all the batch's `rows` of g (the gradient with respect to its output),
  * in row order: beta's gradient sum(g) and gamma's sum(g * x_hat). Every thread computes them for itself. */
-static void norm_sums(const float *g, const float *x_hat, int64_t rows, int64_t units, float *grad_gamma,
-                      float *grad_beta) {
+static void norm_sums(const float *restrict g, const float *restrict x_hat, int64_t rows, int64_t units,
+                      float *restrict grad_gamma, float *restrict grad_beta) {
     memset(grad_gamma, 0, sizeof(float) * units);
     memset(grad_beta, 0, sizeof(float) * units);
     for (int64_t r = 0; r < rows; r++)
@@ -142,9 +144,9 @@ static void norm_sums(const float *g, const float *x_hat, int64_t rows, int64_t 
 }
 
 /* The gradient with respect to the layer's input, into dx, for `count` rows of g and x_hat of a batch of `rows`. */
-static void norm_gradient(const float *g, const float *x_hat, int64_t count, int64_t rows, int64_t units,
-                          const float *gamma, const float *scale, const float *grad_gamma, const float *grad_beta,
-                          float *dx) {
+static void norm_gradient(const float *restrict g, const float *restrict x_hat, int64_t count, int64_t rows,
+                          int64_t units, const float *restrict gamma, const float *restrict scale,
+                          const float *restrict grad_gamma, const float *restrict grad_beta, float *restrict dx) {
     const float total = (float)rows;
     for (int64_t r = 0; r < count; r++)
         for (int64_t u = 0; u < units; u++) {
@@ -332,6 +334,16 @@ static void share(int64_t size, const DeepWorker *w, int64_t *first, int64_t *la
     *last = size * (w->thread + 1) / w->threads;
 }
 
+/* value where kept is 1, +0 where it is 0: mask ? value : 0.0f without a branch (the masks are random: as a
+ * branch, mispredicted half the time, the Dropout took 15% of the epoch), by masking the bits. */
+static inline float kept_or_zero(float value, unsigned char kept) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    bits &= 0u - (uint32_t)kept;
+    memcpy(&value, &bits, sizeof bits);
+    return value;
+}
+
 /* Layer l's Dropout (rate > 0) on rows first <= r < last of its input `values` (`in` wide) into e->dropped[l]:
  * each kept value divided by the keep rate; the mask (numbered by batch row and input, as one thread numbers
  * it) is kept for the backward pass. */
@@ -341,7 +353,7 @@ static void drop(DeepEpoch *e, int64_t l, int64_t step, const float *values, int
     unsigned char *mask = e->masks[l];
     float *dropped = e->dropped[l];
     for (int64_t k = first * in; k < last * in; k++) mask[k] = uniform(e->seed, step, l, k) < keep;
-    for (int64_t k = first * in; k < last * in; k++) dropped[k] = mask[k] ? values[k] / keep : 0.0f;
+    for (int64_t k = first * in; k < last * in; k++) dropped[k] = kept_or_zero(values[k] / keep, mask[k]);
 }
 
 /* One thread's share of every batch. Rows: its rows of the batch through the whole net (the first layer's
@@ -388,10 +400,21 @@ static void *run_deep(void *argument) {
         digitlab_dense_loss(e->out[layers - 1] + r0 * classes, e->targets, e->labels, index + r0, count, rows, classes,
                             e->loss, e->activations[layers - 1], e->clip, e->delta[layers - 1] + r0 * classes,
                             &w->correct, e->row_losses + r0);
-        /* Backward: every gradient first, then the updates. */
+        /* Backward: every gradient first, then the updates. One barrier a layer: past it, every row's delta[l] is
+         * there for the kernel's and the bias's sums, and every row's gradient below for the BatchNormalization's. */
         for (int64_t l = layers - 1; l >= 0; l--) {
             const int64_t in = units[l], width = units[l + 1];
-            barrier_wait(&e->barrier, &sense); /* Every row's delta[l], for the kernel's and the bias's sums. */
+            const int normed = l > 0 && e->arrays[ARRAYS * (l - 1) + 2] != NULL;
+            float *below = l == 0 ? NULL : (normed ? e->upper[l - 1] : e->delta[l - 1]) + r0 * in;
+            if (l > 0) {
+                digitlab_dense_backward(e->delta[l] + r0 * width, count, width, e->kernel_t[l], in, below);
+                if (e->dropout[l] > 0.0f) {
+                    const float keep = 1.0f - e->dropout[l];
+                    const unsigned char *mask = e->masks[l] + r0 * in;
+                    for (int64_t k = 0; k < count * in; k++) below[k] = kept_or_zero(below[k] / keep, mask[k]);
+                }
+            }
+            barrier_wait(&e->barrier, &sense);
             if (l == 0) {
                 /* The first layer's gradient on this thread's pixels, through _train.c's SGD of pixel ranges over
                  * the threads' transposes: on zeros with the rate -1 it leaves 0 - sum * -1, the sum itself,
@@ -412,16 +435,7 @@ static void *run_deep(void *argument) {
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t u = u0; u < u1; u++) bias_grad[u] += e->delta[l][r * width + u];
             if (l == 0) break;
-            const int normed = e->arrays[ARRAYS * (l - 1) + 2] != NULL;
-            float *below = (normed ? e->upper[l - 1] : e->delta[l - 1]) + r0 * in;
-            digitlab_dense_backward(e->delta[l] + r0 * width, count, width, e->kernel_t[l], in, below);
-            if (e->dropout[l] > 0.0f) {
-                const float keep = 1.0f - e->dropout[l];
-                const unsigned char *mask = e->masks[l] + r0 * in;
-                for (int64_t k = 0; k < count * in; k++) below[k] = mask[k] ? below[k] / keep : 0.0f;
-            }
             if (normed) {
-                barrier_wait(&e->barrier, &sense); /* Every row's gradient, for the BatchNormalization's sums. */
                 norm_sums(e->upper[l - 1], e->x_hat[l - 1], rows, in, w->sum_gamma[l - 1], w->sum_beta[l - 1]);
                 norm_gradient(below, e->x_hat[l - 1] + r0 * in, count, rows, in, e->arrays[ARRAYS * (l - 1) + 2],
                               w->scale[l - 1], w->sum_gamma[l - 1], w->sum_beta[l - 1], e->delta[l - 1] + r0 * in);
