@@ -31,6 +31,9 @@
  *
  * Evaluation (moving statistics) runs in numpy_backend.py. The browser's engine builds this file too
  * (Makefile target `wasm`): it uses no C library function beyond _wasm.c's malloc, free, clock and threads.
+ *
+ * Over 450 lines as one concern: an epoch's phases read the same shared buffers (DeepEpoch), and each loop's
+ * AVX2 version sits beside the portable one whose bits it must keep.
  */
 
 #define _GNU_SOURCE /* syscall() and clock_gettime() under -std=c99 (_threads.h) */
