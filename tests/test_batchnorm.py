@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from digitlab import config, data, engine, models
-from digitlab.engine import numpy_backend, sparse
+from digitlab.engine import cores, numpy_backend, sparse
 
 SEED = 7
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -95,6 +95,38 @@ def test_deep_net_matches_keras_fit(shrunken, settings, path):
         np.testing.assert_allclose(
             [entry[key] for entry in fast_logs], [entry[key] for entry in fit_logs], rtol=1e-4, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("path", ["C epochs", "C epochs, portable"], indirect=True)
+def test_threads_share_each_batch_with_the_same_bits(shrunken, path, monkeypatch):
+    """One, two and three threads sharing each batch of _deep.c's epoch end with the same bits (every sum over
+    the rows runs in one order), and with fit's weights within float32 rounding, the book's Dropout 0.2 aside."""
+    (x, y), validation = shrunken
+    cfg, (reference,) = deep_models(dropout=[0.0])
+    train(engine.FitEngine(reference, cfg, verbose=0), x, y, validation, epochs=2)
+    monkeypatch.setattr(cores.FreeCores, "threads", lambda self, wanted: wanted)  # As many as asked, whatever the load.
+    for dropout in (0.0, 0.2):
+        states, histories = [], []
+        for threads in (1, 2, 3):
+            cfg, (model,) = deep_models(dropout=[dropout])
+            fast = engine.FastEngine([model], cfg, backend="numpy", workers=threads)
+            assert fast.path.startswith(PATHS[path][1])
+            histories.append(train(fast, x, y, validation, epochs=2))
+            assert fast.thread_counts == {threads: 2}
+            states.append(fast.get_state())
+            if dropout == 0.0:
+                fast.sync_to_models()
+                for name, trained, expected in zip(
+                    [variable.path for variable in reference.weights],
+                    model.get_weights(),
+                    reference.get_weights(),
+                    strict=True,
+                ):
+                    np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=2e-6, err_msg=name)
+        for state, history in zip(states[1:], histories[1:], strict=True):
+            assert history == histories[0]
+            for name, value in states[0].items():
+                np.testing.assert_array_equal(state[name], value, err_msg=f"{name}, Dropout {dropout}")
 
 
 def test_deep_net_with_dropout_learns_and_resumes_exactly(shrunken):

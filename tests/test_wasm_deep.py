@@ -4,7 +4,8 @@ against the native portable path.
 Node runs the committed .wasm builds' raw export, digitlab_train_epoch_deep (tests/wasm_deep.mjs), from the
 initial arrays, batch orders and step sizes the native run used; every array (kernels, biases, gamma, beta,
 the moving statistics) after every epoch, the loss sums and the right answers must be the same bits. The
-Dropout masks are the engine's own hash, so Dropout 0.2 is in the comparison too.
+Dropout masks are the engine's own hash, so Dropout 0.2 is in the comparison too. The threads build runs it
+on two Web Workers sharing each batch, to the same bits.
 
 Then the same through engine.js (tests/wasm_equivalence.mjs), as the page's training Worker drives it: a page
 run's initial arrays and Dropout seed (digitlab.browser.prng), two epochs, every array equal to the native
@@ -103,12 +104,14 @@ def native_run():
     return (x_train, y_train), inputs, initial, orders, sizes, epochs, logs
 
 
-@pytest.mark.parametrize("simd", [True, False], ids=["simd128", "scalar"])
-def test_node_trains_the_deep_net_to_the_native_bits(tmp_path, simd):
+@pytest.mark.parametrize(
+    ("simd", "threads"), [(True, 1), (False, 1), (True, 2)], ids=["simd128", "scalar", "simd128-2-threads"]
+)
+def test_node_trains_the_deep_net_to_the_native_bits(tmp_path, simd, threads):
     need_node()
     (x_train, y_train), inputs, initial, orders, sizes, epochs, logs = native_run()
     assert inputs["dropout"][-1] == pytest.approx(0.2) and sum(inputs["normed"]) == 3
-    (tmp_path / "deep.json").write_text(json.dumps({**inputs, "simd": simd}))
+    (tmp_path / "deep.json").write_text(json.dumps({**inputs, "simd": simd, "threads": threads}))
     (tmp_path / "train_pixels.bin").write_bytes(np.ascontiguousarray(x_train, np.uint8).tobytes())
     (tmp_path / "train_labels.bin").write_bytes(np.ascontiguousarray(y_train, np.uint8).tobytes())
     (tmp_path / "arrays.bin").write_bytes(initial.astype(np.float32).tobytes())
@@ -116,7 +119,10 @@ def test_node_trains_the_deep_net_to_the_native_bits(tmp_path, simd):
     (tmp_path / "step_sizes.bin").write_bytes(sizes.astype(np.float32).tobytes())
     subprocess.run([NODE, str(DRIVER), str(tmp_path), str(ENGINE_DIR)], check=True, timeout=600)
     result = json.loads((tmp_path / "results.json").read_text())
-    assert result["build"] == ("engine.wasm" if simd else "engine-scalar.wasm")
+    assert (result["build"], result["threads"]) == (
+        ("engine-threads.wasm" if threads > 1 else "engine.wasm" if simd else "engine-scalar.wasm"),
+        threads,
+    )
     for epoch in range(EPOCHS):
         assert_same_bits(tmp_path / f"arrays_{epoch}.bin", epochs[epoch], epoch)
         assert result["losses"][epoch] / TRAIN == logs[epoch]["loss"]

@@ -5,10 +5,10 @@
  *   node tests/wasm_deep.mjs DIR ENGINE_DIR
  *
  * DIR holds deep.json ({ units, activations, loss, dropout, norm, normed, hyper, optimizer, lossCode, clip,
- * batchSize, seed, step, epochs, simd }), train_pixels.bin and train_labels.bin (uint8), arrays.bin (float32: per layer its
+ * batchSize, seed, step, epochs, simd, threads }), train_pixels.bin and train_labels.bin (uint8), arrays.bin (float32: per layer its
  * kernel, bias and, where it has a BatchNormalization, gamma, beta, moving mean and variance), orders.bin (int32,
  * epochs x n) and step_sizes.bin (float32, epochs x batches). It writes arrays_E.bin after epoch E and
- * results.json ({ build, losses, correct }).
+ * results.json ({ build, threads, losses, correct }).
  */
 import { readFile, writeFile } from "node:fs/promises";
 import { pathToFileURL } from "node:url";
@@ -21,7 +21,7 @@ const floats = async (name) => {
 };
 const { loadEngine } = await import(pathToFileURL(engineDir + "/engine.js").href);
 const inputs = JSON.parse(await readFile(`${dir}/deep.json`, "utf8"));
-const engine = await loadEngine({ threads: 1, simd: inputs.simd, base: pathToFileURL(engineDir + "/") });
+const engine = await loadEngine({ threads: inputs.threads || 1, simd: inputs.simd, base: pathToFileURL(engineDir + "/") });
 const { units, epochs } = inputs;
 const layers = units.length - 1;
 /* setNetwork and setTrainingData build the rows, targets and labels; the arrays are this driver's own. */
@@ -114,6 +114,7 @@ for (let epoch = 0; epoch < epochs; epoch++) {
     inputs.clip,
     sums,
     sums + 8,
+    engine.threads, // Sharing each batch: the same bits for any number.
   );
   if (status !== 0) throw new Error(`digitlab_train_epoch_deep returned ${status}`);
   step += batches;
@@ -131,5 +132,5 @@ for (let epoch = 0; epoch < epochs; epoch++) {
   await writeFile(`${dir}/arrays_${epoch}.bin`, new Uint8Array(flat.buffer));
   engine._free(orderAt, sizesAt);
 }
-await writeFile(`${dir}/results.json`, JSON.stringify({ build: engine.build, losses, correct }));
+await writeFile(`${dir}/results.json`, JSON.stringify({ build: engine.build, threads: engine.threads, losses, correct }));
 engine.dispose();

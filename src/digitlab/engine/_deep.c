@@ -4,9 +4,9 @@
  * _train.c runs plain SGD without Dropout on several threads; this file runs the nets it cannot: any
  * hidden Dense layer may be followed by a BatchNormalization (after its activation, as models.py builds
  * the deep net) and any layer above the first may have a Dropout on its input, trained with Adam or plain
- * SGD. One thread, every batch of the epoch here: the sparse first layer (_kernels.c), the layers above it,
- * the loss and the activations (_dense.c), then this file's BatchNormalization, Dropout, gradients and
- * optimizer update, with the formulas of numpy_backend.py (Keras's own, JAX backend) in float32:
+ * SGD. Every batch of the epoch here: the sparse first layer (_kernels.c), the layers above it, the loss and
+ * the activations (_dense.c), then this file's BatchNormalization, Dropout, gradients and optimizer update,
+ * with the formulas of numpy_backend.py (Keras's own, JAX backend) in float32:
  *
  *   BatchNormalization, training: mean = sum(x) / rows, var = sum((x - mean)^2) / rows (in row order),
  *     x_hat = (x - mean) * (1 / sqrt(var + epsilon)), y = x_hat * gamma + beta; the moving statistics
@@ -22,13 +22,26 @@
  * (chosen as _kernels.c chooses its own: digitlab_kernels_simd_on) that do each lane's operations in the
  * portable version's order, without fused multiply-adds, so both give the same bits.
  *
+ * Threads share each batch as _train.c's do (its barrier and start, _threads.h; run_deep): each takes its rows
+ * through the net and back; the per-unit sums over the batch's rows (BatchNormalization's mean and variance, its
+ * backward sums, every kernel's and bias's gradient) run over all the rows in row order, split between the
+ * threads by unit, input or pixel or computed by each for itself, so every thread count gives the one-thread
+ * bits (8 barriers a batch for the book's net: one a BatchNormalization forward, one a layer backward, one
+ * after the updates).
+ *
  * Evaluation (moving statistics) runs in numpy_backend.py. The browser's engine builds this file too
- * (Makefile target `wasm`): it uses no C library function beyond _wasm.c's malloc and free.
+ * (Makefile target `wasm`): it uses no C library function beyond _wasm.c's malloc, free, clock and threads.
+ *
+ * Over 450 lines as one concern: an epoch's phases read the same shared buffers (DeepEpoch), and each loop's
+ * AVX2 version sits beside the portable one whose bits it must keep.
  */
 
+#define _GNU_SOURCE /* syscall() and clock_gettime() under -std=c99 (_threads.h) */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_threads.h" /* Threads, the barrier, the pixels' split: shared with _train.c. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_X86 1
@@ -51,8 +64,9 @@ typedef struct {
 void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
                              int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                              int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries);
-void digitlab_sparse_weight_gradient(int32_t *offsets, Entry *entries, int64_t inputs, const float *dz,
-                                     int64_t units, float *grad, float *weight, float rate);
+void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
+                              int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
+                              float rate);
 void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                             int64_t units, float *out);
 void digitlab_dense_backward(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
@@ -74,13 +88,12 @@ static float uniform(uint32_t seed, int64_t step, int64_t layer, int64_t entry) 
     return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
-/* BatchNormalization in training, for `rows` x `units` values x: fills x_hat and y, the batch's 1 / sqrt(var +
- * epsilon) into scale, and moves the moving statistics. `mean` and `var` are `units` floats of scratch. */
-static void norm_forward(const float *x, int64_t rows, int64_t units, float *const *arrays, const float *settings,
-                         float *x_hat, float *y, float *mean, float *var, float *scale) {
-    const float *gamma = arrays[2], *beta = arrays[3], momentum = settings[0], rest = settings[1],
-                epsilon = settings[2], count = (float)rows;
-    float *moving_mean = arrays[4], *moving_var = arrays[5];
+/* BatchNormalization in training, the batch's statistics from all its `rows` x `units` values x, in row order:
+ * mean and (biased) var, and 1 / sqrt(var + epsilon) into scale. Every thread computes them all for itself
+ * (a few microseconds: cheaper than a barrier more), so the threads have the one-thread bits. */
+static void norm_statistics(const float *restrict x, int64_t rows, int64_t units, float epsilon,
+                            float *restrict mean, float *restrict var, float *restrict scale) {
+    const float count = (float)rows;
     memset(mean, 0, sizeof(float) * units);
     memset(var, 0, sizeof(float) * units);
     for (int64_t r = 0; r < rows; r++)
@@ -89,28 +102,41 @@ static void norm_forward(const float *x, int64_t rows, int64_t units, float *con
     for (int64_t r = 0; r < rows; r++)
         for (int64_t u = 0; u < units; u++) {
             const float centered = x[r * units + u] - mean[u];
-            x_hat[r * units + u] = centered;
             var[u] += centered * centered;
         }
     for (int64_t u = 0; u < units; u++) {
         var[u] /= count;
-        moving_mean[u] = moving_mean[u] * momentum + mean[u] * rest;
-        moving_var[u] = moving_var[u] * momentum + var[u] * rest;
         scale[u] = 1.0f / __builtin_sqrtf(var[u] + epsilon);
     }
+}
+
+/* moving = moving * momentum + batch * (1 - momentum), for the mean and the variance (one thread does it). */
+static void norm_move(float *const *arrays, const float *settings, const float *mean, const float *var,
+                      int64_t units) {
+    float *moving_mean = arrays[4], *moving_var = arrays[5];
+    const float momentum = settings[0], rest = settings[1];
+    for (int64_t u = 0; u < units; u++) {
+        moving_mean[u] = moving_mean[u] * momentum + mean[u] * rest;
+        moving_var[u] = moving_var[u] * momentum + var[u] * rest;
+    }
+}
+
+/* The layer's output for `rows` rows of x: x_hat = (x - mean) * scale, y = x_hat * gamma + beta. */
+static void norm_apply(const float *restrict x, int64_t rows, int64_t units, const float *restrict gamma,
+                       const float *restrict beta, const float *restrict mean, const float *restrict scale,
+                       float *restrict x_hat, float *restrict y) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t u = 0; u < units; u++) {
-            const float normalized = x_hat[r * units + u] * scale[u];
+            const float normalized = (x[r * units + u] - mean[u]) * scale[u];
             x_hat[r * units + u] = normalized;
             y[r * units + u] = normalized * gamma[u] + beta[u];
         }
 }
 
-/* BatchNormalization's backward pass, in place on g (rows x units): the gradient with respect to its output
- * becomes the one with respect to its input; gamma's and beta's gradients go to grad_gamma and grad_beta. */
-static void norm_backward(float *g, const float *x_hat, int64_t rows, int64_t units, const float *gamma,
-                          const float *scale, float *grad_gamma, float *grad_beta) {
-    const float count = (float)rows;
+/* BatchNormalization's backward sums over all the batch's `rows` of g (the gradient with respect to its output),
+ * in row order: beta's gradient sum(g) and gamma's sum(g * x_hat). Every thread computes them for itself. */
+static void norm_sums(const float *restrict g, const float *restrict x_hat, int64_t rows, int64_t units,
+                      float *restrict grad_gamma, float *restrict grad_beta) {
     memset(grad_gamma, 0, sizeof(float) * units);
     memset(grad_beta, 0, sizeof(float) * units);
     for (int64_t r = 0; r < rows; r++)
@@ -118,31 +144,72 @@ static void norm_backward(float *g, const float *x_hat, int64_t rows, int64_t un
             grad_beta[u] += g[r * units + u];
             grad_gamma[u] += g[r * units + u] * x_hat[r * units + u];
         }
-    for (int64_t r = 0; r < rows; r++)
+}
+
+/* The gradient with respect to the layer's input, into dx, for `count` rows of g and x_hat of a batch of `rows`. */
+static void norm_gradient(const float *restrict g, const float *restrict x_hat, int64_t count, int64_t rows,
+                          int64_t units, const float *restrict gamma, const float *restrict scale,
+                          const float *restrict grad_gamma, const float *restrict grad_beta, float *restrict dx) {
+    const float total = (float)rows;
+    for (int64_t r = 0; r < count; r++)
         for (int64_t u = 0; u < units; u++) {
-            const float shifted = g[r * units + u] - grad_beta[u] / count;
-            g[r * units + u] = (shifted - x_hat[r * units + u] * (grad_gamma[u] / count)) * (scale[u] * gamma[u]);
+            const float shifted = g[r * units + u] - grad_beta[u] / total;
+            dx[r * units + u] = (shifted - x_hat[r * units + u] * (grad_gamma[u] / total)) * (scale[u] * gamma[u]);
         }
 }
 
 #ifdef HAVE_X86
+/* One block of kernel_gradient_avx2, 4 inputs x 16 units, its eight sums in named registers: with an array and a
+ * loop over the inputs, GCC kept them on the stack (a store and a load a row each: 3x slower). The same operations
+ * in the same order. */
+AVX2 static void full_block_avx2(const float *a, int64_t stride, const float *g, int64_t rows, int64_t units,
+                                 float *grad) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *source = g + r * units, *values = a + r * stride;
+        const __m256 g0 = _mm256_loadu_ps(source), g1 = _mm256_loadu_ps(source + 8);
+        const __m256 v0 = _mm256_broadcast_ss(values), v1 = _mm256_broadcast_ss(values + 1),
+                     v2 = _mm256_broadcast_ss(values + 2), v3 = _mm256_broadcast_ss(values + 3);
+        s0 = _mm256_add_ps(s0, _mm256_mul_ps(v0, g0));
+        s1 = _mm256_add_ps(s1, _mm256_mul_ps(v0, g1));
+        s2 = _mm256_add_ps(s2, _mm256_mul_ps(v1, g0));
+        s3 = _mm256_add_ps(s3, _mm256_mul_ps(v1, g1));
+        s4 = _mm256_add_ps(s4, _mm256_mul_ps(v2, g0));
+        s5 = _mm256_add_ps(s5, _mm256_mul_ps(v2, g1));
+        s6 = _mm256_add_ps(s6, _mm256_mul_ps(v3, g0));
+        s7 = _mm256_add_ps(s7, _mm256_mul_ps(v3, g1));
+    }
+    _mm256_storeu_ps(grad, s0);
+    _mm256_storeu_ps(grad + 8, s1);
+    _mm256_storeu_ps(grad + units, s2);
+    _mm256_storeu_ps(grad + units + 8, s3);
+    _mm256_storeu_ps(grad + 2 * units, s4);
+    _mm256_storeu_ps(grad + 2 * units + 8, s5);
+    _mm256_storeu_ps(grad + 3 * units, s6);
+    _mm256_storeu_ps(grad + 3 * units + 8, s7);
+}
+
 /* kernel_gradient's AVX2 version: blocks of 4 inputs x 16 (then 8) units in registers across the rows, then the
  * last units by 8 inputs; returns the units done (all of them). */
-AVX2 static int64_t kernel_gradient_avx2(const float *a, const float *g, int64_t rows, int64_t inputs,
-                                         int64_t units, float *grad) {
+AVX2 static int64_t kernel_gradient_avx2(const float *a, int64_t stride, const float *g, int64_t rows,
+                                         int64_t inputs, int64_t units, float *grad) {
     int64_t u = 0;
     for (int width = 16; width >= 8; width -= 8)
         for (; u + width <= units; u += width) {
             const int blocks = width / 8;
             for (int64_t i = 0; i < inputs; i += 4) {
                 const int count = inputs - i < 4 ? (int)(inputs - i) : 4;
+                if (count == 4 && blocks == 2) {
+                    full_block_avx2(a + i, stride, g + u, rows, units, grad + i * units + u);
+                    continue;
+                }
                 __m256 s[8];
                 for (int k = 0; k < 8; k++) s[k] = _mm256_setzero_ps();
                 for (int64_t r = 0; r < rows; r++) {
                     const float *source = g + r * units + u;
                     const __m256 g0 = _mm256_loadu_ps(source), g1 = blocks > 1 ? _mm256_loadu_ps(source + 8) : g0;
                     for (int k = 0; k < count; k++) {
-                        const __m256 value = _mm256_broadcast_ss(a + r * inputs + i + k);
+                        const __m256 value = _mm256_broadcast_ss(a + r * stride + i + k);
                         s[2 * k] = _mm256_add_ps(s[2 * k], _mm256_mul_ps(value, g0));
                         s[2 * k + 1] = _mm256_add_ps(s[2 * k + 1], _mm256_mul_ps(value, g1));
                     }
@@ -159,7 +226,7 @@ AVX2 static int64_t kernel_gradient_avx2(const float *a, const float *g, int64_t
         for (; i + 8 <= inputs; i += 8) {
             __m256 sum = _mm256_setzero_ps();
             for (int64_t r = 0; r < rows; r++)
-                sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_loadu_ps(a + r * inputs + i),
+                sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_loadu_ps(a + r * stride + i),
                                                        _mm256_broadcast_ss(g + r * units + u)));
             float lanes[8];
             _mm256_storeu_ps(lanes, sum);
@@ -167,7 +234,7 @@ AVX2 static int64_t kernel_gradient_avx2(const float *a, const float *g, int64_t
         }
         for (; i < inputs; i++) {
             float sum = 0.0f;
-            for (int64_t r = 0; r < rows; r++) sum += a[r * inputs + i] * g[r * units + u];
+            for (int64_t r = 0; r < rows; r++) sum += a[r * stride + i] * g[r * units + u];
             grad[i * units + u] = sum;
         }
     }
@@ -194,18 +261,19 @@ AVX2 static int64_t adam_avx2(float *weight, float *m, float *v, const float *gr
 }
 #endif
 
-/* grad = a.T @ g (inputs x units), each sum over the rows in order. */
-static void kernel_gradient(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units,
-                            float *grad) {
+/* grad = a.T @ g (inputs x units), each sum over the rows in order; a's rows lie `stride` floats apart (a thread
+ * takes some of the inputs: any split gives the same bits). */
+static void kernel_gradient(const float *a, int64_t stride, const float *g, int64_t rows, int64_t inputs,
+                            int64_t units, float *grad) {
     int64_t done = 0;
 #ifdef HAVE_X86
-    if (digitlab_kernels_simd_on()) done = kernel_gradient_avx2(a, g, rows, inputs, units, grad);
+    if (digitlab_kernels_simd_on()) done = kernel_gradient_avx2(a, stride, g, rows, inputs, units, grad);
 #endif
     if (done == units) return;
     for (int64_t i = 0; i < inputs; i++) memset(grad + i * units + done, 0, sizeof(float) * (units - done));
     for (int64_t r = 0; r < rows; r++)
         for (int64_t i = 0; i < inputs; i++) {
-            const float value = a[r * inputs + i];
+            const float value = a[r * stride + i];
             float *row = grad + i * units;
             const float *source = g + r * units;
             for (int64_t u = done; u < units; u++) row[u] += value * source[u];
@@ -244,9 +312,199 @@ static void activation_gradient(float *gradient, const float *output, int64_t si
     for (int64_t k = 0; k < size; k++) gradient[k] = output[k] > 0.0f ? gradient[k] : 0.0f;
 }
 
-static void transpose(const float *kernel, int64_t inputs, int64_t units, float *kernel_t) {
-    for (int64_t i = 0; i < inputs; i++)
+/* Rows first <= i < last of kernel (inputs x units) into kernel_t (its transpose, units x inputs). */
+static void transpose(const float *kernel, int64_t inputs, int64_t units, int64_t first, int64_t last,
+                      float *kernel_t) {
+    for (int64_t i = first; i < last; i++)
         for (int64_t u = 0; u < units; u++) kernel_t[u * inputs + i] = kernel[i * units + u];
+}
+
+
+/* ------------------------------------------------------------------------------ the epoch */
+
+typedef struct {
+    /* The data, the epoch's batch order, the net and its settings: digitlab_train_epoch_deep's arguments. */
+    const int64_t *starts;
+    const uint16_t *cols;
+    const float *vals;
+    const float *targets;
+    const int64_t *labels, *order;
+    int64_t n, batch, layers, widest, step;
+    const int64_t *units;
+    const int32_t *activations;
+    const float *dropout, *norm, *step_sizes, *hyper;
+    float *const *arrays, *const *slots;
+    int32_t optimizer, loss;
+    uint32_t seed;
+    float clip;
+    /* Shared buffers, a batch of rows each, per layer: the activation's output, the BatchNormalization's x_hat
+     * and output, the gradient with respect to its output (above the BatchNormalization), the one with respect
+     * to the pre-activations, and the Dropout's output; each layer's input (one of those, or the Dropout's). */
+    float *out[MAX_LAYERS], *x_hat[MAX_LAYERS], *normed[MAX_LAYERS], *upper[MAX_LAYERS], *delta[MAX_LAYERS];
+    float *dropped[MAX_LAYERS];
+    const float *input[MAX_LAYERS];
+    unsigned char *masks[MAX_LAYERS];
+    float *grad[MAX_LAYERS][TRAINED], *kernel_t[MAX_LAYERS];
+    double *row_losses;
+    /* Each thread's transpose of its rows of the batch; every thread reads all of them for its pixels. */
+    int32_t *offsets[MAX_THREADS];
+    Entry *entries[MAX_THREADS];
+    Barrier barrier;
+    int go; /* Set once every thread is started: the workers wait for it. */
+    double loss_sum;
+} DeepEpoch;
+
+typedef struct {
+    DeepEpoch *epoch;
+    int thread, threads;
+    int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates. */
+    /* This thread's own copies of each layer's batch statistics (mean, var, 1 / sqrt(var + epsilon)) and of the
+     * BatchNormalization's backward sums (thread 0's are the gradients gamma and beta are updated with). */
+    float *mean[MAX_LAYERS], *var[MAX_LAYERS], *scale[MAX_LAYERS], *sum_gamma[MAX_LAYERS], *sum_beta[MAX_LAYERS];
+    float *scratch; /* A row of the first layer's units. */
+    int64_t correct;
+} DeepWorker;
+
+/* This thread's share [*first, *last) of `size` things. */
+static void share(int64_t size, const DeepWorker *w, int64_t *first, int64_t *last) {
+    *first = size * w->thread / w->threads;
+    *last = size * (w->thread + 1) / w->threads;
+}
+
+/* value where kept is 1, +0 where it is 0: mask ? value : 0.0f without a branch (the masks are random: as a
+ * branch, mispredicted half the time, the Dropout took 15% of the epoch), by masking the bits. */
+static inline float kept_or_zero(float value, unsigned char kept) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    bits &= 0u - (uint32_t)kept;
+    memcpy(&value, &bits, sizeof bits);
+    return value;
+}
+
+/* Layer l's Dropout (rate > 0) on rows first <= r < last of its input `values` (`in` wide) into e->dropped[l]:
+ * each kept value divided by the keep rate; the mask (numbered by batch row and input, as one thread numbers
+ * it) is kept for the backward pass. */
+static void drop(DeepEpoch *e, int64_t l, int64_t step, const float *values, int64_t first, int64_t last) {
+    const int64_t in = e->units[l];
+    const float keep = 1.0f - e->dropout[l];
+    unsigned char *mask = e->masks[l];
+    float *dropped = e->dropped[l];
+    for (int64_t k = first * in; k < last * in; k++) mask[k] = uniform(e->seed, step, l, k) < keep;
+    for (int64_t k = first * in; k < last * in; k++) dropped[k] = kept_or_zero(values[k] / keep, mask[k]);
+}
+
+/* One thread's share of every batch. Rows: its rows of the batch through the whole net (the first layer's
+ * sparse product builds their transpose) and back. At each BatchNormalization the threads meet, and each
+ * computes the batch's statistics (forward) or sums (backward) over every row, in row order, for itself. Before
+ * each layer's gradient they meet again: each sums over every row for its inputs of the kernel (its pixels of the
+ * first layer's, from every thread's transpose in row order) and its units of the bias; then each updates its
+ * share of every array. Each sum runs in the same order whatever the number of threads: the same bits. */
+static void *run_deep(void *argument) {
+    DeepWorker *w = argument;
+    DeepEpoch *e = w->epoch;
+    const int64_t layers = e->layers, *units = e->units, inputs = units[0], classes = units[layers];
+    const int t = w->thread;
+    int sense = 0;
+    wait_to_go(&e->go);
+    int64_t step = e->step, batch_number = 0;
+    for (int64_t start = 0; start < e->n; start += e->batch, batch_number++, step++) {
+        const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch;
+        const int64_t *index = e->order + start;
+        int64_t r0, r1;
+        share(rows, w, &r0, &r1);
+        const int64_t count = r1 - r0;
+        /* Forward. */
+        digitlab_sparse_forward(e->starts, e->cols, e->vals, index + r0, 0, count, inputs, e->arrays[0],
+                                e->arrays[1], units[1], e->out[0] + r0 * units[1], r0, e->offsets[t],
+                                e->entries[t]);
+        for (int64_t l = 0; l < layers; l++) {
+            const int64_t in = units[l], width = units[l + 1];
+            float *const *mine = e->arrays + ARRAYS * l;
+            float *out = e->out[l] + r0 * width;
+            if (l > 0) {
+                if (e->dropout[l] > 0.0f) drop(e, l, step, e->normed[l - 1] ? e->normed[l - 1] : e->out[l - 1], r0, r1);
+                digitlab_dense_forward(e->input[l] + r0 * in, count, in, mine[0], mine[1], width, out);
+            }
+            digitlab_dense_activate(out, count, width, e->activations[l]);
+            if (mine[2]) {
+                barrier_wait(&e->barrier, &sense); /* Every row's output, for the statistics. */
+                norm_statistics(e->out[l], rows, width, e->norm[3 * l + 2], w->mean[l], w->var[l], w->scale[l]);
+                if (t == 0) norm_move(mine, e->norm + 3 * l, w->mean[l], w->var[l], width);
+                norm_apply(out, count, width, mine[2], mine[3], w->mean[l], w->scale[l], e->x_hat[l] + r0 * width,
+                           e->normed[l] + r0 * width);
+            }
+        }
+        digitlab_dense_loss(e->out[layers - 1] + r0 * classes, e->targets, e->labels, index + r0, count, rows, classes,
+                            e->loss, e->activations[layers - 1], e->clip, e->delta[layers - 1] + r0 * classes,
+                            &w->correct, e->row_losses + r0);
+        /* Backward: every gradient first, then the updates. One barrier a layer: past it, every row's delta[l] is
+         * there for the kernel's and the bias's sums, and every row's gradient below for the BatchNormalization's. */
+        for (int64_t l = layers - 1; l >= 0; l--) {
+            const int64_t in = units[l], width = units[l + 1];
+            const int normed = l > 0 && e->arrays[ARRAYS * (l - 1) + 2] != NULL;
+            float *below = l == 0 ? NULL : (normed ? e->upper[l - 1] : e->delta[l - 1]) + r0 * in;
+            if (l > 0) {
+                digitlab_dense_backward(e->delta[l] + r0 * width, count, width, e->kernel_t[l], in, below);
+                if (e->dropout[l] > 0.0f) {
+                    const float keep = 1.0f - e->dropout[l];
+                    const unsigned char *mask = e->masks[l] + r0 * in;
+                    for (int64_t k = 0; k < count * in; k++) below[k] = kept_or_zero(below[k] / keep, mask[k]);
+                }
+            }
+            barrier_wait(&e->barrier, &sense);
+            if (l == 0) {
+                /* The first layer's gradient on this thread's pixels, through _train.c's SGD of pixel ranges over
+                 * the threads' transposes: on zeros with the rate -1 it leaves 0 - sum * -1, the sum itself,
+                 * exactly (the sums start at +0, so never end at -0), with the bits of one transpose. */
+                float *grad = e->grad[0][0] + w->first_pixel * width;
+                memset(grad, 0, sizeof(float) * (w->last_pixel - w->first_pixel) * width);
+                digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel,
+                                         e->delta[0], width, w->scratch, e->grad[0][0], -1.0f);
+            } else {
+                int64_t i0, i1;
+                share(in, w, &i0, &i1);
+                kernel_gradient(e->input[l] + i0, in, e->delta[l], rows, i1 - i0, width, e->grad[l][0] + i0 * width);
+            }
+            int64_t u0, u1;
+            share(width, w, &u0, &u1);
+            float *bias_grad = e->grad[l][1];
+            memset(bias_grad + u0, 0, sizeof(float) * (u1 - u0));
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t u = u0; u < u1; u++) bias_grad[u] += e->delta[l][r * width + u];
+            if (l == 0) break;
+            if (normed) {
+                norm_sums(e->upper[l - 1], e->x_hat[l - 1], rows, in, w->sum_gamma[l - 1], w->sum_beta[l - 1]);
+                norm_gradient(below, e->x_hat[l - 1] + r0 * in, count, rows, in, e->arrays[ARRAYS * (l - 1) + 2],
+                              w->scale[l - 1], w->sum_gamma[l - 1], w->sum_beta[l - 1], e->delta[l - 1] + r0 * in);
+            }
+            activation_gradient(e->delta[l - 1] + r0 * in, e->out[l - 1] + r0 * in, count * in,
+                                e->activations[l - 1]);
+        }
+        /* The updates: this thread's pixels of the first layer's kernel, its inputs of the others' (and of their
+         * transposes), its units of every bias, gamma and beta. Every gradient is whole: the first layer's kernel's
+         * and bias's shares are the ones this thread just summed. */
+        const float step_size = e->step_sizes[batch_number];
+        for (int64_t l = 0; l < layers; l++) {
+            const int64_t in = units[l], width = units[l + 1];
+            int64_t i0, i1, u0, u1;
+            share(in, w, &i0, &i1);
+            share(width, w, &u0, &u1);
+            if (l == 0) i0 = w->first_pixel, i1 = w->last_pixel;
+            for (int part = 0; part < TRAINED; part++) {
+                float *weight = e->arrays[ARRAYS * l + part];
+                if (!weight) continue;
+                float *const *moments = e->slots + 2 * (TRAINED * l + part);
+                const int64_t first = part == 0 ? i0 * width : u0, size = part == 0 ? (i1 - i0) * width : u1 - u0;
+                update(weight + first, moments[0] ? moments[0] + first : NULL, moments[1] ? moments[1] + first : NULL,
+                       e->grad[l][part] + first, size, e->optimizer, e->hyper, step_size);
+            }
+            if (l > 0) transpose(e->arrays[ARRAYS * l], in, width, i0, i1, e->kernel_t[l]);
+        }
+        if (t == 0)
+            for (int64_t r = 0; r < rows; r++) e->loss_sum += e->row_losses[r];
+        barrier_wait(&e->barrier, &sense); /* The next batch reads every updated array and the row losses' room. */
+    }
+    return NULL;
 }
 
 /* One epoch over the images in `order` (n of them, batches of `batch`), in place on the arrays and slots.
@@ -254,129 +512,92 @@ static void transpose(const float *kernel, int64_t inputs, int64_t units, float 
  * rate on its input (0: none; layer 0 takes none); norm[3 l ... 3 l + 2], its BatchNormalization's momentum,
  * 1 - momentum and epsilon (arrays[ARRAYS l + 2] NULL: none). `step_sizes` holds each batch's Adam alpha (or
  * the SGD rate) in order; `hyper` Adam's 1 - beta_1, 1 - beta_2 and epsilon. `step` is the step count before
- * the epoch (the Dropout masks' numbering). Adds the loss sum and correct answers to *loss_sum and *correct.
- * Returns 0, or -1 when memory could not be had (nothing is changed then). */
+ * the epoch (the Dropout masks' numbering). `threads` threads share each batch (below 1: one; the results are
+ * the same bits for any number). Adds the loss sum and correct answers to *loss_sum and *correct. Returns 0, or
+ * -1 when memory could not be had (nothing is changed then). */
 int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const float *vals, int64_t most_per_row,
                               const float *targets, const int64_t *labels, const int64_t *order, int64_t n,
                               int64_t batch, int64_t layers, const int64_t *units, const int32_t *activations,
                               const float *dropout, const float *norm, float *const *arrays, float *const *slots,
                               int32_t optimizer, const float *step_sizes, const float *hyper, int64_t step,
-                              uint32_t seed, int32_t loss, float clip, double *loss_sum, int64_t *correct) {
-    if (layers < 1 || layers > MAX_LAYERS || batch < 1) return -1;
-    int64_t total = 0, widest = 1; /* The widest layer's units (the inputs not counted). */
+                              uint32_t seed, int32_t loss, float clip, double *loss_sum, int64_t *correct,
+                              int32_t threads) {
+    if (threads < 1) threads = 1;
+    if (layers < 1 || layers > MAX_LAYERS || batch < 1 || threads > MAX_THREADS) return -1;
+    DeepEpoch e = {starts, cols, vals, targets, labels, order, n, batch, layers, 1, step, units, activations,
+                   dropout, norm, step_sizes, hyper, arrays, slots, optimizer, loss, seed, clip};
+    int64_t total = 0;
     for (int64_t l = 1; l <= layers; l++) {
         total += units[l];
-        widest = units[l] > widest ? units[l] : widest;
+        e.widest = units[l] > e.widest ? units[l] : e.widest;
     }
-    const int64_t inputs = units[0];
-    /* Per layer, a batch of rows each: the activation's output, the BatchNormalization's x_hat and output,
-     * the gradient with respect to the pre-activations, and the Dropout's output (the layer's input). */
-    float *buffers = malloc(sizeof(float) * batch * (4 * total + layers * widest));
-    unsigned char *masks = malloc((size_t)(batch * widest * layers)); /* Each Dropout's kept entries (1). */
+    const int64_t inputs = units[0], widest = e.widest, capacity = batch * most_per_row + 1;
+    /* Per layer, a batch of rows each: out, x_hat, normed, upper, delta (5 x total), and the Dropout's output. */
+    float *buffers = malloc(sizeof(float) * batch * (5 * total + layers * widest));
+    unsigned char *masks = malloc((size_t)(batch * widest * layers));
     float *grads = malloc(sizeof(float) * (inputs * units[1] + widest * widest * layers + 4 * total));
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
-    float *stats = malloc(sizeof(float) * (total + 2 * widest));
-    double *row_losses = malloc(sizeof(double) * batch);
-    int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1));
-    Entry *entries = malloc(sizeof(Entry) * (batch * most_per_row + 1));
-    int failed = !buffers || !masks || !grads || !transposes || !stats || !row_losses || !offsets || !entries;
+    float *own = malloc(sizeof(float) * (5 * total + units[1]) * threads); /* Each thread's statistics, a row. */
+    e.row_losses = malloc(sizeof(double) * batch);
+    int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1) * threads);
+    Entry *entries = malloc(sizeof(Entry) * capacity * threads);
+    int failed = !buffers || !masks || !grads || !transposes || !own || !e.row_losses || !offsets || !entries;
     if (!failed) {
-        float *out[MAX_LAYERS], *x_hat[MAX_LAYERS], *normed[MAX_LAYERS], *dropped[MAX_LAYERS], *delta[MAX_LAYERS];
-        float *grad[MAX_LAYERS][TRAINED], *kernel_t[MAX_LAYERS], *scale[MAX_LAYERS], *scratch = stats + total;
-        const float *input[MAX_LAYERS + 1];
         float *next = buffers, *next_grad = grads + inputs * units[1];
         for (int64_t l = 0; l < layers; l++) {
             const int64_t width = units[l + 1];
-            out[l] = next, x_hat[l] = next + batch * width, normed[l] = next + 2 * batch * width;
-            delta[l] = next + 3 * batch * width;
-            next += 4 * batch * width;
-            grad[l][0] = l == 0 ? grads : next_grad;
+            e.out[l] = next, e.x_hat[l] = next + batch * width, e.normed[l] = next + 2 * batch * width;
+            e.upper[l] = next + 3 * batch * width, e.delta[l] = next + 4 * batch * width;
+            next += 5 * batch * width;
+            if (!arrays[ARRAYS * l + 2]) e.normed[l] = NULL;
+            e.masks[l] = masks + l * batch * widest;
+            e.grad[l][0] = l == 0 ? grads : next_grad;
             next_grad += l == 0 ? 0 : units[l] * width;
         }
         for (int64_t l = 0; l < layers; l++) {
-            for (int part = 1; part < TRAINED; part++, next_grad += units[l + 1]) grad[l][part] = next_grad;
-            kernel_t[l] = transposes + l * widest * widest;
-            if (l > 0) transpose(arrays[ARRAYS * l], units[l], units[l + 1], kernel_t[l]);
-        }
-        for (int64_t l = 0, offset = 0; l < layers; offset += units[l + 1], l++) scale[l] = stats + offset;
-        for (int64_t l = 1; l < layers; l++) dropped[l] = next + (l - 1) * batch * widest;
-        int64_t batch_number = 0;
-        for (int64_t start = 0; start < n; start += batch, batch_number++, step++) {
-            const int64_t rows = n - start < batch ? n - start : batch;
-            const int64_t *index = order + start;
-            /* Forward. */
-            digitlab_sparse_forward(starts, cols, vals, index, 0, rows, inputs, arrays[0], arrays[1], units[1],
-                                    out[0], 0, offsets, entries);
-            for (int64_t l = 0; l < layers; l++) {
-                const int64_t in = units[l], width = units[l + 1];
-                float *const *mine = arrays + ARRAYS * l;
-                if (l > 0) {
-                    const float *values = input[l];
-                    if (dropout[l] > 0.0f) {
-                        const float keep = 1.0f - dropout[l];
-                        unsigned char *mask = masks + l * batch * widest;
-                        for (int64_t k = 0; k < rows * in; k++) mask[k] = uniform(seed, step, l, k) < keep;
-                        for (int64_t k = 0; k < rows * in; k++) dropped[l][k] = mask[k] ? values[k] / keep : 0.0f;
-                        values = dropped[l];
-                    }
-                    input[l] = values;
-                    digitlab_dense_forward(values, rows, in, mine[0], mine[1], width, out[l]);
-                }
-                digitlab_dense_activate(out[l], rows, width, activations[l]);
-                input[l + 1] = out[l];
-                if (mine[2]) {
-                    norm_forward(out[l], rows, width, mine, norm + 3 * l, x_hat[l], normed[l], scratch,
-                                 scratch + widest, scale[l]);
-                    input[l + 1] = normed[l];
-                }
-            }
-            const int64_t classes = units[layers];
-            digitlab_dense_loss(out[layers - 1], targets, labels, index, rows, rows, classes, loss,
-                                activations[layers - 1], clip, delta[layers - 1], correct, row_losses);
-            for (int64_t r = 0; r < rows; r++) *loss_sum += row_losses[r];
-            /* Backward: every gradient first, then the updates. */
-            for (int64_t l = layers - 1; l >= 0; l--) {
-                const int64_t in = units[l], width = units[l + 1];
-                if (l == 0)
-                    digitlab_sparse_weight_gradient(offsets, entries, inputs, delta[0], width, grad[0][0], NULL, 0.0f);
-                else
-                    kernel_gradient(input[l], delta[l], rows, in, width, grad[l][0]);
-                memset(grad[l][1], 0, sizeof(float) * width);
-                for (int64_t r = 0; r < rows; r++)
-                    for (int64_t u = 0; u < width; u++) grad[l][1][u] += delta[l][r * width + u];
-                if (l == 0) break;
-                float *below = delta[l - 1];
-                digitlab_dense_backward(delta[l], rows, width, kernel_t[l], in, below);
-                if (dropout[l] > 0.0f) {
-                    const float keep = 1.0f - dropout[l];
-                    const unsigned char *mask = masks + l * batch * widest;
-                    for (int64_t k = 0; k < rows * in; k++) below[k] = mask[k] ? below[k] / keep : 0.0f;
-                }
-                float *const *lower = arrays + ARRAYS * (l - 1);
-                if (lower[2])
-                    norm_backward(below, x_hat[l - 1], rows, in, lower[2], scale[l - 1], grad[l - 1][2],
-                                  grad[l - 1][3]);
-                activation_gradient(below, out[l - 1], rows * in, activations[l - 1]);
-            }
-            const float step_size = step_sizes[batch_number];
-            for (int64_t l = 0; l < layers; l++) {
-                const int64_t sizes[TRAINED] = {units[l] * units[l + 1], units[l + 1], units[l + 1], units[l + 1]};
-                for (int part = 0; part < TRAINED; part++) {
-                    float *weight = arrays[ARRAYS * l + part];
-                    if (!weight) continue;
-                    float *const *moments = slots + 2 * (TRAINED * l + part);
-                    update(weight, moments[0], moments[1], grad[l][part], sizes[part], optimizer, hyper, step_size);
-                }
-                if (l > 0) transpose(arrays[ARRAYS * l], units[l], units[l + 1], kernel_t[l]);
+            for (int part = 1; part < TRAINED; part++, next_grad += units[l + 1]) e.grad[l][part] = next_grad;
+            e.kernel_t[l] = transposes + l * widest * widest;
+            if (l > 0) transpose(arrays[ARRAYS * l], units[l], units[l + 1], 0, units[l], e.kernel_t[l]);
+            if (l > 0) {
+                e.dropped[l] = next + (l - 1) * batch * widest;
+                e.input[l] = dropout[l] > 0.0f ? e.dropped[l] : e.normed[l - 1] ? e.normed[l - 1] : e.out[l - 1];
             }
         }
+        DeepWorker workers[MAX_THREADS];
+        int64_t bounds[MAX_THREADS + 1];
+        bounds[0] = 0, bounds[1] = inputs;
+        if (threads > 1) split_pixels(starts, cols, n, inputs, threads, bounds);
+        for (int t = 0; t < threads; t++) {
+            DeepWorker *w = &workers[t];
+            *w = (DeepWorker){&e, t, threads, bounds[t], bounds[t + 1]};
+            float *mine = own + (5 * total + units[1]) * t;
+            for (int64_t l = 0; l < layers; l++) {
+                const int64_t width = units[l + 1];
+                w->mean[l] = mine, w->var[l] = mine + width, w->scale[l] = mine + 2 * width;
+                w->sum_gamma[l] = t == 0 ? e.grad[l][2] : mine + 3 * width;
+                w->sum_beta[l] = t == 0 ? e.grad[l][3] : mine + 4 * width;
+                mine += 5 * width;
+            }
+            w->scratch = mine;
+            e.offsets[t] = offsets + (inputs + 1) * t;
+            e.entries[t] = entries + capacity * t;
+        }
+        pthread_t handles[MAX_THREADS];
+        const int started =
+            start_threads(threads, run_deep, workers, sizeof(DeepWorker), handles, &e.go, &e.n, &e.barrier);
+        if (started < threads) /* Alone: every row and pixel. */
+            workers[0].threads = 1, workers[0].first_pixel = 0, workers[0].last_pixel = inputs;
+        run_deep(&workers[0]);
+        join_threads(started, handles);
+        *loss_sum += e.loss_sum;
+        for (int t = 0; t < threads; t++) *correct += workers[t].correct;
     }
     free(buffers);
     free(masks);
     free(grads);
     free(transposes);
-    free(stats);
-    free(row_losses);
+    free(own);
+    free(e.row_losses);
     free(offsets);
     free(entries);
     return failed ? -1 : 0;

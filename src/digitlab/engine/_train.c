@@ -21,25 +21,11 @@
 
 #define _GNU_SOURCE /* syscall() and clock_gettime() under -std=c99 */
 #include <math.h>
-#include <sched.h>
-#include <time.h>
-#ifdef __wasm__
-/* WebAssembly: the C library has no threads; _wasm.c starts them in Web Workers where memory is shared. */
-typedef struct WasmThread *pthread_t;
-int pthread_create(pthread_t *thread, const void *attributes, void *(*start)(void *), void *argument);
-int pthread_join(pthread_t thread, void **result);
-#else
-#include <pthread.h>
-#endif
-#ifdef __linux__
-#include <limits.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_threads.h" /* Threads, the barrier, the pixels' split: shared with _deep.c. */
 
 #define LINEAR 0
 #define SIGMOID 1
@@ -49,7 +35,6 @@ int pthread_join(pthread_t thread, void **result);
 #define MEAN_SQUARED_ERROR 0
 #define CROSSENTROPY 1
 #define MAX_LAYERS 16
-#define MAX_THREADS 64
 
 /* Where an epoch goes (digitlab bench --profile): seconds per thread and phase, added to the caller's
  * `profile` array (threads x PHASES doubles) when it is not NULL; when it is NULL nothing is timed. */
@@ -66,8 +51,6 @@ enum {
     PHASE_SETUP,         /* Buffers, the kernels' transposes, starting and joining the threads. */
     PHASES
 };
-
-static int64_t now_ns(void);
 
 /* Adds the time since *mark to phase `phase` of `profile` (a thread's row) and moves the mark on. */
 static inline void lap(double *profile, int phase, int64_t *mark) {
@@ -107,10 +90,6 @@ void digitlab_dense_loss(const float *outputs, const float *targets, const int64
                          int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss, int32_t activation,
                          float clip, float *gradient, int64_t *correct, double *row_losses);
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_X86 1 /* For the barrier's pause instruction. */
-#endif
-
 /* kernel_t[l] = the transpose of dense layer l's kernel (units x inputs), for l = 1 ... layers - 1, each in
  * its widest x widest slot of `transposes`: the backward pass reads them, the updates keep them current. */
 static void transpose_kernels(int64_t layers, const int64_t *units, float *const *kernels, int64_t widest,
@@ -123,71 +102,6 @@ static void transpose_kernels(int64_t layers, const int64_t *units, float *const
 }
 
 /* ------------------------------------------------------------------------------ the epoch */
-
-/* A barrier for the threads of one epoch. It spins first: with a core per thread the wait is a few
- * microseconds (the threads' shares differ a little), and sleeping at once measured 1.3x slower. Past
- * SPIN_NS a thread sleeps (a futex on Linux, memory.atomic.wait32 in WebAssembly, else it yields), so
- * that when other programs hold the cores the thread it waits for gets one: spinning there made two
- * threads 2x slower than one. */
-#if defined(__linux__) || defined(__wasm_atomics__)
-#define BARRIER_SLEEPS 1
-#endif
-#define SPIN_NS 200000
-typedef struct {
-    int count, sense, threads, sleepers;
-} Barrier;
-
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static void barrier_sleep(Barrier *barrier, int old_sense) {
-#ifdef BARRIER_SLEEPS
-    /* Sleeps only while sense still holds old_sense (the kernel checks it), so a wake cannot be missed:
-     * the last thread stores sense, then reads sleepers; a sleeper adds itself, then the kernel reads sense. */
-    __atomic_add_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
-#ifdef __linux__
-    syscall(SYS_futex, &barrier->sense, FUTEX_WAIT_PRIVATE, old_sense, NULL, NULL, 0);
-#else
-    __builtin_wasm_memory_atomic_wait32(&barrier->sense, old_sense, -1);
-#endif
-    __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
-#else
-    (void)barrier;
-    (void)old_sense;
-    sched_yield();
-#endif
-}
-
-static void barrier_wait(Barrier *barrier, int *local_sense) {
-    if (barrier->threads == 1) return;
-    *local_sense = !*local_sense;
-    if (__atomic_sub_fetch(&barrier->count, 1, __ATOMIC_ACQ_REL) == 0) {
-        __atomic_store_n(&barrier->count, barrier->threads, __ATOMIC_RELAXED);
-        __atomic_store_n(&barrier->sense, *local_sense, __ATOMIC_SEQ_CST);
-#ifdef __linux__
-        if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
-            syscall(SYS_futex, &barrier->sense, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-#elif defined(BARRIER_SLEEPS)
-        if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
-            __builtin_wasm_memory_atomic_notify(&barrier->sense, UINT32_MAX);
-#endif
-        return;
-    }
-    int64_t deadline = 0;
-    for (int spins = 1; __atomic_load_n(&barrier->sense, __ATOMIC_ACQUIRE) != *local_sense; spins++) {
-        if (spins % 64 == 0) {
-            const int64_t now = now_ns();
-            if (!deadline) deadline = now + SPIN_NS;
-            else if (now > deadline) barrier_sleep(barrier, !*local_sense);
-        }
-#ifdef HAVE_X86
-        __builtin_ia32_pause();
-#endif
-    }
-}
 
 typedef struct {
     /* The data and the epoch's batch order. */
@@ -279,7 +193,7 @@ static void *run_worker(void *argument) {
     const int64_t units = e->units[1];
     double *profile = w->profile;
     int sense = 0;
-    while (!__atomic_load_n(&e->go, __ATOMIC_ACQUIRE)) sched_yield();
+    wait_to_go(&e->go);
     int64_t mark = profile ? now_ns() : 0;
     for (int64_t start = 0; start < e->n; start += e->batch) {
         const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch;
@@ -305,29 +219,6 @@ static void *run_worker(void *argument) {
         lap(profile, PHASE_WAIT_UPDATES, &mark);
     }
     return NULL;
-}
-
-/* Pixel boundaries for `threads` threads with about equal numbers of nonzero entries each, counted
- * over the data's first (up to 4096) images, read in storage order (the epoch's first images in its
- * order lie at random places: counting them cost about 1 ms an epoch). The middle of the image holds
- * most of the ink. Any boundaries give the same results: each pixel's sum runs over the rows in order. */
-static void split_pixels(const int64_t *starts, const uint16_t *cols, int64_t n, int64_t inputs, int64_t threads,
-                         int64_t *bounds) {
-    int64_t *counts = calloc(inputs, sizeof(int64_t)), total = 0;
-    bounds[0] = 0;
-    for (int64_t t = 1; t <= threads; t++) bounds[t] = inputs * t / threads;
-    if (!counts) return;
-    const int64_t sample = n < 4096 ? n : 4096;
-    for (int64_t j = starts[0]; j < starts[sample]; j++) counts[cols[j]]++, total++;
-    if (total > 0) {
-        int64_t seen = 0, t = 1;
-        for (int64_t p = 0; p < inputs && t < threads; p++) {
-            seen += counts[p];
-            while (t < threads && seen * threads >= total * t) bounds[t++] = p + 1;
-        }
-        for (; t < threads; t++) bounds[t] = inputs;
-    }
-    free(counts);
 }
 
 /* One epoch of plain SGD over the images in `order` (n of them, batches of `batch`), in place on
@@ -380,30 +271,16 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
             e.offsets[t] = offsets + (inputs + 1) * t;
             e.entries[t] = entries + capacity * t;
         }
-        e.barrier = (Barrier){(int)threads, 0, (int)threads, 0};
         pthread_t handles[MAX_THREADS];
-        int started = 1;
-        for (; started < threads; started++)
-            if (pthread_create(&handles[started], NULL, run_worker, &workers[started]) != 0) break;
-        if (started < threads) {
-            /* Fewer threads than asked: the started ones are held at the gate; they leave with no batches
-             * to do, and this thread does the epoch alone (the results do not depend on the threads). */
-            e.n = 0;
-            __atomic_store_n(&e.go, 1, __ATOMIC_RELEASE);
-            for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
-            e.n = n;
-            e.barrier = (Barrier){1, 0, 1, 0};
-            workers[0].threads = 1;
-            workers[0].first_pixel = 0;
-            workers[0].last_pixel = inputs;
-            started = 1;
-        }
-        __atomic_store_n(&e.go, 1, __ATOMIC_RELEASE);
+        const int started =
+            start_threads((int)threads, run_worker, workers, sizeof(Worker), handles, &e.go, &e.n, &e.barrier);
+        if (started < threads) /* Alone: every row and pixel. */
+            workers[0].threads = 1, workers[0].first_pixel = 0, workers[0].last_pixel = inputs;
         double before = 0.0;
         if (profile)
             for (int phase = 0; phase < PHASES; phase++) before += profile[phase];
         run_worker(&workers[0]);
-        for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+        join_threads(started, handles);
         *loss_sum += e.loss_sum;
         for (int t = 0; t < threads; t++) *correct += workers[t].correct;
         if (profile) {

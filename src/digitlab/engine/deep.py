@@ -2,12 +2,13 @@
 
     from digitlab.engine import deep, sparse
     plan = deep.DeepPlan(network, arrays, model=0)       # the NumPy backend's stacked arrays, model 0's slice
-    loss_sum, correct = deep.train_epoch(rows, y, labels, order, 128, plan, step=0)
+    loss_sum, correct = deep.train_epoch(rows, y, labels, order, 128, plan, step=0, threads=2)
 
 `numpy_backend.NumpyBackend` runs it where `supports(network)` is true and the sparse C kernel is
 built: a dense net with at least one BatchNormalization, Adam or plain SGD, Dropout anywhere above
 the first layer. It trains the state's arrays in place (weights, moving statistics, Adam's slots),
-one thread per network, with the NumPy backend's formulas (Keras's); evaluation stays in NumPy.
+with `threads` threads sharing each batch (the same bits for any number), with the NumPy backend's
+formulas (Keras's); evaluation stays in NumPy.
 Dropout's masks are drawn in C from the network's Dropout seed and the step count (`_deep.c`), so
 a resumed run draws the same ones; they are not Keras's, nor the NumPy path's.
 """
@@ -52,7 +53,7 @@ def _library():
             + [size] * 3
             + [pointer] * 6
             + [ctypes.c_int32, pointer, pointer, size, ctypes.c_uint32, ctypes.c_int32, ctypes.c_float]
-            + [pointer, pointer]
+            + [pointer, pointer, ctypes.c_int32]
         )
         library.digitlab_train_epoch_deep.restype = ctypes.c_int
         _bound = library
@@ -118,8 +119,11 @@ def train_epoch(
     batch_size: int,
     plan: DeepPlan,
     step: int,
+    threads: int = 1,
 ) -> tuple[float, int]:
-    """One epoch in C, in place on the plan's arrays, its first step numbered `step`: (loss sum, correct answers)."""
+    """One epoch in C, in place on the plan's arrays, its first step numbered `step`: (loss sum, correct answers).
+    `threads` threads share each batch (its rows; each sum over the rows runs in one order, so any number of
+    threads gives the same bits)."""
     if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
         raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
     if len(order) and not (0 <= order.min() and order.max() < data.shape[0]):
@@ -153,6 +157,7 @@ def train_epoch(
         float(spec.CROSSENTROPY_CLIP),
         ctypes.byref(loss_sum),
         ctypes.byref(correct),
+        max(1, min(int(threads), 64)),
     )
     if status != 0:
         raise MemoryError("The C deep-net epoch could not allocate its batch buffers.")

@@ -14,8 +14,8 @@ batch's transpose (with plain SGD, the C kernel also applies the update, to the
 weight rows the batch touches). With plain SGD and no Dropout the C kernel runs
 whole epochs instead (`sparse.train_epoch`: no Python between batches), one call
 per model, with `epoch_threads` threads sharing each batch; nets with
-BatchNormalization run whole epochs in `_deep.c` (`deep.train_epoch`, one thread a
-model); `DIGITLAB_NO_FUSED=1` keeps the per-batch steps. BatchNormalization's
+BatchNormalization run whole epochs in `_deep.c` (`deep.train_epoch`, the same
+threads sharing each batch); `DIGITLAB_NO_FUSED=1` keeps the per-batch steps. BatchNormalization's
 per-batch steps and its evaluation (moving statistics) are `norm.py`'s. (The module
 is over 450 lines: the steps, the loss, the optimizers and evaluation share one
 workspace and its views, which a split would pass around whole.) `seeds.SeedThreads` runs N seeds as one `NumpyBackend`
@@ -188,7 +188,7 @@ class NumpyBackend:
         self.plans = None
         self.deep_plans = None
         if self.first_layer.whole_epochs and self.sparse_rows is not None and deep.supports(self.network):
-            # BatchNormalization: whole epochs in _deep.c (one thread a network); validation stays in NumPy.
+            # BatchNormalization: whole epochs in _deep.c (threads share each batch); validation stays in NumPy.
             self.deep_plans = [deep.DeepPlan(self.network, self.arrays, k) for k in range(self.count)]
         elif self.first_layer.whole_epochs and self.sparse_rows is not None:
             self.plans = [
@@ -255,7 +255,7 @@ class NumpyBackend:
             kernel=kernel,
             density=density,
             whole_epochs=whole_epochs,
-            threads=self.epoch_threads if whole_epochs and not deep.supports(self.network) else 1,
+            threads=self.epoch_threads if whole_epochs else 1,
             rows=rows,
         )
 
@@ -268,10 +268,13 @@ class NumpyBackend:
         """Trains one epoch in the batch orders given; each network's loss sums and correct counts."""
         count, size = orders.shape
         if self.deep_plans is not None and self.sparse_rows is not None:
-            self.thread_counts[1] += 1
+            threads = self._threads_now()
+            self.thread_counts[threads] += 1
             step = int(self.arrays["iterations"])
             results = [
-                deep.train_epoch(self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan, step)
+                deep.train_epoch(
+                    self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan, step, threads=threads
+                )
                 for k, plan in enumerate(self.deep_plans)
             ]
             self.arrays["iterations"] += -(-size // self.batch_size)

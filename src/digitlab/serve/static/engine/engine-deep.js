@@ -207,6 +207,7 @@ export class DeepNet {
       engine.clip(),
       sums,
       sums + 8,
+      engine.threads, // Sharing each batch on the threads build: the same bits for any number.
     );
     engine._free(sizesAt);
     if (status !== 0) throw new Error("The engine could not allocate its batch buffers (the page's memory is full).");
