@@ -380,35 +380,49 @@ const ACTIVATE = {
 // The network's ten probabilities for 784 pixels (0-255): Dense layers, the config's activation, softmax;
 // in the deep net each hidden layer's BatchNormalization with its moving statistics, as Keras predicts.
 export function probabilities(weights, pixels, activation = run.config.activation, config = run.config) {
-  let values = Float64Array.from(pixels, (value) => value / 255);
+  return classifier(weights, activation, config)(pixels);
+}
+
+// probabilities' network, read once from an epoch's weights: a function of 784 pixels (0-255) to the ten
+// probabilities. The handwriting set scores its digits with one per epoch (the layers' names, the
+// BatchNormalization's scale and shift and the activation are looked up once, not once a digit).
+export function classifier(weights, activation = run.config.activation, config = run.config) {
   const names = arrayNames(normedLayers(config));
-  const layers = config.units.length + 1;
   const epsilon = config.batch_norm ? rules.engine_settings.batch_norm.epsilon : 0;
-  for (let layer = 0; layer < layers; layer++) {
+  const activate = ACTIVATE[activation];
+  const layers = [];
+  for (let layer = 0; layer < config.units.length + 1; layer++) {
     const at = names.indexOf(`dense_${layer}/kernel`);
     const [kernel, bias] = [weights[at], weights[at + 1]];
-    const units = bias.length;
-    const out = Float64Array.from(bias);
-    for (let input = 0; input < values.length; input++) {
-      const value = values[input];
-      if (value === 0) continue;
-      const row = input * units;
-      for (let unit = 0; unit < units; unit++) out[unit] += value * kernel[row + unit];
-    }
-    if (layer < layers - 1) out.forEach((value, unit) => (out[unit] = ACTIVATE[activation](value)));
+    let norm = null;
     if (names[at + 2] === `dense_${layer}/gamma`) {
       const [gamma, beta, mean, variance] = weights.slice(at + 2, at + 6);
-      out.forEach((value, unit) => {
-        const scale = gamma[unit] / Math.sqrt(variance[unit] + epsilon);
-        out[unit] = value * scale + (beta[unit] - mean[unit] * scale);
-      });
+      const scale = Float64Array.from(gamma, (value, unit) => value / Math.sqrt(variance[unit] + epsilon));
+      norm = { scale, shift: Float64Array.from(beta, (value, unit) => value - mean[unit] * scale[unit]) };
     }
-    values = out;
+    layers.push({ kernel, bias, units: bias.length, norm, hidden: layer < config.units.length });
   }
-  const largest = Math.max(...values);
-  const exps = values.map((value) => Math.exp(value - largest));
-  const sum = exps.reduce((total, value) => total + value, 0);
-  return [...exps].map((value) => value / sum);
+  return (pixels) => {
+    let values = new Float64Array(pixels.length);
+    for (let input = 0; input < pixels.length; input++) values[input] = pixels[input] / 255;
+    for (const { kernel, bias, units, norm, hidden } of layers) {
+      const out = Float64Array.from(bias);
+      for (let input = 0; input < values.length; input++) {
+        const value = values[input];
+        if (value === 0) continue;
+        const row = input * units;
+        for (let unit = 0; unit < units; unit++) out[unit] += value * kernel[row + unit];
+      }
+      if (hidden) for (let unit = 0; unit < units; unit++) out[unit] = activate(out[unit]);
+      if (norm) for (let unit = 0; unit < units; unit++) out[unit] = out[unit] * norm.scale[unit] + norm.shift[unit];
+      values = out;
+    }
+    let largest = -Infinity;
+    for (const value of values) largest = Math.max(largest, value);
+    const exps = values.map((value) => Math.exp(value - largest));
+    const sum = exps.reduce((total, value) => total + value, 0);
+    return [...exps].map((value) => value / sum);
+  };
 }
 
 function answer(canvas, weights, epoch) {

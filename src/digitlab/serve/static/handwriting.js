@@ -6,7 +6,7 @@
 // PNG pictures named digit-LABEL-N.png that `digitlab predict RUN FILE` reads. Nothing leaves the browser
 // unless the learner sends it: classroom.js sends only the accuracy, with a run.
 //   import { scoreEpoch } from "./handwriting.js";   // { accuracy, wrong, count, milliseconds } for a run's epoch
-import { prepare, probabilities } from "./browser.js";
+import { classifier, prepare } from "./browser.js";
 
 const $ = (id) => document.getElementById(id);
 const STORE = "digitlab-handwriting";
@@ -125,10 +125,10 @@ export function scoreEpoch(run, epoch) {
   const key = `${run.id}/${epoch}/${digits.length}`;
   if (!scores.has(key)) {
     const started = performance.now();
-    const weights = run.weights[epoch - 1];
+    const network = classifier(run.weights[epoch - 1], run.config.activation, run.config);
     const wrong = [];
     digits.forEach((digit, index) => {
-      const probs = probabilities(weights, digit.pixels, run.config.activation);
+      const probs = network(digit.pixels);
       const said = probs.indexOf(Math.max(...probs));
       if (said !== digit.label) wrong.push({ index, said });
     });
