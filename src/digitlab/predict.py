@@ -88,7 +88,7 @@ def pixel_probabilities(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
     return probabilities(model, imaging.model_inputs(pixels, model))
 
 
-def describe(probability_row: np.ndarray) -> dict:
+def answer(probability_row: np.ndarray) -> dict:
     """The predicted digit, the top three (digit, probability) and all ten, JSON-ready."""
     row = np.asarray(probability_row, dtype=np.float64).ravel()
     order = np.argsort(-row, kind="stable")
@@ -108,7 +108,7 @@ def predict_index(model: keras.Model, x_valid_uint8: np.ndarray, y_valid: np.nda
         raise errors.DigitlabError(f"Index {index} is out of range; choose a validation image from 0 to {count - 1}.")
     pixels = np.asarray(x_valid_uint8[index])
     result = {"index": int(index), "label": int(y_valid[index])}
-    result.update(describe(pixel_probabilities(model, pixels)[0]))
+    result.update(answer(pixel_probabilities(model, pixels)[0]))
     result["correct"] = result["digit"] == result["label"]
     return result
 
@@ -148,7 +148,7 @@ def predict_files(
             results.append({"path": str(path), "error": str(error)})
             continue
         result = {"path": str(path)}
-        result.update(describe(pixel_probabilities(model, pixels)[0]))
+        result.update(answer(pixel_probabilities(model, pixels)[0]))
         if show_dir is not None:
             name = f"{path.stem}_seen.png"
             counter = 2

@@ -176,8 +176,8 @@ def expected_weights(config: TrainConfig) -> list[tuple[str, tuple[int, ...]]]:
     thousands of epochs of a few nets; building a Keras model for each would cost more than the rest)."""
     key = json.dumps([config.model, config.units, config.to_dict().get("activation")], default=str)
     if key not in _EXPECTED:
-        model = models.create_model(config)  # Compiled: spec.describe reads its optimizer too.
-        names = weight_names(spec.describe(model, config))  # dense_0/kernel, ..., and the deep net's gamma, beta, ...
+        model = models.create_model(config)  # Compiled: spec.read_network reads its optimizer too.
+        names = weight_names(spec.read_network(model, config))  # dense_0/kernel, ..., the deep net's gamma, beta
         _EXPECTED[key] = [(name, tuple(weight.shape)) for name, weight in zip(names, model.get_weights(), strict=True)]
     return _EXPECTED[key]
 

@@ -69,7 +69,7 @@ from digitlab.engine.spec import (
     NetworkSpec,
     OptimizerSpec,
     UnsupportedModel,
-    describe,
+    read_network,
     slot_names,
     unsupported_reason,
 )
@@ -85,7 +85,7 @@ __all__ = [
     "NetworkSpec",
     "OptimizerSpec",
     "UnsupportedModel",
-    "describe",
+    "read_network",
     "jax_has_gpu",
     "make_engine",
     "slot_names",

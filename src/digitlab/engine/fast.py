@@ -76,9 +76,9 @@ class FastEngine:
             raise ValueError("FastEngine needs at least one compiled Keras model.")
         if backend not in BACKENDS:
             raise ValueError(f"Unknown engine backend {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
-        self.network = spec.describe(models[0], config)
+        self.network = spec.read_network(models[0], config)
         for model in models[1:]:
-            if spec.describe(model, config) != self.network:
+            if spec.read_network(model, config) != self.network:
                 raise ValueError("All models given to FastEngine must share one architecture, loss and optimizer.")
         self.models = list(models)
         self.batch_size = int(config.batch_size)

@@ -1,10 +1,10 @@
 """Reads a compiled Keras model into a `NetworkSpec`: what the fast engine trains, or why it cannot.
 
     from digitlab.engine import spec
-    network = spec.describe(model, config)          # raises spec.UnsupportedModel
+    network = spec.read_network(model, config)          # raises spec.UnsupportedModel
     reason = spec.unsupported_reason(model, config)  # None, or a sentence why not
 
-`describe` checks the model against what `FastEngine` supports (a `keras.Sequential`
+`read_network` checks the model against what `FastEngine` supports (a `keras.Sequential`
 of Dense, BatchNormalization and Dropout layers, mean squared error or categorical cross-entropy, SGD,
 Adam or RMSprop) and returns its layers, loss and optimizer as plain frozen
 dataclasses. Both backends compute from a `NetworkSpec` alone, and share the names
@@ -82,13 +82,13 @@ class UnsupportedModel(errors.DigitlabError):
 def unsupported_reason(model: keras.Model, config: TrainConfig) -> str | None:
     """None if `FastEngine` can train this compiled model with this config, else a sentence why."""
     try:
-        describe(model, config)
+        read_network(model, config)
     except UnsupportedModel as error:
         return str(error)
     return None
 
 
-def describe(model: keras.Model, config: TrainConfig) -> NetworkSpec:
+def read_network(model: keras.Model, config: TrainConfig) -> NetworkSpec:
     """Reads a compiled Keras model into a NetworkSpec, raising UnsupportedModel if it cannot."""
     if not isinstance(model, keras.Sequential):
         raise UnsupportedModel("The fast engine trains keras.Sequential models only.")

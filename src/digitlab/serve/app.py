@@ -189,7 +189,7 @@ async def predict_digit(
         raise HTTPException(
             409, "No network is served yet: train one on the page and keep it here, then ask it with ?run=NAME."
         )
-    answer = predict.describe(row)
+    answer = predict.answer(row)
     answer["pixels"] = pixels.tolist()
     answer["source"] = source
     answer.update(extra)

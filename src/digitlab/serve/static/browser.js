@@ -10,6 +10,8 @@
 // modules follow a run through the events "digitlab:run-start", "digitlab:epoch", "digitlab:run-end" and
 // "digitlab:kept" on document (classroom.js sends it to a class, handwriting.js scores the learner's own
 // digits, live.js lists it beside the server's runs), and read drawings with prepare and probabilities.
+// It runs past 450 lines as one concern, the training panel's run: its settings, the Worker's messages, the
+// curves, tiles and slider they feed, and the pad read by the epoch shown.
 // "digitlab:show" says whether this run (source "browser") or a server's run (live.js) is on show. The
 // page's address holds the settings (TrainConfig's names, ?learning_rate=0.5&epochs=3) and `hide=loss,optimizer`
 // hides those fields: a teacher's link opens the page ready to train.

@@ -34,6 +34,9 @@
  * Nets with BatchNormalization (the book's deep net, with Dropout and Adam) train through engine-deep.js:
  * setNetwork takes `norm`, `dropout`, optimizer "adam" and its settings there (see that file).
  * docs/browser-engine.md describes the API and how the two engines are held to the same bits.
+ *
+ * It runs past 450 lines as one concern, the module's edge: its memory, its Workers, and each C export's
+ * arguments laid out in the C code's order; the deep net's own arrays live in engine-deep.js.
  */
 
 import { DeepNet, isDeep } from "./engine-deep.js";
