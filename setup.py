@@ -19,7 +19,7 @@ setup(
                 "src/digitlab/engine/_train.c",
                 "src/digitlab/engine/_deep.c",
             ],
-            depends=["src/digitlab/engine/_threads.h"],
+            depends=["src/digitlab/engine/_engine.h", "src/digitlab/engine/_threads.h"],
             extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off"],
             optional=True,
         )

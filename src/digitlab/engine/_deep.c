@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_engine.h"  /* The codes, Entry and the functions of _kernels.c and _dense.c. */
 #include "_threads.h" /* Threads, the barrier, the pixels' split: shared with _train.c. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -55,28 +56,6 @@
  * a BatchNormalization); in `slots`: the first and second moments of the first four (Adam only). */
 #define ARRAYS 6
 #define TRAINED 4
-#define RELU 2
-
-typedef struct {
-    int32_t row;
-    float value;
-} Entry;
-void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
-                             int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
-                             int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries);
-void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
-                              int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
-                              float rate);
-void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
-                            int64_t units, float *out);
-void digitlab_dense_backward(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
-                             float *below);
-void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t activation);
-void digitlab_dense_activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation);
-int digitlab_kernels_simd_on(void);
-void digitlab_dense_loss(const float *outputs, const float *targets, const int64_t *labels, const int64_t *index,
-                         int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss, int32_t activation,
-                         float clip, float *gradient, int64_t *correct, double *row_losses);
 
 /* A uniform float in [0, 1) from 24 bits of a 64-bit mix (SplitMix64's finalizer) of the four numbers. */
 static float uniform(uint32_t seed, int64_t step, int64_t layer, int64_t entry) {
@@ -318,7 +297,6 @@ static void transpose(const float *kernel, int64_t inputs, int64_t units, int64_
     for (int64_t i = first; i < last; i++)
         for (int64_t u = 0; u < units; u++) kernel_t[u * inputs + i] = kernel[i * units + u];
 }
-
 
 /* ------------------------------------------------------------------------------ the epoch */
 

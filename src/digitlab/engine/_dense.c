@@ -33,14 +33,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define LINEAR 0
-#define SIGMOID 1
-#define RELU 2
-#define TANH 3
-#define SOFTMAX 4
-#define MEAN_SQUARED_ERROR 0
-
-int digitlab_kernels_simd_on(void); /* From _kernels.c. */
+#include "_engine.h" /* The codes, and digitlab_kernels_simd_on() of _kernels.c. */
 
 #ifdef __wasm_simd128__
 #include <wasm_simd128.h>

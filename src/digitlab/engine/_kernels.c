@@ -33,6 +33,8 @@
 
 #define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c99 */
 #include <stdint.h>
+
+#include "_engine.h" /* Entry, and the declarations of what this file exports to the others. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -45,11 +47,6 @@
 #define HAVE_SIMD128 1
 #endif
 
-/* One nonzero pixel in a batch's transpose: the batch row it is in, and its value. */
-typedef struct {
-    int32_t row;
-    float value;
-} Entry;
 
 /* Asks for image `ahead` rows on to be brought into cache: the batch's images lie at random places. */
 #define PREFETCH_AHEAD 2

@@ -28,15 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_engine.h"  /* The codes, Entry and the functions of _kernels.c and _dense.c. */
 #include "_threads.h" /* Threads, the barrier, the pixels' split: shared with _deep.c. */
 
-#define LINEAR 0
-#define SIGMOID 1
-#define RELU 2
-#define TANH 3
-#define SOFTMAX 4
-#define MEAN_SQUARED_ERROR 0
-#define CROSSENTROPY 1
 #define MAX_LAYERS 16
 
 /* Where an epoch goes (digitlab bench --profile): seconds per thread and phase, added to the caller's
@@ -64,34 +58,6 @@ static inline void lap(double *profile, int phase, int64_t *mark) {
 }
 
 int digitlab_profile_phases(void) { return PHASES; }
-
-/* From _kernels.c: the sparse first layer, and the transpose of a batch's rows (Entry: row and value). */
-typedef struct {
-    int32_t row;
-    float value;
-} Entry;
-void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
-                             int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
-                             int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries);
-void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
-                              int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
-                              float rate);
-int digitlab_kernels_simd_on(void);
-
-/* From _dense.c: the layers above the first (AVX2 or portable, as digitlab_kernels_simd_on() says). */
-void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
-                            int64_t units, float *out);
-void digitlab_dense_backward(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
-                             float *below);
-void digitlab_dense_sgd_units(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units, int64_t u0,
-                              int64_t u1, float *kernel, float *kernel_t, float rate, float *scratch);
-void digitlab_dense_sgd_bias(const float *g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *bias,
-                             float rate);
-void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t activation);
-void digitlab_dense_activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation);
-void digitlab_dense_loss(const float *outputs, const float *targets, const int64_t *labels, const int64_t *index,
-                         int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss, int32_t activation,
-                         float clip, float *gradient, int64_t *correct, double *row_losses);
 
 /* kernel_t[l] = the transpose of dense layer l's kernel (units x inputs), for l = 1 ... layers - 1, each in
  * its widest x widest slot of `transposes`: the backward pass reads them, the updates keep them current. */

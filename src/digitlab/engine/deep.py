@@ -124,12 +124,7 @@ def train_epoch(
     """One epoch in C, in place on the plan's arrays, its first step numbered `step`: (loss sum, correct answers).
     `threads` threads share each batch (its rows; each sum over the rows runs in one order, so any number of
     threads gives the same bits)."""
-    if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
-        raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
-    if len(order) and not (0 <= order.min() and order.max() < data.shape[0]):
-        raise ValueError(f"train_epoch: the order names images outside 0 ... {data.shape[0] - 1}.")
-    if data.shape[1] != plan.units[0]:
-        raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
+    sparse.check_epoch_inputs(data, targets, labels, order, plan.units)
     order = np.ascontiguousarray(order, np.int64)
     sizes = plan.step_sizes(step, -(-len(order) // batch_size))
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)

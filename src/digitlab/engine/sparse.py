@@ -342,6 +342,16 @@ class EpochPlan:
         self._arrays = (kernels, biases)  # Keeps the arrays the pointers point into alive.
 
 
+def check_epoch_inputs(data: SparseRows, targets: np.ndarray, labels: np.ndarray, order, units) -> None:
+    """Refuses (ValueError) an epoch's targets, labels or order that do not fit `data` and a net of `units`."""
+    if targets.shape != (data.shape[0], int(units[-1])) or labels.shape != (data.shape[0],):
+        raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
+    if len(order) and not (0 <= order.min() and order.max() < data.shape[0]):
+        raise ValueError(f"train_epoch: the order names images outside 0 ... {data.shape[0] - 1}.")
+    if data.shape[1] != units[0]:
+        raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {units[0]}.")
+
+
 def train_epoch(
     data: SparseRows,
     targets: np.ndarray,
@@ -361,12 +371,7 @@ def train_epoch(
     With `profile` (a float64 array of at least `threads` x `profile_phases()`), each thread's
     seconds in each phase of the epoch are added to its row (`timing.PHASES` names them).
     """
-    if targets.shape != (data.shape[0], int(plan.units[-1])) or labels.shape != (data.shape[0],):
-        raise ValueError(f"train_epoch: targets {targets.shape} and labels {labels.shape} do not fit the data.")
-    if len(order) and not (0 <= order.min() and order.max() < data.shape[0]):
-        raise ValueError(f"train_epoch: the order names images outside 0 ... {data.shape[0] - 1}.")
-    if data.shape[1] != plan.units[0]:
-        raise ValueError(f"train_epoch: the data has {data.shape[1]} inputs, the first layer {plan.units[0]}.")
+    check_epoch_inputs(data, targets, labels, order, plan.units)
     threads = max(1, min(int(threads), 64))
     if profile is not None and (profile.dtype != np.float64 or profile.shape[0] < threads or profile.ndim != 2):
         raise ValueError(f"train_epoch: the profile needs float64 rows for {threads} threads, got {profile.shape}.")

@@ -1,0 +1,51 @@
+/* What the engine's C files share: the codes of activations and losses, the transpose's Entry, and the
+ * functions each file exports to the others (_kernels.c: the sparse first layer; _dense.c: the layers
+ * above it). Included by _kernels.c, _dense.c, _train.c and _deep.c, so each declaration is written once
+ * and the compiler checks every definition against it.
+ */
+
+#ifndef DIGITLAB_ENGINE_H
+#define DIGITLAB_ENGINE_H
+
+#include <stdint.h>
+
+/* Activations and losses, as spec.py codes them. */
+#define LINEAR 0
+#define SIGMOID 1
+#define RELU 2
+#define TANH 3
+#define SOFTMAX 4
+#define MEAN_SQUARED_ERROR 0
+#define CROSSENTROPY 1
+
+/* One nonzero pixel of a batch's transpose: its row in the batch and its value. */
+typedef struct {
+    int32_t row;
+    float value;
+} Entry;
+
+/* From _kernels.c: the sparse first layer (AVX2, AVX-512 or portable, as digitlab_kernels_simd_on() says). */
+int digitlab_kernels_simd_on(void);
+void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
+                             int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                             int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries);
+void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
+                              int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
+                              float rate);
+
+/* From _dense.c: the layers above the first. */
+void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
+                            int64_t units, float *out);
+void digitlab_dense_backward(const float *g, int64_t rows, int64_t units, const float *kernel_t, int64_t inputs,
+                             float *below);
+void digitlab_dense_sgd_units(const float *a, const float *g, int64_t rows, int64_t inputs, int64_t units, int64_t u0,
+                              int64_t u1, float *kernel, float *kernel_t, float rate, float *scratch);
+void digitlab_dense_sgd_bias(const float *g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *bias,
+                             float rate);
+void digitlab_dense_activate(float *values, int64_t rows, int64_t units, int32_t activation);
+void digitlab_dense_activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation);
+void digitlab_dense_loss(const float *outputs, const float *targets, const int64_t *labels, const int64_t *index,
+                         int64_t rows, int64_t batch_rows, int64_t classes, int32_t loss, int32_t activation,
+                         float clip, float *gradient, int64_t *correct, double *row_losses);
+
+#endif
