@@ -16,6 +16,7 @@ import json
 import re
 import signal
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -241,3 +242,26 @@ def test_the_view_only_link_watches_and_overlays_but_keeps_nothing(chromium, ser
     refused = nobody.new_page().goto(url + "/")
     assert refused.status == 401 and "needs its token" in refused.text()
     nobody.close()
+
+
+def test_a_servers_run_keeps_its_slider_when_the_training_panel_starts_late(chromium, server, followed, tmp_path):
+    """live.js (a classic script) can open a server's run before browser.js (a module, with its imports) has
+    run at all, as on a loaded machine: the training panel must then leave the slider to live.js. browser.js
+    is held back here (its answer delayed: the lateness itself, not a wait) to make that order certain."""
+    url, _ = server
+    _, run = followed
+
+    def late(route):
+        time.sleep(1.5)
+        route.continue_()
+
+    context = chromium.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.route("**/static/browser.js", late)
+    page.goto(f"{url}/?token={OPERATOR}&run={run.name}")
+    expect(page.locator("#accuracy-chart .valid .point")).to_have_count(EPOCHS, timeout=LONG)
+    page.wait_for_selector("#model-badge.ok", timeout=LONG)  # browser.js has started, after the run was opened.
+    show_epoch(page, 2)
+    show_epoch(page, EPOCHS)
+    page.screenshot(path=str(tmp_path / "late-panel.png"), full_page=True)
+    context.close()

@@ -12,7 +12,8 @@
 // digits, live.js lists it beside the server's runs), and read drawings with prepare and probabilities.
 // It runs past 450 lines as one concern, the training panel's run: its settings, the Worker's messages, the
 // curves, tiles and slider they feed, and the pad read by the epoch shown.
-// "digitlab:show" says whether this run (source "browser") or a server's run (live.js) is on show. The
+// "digitlab:show" says whether this run (source "browser") or a server's run (live.js) is on show, and
+// <html data-show> keeps the latest choice for a module that starts after it was made. The
 // page's address holds the settings (TrainConfig's names, ?learning_rate=0.5&epochs=3) and `hide=loss,optimizer`
 // hides those fields: a teacher's link opens the page ready to train.
 import { check, loadRules } from "./rules.js";
@@ -27,7 +28,9 @@ let worker = null;
 let run = null; // { id, config, history, weights: [per epoch: Float32Array[]], status, engine, sha256, wallTime }
 let follow = true;
 let redraw = null;
-let onShow = true; // Whether this run is on show (not a server's run that live.js opened).
+// Whether this run is on show (not a server's run that live.js opened). live.js (a classic script) may open a
+// server's run before this module has run at all, so the choice is also kept on <html data-show>, read here.
+let onShow = document.documentElement.dataset.show !== "server";
 const params = new URLSearchParams(location.search);
 const hidden = new Set((params.get("hide") || "").split(",").map((name) => name.trim()).filter(Boolean));
 
@@ -163,6 +166,7 @@ function start(event) {
   worker.postMessage({ type: "start", config, mnist: new URL("mnist/", import.meta.url).href, threads, gallery, engineSettings });
   say("Starting…");
   document.dispatchEvent(new CustomEvent("digitlab:run-start", { detail: { run } }));
+  document.documentElement.dataset.show = "browser";
   document.dispatchEvent(new CustomEvent("digitlab:show", { detail: { source: "browser", started: true } }));
 }
 

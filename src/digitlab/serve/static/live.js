@@ -61,6 +61,7 @@
     $("end-card").hidden = true;
     liveStatus.classList.remove("error");
     liveStatus.textContent = `Opening ${run}…`;
+    document.documentElement.dataset.show = "server"; // For browser.js, should it start after this.
     document.dispatchEvent(new CustomEvent("digitlab:show", { detail: { source: "server", run } }));
     const mine = shown;
     source = new EventSource(`api/runs/${encodeURIComponent(run)}/events`);
@@ -294,6 +295,7 @@
     const rows = table.createTBody();
     if (browserRun) {
       const row = runRow(rows, browserSummary(), () => {
+        document.documentElement.dataset.show = "browser";
         document.dispatchEvent(new CustomEvent("digitlab:show", { detail: { source: "browser" } }));
       });
       row.classList.add("here");
