@@ -41,7 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -135,13 +134,7 @@ class Student(threading.Thread):
         weights_every_s = json.loads(state)["weights_every_s"] if state else 0.0
         config = TrainConfig(model="shallow", epochs=self.epochs, learning_rate=0.5, seed=self.index, train_limit=1000)
         head = {
-            "format": page_runs.FORMAT,
-            "version": page_runs.FORMAT_VERSION,
-            "run_id": uuid.uuid4().hex,
-            "config": config.resolved().to_dict(),
-            "data_sha256": self.sha256,
-            "engine": "class_bench",
-            "browser": "class_bench",
+            **page_runs.head(config, self.sha256, "class_bench", "class_bench"),
             "student": f"Student {self.index:03d}",
         }
         json_headers = {"Content-Type": "application/json"}

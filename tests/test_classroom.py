@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +52,7 @@ def make_client(tmp_path, mnist_path, **settings) -> TestClient:
 
 def settings(loaded, student="Ada", seed=7, learning_rate=0.5) -> dict:
     config = TrainConfig(model="shallow", epochs=EPOCHS, learning_rate=learning_rate, seed=seed, train_limit=1000)
-    return {
-        "format": page_runs.FORMAT,
-        "version": page_runs.FORMAT_VERSION,
-        "run_id": uuid.uuid4().hex,
-        "config": config.resolved().to_dict(),
-        "data_sha256": loaded.sha256,
-        "engine": "test",
-        "browser": "test",
-        "student": student,
-    }
+    return {**page_runs.head(config, loaded.sha256, "test", "test"), "student": student}
 
 
 def encoded(weights) -> list[dict]:

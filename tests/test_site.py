@@ -64,10 +64,7 @@ def page_run(loaded, epochs_done=2, epochs=2, learning_rate=0.5, seed=11) -> dic
     state = engine.get_state()
     names = ["dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias"]
     return {
-        "format": page_runs.FORMAT,
-        "version": page_runs.FORMAT_VERSION,
-        "run_id": uuid.uuid4().hex,
-        "config": config.to_dict(),
+        **page_runs.head(config, loaded.sha256, "engine.wasm (1 thread)", "a test"),
         "history": history,
         "weights": [
             {
@@ -79,9 +76,6 @@ def page_run(loaded, epochs_done=2, epochs=2, learning_rate=0.5, seed=11) -> dic
         ],
         "status": "complete" if epochs_done == epochs else "interrupted",
         "wall_time_s": 0.5,
-        "data_sha256": loaded.sha256,
-        "engine": "engine.wasm (1 thread)",
-        "browser": "a test",
     }
 
 

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,21 @@ class OtherData(PageRunError):
 
 class AlreadySaved(PageRunError):
     """This run (by its id) is already a run folder here."""
+
+
+def head(config: TrainConfig, data_sha256: dict, engine: str, browser: str) -> dict:
+    """A page run document's settings, as the page writes them when Train is pressed: its format, a new
+    run id, the resolved config, the MNIST it trains on (`data.Loaded.sha256`), and where it trains. The
+    page adds history, weights and status as it goes; a class run sends this to begin (with `student`)."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "run_id": uuid.uuid4().hex,
+        "config": config.resolved().to_dict(),
+        "data_sha256": data_sha256,
+        "engine": engine,
+        "browser": browser,
+    }
 
 
 def folder_name(document: dict, config: TrainConfig) -> str:
