@@ -45,9 +45,10 @@ def page(chromium, live_server):
 
 
 def draw(page, strokes, steps=12, selector="#pad"):
-    """Draws polylines given in 0-1 coordinates of the canvas `selector`, with mouse moves between points."""
+    """Draws polylines given in 0-1 coordinates of the canvas `selector`, with mouse moves between points,
+    once the canvas has stayed in place for two frames (cards above it may still be appearing)."""
     page.locator(selector).scroll_into_view_if_needed()
-    box = page.locator(selector).bounding_box()
+    box = settled_box(page, selector)
 
     def at(point):
         return box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]
@@ -60,6 +61,18 @@ def draw(page, strokes, steps=12, selector="#pad"):
                 share = step / steps
                 page.mouse.move(*at((start[0] + (end[0] - start[0]) * share, start[1] + (end[1] - start[1]) * share)))
         page.mouse.up()
+
+
+def settled_box(page, selector):
+    """The bounding box of `selector` once two animation frames in a row leave it where it was."""
+    box = page.locator(selector).bounding_box()
+    for _ in range(200):
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        again = page.locator(selector).bounding_box()
+        if again == box:
+            return box
+        box = again
+    raise AssertionError(f"{selector} kept moving: the page's layout never settled")
 
 
 def bar_heights(page):

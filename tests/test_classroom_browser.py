@@ -110,6 +110,8 @@ def test_a_handwriting_set_is_drawn_kept_loaded_and_scored_every_epoch(chromium,
     page = context.new_page()
     page.goto(f"{url}{SETTINGS}&seed=3")
     expect(page.locator("#hw-card")).to_be_visible(timeout=LONG)
+    # The class's name row appears above the pad once the page has read api/class: draw after it has.
+    expect(page.locator("#class-name-row")).to_be_visible(timeout=LONG)
     for label, strokes in SHAPES.items():
         page.locator("#hw-label").select_option(str(label))
         draw(page, strokes, steps=10, selector="#hw-pad")
