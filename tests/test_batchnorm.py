@@ -49,9 +49,9 @@ def train(run_engine, x, y, validation, epochs: int) -> list[dict]:
 
 # The engine's paths for the deep net, the variable that picks each, and how the engine says it runs.
 PATHS = {
-    "C epochs": (None, "whole epochs in C, sparse first layer (AVX2"),
+    "C epochs": (None, "whole epochs in C, sparse first layer (AVX"),
     "C epochs, portable": (sparse.SCALAR_VARIABLE, "whole epochs in C, sparse first layer (portable C"),
-    "NumPy steps": (numpy_backend.NO_FUSED_VARIABLE, "sparse first layer in C (AVX2"),
+    "NumPy steps": (numpy_backend.NO_FUSED_VARIABLE, "sparse first layer in C (AVX"),
     "NumPy only": (sparse.DISABLE_VARIABLE, "NumPy only"),
 }
 

@@ -13,7 +13,7 @@ from digitlab import atomic, errors
 from digitlab.bench import arithmetic, breakdown
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
-from digitlab.engine import timing
+from digitlab.engine import sparse, timing
 
 ROW_NAMES = [
     "Keras fit, TensorFlow backend",
@@ -63,8 +63,9 @@ def test_run_bench_writes_every_row(tmp_path):
     )
     assert "against one seed on one core" in markdown
     # Each engine row says what ran, and (with profile=True) where its epochs went, phase by phase.
-    assert all(row["kernel"] == "AVX2" and row["thread_counts"] for row in engine_rows)
-    assert "digitlab engine, 1 seed, one core (fast-numpy, AVX2 (256-bit), 1 thread per network)" in markdown
+    kernel = "AVX-512 (512-bit)" if sparse.avx512() else "AVX2 (256-bit)"  # The first layer's code on this CPU.
+    assert all(row["kernel"] == kernel.split(" ")[0] and row["thread_counts"] for row in engine_rows)
+    assert f"digitlab engine, 1 seed, one core (fast-numpy, {kernel}, 1 thread per network)" in markdown
     assert engine_rows[2]["seed_threads"] == 2 and "2 threads over the seeds" in markdown
     assert set(saved["bandwidth"]) == {"l1", "l2", "memory"} and min(saved["bandwidth"].values()) > 0
     for row in engine_rows:

@@ -43,7 +43,7 @@ def test_the_phase_table_has_every_phase_for_each_side(mnist_path):
         r"^Where an epoch goes: the book's net, 1,000 images; .* \d{4}-\d\d-\d\d \d\d:\d\d UTC\.$", table, re.M
     )
     assert re.search(
-        r"^1 thread\(s\): native (AVX2|portable C) \(1 ran\), portable C, WebAssembly engine\.wasm", table, re.M
+        r"^1 thread\(s\): native (AVX-512|AVX2|portable C) \(1 ran\), portable C, WebAssembly engine\.wasm", table, re.M
     )
     labels = phase_labels()
     assert len(labels) == 10

@@ -56,7 +56,7 @@ class EpochResult(_Measured, total=False):
     final_val_accuracies: list[float]
     flops_per_epoch: int
     useful_flops_per_epoch: int
-    kernel: str  # The first layer's code: "AVX2", "portable C", "NumPy" or "JAX".
+    kernel: str  # The first layer's code: "AVX-512", "AVX2", "portable C", "NumPy" or "JAX".
     thread_counts: dict[str, int]  # Epochs per number of threads each network ran on.
     seed_threads: int  # Threads sharing the seeds.
     cores: int  # The cores the process could use.

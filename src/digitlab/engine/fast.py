@@ -117,7 +117,7 @@ class FastEngine:
 
     @property
     def kernel(self) -> str:
-        """What computes the first layer: "AVX2" or "portable C" (the sparse C kernel), "NumPy", or "JAX"."""
+        """What computes the first layer: "AVX-512", "AVX2" or "portable C" (the sparse C kernel), "NumPy", or "JAX"."""
         return getattr(self._impl, "kernel", "JAX")
 
     @property

@@ -45,7 +45,7 @@ NO_FUSED_VARIABLE = "DIGITLAB_NO_FUSED"
 class FirstLayerPlan:
     """How the first layer runs, decided once for the data (`NumpyBackend.plan_first_layer`).
 
-    `kernel` names the sparse C kernel's version ("AVX2" or "portable C"), or is None where
+    `kernel` names the sparse C kernel's version ("AVX-512", "AVX2" or "portable C"), or is None where
     NumPy's dense product runs it, for `reason`. `whole_epochs`: plain SGD without Dropout runs
     whole epochs in one C call, on up to `threads` threads per network. `rows` holds the (train,
     validation) images in CSR form for the kernel, once the data is known. `sentence()` says it all
@@ -174,7 +174,7 @@ class NumpyBackend:
 
     @property
     def kernel(self) -> str:
-        """The first layer's code: the sparse C kernel's version ("AVX2", "portable C") or "NumPy"."""
+        """The first layer's code: the sparse C kernel's version ("AVX-512", "AVX2", "portable C") or "NumPy"."""
         return self.first_layer.kernel or "NumPy"
 
     def start(self, x, y, validation, first_layer: FirstLayerPlan | None = None) -> None:
@@ -241,6 +241,8 @@ class NumpyBackend:
         if reason is not None:
             return FirstLayerPlan(kernel=None, reason=reason)
         kernel = "AVX2" if sparse.simd() else "portable C"
+        if kernel == "AVX2" and self.network.dense[0].units == 64 and sparse.avx512():
+            kernel = "AVX-512"  # _kernels.c's forward_avx512: 64 units on a CPU with AVX-512F (the same bits).
         density = None if x is None else sparse.cached_density(x)
         if density is not None and density > sparse.MAX_DENSITY:
             return FirstLayerPlan(
