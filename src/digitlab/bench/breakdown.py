@@ -49,7 +49,7 @@ def phases(row: rows.Row, gflops: dict[str, float], bandwidth: dict[str, float])
     from digitlab.engine import timing
 
     profile, work = row.get("profile"), row.get("work")
-    if not profile or not work:
+    if not profile or work is None:
         return []
     threads = max(1, len(next(iter(profile["phases"].values()), [0])))  # Those that ran.
     cores = max(1, row.get("cores", 1))
