@@ -160,11 +160,15 @@ def test_deep_net_with_dropout_learns_and_resumes_exactly(shrunken):
 
 
 def test_seeds_side_by_side_train_as_single_runs(shrunken):
-    """Two seeds in one engine (threads over the seeds) end where each seed's run alone ends."""
+    """Two seeds in one engine (threads over the seeds) end where each seed's run alone ends; profiled, each
+    seed's thread has its row of the deep net's phases (`digitlab bench --profile --model deep --seeds 2`)."""
     (x, y), validation = shrunken
     cfg = config.TrainConfig(model="deep", seed=SEED, seeds=2).resolved()
-    together = engine.FastEngine(models.create_seeded_models(cfg), cfg, workers=2)
+    together = engine.FastEngine(models.create_seeded_models(cfg), cfg, workers=2, profile=True)
     together.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(SEED + k) for k in range(2)])
+    assert together.profile is not None and together.profile.names == timing.DEEP_PHASES
+    assert together.seed_threads == 2 and together.profile.phases.shape == (2, len(timing.DEEP_PHASES))
+    assert together.profile.phases[:, timing.DEEP_PHASES.index("first layer forward")].min() > 0
     for k in range(2):
         single = config.TrainConfig(model="deep", seed=SEED + k).resolved()
         alone = engine.FastEngine(models.create_seeded_models(single), single)

@@ -105,7 +105,8 @@ def test_deep_net_rows_time_fit_against_the_engine(tmp_path):
         phases = [entry["phase"] for entry in row["breakdown"]]
         assert phases == list(timing.DEEP_PHASES) + [timing.VALIDATION, timing.PYTHON]
         assert all(entry["limit_seconds"] == 0 for entry in row["breakdown"])
-    assert "Where an epoch goes" in markdown and "BatchNormalization statistics" in markdown
+    assert "Where an epoch goes" in markdown and "| BatchNormalization statistics | " in markdown
+    assert "× limit" not in markdown and "have no limits counted" in markdown
 
 
 @pytest.mark.heavy
