@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from digitlab import config, data, engine, models
-from digitlab.engine import cores, numpy_backend, sparse
+from digitlab.engine import cores, deep, numpy_backend, sparse, timing
 
 SEED = 7
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -100,7 +100,8 @@ def test_deep_net_matches_keras_fit(shrunken, settings, path):
 @pytest.mark.parametrize("path", ["C epochs", "C epochs, portable"], indirect=True)
 def test_threads_share_each_batch_with_the_same_bits(shrunken, path, monkeypatch):
     """One, two and three threads sharing each batch of _deep.c's epoch end with the same bits (every sum over
-    the rows runs in one order), and with fit's weights within float32 rounding, the book's Dropout 0.2 aside."""
+    the rows runs in one order), and with fit's weights within float32 rounding, the book's Dropout 0.2 aside.
+    The two-thread runs are profiled (`digitlab bench --profile`): timing the phases changes no bit."""
     (x, y), validation = shrunken
     cfg, (reference,) = deep_models(dropout=[0.0])
     train(engine.FitEngine(reference, cfg, verbose=0), x, y, validation, epochs=2)
@@ -109,10 +110,17 @@ def test_threads_share_each_batch_with_the_same_bits(shrunken, path, monkeypatch
         states, histories = [], []
         for threads in (1, 2, 3):
             cfg, (model,) = deep_models(dropout=[dropout])
-            fast = engine.FastEngine([model], cfg, backend="numpy", workers=threads)
+            fast = engine.FastEngine([model], cfg, backend="numpy", workers=threads, profile=threads == 2)
             assert fast.path.startswith(PATHS[path][1])
             histories.append(train(fast, x, y, validation, epochs=2))
             assert fast.thread_counts == {threads: 2}
+            if fast.profile is not None:
+                measured = fast.profile.per_epoch()
+                assert list(measured["phases"]) == list(timing.DEEP_PHASES) == list(fast.profile.names)
+                assert deep.profile_phases() == len(timing.DEEP_PHASES)
+                for phase in ("first layer forward", "BatchNormalization statistics", "first layer update"):
+                    assert len(measured["phases"][phase]) == 2 and min(measured["phases"][phase]) > 0, phase
+                assert sum(seconds[0] for seconds in measured["phases"].values()) <= measured["train"]
             states.append(fast.get_state())
             if dropout == 0.0:
                 fast.sync_to_models()
@@ -152,11 +160,15 @@ def test_deep_net_with_dropout_learns_and_resumes_exactly(shrunken):
 
 
 def test_seeds_side_by_side_train_as_single_runs(shrunken):
-    """Two seeds in one engine (threads over the seeds) end where each seed's run alone ends."""
+    """Two seeds in one engine (threads over the seeds) end where each seed's run alone ends; profiled, each
+    seed's thread has its row of the deep net's phases (`digitlab bench --profile --model deep --seeds 2`)."""
     (x, y), validation = shrunken
     cfg = config.TrainConfig(model="deep", seed=SEED, seeds=2).resolved()
-    together = engine.FastEngine(models.create_seeded_models(cfg), cfg, workers=2)
+    together = engine.FastEngine(models.create_seeded_models(cfg), cfg, workers=2, profile=True)
     together.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(SEED + k) for k in range(2)])
+    assert together.profile is not None and together.profile.names == timing.DEEP_PHASES
+    assert together.seed_threads == 2 and together.profile.phases.shape == (2, len(timing.DEEP_PHASES))
+    assert together.profile.phases[:, timing.DEEP_PHASES.index("first layer forward")].min() > 0
     for k in range(2):
         single = config.TrainConfig(model="deep", seed=SEED + k).resolved()
         alone = engine.FastEngine(models.create_seeded_models(single), single)

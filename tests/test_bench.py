@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from digitlab import atomic, errors
+from digitlab import atomic
 from digitlab.bench import arithmetic, breakdown
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
@@ -93,6 +93,7 @@ def test_deep_net_rows_time_fit_against_the_engine(tmp_path):
         backends=("jax",),
         print_fn=lambda line: None,
         model="deep",
+        profile=True,
     )
     assert [row["name"] for row in results["rows"]] == [ROW_NAMES[1], ROW_NAMES[2], ROW_NAMES[3]]
     assert all(row["status"] == "ok" and row["speedup_vs_fit_jax"] > 0 for row in results["rows"])
@@ -100,8 +101,13 @@ def test_deep_net_rows_time_fit_against_the_engine(tmp_path):
     assert all(row["engine"] == "fast-numpy" and "whole epochs in C" in row["path"] for row in engine_rows)
     markdown = (tmp_path / "bench.md").read_text()
     assert markdown.startswith("Book's deep net") and "20 epochs (projected)" in markdown
-    with pytest.raises(errors.DigitlabError, match="--profile"):
-        bench.run_bench(epochs=1, seeds=1, out_dir=tmp_path, profile=True, model="deep")
+    # --profile: the deep net's own phases (_deep.c), with no limits (the work model counts the shallow net's).
+    for row in engine_rows:
+        phases = [entry["phase"] for entry in row["breakdown"]]
+        assert phases == list(timing.DEEP_PHASES) + [timing.VALIDATION, timing.PYTHON]
+        assert all(entry["limit_seconds"] == 0 for entry in row["breakdown"])
+    assert "Where an epoch goes" in markdown and "| BatchNormalization statistics | " in markdown
+    assert "× limit" not in markdown and "have no limits counted" in markdown
 
 
 @pytest.mark.heavy

@@ -10,7 +10,9 @@ the float32 matrix-multiply speed (`gflops`: one core's where one thread ran, al
 per core ran), or its bytes at the read bandwidth of the level they come from (one core's, times the
 threads that ran),
 whichever is longer. Waiting, the loss, setting up and Python have no arithmetic to speak of: their
-limit is zero, and all their time is overhead. Work counts come from `engine.timing.work`.
+limit is zero, and all their time is overhead. Work counts come from `engine.timing.work`, which counts
+the shallow net's epoch; the deep net's rows (`_deep.c`'s phases, `timing.DEEP_PHASES`) have none, so their
+phases are listed without limits.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def phases(row: rows.Row, gflops: dict[str, float], bandwidth: dict[str, float])
     from digitlab.engine import timing
 
     profile, work = row.get("profile"), row.get("work")
-    if not profile or not work:
+    if not profile or work is None:
         return []
     threads = max(1, len(next(iter(profile["phases"].values()), [0])))  # Those that ran.
     cores = max(1, row.get("cores", 1))
@@ -89,25 +91,30 @@ def to_markdown(row: rows.Row, table: list[Phase]) -> list[str]:
         return []
     threads = max(len(entry["seconds"]) for entry in table)
     heads = " | ".join(f"thread {t}" for t in range(threads))
+    totals = [sum(entry["seconds"][t] for entry in table if t < len(entry["seconds"])) for t in range(threads)]
+    limit_total = sum(entry["limit_seconds"] for entry in table)
+    # Without any limit (the deep net's phases: no work model), the table holds the seconds and their sum alone.
+    limits = " | limit | × limit | limit set by" if limit_total else ""
     lines = [
         f"Where an epoch goes: {row['name']} ({describe_path(row)}), ms per epoch over "
         f"{row['profile']['epochs']} epoch(s) after the first:",
         "",
-        f"| phase | {heads} | limit | × limit | limit set by |",
-        "|---|" + "---:|" * threads + "---:|---:|---|",
+        f"| phase | {heads}{limits} |",
+        "|---|" + "---:|" * threads + ("---:|---:|---|" if limit_total else ""),
     ]
     for entry in table:
         cells = [f"{1000 * value:.1f}" for value in entry["seconds"]] + [""] * (threads - len(entry["seconds"]))
+        if not limit_total:
+            lines.append(f"| {entry['phase']} | {' | '.join(cells)} |")
+            continue
         times = "" if entry["times_limit"] is None else f"{entry['times_limit']:.1f}"
         limit = f"{1000 * entry['limit_seconds']:.1f}" if entry["limit_seconds"] else "0"
         lines.append(f"| {entry['phase']} | {' | '.join(cells)} | {limit} | {times} | {LEVEL_NAMES[entry['bound']]} |")
-    totals = [sum(entry["seconds"][t] for entry in table if t < len(entry["seconds"])) for t in range(threads)]
-    limit_total = sum(entry["limit_seconds"] for entry in table)
+    sums = " | ".join(f"**{1000 * total:.1f}**" for total in totals)
     if limit_total:
-        lines.append(
-            f"| **sum** | {' | '.join(f'**{1000 * total:.1f}**' for total in totals)} | "
-            f"**{1000 * limit_total:.1f}** | **{max(totals) / limit_total:.1f}** | |"
-        )
+        lines.append(f"| **sum** | {sums} | **{1000 * limit_total:.1f}** | **{max(totals) / limit_total:.1f}** | |")
+    else:
+        lines.append(f"| **sum** | {sums} |")
     return lines
 
 

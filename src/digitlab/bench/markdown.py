@@ -103,11 +103,17 @@ def to_markdown(results: rows.Results) -> str:
             + "; ".join(f"{name}: {ratio:.2f}×" for name, ratio in results["scaling"].items())
             + ".",
         ]
-    bandwidth = results.get("bandwidth")
+    bandwidth, deep = results.get("bandwidth"), results.get("model") == "deep"
     for row in results["rows"]:
         if row.get("breakdown"):
             lines += ["", *breakdown.to_markdown(row, row["breakdown"])]
-    if bandwidth:
+    if bandwidth and deep:
+        lines += [
+            "",
+            "Each thread's phases add up to its epoch; validation runs on every thread. The deep net's phases "
+            "(_deep.c) have no limits counted (engine.timing.work counts the shallow net's): their seconds alone.",
+        ]
+    elif bandwidth:
         lines += [
             "",
             "limit: the phase's multiply-adds at the measured matrix-multiply speed (one core's where one thread "

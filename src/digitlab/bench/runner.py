@@ -87,11 +87,6 @@ def run_bench(
         raise errors.DigitlabError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
     if model not in EPOCH_MODELS:
         raise errors.DigitlabError(f"Unknown net {model!r} for the epoch rows; choose {' or '.join(EPOCH_MODELS)}.")
-    if profile and model != MODEL:
-        raise errors.DigitlabError(
-            "--profile times the phases of the shallow net's C epoch (_train.c); the deep net's epochs "
-            "(_deep.c) have no phases to time. Drop --profile, or bench --model shallow."
-        )
     common: rows.WorkerSpec = {
         "data_path": str(data_path) if data_path else None,
         "train_limit": train_limit,

@@ -80,7 +80,8 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         result["cores"] = spec.get("workers") or fast_engine.default_workers()
         if fast.profile is not None:
             result["profile"] = fast.profile.per_epoch()
-            result["work"] = timing.work(sizes, x, validation[0], cfg.batch_size)
+            # Each phase's limit is counted for the shallow net's epoch (_train.c); the deep net's phases have none.
+            result["work"] = timing.work(sizes, x, validation[0], cfg.batch_size) if model == MODEL else {}
     return result
 
 

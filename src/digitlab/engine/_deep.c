@@ -20,7 +20,8 @@
  *
  * The two loops that carry the arithmetic, the kernels' gradients and the optimizer update, have AVX2 versions
  * (chosen as _kernels.c chooses its own: digitlab_kernels_simd_on) that do each lane's operations in the
- * portable version's order, without fused multiply-adds, so both give the same bits.
+ * portable version's order, without fused multiply-adds, so both give the same bits; so do the elementwise
+ * loops (TWIN: an AVX2 copy of the same source) and the Dropout's hash (8 lanes in AVX-512 where the CPU has it).
  *
  * Threads share each batch as _train.c's do (its barrier and start, _threads.h; run_deep): each takes its rows
  * through the net and back; the per-unit sums over the batch's rows (BatchNormalization's mean and variance, its
@@ -29,8 +30,10 @@
  * bits (8 barriers a batch for the book's net: one a BatchNormalization forward, one a layer backward, one
  * after the updates).
  *
- * Evaluation (moving statistics) runs in numpy_backend.py. The browser's engine builds this file too
- * (Makefile target `wasm`): it uses no C library function beyond _wasm.c's malloc, free, clock and threads.
+ * Evaluation (moving statistics): digitlab_infer_deep, natively (deep.evaluate) and in the browser. Where an
+ * epoch goes: digitlab_train_epoch_deep_timed's profile (digitlab bench --profile --model deep). The browser's
+ * engine builds this file too (Makefile target `wasm`): it uses no C library function beyond _wasm.c's malloc,
+ * free, clock and threads.
  *
  * Over 450 lines as one concern: an epoch's phases read the same shared buffers (DeepEpoch), and each loop's
  * AVX2 version sits beside the portable one whose bits it must keep.
@@ -49,6 +52,24 @@
 #define AVX2 __attribute__((target("avx2")))
 #endif
 
+/* The elementwise loops and the per-unit sums over a batch's rows (BatchNormalization, Dropout, ReLU's gradient, the
+ * biases' sums) are written once, as an always-inlined body, and TWIN(name, parameters, arguments) makes `name` of
+ * it: on x86-64 it calls an AVX2 copy where digitlab_kernels_simd_on() says so (GCC vectorizes the same loops 8
+ * wide; no fused multiply-adds under -ffp-contract=off, every lane doing the portable operations in their order, so
+ * both copies give the same bits), else the body itself, compiled for the baseline (SSE2, or WebAssembly). */
+#define BODY static inline __attribute__((always_inline))
+#ifdef HAVE_X86
+#define TWIN(name, parameters, arguments)                                                                           \
+    AVX2 static void name##_avx2 parameters { name##_body arguments; }                                              \
+    static void name parameters {                                                                                   \
+        if (digitlab_kernels_simd_on()) name##_avx2 arguments;                                                      \
+        else name##_body arguments;                                                                                 \
+    }
+#else
+#define TWIN(name, parameters, arguments)                                                                           \
+    static void name parameters { name##_body arguments; }
+#endif
+
 #define MAX_LAYERS 16
 #define OPTIMIZER_SGD 0
 #define OPTIMIZER_ADAM 1
@@ -56,6 +77,25 @@
  * a BatchNormalization); in `slots`: the first and second moments of the first four (Adam only). */
 #define ARRAYS 6
 #define TRAINED 4
+
+/* Where an epoch goes (digitlab bench --profile --model deep): seconds per thread and phase, added to the caller's
+ * `profile` array (threads x DEEP_PHASES doubles) when it is not NULL; when it is NULL nothing is timed. */
+enum {
+    DEEP_FIRST_FORWARD,  /* The first layer's sparse product and the transpose of the thread's rows it builds. */
+    DEEP_ABOVE,          /* The thread's rows forward: the layers above, activations, Dropout, normalizing. */
+    DEEP_STATISTICS,     /* BatchNormalization's batch statistics (over every row) and its moving ones. */
+    DEEP_LOSS,           /* The loss, the answers and the last layer's gradient; gathering the targets and labels. */
+    DEEP_BACKWARD,       /* The thread's rows backward: each layer's gradient below, Dropout, BatchNormalization. */
+    DEEP_FIRST_GRADIENT, /* The first layer's kernel gradient on the thread's pixels (every row). */
+    DEEP_GRADIENTS,      /* The other kernels' and the biases' gradients, BatchNormalization's sums. */
+    DEEP_FIRST_UPDATE,   /* The optimizer on the thread's pixels of the first layer's kernel. */
+    DEEP_OTHER_UPDATES,  /* The optimizer on its share of the other arrays, the kernels' transposes, the loss. */
+    DEEP_WAIT,           /* Waiting at the barriers (for the slowest thread). */
+    DEEP_SETUP,          /* Buffers, the kernels' transposes, starting and joining the threads. */
+    DEEP_PHASES
+};
+
+int digitlab_deep_profile_phases(void) { return DEEP_PHASES; }
 
 /* A uniform float in [0, 1) from 24 bits of a 64-bit mix (SplitMix64's finalizer) of the four numbers. */
 static float uniform(uint32_t seed, int64_t step, int64_t layer, int64_t entry) {
@@ -70,8 +110,8 @@ static float uniform(uint32_t seed, int64_t step, int64_t layer, int64_t entry) 
 /* BatchNormalization in training, the batch's statistics from all its `rows` x `units` values x, in row order:
  * mean and (biased) var, and 1 / sqrt(var + epsilon) into scale. Every thread computes them all for itself
  * (a few microseconds: cheaper than a barrier more), so the threads have the one-thread bits. */
-static void norm_statistics(const float *restrict x, int64_t rows, int64_t units, float epsilon,
-                            float *restrict mean, float *restrict var, float *restrict scale) {
+BODY void norm_statistics_body(const float *restrict x, int64_t rows, int64_t units, float epsilon,
+                               float *restrict mean, float *restrict var, float *restrict scale) {
     const float count = (float)rows;
     memset(mean, 0, sizeof(float) * units);
     memset(var, 0, sizeof(float) * units);
@@ -88,6 +128,10 @@ static void norm_statistics(const float *restrict x, int64_t rows, int64_t units
         scale[u] = 1.0f / __builtin_sqrtf(var[u] + epsilon);
     }
 }
+TWIN(norm_statistics,
+     (const float *restrict x, int64_t rows, int64_t units, float epsilon, float *restrict mean, float *restrict var,
+      float *restrict scale),
+     (x, rows, units, epsilon, mean, var, scale))
 
 /* moving = moving * momentum + batch * (1 - momentum), for the mean and the variance (one thread does it). */
 static void norm_move(float *const *arrays, const float *settings, const float *mean, const float *var,
@@ -101,9 +145,9 @@ static void norm_move(float *const *arrays, const float *settings, const float *
 }
 
 /* The layer's output for `rows` rows of x: x_hat = (x - mean) * scale, y = x_hat * gamma + beta. */
-static void norm_apply(const float *restrict x, int64_t rows, int64_t units, const float *restrict gamma,
-                       const float *restrict beta, const float *restrict mean, const float *restrict scale,
-                       float *restrict x_hat, float *restrict y) {
+BODY void norm_apply_body(const float *restrict x, int64_t rows, int64_t units, const float *restrict gamma,
+                          const float *restrict beta, const float *restrict mean, const float *restrict scale,
+                          float *restrict x_hat, float *restrict y) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t u = 0; u < units; u++) {
             const float normalized = (x[r * units + u] - mean[u]) * scale[u];
@@ -111,11 +155,15 @@ static void norm_apply(const float *restrict x, int64_t rows, int64_t units, con
             y[r * units + u] = normalized * gamma[u] + beta[u];
         }
 }
+TWIN(norm_apply,
+     (const float *restrict x, int64_t rows, int64_t units, const float *restrict gamma, const float *restrict beta,
+      const float *restrict mean, const float *restrict scale, float *restrict x_hat, float *restrict y),
+     (x, rows, units, gamma, beta, mean, scale, x_hat, y))
 
 /* BatchNormalization's backward sums over all the batch's `rows` of g (the gradient with respect to its output),
  * in row order: beta's gradient sum(g) and gamma's sum(g * x_hat). Every thread computes them for itself. */
-static void norm_sums(const float *restrict g, const float *restrict x_hat, int64_t rows, int64_t units,
-                      float *restrict grad_gamma, float *restrict grad_beta) {
+BODY void norm_sums_body(const float *restrict g, const float *restrict x_hat, int64_t rows, int64_t units,
+                         float *restrict grad_gamma, float *restrict grad_beta) {
     memset(grad_gamma, 0, sizeof(float) * units);
     memset(grad_beta, 0, sizeof(float) * units);
     for (int64_t r = 0; r < rows; r++)
@@ -124,18 +172,36 @@ static void norm_sums(const float *restrict g, const float *restrict x_hat, int6
             grad_gamma[u] += g[r * units + u] * x_hat[r * units + u];
         }
 }
+TWIN(norm_sums,
+     (const float *restrict g, const float *restrict x_hat, int64_t rows, int64_t units, float *restrict grad_gamma,
+      float *restrict grad_beta),
+     (g, x_hat, rows, units, grad_gamma, grad_beta))
 
-/* The gradient with respect to the layer's input, into dx, for `count` rows of g and x_hat of a batch of `rows`. */
-static void norm_gradient(const float *restrict g, const float *restrict x_hat, int64_t count, int64_t rows,
-                          int64_t units, const float *restrict gamma, const float *restrict scale,
-                          const float *restrict grad_gamma, const float *restrict grad_beta, float *restrict dx) {
+/* The gradient with respect to the layer's input, into dx, for `count` rows of g and x_hat of a batch of `rows`:
+ * dx = ((g - sum(g) / rows) - x_hat * (sum(g x_hat) / rows)) * (scale * gamma), the three per-unit factors
+ * computed once into `factors` (3 x units floats; in the loop they cost a division per value). */
+BODY void norm_gradient_body(const float *restrict g, const float *restrict x_hat, int64_t count, int64_t rows,
+                             int64_t units, const float *restrict gamma, const float *restrict scale,
+                             const float *restrict grad_gamma, const float *restrict grad_beta,
+                             float *restrict factors, float *restrict dx) {
     const float total = (float)rows;
+    float *restrict mean_g = factors, *restrict mean_gx = factors + units, *restrict times = factors + 2 * units;
+    for (int64_t u = 0; u < units; u++) {
+        mean_g[u] = grad_beta[u] / total;
+        mean_gx[u] = grad_gamma[u] / total;
+        times[u] = scale[u] * gamma[u];
+    }
     for (int64_t r = 0; r < count; r++)
         for (int64_t u = 0; u < units; u++) {
-            const float shifted = g[r * units + u] - grad_beta[u] / total;
-            dx[r * units + u] = (shifted - x_hat[r * units + u] * (grad_gamma[u] / total)) * (scale[u] * gamma[u]);
+            const float shifted = g[r * units + u] - mean_g[u];
+            dx[r * units + u] = (shifted - x_hat[r * units + u] * mean_gx[u]) * times[u];
         }
 }
+TWIN(norm_gradient,
+     (const float *restrict g, const float *restrict x_hat, int64_t count, int64_t rows, int64_t units,
+      const float *restrict gamma, const float *restrict scale, const float *restrict grad_gamma,
+      const float *restrict grad_beta, float *restrict factors, float *restrict dx),
+     (g, x_hat, count, rows, units, gamma, scale, grad_gamma, grad_beta, factors, dx))
 
 #ifdef HAVE_X86
 /* One block of kernel_gradient_avx2, 4 inputs x 16 units, its eight sums in named registers: with an array and a
@@ -283,13 +349,25 @@ static void update(float *weight, float *m, float *v, const float *grad, int64_t
 /* gradient *= the activation's derivative (from its output). ReLU's is a select here, which compilers turn
  * into vector blends (a zero where the output is not positive, +0 where _dense.c's product gives -0 for a
  * negative gradient: the same value); the others are _dense.c's. */
-static void activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation) {
-    if (activation != RELU) {
-        digitlab_dense_activation_gradient(gradient, output, size, activation);
-        return;
-    }
+BODY void relu_gradient_body(float *restrict gradient, const float *restrict output, int64_t size) {
     for (int64_t k = 0; k < size; k++) gradient[k] = output[k] > 0.0f ? gradient[k] : 0.0f;
 }
+TWIN(relu_gradient, (float *restrict gradient, const float *restrict output, int64_t size), (gradient, output, size))
+
+static void activation_gradient(float *gradient, const float *output, int64_t size, int32_t activation) {
+    if (activation != RELU) digitlab_dense_activation_gradient(gradient, output, size, activation);
+    else relu_gradient(gradient, output, size);
+}
+
+/* sums[u] = the sum of g[r, u] over the `rows` rows in order, for units u0 <= u < u1 (a bias's gradient). */
+BODY void sum_rows_body(const float *restrict g, int64_t rows, int64_t units, int64_t u0, int64_t u1,
+                        float *restrict sums) {
+    memset(sums + u0, 0, sizeof(float) * (u1 - u0));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t u = u0; u < u1; u++) sums[u] += g[r * units + u];
+}
+TWIN(sum_rows, (const float *restrict g, int64_t rows, int64_t units, int64_t u0, int64_t u1, float *restrict sums),
+     (g, rows, units, u0, u1, sums))
 
 /* Rows first <= i < last of kernel (inputs x units) into kernel_t (its transpose, units x inputs). */
 static void transpose(const float *kernel, int64_t inputs, int64_t units, int64_t first, int64_t last,
@@ -324,6 +402,9 @@ typedef struct {
     unsigned char *masks[MAX_LAYERS];
     float *grad[MAX_LAYERS][TRAINED], *kernel_t[MAX_LAYERS];
     double *row_losses;
+    /* The batch's targets and labels in batch order (gather), and the numbers 0 ... batch - 1 to index them. */
+    float *batch_targets;
+    int64_t *batch_labels, *numbers;
     /* Each thread's transpose of its rows of the batch; every thread reads all of them for its pixels. */
     int32_t *offsets[MAX_THREADS];
     Entry *entries[MAX_THREADS];
@@ -340,7 +421,9 @@ typedef struct {
      * BatchNormalization's backward sums (thread 0's are the gradients gamma and beta are updated with). */
     float *mean[MAX_LAYERS], *var[MAX_LAYERS], *scale[MAX_LAYERS], *sum_gamma[MAX_LAYERS], *sum_beta[MAX_LAYERS];
     float *scratch; /* A row of the first layer's units. */
+    float *factors; /* 3 x the widest layer's units: norm_gradient's per-unit factors. */
     int64_t correct;
+    double *profile; /* This thread's DEEP_PHASES seconds, or NULL: not timed. */
 } DeepWorker;
 
 /* This thread's share [*first, *last) of `size` things. */
@@ -359,6 +442,58 @@ static inline float kept_or_zero(float value, unsigned char kept) {
     return value;
 }
 
+/* out[k] = values[k] / keep where mask[k] is 1, +0 where it is 0, for `size` values: the Dropout forward (values:
+ * its input) and backward (values: the gradient with respect to its output). */
+BODY void keep_scaled_body(const float *values, const unsigned char *restrict mask, int64_t size, float keep,
+                           float *out) {
+    for (int64_t k = 0; k < size; k++) out[k] = kept_or_zero(values[k] / keep, mask[k]);
+}
+TWIN(keep_scaled,
+     (const float *values, const unsigned char *restrict mask, int64_t size, float keep, float *out),
+     (values, mask, size, keep, out))
+
+#ifdef HAVE_X86
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl")))
+/* 1 where the CPU has AVX-512 F, DQ (64-bit lane multiplies), BW and VL (byte masks), checked once. */
+static int has_avx512dq(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }
+    return cached;
+}
+
+/* z * multiplier in each 64-bit lane, the low 64 bits (vpmullq). */
+AVX512 static inline __m512i times_512(__m512i z, uint64_t multiplier) {
+    return _mm512_mullo_epi64(z, _mm512_set1_epi64((long long)multiplier));
+}
+
+/* The masks of entries first <= k < last, 8 at a time, as `uniform` draws them (the same 64-bit integers, the same
+ * float and comparison in each lane): the hash measured 20% of the deep net's own code in scalar form. Returns the
+ * entries done (a multiple of 8 past first). */
+AVX512 static int64_t masks_avx512(uint32_t seed, int64_t step, int64_t layer, int64_t first, int64_t last,
+                                   float keep, unsigned char *mask) {
+    const uint64_t base = ((uint64_t)seed << 32) ^ (uint64_t)step * 0x9E3779B97F4A7C15ull ^ ((uint64_t)layer << 56);
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), top = _mm512_set1_epi64((long long)base);
+    const __m512 unit = _mm512_set1_ps(1.0f / 16777216.0f), threshold = _mm512_set1_ps(keep);
+    int64_t k = first;
+    for (; k + 8 <= last; k += 8) {
+        __m512i z = _mm512_add_epi64(_mm512_set1_epi64(k), lanes);
+        z = _mm512_xor_si512(top, times_512(z, 0xD1B54A32D192ED03ull));
+        z = times_512(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), 0xBF58476D1CE4E5B9ull);
+        z = times_512(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), 0x94D049BB133111EBull);
+        z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+        /* The top 24 bits as a float (exact), times 2^-24, against the keep rate. */
+        const __m256 drawn = _mm256_mul_ps(_mm512_cvtepi64_ps(_mm512_srli_epi64(z, 40)), _mm512_castps512_ps256(unit));
+        const __mmask8 kept = _mm256_cmp_ps_mask(drawn, _mm512_castps512_ps256(threshold), _CMP_LT_OQ);
+        _mm_storel_epi64((__m128i *)(mask + k), _mm_maskz_set1_epi8(kept, 1));
+    }
+    return k;
+}
+#endif
+
 /* Layer l's Dropout (rate > 0) on rows first <= r < last of its input `values` (`in` wide) into e->dropped[l]:
  * each kept value divided by the keep rate; the mask (numbered by batch row and input, as one thread numbers
  * it) is kept for the backward pass. */
@@ -366,9 +501,23 @@ static void drop(DeepEpoch *e, int64_t l, int64_t step, const float *values, int
     const int64_t in = e->units[l];
     const float keep = 1.0f - e->dropout[l];
     unsigned char *mask = e->masks[l];
-    float *dropped = e->dropped[l];
-    for (int64_t k = first * in; k < last * in; k++) mask[k] = uniform(e->seed, step, l, k) < keep;
-    for (int64_t k = first * in; k < last * in; k++) dropped[k] = kept_or_zero(values[k] / keep, mask[k]);
+    int64_t k = first * in;
+#ifdef HAVE_X86
+    if (digitlab_kernels_simd_on() && has_avx512dq()) k = masks_avx512(e->seed, step, l, k, last * in, keep, mask);
+#endif
+    for (; k < last * in; k++) mask[k] = uniform(e->seed, step, l, k) < keep;
+    keep_scaled(values + first * in, mask + first * in, (last - first) * in, keep, e->dropped[l] + first * in);
+}
+
+/* Rows first <= r < last of the batch's targets and labels (its images `index`) into e->batch_targets and
+ * e->batch_labels, in one tight loop: the images lie at random places, and the loss, reading them there between its
+ * arithmetic, waited on those reads for half its time (its prefetches notwithstanding); here they overlap. */
+static void gather(DeepEpoch *e, const int64_t *index, int64_t first, int64_t last) {
+    const int64_t classes = e->units[e->layers];
+    for (int64_t r = first; r < last; r++) {
+        memcpy(e->batch_targets + r * classes, e->targets + index[r] * classes, sizeof(float) * classes);
+        e->batch_labels[r] = e->labels[index[r]];
+    }
 }
 
 /* One thread's share of every batch. Rows: its rows of the batch through the whole net (the first layer's
@@ -383,7 +532,9 @@ static void *run_deep(void *argument) {
     const int64_t layers = e->layers, *units = e->units, inputs = units[0], classes = units[layers];
     const int t = w->thread;
     int sense = 0;
+    double *profile = w->profile;
     wait_to_go(&e->go);
+    int64_t mark = profile ? now_ns() : 0;
     int64_t step = e->step, batch_number = 0;
     for (int64_t start = 0; start < e->n; start += e->batch, batch_number++, step++) {
         const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch;
@@ -391,10 +542,13 @@ static void *run_deep(void *argument) {
         int64_t r0, r1;
         share(rows, w, &r0, &r1);
         const int64_t count = r1 - r0;
+        gather(e, index, r0, r1);
+        lap(profile, DEEP_LOSS, &mark);
         /* Forward. */
         digitlab_sparse_forward(e->starts, e->cols, e->vals, index + r0, 0, count, inputs, e->arrays[0],
                                 e->arrays[1], units[1], e->out[0] + r0 * units[1], r0, e->offsets[t],
                                 e->entries[t]);
+        lap(profile, DEEP_FIRST_FORWARD, &mark);
         for (int64_t l = 0; l < layers; l++) {
             const int64_t in = units[l], width = units[l + 1];
             float *const *mine = e->arrays + ARRAYS * l;
@@ -405,16 +559,21 @@ static void *run_deep(void *argument) {
             }
             digitlab_dense_activate(out, count, width, e->activations[l]);
             if (mine[2]) {
+                lap(profile, DEEP_ABOVE, &mark);
                 barrier_wait(&e->barrier, &sense); /* Every row's output, for the statistics. */
+                lap(profile, DEEP_WAIT, &mark);
                 norm_statistics(e->out[l], rows, width, e->norm[3 * l + 2], w->mean[l], w->var[l], w->scale[l]);
                 if (t == 0) norm_move(mine, e->norm + 3 * l, w->mean[l], w->var[l], width);
+                lap(profile, DEEP_STATISTICS, &mark);
                 norm_apply(out, count, width, mine[2], mine[3], w->mean[l], w->scale[l], e->x_hat[l] + r0 * width,
                            e->normed[l] + r0 * width);
             }
         }
-        digitlab_dense_loss(e->out[layers - 1] + r0 * classes, e->targets, e->labels, index + r0, count, rows, classes,
-                            e->loss, e->activations[layers - 1], e->clip, e->delta[layers - 1] + r0 * classes,
-                            &w->correct, e->row_losses + r0);
+        lap(profile, DEEP_ABOVE, &mark);
+        digitlab_dense_loss(e->out[layers - 1] + r0 * classes, e->batch_targets + r0 * classes, e->batch_labels + r0,
+                            e->numbers, count, rows, classes, e->loss, e->activations[layers - 1], e->clip,
+                            e->delta[layers - 1] + r0 * classes, &w->correct, e->row_losses + r0);
+        lap(profile, DEEP_LOSS, &mark);
         /* Backward: every gradient first, then the updates. One barrier a layer: past it, every row's delta[l] is
          * there for the kernel's and the bias's sums, and every row's gradient below for the BatchNormalization's. */
         for (int64_t l = layers - 1; l >= 0; l--) {
@@ -423,13 +582,12 @@ static void *run_deep(void *argument) {
             float *below = l == 0 ? NULL : (normed ? e->upper[l - 1] : e->delta[l - 1]) + r0 * in;
             if (l > 0) {
                 digitlab_dense_backward(e->delta[l] + r0 * width, count, width, e->kernel_t[l], in, below);
-                if (e->dropout[l] > 0.0f) {
-                    const float keep = 1.0f - e->dropout[l];
-                    const unsigned char *mask = e->masks[l] + r0 * in;
-                    for (int64_t k = 0; k < count * in; k++) below[k] = kept_or_zero(below[k] / keep, mask[k]);
-                }
+                if (e->dropout[l] > 0.0f)
+                    keep_scaled(below, e->masks[l] + r0 * in, count * in, 1.0f - e->dropout[l], below);
             }
+            lap(profile, DEEP_BACKWARD, &mark);
             barrier_wait(&e->barrier, &sense);
+            lap(profile, DEEP_WAIT, &mark);
             if (l == 0) {
                 /* The first layer's gradient on this thread's pixels, through _train.c's SGD of pixel ranges over
                  * the threads' transposes: on zeros with the rate -1 it leaves 0 - sum * -1, the sum itself,
@@ -438,6 +596,7 @@ static void *run_deep(void *argument) {
                 memset(grad, 0, sizeof(float) * (w->last_pixel - w->first_pixel) * width);
                 digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel,
                                          e->delta[0], width, w->scratch, e->grad[0][0], -1.0f);
+                lap(profile, DEEP_FIRST_GRADIENT, &mark);
             } else {
                 int64_t i0, i1;
                 share(in, w, &i0, &i1);
@@ -445,19 +604,20 @@ static void *run_deep(void *argument) {
             }
             int64_t u0, u1;
             share(width, w, &u0, &u1);
-            float *bias_grad = e->grad[l][1];
-            memset(bias_grad + u0, 0, sizeof(float) * (u1 - u0));
-            for (int64_t r = 0; r < rows; r++)
-                for (int64_t u = u0; u < u1; u++) bias_grad[u] += e->delta[l][r * width + u];
+            sum_rows(e->delta[l], rows, width, u0, u1, e->grad[l][1]);
+            if (normed)
+                norm_sums(e->upper[l - 1], e->x_hat[l - 1], rows, in, w->sum_gamma[l - 1], w->sum_beta[l - 1]);
+            lap(profile, DEEP_GRADIENTS, &mark);
             if (l == 0) break;
             if (normed) {
-                norm_sums(e->upper[l - 1], e->x_hat[l - 1], rows, in, w->sum_gamma[l - 1], w->sum_beta[l - 1]);
                 norm_gradient(below, e->x_hat[l - 1] + r0 * in, count, rows, in, e->arrays[ARRAYS * (l - 1) + 2],
-                              w->scale[l - 1], w->sum_gamma[l - 1], w->sum_beta[l - 1], e->delta[l - 1] + r0 * in);
+                              w->scale[l - 1], w->sum_gamma[l - 1], w->sum_beta[l - 1], w->factors,
+                              e->delta[l - 1] + r0 * in);
             }
             activation_gradient(e->delta[l - 1] + r0 * in, e->out[l - 1] + r0 * in, count * in,
                                 e->activations[l - 1]);
         }
+        lap(profile, DEEP_BACKWARD, &mark);
         /* The updates: this thread's pixels of the first layer's kernel, its inputs of the others' (and of their
          * transposes), its units of every bias, gamma and beta. Every gradient is whole: the first layer's kernel's
          * and bias's shares are the ones this thread just summed. */
@@ -477,10 +637,13 @@ static void *run_deep(void *argument) {
                        e->grad[l][part] + first, size, e->optimizer, e->hyper, step_size);
             }
             if (l > 0) transpose(e->arrays[ARRAYS * l], in, width, i0, i1, e->kernel_t[l]);
+            lap(profile, l == 0 ? DEEP_FIRST_UPDATE : DEEP_OTHER_UPDATES, &mark);
         }
         if (t == 0)
             for (int64_t r = 0; r < rows; r++) e->loss_sum += e->row_losses[r];
+        lap(profile, DEEP_OTHER_UPDATES, &mark);
         barrier_wait(&e->barrier, &sense); /* The next batch reads every updated array and the row losses' room. */
+        lap(profile, DEEP_WAIT, &mark);
     }
     return NULL;
 }
@@ -491,15 +654,18 @@ static void *run_deep(void *argument) {
  * 1 - momentum and epsilon (arrays[ARRAYS l + 2] NULL: none). `step_sizes` holds each batch's Adam alpha (or
  * the SGD rate) in order; `hyper` Adam's 1 - beta_1, 1 - beta_2 and epsilon. `step` is the step count before
  * the epoch (the Dropout masks' numbering). `threads` threads share each batch (below 1: one; the results are
- * the same bits for any number). Adds the loss sum and correct answers to *loss_sum and *correct. Returns 0, or
+ * the same bits for any number). Adds the loss sum and correct answers to *loss_sum and *correct, and, where
+ * `profile` is not NULL, each thread's seconds per phase to profile[thread * DEEP_PHASES + phase]. Returns 0, or
  * -1 when memory could not be had (nothing is changed then). */
-int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const float *vals, int64_t most_per_row,
-                              const float *targets, const int64_t *labels, const int64_t *order, int64_t n,
-                              int64_t batch, int64_t layers, const int64_t *units, const int32_t *activations,
-                              const float *dropout, const float *norm, float *const *arrays, float *const *slots,
-                              int32_t optimizer, const float *step_sizes, const float *hyper, int64_t step,
-                              uint32_t seed, int32_t loss, float clip, double *loss_sum, int64_t *correct,
-                              int32_t threads) {
+int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols, const float *vals,
+                                    int64_t most_per_row, const float *targets, const int64_t *labels,
+                                    const int64_t *order, int64_t n, int64_t batch, int64_t layers,
+                                    const int64_t *units, const int32_t *activations, const float *dropout,
+                                    const float *norm, float *const *arrays, float *const *slots, int32_t optimizer,
+                                    const float *step_sizes, const float *hyper, int64_t step, uint32_t seed,
+                                    int32_t loss, float clip, double *loss_sum, int64_t *correct, int32_t threads,
+                                    double *profile) {
+    const int64_t entered = profile ? now_ns() : 0;
     if (threads < 1) threads = 1;
     if (layers < 1 || layers > MAX_LAYERS || batch < 1 || threads > MAX_THREADS) return -1;
     DeepEpoch e = {starts, cols, vals, targets, labels, order, n, batch, layers, 1, step, units, activations,
@@ -515,12 +681,19 @@ int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const
     unsigned char *masks = malloc((size_t)(batch * widest * layers));
     float *grads = malloc(sizeof(float) * (inputs * units[1] + widest * widest * layers + 4 * total));
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
-    float *own = malloc(sizeof(float) * (5 * total + units[1]) * threads); /* Each thread's statistics, a row. */
+    /* Each thread's statistics, a row, and norm_gradient's factors. */
+    const int64_t own_size = 5 * total + units[1] + 3 * e.widest;
+    float *own = malloc(sizeof(float) * own_size * threads);
     e.row_losses = malloc(sizeof(double) * batch);
+    e.batch_targets = malloc(sizeof(float) * batch * units[layers]);
+    e.batch_labels = malloc(sizeof(int64_t) * batch * 2);
     int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1) * threads);
     Entry *entries = malloc(sizeof(Entry) * capacity * threads);
-    int failed = !buffers || !masks || !grads || !transposes || !own || !e.row_losses || !offsets || !entries;
+    int failed = !buffers || !masks || !grads || !transposes || !own || !e.row_losses || !offsets || !entries ||
+                 !e.batch_targets || !e.batch_labels;
     if (!failed) {
+        e.numbers = e.batch_labels + batch;
+        for (int64_t r = 0; r < batch; r++) e.numbers[r] = r;
         float *next = buffers, *next_grad = grads + inputs * units[1];
         for (int64_t l = 0; l < layers; l++) {
             const int64_t width = units[l + 1];
@@ -548,7 +721,8 @@ int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const
         for (int t = 0; t < threads; t++) {
             DeepWorker *w = &workers[t];
             *w = (DeepWorker){&e, t, threads, bounds[t], bounds[t + 1]};
-            float *mine = own + (5 * total + units[1]) * t;
+            w->profile = profile ? profile + DEEP_PHASES * t : NULL;
+            float *mine = own + own_size * t;
             for (int64_t l = 0; l < layers; l++) {
                 const int64_t width = units[l + 1];
                 w->mean[l] = mine, w->var[l] = mine + width, w->scale[l] = mine + 2 * width;
@@ -557,6 +731,7 @@ int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const
                 mine += 5 * width;
             }
             w->scratch = mine;
+            w->factors = mine + units[1];
             e.offsets[t] = offsets + (inputs + 1) * t;
             e.entries[t] = entries + capacity * t;
         }
@@ -565,8 +740,17 @@ int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const
             start_threads(threads, run_deep, workers, sizeof(DeepWorker), handles, &e.go, &e.n, &e.barrier);
         if (started < threads) /* Alone: every row and pixel. */
             workers[0].threads = 1, workers[0].first_pixel = 0, workers[0].last_pixel = inputs;
+        double before = 0.0;
+        if (profile)
+            for (int phase = 0; phase < DEEP_PHASES; phase++) before += profile[phase];
         run_deep(&workers[0]);
         join_threads(started, handles);
+        if (profile) {
+            /* Thread 0's time in this call that no phase of its batches holds. */
+            double timed = -before;
+            for (int phase = 0; phase < DEEP_PHASES; phase++) timed += profile[phase];
+            profile[DEEP_SETUP] += (double)(now_ns() - entered) * 1e-9 - timed;
+        }
         *loss_sum += e.loss_sum;
         for (int t = 0; t < threads; t++) *correct += workers[t].correct;
     }
@@ -576,9 +760,24 @@ int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const
     free(transposes);
     free(own);
     free(e.row_losses);
+    free(e.batch_targets);
+    free(e.batch_labels);
     free(offsets);
     free(entries);
     return failed ? -1 : 0;
+}
+
+/* digitlab_train_epoch_deep_timed untimed: the browser's engine (engine-deep.js) calls this one. */
+int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const float *vals, int64_t most_per_row,
+                              const float *targets, const int64_t *labels, const int64_t *order, int64_t n,
+                              int64_t batch, int64_t layers, const int64_t *units, const int32_t *activations,
+                              const float *dropout, const float *norm, float *const *arrays, float *const *slots,
+                              int32_t optimizer, const float *step_sizes, const float *hyper, int64_t step,
+                              uint32_t seed, int32_t loss, float clip, double *loss_sum, int64_t *correct,
+                              int32_t threads) {
+    return digitlab_train_epoch_deep_timed(starts, cols, vals, most_per_row, targets, labels, order, n, batch, layers,
+                                           units, activations, dropout, norm, arrays, slots, optimizer, step_sizes,
+                                           hyper, step, seed, loss, clip, loss_sum, correct, threads, NULL);
 }
 
 /* Evaluation and predictions of such a net, as Keras infers: each BatchNormalization with its moving

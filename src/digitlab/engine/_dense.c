@@ -880,7 +880,8 @@ void digitlab_dense_loss(const float *outputs, const float *targets, const int64
             for (int64_t c = 0; c < classes; c++) {
                 const float q = p[c] / row_sum;
                 const float kept = q < clip ? clip : (q > 1.0f - clip ? 1.0f - clip : q);
-                sum += (double)(log_portable(kept) * t[c]);
+                /* A zero target adds +-0 to the sum (log of the clipped kept is finite): no log to take. */
+                if (t[c] != 0.0f) sum += (double)(log_portable(kept) * t[c]);
                 g[c] = (q >= clip && q <= 1.0f - clip) ? t[c] / kept * (-1.0f / (float)batch_rows) : 0.0f;
                 weighted += g[c] * p[c];
             }

@@ -1,7 +1,7 @@
 /* What the engine's multi-threaded epochs share (_train.c's shallow nets, _deep.c's BatchNormalization nets):
- * the threads themselves (pthreads natively; in WebAssembly _wasm.c's, on Web Workers), a clock, the barrier
- * at which one network's threads meet between the phases of a batch, how they are started together, and how
- * the first layer's pixels are split between them.
+ * the threads themselves (pthreads natively; in WebAssembly _wasm.c's, on Web Workers), a clock and the profile's
+ * lap (digitlab bench --profile), the barrier at which one network's threads meet between the phases of a batch,
+ * how they are started together, and how the first layer's pixels are split between them.
  *
  * Included by those two files only (each gets its own static copy of these small functions). Each needs
  * _GNU_SOURCE defined before its first #include (syscall() and clock_gettime() under -std=c99).
@@ -35,6 +35,14 @@ static inline int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Adds the time since *mark to phase `phase` of `profile` (a thread's row; NULL: nothing is timed) and moves the mark on. */
+static inline void lap(double *profile, int phase, int64_t *mark) {
+    if (!profile) return;
+    const int64_t now = now_ns();
+    profile[phase] += (double)(now - *mark) * 1e-9;
+    *mark = now;
 }
 
 /* A barrier for the threads of one epoch. It spins first: with a core per thread the wait is a few

@@ -49,14 +49,6 @@ enum {
     PHASES
 };
 
-/* Adds the time since *mark to phase `phase` of `profile` (a thread's row) and moves the mark on. */
-static inline void lap(double *profile, int phase, int64_t *mark) {
-    if (!profile) return;
-    const int64_t now = now_ns();
-    profile[phase] += (double)(now - *mark) * 1e-9;
-    *mark = now;
-}
-
 int digitlab_profile_phases(void) { return PHASES; }
 
 /* kernel_t[l] = the transpose of dense layer l's kernel (units x inputs), for l = 1 ... layers - 1, each in

@@ -8,7 +8,8 @@
 built: a dense net with at least one BatchNormalization, Adam or plain SGD, Dropout anywhere above
 the first layer. It trains the state's arrays in place (weights, moving statistics, Adam's slots),
 with `threads` threads sharing each batch (the same bits for any number), with the NumPy backend's
-formulas (Keras's); evaluation stays in NumPy.
+formulas (Keras's); `evaluate` validates it in C (`digitlab_infer_deep`, the browser's engine's
+validation), the images shared between threads.
 Dropout's masks are drawn in C from the network's Dropout seed and the step count (`_deep.c`), so
 a resumed run draws the same ones; they are not Keras's, nor the NumPy path's.
 """
@@ -16,6 +17,7 @@ a resumed run draws the same ones; they are not Keras's, nor the NumPy path's.
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import numpy as np
 
@@ -46,16 +48,22 @@ def _library():
     library = sparse._kernels()  # The one shared library that sparse.py loads (and its reason when it cannot).
     if _bound is not library:
         pointer, size = ctypes.c_void_p, ctypes.c_int64
-        library.digitlab_train_epoch_deep.argtypes = (
+        library.digitlab_train_epoch_deep_timed.argtypes = (
             [pointer] * 3
             + [size]
             + [pointer] * 3
             + [size] * 3
             + [pointer] * 6
             + [ctypes.c_int32, pointer, pointer, size, ctypes.c_uint32, ctypes.c_int32, ctypes.c_float]
-            + [pointer, pointer, ctypes.c_int32]
+            + [pointer, pointer, ctypes.c_int32, pointer]
         )
-        library.digitlab_train_epoch_deep.restype = ctypes.c_int
+        library.digitlab_train_epoch_deep_timed.restype = ctypes.c_int
+        library.digitlab_infer_deep.argtypes = (
+            [pointer] * 6 + [size] * 2 + [pointer] * 4 + [ctypes.c_int32, ctypes.c_float] + [pointer] * 3
+        )
+        library.digitlab_infer_deep.restype = ctypes.c_int
+        library.digitlab_deep_profile_phases.argtypes = []
+        library.digitlab_deep_profile_phases.restype = ctypes.c_int
         _bound = library
     return library
 
@@ -120,15 +128,20 @@ def train_epoch(
     plan: DeepPlan,
     step: int,
     threads: int = 1,
+    profile: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """One epoch in C, in place on the plan's arrays, its first step numbered `step`: (loss sum, correct answers).
     `threads` threads share each batch (its rows; each sum over the rows runs in one order, so any number of
-    threads gives the same bits)."""
+    threads gives the same bits). With `profile` (float64, at least `threads` x `profile_phases()`), each
+    thread's seconds per phase (`timing.DEEP_PHASES`) are added to its row."""
     sparse.check_epoch_inputs(data, targets, labels, order, plan.units)
+    threads = max(1, min(int(threads), 64))
+    if profile is not None:
+        sparse.check_profile(profile, threads, profile_phases())
     order = np.ascontiguousarray(order, np.int64)
     sizes = plan.step_sizes(step, -(-len(order) // batch_size))
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
-    status = _library().digitlab_train_epoch_deep(
+    status = _library().digitlab_train_epoch_deep_timed(
         *data._pointers,
         data.most_per_row,
         sparse._check(targets, np.float32),
@@ -152,8 +165,63 @@ def train_epoch(
         float(spec.CROSSENTROPY_CLIP),
         ctypes.byref(loss_sum),
         ctypes.byref(correct),
-        max(1, min(int(threads), 64)),
+        threads,
+        None if profile is None else profile.ctypes.data,
     )
     if status != 0:
         raise MemoryError("The C deep-net epoch could not allocate its batch buffers.")
     return loss_sum.value, correct.value
+
+
+def profile_phases() -> int:
+    """How many phases `train_epoch` times for its profile (the C code's count: `timing.DEEP_PHASES`)."""
+    return int(_library().digitlab_deep_profile_phases())
+
+
+def evaluate(
+    data: sparse.SparseRows, targets: np.ndarray, labels: np.ndarray, plan: DeepPlan, threads: int = 1
+) -> tuple[float, int]:
+    """Validation of the plan's net on every row of `data` in C, each BatchNormalization with its moving
+    statistics: (the loss sum, the correct answers). `threads` Python threads take a contiguous share of
+    the images each (the C call releases the GIL); each image's loss is summed here in image order, so
+    the result does not depend on their number."""
+    rows, classes = data.shape[0], int(plan.units[-1])
+    if targets.shape != (rows, classes) or labels.shape != (rows,) or data.shape[1] != plan.units[0]:
+        raise ValueError(f"evaluate: targets {targets.shape}, labels {labels.shape} and the data do not fit the net.")
+    target_pointer, label_pointer = sparse._check(targets, np.float32), sparse._check(labels, np.int64)
+    index = np.arange(rows, dtype=np.int64)
+    row_losses = np.empty(rows, np.float64)
+    parts = max(1, min(int(threads), rows))
+    bounds = [rows * part // parts for part in range(parts + 1)]
+    corrects = [ctypes.c_int64(0) for _ in range(parts)]
+    statuses = [0] * parts
+
+    def run(part: int) -> None:
+        first, count = bounds[part], bounds[part + 1] - bounds[part]
+        statuses[part] = _library().digitlab_infer_deep(
+            *data._pointers,
+            target_pointer,
+            label_pointer,
+            index[first:].ctypes.data,
+            count,
+            len(plan.activations),
+            plan.units.ctypes.data,
+            plan.activations.ctypes.data,
+            plan.norm.ctypes.data,
+            ctypes.cast(plan.arrays, ctypes.c_void_p),
+            plan.loss,
+            float(spec.CROSSENTROPY_CLIP),
+            None,
+            row_losses[first:].ctypes.data,
+            ctypes.byref(corrects[part]),
+        )
+
+    helpers = [threading.Thread(target=run, args=(part,)) for part in range(1, parts)]
+    for helper in helpers:
+        helper.start()
+    run(0)
+    for helper in helpers:
+        helper.join()
+    if any(statuses):
+        raise MemoryError("The C deep-net validation could not allocate its buffers.")
+    return float(row_losses.sum()), sum(correct.value for correct in corrects)

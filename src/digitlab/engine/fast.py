@@ -106,7 +106,10 @@ class FastEngine:
         self.profile: timing.Profile | None = None
         if profile:
             # The JAX backend has no phases to time: its profile holds training, validation and Python.
-            self.profile = timing.Profile(threads=getattr(self._impl, "profile_threads", 0))
+            self.profile = timing.Profile(
+                threads=getattr(self._impl, "profile_threads", 0),
+                names=getattr(self._impl, "profile_names", timing.PHASES),
+            )
             if self.profile.threads:
                 self._impl.profile_into(self.profile.phases)
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.engine import activations, blas, cores, deep, norm, sparse, spec
+from digitlab.engine import activations, blas, cores, deep, norm, sparse, spec, timing
 
 # Set to 1 to keep the per-batch NumPy steps even where the C kernel could run whole epochs.
 NO_FUSED_VARIABLE = "DIGITLAB_NO_FUSED"
@@ -188,7 +188,8 @@ class NumpyBackend:
         self.plans = None
         self.deep_plans = None
         if self.first_layer.whole_epochs and self.sparse_rows is not None and deep.supports(self.network):
-            # BatchNormalization: whole epochs in _deep.c (threads share each batch); validation stays in NumPy.
+            # BatchNormalization: whole epochs in _deep.c (threads share each batch), validation in its
+            # digitlab_infer_deep (deep.evaluate: the threads share the images).
             self.deep_plans = [deep.DeepPlan(self.network, self.arrays, k) for k in range(self.count)]
         elif self.first_layer.whole_epochs and self.sparse_rows is not None:
             self.plans = [
@@ -211,6 +212,11 @@ class NumpyBackend:
     def profile_threads(self) -> int:
         """The rows `profile_into` needs: one per thread of a network's C epoch."""
         return self.epoch_threads
+
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        """The C epoch's phases that `profile_into` times: the deep net's (`_deep.c`) or the shallow nets'."""
+        return timing.DEEP_PHASES if deep.supports(self.network) else timing.PHASES
 
     def profile_into(self, rows: np.ndarray) -> None:
         """Times the C epoch's phases from now on, adding each thread's seconds to its row of `rows`."""
@@ -269,34 +275,23 @@ class NumpyBackend:
     def train_epoch(self, orders: np.ndarray):
         """Trains one epoch in the batch orders given; each network's loss sums and correct counts."""
         count, size = orders.shape
-        if self.deep_plans is not None and self.sparse_rows is not None:
+        if self.sparse_rows is not None and (self.deep_plans is not None or self.plans is not None):
+            # Whole epochs in C: _deep.c (BatchNormalization) or _train.c.
             threads = self._threads_now()
             self.thread_counts[threads] += 1
-            step = int(self.arrays["iterations"])
-            results = [
-                deep.train_epoch(
-                    self.sparse_rows[0], self.y, self.labels, orders[k], self.batch_size, plan, step, threads=threads
-                )
-                for k, plan in enumerate(self.deep_plans)
-            ]
-            self.arrays["iterations"] += -(-size // self.batch_size)
-            return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
-        if self.plans is not None and self.sparse_rows is not None:
-            threads = self._threads_now()
-            self.thread_counts[threads] += 1
-            results = [
-                sparse.train_epoch(
-                    self.sparse_rows[0],
-                    self.y,
-                    self.labels,
-                    orders[k],
-                    self.batch_size,
-                    plan,
-                    threads=threads,
-                    profile=self.profile_rows,
-                )
-                for k, plan in enumerate(self.plans)
-            ]
+            data, step = (self.sparse_rows[0], self.y, self.labels), int(self.arrays["iterations"])
+            profile = self.profile_rows
+            if self.deep_plans is not None:
+                results = [
+                    deep.train_epoch(*data, orders[k], self.batch_size, plan, step, threads, profile)
+                    for k, plan in enumerate(self.deep_plans)
+                ]
+            else:
+                assert self.plans is not None
+                results = [
+                    sparse.train_epoch(*data, orders[k], self.batch_size, plan, threads, profile)
+                    for k, plan in enumerate(self.plans)
+                ]
             self.arrays["iterations"] += -(-size // self.batch_size)
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         self.thread_counts[1] += 1
@@ -502,9 +497,14 @@ class NumpyBackend:
         assert self.validation is not None, "evaluate needs the validation data given to start"
         x, y, labels = self.validation
         rows = None if self.sparse_rows is None else self.sparse_rows[1]
-        if self.plans is not None and rows is not None:
+        if rows is not None and (self.deep_plans is not None or self.plans is not None):
+            # In C, the images shared between the epoch's threads: _deep.c's inference, or _train.c's validation.
             threads = self._threads_now()
-            results = [sparse.evaluate(rows, y, labels, plan, threads=threads) for plan in self.plans]
+            if self.deep_plans is not None:
+                results = [deep.evaluate(rows, y, labels, plan, threads=threads) for plan in self.deep_plans]
+            else:
+                assert self.plans is not None
+                results = [sparse.evaluate(rows, y, labels, plan, threads=threads) for plan in self.plans]
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         loss_sums, correct = np.zeros(self.count), np.zeros(self.count, np.int64)
         with np.errstate(over="ignore", under="ignore"), blas.BlasThreads(self.threads):

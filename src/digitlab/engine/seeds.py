@@ -69,6 +69,11 @@ class SeedThreads:
         """The profile rows of all the groups together (`NumpyBackend.profile_threads`)."""
         return sum(group.profile_threads for group in self.groups)
 
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        """The C epoch's phases, as each group's (`NumpyBackend.profile_names`)."""
+        return self.groups[0].profile_names
+
     def profile_into(self, rows: np.ndarray) -> None:
         """Each group's threads get their own rows of `rows`, in group order."""
         first = 0

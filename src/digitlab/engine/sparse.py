@@ -373,10 +373,8 @@ def train_epoch(
     """
     check_epoch_inputs(data, targets, labels, order, plan.units)
     threads = max(1, min(int(threads), 64))
-    if profile is not None and (profile.dtype != np.float64 or profile.shape[0] < threads or profile.ndim != 2):
-        raise ValueError(f"train_epoch: the profile needs float64 rows for {threads} threads, got {profile.shape}.")
-    if profile is not None and profile.shape[1] != profile_phases():
-        raise ValueError(f"train_epoch: the profile needs {profile_phases()} phases, got {profile.shape[1]}.")
+    if profile is not None:
+        check_profile(profile, threads, profile_phases())
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
     status = _kernels().digitlab_train_epoch(
         *data._pointers,
@@ -438,6 +436,14 @@ def evaluate(
     if status != 0:
         raise MemoryError("The C validation could not allocate its buffers.")
     return float(row_losses.sum()), correct.value
+
+
+def check_profile(profile: np.ndarray, threads: int, phases: int) -> None:
+    """Raises ValueError unless `profile` is a C-contiguous float64 array of `threads` (or more) x `phases`."""
+    if profile.dtype != np.float64 or profile.ndim != 2 or profile.shape[0] < threads or not profile.flags.c_contiguous:
+        raise ValueError(f"train_epoch: the profile needs float64 rows for {threads} threads, got {profile.shape}.")
+    if profile.shape[1] != phases:
+        raise ValueError(f"train_epoch: the profile needs {phases} phases, got {profile.shape[1]}.")
 
 
 def profile_phases() -> int:

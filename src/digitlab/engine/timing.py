@@ -8,7 +8,8 @@
 The C epoch (`_train.c`) times its phases per thread with `clock_gettime` when it is given an array
 to add them to (a few hundred nanoseconds a batch; nothing when it is not): the first layer's sparse
 product (which also builds the batch's transpose), the layers above, the loss, the backward pass,
-the waits at the two barriers, the two kinds of update, and the setup (buffers, threads).
+the waits at the two barriers, the two kinds of update, and the setup (buffers, threads). The deep net's
+epoch (`_deep.c`) times its own phases (DEEP_PHASES) the same way.
 `FastEngine.fit` adds validation and the Python between the C calls. `work` counts what each phase
 must do for one network's epoch (multiply-adds, and the bytes it reads from each level of memory),
 from which `digitlab bench --profile` gives each phase its limit on this machine.
@@ -34,6 +35,20 @@ PHASES = (
     "wait after the updates",
     "threads and buffers",
 )
+# The deep net's C epoch (`_deep.c`, BatchNormalization, Adam), in the order of its enum (deep.profile_phases()).
+DEEP_PHASES = (
+    "first layer forward",  # With the transpose of the batch, which the forward pass builds.
+    "layers above, forward",  # With the Dropout and applying the BatchNormalization.
+    "BatchNormalization statistics",
+    "loss",
+    "backward",
+    "first layer gradient",
+    "other gradients",  # The other kernels', the biases', BatchNormalization's sums.
+    "first layer update",
+    "other updates",
+    "waits at the barriers",
+    "threads and buffers",
+)
 # Timed by FastEngine.fit around the C calls.
 VALIDATION, PYTHON = "validation", "Python between epochs"
 
@@ -41,10 +56,11 @@ VALIDATION, PYTHON = "validation", "Python between epochs"
 @dataclasses.dataclass
 class Profile:
     """What `FastEngine.fit` measured over `epochs`: seconds in the C phases per thread (`phases`, threads x
-    PHASES, filled by the C epoch where it runs), in the training calls altogether, in validation, and in
+    `names`, filled by the C epoch where it runs), in the training calls altogether, in validation, and in
     Python around them; and how many epochs ran on each number of threads per network."""
 
     threads: int
+    names: tuple[str, ...] = PHASES  # The C epoch's phases: PHASES, or DEEP_PHASES for the deep net's.
     phases: np.ndarray = dataclasses.field(init=False)
     train: float = 0.0
     validation: float = 0.0
@@ -53,7 +69,7 @@ class Profile:
     thread_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def __post_init__(self):
-        self.phases = np.zeros((self.threads, len(PHASES)))
+        self.phases = np.zeros((self.threads, len(self.names)))
 
     def reset(self) -> None:
         """Forgets what was measured so far (in place: the backends keep adding to the same array)."""
@@ -71,7 +87,7 @@ class Profile:
         outside = self.train - float(busy.max()) if self.threads else 0.0
         return {
             "epochs": self.epochs,
-            "phases": {name: [float(value) for value in seconds[:, k]] for k, name in enumerate(PHASES)},
+            "phases": {name: [float(value) for value in seconds[:, k]] for k, name in enumerate(self.names)},
             "train": self.train / epochs,
             VALIDATION: self.validation / epochs,
             PYTHON: (self.python + max(outside, 0.0)) / epochs,
