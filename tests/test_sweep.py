@@ -26,6 +26,7 @@ from digitlab import cli, config, data, errors, plots, runs, training
 from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
+from digitlab.sweep import runner as sweep_runner
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
@@ -469,6 +470,11 @@ def test_a_sweep_trains_what_train_trains(reference_sweep, tmp_path, quiet):
     assert lines[-1] == f"Done: 4 trials (4 complete, 0 stopped early, 0 failed). Results in {out}"
     state = json.loads((out / "sweep.json").read_text())
     assert [trial["status"] for trial in state["trials"]] == ["complete"] * 4
+    # When each step happened (sweep_bench's phases): in order, the results written while Ray shut down.
+    timeline = state["timeline"]
+    assert list(timeline) == list(sweep_runner.TIMELINE)
+    assert sorted(timeline.values())[:4] == [timeline[name] for name in sweep_runner.TIMELINE[:4]]
+    assert timeline["trials_done"] <= min(timeline["results_written"], timeline["ray_stopped"])
     for trial in state["trials"]:
         alone = training.train(
             config.TrainConfig(
@@ -510,16 +516,38 @@ def test_the_private_parts_of_ray_that_digitlab_patches_are_still_there():
     ray_patches.check()
 
 
+def test_tunes_trial_actors_ask_for_no_runtime_environment_of_their_own_while_trials_run(monkeypatch):
+    """Patch 6: so that they take the worker processes Ray started beforehand (an empty runtime environment's)."""
+    from digitlab.sweep import ray_patches
+
+    class Trainable:
+        pass
+
+    for name in ray_patches.class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(name, raising=False)
+    with ray_patches.trial_workers_prestarted():
+        ours = ray_patches.class_cache._ActorClassCache().get(Trainable)
+    assert ours._default_options == {}
+    tunes = ray_patches.class_cache._ActorClassCache().get(Trainable)  # Tune's own way again, after.
+    assert tunes._default_options["runtime_env"]["env_vars"] == ray_patches.class_cache.DEFAULT_ENV_VARS
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")  # A variable Tune passes on: Tune's way is kept.
+    with ray_patches.trial_workers_prestarted():
+        passed = ray_patches.class_cache._ActorClassCache().get(Trainable)
+    assert passed._default_options["runtime_env"]["env_vars"]["AWS_ACCESS_KEY_ID"] == "x"
+
+
 def test_a_patch_that_no_longer_applies_is_named_with_rays_version(monkeypatch):
     from digitlab.sweep import ray_patches
 
     monkeypatch.delattr(ray_patches.ray_constants, "ENABLE_RAY_CLUSTER")
     monkeypatch.delattr(ray_patches.TrialProgressCallback, "_print")
+    monkeypatch.delattr(ray_patches.class_cache._ActorClassCache, "get")
     with pytest.raises(RuntimeError) as raised:
         ray_patches.check()
     message = str(raised.value)
     assert message.startswith(f"Ray {ray_patches.ray.__version__} no longer takes these of digitlab's patches ")
     assert "ENABLE_RAY_CLUSTER is gone" in message and "TrialProgressCallback._print(self, msg) is gone" in message
+    assert "_ActorClassCache.get(self, trainable_cls) is gone" in message
     assert "ENABLE_RAY_CLUSTERS_ENV_VAR" not in message and "TUNE_DISABLE_SIGINT_HANDLER" not in message
 
 

@@ -237,7 +237,11 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False),
         ),
     )
-    with open(storage / "ray-driver.log", "ab") as log, ray_patches.stderr_to(log):
+    with (
+        open(storage / "ray-driver.log", "ab") as log,
+        ray_patches.stderr_to(log),
+        ray_patches.trial_workers_prestarted(),
+    ):
         tuner.fit()
     progress.close()
 
