@@ -62,6 +62,7 @@ from digitlab.sweep import progress as sweep_progress
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
+from digitlab.sweep import warmup
 
 # Seconds to reach a given --address before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10
@@ -141,8 +142,9 @@ def _init(address: str | None, options: dict) -> None:
 
 @contextlib.contextmanager
 def _embedded_environment():
-    """What the embedded Ray's processes are started with: loopback only, and without the import they never use."""
-    with ray_patches.on_loopback(), ray_patches.without_unused_import():
+    """What the embedded Ray's processes are started with: loopback only, without the import they never
+    use, and with Keras imported as soon as a worker starts (`warmup`)."""
+    with ray_patches.on_loopback(), ray_patches.without_unused_import(), warmup.workers_import_early():
         yield
 
 
@@ -184,6 +186,8 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             num_cpus=0,
             # On the driver's node, where OUT is; soft=False: nowhere else, even if that node is busy.
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+            # A process of its own, which imports no Keras: Ray's prestarted workers are left to the trials.
+            runtime_env=warmup.NOT_A_TRIAL,
         )
         .remote(str(sweep.runs_dir))
     )
