@@ -15,7 +15,9 @@ there), so workers never read the data file. Each trial asks for `cpus_per_trial
 CPUs (1 by default), so an embedded Ray on a 2-core machine trains two at once.
 `--early-stop` adds Tune's ASHA scheduler on val_accuracy, epoch by epoch. A worker
 process trains one trial after another (Tune's `reuse_actors`, except with early
-stopping), so Keras and JAX load once per worker, not once per trial.
+stopping), so Keras and JAX load once per worker, not once per trial. The first trials take the
+worker processes an embedded Ray starts when it starts (`ray_patches`, patch 6), which have begun
+importing Keras by then (`sweep.warmup`); the store's actor has a process of its own.
 
 Run files on a cluster. A `RunStore` actor (`digitlab.sweep.store`) is placed on the driver's
 node. A trial that finds the sweep's folder on its machine (the driver's machine, or a shared
