@@ -11,15 +11,19 @@ in a shell loop. It times both from the outside, checks that each trial's histor
 the same both ways, and prints (and writes to OUT/bench.md and bench.json) a table
 with the machine and its load average, since a shared machine slows both unevenly.
 
-A second table says where the sweep's time went, from the times its files were written: until
-its first trial's run folder (imports, Ray's start, Tune's, the trial workers' imports and their
-first model), the trials (first run folder to last metrics.json; with the training time summed
-over trials, divided by the trials that train at once), and after the last trial (results,
-figures, Ray's shutdown).
+A second table says where the sweep's time went, from the times its files were written and the
+moments sweep.json's `timeline` records (`digitlab.sweep.runner.TIMELINE`): until its first
+trial's run folder (Python and digitlab's imports with MNIST read beside Ray's and Tune's import;
+Ray's start; Tune's start and the first trial's worker; that worker's imports of Keras and JAX and
+its first model), the trials (first run folder to last metrics.json; with the training time summed
+over trials, divided by the trials that train at once, and the rest: each trial's run folder,
+model.keras, curves.png and next model), and after the last trial (the results and figures,
+written while Ray shuts down, then the process's end).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shlex
@@ -130,7 +134,8 @@ def main(argv: list[str]) -> int:
         run.history() == runs.Run(next((out / "one-by-one" / trial["run"]).iterdir())).history()
         for run, trial in zip(swept, trials, strict=True)
     )
-    phases = _phases(swept, started_at, ended_at, at_once=min(len(trials), max(1, int(os.cpu_count() or 1))))
+    timeline = json.loads((out / "sweep" / "sweep.json").read_text())["timeline"]
+    phases = _phases(swept, timeline, started_at, ended_at, at_once=min(len(trials), max(1, int(os.cpu_count() or 1))))
     load = os.getloadavg()[0]
     result = {
         "trials": len(trials),
@@ -172,15 +177,24 @@ def main(argv: list[str]) -> int:
             if sweep_only
             else f"Every trial's history the same both ways: {'yes' if same else 'NO'}.",
             "",
-            "Where the sweep's time went (from the times its files were written):",
+            "Where the sweep's time went (from the times its files were written and sweep.json's timeline):",
             "",
             "| phase | seconds |",
             "|---|---:|",
-            f"| start to the first trial's run folder (imports, Ray, Tune, the workers' start) | "
-            f"{phases['until_first_trial']:.1f} |",
+            f"| start to the first trial's run folder | {phases['until_first_trial']:.1f} |",
+            f"| of which Python, imports, plan, MNIST read beside Ray's import | {phases['imports']:.1f} |",
+            f"| of which Ray's start (ray.init) | {phases['ray_start']:.1f} |",
+            f"| of which Tune's start and the first trial's worker | {phases['tune_start']:.1f} |",
+            f"| of which that worker's imports (Keras, JAX) and first model | {phases['first_model']:.1f} |",
             f"| first run folder to the last metrics.json (the trials) | {phases['trials']:.1f} |",
             f"| of which training, summed over trials / {phases['at_once']} at once | {phases['training']:.1f} |",
-            f"| last metrics.json to the end (results, figures, Ray's shutdown) | {phases['after_last_trial']:.1f} |",
+            f"| of which the rest (run files, model.keras, curves.png, next model, Tune) | "
+            f"{phases['trials'] - phases['training']:.1f} |",
+            f"| last metrics.json to the end | {phases['after_last_trial']:.1f} |",
+            f"| of which Tune's end | {phases['tune_end']:.1f} |",
+            f"| of which results and figures (beside Ray's shutdown) | {phases['results']:.1f} |",
+            f"| of which Ray's shutdown (beside the results) | {phases['ray_shutdown']:.1f} |",
+            f"| of which the process's end | {phases['exit']:.1f} |",
         ]
     )
     print(table)
@@ -189,17 +203,29 @@ def main(argv: list[str]) -> int:
     return 0 if same else 1
 
 
-def _phases(swept: list[runs.Run], started_at: float, ended_at: float, at_once: int) -> dict:
+def _phases(swept: list[runs.Run], timeline: dict, started_at: float, ended_at: float, at_once: int) -> dict:
+    """Where the sweep's time went, in seconds: the four phases, each with its parts (see the module's docstring)."""
     first = min(run.file(runs.CONFIG_FILE).stat().st_mtime for run in swept)
     last = max(run.file(runs.METRICS_FILE).stat().st_mtime for run in swept)
     training = sum(run.metrics()["wall_time_s"] for run in swept)
+    done = max(timeline["results_written"], timeline["ray_stopped"])
     return {
-        "until_first_trial": round(first - started_at, 1),
-        "trials": round(last - first, 1),
-        "training": round(training / at_once, 1),
-        "at_once": at_once,
-        "after_last_trial": round(ended_at - last, 1),
-    }
+        key: round(value, 1)
+        for key, value in {
+            "until_first_trial": first - started_at,
+            "imports": timeline["ray_starting"] - started_at,
+            "ray_start": timeline["ray_started"] - timeline["ray_starting"],
+            "tune_start": timeline["first_trial_started"] - timeline["ray_started"],
+            "first_model": first - timeline["first_trial_started"],
+            "trials": last - first,
+            "training": training / at_once,
+            "after_last_trial": ended_at - last,
+            "tune_end": timeline["trials_done"] - last,
+            "results": timeline["results_written"] - timeline["trials_done"],
+            "ray_shutdown": timeline["ray_stopped"] - timeline["trials_done"],
+            "exit": ended_at - done,
+        }.items()
+    } | {"at_once": at_once}
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from digitlab import cli, config, data, errors, plots, runs, training
 from digitlab.plots import sweep as plots_sweep
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
+from digitlab.sweep import runner as sweep_runner
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
@@ -469,6 +470,11 @@ def test_a_sweep_trains_what_train_trains(reference_sweep, tmp_path, quiet):
     assert lines[-1] == f"Done: 4 trials (4 complete, 0 stopped early, 0 failed). Results in {out}"
     state = json.loads((out / "sweep.json").read_text())
     assert [trial["status"] for trial in state["trials"]] == ["complete"] * 4
+    # When each step happened (sweep_bench's phases): in order, the results written while Ray shut down.
+    timeline = state["timeline"]
+    assert list(timeline) == list(sweep_runner.TIMELINE)
+    assert sorted(timeline.values())[:4] == [timeline[name] for name in sweep_runner.TIMELINE[:4]]
+    assert timeline["trials_done"] <= min(timeline["results_written"], timeline["ray_stopped"])
     for trial in state["trials"]:
         alone = training.train(
             config.TrainConfig(
@@ -510,16 +516,80 @@ def test_the_private_parts_of_ray_that_digitlab_patches_are_still_there():
     ray_patches.check()
 
 
+def test_tunes_trial_actors_ask_for_no_runtime_environment_of_their_own_while_trials_run(monkeypatch):
+    """Patch 6: so that they take the worker processes Ray started beforehand (an empty runtime environment's)."""
+    from digitlab.sweep import ray_patches
+
+    class Trainable:
+        pass
+
+    for name in ray_patches.class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(name, raising=False)
+    with ray_patches.trial_workers_prestarted():
+        ours = ray_patches.class_cache._ActorClassCache().get(Trainable)
+    assert ours._default_options == {}
+    tunes = ray_patches.class_cache._ActorClassCache().get(Trainable)  # Tune's own way again, after.
+    assert tunes._default_options["runtime_env"]["env_vars"] == ray_patches.class_cache.DEFAULT_ENV_VARS
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")  # A variable Tune passes on: Tune's way is kept.
+    with ray_patches.trial_workers_prestarted():
+        passed = ray_patches.class_cache._ActorClassCache().get(Trainable)
+    assert passed._default_options["runtime_env"]["env_vars"]["AWS_ACCESS_KEY_ID"] == "x"
+
+
+def test_an_embedded_rays_workers_import_keras_as_they_start_but_the_store_and_other_processes_do_not(
+    tmp_path, monkeypatch
+):
+    """warmup's sitecustomize stand-in, in real interpreters: a Ray worker (default_worker.py) imports Keras
+    in a thread once it has connected to Ray; the store's worker (NOT_A_TRIAL) and Ray's other Python
+    processes do not; the sitecustomize it shadows still runs."""
+    from digitlab.sweep import warmup
+
+    shadowed = tmp_path / "theirs"
+    shadowed.mkdir()
+    (shadowed / "sitecustomize.py").write_text("import sys\nsys.shadowed_ran = True\n")
+    script = (
+        "import sys, threading, types\n"
+        # What the thread waits for: Ray's worker module, connected (default_worker.py's own connect).
+        "connected = types.SimpleNamespace(connected=True)\n"
+        "sys.modules['ray._private.worker'] = types.SimpleNamespace(global_worker=connected)\n"
+        "for thread in threading.enumerate():\n"
+        "    if thread.name == 'digitlab-warmup':\n"
+        "        thread.join()\n"
+        "print(getattr(sys, 'shadowed_ran', False), 'keras' in sys.modules)\n"
+    )
+    for name in ("default_worker.py", "log_monitor.py"):
+        (tmp_path / name).write_text(script)
+    monkeypatch.delenv(warmup.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with warmup.workers_import_early():
+        path = os.environ["PYTHONPATH"].split(os.pathsep)
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([path[0], str(shadowed), *path[1:]]))
+    assert path[0] == str(tmp_path / f"digitlab-ray-warmup-{os.getuid()}")
+
+    def run(name: str, **extra: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(tmp_path / name)], env={**environment, **extra}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run("default_worker.py") == "True True"
+    assert run("default_worker.py", **warmup.NOT_A_TRIAL["env_vars"]) == "True False"
+    assert run("log_monitor.py") == "True False"
+
+
 def test_a_patch_that_no_longer_applies_is_named_with_rays_version(monkeypatch):
     from digitlab.sweep import ray_patches
 
     monkeypatch.delattr(ray_patches.ray_constants, "ENABLE_RAY_CLUSTER")
     monkeypatch.delattr(ray_patches.TrialProgressCallback, "_print")
+    monkeypatch.delattr(ray_patches.class_cache._ActorClassCache, "get")
     with pytest.raises(RuntimeError) as raised:
         ray_patches.check()
     message = str(raised.value)
     assert message.startswith(f"Ray {ray_patches.ray.__version__} no longer takes these of digitlab's patches ")
     assert "ENABLE_RAY_CLUSTER is gone" in message and "TrialProgressCallback._print(self, msg) is gone" in message
+    assert "_ActorClassCache.get(self, trainable_cls) is gone" in message
     assert "ENABLE_RAY_CLUSTERS_ENV_VAR" not in message and "TUNE_DISABLE_SIGINT_HANDLER" not in message
 
 

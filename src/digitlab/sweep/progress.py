@@ -15,6 +15,7 @@ from digitlab.sweep import ray_patches  # noqa: F401  (first: it sets what Ray m
 
 # isort: split
 import sys
+import time
 
 import ray
 from ray import cloudpickle, tune
@@ -42,7 +43,8 @@ class Progress(tune.Callback):
         return trial.config["trial"]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        """Tune: a trial started; marked running."""
+        """Tune: a trial started; marked running (the first one's time goes into the sweep's timeline)."""
+        self.sweep.state.setdefault("timeline", {}).setdefault("first_trial_started", time.time())
         self.sweep.update(self._index(trial), status="running")
         self.show()
 

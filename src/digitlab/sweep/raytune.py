@@ -15,7 +15,9 @@ there), so workers never read the data file. Each trial asks for `cpus_per_trial
 CPUs (1 by default), so an embedded Ray on a 2-core machine trains two at once.
 `--early-stop` adds Tune's ASHA scheduler on val_accuracy, epoch by epoch. A worker
 process trains one trial after another (Tune's `reuse_actors`, except with early
-stopping), so Keras and JAX load once per worker, not once per trial.
+stopping), so Keras and JAX load once per worker, not once per trial. The first trials take the
+worker processes an embedded Ray starts when it starts (`ray_patches`, patch 6), which have begun
+importing Keras by then (`sweep.warmup`); the store's actor has a process of its own.
 
 Run files on a cluster. A `RunStore` actor (`digitlab.sweep.store`) is placed on the driver's
 node. A trial that finds the sweep's folder on its machine (the driver's machine, or a shared
@@ -62,6 +64,7 @@ from digitlab.sweep import progress as sweep_progress
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
+from digitlab.sweep import warmup
 
 # Seconds to reach a given --address before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10
@@ -141,8 +144,9 @@ def _init(address: str | None, options: dict) -> None:
 
 @contextlib.contextmanager
 def _embedded_environment():
-    """What the embedded Ray's processes are started with: loopback only, and without the import they never use."""
-    with ray_patches.on_loopback(), ray_patches.without_unused_import():
+    """What the embedded Ray's processes are started with: loopback only, without the import they never
+    use, and with Keras imported as soon as a worker starts (`warmup`)."""
+    with ray_patches.on_loopback(), ray_patches.without_unused_import(), warmup.workers_import_early():
         yield
 
 
@@ -184,6 +188,8 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             num_cpus=0,
             # On the driver's node, where OUT is; soft=False: nowhere else, even if that node is busy.
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+            # A process of its own, which imports no Keras: Ray's prestarted workers are left to the trials.
+            runtime_env=warmup.NOT_A_TRIAL,
         )
         .remote(str(sweep.runs_dir))
     )
@@ -237,7 +243,11 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False),
         ),
     )
-    with open(storage / "ray-driver.log", "ab") as log, ray_patches.stderr_to(log):
+    with (
+        open(storage / "ray-driver.log", "ab") as log,
+        ray_patches.stderr_to(log),
+        ray_patches.trial_workers_prestarted(),
+    ):
         tuner.fit()
     progress.close()
 

@@ -25,8 +25,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from digitlab import atomic, plots, runs, text
-from digitlab.plots import sweep as plots_sweep
+from digitlab import atomic, runs, text
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep.plan import Trial
@@ -219,6 +218,11 @@ def results_json(rows: list[ResultRow]) -> list[dict]:
 def finish(sweep: sweep_state.Sweep, print_fn=print, cluster: bool = False) -> list[ResultRow]:
     """Writes results.csv, .json, .md, curves.png, parallel.png and (two swept fields) heatmap.png;
     prints the table and a line of totals (with the trials of each node, on a `cluster`)."""
+    # Matplotlib is imported here, not with the module: a sweep's driver needs it only now, beside
+    # Ray's shutdown (`sweep.runner`), not on its way to the first trial.
+    from digitlab import plots
+    from digitlab.plots import sweep as plots_sweep
+
     rows = results(sweep)
     swept = sweep.state["settings"]["swept"]
     table = results_table(rows, swept)

@@ -26,11 +26,19 @@ would still have to be reconciled with the run folders. Random samples are drawn
 
 Results (`results.csv`, `.json`, `.md`, `curves.png`, `heatmap.png`) are computed from
 the run folders, one row per configuration, best first (`digitlab.sweep.results`).
+
+Start and end, overlapped. MNIST is read and hashed in a thread while Ray and Tune are imported
+(both wait on the disk and on C code, and Ray is imported only to be started after the data's
+check), and the results are written in a thread while Ray shuts down (which mostly waits for its
+processes to end). When each step happened goes into sweep.json's `timeline` (`TIMELINE`), which
+scripts/sweep_bench.py turns into its table of where the sweep's time went.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from pathlib import Path
 
 from digitlab import data, errors
@@ -39,6 +47,11 @@ from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import trial as sweep_trial
+
+# The moments sweep.json's `timeline` records (seconds since the epoch) for the latest start of the
+# sweep (or of its resume): Ray asked to start, Ray started, Tune's first trial started (its worker
+# ready; `sweep.progress`), the last trial ended, the results written, Ray shut down.
+TIMELINE = ("ray_starting", "ray_started", "first_trial_started", "trials_done", "results_written", "ray_stopped")
 
 
 class SweepInterrupted(Exception):
@@ -90,7 +103,10 @@ def run_sweep(
         )
     out_dir = Path(out_dir)
     sweep_state.check_new_folder(out_dir)
-    loaded = data.load(data_path)
+    loading = _Background(_read_data, data.load, data_path)
+    from digitlab.sweep import raytune  # Imported here: Ray is started only once every other check has passed.
+
+    loaded = loading.result()
     settings = {
         "swept": list(grid) + list(sample),
         "grid": grid,
@@ -102,31 +118,37 @@ def run_sweep(
         "cpus_per_trial": cpus_per_trial,
         "command": command,
     }
-    from digitlab.sweep import raytune  # Imported here: Ray is loaded only once every other check has passed.
-
+    timeline = {"ray_starting": time.time()}
     with raytune.connect(address):
         raytune.check_resources(cpus_per_trial)
+        timeline["ray_started"] = time.time()
         sweep = sweep_state.create(out_dir, trials, settings, loaded)
+        sweep.state["timeline"] = timeline
         with _saved_on_interrupt(sweep):
             print_fn(
                 f"digitlab: sweeping {len(trials)} trials ({len(trials) // len(seeds)} configurations x "
                 f"{len(seeds)} seed(s)) in {sweep.path}"
             )
             raytune.run_trials(sweep, loaded, print_fn, cluster=address is not None)
-    return sweep_results.finish(sweep, print_fn, cluster=address is not None)
+        results = _results_beside_shutdown(sweep, print_fn, cluster=address is not None)
+    return _finished(sweep, results)
 
 
 def resume_sweep(
     out_dir: str | Path, data_path=None, address: str | None = None, print_fn=print
 ) -> list[sweep_results.ResultRow]:
     """Finishes an interrupted sweep: finished trials are kept, the others resume or start."""
+    sweep = sweep_state.open_sweep(out_dir)
+    loading = _Background(_read_data, data.load_recorded, sweep.state.get("data") or {}, data_path)
     from digitlab.sweep import raytune
 
-    sweep = sweep_state.open_sweep(out_dir)
-    loaded = data.load_recorded(sweep.state.get("data") or {}, data_path)
+    loaded = loading.result()
+    timeline = {"ray_starting": time.time()}
     # Stopped at any moment from here on (starting Ray included), the sweep can be resumed again.
     with _saved_on_interrupt(sweep), raytune.connect(address):
         raytune.check_resources(sweep.state["settings"]["cpus_per_trial"])
+        timeline["ray_started"] = time.time()
+        sweep.state["timeline"] = timeline
         left = sweep.unfinished()
         print_fn(
             f"digitlab: resuming the sweep in {sweep.path}: {len(sweep.trials) - len(left)} of "
@@ -135,7 +157,8 @@ def resume_sweep(
         for trial in left:
             sweep_trial.settle_run(sweep, trial)
         raytune.run_trials(sweep, loaded, print_fn, cluster=address is not None)
-    return sweep_results.finish(sweep, print_fn, cluster=address is not None)
+        results = _results_beside_shutdown(sweep, print_fn, cluster=address is not None)
+    return _finished(sweep, results)
 
 
 @contextlib.contextmanager
@@ -150,3 +173,53 @@ def _saved_on_interrupt(sweep: sweep_state.Sweep):
                 trial["status"] = "interrupted"
         sweep.save()
         raise SweepInterrupted(sweep.path) from None
+
+
+class _Background:
+    """`function(*args)` in a daemon thread from now on; `result()` waits for it and returns its
+    value, or raises its exception in the caller's thread."""
+
+    def __init__(self, function, *args, **kwargs):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(function, args, kwargs), daemon=True)
+        self.thread.start()
+
+    def _run(self, function, args, kwargs) -> None:
+        try:
+            self.value = function(*args, **kwargs)
+        except BaseException as error:  # Raised again in the caller's thread, by `result`.
+            self.error = error
+
+    def result(self):
+        """The function's value, once it has returned (its exception, raised here, if it raised one)."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _read_data(load, *args) -> data.Loaded:
+    """MNIST read (`load(*args)`) and hashed, as the sweep records it: in a thread beside Ray's import."""
+    loaded = load(*args)
+    loaded.sha256  # noqa: B018  (computed now, while Ray is imported; kept by the cached property)
+    return loaded
+
+
+def _results_beside_shutdown(sweep: sweep_state.Sweep, print_fn, cluster: bool) -> _Background:
+    """Once the trials are done: the results written (`sweep_results.finish`) in a thread, started
+    while Ray still runs, so that they are written while Ray shuts down; `_finished` waits for them."""
+    sweep.state["timeline"]["trials_done"] = time.time()
+
+    def finish() -> tuple[list[sweep_results.ResultRow], float]:
+        return sweep_results.finish(sweep, print_fn, cluster=cluster), time.time()
+
+    return _Background(finish)
+
+
+def _finished(sweep: sweep_state.Sweep, results: _Background) -> list[sweep_results.ResultRow]:
+    """After Ray's shutdown: waits for the results, records the end of the timeline, returns the rows."""
+    stopped = time.time()
+    rows, written = results.result()
+    sweep.state["timeline"].update(results_written=written, ray_stopped=stopped)
+    sweep.save()
+    return rows
