@@ -158,9 +158,12 @@ def test_loading_beside_keras_leaves_the_prepared_data_and_rows_in_the_caches(mn
 import sys
 from digitlab import config, data, startup
 settings = config.TrainConfig(seed=0, train_limit=3000)
+import gc
 loading = startup.keras_beside_data(settings, {str(mnist_path)!r})
+assert not gc.isenabled()  # Off while Keras is imported...
 loaded = loading.loaded()
-assert "keras" in sys.modules and "pandas" not in sys.modules and "matplotlib" not in sys.modules
+assert gc.isenabled() and gc.get_freeze_count() > 100_000  # ...and what the start made is frozen.
+assert "keras" in sys.modules and all(name not in sys.modules for name in startup.UNUSED_BY_TRAINING)
 assert sys.meta_path[0].__class__.__name__ != "_Hidden"
 from digitlab.engine import sparse
 (x, y), (x_valid, y_valid), _ = data.prepared(loaded, "test", 3000)

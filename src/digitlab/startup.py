@@ -19,12 +19,18 @@ hashlib and C with Python's lock let go (docs/engine.md, "Start-up"). So:
   and the rows wait in the thread until Keras is imported. The same functions compute the same arrays
   as without the thread: the history is the same, bit for bit.
 
+- Python's cyclic garbage collector is off from the start to `loaded()`, which then freezes every
+  object made so far (`gc.freeze`): the 250,000 objects of Keras, JAX and the data live to the run's
+  end, and scanning them was three full collections of 0.02-0.14 s each during the start and one
+  more at the end, under load. The process ends after its run, so nothing frozen needs freeing.
+
 Only the command imports Keras this way; `import digitlab.training` elsewhere (a notebook, a server)
-imports Keras as usual.
+imports Keras as usual, with the collector as it is.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.abc
 import sys
 import threading
@@ -32,16 +38,18 @@ import threading
 from digitlab import data
 from digitlab.config import TrainConfig, is_convolutional
 
-# Packages Keras imports for features that training never uses (above).
-UNUSED_BY_TRAINING = ("pandas", "matplotlib")
+# Packages Keras imports for features that training never uses (above), and two more of the kind:
+# requests (the RemoteMonitor callback) and IPython (KerasFileEditor's display in a notebook).
+UNUSED_BY_TRAINING = ("pandas", "matplotlib", "requests", "IPython")
 
 
 class Loading:
     """MNIST loaded and prepared for `config` in a thread of its own, begun at once (with the sparse rows
     where the fast engine may use them); `loaded()` waits for it."""
 
-    def __init__(self, config: TrainConfig, data_path=None):
+    def __init__(self, config: TrainConfig, data_path=None, collector_paused: bool = False):
         self.config, self.data_path = config.resolved(), data_path
+        self.collector_paused = collector_paused  # `loaded` freezes what is made so far and turns the collector on.
         self._loaded: data.Loaded | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._load, name="digitlab-data", daemon=True)
@@ -50,6 +58,10 @@ class Loading:
     def loaded(self) -> data.Loaded:
         """The data, once loaded and prepared (raising, here, what went wrong: a DataError...)."""
         self._thread.join()
+        if self.collector_paused:
+            self.collector_paused = False
+            gc.freeze()
+            gc.enable()
         if self._error is not None:
             raise self._error
         assert self._loaded is not None, "the thread ended with the data or an error"
@@ -74,12 +86,14 @@ class Loading:
 
 def keras_beside_data(config: TrainConfig, data_path=None) -> Loading:
     """Starts `Loading` the data, and imports Keras meanwhile without the packages UNUSED_BY_TRAINING
-    (if Keras is not imported yet); returns the Loading."""
+    (if Keras is not imported yet); returns the Loading. The garbage collector is off until its `loaded()`."""
+    paused = gc.isenabled()
+    gc.disable()
     hidden = None if "keras" in sys.modules else _Hidden(UNUSED_BY_TRAINING)
     if hidden is not None:
         sys.meta_path.insert(0, hidden)  # Before the thread starts: Keras is imported behind it, whoever imports it.
     try:
-        loading = Loading(config, data_path)
+        loading = Loading(config, data_path, collector_paused=paused)
         import keras  # noqa: F401
     finally:
         if hidden is not None:

@@ -4,19 +4,18 @@
     run = training.train(config.TrainConfig(model="shallow", seed=0))   # the book's chapter 5
     run = training.resume("runs/20261125-101500-shallow-seed0")         # after a Ctrl-C or a kill
 
-Two engines do the epochs. `fit` is Keras's own `model.fit`, exactly the book's
-code. The fast engine (`digitlab.engine`) runs the same computation (same Keras
-model and initial weights, same loss, optimizer and shuffled batches) faster,
-and trains several seeds side by side; `engine="auto"` uses it whenever it
-supports the model. After every epoch the history and status are written (renamed
-into place, without waiting for the disk, by a thread beside the epochs: `epoch_files`), and a checkpoint at most every
-`checkpoint_seconds` (after an epoch that `checkpoint_every` allows), after the last
-epoch, and on an interrupt (Ctrl-C, SIGTERM, the page's stop, a sweep's early stop),
-which saves the newest finished epoch. So an interrupted run loses at most the epoch in
-progress, a killed one at most `checkpoint_seconds` of epochs, and `resume` finishes
-either with the same history and weights as an uninterrupted run. With `record_epochs`,
-every epoch's weights are kept too (at float16, `Run.write_epoch`), so that `digitlab serve`
-can show and ask the network of any epoch.
+Two engines do the epochs. `fit` is Keras's own `model.fit`, exactly the book's code. The fast
+engine (`digitlab.engine`) runs the same computation (same Keras model and initial weights, same
+loss, optimizer and shuffled batches) faster, and trains several seeds side by side; `engine="auto"`
+uses it whenever it supports the model. After every epoch the history and status are written
+(renamed into place, without waiting for the disk, by a thread beside the epochs: `epoch_files`),
+and a checkpoint at most every `checkpoint_seconds` (after an epoch that `checkpoint_every` allows),
+after the last epoch, and on an interrupt (Ctrl-C, SIGTERM, the page's stop, a sweep's early stop),
+which saves the newest finished epoch. So an interrupted run loses at most the epoch in progress, a
+killed one at most `checkpoint_seconds` of epochs, and `resume` finishes either with the same
+history and weights as an uninterrupted run. With `record_epochs`, every epoch's weights are kept
+too (at float16, `Run.write_epoch`), so that `digitlab serve` can show and ask the network of any
+epoch.
 """
 
 from __future__ import annotations
@@ -137,8 +136,9 @@ def _resume(run: Run, data_path, print_fn, verbose, loaded, on_epoch_end, metada
     session.restore(saved)
     if session.data.record()["path"] != record.get("path"):
         run.write_json(runs.DATA_FILE, session.data.record())  # Found elsewhere: the next resume looks there.
-    # A process killed while writing leaves its temporary file; the real file is intact.
+    # A killed writer leaves its temporary files (the real ones intact), its history behind the checkpoint's.
     atomic.remove_leftovers(run.path)
+    run.write_history(session.histories, durable=False)
     run.set_status("running", epoch=saved["epoch"])
     print_fn(f"digitlab: resuming {run.path} after epoch {saved['epoch']} of {config.epochs}")
     return session.run(run, saved=saved)
@@ -312,8 +312,7 @@ class _EpochEnd:
                 histories = [{key: list(values) for key, values in history.items()} for history in self.histories]
                 state = self.engine.get_state()
                 self.pending = dict(epoch=self.epochs_done, state=state, rngs=rngs, histories=histories)
-        # Renamed into place by the files' thread, not flushed to disk: a kill leaves the old file or the new
-        # one, and the checkpoint (which is flushed) is what a resume reads, history included.
+        # Renamed into place by a thread, not flushed: a resume reads the (flushed) checkpoint's history.
         self.files.update(self.histories, epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch)
         if self.config.record_epochs:
             self.run.write_epoch(self.epochs_done, _first_network_weights(self.engine))
