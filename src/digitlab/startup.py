@@ -9,7 +9,8 @@ galleries of `keras.visualization`) serve nothing a run does; reading mnist.npz,
 float images took about 0.5 s more, and the engine's sparse rows 0.29 s, nearly all of it in NumPy,
 hashlib and C with Python's lock let go (docs/engine.md, "Start-up"). So:
 
-- Keras's first import does not see the packages UNUSED_BY_TRAINING (Keras imports each in a
+- On the JAX backend (every net but LeNet, whose TensorFlow imports some of them unguarded), Keras's
+  first import does not see the packages UNUSED_BY_TRAINING (Keras imports each in a
   `try: import ... except ImportError`): in this process Keras has no DataFrame support and no image
   galleries, as where they are not installed. The packages stay importable: the run's curves import
   Matplotlib (without pyplot) at its end.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import gc
 import importlib.abc
+import os
 import sys
 import threading
 
@@ -89,7 +91,8 @@ def keras_beside_data(config: TrainConfig, data_path=None) -> Loading:
     (if Keras is not imported yet); returns the Loading. The garbage collector is off until its `loaded()`."""
     paused = gc.isenabled()
     gc.disable()
-    hidden = None if "keras" in sys.modules else _Hidden(UNUSED_BY_TRAINING)
+    # On the JAX backend only: TensorFlow (LeNet's backend) imports some of them itself, unguarded.
+    hidden = None if "keras" in sys.modules or os.environ.get("KERAS_BACKEND") != "jax" else _Hidden(UNUSED_BY_TRAINING)
     if hidden is not None:
         sys.meta_path.insert(0, hidden)  # Before the thread starts: Keras is imported behind it, whoever imports it.
     try:
