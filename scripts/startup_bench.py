@@ -2,17 +2,22 @@
 
     python scripts/startup_bench.py                 # 3 epochs, 3 runs of each way
     python scripts/startup_bench.py --epochs 200    # the book's whole run
+    python scripts/startup_bench.py --epochs 200 --baseline /path/to/other/checkout/src   # an A/B
 
 Three ways of running the same command, each `--repeats` times, a round of the three at a time:
 with JAX's compilation cache empty (a first run on a machine), with it filled (every
 later run: the default since digitlab turns the cache on), and with it off
 (JAX_ENABLE_COMPILATION_CACHE=false, as before). Each row gives the median wall time
 from the command to its first epoch's line, to its "Done" line and to its exit, and
-the CPU seconds of the process (user + system). A second table times the phases
-inside one process the way `training.train` runs them (imports, data, the split and
-one-hot targets, the Keras models, the engine, the sparse rows, the first epoch,
-saving the model and curves), with the compilation cache filled; a third lists the
-big packages the training module imports and what each costs (`python -X importtime`).
+the CPU seconds of the process (user + system), and its time to "Done" against the
+anchor's (the filled cache's; with `--baseline SRC`, the same command run from another
+checkout's `src`, a round at a time with the others, e.g. the main branch's). A second
+table times the phases inside one process the way the command runs them (imports, Keras's
+import beside the data's loading and the engine's sparse rows in a thread: `startup`,
+the Keras models, the engine, the first epoch, then blocks of epochs of the engine alone
+and of the engine with the run's epoch end: history, status and checkpoint files,
+progress line; saving the model and curves), with the compilation cache filled; a third
+lists the big packages the command imports and what each costs (`python -X importtime`).
 The machine and its load average head the tables: on a busy machine every figure
 is "under load" and only the rows of one run compare with each other.
 """
@@ -20,6 +25,7 @@ is "under load" and only the rows of one run compare with each other.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -32,13 +38,34 @@ import time
 from pathlib import Path
 
 # The packages whose import time the third table shows (cumulative, as importtime reports them).
-PACKAGES = ("keras", "jax", "matplotlib.pyplot", "pandas", "scipy", "tensorflow", "h5py", "ray")
+PACKAGES = (
+    "jax",
+    "digitlab.plots",
+    "matplotlib",
+    "matplotlib.figure",
+    "matplotlib.pyplot",
+    "pandas",
+    "scipy",
+    "tensorflow",
+    "h5py",
+    "ray",
+)
+# What the third table's process imports: the command's start (`startup`), then the curves' module.
+IMPORTS = (
+    "from digitlab import config, startup; startup.keras_beside_data(config.TrainConfig(seed=0)).loaded(); "
+    "import digitlab.training; import digitlab.plots"
+)
+# Epochs in each block of the second table's epoch rows (engine alone, engine with the run's epoch end), 2 rounds.
+EPOCH_BLOCK = 10
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each run (default: 3)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each way (default: 3)")
+    parser.add_argument(
+        "--baseline", metavar="SRC", help="also run the command from this checkout's src folder (default: none)"
+    )
     parser.add_argument("--phases-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phases_child:
@@ -55,6 +82,10 @@ def main(argv: list[str]) -> int:
             "compilation cache filled (later runs)": {"JAX_COMPILATION_CACHE_DIR": str(cache)},
             "compilation cache off": {"JAX_ENABLE_COMPILATION_CACHE": "false"},
         }
+        anchor = "compilation cache filled (later runs)"
+        if args.baseline:
+            anchor = f"baseline {args.baseline}, cache filled"
+            ways[anchor] = {"JAX_COMPILATION_CACHE_DIR": str(cache), "PYTHONPATH": str(Path(args.baseline).absolute())}
         # Round by round, each way once a round (the empty cache's run fills it for the next), so that
         # a load that changes while the bench runs weighs on every way alike.
         measured: dict[str, list[dict]] = {name: [] for name in ways}
@@ -85,21 +116,21 @@ def main(argv: list[str]) -> int:
         f"`digitlab train --seed 0 --epochs {args.epochs}` on {system.machine_name()}; load average "
         f"{load_before:.1f} before, {load_after:.1f} after (above 0.5: under load); median of {args.repeats} runs",
         "",
-        "| way | to epoch 1 | to Done | to exit | CPU s |",
-        "|---|---:|---:|---:|---:|",
+        "| way | to epoch 1 | to Done | to exit | CPU s | to Done / anchor's |",
+        "|---|---:|---:|---:|---:|---:|",
         *(
             f"| {name} | {row['first_epoch_s']:.2f} s | {row['done_s']:.2f} s | {row['exit_s']:.2f} s | "
-            f"{row['cpu_s']:.2f} |"
+            f"{row['cpu_s']:.2f} | {row['done_s'] / dict(rows)[anchor]['done_s']:.2f} |"
             for name, row in rows
         ),
         "",
-        "Inside one process, as `training.train` runs (compilation cache filled):",
+        "Inside one process, as the command runs (compilation cache filled):",
         "",
         "| phase | seconds |",
         "|---|---:|",
         *(f"| {phase} | {seconds:.2f} |" for phase, seconds in phases.items()),
         "",
-        "What importing the training module costs (`python -X importtime`, cumulative, nested in each other):",
+        "What the command's imports cost (`python -X importtime`, cumulative, nested in each other):",
         "",
         "| package | seconds |",
         "|---|---:|",
@@ -139,7 +170,7 @@ def _run_command(epochs: int, runs_dir: Path, settings: dict) -> dict:
 
 
 def _phases(epochs: int) -> dict[str, float]:
-    """The phases of `training.train`, timed in this (fresh) process, in the order it runs them."""
+    """The phases of `digitlab train`, timed in this (fresh) process, in the order it runs them."""
     times: dict[str, float] = {}
     clock = [time.perf_counter()]
     cpu_start = resource.getrusage(resource.RUSAGE_SELF)
@@ -152,35 +183,62 @@ def _phases(epochs: int) -> dict[str, float]:
     from digitlab import cli  # noqa: F401  (what the command imports before it knows it trains)
 
     mark("import digitlab.cli")
+    from digitlab import config, startup
+
+    train_config = config.TrainConfig(seed=0, epochs=epochs).resolved()
+    loading = startup.keras_beside_data(train_config)
+    mark("import Keras (without pandas, Matplotlib), the data loading beside it in a thread")
+    loaded = loading.loaded()
+    mark("then waiting for the thread: data, one-hot targets, sparse rows")
     import numpy as np
 
-    from digitlab import config, data, engine, models, plots, training
-    from digitlab.engine import sparse
+    from digitlab import data, engine, models, training
 
-    mark("import digitlab.training (Keras, JAX)")
-    loaded = data.load()
-    mark("data.load (read mnist.npz)")
-    train_config = config.TrainConfig(seed=0, epochs=epochs).resolved()
+    mark("import digitlab.training (the rest)")
     (x, y), validation, _ = data.prepared(loaded, train_config.validation, train_config.train_limit)
-    mark("data.prepared (SHA-256s, floats, one-hot targets)")
     networks = models.create_seeded_models(train_config)
     mark("models.create_seeded_models (Keras, jitted initializers)")
     fast = engine.make_engine(networks, train_config, verbose=0)
     mark("engine.make_engine")
-    sparse.forget_cached_rows()
     fast._impl.start(x, y, validation)
-    mark("the engine's start: density, sparse rows (first time in a process)")
-    fast._impl.start(x, y, validation)
-    mark("the same again (rows from the process's cache)")
-    fast.fit(x, y, validation, epochs=1, rngs=[np.random.RandomState(0)])
+    mark("the engine's start (sparse rows from the thread)")
+    rngs = [np.random.RandomState(0)]
+    fast.fit(x, y, validation, epochs=1, rngs=rngs)
     mark("epoch 1")
-    fast.sync_to_models()
     with tempfile.TemporaryDirectory() as folder:
+        run = training.runs.new_run(folder, train_config)
+        histories = [{key: [0.5] * 200 for key in training.runs.HISTORY_KEYS}]  # As long as at the run's end.
+        endless = dataclasses.replace(train_config, epochs=10**6)  # No epoch of the blocks is the run's last.
+        epoch_end = training._EpochEnd(run, endless, fast, rngs, histories, training.quiet, 0.0)
+        epoch_end.start()
+        alone = with_end = 0.0
+        for _ in range(2):  # Rounds of one block each, so that a changing load weighs on both alike.
+            for callback in (None, epoch_end):
+                done = len(histories[0]["loss"]) - 199
+                started = time.perf_counter()
+                fast.fit(
+                    x, y, validation, epochs=done + EPOCH_BLOCK, initial_epoch=done, rngs=rngs, on_epoch_end=callback
+                )
+                seconds = (time.perf_counter() - started) / EPOCH_BLOCK
+                if callback is None:
+                    alone += seconds / 2
+                    for history in histories:  # The next block's epochs follow on.
+                        for values in history.values():
+                            values.extend([0.5] * EPOCH_BLOCK)
+                else:
+                    with_end += seconds / 2
+        epoch_end.close()
+        clock[0] = time.perf_counter()
+        times[f"an epoch of the engine alone (mean of 2 blocks of {EPOCH_BLOCK})"] = round(alone, 4)
+        times["an epoch with the run's epoch end (history, status, checkpoints, progress)"] = round(with_end, 4)
+        times["the epoch end's cost, per epoch"] = round(with_end - alone, 4)
+        fast.sync_to_models()
         with training.backends.saving_without_tensorflow():
             networks[0].save(Path(folder, "model.keras"))
         mark("model.save (model.keras)")
-        history = {key: [0.5] for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
-        plots.save_figure(plots.training_curves([history], title="shallow net"), Path(folder, "curves.png"))
+        from digitlab import plots
+
+        plots.save_figure(plots.training_curves(histories, title="shallow net"), Path(folder, "curves.png"))
         mark("curves.png (Matplotlib's import and the figure)")
     used = resource.getrusage(resource.RUSAGE_SELF)
     times["CPU seconds of this process"] = round(
@@ -190,24 +248,25 @@ def _phases(epochs: int) -> dict[str, float]:
 
 
 def _import_times(environment: dict) -> dict[str, float]:
-    """Cumulative import seconds of PACKAGES when `digitlab.training` is imported (first import of each)."""
+    """Cumulative import seconds of PACKAGES as the command imports them (IMPORTS; the largest import of each:
+    Matplotlib's is the curves' module's, at the run's end)."""
     report = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import digitlab.training"],
+        [sys.executable, "-X", "importtime", "-c", IMPORTS],
         env=environment,
         check=True,
         capture_output=True,
         text=True,
     ).stderr
-    found: dict[str, float] = {"digitlab.training (all of it)": 0.0}
+    found: dict[str, float] = {"keras (all of it)": 0.0, "digitlab.training (all of it)": 0.0}
     for line in report.splitlines():
         match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)$", line)
         if not match:
             continue
         micros, name = int(match.group(1)), match.group(3)
-        if name == "digitlab.training":
-            found["digitlab.training (all of it)"] = micros / 1e6
-        elif name in PACKAGES and name not in found:
-            found[name] = micros / 1e6
+        if name in ("keras", "digitlab.training"):
+            found[f"{name} (all of it)"] = micros / 1e6
+        elif name in PACKAGES:  # The largest import: a hidden package's refused one comes first, costing nothing.
+            found[name] = max(found.get(name, 0.0), micros / 1e6)
     return found
 
 

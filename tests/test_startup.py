@@ -1,9 +1,13 @@
-"""Start-up: `--seed 0`'s history pinned, the per-process data and sparse-row caches, JAX's compilation cache."""
+"""Start-up: `--seed 0`'s history pinned, the per-process data and sparse-row caches, JAX's compilation cache,
+the command's data loaded beside Keras's import, and the history and status files written beside the epochs."""
 
 from __future__ import annotations
 
 import gc
+import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitlab import config, data, training
+from digitlab import atomic, config, data, epoch_files, runs, training
 from digitlab.engine import sparse
 
 # `digitlab train --seed 0 --train-limit 2000 --epochs 3` (the book's shallow net) as main trained it before
@@ -129,3 +133,88 @@ def test_python_m_digitlab_ends_with_the_commands_status_and_all_its_output(tmp_
         [sys.executable, "-m", "digitlab", "runs", "--runs-dir", str(tmp_path)], capture_output=True, text=True
     )
     assert listed.returncode == 0 and listed.stdout.strip()
+
+
+def test_python_m_digitlab_train_keeps_seed_0s_history_and_imports_no_pandas(tmp_path, mnist_path):
+    # The command's own start: the data loads in a thread while Keras is imported without pandas and Matplotlib.
+    code = (
+        "import sys; from digitlab.cli import main; "
+        "code = main(); print('pandas' in sys.modules, 'matplotlib.pyplot' in sys.modules); sys.exit(code)"
+    )
+    arguments = ["--seed", "0", "--train-limit", "2000", "--epochs", "3", "--runs-dir", str(tmp_path), "--data"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, "train", *arguments, str(mnist_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False"  # Matplotlib itself is imported for the curves.
+    (run_folder,) = tmp_path.iterdir()
+    run = runs.Run(run_folder)
+    assert run.status()["status"] == "complete" and run.history() == PINNED_SEED_0["fast-numpy"]
+    assert run.file(runs.CURVES_FILE).stat().st_size > 0
+
+
+def test_loading_beside_keras_leaves_the_prepared_data_and_rows_in_the_caches(mnist_path):
+    code = f"""
+import sys
+from digitlab import config, data, startup
+settings = config.TrainConfig(seed=0, train_limit=3000)
+import gc
+loading = startup.keras_beside_data(settings, {str(mnist_path)!r})
+assert not gc.isenabled()  # Off while Keras is imported...
+loaded = loading.loaded()
+assert gc.isenabled() and gc.get_freeze_count() > 100_000  # ...and what the start made is frozen.
+assert "keras" in sys.modules and all(name not in sys.modules for name in startup.UNUSED_BY_TRAINING)
+assert sys.meta_path[0].__class__.__name__ != "_Hidden"
+from digitlab.engine import sparse
+(x, y), (x_valid, y_valid), _ = data.prepared(loaded, "test", 3000)
+assert len(sparse._CACHED) == 2 and sparse.cached_rows(x) is sparse.cached_rows(x)
+expected = data.prepare(loaded.arrays, "test", 3000)
+assert (x == expected[0][0]).all() and (y_valid == expected[1][1]).all()
+import pandas  # Still there for whoever imports it.
+try:
+    startup.Loading(settings, "/no/such/mnist.npz").loaded()
+except data.DataError as error:
+    print("DataError:", error)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("DataError: No MNIST data at /no/such/mnist.npz")
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_history_text_is_what_write_history_writes_as_it_grows(seeds):
+    text = epoch_files.HistoryText()
+    rng = np.random.default_rng(seeds)
+    histories = [{key: [] for key in runs.HISTORY_KEYS} for _ in range(seeds)]
+    for epoch in range(5):
+        history_json, history_csv = text.texts(histories)
+        assert history_json == json.dumps({"seeds": histories}, indent=2) + "\n"
+        assert history_csv == runs.history_csv(histories)
+        for history in histories:
+            for key in history:
+                history[key].append(float(rng.random()) if epoch != 2 else math.nan)
+    shorter = [{key: values[:2] for key, values in history.items()} for history in histories]  # A resume's.
+    assert text.texts(shorter) == (json.dumps({"seeds": shorter}, indent=2) + "\n", runs.history_csv(shorter))
+
+
+def test_epoch_files_write_the_newest_epochs_and_say_when_they_cannot(tmp_path):
+    run = runs.Run(tmp_path / "run")
+    run.path.mkdir()
+    files = epoch_files.EpochFiles(run, interval=10.0)  # A long pause: each flush must cut it short.
+    histories = [{key: [] for key in runs.HISTORY_KEYS}]
+    for epoch in range(1, 4):
+        for key in runs.HISTORY_KEYS:
+            histories[0][key].append(epoch / 10)
+        files.update(histories, epoch=epoch, checkpoint_epoch=epoch - 1)
+    files.flush()
+    assert run.histories() == histories and run.status()["epoch"] == 3 and run.status()["checkpoint_epoch"] == 2
+    assert run.file(runs.HISTORY_CSV).read_text() == runs.history_csv(histories)
+    assert not list(run.path.glob(".*"))  # No temporary file left.
+
+    shutil.rmtree(run.path)  # The folder gone: the next write fails, and the training thread hears of it.
+    files.update(histories, epoch=4, checkpoint_epoch=3)
+    with pytest.raises(atomic.WriteError, match="Could not write"):
+        files.flush()
+    with pytest.raises(atomic.WriteError):
+        files.update(histories, epoch=5, checkpoint_epoch=3)
+    files.close(raise_error=False)

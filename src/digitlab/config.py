@@ -83,6 +83,11 @@ VALIDATIONS = ("test", "holdout")
 HOLDOUT_SIZE = 10_000
 
 
+def is_convolutional(model_name: str) -> bool:
+    """True for models that take 28x28x1 images rather than 784-long vectors (also `models.is_convolutional`)."""
+    return model_name == "lenet"
+
+
 class ConfigError(errors.DigitlabError):
     """A configuration value is not allowed; `field` names the TrainConfig field (None for the whole config)."""
 

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from digitlab.config import TrainConfig
+from digitlab.config import TrainConfig, is_convolutional  # noqa: F401  (models.is_convolutional, as always)
 
 NUM_CLASSES = 10
 
@@ -39,11 +39,6 @@ def set_random_seed(seed: int) -> None:
         return
     random.seed(seed)
     np.random.seed(seed)
-
-
-def is_convolutional(model_name: str) -> bool:
-    """True for models that take 28x28x1 images rather than 784-long vectors."""
-    return model_name == "lenet"
 
 
 def build_model(config: TrainConfig) -> keras.Sequential:

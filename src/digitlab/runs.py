@@ -32,7 +32,6 @@ open, list and check one, all reading the same file names; a split would part `R
 
 from __future__ import annotations
 
-import csv
 import datetime
 import errno
 import io
@@ -80,14 +79,37 @@ def resume_command(path: str | Path) -> str:
 
 def history_csv(histories: list[dict]) -> str:
     """The history as CSV: one row per epoch, or per seed and epoch when a run trained several seeds."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
     several = len(histories) > 1
-    writer.writerow(["seed"] * several + ["epoch", *HISTORY_KEYS])
+    lines = [history_csv_header(several)]
     for seed, history in enumerate(histories, start=1):
         for epoch, row in enumerate(zip(*(history[key] for key in HISTORY_KEYS), strict=True), start=1):
-            writer.writerow([seed] * several + [epoch, *(f"{value:.6f}" for value in row)])
-    return text.getvalue()
+            lines.append(history_csv_row(seed if several else None, epoch, row))
+    return "".join(lines)
+
+
+def history_csv_header(several: bool) -> str:
+    """history.csv's first line (with a seed column when the run trained `several` seeds)."""
+    return ",".join(["seed"] * several + ["epoch", *HISTORY_KEYS]) + "\n"
+
+
+def history_csv_row(seed: int | None, epoch: int, values) -> str:
+    """One line of history.csv: the seed (None: a one-seed run's, which has no seed column), the epoch
+    and its HISTORY_KEYS values."""
+    return ",".join([str(seed)] * (seed is not None) + [str(epoch), *(f"{value:.6f}" for value in values)]) + "\n"
+
+
+def status_record(status: str, **details) -> dict:
+    """status.json's content: `status` (one of STATUSES), when, which process on which machine, and `details`."""
+    if status not in STATUSES:
+        raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
+    return {
+        "status": status,
+        "updated": _now(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "format_version": FORMAT_VERSION,
+        **details,
+    }
 
 
 def _now() -> str:
@@ -139,18 +161,8 @@ class Run:
         atomic.write_bytes(folder / _epoch_file_name(epoch), buffer.getvalue(), durable)
 
     def set_status(self, status: str, durable: bool = True, **details) -> None:
-        """Writes status.json: `status` (one of STATUSES), when, which process on which machine, and `details`."""
-        if status not in STATUSES:
-            raise ValueError(f"Unknown run status {status!r}; one of {', '.join(STATUSES)}.")
-        value = {
-            "status": status,
-            "updated": _now(),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "format_version": FORMAT_VERSION,
-        }
-        value.update(details)
-        self.write_json(STATUS_FILE, value, durable)
+        """Writes status.json (`status_record`)."""
+        self.write_json(STATUS_FILE, status_record(status, **details), durable)
 
     # Reading.
 

@@ -4,24 +4,22 @@
     run = training.train(config.TrainConfig(model="shallow", seed=0))   # the book's chapter 5
     run = training.resume("runs/20261125-101500-shallow-seed0")         # after a Ctrl-C or a kill
 
-Two engines do the epochs. `fit` is Keras's own `model.fit`, exactly the book's
-code. The fast engine (`digitlab.engine`) runs the same computation (same Keras
-model and initial weights, same loss, optimizer and shuffled batches) faster,
-and trains several seeds side by side; `engine="auto"` uses it whenever it
-supports the model. After every epoch the history and status are written (renamed
-into place, without waiting for the disk), and a checkpoint at most every
-`checkpoint_seconds` (after an epoch that `checkpoint_every` allows), after the last
-epoch, and on an interrupt (Ctrl-C, SIGTERM, the page's stop, a sweep's early stop),
-which saves the newest finished epoch. So an interrupted run loses at most the epoch in
-progress, a killed one at most `checkpoint_seconds` of epochs, and `resume` finishes
-either with the same history and weights as an uninterrupted run. With `record_epochs`,
-every epoch's weights are kept too (at float16, `Run.write_epoch`), so that `digitlab serve`
-can show and ask the network of any epoch.
+Two engines do the epochs. `fit` is Keras's own `model.fit`, exactly the book's code. The fast
+engine (`digitlab.engine`) runs the same computation (same Keras model and initial weights, same
+loss, optimizer and shuffled batches) faster, and trains several seeds side by side; `engine="auto"`
+uses it whenever it supports the model. After every epoch the history and status are written
+(renamed into place, without waiting for the disk, by a thread beside the epochs: `epoch_files`),
+and a checkpoint at most every `checkpoint_seconds` (after an epoch that `checkpoint_every` allows),
+after the last epoch, and on an interrupt (Ctrl-C, SIGTERM, the page's stop, a sweep's early stop),
+which saves the newest finished epoch. So an interrupted run loses at most the epoch in progress, a
+killed one at most `checkpoint_seconds` of epochs, and `resume` finishes either with the same
+history and weights as an uninterrupted run. With `record_epochs`, every epoch's weights are kept
+too (at float16, `Run.write_epoch`), so that `digitlab serve` can show and ask the network of any
+epoch.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import secrets
 import time
@@ -30,7 +28,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitlab import atomic, backends, checkpoint, data, engine, interrupts, models, plots, runlock, runs, system
+from digitlab import (
+    atomic,
+    backends,
+    checkpoint,
+    data,
+    engine,
+    epoch_files,
+    interrupts,
+    models,
+    runlock,
+    runs,
+    system,
+)
 from digitlab.config import TrainConfig
 from digitlab.engine import FitEngine
 from digitlab.engine.spec import weight_names
@@ -126,8 +136,9 @@ def _resume(run: Run, data_path, print_fn, verbose, loaded, on_epoch_end, metada
     session.restore(saved)
     if session.data.record()["path"] != record.get("path"):
         run.write_json(runs.DATA_FILE, session.data.record())  # Found elsewhere: the next resume looks there.
-    # A process killed while writing leaves its temporary file; the real file is intact.
+    # A killed writer leaves its temporary files (the real ones intact), its history behind the checkpoint's.
     atomic.remove_leftovers(run.path)
+    run.write_history(session.histories, durable=False)
     run.set_status("running", epoch=saved["epoch"])
     print_fn(f"digitlab: resuming {run.path} after epoch {saved['epoch']} of {config.epochs}")
     return session.run(run, saved=saved)
@@ -207,6 +218,7 @@ class _Session:
                     rngs=self.rngs,
                     on_epoch_end=progress,
                 )
+            progress.close()  # history.json and status.json hold the last epoch before the run's end is written.
             engine.sync_to_models()
             _finish(
                 run,
@@ -223,16 +235,18 @@ class _Session:
             )
         except KeyboardInterrupt:
             epoch_reached = progress.epochs_done or initial_epoch
+            progress.close(raise_error=False)
             progress.save_pending()
             _record_status(run, "interrupted", epoch=epoch_reached, checkpoint_epoch=progress.checkpoint_epoch)
             raise TrainingInterrupted(run, epoch_reached) from None
         except BaseException as error:
+            progress.close(raise_error=False)
             _record_status(
                 run, "failed", epoch=progress.epochs_done or initial_epoch, message=f"{type(error).__name__}: {error}"
             )
             raise
         finally:
-            progress.close()
+            progress.close(raise_error=False)
         return run
 
 
@@ -246,7 +260,8 @@ def _record_status(run: Run, status: str, **details) -> None:
 
 
 class _EpochEnd:
-    """Called after every epoch: records history, writes it, checkpoints, prints progress."""
+    """Called after every epoch: records history, hands it to the thread that writes it (`epoch_files`),
+    checkpoints, prints progress."""
 
     def __init__(self, run, config, engine, rngs, histories, print_fn, wall_time_before, hook=None):
         self.run, self.config, self.engine, self.hook = run, config, engine, hook
@@ -254,10 +269,11 @@ class _EpochEnd:
         self.wall_time_before = wall_time_before
         self.epochs_done = 0
         self.checkpoint_epoch = None
-        # The newest finished epoch not checkpointed yet (its state, random state and history, copied):
+        # The newest finished epoch not checkpointed yet (its state, random states and history, copied):
         # what an interrupt saves.
         self.pending: dict | None = None
         self.next_checkpoint = 0.0
+        self.files = epoch_files.EpochFiles(run)
         self.tensorboard = None
         if config.tensorboard:
             from tensorboardX import SummaryWriter
@@ -268,10 +284,15 @@ class _EpochEnd:
         self.started = self.epoch_started = time.perf_counter()
         self.next_checkpoint = self.started + self.config.checkpoint_seconds
 
-    def close(self) -> None:
-        """Writes out the TensorBoard events still queued (flush alone leaves the last one)."""
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+    def close(self, raise_error: bool = True) -> None:
+        """Writes the newest history and status, stops their thread (`EpochFiles.close`), and writes out the
+        TensorBoard events still queued (flush alone leaves the last one)."""
+        tensorboard, self.tensorboard = self.tensorboard, None
+        try:
+            self.files.close(raise_error)
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
 
     def wall_time(self) -> float:
         return self.wall_time_before + time.perf_counter() - self.started
@@ -282,16 +303,17 @@ class _EpochEnd:
             for key in runs.HISTORY_KEYS:
                 history[key].append(float(values[key]))
         self.epochs_done = epoch + 1
-        self._write_history()
         every = self.config.checkpoint_every
         if every and (self.epochs_done % every == 0 or self.epochs_done == self.config.epochs):
             if self.epochs_done == self.config.epochs or time.perf_counter() >= self.next_checkpoint:
                 self._checkpoint(self.epochs_done, self.engine.get_state(), self.rngs, self.histories)
             else:
-                rngs = [copy.deepcopy(rng) for rng in self.rngs]
+                rngs = [rng.get_state() for rng in self.rngs]  # A tenth of a deep copy's time.
                 histories = [{key: list(values) for key, values in history.items()} for history in self.histories]
                 state = self.engine.get_state()
                 self.pending = dict(epoch=self.epochs_done, state=state, rngs=rngs, histories=histories)
+        # Renamed into place by a thread, not flushed: a resume reads the (flushed) checkpoint's history.
+        self.files.update(self.histories, epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch)
         if self.config.record_epochs:
             self.run.write_epoch(self.epochs_done, _first_network_weights(self.engine))
         if self.tensorboard is not None:
@@ -302,6 +324,7 @@ class _EpochEnd:
         if self.engine.name != "fit":
             self.print_fn(_progress_line(epoch + 1, self.config.epochs, seconds, logs))
         if self.hook is not None:
+            self.files.flush()  # The hook (a sweep's mirror) finds the epoch in the run's files.
             self.hook(self.epochs_done, self.histories, self.wall_time())
         self.epoch_started = time.perf_counter()
 
@@ -322,16 +345,13 @@ class _EpochEnd:
         """On an interrupt: checkpoints the newest finished epoch, if it has none yet. A checkpoint
         that cannot be written (a full disk) leaves the previous one, which resumes as well."""
         if self.pending is not None:
+            rngs = [np.random.RandomState() for _ in self.pending["rngs"]]
+            for rng, state in zip(rngs, self.pending["rngs"], strict=True):
+                rng.set_state(state)
             try:
-                self._checkpoint(**self.pending)
+                self._checkpoint(**dict(self.pending, rngs=rngs))
             except atomic.WriteError:
                 pass
-
-    def _write_history(self) -> None:
-        # Renamed into place but not flushed to disk: a kill leaves the old file or the new one, and
-        # the checkpoint (which is flushed) is what a resume reads, history included.
-        self.run.write_history(self.histories, durable=False)
-        self.run.set_status("running", epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch, durable=False)
 
 
 def _first_network_weights(engine) -> list[np.ndarray]:
@@ -393,6 +413,8 @@ def _finish(run, config, engine, networks, histories, test, flat, wall_time, loa
             run.file(runs.SEEDS_FOLDER).mkdir(exist_ok=True)
             for index, network in enumerate(networks[1:], start=1):
                 atomic.atomic_save(run.model_path(index), network.save)
+    from digitlab import plots  # Matplotlib, imported here: nothing before the run's end draws.
+
     plots.save_figure(plots.training_curves(histories, title=f"{config.model} net"), run.file(runs.CURVES_FILE))
     final = [history["val_accuracy"][-1] for history in histories]
     metrics = {

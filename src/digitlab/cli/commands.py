@@ -58,12 +58,15 @@ def command_train(args) -> int:
         cli_flags.refuse_settings_beside_resume(args)
         backends.use_for(runs.model_to_resume(args.resume))
     else:
+        from digitlab import startup
+
         config = cli_flags.config_from_args(args)
         config.resolved()  # Report a bad flag before loading anything.
         note = cli_flags.override_note(args)
         if note:
             print(note)
         backends.use_for(config.model)
+        loading = startup.keras_beside_data(config, args.data)  # The data loads while Keras is imported.
     from digitlab import training
 
     interrupts.sigterm_as_ctrl_c()
@@ -71,7 +74,7 @@ def command_train(args) -> int:
         if args.resume:
             training.resume(args.resume, data_path=args.data)
         else:
-            training.train(config, runs_dir=args.runs_dir, data_path=args.data)
+            training.train(config, runs_dir=args.runs_dir, loaded=loading.loaded())
     except training.TrainingInterrupted as stop:
         print(
             f"\nInterrupted after epoch {stop.epoch}; the run is saved. Resume it with:\n"

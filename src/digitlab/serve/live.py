@@ -21,9 +21,10 @@ keeps becomes a run folder here (`uploads`). What the page cannot do alone is se
   the run records its epochs (`--record-epochs`). A viewer that reconnects with `Last-Event-ID: E`
   gets the epochs after E. At most `max_viewers` streams at once (503 beyond).
 
-Training writes history.json and status.json after every epoch, then the epoch's weights
-(`training._EpochEnd`); a follower publishes an epoch of a recording run once its weights are on
-disk too, so that its tiles can be drawn when its event arrives.
+Training writes history.json and status.json after every epoch (a thread beside the next epoch,
+at most every 0.1 s: `epoch_files`), and the epoch's weights (`training._EpochEnd`); a follower
+publishes an epoch of a recording run once its weights are on disk too, so that its tiles can be
+drawn when its event arrives.
 """
 
 from __future__ import annotations
