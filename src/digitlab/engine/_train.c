@@ -39,7 +39,7 @@ enum {
     PHASE_FIRST_FORWARD, /* The first layer's sparse product, its bias and activation, and the transpose of the
                           * thread's rows of the batch (for the first layer's update), which it builds. */
     PHASE_ABOVE,         /* The layers above the first, forward. */
-    PHASE_LOSS,          /* The loss, the answers and the last layer's gradient. */
+    PHASE_LOSS,          /* The loss, the answers and the last layer's gradient; gathering the targets and labels. */
     PHASE_BACKWARD,      /* The backward pass down to the first layer's pre-activation gradient. */
     PHASE_WAIT_ROWS,     /* Waiting at the barrier after the rows (for the slowest thread). */
     PHASE_FIRST_UPDATE,  /* The first layer's SGD update on the pixels the batch touches. */
@@ -83,6 +83,9 @@ typedef struct {
     float *delta[MAX_LAYERS];
     double *row_losses;
     float *kernel_t[MAX_LAYERS];
+    /* The batch's targets and labels in batch order (gather), and the numbers 0 ... batch - 1 to index them. */
+    float *batch_targets;
+    int64_t *batch_labels, *numbers;
     /* Each thread's transpose of its rows of the batch; all of them are read by every thread's update. */
     int32_t *offsets[MAX_THREADS];
     Entry *entries[MAX_THREADS];
@@ -100,11 +103,22 @@ typedef struct {
     double *profile; /* This thread's PHASES seconds, or NULL: not timed. */
 } Worker;
 
+/* Rows first <= r < last of the targets and labels of the images `index` into `batch_targets` and `batch_labels`
+ * (classes floats, one label a row), in one tight loop: the images lie at random places, and the loss, reading
+ * them there between its arithmetic, stalled on those reads (its prefetches notwithstanding); here they overlap. */
+static void gather(const float *targets, const int64_t *labels, const int64_t *index, int64_t first, int64_t last,
+                   int64_t classes, float *batch_targets, int64_t *batch_labels) {
+    for (int64_t r = first; r < last; r++) {
+        memcpy(batch_targets + r * classes, targets + index[r] * classes, sizeof(float) * classes);
+        batch_labels[r] = labels[index[r]];
+    }
+}
+
 /* Rows first <= r < last of a batch of `rows`, after the first layer: the layers above it, the loss, and
  * the backward pass down to the first layer's pre-activation gradient (delta[0]). Each row needs only its
  * own values and the kernels, which no thread changes until every thread has passed the next barrier. */
-static void rows_forward_backward(Epoch *e, const int64_t *index, int64_t first, int64_t last, int64_t rows,
-                                  int64_t *correct, double *profile, int64_t *mark) {
+static void rows_forward_backward(Epoch *e, int64_t first, int64_t last, int64_t rows, int64_t *correct,
+                                  double *profile, int64_t *mark) {
     const int64_t layers = e->layers, *units = e->units, count = last - first;
     if (count <= 0) return;
     for (int64_t l = 1; l < layers; l++) {
@@ -114,9 +128,10 @@ static void rows_forward_backward(Epoch *e, const int64_t *index, int64_t first,
         digitlab_dense_activate(out, count, units[l + 1], e->activations[l]);
     }
     lap(profile, PHASE_ABOVE, mark);
-    digitlab_dense_loss(e->layer_out[layers - 1] + first * units[layers], e->targets, e->labels, index + first, count,
-                        rows, units[layers], e->loss, e->activations[layers - 1], e->clip,
-                        e->delta[layers - 1] + first * units[layers], correct, e->row_losses + first);
+    digitlab_dense_loss(e->layer_out[layers - 1] + first * units[layers], e->batch_targets + first * units[layers],
+                        e->batch_labels + first, e->numbers, count, rows, units[layers], e->loss,
+                        e->activations[layers - 1], e->clip, e->delta[layers - 1] + first * units[layers], correct,
+                        e->row_losses + first);
     lap(profile, PHASE_LOSS, mark);
     for (int64_t l = layers - 1; l >= 1; l--) {
         float *below = e->delta[l - 1] + first * units[l];
@@ -161,12 +176,14 @@ static void *run_worker(void *argument) {
         const int64_t *index = e->order + start;
         const int64_t first = rows * w->thread / w->threads, last = rows * (w->thread + 1) / w->threads;
         float *out = e->layer_out[0] + first * units;
+        gather(e->targets, e->labels, index, first, last, e->units[e->layers], e->batch_targets, e->batch_labels);
+        lap(profile, PHASE_LOSS, &mark);
         /* The first layer's product for this thread's rows, and their transpose (for the update). */
         digitlab_sparse_forward(e->starts, e->cols, e->vals, index + first, 0, last - first, e->inputs, e->kernels[0],
                                 e->biases[0], units, out, first, e->offsets[w->thread], e->entries[w->thread]);
         if (last > first) digitlab_dense_activate(out, last - first, units, e->activations[0]);
         lap(profile, PHASE_FIRST_FORWARD, &mark);
-        rows_forward_backward(e, index, first, last, rows, &w->correct, profile, &mark);
+        rows_forward_backward(e, first, last, rows, &w->correct, profile, &mark);
         barrier_wait(&e->barrier, &sense);
         lap(profile, PHASE_WAIT_ROWS, &mark);
         digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel, e->delta[0], units,
@@ -206,13 +223,18 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     float *outputs = malloc(sizeof(float) * batch * total), *deltas = malloc(sizeof(float) * batch * total);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
     e.row_losses = malloc(sizeof(double) * batch);
+    e.batch_targets = malloc(sizeof(float) * batch * units[layers]);
+    e.batch_labels = malloc(sizeof(int64_t) * batch * 2);
     /* Per thread: the transpose of its rows (room for a whole batch: a thread may be left to do all),
      * and a row of scratch for the update. */
     int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1) * threads);
     Entry *entries = malloc(sizeof(Entry) * capacity * threads);
     float *scratch = malloc(sizeof(float) * (units[1] + widest) * threads);
-    int failed = !outputs || !deltas || !transposes || !e.row_losses || !offsets || !entries || !scratch;
+    int failed = !outputs || !deltas || !transposes || !e.row_losses || !offsets || !entries || !scratch ||
+                 !e.batch_targets || !e.batch_labels;
     if (!failed) {
+        e.numbers = e.batch_labels + batch;
+        for (int64_t r = 0; r < batch; r++) e.numbers[r] = r;
         e.layer_out[0] = outputs;
         e.delta[0] = deltas;
         for (int64_t l = 1; l < layers; l++) {
@@ -255,6 +277,8 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     free(deltas);
     free(transposes);
     free(e.row_losses);
+    free(e.batch_targets);
+    free(e.batch_labels);
     free(offsets);
     free(entries);
     free(scratch);
