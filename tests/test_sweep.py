@@ -536,48 +536,6 @@ def test_tunes_trial_actors_ask_for_no_runtime_environment_of_their_own_while_tr
     assert passed._default_options["runtime_env"]["env_vars"]["AWS_ACCESS_KEY_ID"] == "x"
 
 
-def test_an_embedded_rays_workers_import_keras_as_they_start_but_the_store_and_other_processes_do_not(
-    tmp_path, monkeypatch
-):
-    """warmup's sitecustomize stand-in, in real interpreters: a Ray worker (default_worker.py) imports Keras
-    in a thread once it has connected to Ray; the store's worker (NOT_A_TRIAL) and Ray's other Python
-    processes do not; the sitecustomize it shadows still runs."""
-    from digitlab.sweep import warmup
-
-    shadowed = tmp_path / "theirs"
-    shadowed.mkdir()
-    (shadowed / "sitecustomize.py").write_text("import sys\nsys.shadowed_ran = True\n")
-    script = (
-        "import sys, threading, types\n"
-        # What the thread waits for: Ray's worker module, connected (default_worker.py's own connect).
-        "connected = types.SimpleNamespace(connected=True)\n"
-        "sys.modules['ray._private.worker'] = types.SimpleNamespace(global_worker=connected)\n"
-        "for thread in threading.enumerate():\n"
-        "    if thread.name == 'digitlab-warmup':\n"
-        "        thread.join()\n"
-        "print(getattr(sys, 'shadowed_ran', False), 'keras' in sys.modules)\n"
-    )
-    for name in ("default_worker.py", "log_monitor.py"):
-        (tmp_path / name).write_text(script)
-    monkeypatch.delenv(warmup.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with warmup.workers_import_early():
-        path = os.environ["PYTHONPATH"].split(os.pathsep)
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([path[0], str(shadowed), *path[1:]]))
-    assert path[0] == str(tmp_path / f"digitlab-ray-warmup-{os.getuid()}")
-
-    def run(name: str, **extra: str) -> str:
-        done = subprocess.run(
-            [sys.executable, str(tmp_path / name)], env={**environment, **extra}, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    assert run("default_worker.py") == "True True"
-    assert run("default_worker.py", **warmup.NOT_A_TRIAL["env_vars"]) == "True False"
-    assert run("log_monitor.py") == "True False"
-
-
 def test_a_patch_that_no_longer_applies_is_named_with_rays_version(monkeypatch):
     from digitlab.sweep import ray_patches
 

@@ -13,8 +13,7 @@
   after a lost machine;
 - `progress`: the Tune callback that keeps sweep.json current and prints the progress line;
 - `ray_patches`: every patch of Ray's and Tune's private parts, why, and `check()` that each still applies;
-- `report`: the sweep's HTML page;
-- `warmup`: an embedded Ray's worker processes import Keras as they start, before their first trial.
+- `report`: the sweep's HTML page.
 
 Nothing is imported here, so `from digitlab.sweep import plan` loads neither Ray nor Matplotlib.
 """

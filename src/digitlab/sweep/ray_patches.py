@@ -44,8 +44,10 @@ import contextlib
 import inspect
 import os
 import sys
+import tempfile
+from pathlib import Path
 
-from digitlab.sweep import warmup
+from digitlab import atomic
 
 UNUSED_IMPORT = "rfc3987_syntax"
 UNUSED_IMPORT_ENV = "DIGITLAB_SWEEP_KEEP_RFC3987"
@@ -81,9 +83,23 @@ def without_unused_import():
     if os.environ.get(UNUSED_IMPORT_ENV) == "1":
         yield
         return
-    stand_in = f"raise ImportError('{UNUSED_IMPORT} is left out of the embedded Ray (digitlab.sweep.ray_patches)')\n"
-    with warmup.first_on_pythonpath("path", UNUSED_IMPORT, stand_in):
+    # One folder per user, kept (one small file): a sweep killed with SIGKILL leaves nothing behind.
+    folder = Path(tempfile.gettempdir(), f"digitlab-ray-path-{os.getuid()}")
+    folder.mkdir(exist_ok=True)
+    atomic.write_text(
+        folder / f"{UNUSED_IMPORT}.py",
+        f"raise ImportError(\"{UNUSED_IMPORT} is left out of digitlab's embedded Ray "
+        '(see digitlab.sweep.ray_patches)")\n',
+    )
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([saved] if saved else [])])
+    try:
         yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 @contextlib.contextmanager

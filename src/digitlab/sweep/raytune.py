@@ -16,8 +16,8 @@ CPUs (1 by default), so an embedded Ray on a 2-core machine trains two at once.
 `--early-stop` adds Tune's ASHA scheduler on val_accuracy, epoch by epoch. A worker
 process trains one trial after another (Tune's `reuse_actors`, except with early
 stopping), so Keras and JAX load once per worker, not once per trial. The first trials take the
-worker processes an embedded Ray starts when it starts (`ray_patches`, patch 6), which have begun
-importing Keras by then (`sweep.warmup`); the store's actor has a process of its own.
+worker processes an embedded Ray starts when it starts (`ray_patches`, patch 6); the store's actor has
+a process of its own.
 
 Run files on a cluster. A `RunStore` actor (`digitlab.sweep.store`) is placed on the driver's
 node. A trial that finds the sweep's folder on its machine (the driver's machine, or a shared
@@ -64,8 +64,9 @@ from digitlab.sweep import progress as sweep_progress
 from digitlab.sweep import state as sweep_state
 from digitlab.sweep import store as sweep_store
 from digitlab.sweep import trial as sweep_trial
-from digitlab.sweep import warmup
 
+# The run-file store's runtime environment: any but the empty one, which the trials' actors ask for.
+STORE_RUNTIME_ENV = {"env_vars": {"DIGITLAB_SWEEP_ROLE": "run-file store"}}
 # Seconds to reach a given --address before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10
 # The embedded Ray's object store: MNIST is 55 MB; Ray's default (30% of memory) is far more than needed.
@@ -144,9 +145,8 @@ def _init(address: str | None, options: dict) -> None:
 
 @contextlib.contextmanager
 def _embedded_environment():
-    """What the embedded Ray's processes are started with: loopback only, without the import they never
-    use, and with Keras imported as soon as a worker starts (`warmup`)."""
-    with ray_patches.on_loopback(), ray_patches.without_unused_import(), warmup.workers_import_early():
+    """What the embedded Ray's processes are started with: loopback only, and without the import they never use."""
+    with ray_patches.on_loopback(), ray_patches.without_unused_import():
         yield
 
 
@@ -188,8 +188,8 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             num_cpus=0,
             # On the driver's node, where OUT is; soft=False: nowhere else, even if that node is busy.
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-            # A process of its own, which imports no Keras: Ray's prestarted workers are left to the trials.
-            runtime_env=warmup.NOT_A_TRIAL,
+            # A process of its own: the workers Ray started beforehand are left to the trials (patch 6).
+            runtime_env=STORE_RUNTIME_ENV,
         )
         .remote(str(sweep.runs_dir))
     )
