@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.heavy, pytest.mark.browser]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "browser_bench.py"
 ROWS = [
-    r"\| digitlab train, OMP_NUM_THREADS={n} \(.*AVX2.*\): training time \| [0-9.]+ s \|",
+    r"\| digitlab train, OMP_NUM_THREADS={n} \(.*AVX.*\): training time \| [0-9.]+ s \|",
     r"\| digitlab train, OMP_NUM_THREADS={n}, DIGITLAB_KERNEL_SCALAR=1 \(.*portable C.*\): training time "
     r"\| [0-9.]+ s \|",
     r"\| Browser, {n} threads?, engine(-threads)?\.wasm: Train to epoch 5's end \| [0-9.]+ s \|",

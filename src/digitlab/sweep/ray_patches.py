@@ -21,7 +21,7 @@ and the module stub that must be in place when `import ray` runs, then imports R
    which marks the sweep interrupted and resumable, instead of Tune's own handler.
 5. File descriptor 2 sent to a file (`stderr_to`): Ray's C++ core and Tune write there directly,
    past Python's sys.stderr, so only that redirect keeps the terminal to the progress line.
-6. Tune's private `_ActorClassCache.get` replaced while the trials run (`trial_workers_prestarted`):
+6. Tune's private `_ActorClassCache.get` replaced while an embedded Ray's trials run (`trial_workers_prestarted`):
    Tune gives every trial actor the runtime environment {"env_vars": {"PL_DISABLE_FORK": "1"}} (for
    PyTorch Lightning, which digitlab does not use), and a worker process Ray started beforehand
    (Ray starts one per CPU when the driver connects, idle until used) takes only tasks and actors

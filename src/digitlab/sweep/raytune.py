@@ -188,8 +188,9 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
             num_cpus=0,
             # On the driver's node, where OUT is; soft=False: nowhere else, even if that node is busy.
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-            # A process of its own: the workers Ray started beforehand are left to the trials (patch 6).
-            runtime_env=STORE_RUNTIME_ENV,
+            # On the embedded Ray, a process of its own: the workers Ray started beforehand are left to the
+            # trials (patch 6).
+            runtime_env=None if cluster else STORE_RUNTIME_ENV,
         )
         .remote(str(sweep.runs_dir))
     )
@@ -246,7 +247,9 @@ def run_trials(sweep, loaded, print_fn=print, cluster: bool = False) -> None:
     with (
         open(storage / "ray-driver.log", "ab") as log,
         ray_patches.stderr_to(log),
-        ray_patches.trial_workers_prestarted(),
+        # On the embedded Ray only: a cluster's trials start as Tune starts them, in processes of their own,
+        # so that Ray spreads them over the machines as it placed them before (tests/test_sweep_cluster.py).
+        contextlib.nullcontext() if cluster else ray_patches.trial_workers_prestarted(),
     ):
         tuner.fit()
     progress.close()
