@@ -35,9 +35,8 @@ import gc
 import importlib.abc
 import os
 import sys
-import threading
 
-from digitlab import data
+from digitlab import background, data
 from digitlab.config import TrainConfig, is_convolutional
 
 # Packages Keras imports for features that training never uses (above), and two more of the kind:
@@ -52,38 +51,29 @@ class Loading:
     def __init__(self, config: TrainConfig, data_path=None, collector_paused: bool = False):
         self.config, self.data_path = config.resolved(), data_path
         self.collector_paused = collector_paused  # `loaded` freezes what is made so far and turns the collector on.
-        self._loaded: data.Loaded | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._load, name="digitlab-data", daemon=True)
-        self._thread.start()
+        self._work = background.Background(self._load, name="digitlab-data")
 
     def loaded(self) -> data.Loaded:
         """The data, once loaded and prepared (raising, here, what went wrong: a DataError...)."""
-        self._thread.join()
+        self._work.wait()
         if self.collector_paused:
             self.collector_paused = False
             gc.freeze()
             gc.enable()
-        if self._error is not None:
-            raise self._error
-        assert self._loaded is not None, "the thread ended with the data or an error"
-        return self._loaded
+        return self._work.result()
 
-    def _load(self) -> None:
+    def _load(self) -> data.Loaded:
         config = self.config
-        try:
-            loaded = data.load(self.data_path)
-            flat = not is_convolutional(config.model)
-            (x, _), (x_valid, _), _ = data.prepared(loaded, config.validation, config.train_limit, flat)
-            if flat and config.engine != "fit":
-                from digitlab.engine import sparse
+        loaded = data.load(self.data_path)
+        flat = not is_convolutional(config.model)
+        (x, _), (x_valid, _), _ = data.prepared(loaded, config.validation, config.train_limit, flat)
+        if flat and config.engine != "fit":
+            from digitlab.engine import sparse
 
-                if sparse.unavailable_reason() is None and sparse.cached_density(x) <= sparse.MAX_DENSITY:
-                    sparse.cached_rows(x)
-                    sparse.cached_rows(x_valid)
-            self._loaded = loaded
-        except BaseException as error:  # Raised in the main thread, by `loaded`.
-            self._error = error
+            if sparse.unavailable_reason() is None and sparse.cached_density(x) <= sparse.MAX_DENSITY:
+                sparse.cached_rows(x)
+                sparse.cached_rows(x_valid)
+        return loaded
 
 
 def keras_beside_data(config: TrainConfig, data_path=None) -> Loading:

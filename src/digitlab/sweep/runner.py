@@ -37,11 +37,10 @@ scripts/sweep_bench.py turns into its table of where the sweep's time went.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from pathlib import Path
 
-from digitlab import data, errors
+from digitlab import background, data, errors
 from digitlab.config import TrainConfig
 from digitlab.sweep import plan as sweep_plan
 from digitlab.sweep import results as sweep_results
@@ -103,7 +102,7 @@ def run_sweep(
         )
     out_dir = Path(out_dir)
     sweep_state.check_new_folder(out_dir)
-    loading = _Background(_read_data, data.load, data_path)
+    loading = background.Background(_read_data, data.load, data_path)
     from digitlab.sweep import raytune  # Imported here: Ray is started only once every other check has passed.
 
     loaded = loading.result()
@@ -139,7 +138,7 @@ def resume_sweep(
 ) -> list[sweep_results.ResultRow]:
     """Finishes an interrupted sweep: finished trials are kept, the others resume or start."""
     sweep = sweep_state.open_sweep(out_dir)
-    loading = _Background(_read_data, data.load_recorded, sweep.state.get("data") or {}, data_path)
+    loading = background.Background(_read_data, data.load_recorded, sweep.state.get("data") or {}, data_path)
     from digitlab.sweep import raytune
 
     loaded = loading.result()
@@ -175,29 +174,6 @@ def _saved_on_interrupt(sweep: sweep_state.Sweep):
         raise SweepInterrupted(sweep.path) from None
 
 
-class _Background:
-    """`function(*args)` in a daemon thread from now on; `result()` waits for it and returns its
-    value, or raises its exception in the caller's thread."""
-
-    def __init__(self, function, *args, **kwargs):
-        self.value, self.error = None, None
-        self.thread = threading.Thread(target=self._run, args=(function, args, kwargs), daemon=True)
-        self.thread.start()
-
-    def _run(self, function, args, kwargs) -> None:
-        try:
-            self.value = function(*args, **kwargs)
-        except BaseException as error:  # Raised again in the caller's thread, by `result`.
-            self.error = error
-
-    def result(self):
-        """The function's value, once it has returned (its exception, raised here, if it raised one)."""
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
 def _read_data(load, *args) -> data.Loaded:
     """MNIST read (`load(*args)`) and hashed, as the sweep records it: in a thread beside Ray's import."""
     loaded = load(*args)
@@ -205,7 +181,7 @@ def _read_data(load, *args) -> data.Loaded:
     return loaded
 
 
-def _results_beside_shutdown(sweep: sweep_state.Sweep, print_fn, cluster: bool) -> _Background:
+def _results_beside_shutdown(sweep: sweep_state.Sweep, print_fn, cluster: bool) -> background.Background:
     """Once the trials are done: the results written (`sweep_results.finish`) in a thread, started
     while Ray still runs, so that they are written while Ray shuts down; `_finished` waits for them."""
     sweep.state["timeline"]["trials_done"] = time.time()
@@ -213,10 +189,10 @@ def _results_beside_shutdown(sweep: sweep_state.Sweep, print_fn, cluster: bool) 
     def finish() -> tuple[list[sweep_results.ResultRow], float]:
         return sweep_results.finish(sweep, print_fn, cluster=cluster), time.time()
 
-    return _Background(finish)
+    return background.Background(finish)
 
 
-def _finished(sweep: sweep_state.Sweep, results: _Background) -> list[sweep_results.ResultRow]:
+def _finished(sweep: sweep_state.Sweep, results: background.Background) -> list[sweep_results.ResultRow]:
     """After Ray's shutdown: waits for the results, records the end of the timeline, returns the rows."""
     stopped = time.time()
     rows, written = results.result()
