@@ -315,6 +315,9 @@ class _EpochEnd:
         # Renamed into place by a thread, not flushed: a resume reads the (flushed) checkpoint's history.
         self.files.update(self.histories, epoch=self.epochs_done, checkpoint_epoch=self.checkpoint_epoch)
         if self.config.record_epochs:
+            # An epoch's weights only once history.json has the epoch: a page that follows the run reads one
+            # for the other, even when the process stops right after (Ctrl-Z, SIGSTOP: tests/test_live_server.py).
+            self.files.flush()
             self.run.write_epoch(self.epochs_done, _first_network_weights(self.engine))
         if self.tensorboard is not None:
             for key, value in logs[0].items():
