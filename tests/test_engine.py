@@ -327,6 +327,85 @@ def test_busy_cores_leave_one_thread_per_network():
     assert free.threads(1) == 1
 
 
+def test_the_thread_count_follows_the_epochs_measured_times():
+    """cores.SpeedCheck: one early epoch on one thread to compare with; an epoch on two threads much slower
+    than their best is followed by one on one thread, which keeps the network there while it is faster
+    than the recent two-thread epochs (a longer stretch each time two lose again) and not after one slow
+    epoch among fast ones; a stretch ends with a try of two threads."""
+
+    def run(times_of):
+        check, chosen = cores.SpeedCheck(), []
+        for epoch in range(len(times_of)):
+            threads = check.allowed(2)
+            chosen.append(threads)
+            check.record(threads, times_of[epoch][threads])
+        return chosen
+
+    quiet = [{1: 0.070, 2: 0.045}] * 30
+    # The early probe (third epoch) loses; then two threads throughout.
+    assert run(quiet) == [2, 2, 1] + [2] * 27
+    # One slow epoch among fast ones (the 10th): a probe, which loses against the recent median.
+    spike = list(quiet)
+    spike[9] = {1: 0.070, 2: 0.120}
+    assert run(spike) == [2, 2, 1] + [2] * 7 + [1] + [2] * 19
+    # A core turns slow for two threads for 21 epochs from the 10th (a neighbour on a virtual machine's host):
+    slow = quiet[:9] + [{1: 0.070, 2: 0.200}] * 21 + quiet[:30]
+    chosen = run(slow)
+    assert chosen[:12] == [2, 2, 1] + [2] * 7 + [1, 2]  # a slow epoch and a probe that loses to the median;
+    assert chosen[12:22] == [1] * 9 + [2]  # another, and a probe that wins: 8 more on one thread, a try of two,
+    assert chosen[22:39] == [1] * 16 + [2]  # which loses: 16 on one, then a try of two (the slowness has passed),
+    assert chosen[39:] == [2] * 21  # which wins: two threads again.
+    # The first epoch (caches, pages) is never compared: a slow first epoch changes nothing.
+    assert run([{1: 1.0, 2: 1.0}] + quiet[1:]) == [2, 2, 1] + [2] * 27
+
+
+@pytest.mark.heavy
+def test_a_busy_core_the_load_cannot_see_sends_the_network_to_one_thread():
+    """A thread of this process that keeps a core busy is the process's own CPU time, which FreeCores's load
+    count takes away: on two cores, two-thread epochs slow down several-fold while it runs, the epochs' own
+    times send the network to one thread, and the weights are one thread's bits."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    child = r"""
+import hashlib, json, os, sys, threading
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])  # Two cores, as on the machine this is about.
+import numpy as np
+sys.path.insert(0, os.environ["TESTS_DIR"])
+import test_engine as t
+from digitlab import data, engine
+(x_train, y_train), (x_valid, y_valid), _ = data.split(data.load_arrays(), train_limit=t.TRAIN_LIMIT)
+x, y = data.to_inputs(x_train), data.to_targets(y_train)
+validation = (data.to_inputs(x_valid[:1000]), data.to_targets(y_valid[:1000]))
+results = {}
+for workers, busy in ((1, False), (2, True)):
+    stop = threading.Event()
+    blob = bytes(1 << 22)
+    def spin():
+        while not stop.is_set():
+            hashlib.sha256(blob).digest()  # Lets Python's lock go while it hashes: a core busy in C.
+    spinner = threading.Thread(target=spin)
+    if busy:
+        spinner.start()
+    cfg, (model,) = t.seeded_models(t.CASES["shallow-mse-sgd"])
+    fast = engine.FastEngine([model], cfg, backend="numpy", workers=workers)
+    fast.fit(x, y, validation, epochs=16, rngs=[np.random.RandomState(1)])
+    stop.set()
+    if busy:
+        spinner.join()
+    state = fast.get_state()
+    results[workers] = {"counts": fast.thread_counts, "state": {k: v.tobytes().hex() for k, v in state.items()}}
+print(json.dumps(results))
+"""
+    environment = dict(os.environ, TESTS_DIR=os.path.dirname(__file__))
+    done = subprocess.run([sys.executable, "-c", child], env=environment, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    busy = results["2"]
+    assert busy["state"] == results["1"]["state"]
+    counts = {int(threads): epochs for threads, epochs in busy["counts"].items()}
+    assert counts.get(1, 0) >= 8, counts
+
+
 def test_fit_engine_shuffles_with_one_permutation_per_epoch(mnist):
     """FitEngine keeps fit's one-off build draw out of the generator: epoch e uses its e-th permutation."""
     (x, y), validation = mnist

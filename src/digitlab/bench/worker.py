@@ -142,7 +142,10 @@ def _engine_worker(cfg, x, y, validation, backend, workers=None, profile=False):
     from digitlab import engine, models
 
     # The same initial weights and batches as fit's run of each seed.
-    fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend=backend, workers=workers, profile=profile)
+    # The thread count asked for, not one the epochs' times would choose (the load may still lower it).
+    fast = engine.FastEngine(
+        models.create_seeded_models(cfg), cfg, backend=backend, workers=workers, profile=profile, follow_speed=False
+    )
     timer = _EpochTimer(cfg.seeds, after_first=fast.profile.reset if fast.profile is not None else None)
     fast.fit(
         x,

@@ -1,37 +1,69 @@
-"""How many threads one network's epoch should use now: the cores other programs leave free.
+"""How many threads one network's epoch should use now: the cores other programs leave free, and
+the count that has measured faster.
 
-The C epoch (_train.c) has its threads meet at a barrier three times per batch. With a core
-each, that costs microseconds; when another program keeps a core busy, every meeting waits
-for the scheduler to give the other thread its turn, and two threads measured 1.7 to 2 times
-slower than one. The results are the same bits for any thread count, so the count can follow
-the load: after each epoch, `FreeCores.threads(wanted)` reads how busy this process's cores
-were (Linux's /proc/stat), takes away this process's own CPU time, and gives the cores left
+The C epoch has its threads meet at a barrier three (_train.c) or eight (_deep.c) times per
+batch. With a core each, that costs microseconds; when another program keeps a core busy, every
+meeting waits for the scheduler to give the other thread its turn, and two threads measured 1.7
+to 2 times slower than one. The results are the same bits for any thread count, so the count can
+follow the load: after each epoch, `FreeCores.threads(wanted)` reads how busy this process's
+cores were (Linux's /proc/stat), takes away this process's own CPU time, and gives the cores left
 over, at least one. Where /proc/stat cannot be read it gives `wanted`.
+
+/proc/stat does not see everything that slows a core down: on a virtual machine the host may give
+one of its virtual CPUs to another guest (on the 2-core machine of docs/engine.md the deep net's
+epoch on two threads went from 0.10 to 0.25-0.33 s for seconds at a time while one thread's stayed
+at 0.14 s, and the guest's counters showed nothing), and a thread of this process that keeps a
+core busy is this process's own time. So the count also follows the epochs' own times
+(`SpeedCheck`, fed by `FreeCores.record`): an epoch on several threads much slower than the best
+seen on them is followed by one on one thread; if that one is faster the network stays on one
+thread and tries the wanted count again after a while, less often while it keeps losing.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import statistics
 import time
 
 # Decide again once this many seconds have passed (an epoch of the book's net is ~0.2 s; the
 # kernel counts CPU time in 10 ms ticks, so shorter windows are mostly rounding).
 WINDOW_S = 0.5
+# An epoch on several threads this many times slower than the best seen on them is followed by one on one
+# thread (the epochs of a quiet machine spread by +-15% around their median).
+SLOWER = 1.4
+# Epochs on one thread, after it measured faster, before the wanted count is tried again; doubled each time
+# that try loses, up to PROBE_MOST.
+PROBE_EVERY, PROBE_MOST = 8, 64
+# How many of the latest epochs on several threads a probe on one thread is compared with (their median).
+RECENT = 3
 
 
 class FreeCores:
     """Tracks how busy this process's cores are, to say how many threads an epoch should use now."""
 
-    def __init__(self):
+    def __init__(self, follow_speed: bool = True):
         self.cores: list[int] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.last = self._sample()
         self.free: float | None = None
+        # follow_speed=False: the load alone decides (digitlab bench times the count it asks for).
+        self.speed = SpeedCheck() if follow_speed else None
+
+    def record(self, threads: int, seconds: float) -> None:
+        """Tells how long a network's epoch took on `threads` threads (its C call alone, no validation)."""
+        if self.speed is not None:
+            self.speed.record(threads, seconds)
 
     def threads(self, wanted: int) -> int:
         """How many of `wanted` threads to run now (never fewer than one)."""
         if wanted <= 1:
             return 1
+        allowed = wanted if self.speed is None else self.speed.allowed(wanted)
+        return min(self._free_threads(wanted), allowed)
+
+    def _free_threads(self, wanted: int) -> int:
+        """How many of `wanted` threads the cores' load leaves room for."""
         if self.last is None:
             return wanted
         if time.monotonic() - self.last[0] >= WINDOW_S:  # /proc/stat is read once per window, not per call.
@@ -65,3 +97,67 @@ class FreeCores:
                 busy += sum(ticks) - ticks[3] - ticks[4]
         times = os.times()
         return time.monotonic(), busy / self.tick, times.user + times.system
+
+
+class SpeedCheck:
+    """Which thread count an epoch should use by the epochs' own times: the wanted count, or one thread
+    while one has measured faster. `record` after each epoch; `allowed(wanted)` between them (as often as
+    asked: validation asks too), which changes only with what `record` is told.
+
+    One epoch on one thread is timed early (the third), to compare with from the start; later, an epoch
+    on several threads SLOWER times the best on them is followed by another such probe. A probe faster
+    than the median of the last RECENT epochs on several threads (so that one slow epoch among fast ones
+    does not count) keeps the network on one thread for `wait` epochs (PROBE_EVERY, doubled each time in a
+    row that several threads lose again, up to PROBE_MOST); then several are tried again, and compared with
+    the latest one-thread epoch."""
+
+    def __init__(self):
+        self.best_many: float | None = None  # The fastest epoch on several threads (after the first epoch).
+        self.recent_many: collections.deque = collections.deque(maxlen=RECENT)  # The latest ones.
+        self.last_one: float | None = None  # The latest epoch on one thread that this check chose.
+        self.one_thread = False  # The epochs run on one thread: a probe, or a stretch after one won.
+        self.probing = False  # The next epoch on one thread is a probe against recent_many.
+        self.trying = False  # The next epoch on several threads is a try against last_one.
+        self.left = 0  # Epochs on one thread left in the stretch.
+        self.wait = PROBE_EVERY
+        self.epochs = 0
+
+    def allowed(self, wanted: int) -> int:
+        """How many of `wanted` threads the next epoch may use: all of them, or one."""
+        return 1 if self.one_thread else wanted
+
+    def record(self, threads: int, seconds: float) -> None:
+        """Tells how long an epoch took on `threads` threads; decides what `allowed` says next."""
+        self.epochs += 1
+        if self.epochs == 1:
+            return  # The first epoch fills the caches and pages: not the threads' speed.
+        if threads > 1:
+            self.recent_many.append(seconds)
+            if self.trying:
+                self.trying = False
+                if self.last_one is not None and seconds >= self.last_one:
+                    self._stay_on_one()  # Several threads lost again: a longer stretch on one.
+                    return
+                self.wait = PROBE_EVERY  # Several threads won: the slowness has passed.
+            slow = self.best_many is not None and seconds > self.best_many * SLOWER
+            if slow or self.epochs == 2:  # (The second recorded epoch: the early probe follows it.)
+                self.one_thread = self.probing = True
+            self.best_many = seconds if self.best_many is None else min(self.best_many, seconds)
+            return
+        if not self.one_thread:
+            return  # One thread because the cores were busy (FreeCores): nothing to compare.
+        self.last_one = seconds
+        if self.probing:
+            self.probing = False
+            if self.recent_many and seconds < statistics.median(self.recent_many):
+                self._stay_on_one()
+            else:
+                self.one_thread = False  # The slowness was not the threads': back to several.
+            return
+        self.left -= 1
+        if self.left <= 0:
+            self.one_thread, self.trying = False, True
+
+    def _stay_on_one(self) -> None:
+        self.one_thread, self.left = True, self.wait
+        self.wait = min(self.wait * 2, PROBE_MOST)

@@ -61,6 +61,9 @@ class FastEngine:
     that share N seeds on the NumPy backend (None: one per core; 1: no threads).
     `path` says in words how the first layer runs (sparse C kernel or NumPy, and why).
     With `profile`, `fit` measures where its epochs go into `self.profile` (`timing.Profile`).
+    One network's threads follow the load and the epochs' measured times (`cores.FreeCores`: the
+    same bits for any count); `follow_speed=False` leaves the load alone to decide (digitlab bench,
+    which times the thread count it asks for).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class FastEngine:
         threads: int | None = 1,
         workers: int | None = None,
         profile: bool = False,
+        follow_speed: bool = True,
     ):
         if not models:
             raise ValueError("FastEngine needs at least one compiled Keras model.")
@@ -102,7 +106,7 @@ class FastEngine:
         self._shapes = {name: (array.shape, array.dtype) for name, array in state.items()}
         if workers is None:
             workers = default_workers()
-        self._impl = _make_backend(backend, self.network, self.batch_size, state, threads, workers)
+        self._impl = _make_backend(backend, self.network, self.batch_size, state, threads, workers, follow_speed)
         self.profile: timing.Profile | None = None
         if profile:
             # The JAX backend has no phases to time: its profile holds training, validation and Python.
@@ -243,7 +247,13 @@ def _dropout_seed(model: keras.Model) -> int:
 
 
 def _make_backend(
-    backend: str, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None, workers: int
+    backend: str,
+    network: spec.NetworkSpec,
+    batch_size: int,
+    state: dict,
+    threads: int | None,
+    workers: int,
+    follow_speed: bool = True,
 ):
     if backend == "jax":
         # Imported here, not at the top: only runs that ask for the JAX backend pay for loading it.
@@ -253,4 +263,6 @@ def _make_backend(
     if workers > 1 and len(state["dense_0/kernel"]) > 1:
         return seeds.SeedThreads(network, batch_size, state, threads, workers)
     # One network: where the C kernel runs whole epochs, the workers share each batch instead.
-    return numpy_backend.NumpyBackend(network, batch_size, state, threads, epoch_threads=workers)
+    return numpy_backend.NumpyBackend(
+        network, batch_size, state, threads, epoch_threads=workers, follow_speed=follow_speed
+    )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,7 @@ class NumpyBackend:
         threads: int | None,
         copy: bool = True,
         epoch_threads: int = 1,
+        follow_speed: bool = True,
     ):
         # threads: OpenBLAS's, for the NumPy products; epoch_threads: the C kernel's, within one model's epoch.
         self.network, self.batch_size, self.threads, self.epoch_threads = network, batch_size, threads, epoch_threads
@@ -137,7 +139,8 @@ class NumpyBackend:
         self.transposes: list[sparse.Transpose] = []  # Per batch, one per model (sparse per-batch path).
         # Plain SGD on a sparse first layer: the C kernel updates the touched weight rows itself.
         self.fused_sgd = network.optimizer.name == "sgd" and not network.optimizer.momentum
-        self.free_cores = cores.FreeCores() if epoch_threads > 1 else None
+        # follow_speed: the thread count follows the epochs' measured times too, not only the load (cores.py).
+        self.free_cores = cores.FreeCores(follow_speed) if epoch_threads > 1 else None
         # Epochs per number of threads a network ran on (the C epoch; the per-batch steps count as one).
         self.thread_counts: collections.Counter = collections.Counter()
         self.profile_rows: np.ndarray | None = None  # Where the C epoch adds its phases' seconds (profile_into).
@@ -223,7 +226,8 @@ class NumpyBackend:
         self.profile_rows = rows
 
     def _threads_now(self) -> int:
-        """epoch_threads, fewer while other programs keep cores busy (cores.py): same bits for any count."""
+        """epoch_threads, fewer while other programs keep cores busy or one thread measures faster (cores.py):
+        the same bits for any count."""
         return self.free_cores.threads(self.epoch_threads) if self.free_cores is not None else 1
 
     def _fusable(self) -> bool:
@@ -281,6 +285,7 @@ class NumpyBackend:
             self.thread_counts[threads] += 1
             data, step = (self.sparse_rows[0], self.y, self.labels), int(self.arrays["iterations"])
             profile = self.profile_rows
+            started = time.perf_counter()
             if self.deep_plans is not None:
                 results = [
                     deep.train_epoch(*data, orders[k], self.batch_size, plan, step, threads, profile)
@@ -292,6 +297,8 @@ class NumpyBackend:
                     sparse.train_epoch(*data, orders[k], self.batch_size, plan, threads, profile)
                     for k, plan in enumerate(self.plans)
                 ]
+            if self.free_cores is not None:  # Each network's epoch time, for the next epoch's thread count.
+                self.free_cores.record(threads, (time.perf_counter() - started) / count)
             self.arrays["iterations"] += -(-size // self.batch_size)
             return np.array([loss for loss, _ in results]), np.array([hits for _, hits in results], np.int64)
         self.thread_counts[1] += 1
