@@ -323,6 +323,57 @@ def test_the_engine_says_what_was_wrong_with_a_bad_setting():
         assert said[case] is not None and words in said[case], (case, said[case])
 
 
+SPEED_CHECK = """
+import { SpeedCheck } from "ENGINE/engine.js";
+const cases = JSON.parse(process.argv[1]);
+const chosen = cases.map((times) => {
+  const check = new SpeedCheck(), picks = [];
+  for (const epoch of times) {
+    const threads = check.allowed(2);
+    picks.push(threads);
+    check.record(threads, epoch[String(threads)]);
+  }
+  return picks;
+});
+console.log(JSON.stringify(chosen));
+"""
+
+
+def test_the_page_chooses_its_threads_as_the_native_engine_does():
+    """engine.js's SpeedCheck and engine/cores.py's, fed the same epoch times (quiet, a spike, a core slow
+    for a while, one slow for good, random ones), choose the same thread count epoch after epoch."""
+    need_node()
+    from digitlab.engine import cores
+
+    rng = np.random.default_rng(0)
+    quiet = [{"1": 0.070, "2": 0.045}] * 30
+    cases = [
+        quiet,
+        quiet[:9] + [{"1": 0.070, "2": 0.120}] + quiet[:20],
+        quiet[:9] + [{"1": 0.070, "2": 0.200}] * 21 + quiet[:30],
+        quiet[:5] + [{"1": 0.150, "2": 0.300}] * 200,
+        [{"1": float(one), "2": float(two)} for one, two in rng.uniform(0.03, 0.3, (300, 2))],
+    ]
+    expected = []
+    for times in cases:
+        check, picks = cores.SpeedCheck(), []
+        for epoch in times:
+            threads = check.allowed(2)
+            picks.append(threads)
+            check.record(threads, epoch[str(threads)])
+        expected.append(picks)
+    script = SPEED_CHECK.replace("ENGINE", ENGINE_DIR.as_uri())
+    answer = subprocess.run(
+        [NODE, "--input-type=module", "-e", script, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(answer.stdout) == expected
+    assert 1 in expected[2] and 2 in expected[4] and 1 in expected[4]
+
+
 PERMUTATIONS = """
 import { NumpyRandomState } from "ENGINE/engine.js";
 const draws = [];

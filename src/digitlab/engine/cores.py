@@ -16,7 +16,9 @@ at 0.14 s, and the guest's counters showed nothing), and a thread of this proces
 core busy is this process's own time. So the count also follows the epochs' own times
 (`SpeedCheck`, fed by `FreeCores.record`): an epoch on several threads much slower than the best
 seen on them is followed by one on one thread; if that one is faster the network stays on one
-thread and tries the wanted count again after a while, less often while it keeps losing.
+thread and tries the wanted count again after a while, less often while it keeps losing. The
+browser's engine (static/engine/engine.js) has the same rule in JavaScript: tests/test_wasm.py feeds
+both the same times and compares their choices, so a change here is a change there.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ export class DeepNet {
   }
 
   /** One epoch over the images at `orderAt` (int64, n of them) in the training data, in place: { lossSum, correct }. */
-  trainEpoch(train, orderAt, n) {
+  trainEpoch(train, orderAt, n, threads = this.engine.threads) {
     const engine = this.engine,
       net = this.net;
     const batches = Math.ceil(n / net.batchSize);
@@ -207,7 +207,7 @@ export class DeepNet {
       engine.clip(),
       sums,
       sums + 8,
-      engine.threads, // Sharing each batch on the threads build: the same bits for any number.
+      threads, // Sharing each batch on the threads build: the same bits for any number.
     );
     engine._free(sizesAt);
     if (status !== 0) throw new Error("The engine could not allocate its batch buffers (the page's memory is full).");

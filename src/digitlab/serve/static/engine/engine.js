@@ -28,7 +28,10 @@
  * Workers run engine-thread.js) when threads > 1 and SharedArrayBuffer is usable (a cross-origin isolated
  * page, or node); else engine.wasm (SIMD128, one thread); engine-scalar.wasm where the browser has no
  * WebAssembly SIMD (or simd: false). All three give the same bits. `engine.build`, `engine.threads` and
- * `engine.simd` say what it runs. Activations: linear, sigmoid, relu, tanh, softmax (the last layer);
+ * `engine.simd` say what it runs. With several threads each epoch takes as many as measure faster
+ * (SpeedCheck, the rule of the native engine's cores.py: a page cannot see the machine's load, and two
+ * threads that wait for each other at every batch lose where a core is busy); `engine.threadCounts` counts
+ * the epochs on each number; loadEngine({ followSpeed: false }) keeps every epoch on all of them. Activations: linear, sigmoid, relu, tanh, softmax (the last layer);
  * losses: mean_squared_error, categorical_crossentropy (on a softmax). Bad settings throw an Error
  * saying what was wrong. In node (the tests), loadEngine reads the .wasm files from disk.
  * Nets with BatchNormalization (the book's deep net, with Dropout and Adam) train through engine-deep.js:
@@ -76,8 +79,14 @@ async function compile(url) {
   return WebAssembly.compileStreaming(response);
 }
 
-/** Loads the engine: { threads = 1, simd = true, base = this module's folder } -> Promise<Engine>. */
-export async function loadEngine({ threads = 1, simd = true, base = new URL(".", import.meta.url) } = {}) {
+/** Loads the engine: { threads = 1, simd = true, base = this module's folder, followSpeed = true } ->
+ * Promise<Engine>. */
+export async function loadEngine({
+  threads = 1,
+  simd = true,
+  base = new URL(".", import.meta.url),
+  followSpeed = true,
+} = {}) {
   if (!Number.isInteger(threads) || threads < 1 || threads > 64)
     throw new Error(`threads must be a whole number from 1 to 64, got ${threads}.`);
   const shared = threads > 1 && threadsAvailable();
@@ -89,6 +98,7 @@ export async function loadEngine({ threads = 1, simd = true, base = new URL(".",
   const imports = { env: { memory, now_ms: () => performance.now() } };
   const instance = await WebAssembly.instantiate(module, imports);
   const engine = new Engine(instance, memory, build, withSimd);
+  if (!followSpeed) engine.speed = null;
   if (shared) await engine._startWorkers(module, threads - 1, base);
   return engine;
 }
@@ -174,6 +184,77 @@ function numpySum(values, start, count) {
   return numpySum(values, start, half) + numpySum(values, start + half, count - half);
 }
 
+/* The native engine's cores.SpeedCheck (SLOWER, PROBE_EVERY, PROBE_MOST, RECENT there), rule for rule: which
+ * thread count an epoch should use by the epochs' own times, all of them or one. The third epoch runs on one
+ * thread, to compare with; an epoch on several threads 1.4x slower than their best is followed by one on one
+ * thread; one that beats the median of the last 3 several-thread epochs keeps the engine on one thread for 8
+ * epochs, then several are tried again, and each try that loses doubles the stretch (up to 64).
+ * tests/test_wasm.py feeds both the same times and compares their choices. */
+export class SpeedCheck {
+  constructor() {
+    this.bestMany = null;
+    this.recentMany = [];
+    this.lastOne = null;
+    this.oneThread = false;
+    this.probing = false;
+    this.trying = false;
+    this.left = 0;
+    this.wait = 8;
+    this.epochs = 0;
+  }
+
+  allowed(wanted) {
+    return this.oneThread ? 1 : wanted;
+  }
+
+  record(threads, seconds) {
+    this.epochs += 1;
+    if (this.epochs === 1) return; /* The first epoch fills the caches and pages. */
+    if (threads > 1) {
+      this.recentMany.push(seconds);
+      if (this.recentMany.length > 3) this.recentMany.shift();
+      if (this.trying) {
+        this.trying = false;
+        if (this.lastOne !== null && seconds >= this.lastOne) {
+          this._stayOnOne();
+          return;
+        }
+        this.wait = 8;
+      }
+      const slow = this.bestMany !== null && seconds > this.bestMany * 1.4;
+      if (slow || this.epochs === 2) this.oneThread = this.probing = true;
+      this.bestMany = this.bestMany === null ? seconds : Math.min(this.bestMany, seconds);
+      return;
+    }
+    if (!this.oneThread) return;
+    this.lastOne = seconds;
+    if (this.probing) {
+      this.probing = false;
+      if (this.recentMany.length && seconds < median(this.recentMany)) this._stayOnOne();
+      else this.oneThread = false;
+      return;
+    }
+    this.left -= 1;
+    if (this.left <= 0) {
+      this.oneThread = false;
+      this.trying = true;
+    }
+  }
+
+  _stayOnOne() {
+    this.oneThread = true;
+    this.left = this.wait;
+    this.wait = Math.min(this.wait * 2, 64);
+  }
+}
+
+/* Python's statistics.median. */
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b),
+    middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
 class Engine {
   constructor(instance, memory, build, simd) {
     this.exports = instance.exports;
@@ -181,6 +262,8 @@ class Engine {
     this.build = build;
     this.simd = simd;
     this.threads = 1;
+    this.speed = new SpeedCheck(); /* null: every epoch on all the threads (loadEngine's followSpeed). */
+    this.threadCounts = {}; /* Epochs trained on each number of threads. */
     this.workers = [];
     this.net = null;
     this.train = null;
@@ -469,13 +552,16 @@ class Engine {
       if (!(image >= 0 && image < train.count))
         throw new Error(`order names image ${image}, outside 0 ... ${train.count - 1}.`);
     const at = this._int64s(order);
+    const threads = this.threadsNow(),
+      started = performance.now();
     if (net.deep) {
       let done;
       try {
-        done = net.deep.trainEpoch(train, at, order.length);
+        done = net.deep.trainEpoch(train, at, order.length, threads);
       } finally {
         this._free(at);
       }
+      this._timed(threads, started);
       const logs = { loss: done.lossSum / order.length, accuracy: done.correct / order.length };
       if (this.valid) Object.assign(logs, this.evaluate());
       return logs;
@@ -501,11 +587,12 @@ class Engine {
       LOSSES[net.loss],
       net.learningRate,
       CROSSENTROPY_CLIP,
-      BigInt(this.threads),
+      BigInt(threads),
       sums,
       sums + 8,
       0,
     );
+    this._timed(threads, started);
     this._free(at);
     if (status !== 0) throw new Error("The engine could not allocate its batch buffers (the page's memory is full).");
     const logs = {
@@ -514,6 +601,17 @@ class Engine {
     };
     if (this.valid) Object.assign(logs, this.evaluate());
     return logs;
+  }
+
+  /** How many of the engine's threads the next epoch (and validation) uses: SpeedCheck's choice. */
+  threadsNow() {
+    return this.speed && this.threads > 1 ? this.speed.allowed(this.threads) : this.threads;
+  }
+
+  /* Counts an epoch on `threads` threads begun at `started` (performance.now()), and tells SpeedCheck. */
+  _timed(threads, started) {
+    this.threadCounts[threads] = (this.threadCounts[threads] || 0) + 1;
+    if (this.speed && this.threads > 1) this.speed.record(threads, (performance.now() - started) / 1000);
   }
 
   /** { val_loss, val_accuracy } of the network on the validation data. */
@@ -541,7 +639,7 @@ class Engine {
       net.biasPointers,
       LOSSES[net.loss],
       CROSSENTROPY_CLIP,
-      BigInt(this.threads),
+      BigInt(this.threadsNow()),
       losses,
       correct,
     );
