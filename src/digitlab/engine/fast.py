@@ -261,7 +261,7 @@ def _make_backend(
 
         return jax_backend.JaxBackend(network, batch_size, state)
     if workers > 1 and len(state["dense_0/kernel"]) > 1:
-        return seeds.SeedThreads(network, batch_size, state, threads, workers)
+        return seeds.SeedThreads(network, batch_size, state, threads, workers, follow_speed)
     # One network: where the C kernel runs whole epochs, the workers share each batch instead.
     return numpy_backend.NumpyBackend(
         network, batch_size, state, threads, epoch_threads=workers, follow_speed=follow_speed

@@ -26,7 +26,15 @@ class SeedThreads:
     built once and shared. OpenBLAS is held to `threads` (one) per thread for the epoch.
     """
 
-    def __init__(self, network: spec.NetworkSpec, batch_size: int, state: dict, threads: int | None, workers: int):
+    def __init__(
+        self,
+        network: spec.NetworkSpec,
+        batch_size: int,
+        state: dict,
+        threads: int | None,
+        workers: int,
+        follow_speed: bool = True,
+    ):
         self.threads = threads
         self.arrays = {name: np.array(value) for name, value in state.items()}
         count = len(self.arrays["dense_0/kernel"])
@@ -44,6 +52,7 @@ class SeedThreads:
                 threads=None,
                 copy=False,
                 epoch_threads=max(1, workers // len(self.slices)),
+                follow_speed=follow_speed,
             )
             for part in self.slices
         ]
