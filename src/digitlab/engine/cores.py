@@ -9,11 +9,11 @@ follow the load: after each epoch, `FreeCores.threads(wanted)` reads how busy th
 cores were (Linux's /proc/stat), takes away this process's own CPU time, and gives the cores left
 over, at least one. Where /proc/stat cannot be read it gives `wanted`.
 
-/proc/stat does not see everything that slows a core down: on a virtual machine the host may give
-one of its virtual CPUs to another guest (on the 2-core machine of docs/engine.md the deep net's
-epoch on two threads went from 0.10 to 0.25-0.33 s for seconds at a time while one thread's stayed
-at 0.14 s, and the guest's counters showed nothing), and a thread of this process that keeps a
-core busy is this process's own time. So the count also follows the epochs' own times
+/proc/stat does not see everything that slows two threads down: what a virtual machine's host does
+to the guest's cores (on the 2-core machine of docs/engine.md the deep net's epoch on two threads
+went from 0.10 to 0.25-0.33 s for seconds at a time while one thread's stayed at 0.14 s, and the
+guest's counters showed nothing), and a thread of this process that keeps a core busy (this
+process's own time). So the count also follows the epochs' own times
 (`SpeedCheck`, fed by `FreeCores.record`): an epoch on several threads much slower than the best
 seen on them is followed by one on one thread; if that one is faster the network stays on one
 thread and tries the wanted count again after a while, less often while it keeps losing. The
@@ -142,7 +142,7 @@ class SpeedCheck:
                     return
                 self.wait = PROBE_EVERY  # Several threads won: the slowness has passed.
             slow = self.best_many is not None and seconds > self.best_many * SLOWER
-            if slow or self.epochs == 2:  # (The second recorded epoch: the early probe follows it.)
+            if slow or self.epochs == 2:  # After the second epoch (the first timed): the early probe, the third.
                 self.one_thread = self.probing = True
             self.best_many = seconds if self.best_many is None else min(self.best_many, seconds)
             return

@@ -31,8 +31,9 @@
  * `engine.simd` say what it runs. With several threads each epoch takes as many as measure faster
  * (SpeedCheck, the rule of the native engine's cores.py: a page cannot see the machine's load, and two
  * threads that wait for each other at every batch lose where a core is busy); `engine.threadCounts` counts
- * the epochs on each number; loadEngine({ followSpeed: false }) keeps every epoch on all of them. Activations: linear, sigmoid, relu, tanh, softmax (the last layer);
- * losses: mean_squared_error, categorical_crossentropy (on a softmax). Bad settings throw an Error
+ * the epochs on each number; loadEngine({ followSpeed: false }) keeps every epoch on all of them.
+ * Activations: linear, sigmoid, relu, tanh, softmax (the last layer); losses: mean_squared_error,
+ * categorical_crossentropy (on a softmax). Bad settings throw an Error
  * saying what was wrong. In node (the tests), loadEngine reads the .wasm files from disk.
  * Nets with BatchNormalization (the book's deep net, with Dropout and Adam) train through engine-deep.js:
  * setNetwork takes `norm`, `dropout`, optimizer "adam" and its settings there (see that file).
