@@ -59,6 +59,8 @@ def test_prepared_data_is_kept_for_the_same_data_and_limit(mnist_path):
     np.testing.assert_array_equal(x, expected[0][0])
     np.testing.assert_array_equal(y_valid, expected[1][1])
     assert test is None
+    # The inputs alone (the start builds the engine's rows from them while Keras imports): the same arrays.
+    assert all(a is b for a, b in zip(data.prepared_inputs(loaded, "test", 3000), (x, x_valid), strict=True))
 
     other_limit = data.prepared(loaded, "test", 2000)
     assert other_limit[0][0] is not x and len(other_limit[0][0]) == 2000
@@ -179,6 +181,21 @@ except data.DataError as error:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("DataError: No MNIST data at /no/such/mnist.npz")
+
+
+def test_the_inputs_and_their_sparse_rows_need_no_keras(mnist_path):
+    """The start's thread builds the engine's rows before the one-hot targets, which wait for Keras's import:
+    the inputs and rows import no Keras (nor JAX) of their own."""
+    code = f"""
+import sys
+from digitlab import data
+from digitlab.engine import sparse
+x, x_valid = data.prepared_inputs(data.load({str(mnist_path)!r}), "test", 3000)
+assert sparse.cached_rows(x) is sparse.cached_rows(x) and len(x) == 3000 and not x.flags.writeable
+assert "keras" not in sys.modules and "jax" not in sys.modules, sorted(sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("seeds", [1, 3])

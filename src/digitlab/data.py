@@ -322,8 +322,27 @@ def prepare(arrays: dict[str, np.ndarray], validation: str = "test", train_limit
     return ((to_inputs(x_train, flat), to_targets(y_train)), (to_inputs(x_valid, flat), to_targets(y_valid)), test)
 
 
-# The prepared data of the latest `prepared` call, by its key: one entry, so a process keeps one copy.
+# The prepared data of the latest `prepared` call, and the inputs of the latest `prepared_inputs` call, by
+# their key: one entry each, so a process keeps one copy (`prepared` takes its inputs from `prepared_inputs`).
 _PREPARED: dict[tuple, tuple] = {}
+_INPUTS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def prepared_inputs(loaded: Loaded, validation: str = "test", train_limit: int | None = None, flat: bool = True):
+    """The network inputs of `prepared` (training, validation): the same read-only arrays, kept for the process.
+
+    They need no Keras (the one-hot targets do), so the command's start (startup.py) builds the engine's
+    sparse rows from them while Keras is still importing.
+    """
+    key = (tuple(sorted(loaded.sha256.items())), validation, train_limit, flat)
+    if key not in _INPUTS:
+        _INPUTS.clear()
+        (x_train, _), (x_valid, _), _ = split(loaded.arrays, validation, train_limit)
+        inputs = (to_inputs(x_train, flat), to_inputs(x_valid, flat))
+        for array in inputs:
+            array.flags.writeable = False
+        _INPUTS[key] = inputs
+    return _INPUTS[key]
 
 
 def prepared(loaded: Loaded, validation: str = "test", train_limit: int | None = None, flat: bool = True):
@@ -337,11 +356,12 @@ def prepared(loaded: Loaded, validation: str = "test", train_limit: int | None =
     key = (tuple(sorted(loaded.sha256.items())), validation, train_limit, flat)
     if key not in _PREPARED:
         _PREPARED.clear()  # The earlier data's arrays (and their sparse rows) go once no run holds them.
-        result = prepare(loaded.arrays, validation, train_limit, flat)
-        (x, y), (x_valid, y_valid), _ = result
-        for array in (x, y, x_valid, y_valid):
+        x, x_valid = prepared_inputs(loaded, validation, train_limit, flat)
+        (_, y_train), (_, y_valid), test = split(loaded.arrays, validation, train_limit)
+        y, y_valid = to_targets(y_train), to_targets(y_valid)  # As `prepare` makes them.
+        for array in (y, y_valid):
             array.flags.writeable = False
-        _PREPARED[key] = result
+        _PREPARED[key] = ((x, y), (x_valid, y_valid), test)
     return _PREPARED[key]
 
 

@@ -16,9 +16,10 @@ hashlib and C with Python's lock let go (docs/engine.md, "Start-up"). So:
   Matplotlib (without pyplot) at its end.
 - A thread loads and prepares the data (`data.load`, `data.prepared`, kept for the process) and builds
   the engine's sparse rows (`engine.sparse.cached_rows`, kept for the arrays) while the main thread
-  imports Keras; `training.train` then finds them ready. The one-hot targets (Keras's `to_categorical`)
-  and the rows wait in the thread until Keras is imported. The same functions compute the same arrays
-  as without the thread: the history is the same, bit for bit.
+  imports Keras; `training.train` then finds them ready. The inputs and their rows come first
+  (`data.prepared_inputs`: no Keras needed); only the one-hot targets (Keras's `to_categorical`) wait
+  in the thread until Keras is imported. The same functions compute the same arrays as without the
+  thread: the history is the same, bit for bit.
 
 - Python's cyclic garbage collector is off from the start to `loaded()`, which then freezes every
   object made so far (`gc.freeze`): the 250,000 objects of Keras, JAX and the data live to the run's
@@ -66,13 +67,15 @@ class Loading:
         config = self.config
         loaded = data.load(self.data_path)
         flat = not is_convolutional(config.model)
-        (x, _), (x_valid, _), _ = data.prepared(loaded, config.validation, config.train_limit, flat)
         if flat and config.engine != "fit":
             from digitlab.engine import sparse
 
+            # The inputs and their rows first: they need no Keras, the one-hot targets below wait for its import.
+            x, x_valid = data.prepared_inputs(loaded, config.validation, config.train_limit, flat)
             if sparse.unavailable_reason() is None and sparse.cached_density(x) <= sparse.MAX_DENSITY:
                 sparse.cached_rows(x)
                 sparse.cached_rows(x_valid)
+        data.prepared(loaded, config.validation, config.train_limit, flat)
         return loaded
 
 

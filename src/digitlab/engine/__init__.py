@@ -53,26 +53,62 @@ C kernels (`_kernels.c` the sparse first layer, `_dense.c` the layers above it,
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import keras
 import numpy as np
 
 from digitlab.config import ConfigError, TrainConfig
 from digitlab.engine.blas import BlasThreads
-from digitlab.engine.fast import BACKENDS, FastEngine, jax_has_gpu
-from digitlab.engine.fit import FitEngine
-from digitlab.engine.spec import (
-    ACTIVATIONS,
-    DenseSpec,
-    NetworkSpec,
-    OptimizerSpec,
-    UnsupportedModel,
-    read_network,
-    slot_names,
-    unsupported_reason,
-)
+
+if TYPE_CHECKING:
+    import keras
+
+    from digitlab.engine.fast import BACKENDS, FastEngine, jax_has_gpu
+    from digitlab.engine.fit import FitEngine
+    from digitlab.engine.spec import (
+        ACTIVATIONS,
+        DenseSpec,
+        NetworkSpec,
+        OptimizerSpec,
+        UnsupportedModel,
+        read_network,
+        slot_names,
+        unsupported_reason,
+    )
+
+# The names above that come from modules which import Keras, loaded on first use (PEP 562): importing
+# `digitlab.engine.sparse` alone imports no Keras, so the command's start builds the engine's sparse rows
+# in a thread while the main thread imports Keras (startup.py).
+_LAZY = {
+    "BACKENDS": "fast",
+    "FastEngine": "fast",
+    "jax_has_gpu": "fast",
+    "FitEngine": "fit",
+    **dict.fromkeys(
+        (
+            "ACTIVATIONS",
+            "DenseSpec",
+            "NetworkSpec",
+            "OptimizerSpec",
+            "UnsupportedModel",
+            "read_network",
+            "slot_names",
+            "unsupported_reason",
+        ),
+        "spec",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"digitlab.engine.{_LAZY[name]}"), name)
+        globals()[name] = value  # Found at once from now on.
+        return value
+    raise AttributeError(f"module 'digitlab.engine' has no attribute {name!r}")
+
 
 __all__ = [
     "ACTIVATIONS",
@@ -122,6 +158,10 @@ class Engine(Protocol):
 
 def make_engine(networks: list[keras.Model], config: TrainConfig, verbose: int = 2) -> Engine:
     """The engine `config.engine` asks for; "auto" prefers the fast engine where it applies."""
+    from digitlab.engine.fast import FastEngine
+    from digitlab.engine.fit import FitEngine
+    from digitlab.engine.spec import unsupported_reason
+
     reason = None
     if config.engine != "fit":
         reason = unsupported_reason(networks[0], config)
