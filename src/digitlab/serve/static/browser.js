@@ -181,7 +181,7 @@ function describeEngine(engine) {
   const simd = engine.simd ? "WebAssembly SIMD128" : "WebAssembly without SIMD (this browser lacks it: the scalar build, slower)";
   const threads =
     engine.threads > 1
-      ? `${engine.threads} threads`
+      ? `up to ${engine.threads} threads (one wherever that measures faster)`
       : crossOriginIsolated
         ? "one thread"
         : "one thread (this host does not send the COOP/COEP headers that threads need)";
