@@ -49,10 +49,13 @@ for stretch in range(3):
     if stretch == 1:
         spinner.start()
     for _ in range(epochs):
-        chosen.append(backend._threads_now() if backend.free_cores is not None else 1)
+        counts = dict(backend.thread_counts)
         started = time.perf_counter()
         backend.train_epoch(rng.permutation(len(x))[None])
         stretches[stretch].append(time.perf_counter() - started)
+        # The count the epoch ran on: the one train_epoch counted (not asked again: the load may have changed).
+        (ran,) = [n for n, seen in backend.thread_counts.items() if seen > counts.get(n, 0)]
+        chosen.append(ran)
     if stretch == 1:
         stop.set()
         spinner.join()
@@ -71,6 +74,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 4:
         parser.error("give --epochs 4 or more (the engine's first epochs set its reference)")
+    if args.limit < 0:
+        parser.error(f"give --limit 0 (all 60,000 images) or a number of images above 0, not {args.limit}")
     if len(os.sched_getaffinity(0)) < 2:
         parser.error("this machine gives the process one core: there is no second thread to choose")
     from digitlab import system

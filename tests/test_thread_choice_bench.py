@@ -31,3 +31,9 @@ def test_a_single_stretch_too_short_is_refused():
     """Fewer than 4 epochs a stretch would leave the engine no reference: a one-line message, exit 2."""
     done = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "2"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "give --epochs 4 or more" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_negative_limit_is_refused():
+    """--limit -5 would train on all but the last 5 images, silently: a one-line message, exit 2."""
+    done = subprocess.run([sys.executable, str(SCRIPT), "--limit", "-5"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "give --limit 0" in done.stderr and "Traceback" not in done.stderr
