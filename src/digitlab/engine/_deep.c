@@ -409,14 +409,18 @@ typedef struct {
     int32_t *offsets[MAX_THREADS];
     Entry *entries[MAX_THREADS];
     Barrier barrier;
-    int go; /* Set once every thread is started: the workers wait for it. */
+    Balance balance;      /* Each batch's rows, inputs, units and pixels, cut between the threads by their speeds. */
+    int64_t *pixel_count; /* count_pixels's prefix sums: where the pixels' shares are cut. */
+    int go;               /* Set once every thread is started: the workers wait for it. */
     double loss_sum;
 } DeepEpoch;
 
 typedef struct {
     DeepEpoch *epoch;
     int thread, threads;
-    int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates. */
+    int64_t batch_number;            /* The batch it is at: its cuts (Balance). */
+    int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates in this batch. */
+    int64_t waited;                  /* Nanoseconds at the barriers in this batch (not its share's time). */
     /* This thread's own copies of each layer's batch statistics (mean, var, 1 / sqrt(var + epsilon)) and of the
      * BatchNormalization's backward sums (thread 0's are the gradients gamma and beta are updated with). */
     float *mean[MAX_LAYERS], *var[MAX_LAYERS], *scale[MAX_LAYERS], *sum_gamma[MAX_LAYERS], *sum_beta[MAX_LAYERS];
@@ -426,10 +430,18 @@ typedef struct {
     double *profile; /* This thread's DEEP_PHASES seconds, or NULL: not timed. */
 } DeepWorker;
 
-/* This thread's share [*first, *last) of `size` things. */
+/* This thread's share [*first, *last) of `size` things in this batch. */
 static void share(int64_t size, const DeepWorker *w, int64_t *first, int64_t *last) {
-    *first = size * w->thread / w->threads;
-    *last = size * (w->thread + 1) / w->threads;
+    *first = balance_cut(&w->epoch->balance, w->batch_number, w->thread, size);
+    *last = balance_cut(&w->epoch->balance, w->batch_number, w->thread + 1, size);
+}
+
+/* barrier_wait, its time counted in w->waited where the threads' shares follow their speeds. */
+static void meet(DeepWorker *w, int *sense) {
+    if (w->threads == 1) return;
+    const int64_t arrived = now_ns();
+    barrier_wait(&w->epoch->barrier, sense);
+    w->waited += now_ns() - arrived;
 }
 
 /* value where kept is 1, +0 where it is 0: mask ? value : 0.0f without a branch (the masks are random: as a
@@ -539,6 +551,11 @@ static void *run_deep(void *argument) {
     for (int64_t start = 0; start < e->n; start += e->batch, batch_number++, step++) {
         const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch;
         const int64_t *index = e->order + start;
+        const double *cuts = e->balance.cuts[batch_number & 1];
+        const int64_t began = now_ns();
+        w->batch_number = batch_number, w->waited = 0;
+        w->first_pixel = pixel_cut(e->pixel_count, inputs, cuts[t]);
+        w->last_pixel = pixel_cut(e->pixel_count, inputs, cuts[t + 1]);
         int64_t r0, r1;
         share(rows, w, &r0, &r1);
         const int64_t count = r1 - r0;
@@ -560,7 +577,7 @@ static void *run_deep(void *argument) {
             digitlab_dense_activate(out, count, width, e->activations[l]);
             if (mine[2]) {
                 lap(profile, DEEP_ABOVE, &mark);
-                barrier_wait(&e->barrier, &sense); /* Every row's output, for the statistics. */
+                meet(w, &sense); /* Every row's output, for the statistics. */
                 lap(profile, DEEP_WAIT, &mark);
                 norm_statistics(e->out[l], rows, width, e->norm[3 * l + 2], w->mean[l], w->var[l], w->scale[l]);
                 if (t == 0) norm_move(mine, e->norm + 3 * l, w->mean[l], w->var[l], width);
@@ -586,7 +603,7 @@ static void *run_deep(void *argument) {
                     keep_scaled(below, e->masks[l] + r0 * in, count * in, 1.0f - e->dropout[l], below);
             }
             lap(profile, DEEP_BACKWARD, &mark);
-            barrier_wait(&e->barrier, &sense);
+            meet(w, &sense);
             lap(profile, DEEP_WAIT, &mark);
             if (l == 0) {
                 /* The first layer's gradient on this thread's pixels, through _train.c's SGD of pixel ranges over
@@ -641,8 +658,11 @@ static void *run_deep(void *argument) {
         }
         if (t == 0)
             for (int64_t r = 0; r < rows; r++) e->loss_sum += e->row_losses[r];
+        balance_record(&e->balance, t, now_ns() - began - w->waited);
         lap(profile, DEEP_OTHER_UPDATES, &mark);
-        barrier_wait(&e->barrier, &sense); /* The next batch reads every updated array and the row losses' room. */
+        meet(w, &sense); /* The next batch reads every updated array and the row losses' room. */
+        /* Every thread's share of this batch is timed, and the next batch's cuts are in use: the one after it. */
+        if (t == 0 && w->threads > 1) balance_next(&e->balance, batch_number, batch_number + 2);
         lap(profile, DEEP_WAIT, &mark);
     }
     return NULL;
@@ -689,8 +709,9 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
     e.batch_labels = malloc(sizeof(int64_t) * batch * 2);
     int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1) * threads);
     Entry *entries = malloc(sizeof(Entry) * capacity * threads);
+    e.pixel_count = malloc(sizeof(int64_t) * (inputs + 1));
     int failed = !buffers || !masks || !grads || !transposes || !own || !e.row_losses || !offsets || !entries ||
-                 !e.batch_targets || !e.batch_labels;
+                 !e.batch_targets || !e.batch_labels || !e.pixel_count;
     if (!failed) {
         e.numbers = e.batch_labels + batch;
         for (int64_t r = 0; r < batch; r++) e.numbers[r] = r;
@@ -715,12 +736,11 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
             }
         }
         DeepWorker workers[MAX_THREADS];
-        int64_t bounds[MAX_THREADS + 1];
-        bounds[0] = 0, bounds[1] = inputs;
-        if (threads > 1) split_pixels(starts, cols, n, inputs, threads, bounds);
+        count_pixels(starts, cols, n, inputs, e.pixel_count);
+        balance_init(&e.balance, threads);
         for (int t = 0; t < threads; t++) {
             DeepWorker *w = &workers[t];
-            *w = (DeepWorker){&e, t, threads, bounds[t], bounds[t + 1]};
+            *w = (DeepWorker){&e, t, threads};
             w->profile = profile ? profile + DEEP_PHASES * t : NULL;
             float *mine = own + own_size * t;
             for (int64_t l = 0; l < layers; l++) {
@@ -739,7 +759,7 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
         const int started =
             start_threads(threads, run_deep, workers, sizeof(DeepWorker), handles, &e.go, &e.n, &e.barrier);
         if (started < threads) /* Alone: every row and pixel. */
-            workers[0].threads = 1, workers[0].first_pixel = 0, workers[0].last_pixel = inputs;
+            workers[0].threads = 1, balance_init(&e.balance, 1);
         double before = 0.0;
         if (profile)
             for (int phase = 0; phase < DEEP_PHASES; phase++) before += profile[phase];
@@ -764,6 +784,7 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
     free(e.batch_labels);
     free(offsets);
     free(entries);
+    free(e.pixel_count);
     return failed ? -1 : 0;
 }
 

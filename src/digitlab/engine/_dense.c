@@ -322,7 +322,10 @@ AVX2 static void sgd_bias_avx2(const float *g, int64_t rows, int64_t units, int6
     }
 }
 
-/* values = 1 / (1 + exp(-values)), eight at a time; returns how many it did (a multiple of 8). */
+/* values = 1 / (1 + exp(-values)), eight at a time, the last few in a part of a vector: every value with
+ * exp_avx2, wherever it lies in `values` (exp_portable rounds each product, so a scalar tail would give a value
+ * other bits at the end of a thread's rows than in their middle: the threads' cuts would change the results).
+ * Returns size. */
 AVX2 static int64_t sigmoid_avx2(float *values, int64_t size) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     int64_t k = 0;
@@ -330,7 +333,11 @@ AVX2 static int64_t sigmoid_avx2(float *values, int64_t size) {
         const __m256 e = exp_avx2(_mm256_sub_ps(zero, _mm256_loadu_ps(values + k)));
         _mm256_storeu_ps(values + k, _mm256_div_ps(one, _mm256_add_ps(e, one)));
     }
-    return k;
+    if (k < size) {
+        const __m256 e = exp_avx2(_mm256_sub_ps(zero, _mm256_maskload_ps(values + k, lanes_below(size - k))));
+        store_lanes(values + k, _mm256_div_ps(one, _mm256_add_ps(e, one)), size - k);
+    }
+    return size;
 }
 
 AVX2 static void softmax_avx2(float *values, int64_t rows, int64_t units) {

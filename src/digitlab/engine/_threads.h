@@ -137,27 +137,108 @@ static inline void join_threads(int started, pthread_t *handles) {
     for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
 }
 
-/* Pixel boundaries for `threads` threads with about equal numbers of nonzero entries each, counted
- * over the data's first (up to 4096) images, read in storage order (the epoch's first images in its
- * order lie at random places: counting them cost about 1 ms an epoch). The middle of the image holds
- * most of the ink. Any boundaries give the same results: each pixel's sum runs over the rows in order. */
-static inline void split_pixels(const int64_t *starts, const uint16_t *cols, int64_t n, int64_t inputs,
-                                int64_t threads, int64_t *bounds) {
-    int64_t *counts = calloc(inputs, sizeof(int64_t)), total = 0;
-    bounds[0] = 0;
-    for (int64_t t = 1; t <= threads; t++) bounds[t] = inputs * t / threads;
-    if (!counts) return;
-    const int64_t sample = n < 4096 ? n : 4096;
-    for (int64_t j = starts[0]; j < starts[sample]; j++) counts[cols[j]]++, total++;
-    if (total > 0) {
-        int64_t seen = 0, t = 1;
-        for (int64_t p = 0; p < inputs && t < threads; p++) {
-            seen += counts[p];
-            while (t < threads && seen * threads >= total * t) bounds[t++] = p + 1;
-        }
-        for (; t < threads; t++) bounds[t] = inputs;
+/* Shares of each batch that follow the threads' speeds. Two cores are not always alike: on a virtual machine
+ * one of them may share its physical core with somebody else's work (measured here: one thread's rows 25%
+ * slower than the other's for whole runs, on either core as the threads moved), and a laptop's or phone's
+ * cores may be fast and slow ones, which the browser's Workers land on as they come. With an even split the
+ * fast thread waits at every barrier for the slow one. So each thread times its rows of every batch
+ * (balance_record), thread 0 moves a later batch's cuts towards equal times (balance_next, while no thread
+ * reads that batch's cuts), and every thread cuts the batch's rows, and the first layer's pixels, at the same
+ * places (balance_cut, pixel_cut). The results do not depend on the cuts: every
+ * sum runs over all the rows in order, whichever thread holds them. Each epoch starts even (its threads are
+ * new, and may have landed on other cores). */
+#define BALANCE_FLOOR 0.25 /* The least share a thread is given, times the even one: its speed stays measured. */
+#define BALANCE_GAIN 0.2   /* How far one batch's times move the cuts towards equal times (1: all the way). */
+#define BALANCE_RATIO 1.33 /* A batch's mean time over a thread's counts as at most this, and at least its inverse:
+                            * a thread the system stopped for a moment (a time slice of milliseconds for other work)
+                            * loses a little of its share, not most of it. */
+typedef struct {
+    int threads;
+    double cuts[2][MAX_THREADS + 1]; /* Where thread t's share starts, as a fraction: for even and odd batches. */
+    int64_t ns[MAX_THREADS];         /* Each thread's time on its share of the last batch it recorded. */
+} Balance;
+
+static inline void balance_init(Balance *balance, int threads) {
+    balance->threads = threads;
+    for (int t = 0; t <= threads; t++) balance->cuts[0][t] = balance->cuts[1][t] = (double)t / threads;
+    for (int t = 0; t < threads; t++) balance->ns[t] = 0;
+}
+
+/* Where thread t's share of `size` things starts in batch `batch_number` (thread `threads`: size, the end). */
+static inline int64_t balance_cut(const Balance *balance, int64_t batch_number, int t, int64_t size) {
+    if (t <= 0) return 0;
+    if (t >= balance->threads) return size;
+    return (int64_t)((double)size * balance->cuts[batch_number & 1][t] + 0.5);
+}
+
+/* Thread t's share of a batch took `ns` nanoseconds (its work, not its waits at the barriers). */
+static inline void balance_record(Balance *balance, int t, int64_t ns) { balance->ns[t] = ns; }
+
+/* Thread 0, once every thread has recorded its share of batch `measured` and while no thread reads the cuts of
+ * batch `target` (the next one, or the one after): those cuts, each thread's share of `measured` moved towards
+ * the share that would have taken the threads' mean time (a thread's time is not all in proportion to its share:
+ * some of it is the same for each, as the deep net's statistics over every row), none below BALANCE_FLOOR of an
+ * even share. */
+static inline void balance_next(Balance *balance, int64_t measured, int64_t target) {
+    const int threads = balance->threads;
+    const double *was = balance->cuts[measured & 1];
+    double share[MAX_THREADS], mean = 0.0, sum = 0.0;
+    for (int t = 0; t < threads; t++) {
+        if (balance->ns[t] <= 0) return; /* Not timed (a clock too coarse): the cuts stay. */
+        mean += (double)balance->ns[t] / threads;
     }
-    free(counts);
+    for (int t = 0; t < threads; t++) {
+        double ratio = mean / (double)balance->ns[t];
+        ratio = ratio > BALANCE_RATIO ? BALANCE_RATIO : ratio < 1.0 / BALANCE_RATIO ? 1.0 / BALANCE_RATIO : ratio;
+        share[t] = (was[t + 1] - was[t]) * (1.0 + BALANCE_GAIN * (ratio - 1.0));
+        sum += share[t];
+    }
+    /* The shares as fractions of the batch; a share below the floor is raised to it, the others taken down alike. */
+    const double floor = BALANCE_FLOOR / threads;
+    for (int pass = 0; pass < threads; pass++) {
+        double held = 0.0, rest = 0.0;
+        for (int t = 0; t < threads; t++) {
+            share[t] /= sum;
+            if (share[t] <= floor) share[t] = floor, held += floor;
+            else rest += share[t];
+        }
+        if (held == 0.0 || rest == 0.0) break;
+        for (int t = 0; t < threads; t++)
+            if (share[t] > floor) share[t] *= (1.0 - held) / rest;
+        sum = 1.0;
+    }
+    double *next = balance->cuts[target & 1];
+    next[0] = 0.0;
+    for (int t = 0; t < threads; t++) next[t + 1] = next[t] + share[t];
+    next[threads] = 1.0;
+}
+
+/* The first layer's pixels are split between the threads by their nonzero entries (the middle of the image holds
+ * most of the ink): prefix[p] = the entries of pixels below p, for p = 0 ... inputs, counted over the data's first
+ * (up to 4096) images, read in storage order (the epoch's first images in its order lie at random places: counting
+ * them cost about 1 ms an epoch). */
+static inline void count_pixels(const int64_t *starts, const uint16_t *cols, int64_t n, int64_t inputs,
+                                int64_t *prefix) {
+    for (int64_t p = 0; p <= inputs; p++) prefix[p] = 0;
+    const int64_t sample = n < 4096 ? n : 4096;
+    for (int64_t j = starts[0]; j < starts[sample]; j++) prefix[cols[j] + 1]++;
+    for (int64_t p = 0; p < inputs; p++) prefix[p + 1] += prefix[p];
+}
+
+/* The first pixel of a share that starts at `fraction` of the entries (0: pixel 0; 1: inputs, the end). Any cuts
+ * give the same results: each pixel's sum runs over the rows in order. */
+static inline int64_t pixel_cut(const int64_t *prefix, int64_t inputs, double fraction) {
+    if (fraction <= 0.0) return 0;
+    if (fraction >= 1.0) return inputs;
+    const double total = (double)prefix[inputs];
+    if (total <= 0.0) return (int64_t)((double)inputs * fraction + 0.5);
+    int64_t low = 1, high = inputs; /* The least p with prefix[p] >= fraction * total. */
+    while (low < high) {
+        const int64_t middle = (low + high) / 2;
+        if ((double)prefix[middle] >= fraction * total) high = middle;
+        else low = middle + 1;
+    }
+    return low;
 }
 
 #endif

@@ -90,14 +90,17 @@ typedef struct {
     int32_t *offsets[MAX_THREADS];
     Entry *entries[MAX_THREADS];
     Barrier barrier;
-    int go; /* Set once every thread is started: the workers wait for it. */
+    Balance balance;      /* Each batch's rows and first-layer pixels, cut between the threads by their speeds. */
+    int64_t *pixel_count; /* count_pixels's prefix sums: where the pixels' shares are cut. */
+    int64_t *ink;         /* Thread 0's: the nonzero pixels of a batch's first r rows, r = 0 ... batch (cut_rows). */
+    int64_t row_cuts[2][MAX_THREADS + 1]; /* The first row of each thread's share: for even and odd batches. */
+    int go;               /* Set once every thread is started: the workers wait for it. */
     double loss_sum;
 } Epoch;
 
 typedef struct {
     Epoch *epoch;
     int thread, threads;
-    int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates. */
     float *scratch, *update_scratch; /* A row of the first layer's units; of the widest layer's. */
     int64_t correct;
     double *profile; /* This thread's PHASES seconds, or NULL: not timed. */
@@ -158,23 +161,48 @@ static void update_units(Epoch *e, int thread, int threads, int64_t rows, float 
     }
 }
 
+/* The rows of the batch from image `start` of the order on, cut where the batch's nonzero pixels reach each
+ * thread's share of them (balance's cuts for the batch's `parity`): the first layer's forward and update, most of
+ * the epoch, take time by the pixels, and a batch's 64-image halves differ in them by a few percent, at random,
+ * which would move the cuts at random if they were counted in rows. */
+static void cut_rows(Epoch *e, int64_t start, int parity) {
+    const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch, *index = e->order + start;
+    const int threads = e->balance.threads;
+    int64_t *ink = e->ink, *cuts = e->row_cuts[parity];
+    ink[0] = 0;
+    for (int64_t r = 0; r < rows; r++) ink[r + 1] = ink[r] + e->starts[index[r] + 1] - e->starts[index[r]];
+    cuts[0] = 0, cuts[threads] = rows;
+    for (int t = 1, r = 0; t < threads; t++) {
+        const double wanted = e->balance.cuts[parity][t] * (double)ink[rows];
+        while (r < rows && (double)ink[r] < wanted) r++;
+        cuts[t] = r;
+    }
+}
+
 /* One thread's share of every batch: its rows of the batch through the whole net and back (the first
  * layer's forward product, the transpose of those rows, the layers above, the loss, the backward pass);
  * then, once every row is done, its pixels of the first layer's kernel (from every thread's transpose in
  * row order) and its units of the other kernels and of the biases. Each sum runs in the same order
- * whatever the number of threads: every thread count gives the same bits. */
+ * whatever the number of threads and wherever the batch is cut between them (Balance): every thread count
+ * gives the same bits. */
 static void *run_worker(void *argument) {
     Worker *w = argument;
     Epoch *e = w->epoch;
     const int64_t units = e->units[1];
+    const int t = w->thread;
     double *profile = w->profile;
     int sense = 0;
     wait_to_go(&e->go);
     int64_t mark = profile ? now_ns() : 0;
-    for (int64_t start = 0; start < e->n; start += e->batch) {
+    for (int64_t start = 0, batch_number = 0; start < e->n; start += e->batch, batch_number++) {
         const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch;
         const int64_t *index = e->order + start;
-        const int64_t first = rows * w->thread / w->threads, last = rows * (w->thread + 1) / w->threads;
+        const int64_t *row_cuts = e->row_cuts[batch_number & 1];
+        const int64_t first = w->threads > 1 ? row_cuts[t] : 0, last = w->threads > 1 ? row_cuts[t + 1] : rows;
+        const double *cuts = e->balance.cuts[batch_number & 1];
+        const int64_t first_pixel = pixel_cut(e->pixel_count, e->inputs, cuts[t]);
+        const int64_t last_pixel = pixel_cut(e->pixel_count, e->inputs, cuts[t + 1]);
+        const int64_t began = now_ns();
         float *out = e->layer_out[0] + first * units;
         gather(e->targets, e->labels, index, first, last, e->units[e->layers], e->batch_targets, e->batch_labels);
         lap(profile, PHASE_LOSS, &mark);
@@ -184,13 +212,18 @@ static void *run_worker(void *argument) {
         if (last > first) digitlab_dense_activate(out, last - first, units, e->activations[0]);
         lap(profile, PHASE_FIRST_FORWARD, &mark);
         rows_forward_backward(e, first, last, rows, &w->correct, profile, &mark);
+        balance_record(&e->balance, t, now_ns() - began);
         barrier_wait(&e->barrier, &sense);
         lap(profile, PHASE_WAIT_ROWS, &mark);
-        digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel, e->delta[0], units,
+        if (t == 0 && w->threads > 1 && start + e->batch < e->n) {
+            balance_next(&e->balance, batch_number, batch_number + 1);
+            cut_rows(e, start + e->batch, (int)((batch_number + 1) & 1));
+        }
+        digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, first_pixel, last_pixel, e->delta[0], units,
                                  w->scratch, e->kernels[0], e->rate);
         lap(profile, PHASE_FIRST_UPDATE, &mark);
-        update_units(e, w->thread, w->threads, rows, w->update_scratch);
-        if (w->thread == 0)
+        update_units(e, t, w->threads, rows, w->update_scratch);
+        if (t == 0)
             for (int64_t r = 0; r < rows; r++) e->loss_sum += e->row_losses[r];
         lap(profile, PHASE_OTHER_UPDATES, &mark);
         barrier_wait(&e->barrier, &sense); /* The next batch reads every updated kernel and the row losses' room. */
@@ -230,8 +263,10 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     int32_t *offsets = malloc(sizeof(int32_t) * (inputs + 1) * threads);
     Entry *entries = malloc(sizeof(Entry) * capacity * threads);
     float *scratch = malloc(sizeof(float) * (units[1] + widest) * threads);
+    e.pixel_count = malloc(sizeof(int64_t) * (inputs + 1));
+    e.ink = malloc(sizeof(int64_t) * (batch + 1));
     int failed = !outputs || !deltas || !transposes || !e.row_losses || !offsets || !entries || !scratch ||
-                 !e.batch_targets || !e.batch_labels;
+                 !e.batch_targets || !e.batch_labels || !e.pixel_count || !e.ink;
     if (!failed) {
         e.numbers = e.batch_labels + batch;
         for (int64_t r = 0; r < batch; r++) e.numbers[r] = r;
@@ -244,13 +279,12 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         /* Each dense layer's kernel, transposed; update_units keeps them in step with its updates. */
         transpose_kernels(layers, units, kernels, widest, transposes, e.kernel_t);
         Worker workers[MAX_THREADS];
-        int64_t bounds[MAX_THREADS + 1];
-        bounds[0] = 0, bounds[1] = inputs;
-        if (threads > 1) split_pixels(starts, cols, n, inputs, threads, bounds);
+        count_pixels(starts, cols, n, inputs, e.pixel_count);
+        balance_init(&e.balance, (int)threads);
+        cut_rows(&e, 0, 0);
         for (int t = 0; t < threads; t++) {
             float *own = scratch + (units[1] + widest) * t;
-            workers[t] = (Worker){&e, t, (int)threads, bounds[t], bounds[t + 1], own, own + units[1], 0,
-                                  profile ? profile + PHASES * t : NULL};
+            workers[t] = (Worker){&e, t, (int)threads, own, own + units[1], 0, profile ? profile + PHASES * t : NULL};
             e.offsets[t] = offsets + (inputs + 1) * t;
             e.entries[t] = entries + capacity * t;
         }
@@ -258,7 +292,7 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         const int started =
             start_threads((int)threads, run_worker, workers, sizeof(Worker), handles, &e.go, &e.n, &e.barrier);
         if (started < threads) /* Alone: every row and pixel. */
-            workers[0].threads = 1, workers[0].first_pixel = 0, workers[0].last_pixel = inputs;
+            workers[0].threads = 1, balance_init(&e.balance, 1), cut_rows(&e, 0, 0);
         double before = 0.0;
         if (profile)
             for (int phase = 0; phase < PHASES; phase++) before += profile[phase];
@@ -282,6 +316,8 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     free(offsets);
     free(entries);
     free(scratch);
+    free(e.pixel_count);
+    free(e.ink);
     return failed ? -1 : 0;
 }
 

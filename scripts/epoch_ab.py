@@ -1,12 +1,13 @@
-"""Times the deep net's C epoch (`deep.train_epoch`, issue 25) of this tree against another build, in one run.
+"""Times the engine's C epoch of this tree against another build, in one run: the book's deep net
+(`deep.train_epoch`, chapter 9) or its shallow one (`sparse.train_epoch`, chapter 5).
 
-    python scripts/deep_epoch_ab.py --other /path/to/old/checkout/src      # A/B: the other tree is the anchor
-    python scripts/deep_epoch_ab.py                                        # this tree alone, 1 and 2 threads
-    python scripts/deep_epoch_ab.py --epochs 6 --rounds 3 --threads 1,2
+    python scripts/epoch_ab.py --other /path/to/old/checkout/src      # A/B: the other tree is the anchor
+    python scripts/epoch_ab.py                                        # this tree alone, 1 and 2 threads
+    python scripts/epoch_ab.py --model shallow --epochs 6 --rounds 3 --threads 1,2
 
 Each round runs, for each tree in turn (alternating, so that a change of the machine's load falls on both),
-a fresh process that trains the book's deep net (chapter 9, seed 0, all 60,000 images) for --epochs epochs
-per thread count with `deep.train_epoch` alone (no validation, no Python around it) and reports each
+a fresh process that trains the net (seed 0, all 60,000 images) for --epochs epochs per thread count with
+the C epoch alone (no validation, no Python around it) and reports each
 epoch's wall seconds, its CPU seconds and the SHA-1 of every array after the epochs. The other tree is a
 checkout whose C kernels are built (`python setup.py build_ext --inplace` there), e.g. `git worktree add` or
 `git archive HEAD | tar -x` of the commit to compare. The table gives, per tree and thread count, the
@@ -30,10 +31,10 @@ CHILD = """
 import hashlib, json, sys, time
 import keras, numpy as np
 from digitlab import config, data, engine, models
-from digitlab.engine import deep
+from digitlab.engine import deep, sparse
 epochs, threads_list = int(sys.argv[1]), [int(t) for t in sys.argv[2].split(",")]
-limit = int(sys.argv[3]) or None
-cfg = config.TrainConfig(model="deep", seed=0).resolved()
+limit, model = int(sys.argv[3]) or None, sys.argv[4]
+cfg = config.TrainConfig(model=model, seed=0).resolved()
 (x, y), validation, _ = data.prepare(data.load_arrays(), train_limit=limit)
 labels = np.argmax(y, axis=1)
 result = {}
@@ -47,7 +48,10 @@ for threads in threads_list:
         order = np.random.RandomState(epoch).permutation(len(x))
         step = int(backend.arrays["iterations"])
         wall, cpu = time.perf_counter(), time.process_time()
-        deep.train_epoch(backend.sparse_rows[0], y, labels, order, 128, backend.deep_plans[0], step, threads)
+        if model == "deep":
+            deep.train_epoch(backend.sparse_rows[0], y, labels, order, 128, backend.deep_plans[0], step, threads)
+        else:
+            sparse.train_epoch(backend.sparse_rows[0], y, labels, order, 128, backend.plans[0], threads)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
         backend.arrays["iterations"] += -(-len(x) // 128)
@@ -59,12 +63,11 @@ print(json.dumps(result))
 """
 
 
-def run_tree(source: Path, epochs: int, threads: str, limit: int) -> dict:
+def run_tree(source: Path, epochs: int, threads: str, limit: int, model: str) -> dict:
     """One child process on the tree whose package lies in `source` (its `src` folder); `limit` images (0: all)."""
     environment = dict(os.environ, PYTHONPATH=str(source))
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(epochs), threads, str(limit)], env=environment, capture_output=True, text=True
-    )
+    command = [sys.executable, "-c", CHILD, str(epochs), threads, str(limit), model]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"The run on {source} failed:\n{done.stderr[-2000:]}")
     return {int(key): value for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items()}
@@ -73,6 +76,7 @@ def run_tree(source: Path, epochs: int, threads: str, limit: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--other", type=Path, help="the other tree's src folder (its C kernels built): the anchor")
+    parser.add_argument("--model", choices=("deep", "shallow"), default="deep", help="the net (default deep)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per process and thread count (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each tree once a round (default 3)")
     parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
@@ -85,7 +89,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     for _ in range(args.rounds):
         for name, source in trees.items():
-            runs[name].append(run_tree(source, args.epochs, args.threads, args.limit))
+            runs[name].append(run_tree(source, args.epochs, args.threads, args.limit, args.model))
     counts = [int(count) for count in args.threads.split(",")]
     medians = {
         (name, count): {
@@ -98,7 +102,8 @@ def main() -> None:
     # The anchor of each row: the other tree at the same thread count, or this tree on the first thread count.
     anchor_of = {count: ("other tree", count) if args.other else ("this tree", counts[0]) for count in counts}
     images = args.limit or 60000
-    print(f"The deep net's C epoch (deep.train_epoch, {images} images), {args.rounds} round(s) x {args.epochs} epochs")
+    call = "deep.train_epoch" if args.model == "deep" else "sparse.train_epoch"
+    print(f"The {args.model} net's C epoch ({call}, {images} images), {args.rounds} round(s) x {args.epochs} epochs")
     print(f"this tree: {this}" + (f"; other tree (the anchor): {args.other}" if args.other else ""))
     print("| tree | threads | wall s/epoch | CPU s/epoch | wall × anchor | same bits as the anchor |")
     print("|---|---:|---:|---:|---:|---|")
