@@ -92,7 +92,7 @@ typedef struct {
     Barrier barrier;
     Balance balance;      /* Each batch's rows and first-layer pixels, cut between the threads by their speeds. */
     int64_t *pixel_count; /* count_pixels's prefix sums: where the pixels' shares are cut. */
-    int64_t *ink;         /* Thread 0's: the nonzero pixels of a batch's first r rows, r = 0 ... batch (cut_rows). */
+    int64_t *ink[2];      /* The nonzero pixels of a batch's first r rows, r = 0 ... batch: even and odd batches. */
     int64_t row_cuts[2][MAX_THREADS + 1]; /* The first row of each thread's share: for even and odd batches. */
     int go;               /* Set once every thread is started: the workers wait for it. */
     double loss_sum;
@@ -161,16 +161,22 @@ static void update_units(Epoch *e, int thread, int threads, int64_t rows, float 
     }
 }
 
-/* The rows of the batch from image `start` of the order on, cut where the batch's nonzero pixels reach each
- * thread's share of them (balance's cuts for the batch's `parity`): the first layer's forward and update, most of
- * the epoch, take time by the pixels, and a batch's 64-image halves differ in them by a few percent, at random,
- * which would move the cuts at random if they were counted in rows. */
-static void cut_rows(Epoch *e, int64_t start, int parity) {
+/* The batch's rows are cut where its nonzero pixels reach each thread's share of them: the first layer's forward
+ * and update, most of the epoch, take time by the pixels, and a batch's 64-image halves differ in them by a few
+ * percent, at random, which would move the cuts at random if they were counted in rows. count_ink: the running
+ * count of the batch from image `start` of the order on (the last thread does it during the batch before, where
+ * its time counts in its share); cut_rows: the cuts of a batch of `rows` rows, by its parity's balance cuts. */
+static void count_ink(const Epoch *e, int64_t start, int parity) {
     const int64_t rows = e->n - start < e->batch ? e->n - start : e->batch, *index = e->order + start;
-    const int threads = e->balance.threads;
-    int64_t *ink = e->ink, *cuts = e->row_cuts[parity];
+    int64_t *ink = e->ink[parity];
     ink[0] = 0;
     for (int64_t r = 0; r < rows; r++) ink[r + 1] = ink[r] + e->starts[index[r] + 1] - e->starts[index[r]];
+}
+
+static void cut_rows(Epoch *e, int64_t rows, int parity) {
+    const int threads = e->balance.threads;
+    const int64_t *ink = e->ink[parity];
+    int64_t *cuts = e->row_cuts[parity];
     cuts[0] = 0, cuts[threads] = rows;
     for (int t = 1, r = 0; t < threads; t++) {
         const double wanted = e->balance.cuts[parity][t] * (double)ink[rows];
@@ -212,12 +218,14 @@ static void *run_worker(void *argument) {
         if (last > first) digitlab_dense_activate(out, last - first, units, e->activations[0]);
         lap(profile, PHASE_FIRST_FORWARD, &mark);
         rows_forward_backward(e, first, last, rows, &w->correct, profile, &mark);
+        const int64_t next = start + e->batch, next_rows = e->n - next < e->batch ? e->n - next : e->batch;
+        if (t == w->threads - 1 && t > 0 && next < e->n) count_ink(e, next, (int)((batch_number + 1) & 1));
         balance_record(&e->balance, t, now_ns() - began);
         barrier_wait(&e->barrier, &sense);
         lap(profile, PHASE_WAIT_ROWS, &mark);
-        if (t == 0 && w->threads > 1 && start + e->batch < e->n) {
+        if (t == 0 && w->threads > 1 && next < e->n) {
             balance_next(&e->balance, batch_number, batch_number + 1);
-            cut_rows(e, start + e->batch, (int)((batch_number + 1) & 1));
+            cut_rows(e, next_rows, (int)((batch_number + 1) & 1));
         }
         digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, first_pixel, last_pixel, e->delta[0], units,
                                  w->scratch, e->kernels[0], e->rate);
@@ -264,9 +272,10 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     Entry *entries = malloc(sizeof(Entry) * capacity * threads);
     float *scratch = malloc(sizeof(float) * (units[1] + widest) * threads);
     e.pixel_count = malloc(sizeof(int64_t) * (inputs + 1));
-    e.ink = malloc(sizeof(int64_t) * (batch + 1));
+    e.ink[0] = malloc(sizeof(int64_t) * (batch + 1) * 2);
+    e.ink[1] = e.ink[0] ? e.ink[0] + batch + 1 : NULL;
     int failed = !outputs || !deltas || !transposes || !e.row_losses || !offsets || !entries || !scratch ||
-                 !e.batch_targets || !e.batch_labels || !e.pixel_count || !e.ink;
+                 !e.batch_targets || !e.batch_labels || !e.pixel_count || !e.ink[0];
     if (!failed) {
         e.numbers = e.batch_labels + batch;
         for (int64_t r = 0; r < batch; r++) e.numbers[r] = r;
@@ -281,7 +290,8 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         Worker workers[MAX_THREADS];
         count_pixels(starts, cols, n, inputs, e.pixel_count);
         balance_init(&e.balance, (int)threads);
-        cut_rows(&e, 0, 0);
+        count_ink(&e, 0, 0);
+        cut_rows(&e, n < batch ? n : batch, 0);
         for (int t = 0; t < threads; t++) {
             float *own = scratch + (units[1] + widest) * t;
             workers[t] = (Worker){&e, t, (int)threads, own, own + units[1], 0, profile ? profile + PHASES * t : NULL};
@@ -292,7 +302,7 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         const int started =
             start_threads((int)threads, run_worker, workers, sizeof(Worker), handles, &e.go, &e.n, &e.barrier);
         if (started < threads) /* Alone: every row and pixel. */
-            workers[0].threads = 1, balance_init(&e.balance, 1), cut_rows(&e, 0, 0);
+            workers[0].threads = 1, balance_init(&e.balance, 1);
         double before = 0.0;
         if (profile)
             for (int phase = 0; phase < PHASES; phase++) before += profile[phase];
@@ -317,7 +327,7 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     free(entries);
     free(scratch);
     free(e.pixel_count);
-    free(e.ink);
+    free(e.ink[0]);
     return failed ? -1 : 0;
 }
 
