@@ -409,7 +409,7 @@ typedef struct {
     int32_t *offsets[MAX_THREADS];
     Entry *entries[MAX_THREADS];
     Barrier barrier;
-    Balance balance;      /* Each batch's rows, inputs, units and pixels, cut between the threads by their speeds. */
+    Balance balance;      /* Each batch's rows and first-layer pixels, cut between the threads by their speeds. */
     int64_t *pixel_count; /* count_pixels's prefix sums: where the pixels' shares are cut. */
     int go;               /* Set once every thread is started: the workers wait for it. */
     double loss_sum;
@@ -704,9 +704,11 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
     }
     const int64_t inputs = units[0], widest = e.widest, capacity = batch * most_per_row + 1;
     /* Per layer, a batch of rows each: out, x_hat, normed, upper, delta (5 x total), and the Dropout's output. */
-    float *buffers = malloc(sizeof(float) * batch * (5 * total + layers * widest));
+    void *blocks[2]; /* Where the two page-aligned buffers lie, to free. */
+    float *buffers = aligned_block(sizeof(float) * batch * (5 * total + layers * widest), 4096, &blocks[0]);
     unsigned char *masks = malloc((size_t)(batch * widest * layers));
-    float *grads = malloc(sizeof(float) * (inputs * units[1] + widest * widest * layers + 4 * total));
+    float *grads = aligned_block(sizeof(float) * (inputs * units[1] + widest * widest * layers + 4 * total), 4096,
+                                 &blocks[1]);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
     /* Each thread's statistics, a row, and norm_gradient's factors. */
     const int64_t own_size = 5 * total + units[1] + 3 * e.widest;
@@ -743,7 +745,7 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
             }
         }
         DeepWorker workers[MAX_THREADS];
-        count_pixels(starts, cols, n, inputs, e.pixel_count);
+        if (threads > 1) count_pixels(starts, cols, n, inputs, e.pixel_count); /* One thread: 0 and 1 cut. */
         balance_init(&e.balance, threads);
         for (int t = 0; t < threads; t++) {
             DeepWorker *w = &workers[t];
@@ -781,9 +783,9 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
         *loss_sum += e.loss_sum;
         for (int t = 0; t < threads; t++) *correct += workers[t].correct;
     }
-    free(buffers);
+    free(blocks[0]);
     free(masks);
-    free(grads);
+    free(blocks[1]);
     free(transposes);
     free(own);
     free(e.row_losses);

@@ -8,6 +8,7 @@
 #define DIGITLAB_ENGINE_H
 
 #include <stdint.h>
+#include <stdlib.h>
 
 /* Activations and losses, as spec.py codes them. */
 #define LINEAR 0
@@ -23,6 +24,14 @@ typedef struct {
     int32_t row;
     float value;
 } Entry;
+
+/* `bytes` at a multiple of `alignment` (a power of two) within a block from malloc, stored in *block (what to
+ * free), or NULL. The epochs' buffers stream beside the weights and Adam's slots (page-aligned by the Python side:
+ * numpy_backend.page_aligned), whose rows a misaligned buffer's loads would span two lines of. */
+static inline void *aligned_block(size_t bytes, size_t alignment, void **block) {
+    *block = malloc(bytes + alignment);
+    return *block ? (void *)(((uintptr_t)*block + alignment - 1) & ~(uintptr_t)(alignment - 1)) : NULL;
+}
 
 /* From _kernels.c: the sparse first layer (AVX2, AVX-512 or portable, as digitlab_kernels_simd_on() says). */
 int digitlab_kernels_simd_on(void);

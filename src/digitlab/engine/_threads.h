@@ -137,16 +137,15 @@ static inline void join_threads(int started, pthread_t *handles) {
     for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
 }
 
-/* Shares of each batch that follow the threads' speeds. Two cores are not always alike: on a virtual machine
- * one of them may share its physical core with somebody else's work (measured here: one thread's rows 25%
- * slower than the other's for whole runs, on either core as the threads moved), and a laptop's or phone's
- * cores may be fast and slow ones, which the browser's Workers land on as they come. With an even split the
- * fast thread waits at every barrier for the slow one. So each thread times its rows of every batch
- * (balance_record), thread 0 moves a later batch's cuts towards equal times (balance_next, while no thread
- * reads that batch's cuts), and every thread cuts the batch's rows, and the first layer's pixels, at the same
- * places (balance_cut, pixel_cut). The results do not depend on the cuts: every
- * sum runs over all the rows in order, whichever thread holds them. Each epoch starts even (its threads are
- * new, and may have landed on other cores). */
+/* Shares of each batch that follow the threads' speeds. Two cores are not always alike: on this virtual machine
+ * one core ran the engine's rows 25% slower than the other for whole runs, whichever thread it held (what the
+ * host does, the guest cannot see), and a laptop's or phone's cores may be fast and slow ones, which the
+ * browser's Workers land on as they come. With an even split the fast thread waits at every barrier for the
+ * slow one. So each thread times its share of every batch (balance_record), thread 0 moves a later batch's cuts
+ * towards equal times (balance_next, while no thread reads that batch's cuts), and every thread cuts the batch's
+ * rows, and the first layer's pixels, at the same places (balance_cut, pixel_cut). The results do not depend on
+ * the cuts: every sum runs over all the rows in order, whichever thread holds them. Each epoch starts even (its
+ * threads are new, and may have landed on other cores). */
 #define BALANCE_FLOOR 0.25 /* The least share a thread is given, times the even one: its speed stays measured. */
 #define BALANCE_GAIN 0.2   /* How far one batch's times move the cuts towards equal times (1: all the way). */
 #define BALANCE_RATIO 1.33 /* A batch's mean time over a thread's counts as at most this, and at least its inverse:
@@ -194,17 +193,17 @@ static inline void balance_next(Balance *balance, int64_t measured, int64_t targ
         sum += share[t];
     }
     /* The shares as fractions of the batch; a share below the floor is raised to it, the others taken down alike. */
-    const double floor = BALANCE_FLOOR / threads;
+    const double least = BALANCE_FLOOR / threads;
     for (int pass = 0; pass < threads; pass++) {
         double held = 0.0, rest = 0.0;
         for (int t = 0; t < threads; t++) {
             share[t] /= sum;
-            if (share[t] <= floor) share[t] = floor, held += floor;
+            if (share[t] <= least) share[t] = least, held += least;
             else rest += share[t];
         }
         if (held == 0.0 || rest == 0.0) break;
         for (int t = 0; t < threads; t++)
-            if (share[t] > floor) share[t] *= (1.0 - held) / rest;
+            if (share[t] > least) share[t] *= (1.0 - held) / rest;
         sum = 1.0;
     }
     double *next = balance->cuts[target & 1];

@@ -261,7 +261,9 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         total += units[l];
     }
     const int64_t widest = e.widest, inputs = units[0], capacity = batch * most_per_row;
-    float *outputs = malloc(sizeof(float) * batch * total), *deltas = malloc(sizeof(float) * batch * total);
+    void *blocks[2]; /* Where the two aligned buffers lie, to free. */
+    float *outputs = aligned_block(sizeof(float) * batch * total, 4096, &blocks[0]);
+    float *deltas = aligned_block(sizeof(float) * batch * total, 4096, &blocks[1]);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
     e.row_losses = malloc(sizeof(double) * batch);
     e.batch_targets = malloc(sizeof(float) * batch * units[layers]);
@@ -288,7 +290,7 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
         /* Each dense layer's kernel, transposed; update_units keeps them in step with its updates. */
         transpose_kernels(layers, units, kernels, widest, transposes, e.kernel_t);
         Worker workers[MAX_THREADS];
-        count_pixels(starts, cols, n, inputs, e.pixel_count);
+        if (threads > 1) count_pixels(starts, cols, n, inputs, e.pixel_count); /* One thread: 0 and 1 cut. */
         balance_init(&e.balance, (int)threads);
         count_ink(&e, 0, 0);
         cut_rows(&e, n < batch ? n : batch, 0);
@@ -317,8 +319,8 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
             profile[PHASE_SETUP] += (double)(now_ns() - entered) * 1e-9 - timed;
         }
     }
-    free(outputs);
-    free(deltas);
+    free(blocks[0]);
+    free(blocks[1]);
     free(transposes);
     free(e.row_losses);
     free(e.batch_targets);

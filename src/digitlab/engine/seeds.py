@@ -13,7 +13,7 @@ from concurrent import futures
 import numpy as np
 
 from digitlab.engine import blas, spec
-from digitlab.engine.numpy_backend import NumpyBackend
+from digitlab.engine.numpy_backend import NumpyBackend, page_aligned
 
 
 class SeedThreads:
@@ -36,7 +36,8 @@ class SeedThreads:
         follow_speed: bool = True,
     ):
         self.threads = threads
-        self.arrays = {name: np.array(value) for name, value in state.items()}
+        # Page-aligned, as NumpyBackend's own copies; each group's models are slices of them (copy=False).
+        self.arrays = {name: page_aligned(value) for name, value in state.items()}
         count = len(self.arrays["dense_0/kernel"])
         bounds = np.linspace(0, count, min(workers, count) + 1).astype(int)
         self.slices = [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
