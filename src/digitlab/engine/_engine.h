@@ -26,8 +26,8 @@ typedef struct {
 } Entry;
 
 /* `bytes` at a multiple of `alignment` (a power of two) within a block from malloc, stored in *block (what to
- * free), or NULL. The epochs' buffers stream beside the weights and Adam's slots (page-aligned by the Python side:
- * numpy_backend.page_aligned), whose rows a misaligned buffer's loads would span two lines of. */
+ * free), or NULL. The epochs' buffers stream beside the weights and Adam's slots, which the Python side makes
+ * page-aligned (numpy_backend.page_aligned): aligned alike, none of their 64-float rows spans an extra line. */
 static inline void *aligned_block(size_t bytes, size_t alignment, void **block) {
     *block = malloc(bytes + alignment);
     return *block ? (void *)(((uintptr_t)*block + alignment - 1) & ~(uintptr_t)(alignment - 1)) : NULL;

@@ -116,11 +116,11 @@ PAGE = 4096
 
 def page_aligned(value) -> np.ndarray:
     """A copy of `value` whose data starts on a 4096-byte boundary. The C epochs stream the weights and Adam's
-    slots side by side, 32 or 64 bytes at a time: NumPy's own copies start 16 bytes into a line as often as not,
-    where every other load spans two lines, and arrays at unrelated places within a page can make a load wait on
-    an unrelated store to the same page offset. Measured on the deep net, one process to the next (two threads):
-    the first layer's Adam update took 9-10 ms an epoch with 32-byte-aligned arrays, 15-16 ms with arrays 16
-    bytes off, and 71 ms in one process (its weights 16 bytes short of a page boundary)."""
+    slots side by side, 32 or 64 bytes at a time; NumPy's own copies start wherever its allocator puts them (16,
+    32 or 48 bytes into a 64-byte line in the processes looked at). Measured on the deep net, process by process
+    (two threads): the first layer's Adam update took 9-10 ms an epoch where the arrays were 32-byte aligned,
+    15-16 ms where one was 16 or 48 bytes off, 71 ms in one process (its weights 16 bytes short of a page
+    boundary); page-aligned, 9-10 ms in every process."""
     value = np.asarray(value)
     raw = np.empty(value.nbytes + PAGE, np.uint8)
     start = -raw.ctypes.data % PAGE
