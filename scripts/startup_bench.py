@@ -3,13 +3,14 @@
     python scripts/startup_bench.py                 # 3 epochs, 3 runs of each way
     python scripts/startup_bench.py --epochs 200    # the book's whole run
     python scripts/startup_bench.py --epochs 200 --baseline /path/to/other/checkout/src   # an A/B
+    python scripts/startup_bench.py --pause 5       # each run 5 s after the last, as a user's commands
 
 Three ways of running the same command, each `--repeats` times, a round of the three at a time:
 with JAX's compilation cache empty (a first run on a machine), with it filled (every
 later run: the default since digitlab turns the cache on), and with it off
 (JAX_ENABLE_COMPILATION_CACHE=false, as before). Each row gives the median wall time
 from the command to its first epoch's line, to its "Done" line and to its exit, and
-the CPU seconds of the process (user + system), and its time to "Done" against the
+the CPU seconds and peak memory of the process, and its time to "Done" against the
 anchor's (the filled cache's; with `--baseline SRC`, the same command run from another
 checkout's `src`, a round at a time with the others, e.g. the main branch's). A second
 table times the phases inside one process the way the command runs them (imports, Keras's
@@ -18,7 +19,11 @@ the Keras models, the engine, the first epoch, then blocks of epochs of the engi
 and of the engine with the run's epoch end: history, status and checkpoint files,
 progress line; saving the model and curves), with the compilation cache filled; a third
 lists the big packages the command imports and what each costs (`python -X importtime`).
-The machine and its load average head the tables: on a busy machine every figure
+With `--pause S` each run starts S seconds after the last ended, as a user's commands do: on this project's
+2-core virtual machine the guest hands memory a process freed back to its host within about 2 seconds
+(virtio-balloon's free page reporting), and a process started later gets each new MB in about 6 ms instead of
+0.1 (docs/engine.md, "Start-up"); back to back, the next process reuses the last one's pages. The
+machine and its load average head the tables: on a busy machine every figure
 is "under load" and only the rows of one run compare with each other.
 """
 
@@ -66,6 +71,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--baseline", metavar="SRC", help="also run the command from this checkout's src folder (default: none)"
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds to wait before each run, as between a user's commands (default: 0, back to back)",
+    )
     parser.add_argument("--phases-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phases_child:
@@ -94,6 +105,7 @@ def main(argv: list[str]) -> int:
                 if name.startswith("compilation cache empty"):
                     _empty(cache)
                 runs_dir = Path(scratch, f"runs-{number}-{repeat}")
+                time.sleep(args.pause)
                 measured[name].append(_run_command(args.epochs, runs_dir, settings))
         rows = [
             (name, {key: statistics.median(each[key] for each in values) for key in values[0]})
@@ -114,13 +126,14 @@ def main(argv: list[str]) -> int:
 
     lines = [
         f"`digitlab train --seed 0 --epochs {args.epochs}` on {system.machine_name()}; load average "
-        f"{load_before:.1f} before, {load_after:.1f} after (above 0.5: under load); median of {args.repeats} runs",
+        f"{load_before:.1f} before, {load_after:.1f} after (above 0.5: under load); median of {args.repeats} runs"
+        + (f", each {args.pause:g} s after the last" if args.pause else ", back to back"),
         "",
-        "| way | to epoch 1 | to Done | to exit | CPU s | to Done / anchor's |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| way | to epoch 1 | to Done | to exit | CPU s | peak memory | to Done / anchor's |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {name} | {row['first_epoch_s']:.2f} s | {row['done_s']:.2f} s | {row['exit_s']:.2f} s | "
-            f"{row['cpu_s']:.2f} | {row['done_s'] / dict(rows)[anchor]['done_s']:.2f} |"
+            f"{row['cpu_s']:.2f} | {row['peak_mb']:.0f} MB | {row['done_s'] / dict(rows)[anchor]['done_s']:.2f} |"
             for name, row in rows
         ),
         "",
@@ -166,7 +179,13 @@ def _run_command(epochs: int, runs_dir: Path, settings: dict) -> dict:
     ended = time.perf_counter() - started
     if process.returncode != 0 or first_epoch is None or done is None:
         raise SystemExit(f"error: {' '.join(command)} failed (exit {process.returncode}).")
-    return {"first_epoch_s": first_epoch, "done_s": done, "exit_s": ended, "cpu_s": usage.ru_utime + usage.ru_stime}
+    return {
+        "first_epoch_s": first_epoch,
+        "done_s": done,
+        "exit_s": ended,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_mb": usage.ru_maxrss / 1024,  # Linux counts kilobytes.
+    }
 
 
 def _phases(epochs: int) -> dict[str, float]:
@@ -192,16 +211,16 @@ def _phases(epochs: int) -> dict[str, float]:
     mark("then waiting for the thread: data, one-hot targets, sparse rows")
     import numpy as np
 
-    from digitlab import data, engine, models, training
+    from digitlab import engine, models, training
 
     mark("import digitlab.training (the rest)")
-    (x, y), validation, _ = data.prepared(loaded, train_config.validation, train_config.train_limit)
     networks = models.create_seeded_models(train_config)
     mark("models.create_seeded_models (Keras, jitted initializers)")
     fast = engine.make_engine(networks, train_config, verbose=0)
-    mark("engine.make_engine")
+    (x, y), validation, _ = training.training_inputs(loaded, train_config, True, fast)
+    mark("engine.make_engine, the run's inputs (the images' rows from the thread)")
     fast._impl.start(x, y, validation)
-    mark("the engine's start (sparse rows from the thread)")
+    mark("the engine's start")
     rngs = [np.random.RandomState(0)]
     fast.fit(x, y, validation, epochs=1, rngs=rngs)
     mark("epoch 1")

@@ -344,6 +344,36 @@ def test_busy_cores_leave_one_thread_per_network():
     assert free.threads(1) == 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_engine_trains_from_the_images_rows_as_from_the_inputs(mnist, workers):
+    """`FastEngine.fit` takes the images' sparse rows (`SparseRows.from_images`) in place of the float32 inputs
+    where `trains_from_rows`, and trains the same bits (one seed, and two seeds in their threads); where the C
+    kernel does not run whole epochs (Adam without BatchNormalization, the JAX backend) it says so."""
+    (_, y), (_, y_valid) = mnist
+    (images, _), (valid_images, _), _ = data.split(data.load_arrays(), train_limit=TRAIN_LIMIT)
+    rows, valid_rows = sparse.SparseRows.from_images(images), sparse.SparseRows.from_images(valid_images[:1000])
+    states = []
+    for inputs, validation in ((data.to_inputs(images), data.to_inputs(valid_images[:1000])), (rows, valid_rows)):
+        cfg, networks = seeded_models(CASES["shallow-mse-sgd"], count=workers)
+        fast = engine.FastEngine(networks, cfg, backend="numpy", workers=workers)
+        assert fast.trains_from_rows
+        logs: list = []
+        rngs = [np.random.RandomState(SEED + k) for k in range(workers)]
+        fast.fit(inputs, y, (validation, y_valid), epochs=2, rngs=rngs, on_epoch_end=lambda _, got: logs.append(got))  # noqa: B023
+        states.append((fast.get_state(), logs))
+    for name, array in states[0][0].items():
+        assert np.array_equal(array, states[1][0][name]), name
+    assert states[0][1] == states[1][1]
+
+    cfg, (model,) = seeded_models(CASES["shallow-adam"])
+    adam = engine.FastEngine([model], cfg, backend="numpy")
+    assert not adam.trains_from_rows
+    with pytest.raises(ValueError, match="give the float32 inputs"):
+        adam.fit(rows, y, (valid_rows, y_valid), epochs=1)
+    cfg, (model,) = seeded_models(CASES["shallow-mse-sgd"])
+    assert not engine.FastEngine([model], cfg, backend="jax").trains_from_rows
+
+
 def test_the_thread_count_follows_the_epochs_measured_times():
     """cores.SpeedCheck: one early epoch on one thread to compare with; an epoch on two threads much slower
     than their best is followed by one on one thread, which keeps the network there while it is faster
@@ -374,6 +404,10 @@ def test_the_thread_count_follows_the_epochs_measured_times():
     assert chosen[39:] == [2] * 21  # which wins: two threads again.
     # The first epoch (caches, pages) is never compared: a slow first epoch changes nothing.
     assert run([{1: 1.0, 2: 1.0}] + quiet[1:]) == [2, 2, 1] + [2] * 27
+    # Two threads slower than 1.4x their best, yet faster than one thread was (the whole machine slow): no
+    # probe while the one-thread epoch (the third) is at most 64 epochs old, then one, which loses.
+    machine_slow = quiet[:9] + [{1: 0.070, 2: 0.065}] * 80
+    assert run(machine_slow) == [2, 2, 1] + [2] * 65 + [1] + [2] * 20
 
 
 @pytest.mark.heavy

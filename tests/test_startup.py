@@ -104,6 +104,30 @@ def test_sparse_rows_are_built_once_for_a_read_only_array():
     assert len(sparse._CACHED) == entries - 2
 
 
+def test_rows_from_the_images_are_the_inputs_rows_without_the_inputs(mnist_path):
+    """`SparseRows.from_images` gives the rows of `data.to_inputs(images)`, bit for bit (every value 0-255, and
+    MNIST's images); `prepared_rows` keeps them for the same data and split, as `data.prepared` its arrays."""
+    every_value = np.resize(np.arange(256, dtype=np.uint8), 2 * 784).reshape(2, 28, 28)
+    loaded = data.load(mnist_path)
+    for images in (every_value, loaded.arrays["x_train"][:3000]):
+        from_images, from_inputs = sparse.SparseRows.from_images(images), sparse.SparseRows(data.to_inputs(images))
+        for name in ("starts", "cols", "vals"):
+            assert getattr(from_images, name).tobytes() == getattr(from_inputs, name).tobytes(), name
+        assert from_images.most_per_row == from_inputs.most_per_row and len(from_images) == len(images)
+    with pytest.raises(ValueError, match="uint8"):
+        sparse.SparseRows.from_images(data.to_inputs(every_value))
+
+    rows, valid_rows = sparse.prepared_rows(loaded, "test", 3000)
+    assert sparse.prepared_rows(loaded, "test", 3000)[0] is rows
+    assert rows.shape == (3000, 784) and valid_rows.shape == (10000, 784)
+    assert rows.density() == sparse.density(data.prepared_inputs(loaded, "test", 3000)[0])
+    assert sparse.prepared_rows(loaded, "holdout", 3000)[1].shape == (10000, 784)
+    assert sparse.prepared_rows(loaded, "test", 2000)[0].shape == (2000, 784)
+    (y, y_valid), test = data.prepared_targets(loaded, "holdout", 3000)
+    assert not y.flags.writeable and y.shape == (3000, 10) and test is not None and len(test[0]) == 10000
+    assert data.prepared(loaded, "holdout", 3000)[0][1] is y  # `prepared` takes the same targets.
+
+
 def _jax_cache_settings(environment: dict) -> str:
     code = "import digitlab, jax; print(jax.config.jax_compilation_cache_dir)"
     return subprocess.run(
@@ -139,16 +163,17 @@ def test_python_m_digitlab_ends_with_the_commands_status_and_all_its_output(tmp_
 
 def test_python_m_digitlab_train_keeps_seed_0s_history_and_imports_no_pandas(tmp_path, mnist_path):
     # The command's own start: the data loads in a thread while Keras is imported without pandas and Matplotlib.
+    # The fast engine trains from the images' rows: the float32 inputs are never made (data._INPUTS stays empty).
     code = (
-        "import sys; from digitlab.cli import main; "
-        "code = main(); print('pandas' in sys.modules, 'matplotlib.pyplot' in sys.modules); sys.exit(code)"
+        "import sys; from digitlab.cli import main; from digitlab import data; code = main(); "
+        "print('pandas' in sys.modules, 'matplotlib.pyplot' in sys.modules, bool(data._INPUTS)); sys.exit(code)"
     )
     arguments = ["--seed", "0", "--train-limit", "2000", "--epochs", "3", "--runs-dir", str(tmp_path), "--data"]
     done = subprocess.run(
         [sys.executable, "-c", code, "train", *arguments, str(mnist_path)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False False"  # Matplotlib itself is imported for the curves.
+    assert done.stdout.strip().splitlines()[-1] == "False False False"  # Matplotlib itself is imported for the curves.
     (run_folder,) = tmp_path.iterdir()
     run = runs.Run(run_folder)
     assert run.status()["status"] == "complete" and run.history() == PINNED_SEED_0["fast-numpy"]
@@ -168,10 +193,14 @@ assert gc.isenabled() and gc.get_freeze_count() > 100_000  # ...and what the sta
 assert "keras" in sys.modules and all(name not in sys.modules for name in startup.UNUSED_BY_TRAINING)
 assert sys.meta_path[0].__class__.__name__ != "_Hidden"
 from digitlab.engine import sparse
+# The thread built the images' rows and the targets, not the float32 inputs (the fast engine trains from rows).
+assert len(sparse._PREPARED_ROWS) == 1 and len(data._TARGETS) == 1 and not data._INPUTS
+rows, valid_rows = sparse.prepared_rows(loaded, "test", 3000)
+assert len(sparse._PREPARED_ROWS) == 1 and rows.shape == (3000, 784) and valid_rows.shape == (10000, 784)
 (x, y), (x_valid, y_valid), _ = data.prepared(loaded, "test", 3000)
-assert len(sparse._CACHED) == 2 and sparse.cached_rows(x) is sparse.cached_rows(x)
 expected = data.prepare(loaded.arrays, "test", 3000)
 assert (x == expected[0][0]).all() and (y_valid == expected[1][1]).all()
+assert y is data.prepared_targets(loaded, "test", 3000)[0][0]
 import pandas  # Still there for whoever imports it.
 try:
     startup.Loading(settings, "/no/such/mnist.npz").loaded()
@@ -185,13 +214,15 @@ except data.DataError as error:
 
 def test_the_inputs_and_their_sparse_rows_need_no_keras(mnist_path):
     """The start's thread builds the engine's rows before the one-hot targets, which wait for Keras's import:
-    the inputs and rows import no Keras (nor JAX) of their own."""
+    the rows (from the images or from the inputs) import no Keras (nor JAX) of their own."""
     code = f"""
 import sys
 from digitlab import data
 from digitlab.engine import sparse
-x, x_valid = data.prepared_inputs(data.load({str(mnist_path)!r}), "test", 3000)
-assert sparse.cached_rows(x) is sparse.cached_rows(x) and len(x) == 3000 and not x.flags.writeable
+loaded = data.load({str(mnist_path)!r})
+rows, _ = sparse.prepared_rows(loaded, "test", 3000)
+x, x_valid = data.prepared_inputs(loaded, "test", 3000)
+assert sparse.cached_rows(x) is sparse.cached_rows(x) and len(x) == len(rows) == 3000 and not x.flags.writeable
 assert "keras" not in sys.modules and "jax" not in sys.modules, sorted(sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

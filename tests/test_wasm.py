@@ -352,6 +352,7 @@ def test_the_page_chooses_its_threads_as_the_native_engine_does():
         quiet[:9] + [{"1": 0.070, "2": 0.120}] + quiet[:20],
         quiet[:9] + [{"1": 0.070, "2": 0.200}] * 21 + quiet[:30],
         quiet[:5] + [{"1": 0.150, "2": 0.300}] * 200,
+        quiet[:9] + [{"1": 0.070, "2": 0.065}] * 80,
         [{"1": float(one), "2": float(two)} for one, two in rng.uniform(0.03, 0.3, (300, 2))],
     ]
     expected = []

@@ -322,19 +322,22 @@ def prepare(arrays: dict[str, np.ndarray], validation: str = "test", train_limit
     return ((to_inputs(x_train, flat), to_targets(y_train)), (to_inputs(x_valid, flat), to_targets(y_valid)), test)
 
 
-# The prepared data of the latest `prepared` call, and the inputs of the latest `prepared_inputs` call, by
-# their key: one entry each, so a process keeps one copy (`prepared` takes its inputs from `prepared_inputs`).
+# The prepared data of the latest `prepared` call, the inputs of the latest `prepared_inputs` call and the
+# targets of the latest `prepared_targets` call, by their key: one entry each, so a process keeps one copy
+# (`prepared` takes its inputs and targets from the other two).
 _PREPARED: dict[tuple, tuple] = {}
 _INPUTS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_TARGETS: dict[tuple, tuple] = {}
+
+
+def prepared_key(loaded: Loaded, validation: str = "test", train_limit: int | None = None, flat: bool = True) -> tuple:
+    """What `prepared` keeps its arrays by: the data's SHA-256s, the validation split, the limit and the shape."""
+    return (tuple(sorted(loaded.sha256.items())), validation, train_limit, flat)
 
 
 def prepared_inputs(loaded: Loaded, validation: str = "test", train_limit: int | None = None, flat: bool = True):
-    """The network inputs of `prepared` (training, validation): the same read-only arrays, kept for the process.
-
-    They need no Keras (the one-hot targets do), so the command's start (startup.py) builds the engine's
-    sparse rows from them while Keras is still importing.
-    """
-    key = (tuple(sorted(loaded.sha256.items())), validation, train_limit, flat)
+    """The network inputs of `prepared` (training, validation): the same read-only arrays, kept for the process."""
+    key = prepared_key(loaded, validation, train_limit, flat)
     if key not in _INPUTS:
         _INPUTS.clear()
         (x_train, _), (x_valid, _), _ = split(loaded.arrays, validation, train_limit)
@@ -353,16 +356,28 @@ def prepared(loaded: Loaded, validation: str = "test", train_limit: int | None =
     engine keeps the sparse rows it builds from them (`engine.sparse.cached_rows`) for as long as
     they live. A sweep's worker trains trial after trial on one copy; `digitlab serve` run after run.
     """
-    key = (tuple(sorted(loaded.sha256.items())), validation, train_limit, flat)
+    key = prepared_key(loaded, validation, train_limit, flat)
     if key not in _PREPARED:
         _PREPARED.clear()  # The earlier data's arrays (and their sparse rows) go once no run holds them.
         x, x_valid = prepared_inputs(loaded, validation, train_limit, flat)
+        (y, y_valid), test = prepared_targets(loaded, validation, train_limit)
+        _PREPARED[key] = ((x, y), (x_valid, y_valid), test)
+    return _PREPARED[key]
+
+
+def prepared_targets(loaded: Loaded, validation: str = "test", train_limit: int | None = None):
+    """The one-hot targets of `prepared` (training, validation) and its test pair: `((y, y_valid), test)`, the same
+    read-only arrays, kept for the process. With `engine.sparse.prepared_rows` they are what the fast engine
+    trains on where it takes rows in place of the float32 inputs (training.Session)."""
+    key = prepared_key(loaded, validation, train_limit)
+    if key not in _TARGETS:
+        _TARGETS.clear()
         (_, y_train), (_, y_valid), test = split(loaded.arrays, validation, train_limit)
         y, y_valid = to_targets(y_train), to_targets(y_valid)  # As `prepare` makes them.
         for array in (y, y_valid):
             array.flags.writeable = False
-        _PREPARED[key] = ((x, y), (x_valid, y_valid), test)
-    return _PREPARED[key]
+        _TARGETS[key] = ((y, y_valid), test)
+    return _TARGETS[key]
 
 
 def split(arrays: dict[str, np.ndarray], validation: str = "test", train_limit: int | None = None):

@@ -14,12 +14,13 @@ hashlib and C with Python's lock let go (docs/engine.md, "Start-up"). So:
   `try: import ... except ImportError`): in this process Keras has no DataFrame support and no image
   galleries, as where they are not installed. The packages stay importable: the run's curves import
   Matplotlib (without pyplot) at its end.
-- A thread loads and prepares the data (`data.load`, `data.prepared`, kept for the process) and builds
-  the engine's sparse rows (`engine.sparse.cached_rows`, kept for the arrays) while the main thread
-  imports Keras; `training.train` then finds them ready. The inputs and their rows come first
-  (`data.prepared_inputs`: no Keras needed); only the one-hot targets (Keras's `to_categorical`) wait
-  in the thread until Keras is imported. The same functions compute the same arrays as without the
-  thread: the history is the same, bit for bit.
+- A thread loads and prepares the data while the main thread imports Keras; `training.train` then finds
+  it ready. Where the fast engine may train the net (flat images, the C kernels built) that is the images'
+  sparse rows (`engine.sparse.prepared_rows`, straight from the uint8 images: the float32 inputs, 219 MB
+  of new memory, are made only if the engine asks for them, `training.training_inputs`) and the one-hot
+  targets (`data.prepared_targets`); otherwise `data.prepared`'s arrays. The rows come first (no Keras
+  needed); only the targets (Keras's `to_categorical`) wait in the thread until Keras is imported. The
+  same functions compute the same arrays as without the thread: the history is the same, bit for bit.
 
 - Python's cyclic garbage collector is off from the start to `loaded()`, which then freezes every
   object made so far (`gc.freeze`): the 250,000 objects of Keras, JAX and the data live to the run's
@@ -70,11 +71,12 @@ class Loading:
         if flat and config.engine != "fit":
             from digitlab.engine import sparse
 
-            # The inputs and their rows first: they need no Keras, the one-hot targets below wait for its import.
-            x, x_valid = data.prepared_inputs(loaded, config.validation, config.train_limit, flat)
-            if sparse.unavailable_reason() is None and sparse.cached_density(x) <= sparse.MAX_DENSITY:
-                sparse.cached_rows(x)
-                sparse.cached_rows(x_valid)
+            if sparse.unavailable_reason() is None:
+                # The rows first: they need no Keras, the one-hot targets below wait for its import.
+                rows, _ = sparse.prepared_rows(loaded, config.validation, config.train_limit)
+                if rows.density() <= sparse.MAX_DENSITY:
+                    data.prepared_targets(loaded, config.validation, config.train_limit)
+                    return loaded  # The float32 inputs only if the engine asks for them (training.training_inputs).
         data.prepared(loaded, config.validation, config.train_limit, flat)
         return loaded
 

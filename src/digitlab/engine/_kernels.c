@@ -695,29 +695,37 @@ void digitlab_sparse_weight_gradient(int32_t *offsets, Entry *entries, int64_t i
 
 /* ------------------------------------------------------------------------ building the CSR rows */
 
-/* starts[r + 1] - starts[r] = the nonzero entries of row r of x (rows x columns, row-major), starts[0] = 0
- * (as NumPy's nonzero: -0.0 is zero, NaN is not); returns their total. */
-int64_t digitlab_csr_count(const float *x, int64_t rows, int64_t columns, int64_t *starts) {
-    starts[0] = 0;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *row = x + r * columns;
-        int64_t count = 0;
-        for (int64_t c = 0; c < columns; c++) count += row[c] != 0.0f;
-        starts[r + 1] = starts[r] + count;
+/* Two passes over a matrix x (rows x columns, row-major) of TYPE: digitlab_csr_countSUFFIX sets starts[r + 1] -
+ * starts[r] = the nonzero entries of row r, starts[0] = 0, and returns their total; digitlab_csr_fillSUFFIX
+ * writes their column numbers and values (VALUE of the entry v), row by row, columns ascending. */
+#define CSR_ROWS(SUFFIX, TYPE, VALUE)                                                                          \
+    int64_t digitlab_csr_count##SUFFIX(const TYPE *x, int64_t rows, int64_t columns, int64_t *starts) {           \
+        starts[0] = 0;                                                                                         \
+        for (int64_t r = 0; r < rows; r++) {                                                                   \
+            const TYPE *row = x + r * columns;                                                                 \
+            int64_t count = 0;                                                                                 \
+            for (int64_t c = 0; c < columns; c++) count += row[c] != 0;                                        \
+            starts[r + 1] = starts[r] + count;                                                                 \
+        }                                                                                                      \
+        return starts[rows];                                                                                   \
+    }                                                                                                          \
+    void digitlab_csr_fill##SUFFIX(const TYPE *x, int64_t rows, int64_t columns, const int64_t *starts,          \
+                                   uint16_t *cols, float *vals) {                                              \
+        for (int64_t r = 0; r < rows; r++) {                                                                   \
+            const TYPE *row = x + r * columns;                                                                 \
+            int64_t at = starts[r];                                                                            \
+            for (int64_t c = 0; c < columns; c++) {                                                            \
+                TYPE v = row[c];                                                                               \
+                if (v != 0) cols[at] = (uint16_t)c, vals[at++] = (VALUE);                                      \
+            }                                                                                                  \
+        }                                                                                                      \
     }
-    return starts[rows];
-}
 
-/* The column numbers and values of x's nonzero entries, row by row, columns ascending (starts: as counted). */
-void digitlab_csr_fill(const float *x, int64_t rows, int64_t columns, const int64_t *starts, uint16_t *cols,
-                       float *vals) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *row = x + r * columns;
-        int64_t at = starts[r];
-        for (int64_t c = 0; c < columns; c++)
-            if (row[c] != 0.0f) cols[at] = (uint16_t)c, vals[at++] = row[c];
-    }
-}
+/* A float32 matrix (as NumPy's nonzero: -0.0 is zero, NaN is not), its values as they are. */
+CSR_ROWS(, float, v)
+/* uint8 images, each nonzero v entered as v / 255 in float32, correctly rounded as NumPy divides: the rows of
+ * `data.to_inputs(images)` without its float32 matrix (4 bytes a pixel, the start's largest block of new memory). */
+CSR_ROWS(_u8, uint8_t, (float)v / 255.0f)
 
 /* ------------------------------------------------------------------------ a bandwidth probe */
 

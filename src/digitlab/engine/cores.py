@@ -107,7 +107,10 @@ class SpeedCheck:
     asked: validation asks too), which changes only with what `record` is told.
 
     One epoch on one thread is timed early (the third), to compare with from the start; later, an epoch
-    on several threads SLOWER times the best on them is followed by another such probe. A probe faster
+    on several threads SLOWER times the best on them is followed by another such probe, unless an epoch on
+    one thread within the last PROBE_MOST took longer than it (a probe would lose: the whole machine is
+    slow, not the threads; on the 2-core machine such probes were 7-16 of a 200-epoch run, 20-25 ms each,
+    and nearly all lost). A probe faster
     than the median of the last RECENT epochs on several threads (so that one slow epoch among fast ones
     does not count) keeps the network on one thread for `wait` epochs (PROBE_EVERY, doubled each time in a
     row that several threads lose again, up to PROBE_MOST); then several are tried again, and compared with
@@ -116,7 +119,8 @@ class SpeedCheck:
     def __init__(self):
         self.best_many: float | None = None  # The fastest epoch on several threads (after the first epoch).
         self.recent_many: collections.deque = collections.deque(maxlen=RECENT)  # The latest ones.
-        self.last_one: float | None = None  # The latest epoch on one thread that this check chose.
+        self.last_one: float | None = None  # The latest epoch on one thread that this check chose,
+        self.last_one_epoch = 0  # and its number.
         self.one_thread = False  # The epochs run on one thread: a probe, or a stretch after one won.
         self.probing = False  # The next epoch on one thread is a probe against recent_many.
         self.trying = False  # The next epoch on several threads is a try against last_one.
@@ -142,13 +146,15 @@ class SpeedCheck:
                     return
                 self.wait = PROBE_EVERY  # Several threads won: the slowness has passed.
             slow = self.best_many is not None and seconds > self.best_many * SLOWER
+            if slow and self.last_one is not None and self.epochs - self.last_one_epoch <= PROBE_MOST:
+                slow = seconds > self.last_one  # One thread took longer lately: it would not win now.
             if slow or self.epochs == 2:  # After the second epoch (the first timed): the early probe, the third.
                 self.one_thread = self.probing = True
             self.best_many = seconds if self.best_many is None else min(self.best_many, seconds)
             return
         if not self.one_thread:
             return  # One thread because the cores were busy (FreeCores): nothing to compare.
-        self.last_one = seconds
+        self.last_one, self.last_one_epoch = seconds, self.epochs
         if self.probing:
             self.probing = False
             if self.recent_many and seconds < statistics.median(self.recent_many):

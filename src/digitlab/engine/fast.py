@@ -25,7 +25,7 @@ from keras import layers
 
 from digitlab import interrupts
 from digitlab.config import TrainConfig
-from digitlab.engine import numpy_backend, seeds, spec, timing
+from digitlab.engine import numpy_backend, seeds, sparse, spec, timing
 
 BACKENDS = ("auto", "numpy", "jax")
 
@@ -133,6 +133,17 @@ class FastEngine:
         return len(getattr(self._impl, "groups", [None]))
 
     @property
+    def trains_from_rows(self) -> bool:
+        """True where the C kernel runs whole epochs on the sparse first layer: `fit` then takes the images' rows
+        (`sparse.SparseRows`, e.g. `sparse.prepared_rows`) for x and the validation images, in place of the
+        float32 inputs, which the run then never needs (training.Session)."""
+        planner = getattr(self._impl, "groups", [self._impl])[0]
+        if not isinstance(planner, numpy_backend.NumpyBackend):
+            return False  # The JAX backend reads the float32 inputs.
+        plan = planner.plan_first_layer()
+        return plan.kernel is not None and plan.whole_epochs
+
+    @property
     def thread_counts(self) -> dict[int, int]:
         """How many epochs each network trained on how many threads (the C epoch follows the load)."""
         return dict(getattr(self._impl, "thread_counts", {}))
@@ -201,10 +212,11 @@ class FastEngine:
                 self.profile.python += clock() - validated
 
     def _check_arrays(self, x, y, what: str):
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not isinstance(x, sparse.SparseRows):  # Rows: where `trains_from_rows` (the backend's start checks).
+            x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.ascontiguousarray(y, dtype=np.float32)
         inputs, outputs = self.network.dense[0].inputs, self.network.dense[-1].units
-        if x.ndim != 2 or x.shape[1] != inputs or y.shape != (len(x), outputs) or len(x) == 0:
+        if len(x.shape) != 2 or x.shape[1] != inputs or y.shape != (len(x), outputs) or len(x) == 0:
             raise ValueError(
                 f"{what} must have shapes (n, {inputs}) and (n, {outputs}) with n >= 1 "
                 f"(flat images and one-hot targets), got {x.shape} and {y.shape}."

@@ -206,6 +206,11 @@ class NumpyBackend:
             self.validation = (validation[0], validation[1], np.argmax(validation[1], axis=1))
         self.first_layer = first_layer if first_layer is not None else self.plan_first_layer(x, validation)
         self.sparse_rows = self.first_layer.rows
+        if isinstance(x, sparse.SparseRows) and not (self.first_layer.whole_epochs and self.sparse_rows is not None):
+            raise ValueError(
+                "Rows (sparse.SparseRows) train only where the C kernel runs whole epochs "
+                f"(FastEngine.trains_from_rows); give the float32 inputs ({self.first_layer.reason or 'not fused'})."
+            )
         self.plans = None
         self.deep_plans = None
         if self.first_layer.whole_epochs and self.sparse_rows is not None and deep.supports(self.network):
@@ -271,14 +276,18 @@ class NumpyBackend:
         kernel = "AVX2" if sparse.simd() else "portable C"
         if kernel == "AVX2" and self.network.dense[0].units == 64 and sparse.avx512():
             kernel = "AVX-512"  # _kernels.c's forward_avx512: 64 units on a CPU with AVX-512F (the same bits).
-        density = None if x is None else sparse.cached_density(x)
+        given_rows = isinstance(x, sparse.SparseRows)
+        density = None if x is None else x.density() if given_rows else sparse.cached_density(x)
         if density is not None and density > sparse.MAX_DENSITY:
             return FirstLayerPlan(
                 kernel=None, reason=f"{density:.0%} of the inputs are nonzero, too many for the sparse C kernel"
             )
         whole_epochs = self._fusable()
         rows = None
-        if x is not None:
+        if given_rows:
+            valid = None if validation is None else validation[0]
+            rows = (x, valid if valid is None or isinstance(valid, sparse.SparseRows) else sparse.cached_rows(valid))
+        elif x is not None:
             # Built once per process for the same data (read-only arrays from `data.prepared`).
             rows = (sparse.cached_rows(x), None if validation is None else sparse.cached_rows(validation[0]))
         return FirstLayerPlan(

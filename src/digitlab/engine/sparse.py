@@ -95,6 +95,10 @@ def _load():
     library.digitlab_csr_count.restype = size
     library.digitlab_csr_fill.argtypes = [pointer, size, size, pointer, pointer, pointer]
     library.digitlab_csr_fill.restype = None
+    library.digitlab_csr_count_u8.argtypes = [pointer, size, size, pointer]
+    library.digitlab_csr_count_u8.restype = size
+    library.digitlab_csr_fill_u8.argtypes = [pointer, size, size, pointer, pointer, pointer]
+    library.digitlab_csr_fill_u8.restype = None
     library.digitlab_read_bandwidth.argtypes = [pointer, size, size]
     library.digitlab_read_bandwidth.restype = ctypes.c_double
     library.digitlab_evaluate.argtypes = (
@@ -154,24 +158,49 @@ def density(x: np.ndarray) -> float:
 
 
 class SparseRows:
-    """A float32 matrix's rows in CSR form (row starts, column numbers, values), for the kernels."""
+    """A float32 matrix's rows in CSR form (row starts, column numbers, values), for the kernels.
+
+    `SparseRows(x)` takes the matrix; `SparseRows.from_images(images)` the uint8 images that `data.to_inputs`
+    would turn into it (the same rows, bit for bit, without the matrix). The fast engine's `fit` takes either
+    kind of rows in place of the matrix where it trains whole epochs in C (`FastEngine.trains_from_rows`)."""
 
     def __init__(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)
+        self._build(x, "")
+
+    @classmethod
+    def from_images(cls, images: np.ndarray) -> SparseRows:
+        """The rows of `data.to_inputs(images)` (flat), from the uint8 images: 4 bytes a pixel less new memory
+        (188 MB for MNIST's training images, which this 2-core virtual machine's host hands over at 6 ms a MB
+        for a process started a few seconds after the last: docs/engine.md, "Start-up")."""
+        images = np.ascontiguousarray(images)
+        if images.dtype != np.uint8:
+            raise ValueError(f"SparseRows.from_images takes uint8 images, got {images.dtype}.")
+        rows = cls.__new__(cls)
+        rows._build(images.reshape(len(images), -1) if images.ndim > 1 else images, "_u8")
+        return rows
+
+    def _build(self, x: np.ndarray, kind: str) -> None:
         if x.ndim != 2 or x.shape[1] > np.iinfo(np.uint16).max:
             raise ValueError(f"SparseRows takes a matrix of at most 65535 columns, got shape {x.shape}.")
         self.shape = x.shape
         # In C, two passes over the matrix (NumPy's nonzero and gather took 0.6 s for MNIST's 60,000 images).
         library = _kernels()
+        count, fill = getattr(library, f"digitlab_csr_count{kind}"), getattr(library, f"digitlab_csr_fill{kind}")
         self.starts = np.empty(len(x) + 1, np.int64)
-        total = library.digitlab_csr_count(x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data)
+        total = count(x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data)
         self.cols = np.empty(total, np.uint16)  # Two bytes a pixel: the kernels read less memory.
         self.vals = np.empty(total, np.float32)
-        library.digitlab_csr_fill(
-            x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data
-        )
+        fill(x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
         self.most_per_row = int(np.diff(self.starts).max()) if len(x) else 0
         self._pointers = (self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def density(self) -> float:
+        """The fraction of the matrix's entries that are nonzero (as `density` counts them)."""
+        return float(len(self.vals)) / max(self.shape[0] * self.shape[1], 1)
 
 
 # The sparse rows of read-only arrays, by the array's identity (`cached_rows`); an entry goes with its array.
@@ -206,13 +235,31 @@ def cached_density(x: np.ndarray) -> float:
     """`density(x)`, from the rows `cached_rows` holds for `x` where it holds some (they count the same)."""
     entry = _CACHED.get(id(x))
     if entry is not None and entry[0]() is x:
-        return float(len(entry[1].vals)) / max(x.size, 1)
+        return entry[1].density()
     return density(x)
 
 
+# The rows of the latest `prepared_rows` call, by its key (one entry: a process keeps one copy, as `data.prepared`).
+_PREPARED_ROWS: dict[tuple, tuple[SparseRows, SparseRows]] = {}
+
+
+def prepared_rows(loaded, validation: str = "test", train_limit: int | None = None) -> tuple[SparseRows, SparseRows]:
+    """The rows of `data.prepared`'s flat inputs (training, validation), built from the uint8 images without
+    the float32 inputs (`SparseRows.from_images`), kept for the process for the same data and split."""
+    from digitlab import data
+
+    key = data.prepared_key(loaded, validation, train_limit, flat=True)
+    if key not in _PREPARED_ROWS:
+        _PREPARED_ROWS.clear()
+        (x_train, _), (x_valid, _), _ = data.split(loaded.arrays, validation, train_limit)
+        _PREPARED_ROWS[key] = (SparseRows.from_images(x_train), SparseRows.from_images(x_valid))
+    return _PREPARED_ROWS[key]
+
+
 def forget_cached_rows() -> None:
-    """Empties `cached_rows`'s cache (the next run builds its rows again: for measuring)."""
+    """Empties `cached_rows`'s and `prepared_rows`'s caches (the next run builds its rows again: for measuring)."""
     _CACHED.clear()
+    _PREPARED_ROWS.clear()
 
 
 class Transpose:

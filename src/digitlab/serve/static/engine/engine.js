@@ -188,7 +188,7 @@ function numpySum(values, start, count) {
 /* The native engine's cores.SpeedCheck (SLOWER, PROBE_EVERY, PROBE_MOST, RECENT there), rule for rule: which
  * thread count an epoch should use by the epochs' own times, all of them or one. The third epoch runs on one
  * thread, to compare with; an epoch on several threads 1.4x slower than their best is followed by one on one
- * thread; one that beats the median of the last 3 several-thread epochs keeps the engine on one thread for 8
+ * thread (unless one thread took longer than it within the last 64 epochs); one that beats the median of the last 3 several-thread epochs keeps the engine on one thread for 8
  * epochs, then several are tried again, and each try that loses doubles the stretch (up to 64).
  * tests/test_wasm.py feeds both the same times and compares their choices. */
 export class SpeedCheck {
@@ -196,6 +196,7 @@ export class SpeedCheck {
     this.bestMany = null;
     this.recentMany = [];
     this.lastOne = null;
+    this.lastOneEpoch = 0;
     this.oneThread = false;
     this.probing = false;
     this.trying = false;
@@ -222,13 +223,16 @@ export class SpeedCheck {
         }
         this.wait = 8;
       }
-      const slow = this.bestMany !== null && seconds > this.bestMany * 1.4;
+      let slow = this.bestMany !== null && seconds > this.bestMany * 1.4;
+      /* One thread took longer lately: a probe would not win now. */
+      if (slow && this.lastOne !== null && this.epochs - this.lastOneEpoch <= 64) slow = seconds > this.lastOne;
       if (slow || this.epochs === 2) this.oneThread = this.probing = true;
       this.bestMany = this.bestMany === null ? seconds : Math.min(this.bestMany, seconds);
       return;
     }
     if (!this.oneThread) return;
     this.lastOne = seconds;
+    this.lastOneEpoch = this.epochs;
     if (this.probing) {
       this.probing = false;
       if (this.recentMany.length && seconds < median(this.recentMany)) this._stayOnOne();
