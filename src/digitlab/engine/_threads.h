@@ -224,7 +224,8 @@ static inline void count_pixels(const int64_t *starts, const uint16_t *cols, int
     for (int64_t p = 0; p < inputs; p++) prefix[p + 1] += prefix[p];
 }
 
-/* The first pixel of a share that starts at `fraction` of the entries (0: pixel 0; 1: inputs, the end). Any cuts
+/* The first pixel of a share that starts at `fraction` of the entries (0: pixel 0; 1: inputs, the end), `prefix`
+ * counting the entries of the pixels before each; _train.c cuts a batch's rows by their ink with it too. Any cuts
  * give the same results: each pixel's sum runs over the rows in order. */
 static inline int64_t pixel_cut(const int64_t *prefix, int64_t inputs, double fraction) {
     if (fraction <= 0.0) return 0;

@@ -175,14 +175,10 @@ static void count_ink(const Epoch *e, int64_t start, int parity) {
 
 static void cut_rows(Epoch *e, int64_t rows, int parity) {
     const int threads = e->balance.threads;
-    const int64_t *ink = e->ink[parity];
     int64_t *cuts = e->row_cuts[parity];
     cuts[0] = 0, cuts[threads] = rows;
-    for (int t = 1, r = 0; t < threads; t++) {
-        const double wanted = e->balance.cuts[parity][t] * (double)ink[rows];
-        while (r < rows && (double)ink[r] < wanted) r++;
-        cuts[t] = r;
-    }
+    /* The rows' ink is a prefix as the pixels' entries are: the same search. */
+    for (int t = 1; t < threads; t++) cuts[t] = pixel_cut(e->ink[parity], rows, e->balance.cuts[parity][t]);
 }
 
 /* One thread's share of every batch: its rows of the batch through the whole net and back (the first
