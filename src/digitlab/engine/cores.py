@@ -110,11 +110,10 @@ class SpeedCheck:
     on several threads SLOWER times the best on them is followed by another such probe, unless an epoch on
     one thread within the last PROBE_MOST took longer than it (a probe would lose: the whole machine is
     slow, not the threads; on the 2-core machine such probes were 7-16 of a 200-epoch run, 20-25 ms each,
-    and nearly all lost). A probe faster
-    than the median of the last RECENT epochs on several threads (so that one slow epoch among fast ones
-    does not count) keeps the network on one thread for `wait` epochs (PROBE_EVERY, doubled each time in a
-    row that several threads lose again, up to PROBE_MOST); then several are tried again, and compared with
-    the latest one-thread epoch."""
+    and nearly all lost). A probe faster than the median of the last RECENT epochs on several threads (so
+    that one slow epoch among fast ones does not count) keeps the network on one thread for `wait` epochs
+    (PROBE_EVERY, doubled each time in a row that several threads lose again, up to PROBE_MOST); then several
+    are tried again, and compared with the latest one-thread epoch."""
 
     def __init__(self):
         self.best_many: float | None = None  # The fastest epoch on several threads (after the first epoch).

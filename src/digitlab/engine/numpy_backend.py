@@ -209,7 +209,8 @@ class NumpyBackend:
         if isinstance(x, sparse.SparseRows) and not (self.first_layer.whole_epochs and self.sparse_rows is not None):
             raise ValueError(
                 "Rows (sparse.SparseRows) train only where the C kernel runs whole epochs "
-                f"(FastEngine.trains_from_rows); give the float32 inputs ({self.first_layer.reason or 'not fused'})."
+                f"(FastEngine.trains_from_rows); give the float32 inputs "
+                f"({self.first_layer.reason or 'this net runs batch by batch'})."
             )
         self.plans = None
         self.deep_plans = None
