@@ -35,13 +35,19 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         model=model, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds), train_limit=spec.get("train_limit")
     ).resolved()
     book_epochs = config.MODEL_DEFAULTS[model]["epochs"]
-    (x, y), validation, _ = data.prepare(data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit)
+    (images, labels), (valid_images, valid_labels), _ = data.split(
+        data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit
+    )
+    # The images as rows of pixels, for counting the work (their nonzero pixels are the inputs' own).
+    x, x_valid = images.reshape(len(images), -1), valid_images.reshape(len(valid_images), -1)
+    targets = (data.to_targets(labels), data.to_targets(valid_labels))
     if spec["kind"] == "fit":
-        durations, histories, engine_name = _fit_worker(cfg, x, y, validation)
+        inputs = (data.to_inputs(images), data.to_inputs(valid_images))
+        durations, histories, engine_name = _fit_worker(cfg, inputs[0], targets[0], (inputs[1], targets[1]))
         path = "Keras fit"
     else:
         durations, histories, fast = _engine_worker(
-            cfg, x, y, validation, spec["engine_backend"], spec.get("workers"), spec.get("profile", False)
+            cfg, images, valid_images, targets, spec["engine_backend"], spec.get("workers"), spec.get("profile", False)
         )
         engine_name, path = fast.name, fast.path
     first = float(np.mean(durations[:, 0]))
@@ -63,9 +69,9 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         "total_seconds": float(durations.sum()),
         "val_accuracy": float(np.mean(final)),
         "final_val_accuracies": final,
-        "flops_per_epoch": epoch_flops(sizes, len(x), len(validation[0])) * networks_per_run,
+        "flops_per_epoch": epoch_flops(sizes, len(x), len(x_valid)) * networks_per_run,
         "useful_flops_per_epoch": useful_epoch_flops(
-            sizes, len(x), len(validation[0]), int(np.count_nonzero(x)), int(np.count_nonzero(validation[0]))
+            sizes, len(x), len(x_valid), int(np.count_nonzero(x)), int(np.count_nonzero(x_valid))
         )
         * networks_per_run,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -81,7 +87,7 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         if fast.profile is not None:
             result["profile"] = fast.profile.per_epoch()
             # Each phase's limit is counted for the shallow net's epoch (_train.c); the deep net's phases have none.
-            result["work"] = timing.work(sizes, x, validation[0], cfg.batch_size) if model == MODEL else {}
+            result["work"] = timing.work(sizes, x, x_valid, cfg.batch_size) if model == MODEL else {}
     return result
 
 
@@ -136,21 +142,30 @@ def _fit_worker(cfg, x, y, validation):
     return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
 
 
-def _engine_worker(cfg, x, y, validation, backend, workers=None, profile=False):
+def _engine_worker(cfg, images, valid_images, targets, backend, workers=None, profile=False):
     """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs),
-    per-seed histories and the engine. With `profile`, the engine's profile covers the epochs after the first."""
-    from digitlab import engine, models
+    per-seed histories and the engine. With `profile`, the engine's profile covers the epochs after the first.
+    Where the engine trains from the images' rows it gets them, as `digitlab train` does (training.training_inputs),
+    and the process never makes the float32 inputs: its peak memory is the engine's."""
+    from digitlab import data, engine, models
+    from digitlab.engine import sparse
 
     # The same initial weights and batches as fit's run of each seed.
     # The thread count asked for, not one the epochs' times would choose (the load may still lower it).
     fast = engine.FastEngine(
         models.create_seeded_models(cfg), cfg, backend=backend, workers=workers, profile=profile, follow_speed=False
     )
+    x: sparse.SparseRows | np.ndarray
+    x_valid: sparse.SparseRows | np.ndarray
+    if fast.trains_from_rows:
+        x, x_valid = sparse.SparseRows.from_images(images), sparse.SparseRows.from_images(valid_images)
+    else:
+        x, x_valid = data.to_inputs(images), data.to_inputs(valid_images)
     timer = _EpochTimer(cfg.seeds, after_first=fast.profile.reset if fast.profile is not None else None)
     fast.fit(
         x,
-        y,
-        validation,
+        targets[0],
+        (x_valid, targets[1]),
         epochs=cfg.epochs,
         rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
         on_epoch_end=timer,
