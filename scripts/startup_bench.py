@@ -79,6 +79,8 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--phases-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.pause < 0 or args.epochs < 1 or args.repeats < 1:
+        parser.error("give --pause 0 or more, and --epochs and --repeats 1 or more")
     if args.phases_child:
         print(json.dumps(_phases(args.epochs)))
         return 0
