@@ -35,19 +35,17 @@ def _worker(spec: rows.WorkerSpec) -> rows.EpochResult | rows.StepsResult:
         model=model, epochs=spec["epochs"], seed=seeds[0], seeds=len(seeds), train_limit=spec.get("train_limit")
     ).resolved()
     book_epochs = config.MODEL_DEFAULTS[model]["epochs"]
-    (images, labels), (valid_images, valid_labels), _ = data.split(
-        data.load_arrays(spec.get("data_path")), train_limit=cfg.train_limit
-    )
+    loaded = data.load(spec.get("data_path"))
+    (images, _), (valid_images, _), _ = data.split(loaded.arrays, cfg.validation, cfg.train_limit)
     # The images as rows of pixels, for counting the work (their nonzero pixels are the inputs' own).
     x, x_valid = images.reshape(len(images), -1), valid_images.reshape(len(valid_images), -1)
-    targets = (data.to_targets(labels), data.to_targets(valid_labels))
     if spec["kind"] == "fit":
-        inputs = (data.to_inputs(images), data.to_inputs(valid_images))
-        durations, histories, engine_name = _fit_worker(cfg, inputs[0], targets[0], (inputs[1], targets[1]))
+        (inputs, y), validation, _ = data.prepared(loaded, cfg.validation, cfg.train_limit)
+        durations, histories, engine_name = _fit_worker(cfg, inputs, y, validation)
         path = "Keras fit"
     else:
         durations, histories, fast = _engine_worker(
-            cfg, images, valid_images, targets, spec["engine_backend"], spec.get("workers"), spec.get("profile", False)
+            cfg, loaded, spec["engine_backend"], spec.get("workers"), spec.get("profile", False)
         )
         engine_name, path = fast.name, fast.path
     first = float(np.mean(durations[:, 0]))
@@ -142,30 +140,24 @@ def _fit_worker(cfg, x, y, validation):
     return np.array(durations), histories, f"keras-fit-{keras.backend.backend()}"
 
 
-def _engine_worker(cfg, images, valid_images, targets, backend, workers=None, profile=False):
+def _engine_worker(cfg, loaded, backend, workers=None, profile=False):
     """The engine, all seeds at once (on `workers` cores; None: all); returns epoch durations (1 x epochs),
     per-seed histories and the engine. With `profile`, the engine's profile covers the epochs after the first.
-    Where the engine trains from the images' rows it gets them, as `digitlab train` does (training.training_inputs),
-    and the process never makes the float32 inputs: its peak memory is the engine's."""
-    from digitlab import data, engine, models
-    from digitlab.engine import sparse
+    It trains on what `digitlab train` gives it (`training.training_inputs`): the images' rows where it trains
+    from rows, so the process never makes the float32 inputs and its peak memory is the engine's."""
+    from digitlab import engine, models, training
 
     # The same initial weights and batches as fit's run of each seed.
     # The thread count asked for, not one the epochs' times would choose (the load may still lower it).
     fast = engine.FastEngine(
         models.create_seeded_models(cfg), cfg, backend=backend, workers=workers, profile=profile, follow_speed=False
     )
-    x: sparse.SparseRows | np.ndarray
-    x_valid: sparse.SparseRows | np.ndarray
-    if fast.trains_from_rows:
-        x, x_valid = sparse.SparseRows.from_images(images), sparse.SparseRows.from_images(valid_images)
-    else:
-        x, x_valid = data.to_inputs(images), data.to_inputs(valid_images)
+    (x, y), validation, _ = training.training_inputs(loaded, cfg, True, fast)
     timer = _EpochTimer(cfg.seeds, after_first=fast.profile.reset if fast.profile is not None else None)
     fast.fit(
         x,
-        targets[0],
-        (x_valid, targets[1]),
+        y,
+        validation,
         epochs=cfg.epochs,
         rngs=[np.random.RandomState(cfg.seed + k) for k in range(cfg.seeds)],
         on_epoch_end=timer,

@@ -705,9 +705,10 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
     const int64_t inputs = units[0], widest = e.widest, capacity = batch * most_per_row + 1;
     /* Per layer, a batch of rows each: out, x_hat, normed, upper, delta (5 x total), and the Dropout's output. */
     void *blocks[2]; /* Where the two page-aligned buffers lie, to free. */
-    float *buffers = aligned_block(sizeof(float) * batch * (5 * total + layers * widest), 4096, &blocks[0]);
+    float *buffers =
+        aligned_block(sizeof(float) * batch * (5 * total + layers * widest), PAGE_BYTES, &blocks[0]);
     unsigned char *masks = malloc((size_t)(batch * widest * layers));
-    float *grads = aligned_block(sizeof(float) * (inputs * units[1] + widest * widest * layers + 4 * total), 4096,
+    float *grads = aligned_block(sizeof(float) * (inputs * units[1] + widest * widest * layers + 4 * total), PAGE_BYTES,
                                  &blocks[1]);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
     /* Each thread's statistics, a row, and norm_gradient's factors. */

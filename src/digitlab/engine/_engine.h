@@ -25,6 +25,9 @@ typedef struct {
     float value;
 } Entry;
 
+/* A page: where the epochs' buffers start (aligned_block), as numpy_backend.PAGE does the weights. */
+#define PAGE_BYTES 4096
+
 /* `bytes` at a multiple of `alignment` (a power of two) within a block from malloc, stored in *block (what to
  * free), or NULL. The epochs' buffers stream beside the weights and Adam's slots, which the Python side makes
  * page-aligned (numpy_backend.page_aligned): aligned alike, none of their 64-float rows spans an extra line. */

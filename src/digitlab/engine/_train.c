@@ -258,8 +258,8 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     }
     const int64_t widest = e.widest, inputs = units[0], capacity = batch * most_per_row;
     void *blocks[2]; /* Where the two aligned buffers lie, to free. */
-    float *outputs = aligned_block(sizeof(float) * batch * total, 4096, &blocks[0]);
-    float *deltas = aligned_block(sizeof(float) * batch * total, 4096, &blocks[1]);
+    float *outputs = aligned_block(sizeof(float) * batch * total, PAGE_BYTES, &blocks[0]);
+    float *deltas = aligned_block(sizeof(float) * batch * total, PAGE_BYTES, &blocks[1]);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
     e.row_losses = malloc(sizeof(double) * batch);
     e.batch_targets = malloc(sizeof(float) * batch * units[layers]);
