@@ -115,6 +115,49 @@ def test_pickled_archive_is_refused(tmp_path, mnist_arrays):
         data.load_mnist(path)
 
 
+def _zip_of_npy(path, arrays: dict, versions: dict) -> None:
+    """A compressed .npz of `arrays`, each member in the .npy format version given for it."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array, version=versions.get(key, (1, 0)))
+            archive.writestr(f"{key}.npy", buffer.getvalue())
+
+
+def test_npz_members_read_as_numpy_reads_them(tmp_path, mnist_arrays):
+    # Compressed (as Keras's mnist.npz), one member in Fortran order, one in .npy format 2.0.
+    arrays = {key: value[:300] for key, value in mnist_arrays.items()}
+    arrays["x_train"] = np.asfortranarray(arrays["x_train"])
+    path = tmp_path / "deflated.npz"
+    _zip_of_npy(path, arrays, {"y_train": (2, 0)})
+    read = data.read_npz(path)
+    with np.load(path) as expected:
+        for key in data.NPZ_KEYS:
+            assert read[key].dtype == expected[key].dtype and read[key].shape == expected[key].shape
+            np.testing.assert_array_equal(read[key], expected[key])
+    assert data.fingerprint(read) == data.fingerprint({key: np.load(path)[key] for key in data.NPZ_KEYS})
+
+
+def test_npy_format_it_does_not_read_is_named(tmp_path, mnist_arrays):
+    arrays = {key: value[:300] for key, value in mnist_arrays.items()}
+    path = tmp_path / "version3.npz"
+    _zip_of_npy(path, arrays, {"x_test": (3, 0)})
+    with pytest.raises(data.DataError, match=r"x_test.npy is in .npy format version 3.0.*numpy.savez"):
+        data.load_mnist(path)
+
+
+def test_load_mnist_gives_the_caller_writable_arrays(mnist_path):
+    # As Keras's loader does; the arrays digitlab keeps for its runs (data.load) stay read-only.
+    (X_train, y_train), (X_valid, y_valid) = data.load_mnist(mnist_path)
+    assert all(array.flags.writeable for array in (X_train, y_train, X_valid, y_valid))
+    X_train[0] = 0
+    assert data.load_mnist(mnist_path)[0][0][0].max() == 255
+    assert not data.load(mnist_path).arrays["x_train"].flags.writeable
+
+
 @pytest.mark.parametrize("cut", [0, 100, 0.5])
 def test_truncated_archive_is_reported(tmp_path, small_npz, cut):
     payload = small_npz.read_bytes()

@@ -182,10 +182,15 @@ class FastEngine:
             raise ValueError(f"Need whole numbers 0 <= initial_epoch <= epochs, got {initial_epoch} and {epochs}.")
         self._impl.start(x, y, validation_data)
         clock = time.perf_counter
+        # rng.permutation(n) is np.arange(n) shuffled in place: the same orders drawn into one array kept for
+        # the run (the backends copy or finish with it in train_epoch), without two new 0.5-MB arrays an epoch.
+        identity, orders = np.arange(len(x)), np.empty((count, len(x)), np.int64)
         for epoch in range(initial_epoch, epochs):
             began = clock()
             interrupts.check()  # A Ctrl-C during training stops it here, between epochs.
-            orders = np.stack([rng.permutation(len(x)) for rng in rngs])
+            for order, rng in zip(orders, rngs, strict=True):
+                np.copyto(order, identity)
+                rng.shuffle(order)
             counts_before = self.thread_counts if self.profile is not None else {}
             started = clock()
             loss_sums, correct = self._impl.train_epoch(orders)
