@@ -207,7 +207,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
     member 256 KB at a time, letting the lock go a few times for each piece; in `digitlab train` it runs in a
     thread beside Keras's import, and each time it took the lock back it waited for the import's turn to end:
     reading mnist.npz took 0.9-1.3 s there against 0.25 alone, and the start waited for it (docs/engine.md,
-    "Start-up")."""
+    "The fourth round")."""
     raw = archive.read(name)
     stream = io.BytesIO(raw)
     version = np.lib.format.read_magic(stream)
