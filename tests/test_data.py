@@ -149,6 +149,31 @@ def test_npy_format_it_does_not_read_is_named(tmp_path, mnist_arrays):
         data.load_mnist(path)
 
 
+def test_npz_member_shorter_than_its_header_is_named(tmp_path, mnist_arrays):
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, mnist_arrays["x_test"][:300])
+    path = tmp_path / "short.npz"
+    _zip_of_npy(path, {key: mnist_arrays[key][:300] for key in ("x_train", "y_train", "y_test")}, {})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("x_test.npy", buffer.getvalue()[:-1000])
+    with pytest.raises(data.DataError, match=r"x_test.npy holds 234200 bytes of data where its header promises 235200"):
+        data.load_mnist(path)
+
+
+def test_npz_member_that_is_not_an_array_is_named(tmp_path):
+    import zipfile
+
+    path = tmp_path / "text.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for key in data.NPZ_KEYS:
+            archive.writestr(f"{key}.npy", "not an array")
+    with pytest.raises(data.DataError, match=r"not a readable .npz archive \(the magic string.*Give Keras's mnist.npz"):
+        data.load_mnist(path)
+
+
 def test_load_mnist_gives_the_caller_writable_arrays(mnist_path):
     # As Keras's loader does; the arrays digitlab keeps for its runs (data.load) stay read-only.
     (X_train, y_train), (X_valid, y_valid) = data.load_mnist(mnist_path)

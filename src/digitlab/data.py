@@ -189,8 +189,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             arrays = {key: _read_member(archive, members[key], path) for key in NPZ_KEYS}
     except DataError:
         raise
-    except ValueError as error:  # A member that is not a .npy array, or shorter than its header says.
-        raise DataError(f"{path} is not a readable .npz archive ({error}).") from None
+    except ValueError as error:  # A member that is not a .npy array.
+        raise DataError(
+            f"{path} is not a readable .npz archive ({error}). "
+            "Give Keras's mnist.npz or a folder of the four MNIST IDX files."
+        ) from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error) as error:
         raise DataError(
             f"{path} is not a readable .npz archive; it may be truncated or corrupt ({error}). "
@@ -223,8 +226,14 @@ def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
             f"{path} holds pickled Python objects, which digitlab never loads. "
             "Use an archive of plain uint8 arrays, like Keras's mnist.npz."
         )
-    count = int(np.prod(shape, dtype=np.int64))
-    array = np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell())
+    count, offset = int(np.prod(shape, dtype=np.int64)), stream.tell()
+    if len(raw) - offset != count * dtype.itemsize:
+        raise DataError(
+            f"{path}: {name} holds {len(raw) - offset} bytes of data where its header promises "
+            f"{count * dtype.itemsize} (shape {shape}, {dtype}); the archive may be truncated or corrupt. "
+            "Download it again or point digitlab at another copy."
+        )
+    array = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran_order else "C")
 
 
