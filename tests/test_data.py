@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -117,9 +119,6 @@ def test_pickled_archive_is_refused(tmp_path, mnist_arrays):
 
 def _zip_of_npy(path, arrays: dict, versions: dict) -> None:
     """A compressed .npz of `arrays`, each member in the .npy format version given for it."""
-    import io
-    import zipfile
-
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for key, array in arrays.items():
             buffer = io.BytesIO()
@@ -134,11 +133,12 @@ def test_npz_members_read_as_numpy_reads_them(tmp_path, mnist_arrays):
     path = tmp_path / "deflated.npz"
     _zip_of_npy(path, arrays, {"y_train": (2, 0)})
     read = data.read_npz(path)
-    with np.load(path) as expected:
-        for key in data.NPZ_KEYS:
-            assert read[key].dtype == expected[key].dtype and read[key].shape == expected[key].shape
-            np.testing.assert_array_equal(read[key], expected[key])
-    assert data.fingerprint(read) == data.fingerprint({key: np.load(path)[key] for key in data.NPZ_KEYS})
+    with np.load(path) as archive:
+        expected = {key: archive[key] for key in data.NPZ_KEYS}
+    for key in data.NPZ_KEYS:
+        assert read[key].dtype == expected[key].dtype and read[key].shape == expected[key].shape
+        np.testing.assert_array_equal(read[key], expected[key])
+    assert data.fingerprint(read) == data.fingerprint(expected)
 
 
 def test_npy_format_it_does_not_read_is_named(tmp_path, mnist_arrays):
@@ -150,9 +150,6 @@ def test_npy_format_it_does_not_read_is_named(tmp_path, mnist_arrays):
 
 
 def test_npz_member_shorter_than_its_header_is_named(tmp_path, mnist_arrays):
-    import io
-    import zipfile
-
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, mnist_arrays["x_test"][:300])
     path = tmp_path / "short.npz"
@@ -164,8 +161,6 @@ def test_npz_member_shorter_than_its_header_is_named(tmp_path, mnist_arrays):
 
 
 def test_npz_member_that_is_not_an_array_is_named(tmp_path):
-    import zipfile
-
     path = tmp_path / "text.npz"
     with zipfile.ZipFile(path, "w") as archive:
         for key in data.NPZ_KEYS:
