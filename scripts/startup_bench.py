@@ -45,6 +45,7 @@ from pathlib import Path
 # The packages whose import time the third table shows (cumulative, as importtime reports them).
 PACKAGES = (
     "jax",
+    "ml_dtypes",
     "digitlab.plots",
     "matplotlib",
     "matplotlib.figure",
