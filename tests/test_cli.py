@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -168,6 +170,37 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     assert done.stderr.startswith("error: batch_size must be") and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())
     assert runs.list_runs(tmp_path) == []
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_exit_handlers_ends_the_process_without_a_traceback(tmp_path, number):
+    # The command is done (its output printed); an exit handler, as JAX's and Ray's are, is still running
+    # when the signal comes: the process ends at once by the signal, and no KeyboardInterrupt's traceback.
+    # SIGTERM raises KeyboardInterrupt where a command has said so (train, evaluate, sweep): as here.
+    program = (
+        "import atexit, sys, time\n"
+        "from digitlab import interrupts\n"
+        "interrupts.sigterm_as_ctrl_c()\n"
+        "def slow():\n"
+        "    print('in the exit handler', file=sys.stderr, flush=True)\n"
+        "    time.sleep(60)\n"
+        "atexit.register(slow)\n"
+        "from digitlab import __main__\n"
+        f"sys.argv = ['digitlab', 'runs', '--runs-dir', {str(tmp_path)!r}]\n"
+        "__main__.run()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    assert process.stderr.readline() == "in the exit handler\n"
+    started = time.monotonic()
+    process.send_signal(number)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == -number
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out.startswith("No runs in"), "the command's output is flushed before the exit handlers run"
 
 
 def test_train_flags_are_generated_from_the_config_fields(capsys):

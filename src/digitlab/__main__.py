@@ -5,10 +5,17 @@ Keras, JAX, Matplotlib, Ray) took 1.1-1.2 s more on a loaded 2-core machine befo
 ended (docs/engine.md, "Start-up"). Everything a command writes is written (atomically, synced)
 before it returns, so the process ends at once: exit handlers run, output is flushed, then
 `os._exit`. Where a thread of digitlab's that is not a daemon still runs, Python ends as usual.
+
+From then on a Ctrl-C or SIGTERM ends the process at once, by the signal's own default action: the
+command's work is done and written, and what is left is the exit handlers (JAX's, Ray's), where the
+KeyboardInterrupt that digitlab's handlers raise came out as a traceback ("Exception ignored in atexit
+callback", tests/test_evaluation.py's SIGTERM at the end of `digitlab evaluate`). Its output is flushed
+first, so the command's last lines are not lost with the buffers.
 """
 
 import atexit
 import os
+import signal
 import sys
 import threading
 
@@ -16,17 +23,25 @@ from digitlab.cli import main
 
 
 def exit_now(code: int) -> None:
-    """Ends the process with `code` after the exit handlers and a flush, skipping Python's teardown."""
+    """Ends the process with `code` after the exit handlers and a flush, skipping Python's teardown; a
+    Ctrl-C or SIGTERM meanwhile ends it at once (the signal's default action), without a traceback."""
+    _flush()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
     others = [thread for thread in threading.enumerate() if thread is not threading.main_thread()]
     if any(thread.is_alive() and not thread.daemon for thread in others):
         raise SystemExit(code)  # Python waits for such threads; so does this.
     atexit._run_exitfuncs()
+    _flush()
+    os._exit(code)
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # A closed pipe: nothing more can reach it.
             pass
-    os._exit(code)
 
 
 def run() -> None:
