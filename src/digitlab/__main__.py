@@ -6,19 +6,16 @@ ended (docs/engine.md, "Start-up"). Everything a command writes is written (atom
 before it returns, so the process ends at once: exit handlers run, output is flushed, then
 `os._exit`. Where a thread of digitlab's that is not a daemon still runs, Python ends as usual.
 
-From then on a Ctrl-C or SIGTERM ends the process at once, by the signal's own default action: the
-command's work is done and written, and what is left is the exit handlers (JAX's, Ray's), where the
-KeyboardInterrupt that digitlab's handlers raise came out as a traceback ("Exception ignored in atexit
-callback", tests/test_evaluation.py's SIGTERM at the end of `digitlab evaluate`). Its output is flushed
-first, so the command's last lines are not lost with the buffers.
+From then on a Ctrl-C or SIGTERM ends the process at once (`interrupts.end_at_once`), its output
+flushed first, so the command's last lines are not lost with the buffers.
 """
 
 import atexit
 import os
-import signal
 import sys
 import threading
 
+from digitlab import interrupts
 from digitlab.cli import main
 
 
@@ -26,8 +23,7 @@ def exit_now(code: int) -> None:
     """Ends the process with `code` after the exit handlers and a flush, skipping Python's teardown; a
     Ctrl-C or SIGTERM meanwhile ends it at once (the signal's default action), without a traceback."""
     _flush()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, signal.SIG_DFL)
+    interrupts.end_at_once()
     others = [thread for thread in threading.enumerate() if thread is not threading.main_thread()]
     if any(thread.is_alive() and not thread.daemon for thread in others):
         raise SystemExit(code)  # Python waits for such threads; so does this.

@@ -14,6 +14,8 @@ A second Ctrl-C or SIGTERM stops at once, as Python would.
 `sigterm_as_ctrl_c()` is where a command makes SIGTERM (a closed terminal, `kill`) stop as
 Ctrl-C does, and `sigterm_kept()` puts that handler back after a library that replaces it
 (`ray.init` makes SIGTERM exit the process at once). Every SIGTERM handler of digitlab is set here.
+`end_at_once()` is for a command whose work is done and written (`python -m digitlab`'s exit): a
+signal then ends the process by its default action, not with a KeyboardInterrupt in an exit handler.
 
 `held()` is the other way round: for a step of a few microseconds that must not be cut in two
 (renaming a set of files into place), a signal waits until the step is done.
@@ -45,6 +47,15 @@ def sigterm_as_ctrl_c() -> None:
     """From now on SIGTERM raises KeyboardInterrupt, as Ctrl-C does: a command that trains, sweeps or
     evaluates then stops the same way for both (saved, resumable, or its files untouched)."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def end_at_once() -> None:
+    """From now on Ctrl-C and SIGTERM end the process at once, by the signal's default action. For the
+    exit of a command whose work is done and written: its exit handlers (JAX's, Ray's) are all that is
+    left, and a KeyboardInterrupt raised in one came out as a traceback ("Exception ignored in atexit
+    callback", tests/test_evaluation.py's SIGTERM at the end of `digitlab evaluate`)."""
+    for number in SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
