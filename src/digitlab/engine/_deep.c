@@ -383,6 +383,7 @@ typedef struct {
     const int64_t *starts;
     const uint16_t *cols;
     const float *vals;
+    const uint8_t *levels; /* The pixels' levels, or NULL: digitlab_sparse_forward_levels. */
     const float *targets;
     const int64_t *labels, *order;
     int64_t n, batch, layers, widest, step;
@@ -569,9 +570,9 @@ static void *run_deep(void *argument) {
         gather(e, index, r0, r1);
         lap(profile, DEEP_LOSS, &mark);
         /* Forward. */
-        digitlab_sparse_forward(e->starts, e->cols, e->vals, index + r0, 0, count, inputs, e->arrays[0],
-                                e->arrays[1], units[1], e->out[0] + r0 * units[1], r0, e->offsets[t],
-                                e->entries[t]);
+        digitlab_sparse_forward_levels(e->starts, e->cols, e->vals, e->levels, index + r0, 0, count, inputs,
+                                       e->arrays[0], e->arrays[1], units[1], e->out[0] + r0 * units[1], r0,
+                                       e->offsets[t], e->entries[t]);
         lap(profile, DEEP_FIRST_FORWARD, &mark);
         for (int64_t l = 0; l < layers; l++) {
             const int64_t in = units[l], width = units[l + 1];
@@ -683,11 +684,12 @@ static void *run_deep(void *argument) {
  * the epoch (the Dropout masks' numbering). `threads` threads share each batch (below 1: one; the results are
  * the same bits for any number). Adds the loss sum and correct answers to *loss_sum and *correct, and, where
  * `profile` is not NULL, each thread's seconds per phase to profile[thread * DEEP_PHASES + phase]. Returns 0, or
- * -1 when memory could not be had (nothing is changed then). */
+ * -1 when memory could not be had (nothing is changed then). `levels`: the rows' levels, or NULL
+ * (digitlab_sparse_forward_levels). */
 int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols, const float *vals,
-                                    int64_t most_per_row, const float *targets, const int64_t *labels,
-                                    const int64_t *order, int64_t n, int64_t batch, int64_t layers,
-                                    const int64_t *units, const int32_t *activations, const float *dropout,
+                                    const uint8_t *levels, int64_t most_per_row, const float *targets,
+                                    const int64_t *labels, const int64_t *order, int64_t n, int64_t batch,
+                                    int64_t layers, const int64_t *units, const int32_t *activations, const float *dropout,
                                     const float *norm, float *const *arrays, float *const *slots, int32_t optimizer,
                                     const float *step_sizes, const float *hyper, int64_t step, uint32_t seed,
                                     int32_t loss, float clip, double *loss_sum, int64_t *correct, int32_t threads,
@@ -695,7 +697,7 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
     const int64_t entered = profile ? now_ns() : 0;
     if (threads < 1) threads = 1;
     if (layers < 1 || layers > MAX_LAYERS || batch < 1 || threads > MAX_THREADS) return -1;
-    DeepEpoch e = {starts, cols, vals, targets, labels, order, n, batch, layers, 1, step, units, activations,
+    DeepEpoch e = {starts, cols, vals, levels, targets, labels, order, n, batch, layers, 1, step, units, activations,
                    dropout, norm, step_sizes, hyper, arrays, slots, optimizer, loss, seed, clip};
     int64_t total = 0;
     for (int64_t l = 1; l <= layers; l++) {
@@ -806,9 +808,10 @@ int digitlab_train_epoch_deep(const int64_t *starts, const uint16_t *cols, const
                               int32_t optimizer, const float *step_sizes, const float *hyper, int64_t step,
                               uint32_t seed, int32_t loss, float clip, double *loss_sum, int64_t *correct,
                               int32_t threads) {
-    return digitlab_train_epoch_deep_timed(starts, cols, vals, most_per_row, targets, labels, order, n, batch, layers,
-                                           units, activations, dropout, norm, arrays, slots, optimizer, step_sizes,
-                                           hyper, step, seed, loss, clip, loss_sum, correct, threads, NULL);
+    return digitlab_train_epoch_deep_timed(starts, cols, vals, NULL, most_per_row, targets, labels, order, n, batch,
+                                           layers, units, activations, dropout, norm, arrays, slots, optimizer,
+                                           step_sizes, hyper, step, seed, loss, clip, loss_sum, correct, threads,
+                                           NULL);
 }
 
 /* Evaluation and predictions of such a net, as Keras infers: each BatchNormalization with its moving

@@ -41,6 +41,10 @@ int digitlab_kernels_simd_on(void);
 void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
                              int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                              int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries);
+void digitlab_sparse_forward_levels(const int64_t *starts, const uint16_t *cols, const float *vals,
+                                    const uint8_t *levels, const int64_t *index, int64_t first, int64_t rows,
+                                    int64_t inputs, const float *kernel, const float *bias, int64_t units, float *out,
+                                    int64_t row0, int32_t *offsets, Entry *entries);
 void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
                               int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
                               float rate);

@@ -15,11 +15,12 @@
  * The transpose (offsets, and one Entry per nonzero pixel: its batch row and value, pixel by pixel)
  * is built by the forward pass itself: a first pass counts each pixel's entries, then each image,
  * while it is in cache for its product, writes its entries in place. The entry points:
- * digitlab_sparse_forward (with or without the transpose; the NumPy backend's batches, validation,
- * and each thread's rows in _train.c), digitlab_sparse_weight_gradient (or the SGD update) for the
- * NumPy backend's per-batch steps, and digitlab_sparse_sgd_rows (a range of pixels, from the
- * transposes of several row ranges) for _train.c's threads. Units are handled in blocks of 64
- * (eight AVX2 registers), then of 8, then one by one.
+ * digitlab_sparse_forward (with or without the transpose; the NumPy backend's batches, validation)
+ * and digitlab_sparse_forward_levels (the same, reading the rows' one-byte levels in place of their values
+ * where they have them: each thread's rows in _train.c and _deep.c), digitlab_sparse_weight_gradient (or the
+ * SGD update) for the NumPy backend's per-batch steps, and digitlab_sparse_sgd_rows (a range of pixels, from the
+ * transposes of several row ranges) for _train.c's threads. Units are handled in blocks of 64 (eight AVX2
+ * registers), then of 8, then one by one.
  *
  * Where the CPU has AVX-512F, the AVX2 path runs its first layer for 64 units (the book's nets) in AVX-512, with
  * the same FMAs in every lane, so the same bits: two images at a time forward and two pixels at a time in the
@@ -75,6 +76,23 @@ static inline void scatter_image(const uint16_t *cols, const float *vals, int64_
     }
 }
 
+/* The value of a pixel of level k (0 ... 255) of uint8 images: k / 255 in float32, as NumPy divides and
+ * digitlab_csr_fill_u8 writes it (the compiler folds each quotient, correctly rounded). Where the rows come with
+ * their levels (one byte a pixel in place of four: digitlab_csr_fill), the AVX2 and AVX-512 forwards of a
+ * training batch read them. */
+#define LEVEL1(k) (float)(k) / 255.0f
+#define LEVEL4(k) LEVEL1(k), LEVEL1(k + 1), LEVEL1(k + 2), LEVEL1(k + 3)
+#define LEVEL16(k) LEVEL4(k), LEVEL4(k + 4), LEVEL4(k + 8), LEVEL4(k + 12)
+#define LEVEL64(k) LEVEL16(k), LEVEL16(k + 16), LEVEL16(k + 32), LEVEL16(k + 48)
+static const float LEVEL_VALUES[256] = {LEVEL64(0), LEVEL64(64), LEVEL64(128), LEVEL64(192)};
+#undef LEVEL64
+#undef LEVEL16
+#undef LEVEL4
+#undef LEVEL1
+
+/* Pixel j's value, in a forward that has `levels` (NULL: none) and `vals`: the same float either way. */
+#define VALUE(j) (levels ? LEVEL_VALUES[levels[j]] : vals[j])
+
 /* ---------------------------------------------------------------- portable scalar versions */
 
 static void forward_scalar(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
@@ -116,7 +134,7 @@ static void gradient_scalar(const int32_t *offsets, const Entry *entries, int64_
 /* Pixel j's share of a 64-unit block: its weight row times its value, into the eight accumulators. */
 #define FMA64(j)                                                                                                  \
     do {                                                                                                          \
-        const __m256 value = _mm256_broadcast_ss(vals + (j));                                                     \
+        const __m256 value = _mm256_set1_ps(VALUE(j));                                                            \
         const float *w = kernel + (int64_t)cols[j] * units + u0;                                                  \
         a0 = _mm256_fmadd_ps(value, _mm256_loadu_ps(w), a0);                                                      \
         a1 = _mm256_fmadd_ps(value, _mm256_loadu_ps(w + 8), a1);                                                  \
@@ -132,9 +150,9 @@ static void gradient_scalar(const int32_t *offsets, const Entry *entries, int64_
  * of its own measured 8% slower: there the cursors' loads and stores are all the loop does). */
 __attribute__((target("avx2,fma")))
 static void forward_avx2(const int64_t *restrict starts, const uint16_t *restrict cols, const float *restrict vals,
-                         const int64_t *restrict index, int64_t first, int64_t rows, const float *restrict kernel,
-                         const float *restrict bias, int64_t units, float *restrict out, int64_t row0,
-                         int32_t *restrict cursor, Entry *restrict entries) {
+                         const uint8_t *restrict levels, const int64_t *restrict index, int64_t first, int64_t rows,
+                         const float *restrict kernel, const float *restrict bias, int64_t units,
+                         float *restrict out, int64_t row0, int32_t *restrict cursor, Entry *restrict entries) {
     for (int64_t r = 0; r < rows; r++) {
         const int64_t image = index ? index[r] : first + r;
         const int64_t begin = starts[image], end = starts[image + 1];
@@ -150,7 +168,7 @@ static void forward_avx2(const int64_t *restrict starts, const uint16_t *restric
             if (scatter) {
                 for (int64_t j = begin; j < end; j++) {
                     Entry *entry = entries + cursor[cols[j]]++;
-                    entry->row = batch_row, entry->value = vals[j];
+                    entry->row = batch_row, entry->value = VALUE(j);
                     FMA64(j);
                 }
                 scatter = 0;
@@ -295,7 +313,7 @@ static int64_t sgd_pixel_avx2(int32_t *const *offsets, Entry *const *entries, in
 /* Pixel j's share of an image's 64 units, into its four accumulators x0 ... x3. */
 #define FMA64_512(j, x0, x1, x2, x3)                                                                              \
     do {                                                                                                          \
-        const __m512 value = _mm512_set1_ps(vals[j]);                                                             \
+        const __m512 value = _mm512_set1_ps(VALUE(j));                                                            \
         const float *w = kernel + (int64_t)cols[j] * 64;                                                          \
         x0 = _mm512_fmadd_ps(value, _mm512_loadu_ps(w), x0);                                                      \
         x1 = _mm512_fmadd_ps(value, _mm512_loadu_ps(w + 16), x1);                                                 \
@@ -308,7 +326,7 @@ static int64_t sgd_pixel_avx2(int32_t *const *offsets, Entry *const *entries, in
     do {                                                                                                          \
         if (at) {                                                                                                 \
             Entry *entry = entries + (at)[cols[j]]++;                                                             \
-            entry->row = (int32_t)(number), entry->value = vals[j];                                               \
+            entry->row = (int32_t)(number), entry->value = VALUE(j);                                              \
         }                                                                                                         \
     } while (0)
 
@@ -329,9 +347,9 @@ static int64_t sgd_pixel_avx2(int32_t *const *offsets, Entry *const *entries, in
  * order. */
 __attribute__((target("avx512f,avx2,fma")))
 static void forward_avx512(const int64_t *restrict starts, const uint16_t *restrict cols, const float *restrict vals,
-                           const int64_t *restrict index, int64_t first, int64_t rows, const float *restrict kernel,
-                           const float *restrict bias, float *restrict out, int64_t row0, int32_t *restrict cursor,
-                           int32_t *restrict second, Entry *restrict entries) {
+                           const uint8_t *restrict levels, const int64_t *restrict index, int64_t first, int64_t rows,
+                           const float *restrict kernel, const float *restrict bias, float *restrict out, int64_t row0,
+                           int32_t *restrict cursor, int32_t *restrict second, Entry *restrict entries) {
     const int64_t half = rows / 2;
     for (int64_t r = 0; r < half; r++) {
         const int64_t r1 = half + r, image = index ? index[r] : first + r, other = index ? index[r1] : first + r1;
@@ -573,8 +591,25 @@ int digitlab_kernels_avx512(int allowed) {
 void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,
                              int64_t first, int64_t rows, int64_t inputs, const float *kernel, const float *bias,
                              int64_t units, float *out, int64_t row0, int32_t *offsets, Entry *entries) {
+    digitlab_sparse_forward_levels(starts, cols, vals, NULL, index, first, rows, inputs, kernel, bias, units, out, row0,
+                                   offsets, entries);
+}
+
+/* digitlab_sparse_forward for rows that may come with their pixels' levels (`levels` not NULL: vals[j] =
+ * LEVEL_VALUES[levels[j]]). A training batch's forward (its transpose built; AVX2 or AVX-512, units a multiple of
+ * 64) reads the levels in place of the values: MNIST's rows are 54 MB, read at random, and the values two thirds
+ * of them. A byte a pixel made the book's C epoch 1.04-1.14x faster on two threads of the 2-core Zen 4, the
+ * deep net's 1.03-1.06x (docs/engine.md, "The sixth round"). The same bits. */
+void digitlab_sparse_forward_levels(const int64_t *starts, const uint16_t *cols, const float *vals,
+                                    const uint8_t *levels, const int64_t *index, int64_t first, int64_t rows,
+                                    int64_t inputs, const float *kernel, const float *bias, int64_t units, float *out,
+                                    int64_t row0, int32_t *offsets, Entry *entries) {
 #ifdef HAVE_X86
     const int wide = units == 64 && avx512_on();
+    /* Only the AVX2 and AVX-512 forwards of a batch read them, in whole blocks of 64 units. */
+    if (!offsets || units % 64 != 0 || force_scalar || !use_avx2()) levels = NULL;
+#else
+    levels = NULL;
 #endif
     int32_t *second = NULL; /* The AVX-512 version's cursors for the second half of the rows. */
     if (offsets) {
@@ -595,7 +630,10 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
             if (r + 4 < rows) {
                 const int64_t ahead = index ? index[r + 4] : first + r + 4;
                 for (int64_t j = starts[ahead]; j < starts[ahead + 1]; j += 32) __builtin_prefetch(cols + j);
-                for (int64_t j = starts[ahead]; j < starts[ahead + 1]; j += 16) __builtin_prefetch(vals + j);
+                if (levels)
+                    for (int64_t j = starts[ahead]; j < starts[ahead + 1]; j += 64) __builtin_prefetch(levels + j);
+                else
+                    for (int64_t j = starts[ahead]; j < starts[ahead + 1]; j += 16) __builtin_prefetch(vals + j);
             }
 #endif
             for (int64_t j = starts[image]; j < starts[image + 1]; j++) offsets[cols[j] + 1]++;
@@ -606,9 +644,10 @@ void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const 
     }
 #ifdef HAVE_X86
     if (wide && (second || !offsets))
-        forward_avx512(starts, cols, vals, index, first, rows, kernel, bias, out, row0, offsets, second, entries);
+        forward_avx512(starts, cols, vals, levels, index, first, rows, kernel, bias, out, row0, offsets, second,
+                       entries);
     else if (!force_scalar && use_avx2())
-        forward_avx2(starts, cols, vals, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
+        forward_avx2(starts, cols, vals, levels, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
     else
 #elif defined(HAVE_SIMD128)
     if (!force_scalar)
@@ -695,10 +734,24 @@ void digitlab_sparse_weight_gradient(int32_t *offsets, Entry *entries, int64_t i
 
 /* ------------------------------------------------------------------------ building the CSR rows */
 
+/* Writes value v's level k (v = LEVEL_VALUES[k]) to *level and returns 1; 0 (nothing written) when v has none. */
+static inline int32_t level_of_float(float v, uint8_t *level) {
+    const int k = v > 0.0f && v <= 1.0f ? (int)(v * 255.0f + 0.5f) : 0; /* 0: none (v is not 0). */
+    if (LEVEL_VALUES[k] != v) return 0;
+    *level = (uint8_t)k;
+    return 1;
+}
+static inline int32_t level_of_byte(uint8_t v, uint8_t *level) {
+    *level = v;
+    return 1;
+}
+
 /* Two passes over a matrix x (rows x columns, row-major) of TYPE: digitlab_csr_countSUFFIX sets starts[r + 1] -
  * starts[r] = the nonzero entries of row r, starts[0] = 0, and returns their total; digitlab_csr_fillSUFFIX
- * writes their column numbers and values (VALUE of the entry v), row by row, columns ascending. */
-#define CSR_ROWS(SUFFIX, TYPE, VALUE)                                                                          \
+ * writes their column numbers and values (VALUE of the entry v), row by row, columns ascending. Where `levels` is
+ * not NULL it also writes each value's level (LEVEL(v, where): LEVEL_VALUES[level] is the value) and returns 1
+ * when every value has one, 0 otherwise (then the levels are not to be used). */
+#define CSR_ROWS(SUFFIX, TYPE, VALUE, LEVEL)                                                                   \
     int64_t digitlab_csr_count##SUFFIX(const TYPE *x, int64_t rows, int64_t columns, int64_t *starts) {           \
         starts[0] = 0;                                                                                         \
         for (int64_t r = 0; r < rows; r++) {                                                                   \
@@ -709,23 +762,30 @@ void digitlab_sparse_weight_gradient(int32_t *offsets, Entry *entries, int64_t i
         }                                                                                                      \
         return starts[rows];                                                                                   \
     }                                                                                                          \
-    void digitlab_csr_fill##SUFFIX(const TYPE *x, int64_t rows, int64_t columns, const int64_t *starts,          \
-                                   uint16_t *cols, float *vals) {                                              \
+    int32_t digitlab_csr_fill##SUFFIX(const TYPE *x, int64_t rows, int64_t columns, const int64_t *starts,       \
+                                      uint16_t *cols, float *vals, uint8_t *levels) {                          \
+        int32_t all = levels != NULL;                                                                          \
         for (int64_t r = 0; r < rows; r++) {                                                                   \
             const TYPE *row = x + r * columns;                                                                 \
             int64_t at = starts[r];                                                                            \
             for (int64_t c = 0; c < columns; c++) {                                                            \
-                TYPE v = row[c];                                                                               \
-                if (v != 0) cols[at] = (uint16_t)c, vals[at++] = (VALUE);                                      \
+                const TYPE v = row[c];                                                                         \
+                if (v == 0) continue;                                                                          \
+                if (all) all = LEVEL(v, levels + at);                                                          \
+                cols[at] = (uint16_t)c, vals[at++] = (VALUE);                                                  \
             }                                                                                                  \
         }                                                                                                      \
+        return all;                                                                                            \
     }
 
-/* A float32 matrix (as NumPy's nonzero: -0.0 is zero, NaN is not), its values as they are. */
-CSR_ROWS(, float, v)
+/* A float32 matrix (as NumPy's nonzero: -0.0 is zero, NaN is not), its values as they are; levels where every
+ * value is k / 255 in float32 (the inputs the book makes of uint8 images). */
+CSR_ROWS(, float, v, level_of_float)
 /* uint8 images, each nonzero v entered as v / 255 in float32, correctly rounded as NumPy divides: the rows of
- * `data.to_inputs(images)` without its float32 matrix (4 bytes a pixel, the start's largest block of new memory). */
-CSR_ROWS(_u8, uint8_t, (float)v / 255.0f)
+ * `data.to_inputs(images)` without its float32 matrix (4 bytes a pixel, the start's largest block of new memory);
+ * their levels are the bytes. */
+CSR_ROWS(_u8, uint8_t, (float)v / 255.0f, level_of_byte)
+#undef CSR_ROWS
 
 /* ------------------------------------------------------------------------ a bandwidth probe */
 

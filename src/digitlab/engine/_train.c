@@ -69,6 +69,7 @@ typedef struct {
     const int64_t *starts;
     const uint16_t *cols;
     const float *vals;
+    const uint8_t *levels; /* The pixels' levels (vals[j] = LEVEL_VALUES[levels[j]]: _kernels.c), or NULL. */
     const float *targets;
     const int64_t *labels, *order;
     int64_t n, batch, layers, inputs, widest;
@@ -209,8 +210,9 @@ static void *run_worker(void *argument) {
         gather(e->targets, e->labels, index, first, last, e->units[e->layers], e->batch_targets, e->batch_labels);
         lap(profile, PHASE_LOSS, &mark);
         /* The first layer's product for this thread's rows, and their transpose (for the update). */
-        digitlab_sparse_forward(e->starts, e->cols, e->vals, index + first, 0, last - first, e->inputs, e->kernels[0],
-                                e->biases[0], units, out, first, e->offsets[w->thread], e->entries[w->thread]);
+        digitlab_sparse_forward_levels(e->starts, e->cols, e->vals, e->levels, index + first, 0, last - first,
+                                       e->inputs, e->kernels[0], e->biases[0], units, out, first,
+                                       e->offsets[w->thread], e->entries[w->thread]);
         if (last > first) digitlab_dense_activate(out, last - first, units, e->activations[0]);
         lap(profile, PHASE_FIRST_FORWARD, &mark);
         rows_forward_backward(e, first, last, rows, &w->correct, profile, &mark);
@@ -241,15 +243,17 @@ static void *run_worker(void *argument) {
  * threads share the first layer's units (1: this thread alone; the results are the same). Adds the
  * epoch's loss sum and correct answers to *loss_sum and *correct, and, where `profile` is not NULL,
  * each thread's seconds per phase to profile[thread * PHASES + phase]. Returns 0, or -1 when memory or
- * a thread could not be had (nothing is changed then). */
-int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const float *vals, int64_t most_per_row,
-                         const float *targets, const int64_t *labels, const int64_t *order, int64_t n,
-                         int64_t batch, int64_t layers, const int64_t *units, const int32_t *activations,
-                         float *const *kernels, float *const *biases, int32_t loss, float rate, float clip,
-                         int64_t threads, double *loss_sum, int64_t *correct, double *profile) {
+ * a thread could not be had (nothing is changed then). The rows' `levels` (digitlab_sparse_forward_levels)
+ * may be NULL; the browser's engine (engine.js) calls digitlab_train_epoch, which has none. */
+int digitlab_train_epoch_levels(const int64_t *starts, const uint16_t *cols, const float *vals, const uint8_t *levels,
+                                int64_t most_per_row, const float *targets, const int64_t *labels,
+                                const int64_t *order, int64_t n, int64_t batch, int64_t layers, const int64_t *units,
+                                const int32_t *activations, float *const *kernels, float *const *biases, int32_t loss,
+                                float rate, float clip, int64_t threads, double *loss_sum, int64_t *correct,
+                                double *profile) {
     if (layers < 1 || layers > MAX_LAYERS || batch < 1 || threads < 1 || threads > MAX_THREADS) return -1;
     const int64_t entered = profile ? now_ns() : 0;
-    Epoch e = {starts, cols, vals, targets, labels, order, n, batch, layers, units[0], 0, units, activations,
+    Epoch e = {starts, cols, vals, levels, targets, labels, order, n, batch, layers, units[0], 0, units, activations,
                kernels, biases, loss, rate, clip};
     int64_t total = 0;
     for (int64_t l = 1; l <= layers; l++) {
@@ -327,6 +331,16 @@ int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const floa
     free(e.pixel_count);
     free(e.ink[0]);
     return failed ? -1 : 0;
+}
+
+int digitlab_train_epoch(const int64_t *starts, const uint16_t *cols, const float *vals, int64_t most_per_row,
+                         const float *targets, const int64_t *labels, const int64_t *order, int64_t n,
+                         int64_t batch, int64_t layers, const int64_t *units, const int32_t *activations,
+                         float *const *kernels, float *const *biases, int32_t loss, float rate, float clip,
+                         int64_t threads, double *loss_sum, int64_t *correct, double *profile) {
+    return digitlab_train_epoch_levels(starts, cols, vals, NULL, most_per_row, targets, labels, order, n, batch, layers,
+                                       units, activations, kernels, biases, loss, rate, clip, threads, loss_sum,
+                                       correct, profile);
 }
 
 /* ------------------------------------------------------------------------------ validation */

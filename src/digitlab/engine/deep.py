@@ -49,7 +49,7 @@ def _library():
     if _bound is not library:
         pointer, size = ctypes.c_void_p, ctypes.c_int64
         library.digitlab_train_epoch_deep_timed.argtypes = (
-            [pointer] * 3
+            [pointer] * 4
             + [size]
             + [pointer] * 3
             + [size] * 3
@@ -143,6 +143,7 @@ def train_epoch(
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
     status = _library().digitlab_train_epoch_deep_timed(
         *data._pointers,
+        data._levels_pointer,
         data.most_per_row,
         sparse._check(targets, np.float32),
         sparse._check(labels, np.int64),

@@ -27,6 +27,7 @@ the CPU has AVX-512, the AVX2 path runs its first layer for 64 units in AVX-512
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import importlib.machinery
 import os
@@ -67,7 +68,7 @@ def _load():
     except OSError as error:
         _reason = f"the C kernel {path.name} could not be loaded ({error})"
         return None
-    if not hasattr(library, "digitlab_kernels_avx512"):  # The newest entry point: a build older than this code.
+    if not hasattr(library, "digitlab_train_epoch_levels"):  # The newest entry point: a build older than this code.
         _reason = f"the C kernel {path.name} is older than this digitlab; rebuild it (pip install -e . or make setup)"
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
@@ -80,25 +81,25 @@ def _load():
     library.digitlab_sparse_weight_gradient.argtypes = [pointer, pointer, size, pointer, size, pointer, pointer]
     library.digitlab_sparse_weight_gradient.argtypes += [ctypes.c_float]
     library.digitlab_sparse_weight_gradient.restype = None
-    library.digitlab_train_epoch.argtypes = (
-        [pointer] * 3
+    library.digitlab_train_epoch_levels.argtypes = (
+        [pointer] * 4
         + [size]
         + [pointer] * 3
         + [size] * 3
         + [pointer] * 4
         + [ctypes.c_int32, ctypes.c_float, ctypes.c_float, size, pointer, pointer, pointer]
     )
-    library.digitlab_train_epoch.restype = ctypes.c_int
+    library.digitlab_train_epoch_levels.restype = ctypes.c_int
     library.digitlab_profile_phases.argtypes = []
     library.digitlab_profile_phases.restype = ctypes.c_int
     library.digitlab_csr_count.argtypes = [pointer, size, size, pointer]
     library.digitlab_csr_count.restype = size
-    library.digitlab_csr_fill.argtypes = [pointer, size, size, pointer, pointer, pointer]
-    library.digitlab_csr_fill.restype = None
+    library.digitlab_csr_fill.argtypes = [pointer, size, size, pointer, pointer, pointer, pointer]
+    library.digitlab_csr_fill.restype = ctypes.c_int32
     library.digitlab_csr_count_u8.argtypes = [pointer, size, size, pointer]
     library.digitlab_csr_count_u8.restype = size
-    library.digitlab_csr_fill_u8.argtypes = [pointer, size, size, pointer, pointer, pointer]
-    library.digitlab_csr_fill_u8.restype = None
+    library.digitlab_csr_fill_u8.argtypes = [pointer, size, size, pointer, pointer, pointer, pointer]
+    library.digitlab_csr_fill_u8.restype = ctypes.c_int32
     library.digitlab_read_bandwidth.argtypes = [pointer, size, size]
     library.digitlab_read_bandwidth.restype = ctypes.c_double
     library.digitlab_evaluate.argtypes = (
@@ -162,7 +163,9 @@ class SparseRows:
 
     `SparseRows(x)` takes the matrix; `SparseRows.from_images(images)` the uint8 images that `data.to_inputs`
     would turn into it (the same rows, bit for bit, without the matrix). The fast engine's `fit` takes either
-    kind of rows in place of the matrix where it trains whole epochs in C (`FastEngine.trains_from_rows`)."""
+    kind of rows in place of the matrix where it trains whole epochs in C (`FastEngine.trains_from_rows`). Where
+    every value is k / 255 in float32 for a byte k (uint8 images, or the inputs the book makes of them), `levels`
+    holds each pixel's k (else None), which the training epochs' forward reads in place of the value."""
 
     def __init__(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -191,12 +194,26 @@ class SparseRows:
         total = count(x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data)
         self.cols = np.empty(total, np.uint16)  # Two bytes a pixel: the kernels read less memory.
         self.vals = np.empty(total, np.float32)
-        fill(x.ctypes.data, len(x), x.shape[1], self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
+        # Each pixel's level too, where every value is one's (vals[j] is levels[j] / 255 in float32: uint8 images,
+        # or the inputs the book makes of them): a training batch's forward reads one byte a pixel in place of four
+        # (digitlab_sparse_forward_levels).
+        levels = np.empty(total, np.uint8)
+        pointers = (self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data, levels.ctypes.data)
+        every_value_a_level = fill(x.ctypes.data, len(x), x.shape[1], *pointers)
+        self.levels = levels if every_value_a_level else None
+        self._levels_pointer = None if self.levels is None else self.levels.ctypes.data
         self.most_per_row = int(np.diff(self.starts).max()) if len(x) else 0
         self._pointers = (self.starts.ctypes.data, self.cols.ctypes.data, self.vals.ctypes.data)
 
     def __len__(self) -> int:
         return int(self.shape[0])
+
+    def without_levels(self) -> SparseRows:
+        """These rows (the same arrays) with no levels: the kernels read the values (the same results; tests and
+        measurements compare the two)."""
+        rows = copy.copy(self)
+        rows.levels, rows._levels_pointer = None, None
+        return rows
 
     def density(self) -> float:
         """The fraction of the matrix's entries that are nonzero (as `density` counts them)."""
@@ -423,8 +440,9 @@ def train_epoch(
     if profile is not None:
         check_profile(profile, threads, profile_phases())
     loss_sum, correct = ctypes.c_double(0.0), ctypes.c_int64(0)
-    status = _kernels().digitlab_train_epoch(
+    status = _kernels().digitlab_train_epoch_levels(
         *data._pointers,
+        data._levels_pointer,
         data.most_per_row,
         _check(targets, np.float32),
         _check(labels, np.int64),

@@ -456,7 +456,7 @@ class Engine {
       this._f32(source, pixels.length).set(pixels);
       const nonzero = Number(e.digitlab_csr_count(source, BigInt(count), BigInt(columns), starts));
       (cols = this._alloc(2 * nonzero)), (vals = this._alloc(4 * nonzero));
-      e.digitlab_csr_fill(source, BigInt(count), BigInt(columns), starts, cols, vals);
+      e.digitlab_csr_fill(source, BigInt(count), BigInt(columns), starts, cols, vals, 0); // 0: no levels
       this._free(source);
     } else {
       const chunk = Math.min(count, 4096);
