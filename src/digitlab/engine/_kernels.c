@@ -77,7 +77,7 @@ static inline void scatter_image(const uint16_t *cols, const float *vals, int64_
 }
 
 /* The value of a pixel of level k (0 ... 255) of uint8 images: k / 255 in float32, as NumPy divides and
- * digitlab_csr_fill_u8 writes it (the compiler folds each quotient, correctly rounded). Where the rows come with
+ * digitlab_csr_fill_u8 enters it (the compiler folds each quotient, correctly rounded). Where the rows come with
  * their levels (one byte a pixel in place of four: digitlab_csr_fill), the AVX2 and AVX-512 forwards of a
  * training batch read them. */
 #define LEVEL1(k) (float)(k) / 255.0f
@@ -605,9 +605,9 @@ void digitlab_sparse_forward_levels(const int64_t *starts, const uint16_t *cols,
                                     int64_t inputs, const float *kernel, const float *bias, int64_t units, float *out,
                                     int64_t row0, int32_t *offsets, Entry *entries) {
 #ifdef HAVE_X86
-    const int wide = units == 64 && avx512_on();
+    const int simd = digitlab_kernels_simd_on(), wide = units == 64 && avx512_on();
     /* Only the AVX2 and AVX-512 forwards of a batch read them, in whole blocks of 64 units. */
-    if (!offsets || units % 64 != 0 || force_scalar || !use_avx2()) levels = NULL;
+    if (!offsets || units % 64 != 0 || !simd) levels = NULL;
 #else
     levels = NULL;
 #endif
@@ -646,7 +646,7 @@ void digitlab_sparse_forward_levels(const int64_t *starts, const uint16_t *cols,
     if (wide && (second || !offsets))
         forward_avx512(starts, cols, vals, levels, index, first, rows, kernel, bias, out, row0, offsets, second,
                        entries);
-    else if (!force_scalar && use_avx2())
+    else if (simd)
         forward_avx2(starts, cols, vals, levels, index, first, rows, kernel, bias, units, out, row0, offsets, entries);
     else
 #elif defined(HAVE_SIMD128)
@@ -781,10 +781,10 @@ static inline int32_t level_of_byte(uint8_t v, uint8_t *level) {
 /* A float32 matrix (as NumPy's nonzero: -0.0 is zero, NaN is not), its values as they are; levels where every
  * value is k / 255 in float32 (the inputs the book makes of uint8 images). */
 CSR_ROWS(, float, v, level_of_float)
-/* uint8 images, each nonzero v entered as v / 255 in float32, correctly rounded as NumPy divides: the rows of
- * `data.to_inputs(images)` without its float32 matrix (4 bytes a pixel, the start's largest block of new memory);
- * their levels are the bytes. */
-CSR_ROWS(_u8, uint8_t, (float)v / 255.0f, level_of_byte)
+/* uint8 images, each nonzero v entered as v / 255 in float32 (LEVEL_VALUES[v]), correctly rounded as NumPy divides:
+ * the rows of `data.to_inputs(images)` without its float32 matrix (4 bytes a pixel, the start's largest block of
+ * new memory); their levels are the bytes. */
+CSR_ROWS(_u8, uint8_t, LEVEL_VALUES[v], level_of_byte)
 #undef CSR_ROWS
 
 /* ------------------------------------------------------------------------ a bandwidth probe */
