@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from digitlab import cli
+from digitlab import atomic, cli, runs
 
 
 @pytest.fixture
@@ -352,6 +353,22 @@ def test_a_read_only_run_gets_advice_its_command_can_follow(capsys, read_only_ru
     assert code == 2 and err.startswith("error: Could not write") and "not writable" in err, err
     assert advice in err and "--runs-dir" not in err and "Traceback" not in err
     assert snapshot(read_only_run) == before
+
+
+def test_a_report_into_a_folder_that_takes_no_files_names_that_folder(capsys, trained_run):
+    """/proc exists but takes no new files: the message names the folder the user gave, not the hidden file
+    that probed it, and says what to do."""
+    code = cli.main(["report", str(trained_run), "--out", "/proc/report.html"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: Could not write in /proc: it takes no new files"), err
+    assert "probe" not in err and "digitlab report RUN --out FILE" in err and "Traceback" not in err
+    assert not Path("/proc/report.html").exists()
+
+
+def test_a_missing_folder_is_named_as_missing(tmp_path):
+    with pytest.raises(atomic.WriteError, match=r"Could not write in .*/gone: there is no such folder") as raised:
+        runs.check_writable(tmp_path / "gone")
+    assert "probe" not in str(raised.value) and "Choose a folder you can write in." in str(raised.value)
 
 
 def test_an_evaluation_stopped_by_sigterm_writes_none_of_its_files(capsys, monkeypatch, run_copy, small_npz):

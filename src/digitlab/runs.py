@@ -405,7 +405,15 @@ def check_writable(folder: str | Path, advice: str | None = None) -> None:
                     "folder to a writable one and use the copy."
                 )
             ) from None
-        raise atomic.WriteError(atomic.describe_write_error(probe, error)) from None
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise atomic.WriteError(atomic.describe_write_error(folder, error)) from None
+        # Any other reason names the folder, not the hidden probe file: no such folder, or one (like /proc)
+        # that takes no new files.
+        missing = "there is no such folder" if not folder.is_dir() else "it takes no new files"
+        raise atomic.WriteError(
+            f"Could not write in {folder}: {missing} ({error.strerror or error}). "
+            + (advice or "Choose a folder you can write in.")
+        ) from None
     finally:
         atomic.remove_quietly(probe)
 
