@@ -14,8 +14,8 @@ to the guest's cores (on the 2-core machine of docs/engine.md the deep net's epo
 went from 0.10 to 0.25-0.33 s for seconds at a time while one thread's stayed at 0.14 s, and the
 guest's counters showed nothing), and a thread of this process that keeps a core busy (this
 process's own time). So the count also follows the epochs' own times
-(`SpeedCheck`, fed by `FreeCores.record`): an epoch on several threads much slower than the best
-seen on them is followed by one on one thread; if that one is faster the network stays on one
+(`SpeedCheck`, fed by `FreeCores.record`): two epochs in a row on several threads much slower than the
+best seen on them are followed by one on one thread; if that one is faster the network stays on one
 thread and tries the wanted count again after a while, less often while it keeps losing. The
 browser's engine (static/engine/engine.js) has the same rule in JavaScript: tests/test_wasm.py feeds
 both the same times and compares their choices, so a change here is a change there.
@@ -31,8 +31,8 @@ import time
 # Decide again once this many seconds have passed (an epoch of the book's net is ~0.2 s; the
 # kernel counts CPU time in 10 ms ticks, so shorter windows are mostly rounding).
 WINDOW_S = 0.5
-# An epoch on several threads this many times slower than the best seen on them is followed by one on one
-# thread (the epochs of a quiet machine spread by +-15% around their median).
+# Two epochs in a row on several threads this many times slower than the best seen on them are followed by
+# one on one thread (the epochs of a quiet machine spread by +-15% around their median).
 SLOWER = 1.4
 # Epochs on one thread, after it measured faster, before the wanted count is tried again; doubled each time
 # that try loses, up to PROBE_MOST.
@@ -106,17 +106,21 @@ class SpeedCheck:
     while one has measured faster. `record` after each epoch; `allowed(wanted)` between them (as often as
     asked: validation asks too), which changes only with what `record` is told.
 
-    One epoch on one thread is timed early (the third), to compare with from the start; later, an epoch
-    on several threads SLOWER times the best on them is followed by another such probe, unless an epoch on
-    one thread within the last PROBE_MOST took longer than it (a probe would lose: the whole machine is
-    slow, not the threads; on the 2-core machine such probes were 7-16 of a 200-epoch run, 20-25 ms each,
-    and nearly all lost). A probe faster than the median of the last RECENT epochs on several threads (so
-    that one slow epoch among fast ones does not count) keeps the network on one thread for `wait` epochs
-    (PROBE_EVERY, doubled each time in a row that several threads lose again, up to PROBE_MOST); then several
-    are tried again, and compared with the latest one-thread epoch."""
+    One epoch on one thread is timed early (the third), to compare with from the start; later, two epochs
+    in a row on several threads, each SLOWER times the best on them, are followed by another such probe,
+    unless an epoch on one thread within the last PROBE_MOST took longer than them (a probe would lose: the
+    whole machine is slow, not the threads; on the 2-core machine such probes were 7-16 of a 200-epoch run,
+    20-25 ms each, and nearly all lost). One slow epoch among fast ones is a hiccup, not a slow stretch: on
+    that machine about one epoch a second took 25-45 ms longer, in a bare loop of C epochs too (the virtual
+    machine's doing, not the run's), and a probe after each cost 22 ms more. A probe faster than the median
+    of the last RECENT epochs on several threads (so that one slow epoch among fast ones does not count) keeps
+    the network on one thread for `wait` epochs (PROBE_EVERY, doubled each time in a row that several threads
+    lose again, up to PROBE_MOST); then several are tried again, and compared with the latest one-thread
+    epoch."""
 
     def __init__(self):
         self.best_many: float | None = None  # The fastest epoch on several threads (after the first epoch).
+        self.slow_before = False  # The latest epoch on several threads was slow (a probe follows a second).
         self.recent_many: collections.deque = collections.deque(maxlen=RECENT)  # The latest ones.
         self.last_one: float | None = None  # The latest epoch on one thread that this check chose,
         self.last_one_epoch = 0  # and its number.
@@ -147,8 +151,10 @@ class SpeedCheck:
             slow = self.best_many is not None and seconds > self.best_many * SLOWER
             if slow and self.last_one is not None and self.epochs - self.last_one_epoch <= PROBE_MOST:
                 slow = seconds > self.last_one  # One thread took longer lately: it would not win now.
-            if slow or self.epochs == 2:  # After the second epoch (the first timed): the early probe, the third.
+            again, self.slow_before = slow and self.slow_before, slow
+            if again or self.epochs == 2:  # After the second epoch (the first timed): the early probe, the third.
                 self.one_thread = self.probing = True
+                self.slow_before = False
             self.best_many = seconds if self.best_many is None else min(self.best_many, seconds)
             return
         if not self.one_thread:

@@ -187,13 +187,15 @@ function numpySum(values, start, count) {
 
 /* The native engine's cores.SpeedCheck (SLOWER, PROBE_EVERY, PROBE_MOST, RECENT there), rule for rule: which
  * thread count an epoch should use by the epochs' own times, all of them or one. The third epoch runs on one
- * thread, to compare with; an epoch on several threads 1.4x slower than their best is followed by one on one
- * thread (unless one thread took longer than it within the last 64 epochs); one that beats the median of the last 3 several-thread epochs keeps the engine on one thread for 8
- * epochs, then several are tried again, and each try that loses doubles the stretch (up to 64).
+ * thread, to compare with; two epochs in a row on several threads, each 1.4x slower than their best, are
+ * followed by one on one thread (unless one thread took longer than them within the last 64 epochs); one that
+ * beats the median of the last 3 several-thread epochs keeps the engine on one thread for 8 epochs, then
+ * several are tried again, and each try that loses doubles the stretch (up to 64).
  * tests/test_wasm.py feeds both the same times and compares their choices. */
 export class SpeedCheck {
   constructor() {
     this.bestMany = null;
+    this.slowBefore = false;
     this.recentMany = [];
     this.lastOne = null;
     this.lastOneEpoch = 0;
@@ -226,7 +228,13 @@ export class SpeedCheck {
       let slow = this.bestMany !== null && seconds > this.bestMany * 1.4;
       /* One thread took longer lately: a probe would not win now. */
       if (slow && this.lastOne !== null && this.epochs - this.lastOneEpoch <= 64) slow = seconds > this.lastOne;
-      if (slow || this.epochs === 2) this.oneThread = this.probing = true;
+      /* One slow epoch among fast ones is a hiccup: a probe follows the second in a row. */
+      const again = slow && this.slowBefore;
+      this.slowBefore = slow;
+      if (again || this.epochs === 2) {
+        this.oneThread = this.probing = true;
+        this.slowBefore = false;
+      }
       this.bestMany = this.bestMany === null ? seconds : Math.min(this.bestMany, seconds);
       return;
     }
