@@ -689,11 +689,11 @@ static void *run_deep(void *argument) {
 int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols, const float *vals,
                                     const uint8_t *levels, int64_t most_per_row, const float *targets,
                                     const int64_t *labels, const int64_t *order, int64_t n, int64_t batch,
-                                    int64_t layers, const int64_t *units, const int32_t *activations, const float *dropout,
-                                    const float *norm, float *const *arrays, float *const *slots, int32_t optimizer,
-                                    const float *step_sizes, const float *hyper, int64_t step, uint32_t seed,
-                                    int32_t loss, float clip, double *loss_sum, int64_t *correct, int32_t threads,
-                                    double *profile) {
+                                    int64_t layers, const int64_t *units, const int32_t *activations,
+                                    const float *dropout, const float *norm, float *const *arrays,
+                                    float *const *slots, int32_t optimizer, const float *step_sizes,
+                                    const float *hyper, int64_t step, uint32_t seed, int32_t loss, float clip,
+                                    double *loss_sum, int64_t *correct, int32_t threads, double *profile) {
     const int64_t entered = profile ? now_ns() : 0;
     if (threads < 1) threads = 1;
     if (layers < 1 || layers > MAX_LAYERS || batch < 1 || threads > MAX_THREADS) return -1;
