@@ -414,6 +414,67 @@ def test_the_thread_count_follows_the_epochs_measured_times():
     assert run(machine_slow) == [2, 2, 1] + [2] * 66 + [1] + [2] * 19
 
 
+def test_the_thread_count_follows_the_cores_hand_over():
+    """SpeedCheck told the cores' hand-over before the epochs where it asks for it (FreeCores.before_epoch):
+    far-apart cores after one slow epoch make a probe at once, which faces that epoch; cores that come near
+    again (two reads in a row) end a stretch on one thread at once, and a try that loses there leaves the times
+    to decide; a far reading with fast epochs, or none at all, changes nothing."""
+    near, far = 55.0, 330.0
+
+    def run(epochs, handovers=None):
+        check, chosen = cores.SpeedCheck(), []
+        for epoch, times in enumerate(epochs):
+            if handovers is not None and check.wants_handover():
+                check.measured(handovers[epoch])
+            threads = check.allowed(2)
+            chosen.append(threads)
+            check.record(threads, times[threads])
+        return chosen
+
+    quiet, slow = {1: 0.070, 2: 0.045}, {1: 0.070, 2: 0.200}
+    # The host moves the two cores apart for 21 epochs from the 10th, then back.
+    epochs = [quiet] * 9 + [slow] * 21 + [quiet] * 30
+    apart = [near] * 9 + [far] * 21 + [near] * 30
+    by_times = run(epochs)
+    assert by_times[9:12] == [2, 2, 1] and by_times[30:37] == [1] * 7  # Two slow epochs; back at the 38th.
+    chosen = run(epochs, apart)
+    assert chosen[:10] == [2, 2, 1] + [2] * 7  # The 10th epoch is slow and the cores far apart:
+    assert chosen[10:19] == [1] * 9  # a probe at once, which wins against that epoch, and 8 more on one;
+    assert chosen[19:30] == [2] + [1] * 10  # a try of two, which loses (the cores still apart), and more on one;
+    assert chosen[30:] == [1] + [2] * 29  # the cores come near at the 31st: two near reads, two threads, a win.
+    # One near read in a stretch (the host in the middle of a move) is not enough.
+    assert run(epochs, apart[:25] + [near] + apart[26:]) == chosen
+    assert sum(epochs[e][t] for e, t in enumerate(chosen)) < sum(epochs[e][t] for e, t in enumerate(by_times))
+    # Epochs slow for another reason (the cores stay near): the same choices as the times alone.
+    assert run(epochs, [near] * 60) == by_times
+    # No hand-over measured (the probe could not be made): the same too.
+    assert run(epochs, [None] * 60) == by_times
+    # A far reading beside fast epochs (the 17th is read for the reference): nothing happens.
+    assert run([quiet] * 30, [near] * 16 + [far] + [near] * 13) == [2, 2, 1] + [2] * 27
+    # The cores come near but two threads still lose: one try, then the times decide (no try every epoch).
+    stuck = [quiet] * 9 + [slow] * 40
+    chosen = run(stuck, [near] * 9 + [far] * 5 + [near] * 35)
+    assert chosen[10:15] == [1] * 5 and chosen[15] == 2  # The early end of the stretch: a try, which loses;
+    assert chosen[16:32] == [1] * 16 and chosen[32] == 2  # then 16 on one thread (doubled) before the next.
+
+
+def test_the_cores_hand_over_is_measured_in_c():
+    """sparse.handover_ns: a cache line's round trip between two threads, in nanoseconds (tens to hundreds on
+    a machine's cores), or None where it cannot be measured."""
+    if sparse.unavailable_reason() is not None:
+        pytest.skip(sparse.unavailable_reason())
+    measured = [sparse.handover_ns(chunks=4, limit_s=0.05) for _ in range(3)]
+    assert all(ns is None or 1.0 < ns < 100_000.0 for ns in measured), measured
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert any(ns is not None for ns in measured), measured  # A second core answers within 50 ms.
+    assert sparse.handover_ns(chunks=0) is None  # Nothing to time.
+    free = cores.FreeCores(handover=lambda: 77.0)
+    free.before_epoch(1)  # One thread wanted: no probe.
+    assert free.speed.handover is None
+    free.before_epoch(2)
+    assert free.speed.handover in (77.0, None)  # None only where the load leaves a single core.
+
+
 @pytest.mark.heavy
 def test_a_busy_core_the_load_cannot_see_sends_the_network_to_one_thread():
     """A thread of this process that keeps a core busy is the process's own CPU time, which FreeCores's load

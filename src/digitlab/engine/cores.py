@@ -19,6 +19,16 @@ best seen on them are followed by one on one thread; if that one is faster the n
 thread and tries the wanted count again after a while, less often while it keeps losing. The
 browser's engine (static/engine/engine.js) has the same rule in JavaScript: tests/test_wasm.py feeds
 both the same times and compares their choices, so a change here is a change there.
+
+Natively the check also reads how far apart two cores are now, before the epochs where that could change
+the count (`sparse.handover_ns`: a cache line's round trip between two threads: 60-80 ns or 200-345 ns on
+the 2-core machine of docs/engine.md as its host places the two virtual cores). Two threads lose
+to one when the cores are far apart, so after one slow epoch a round trip at least FARTHER times the one read
+beside fast epochs sends the next epoch to a probe on one thread, and in a stretch on one thread two round
+trips in a row at most NEARER times the stretch's first end it (the cores have come near), where the times alone
+would wait up to PROBE_MOST epochs. The times still decide: a try that loses sends the network back to one
+thread as before. The browser has no such read (its rule is the times' alone, as this one's where the read
+cannot be made).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import collections
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 # Decide again once this many seconds have passed (an epoch of the book's net is ~0.2 s; the
 # kernel counts CPU time in 10 ms ticks, so shorter windows are mostly rounding).
@@ -39,18 +50,36 @@ SLOWER = 1.4
 PROBE_EVERY, PROBE_MOST = 8, 64
 # How many of the latest epochs on several threads a probe on one thread is compared with (their median).
 RECENT = 3
+# The cores' hand-over (a cache line's round trip between two threads), read before an epoch where it could
+# change the count (SpeedCheck.wants_handover): after one slow epoch on several threads, at least FARTHER times
+# the reference (read before an epoch on several threads that was not slow) makes it the cores' placement, not
+# a hiccup, and a probe follows at once; in a stretch on one thread, two reads in a row at most NEARER times
+# the stretch's first end it. The 2-core machine's two placements: 60-80 ns and 200-345 ns (a few reads of
+# 30 ns came with slower epochs on two threads, so the least read is no reference). Read every REFERENCE_EVERY
+# epochs on several threads besides, to keep the reference.
+FARTHER, NEARER, REFERENCE_EVERY = 2.0, 0.5, 16
 
 
 class FreeCores:
     """Tracks how busy this process's cores are, to say how many threads an epoch should use now."""
 
-    def __init__(self, follow_speed: bool = True):
+    def __init__(self, follow_speed: bool = True, handover: Callable[[], float | None] | None = None):
         self.cores: list[int] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.last = self._sample()
         self.free: float | None = None
         # follow_speed=False: the load alone decides (digitlab bench times the count it asks for).
         self.speed = SpeedCheck() if follow_speed else None
+        # Measures the cores' hand-over in ns (sparse.handover_ns), or None where it cannot.
+        self.handover = handover
+
+    def before_epoch(self, wanted: int) -> None:
+        """Reads how far apart two cores are now, for the next epoch's count (`SpeedCheck.measured`), where
+        it could change that count and several threads are wanted and the load leaves them room."""
+        if self.speed is None or self.handover is None or wanted <= 1 or not self.speed.wants_handover():
+            return
+        if self._free_threads(wanted) > 1:
+            self.speed.measured(self.handover())
 
     def record(self, threads: int, seconds: float) -> None:
         """Tells how long a network's epoch took on `threads` threads (its C call alone, no validation)."""
@@ -116,7 +145,7 @@ class SpeedCheck:
     of the last RECENT epochs on several threads (so that one slow epoch among fast ones does not count) keeps
     the network on one thread for `wait` epochs (PROBE_EVERY, doubled each time in a row that several threads
     lose again, up to PROBE_MOST); then several are tried again, and compared with the latest one-thread
-    epoch."""
+    epoch. `measured`, before an epoch, tells the cores' hand-over (module docstring: FARTHER, NEARER)."""
 
     def __init__(self):
         self.best_many: float | None = None  # The fastest epoch on several threads (after the first epoch).
@@ -125,11 +154,47 @@ class SpeedCheck:
         self.last_one: float | None = None  # The latest epoch on one thread that this check chose,
         self.last_one_epoch = 0  # and its number.
         self.one_thread = False  # The epochs run on one thread: a probe, or a stretch after one won.
-        self.probing = False  # The next epoch on one thread is a probe against recent_many.
+        self.probing = False  # The next epoch on one thread is a probe against recent_many,
+        self.probe_against: float | None = None  # or against this epoch's time where it is not None.
         self.trying = False  # The next epoch on several threads is a try against last_one.
         self.left = 0  # Epochs on one thread left in the stretch.
         self.wait = PROBE_EVERY
         self.epochs = 0
+        self.handover: float | None = None  # The hand-over read before the coming epoch (None: not read),
+        self.reference: float | None = None  # the latest read before an epoch on several threads not slow,
+        self.stretch_handover: float | None = None  # the first read in this stretch on one thread,
+        self.near_reads = 0  # and how many reads in a row since were at most NEARER times it.
+        self.latest_many: float | None = None  # The latest epoch on several threads.
+
+    def wants_handover(self) -> bool:
+        """Whether the cores' hand-over, read before the next epoch, could change what it runs on: in a
+        stretch on one thread, after one slow epoch on several, until there is a reference to compare with,
+        and every REFERENCE_EVERY epochs to keep it (a read costs about 0.15 ms)."""
+        if self.one_thread:
+            return not self.probing
+        return self.slow_before or self.reference is None or self.epochs % REFERENCE_EVERY == 0
+
+    def measured(self, handover_ns: float | None) -> None:
+        """Tells the cores' hand-over before the coming epoch (None: not measured). In a stretch on one
+        thread, two reads in a row at most NEARER times the stretch's first end it (the next epoch tries
+        several; the first near read may come while the host moves the cores); after one slow epoch on
+        several, a read at least FARTHER times the reference sends the next epoch to a probe on one thread,
+        against that slow epoch (the median of the recent ones is still fast)."""
+        self.handover = handover_ns
+        if handover_ns is None:
+            return
+        if self.one_thread and not self.probing:
+            if self.stretch_handover is None:
+                self.stretch_handover = handover_ns
+            near = handover_ns <= self.stretch_handover * NEARER
+            self.near_reads = self.near_reads + 1 if near else 0
+            if self.near_reads >= 2:  # The cores came near again, and stayed (the first may be mid-move).
+                self.one_thread, self.trying, self.left = False, True, 0
+        elif not self.one_thread and self.slow_before and self.reference is not None:
+            if handover_ns >= self.reference * FARTHER:  # The cores' placement, not a hiccup.
+                self.one_thread = self.probing = True
+                self.slow_before = False
+                self.probe_against = self.latest_many
 
     def allowed(self, wanted: int) -> int:
         """How many of `wanted` threads the next epoch may use: all of them, or one."""
@@ -138,9 +203,11 @@ class SpeedCheck:
     def record(self, threads: int, seconds: float) -> None:
         """Tells how long an epoch took on `threads` threads; decides what `allowed` says next."""
         self.epochs += 1
+        handover, self.handover = self.handover, None  # Read before this epoch, or None.
         if self.epochs == 1:
             return  # The first epoch fills the caches and pages: not the threads' speed.
         if threads > 1:
+            self.latest_many = seconds
             self.recent_many.append(seconds)
             if self.trying:
                 self.trying = False
@@ -151,10 +218,13 @@ class SpeedCheck:
             slow = self.best_many is not None and seconds > self.best_many * SLOWER
             if slow and self.last_one is not None and self.epochs - self.last_one_epoch <= PROBE_MOST:
                 slow = seconds > self.last_one  # One thread took longer lately: it would not win now.
+            if handover is not None and not slow:
+                self.reference = handover
             again, self.slow_before = slow and self.slow_before, slow
             if again or self.epochs == 2:  # After the second epoch (the first timed): the early probe, the third.
                 self.one_thread = self.probing = True
                 self.slow_before = False
+                self.probe_against = None
             self.best_many = seconds if self.best_many is None else min(self.best_many, seconds)
             return
         if not self.one_thread:
@@ -162,7 +232,10 @@ class SpeedCheck:
         self.last_one, self.last_one_epoch = seconds, self.epochs
         if self.probing:
             self.probing = False
-            if self.recent_many and seconds < statistics.median(self.recent_many):
+            against = self.probe_against
+            if against is None and self.recent_many:
+                against = statistics.median(self.recent_many)
+            if against is not None and seconds < against:
                 self._stay_on_one()
             else:
                 self.one_thread = False  # The slowness was not the threads': back to several.
@@ -173,4 +246,5 @@ class SpeedCheck:
 
     def _stay_on_one(self) -> None:
         self.one_thread, self.left = True, self.wait
+        self.stretch_handover, self.near_reads = None, 0
         self.wait = min(self.wait * 2, PROBE_MOST)

@@ -158,7 +158,7 @@ class NumpyBackend:
         # Plain SGD on a sparse first layer: the C kernel updates the touched weight rows itself.
         self.fused_sgd = network.optimizer.name == "sgd" and not network.optimizer.momentum
         # follow_speed: the thread count follows the epochs' measured times too, not only the load (cores.py).
-        self.free_cores = cores.FreeCores(follow_speed) if epoch_threads > 1 else None
+        self.free_cores = cores.FreeCores(follow_speed, handover=sparse.handover_ns) if epoch_threads > 1 else None
         # Epochs per number of threads a network ran on (the C epoch; the per-batch steps count as one).
         self.thread_counts: collections.Counter = collections.Counter()
         self.profile_rows: np.ndarray | None = None  # Where the C epoch adds its phases' seconds (profile_into).
@@ -309,6 +309,8 @@ class NumpyBackend:
         count, size = orders.shape
         if self.sparse_rows is not None and (self.deep_plans is not None or self.plans is not None):
             # Whole epochs in C: _deep.c (BatchNormalization) or _train.c.
+            if self.free_cores is not None:
+                self.free_cores.before_epoch(self.epoch_threads)  # How far apart two cores are now.
             threads = self._threads_now()
             self.thread_counts[threads] += 1
             data, step = (self.sparse_rows[0], self.y, self.labels), int(self.arrays["iterations"])

@@ -68,7 +68,7 @@ def _load():
     except OSError as error:
         _reason = f"the C kernel {path.name} could not be loaded ({error})"
         return None
-    if not hasattr(library, "digitlab_train_epoch_levels"):  # The newest entry point: a build older than this code.
+    if not hasattr(library, "digitlab_handover_ns"):  # The newest entry point: a build older than this code.
         _reason = f"the C kernel {path.name} is older than this digitlab; rebuild it (pip install -e . or make setup)"
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
@@ -102,6 +102,8 @@ def _load():
     library.digitlab_csr_fill_u8.restype = ctypes.c_int32
     library.digitlab_read_bandwidth.argtypes = [pointer, size, size]
     library.digitlab_read_bandwidth.restype = ctypes.c_double
+    library.digitlab_handover_ns.argtypes = [ctypes.c_int32, size]
+    library.digitlab_handover_ns.restype = ctypes.c_double
     library.digitlab_evaluate.argtypes = (
         [pointer] * 6 + [size] * 2 + [pointer] * 4 + [ctypes.c_int32, ctypes.c_float, size, pointer, pointer]
     )
@@ -514,6 +516,17 @@ def check_profile(profile: np.ndarray, threads: int, phases: int) -> None:
 def profile_phases() -> int:
     """How many phases `train_epoch` times for its profile (the C code's count)."""
     return int(_kernels().digitlab_profile_phases())
+
+
+def handover_ns(chunks: int = 8, limit_s: float = 0.002) -> float | None:
+    """How far apart two threads' cores are now: nanoseconds for a cache line to go to another thread and back
+    (the least over `chunks` chunks of 16 round trips, `_train.c`'s digitlab_handover_ns), or None when it
+    could not be measured (no C kernel, no thread, or no answer within `limit_s`: the other core is busy)."""
+    library = _load()
+    if library is None:
+        return None
+    ns = float(library.digitlab_handover_ns(chunks, int(limit_s * 1e9)))
+    return ns if ns > 0 else None
 
 
 def read_bandwidth(size: int, repeats: int = 20) -> float:
