@@ -11,6 +11,7 @@ import pytest
 
 from digitlab import atomic
 from digitlab.bench import arithmetic, breakdown
+from digitlab.bench import markdown as bench_markdown
 from digitlab.bench import runner as bench
 from digitlab.bench import worker as bench_worker
 from digitlab.engine import sparse, timing
@@ -108,6 +109,18 @@ def test_deep_net_rows_time_fit_against_the_engine(tmp_path):
         assert all(entry["limit_seconds"] == 0 for entry in row["breakdown"])
     assert "Where an epoch goes" in markdown and "| BatchNormalization statistics | " in markdown
     assert "× limit" not in markdown and "have no limits counted" in markdown
+    # Where the host had the cores before and after the rows: read, or None where it could not be (one core).
+    handover = results["handover_ns"]
+    assert set(handover) == {"before", "after"}
+    assert all(ns is None or 1 < ns < 100_000 for ns in handover.values())
+    if any(ns is not None for ns in handover.values()):
+        assert "Cores' hand-over (a cache line between two threads, there and back): " in markdown
+
+
+def test_the_bench_header_says_where_the_cores_were():
+    """markdown.handover_text: each read in ns, or 'not read'; a bench.json from before it has none."""
+    assert bench_markdown.handover_text({"before": 64.4, "after": 301.0}) == "64 ns before the rows, 301 ns after"
+    assert bench_markdown.handover_text({"before": None, "after": 66.0}) == "not read before the rows, 66 ns after"
 
 
 @pytest.mark.heavy

@@ -56,6 +56,19 @@ def short(row: rows.Row) -> str:
     )
 
 
+def handover_text(handover: dict) -> str:
+    """'64 ns before the rows, 66 ns after' (a read that failed: 'not read')."""
+    before, after = (handover.get(when) for when in ("before", "after"))
+    return " ".join(
+        [
+            "not read" if before is None else f"{before:.0f} ns",
+            "before the rows,",
+            "not read" if after is None else f"{after:.0f} ns",
+            "after",
+        ]
+    )
+
+
 def to_markdown(results: rows.Results) -> str:
     """The bench results as a Markdown table with the machine it ran on."""
     machine, gflops = results["machine"], results["gflops"]
@@ -67,7 +80,13 @@ def to_markdown(results: rows.Results) -> str:
         + ".",
         f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul {gflops['all_cores']:.0f} GFLOP/s "
         f"({gflops['one_core']:.0f} on one core); Keras {machine['keras']}, JAX {machine['jax']}, "
-        f"TensorFlow {machine['tensorflow']}, NumPy {machine['numpy']}; {results['created']}.",
+        f"TensorFlow {machine['tensorflow']}, NumPy {machine['numpy']}; {results['created']}."
+        + (
+            f" Cores' hand-over (a cache line between two threads, there and back): "
+            f"{handover_text(results['handover_ns'])}."
+            if any(value is not None for value in results.get("handover_ns", {}).values())
+            else ""
+        ),
         "",
         f"| Engine | s/epoch | 1st epoch s | {book_epochs} epochs (projected) | val accuracy | peak memory "
         "| × arithmetic limit (dense / useful) | speedup vs fit TF | speedup vs fit JAX |",

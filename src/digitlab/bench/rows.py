@@ -128,5 +128,6 @@ class Results(TypedDict, total=False):
     train_limit: int | None
     rows: list[Row]
     scaling: dict[str, float]
+    handover_ns: dict[str, float | None]  # The cores' hand-over before and after the rows (runner.cores_handover).
     comparison: Comparison
     created: str

@@ -46,6 +46,7 @@ from digitlab import atomic, backends, errors, system
 from digitlab.bench import arithmetic, breakdown, rows
 from digitlab.bench import markdown as bench_markdown
 from digitlab.config import MODEL_DEFAULTS
+from digitlab.engine import sparse
 
 MODEL = "shallow"
 EPOCH_MODELS = ("shallow", "deep")  # The nets whose epochs `run_bench` times (LeNet: `run_lenet_bench`).
@@ -56,6 +57,17 @@ WARMUP_STEPS = bench_markdown.WARMUP_STEPS
 NOT_INSTALLED = f"{system.NOT_INSTALLED} (pip install tensorflow-cpu)"
 # The packages whose versions bench.json and bench.md name beside the machine.
 MACHINE_VERSIONS = ("keras", "jax", "numpy", "tensorflow")
+
+
+def cores_handover(reads: int = 5) -> float | None:
+    """The median of `reads` reads of the cores' hand-over (`sparse.handover_ns`, ns), or None on one core or where
+    none could be read. Two threads of one network gain only while it is short: on the 2-core machine of
+    docs/engine.md its host moves the cores between 60-80 ns and 200-345 ns, and two threads then take twice as
+    long, so every bench says where the cores were before and after its rows."""
+    if system.machine_info()["cores"] < 2:
+        return None
+    found = [ns for ns in (sparse.handover_ns(limit_s=0.05) for _ in range(reads)) if ns is not None]
+    return statistics.median(found) if found else None
 
 
 def run_bench(
@@ -102,6 +114,7 @@ def run_bench(
             + ", ".join(f"{level} {value / 1e9:.0f} GB/s" for level, value in bandwidth.items())
         )
     table: list[rows.Row] = []
+    handover = {"before": cores_handover()}  # Where the host has the cores now (docs/engine.md, "The eighth round").
     for backend in backends:
         table.append(_keras_row(backend, {"kind": "fit", "epochs": epochs, "seeds": [0], **common}))
         print_fn(f"  {table[-1]['name']}: {bench_markdown.short(table[-1])}")
@@ -122,6 +135,9 @@ def run_bench(
         }
         table.append(_run_worker(label, spec))
         print_fn(f"  {label}: {bench_markdown.short(table[-1])}")
+    handover["after"] = cores_handover()
+    if handover["before"] is not None or handover["after"] is not None:
+        print_fn(f"cores' hand-over (a cache line there and back): {bench_markdown.handover_text(handover)}")
     # The machine's limit is its faster measured figure (a second BLAS thread can lose on a busy machine).
     gflops["limit"] = max(gflops["all_cores"], gflops["one_core"])
     _add_ratios(table, gflops["limit"])
@@ -137,6 +153,7 @@ def run_bench(
         "train_limit": train_limit,
         "rows": table,
         "scaling": scaling,
+        "handover_ns": handover,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if bandwidth:

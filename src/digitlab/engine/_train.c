@@ -463,9 +463,10 @@ static int wait_for_ball(const Handover *handover, int value, int64_t deadline) 
 
 /* How far apart the cores of a two-thread epoch are now: nanoseconds for a cache line to go from this thread to a
  * new one and back, the least over `chunks` chunks of 16 round trips (the least: a chunk that the scheduler
- * interrupts only takes longer). A virtual machine's host may run its two cores where that takes 330 ns in place
- * of 55 (docs/engine.md, "the seventh round"), and then two threads sharing a batch lose to one; engine/cores.py
- * reads it before each epoch. -1 when no thread could be started, or when the helper did not answer within
+ * interrupts only takes longer). A virtual machine's host may run its two cores where that takes 300 ns in place
+ * of 65 (docs/engine.md, the seventh and eighth rounds), and then two threads sharing a batch lose to one;
+ * engine/cores.py reads it before the epochs where it could change their count, digitlab bench before and after
+ * its rows. -1 when no thread could be started, or when the helper did not answer within
  * `limit_ns` all told (its core busy with other work: two threads would wait for it at every barrier too). */
 double digitlab_handover_ns(int32_t chunks, int64_t limit_ns) {
     enum { ROUND_TRIPS = 16 };
