@@ -463,10 +463,12 @@ def test_the_cores_hand_over_is_measured_in_c():
     a machine's cores), or None where it cannot be measured."""
     if sparse.unavailable_reason() is not None:
         pytest.skip(sparse.unavailable_reason())
-    measured = [sparse.handover_ns(chunks=4, limit_s=0.05) for _ in range(3)]
-    assert all(ns is None or 1.0 < ns < 100_000.0 for ns in measured), measured
+    # Half a second each: where another program holds a core (the full suite's servers and browsers), the helper
+    # waits for the scheduler, and 50 ms was too short for all three reads in one CI run.
+    measured = [sparse.handover_ns(chunks=4, limit_s=0.5) for _ in range(3)]
+    assert all(ns is None or 1.0 < ns < 1e8 for ns in measured), measured
     if len(os.sched_getaffinity(0)) >= 2:
-        assert any(ns is not None for ns in measured), measured  # A second core answers within 50 ms.
+        assert any(ns is not None for ns in measured), measured  # A second core answers within 0.5 s.
     assert sparse.handover_ns(chunks=0) is None  # Nothing to time.
     free = cores.FreeCores(handover=lambda: 77.0)
     free.before_epoch(1)  # One thread wanted: no probe.
