@@ -112,7 +112,7 @@ def test_deep_net_rows_time_fit_against_the_engine(tmp_path):
     # Where the host had the cores before and after the rows: read, or None where it could not be (one core).
     handover = results["handover_ns"]
     assert set(handover) == {"before", "after"}
-    assert all(ns is None or 1 < ns < 100_000 for ns in handover.values())
+    assert all(ns is None or 1 < ns < 1e8 for ns in handover.values())
     if any(ns is not None for ns in handover.values()):
         assert "Cores' hand-over (a cache line between two threads, there and back): " in markdown
 
