@@ -47,8 +47,8 @@ def record(minutes: float, model: str, limit: int | None = None) -> list[list[fl
     fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, workers=2)
     backend = fast._impl
     backend.start(x, y, validation)
-    count = [2]  # The count is this script's: no load check, no speed check, no probe in the epochs.
-    backend._threads_now = lambda: count[0]
+    count = [2]  # The count is this script's: no load check, no speed check, no read inside the epochs.
+    backend._threads_now, backend.free_cores = (lambda: count[0]), None
     orders = np.empty((1, len(x)), np.int64)
     rng, slots, until = np.random.RandomState(0), [], time.monotonic() + minutes * 60
     while time.monotonic() < until:
