@@ -76,6 +76,14 @@ static inline void barrier_sleep(Barrier *barrier, int old_sense) {
 #endif
 }
 
+/* One turn of a spin-wait: x86's pause (the other hyperthread gets the core's resources meanwhile); elsewhere
+ * nothing. */
+static inline void spin_pause(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_ia32_pause();
+#endif
+}
+
 /* Waits until every thread of the barrier has come; *local_sense is the thread's own (0 at first). */
 static inline void barrier_wait(Barrier *barrier, int *local_sense) {
     if (barrier->threads == 1) return;
@@ -99,9 +107,7 @@ static inline void barrier_wait(Barrier *barrier, int *local_sense) {
             if (!deadline) deadline = now + SPIN_NS;
             else if (now > deadline) barrier_sleep(barrier, !*local_sense);
         }
-#if defined(__x86_64__) && defined(__GNUC__)
-        __builtin_ia32_pause();
-#endif
+        spin_pause();
     }
 }
 

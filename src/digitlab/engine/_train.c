@@ -442,9 +442,7 @@ static void *return_ball(void *argument) {
         int ball;
         while ((ball = __atomic_load_n(&handover->ball, __ATOMIC_ACQUIRE)) % 2 == 0) {
             if (__atomic_load_n(&handover->stop, __ATOMIC_ACQUIRE)) return NULL;
-#if defined(__x86_64__) && defined(__GNUC__)
-            __builtin_ia32_pause();
-#endif
+            spin_pause();
         }
         __atomic_store_n(&handover->ball, ball + 1, __ATOMIC_RELEASE);
     }
@@ -454,9 +452,7 @@ static void *return_ball(void *argument) {
 static int wait_for_ball(const Handover *handover, int value, int64_t deadline) {
     for (int spins = 1; __atomic_load_n(&handover->ball, __ATOMIC_ACQUIRE) != value; spins++) {
         if (spins % 64 == 0 && now_ns() > deadline) return -1;
-#if defined(__x86_64__) && defined(__GNUC__)
-        __builtin_ia32_pause();
-#endif
+        spin_pause();
     }
     return 0;
 }

@@ -164,7 +164,6 @@ class SpeedCheck:
         self.reference: float | None = None  # the latest read before an epoch on several threads not slow,
         self.stretch_handover: float | None = None  # the first read in this stretch on one thread,
         self.near_reads = 0  # and how many reads in a row since were at most NEARER times it.
-        self.latest_many: float | None = None  # The latest epoch on several threads.
 
     def wants_handover(self) -> bool:
         """Whether the cores' hand-over, read before the next epoch, could change what it runs on: in a
@@ -194,7 +193,7 @@ class SpeedCheck:
             if handover_ns >= self.reference * FARTHER:  # The cores' placement, not a hiccup.
                 self.one_thread = self.probing = True
                 self.slow_before = False
-                self.probe_against = self.latest_many
+                self.probe_against = self.recent_many[-1]  # The slow epoch (slow_before: there is one).
 
     def allowed(self, wanted: int) -> int:
         """How many of `wanted` threads the next epoch may use: all of them, or one."""
@@ -207,7 +206,6 @@ class SpeedCheck:
         if self.epochs == 1:
             return  # The first epoch fills the caches and pages: not the threads' speed.
         if threads > 1:
-            self.latest_many = seconds
             self.recent_many.append(seconds)
             if self.trying:
                 self.trying = False
