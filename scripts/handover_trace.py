@@ -142,12 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --minutes above 0, --window 1 or more and --limit 0 (all images) or more")
     if args.load:
         try:
-            trace = json.loads(args.load.read_text())
+            text = args.load.read_text()
+        except OSError as error:
+            print(f"Could not read the trace {args.load}: {error.strerror or error}.", file=sys.stderr)
+            return 2
+        try:
+            trace = json.loads(text)
             if not trace["slots"] or any(len(slot) != 4 for slot in trace["slots"]):
                 raise ValueError("it holds no slots of four figures")
             trace["model"], trace["machine"], trace["recorded"]  # noqa: B018 (what the heading needs)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            print(f"Could not read the trace {args.load}: {error!r}. Give a file that --save wrote.", file=sys.stderr)
+        except (ValueError, KeyError, TypeError) as error:
+            reason = f"no {error} in it" if isinstance(error, KeyError) else str(error)
+            print(f"Could not read the trace {args.load} ({reason}): give a file that --save wrote.", file=sys.stderr)
             return 2
     else:
         trace = {
