@@ -144,46 +144,49 @@ static void norm_move(float *const *arrays, const float *settings, const float *
     }
 }
 
-/* The layer's output for `rows` rows of x: x_hat = (x - mean) * scale, y = x_hat * gamma + beta. */
+/* x_hat = (x - mean) * scale, the normalized value, for unit u of row r of x. It is computed where it is used, not
+ * kept: written to a buffer of its own and read again by the other thread's sums, it cost the second thread more
+ * than the arithmetic (docs/engine.md, "The ninth round"). The same operations every time: the same bits. */
+#define X_HAT(x, r, u) (((x)[(r) * units + (u)] - mean[u]) * scale[u])
+
+/* The layer's output for `rows` rows of x: y = x_hat * gamma + beta. */
 BODY void norm_apply_body(const float *restrict x, int64_t rows, int64_t units, const float *restrict gamma,
                           const float *restrict beta, const float *restrict mean, const float *restrict scale,
-                          float *restrict x_hat, float *restrict y) {
+                          float *restrict y) {
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t u = 0; u < units; u++) {
-            const float normalized = (x[r * units + u] - mean[u]) * scale[u];
-            x_hat[r * units + u] = normalized;
-            y[r * units + u] = normalized * gamma[u] + beta[u];
-        }
+        for (int64_t u = 0; u < units; u++) y[r * units + u] = X_HAT(x, r, u) * gamma[u] + beta[u];
 }
 TWIN(norm_apply,
      (const float *restrict x, int64_t rows, int64_t units, const float *restrict gamma, const float *restrict beta,
-      const float *restrict mean, const float *restrict scale, float *restrict x_hat, float *restrict y),
-     (x, rows, units, gamma, beta, mean, scale, x_hat, y))
+      const float *restrict mean, const float *restrict scale, float *restrict y),
+     (x, rows, units, gamma, beta, mean, scale, y))
 
 /* BatchNormalization's backward sums over all the batch's `rows` of g (the gradient with respect to its output),
- * in row order: beta's gradient sum(g) and gamma's sum(g * x_hat). Every thread computes them for itself. */
-BODY void norm_sums_body(const float *restrict g, const float *restrict x_hat, int64_t rows, int64_t units,
-                         float *restrict grad_gamma, float *restrict grad_beta) {
+ * in row order: beta's gradient sum(g) and gamma's sum(g * x_hat), x_hat from the layer's input x and the batch's
+ * statistics. Every thread computes them for itself. */
+BODY void norm_sums_body(const float *restrict g, const float *restrict x, const float *restrict mean,
+                         const float *restrict scale, int64_t rows, int64_t units, float *restrict grad_gamma,
+                         float *restrict grad_beta) {
     memset(grad_gamma, 0, sizeof(float) * units);
     memset(grad_beta, 0, sizeof(float) * units);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t u = 0; u < units; u++) {
             grad_beta[u] += g[r * units + u];
-            grad_gamma[u] += g[r * units + u] * x_hat[r * units + u];
+            grad_gamma[u] += g[r * units + u] * X_HAT(x, r, u);
         }
 }
 TWIN(norm_sums,
-     (const float *restrict g, const float *restrict x_hat, int64_t rows, int64_t units, float *restrict grad_gamma,
-      float *restrict grad_beta),
-     (g, x_hat, rows, units, grad_gamma, grad_beta))
+     (const float *restrict g, const float *restrict x, const float *restrict mean, const float *restrict scale,
+      int64_t rows, int64_t units, float *restrict grad_gamma, float *restrict grad_beta),
+     (g, x, mean, scale, rows, units, grad_gamma, grad_beta))
 
-/* The gradient with respect to the layer's input, into dx, for `count` rows of g and x_hat of a batch of `rows`:
+/* The gradient with respect to the layer's input, into dx, for `count` rows of g and x of a batch of `rows`:
  * dx = ((g - sum(g) / rows) - x_hat * (sum(g x_hat) / rows)) * (scale * gamma), the three per-unit factors
  * computed once into `factors` (3 x units floats; in the loop they cost a division per value). */
-BODY void norm_gradient_body(const float *restrict g, const float *restrict x_hat, int64_t count, int64_t rows,
-                             int64_t units, const float *restrict gamma, const float *restrict scale,
-                             const float *restrict grad_gamma, const float *restrict grad_beta,
-                             float *restrict factors, float *restrict dx) {
+BODY void norm_gradient_body(const float *restrict g, const float *restrict x, int64_t count, int64_t rows,
+                             int64_t units, const float *restrict gamma, const float *restrict mean,
+                             const float *restrict scale, const float *restrict grad_gamma,
+                             const float *restrict grad_beta, float *restrict factors, float *restrict dx) {
     const float total = (float)rows;
     float *restrict mean_g = factors, *restrict mean_gx = factors + units, *restrict times = factors + 2 * units;
     for (int64_t u = 0; u < units; u++) {
@@ -194,14 +197,14 @@ BODY void norm_gradient_body(const float *restrict g, const float *restrict x_ha
     for (int64_t r = 0; r < count; r++)
         for (int64_t u = 0; u < units; u++) {
             const float shifted = g[r * units + u] - mean_g[u];
-            dx[r * units + u] = (shifted - x_hat[r * units + u] * mean_gx[u]) * times[u];
+            dx[r * units + u] = (shifted - X_HAT(x, r, u) * mean_gx[u]) * times[u];
         }
 }
 TWIN(norm_gradient,
-     (const float *restrict g, const float *restrict x_hat, int64_t count, int64_t rows, int64_t units,
-      const float *restrict gamma, const float *restrict scale, const float *restrict grad_gamma,
-      const float *restrict grad_beta, float *restrict factors, float *restrict dx),
-     (g, x_hat, count, rows, units, gamma, scale, grad_gamma, grad_beta, factors, dx))
+     (const float *restrict g, const float *restrict x, int64_t count, int64_t rows, int64_t units,
+      const float *restrict gamma, const float *restrict mean, const float *restrict scale,
+      const float *restrict grad_gamma, const float *restrict grad_beta, float *restrict factors, float *restrict dx),
+     (g, x, count, rows, units, gamma, mean, scale, grad_gamma, grad_beta, factors, dx))
 
 #ifdef HAVE_X86
 /* One block of kernel_gradient_avx2, 4 inputs x 16 units, its eight sums in named registers: with an array and a
@@ -394,10 +397,10 @@ typedef struct {
     int32_t optimizer, loss;
     uint32_t seed;
     float clip;
-    /* Shared buffers, a batch of rows each, per layer: the activation's output, the BatchNormalization's x_hat
-     * and output, the gradient with respect to its output (above the BatchNormalization), the one with respect
-     * to the pre-activations, and the Dropout's output; each layer's input (one of those, or the Dropout's). */
-    float *out[MAX_LAYERS], *x_hat[MAX_LAYERS], *normed[MAX_LAYERS], *upper[MAX_LAYERS], *delta[MAX_LAYERS];
+    /* Shared buffers, a batch of rows each, per layer: the activation's output, the BatchNormalization's output,
+     * the gradient with respect to its output (above the BatchNormalization), the one with respect to the
+     * pre-activations, and the Dropout's output; each layer's input (one of those, or the Dropout's). */
+    float *out[MAX_LAYERS], *normed[MAX_LAYERS], *upper[MAX_LAYERS], *delta[MAX_LAYERS];
     float *dropped[MAX_LAYERS];
     const float *input[MAX_LAYERS];
     unsigned char *masks[MAX_LAYERS];
@@ -427,6 +430,7 @@ typedef struct {
     float *mean[MAX_LAYERS], *var[MAX_LAYERS], *scale[MAX_LAYERS], *sum_gamma[MAX_LAYERS], *sum_beta[MAX_LAYERS];
     float *scratch; /* A row of the first layer's units. */
     float *factors; /* 3 x the widest layer's units: norm_gradient's per-unit factors. */
+    float *columns; /* A batch of rows of the widest layer: the inputs its kernel's gradient reads (input_columns). */
     int64_t correct;
     double *profile; /* This thread's DEEP_PHASES seconds, or NULL: not timed. */
 } __attribute__((aligned(64))) DeepWorker; /* Each on lines of its own: a thread writes its own during a batch. */
@@ -471,6 +475,33 @@ BODY void keep_scaled_body(const float *values, const unsigned char *restrict ma
 TWIN(keep_scaled,
      (const float *values, const unsigned char *restrict mask, int64_t size, float keep, float *out),
      (values, mask, size, keep, out))
+
+/* Inputs i0 <= i < i1 of a layer for all `rows` rows of the batch, into dest (rows x (i1 - i0)), computed again from
+ * x, the activation's output of the layer below (`units` wide), with the forward's operations: its
+ * BatchNormalization's output x_hat * gamma + beta (gamma NULL: none), then the Dropout's value / keep where the
+ * mask keeps it (mask NULL: none). The kernel's gradient reads them here, not the forward's buffers: those stay
+ * with the thread that wrote them (docs/engine.md, "The ninth round"). */
+BODY void input_columns_body(const float *restrict x, int64_t rows, int64_t units, int64_t i0, int64_t i1,
+                             const float *restrict mean, const float *restrict scale, const float *restrict gamma,
+                             const float *restrict beta, const unsigned char *restrict mask, float keep,
+                             float *restrict dest) {
+    const int64_t width = i1 - i0;
+    for (int64_t r = 0; r < rows; r++) {
+        float *to = dest + r * width - i0;
+        if (gamma)
+            for (int64_t u = i0; u < i1; u++) to[u] = X_HAT(x, r, u) * gamma[u] + beta[u];
+        else
+            for (int64_t u = i0; u < i1; u++) to[u] = x[r * units + u];
+        if (mask)
+            for (int64_t u = i0; u < i1; u++) to[u] = kept_or_zero(to[u] / keep, mask[r * units + u]);
+    }
+}
+TWIN(input_columns,
+     (const float *restrict x, int64_t rows, int64_t units, int64_t i0, int64_t i1, const float *restrict mean,
+      const float *restrict scale, const float *restrict gamma, const float *restrict beta,
+      const unsigned char *restrict mask, float keep, float *restrict dest),
+     (x, rows, units, i0, i1, mean, scale, gamma, beta, mask, keep, dest))
+#undef X_HAT
 
 #ifdef HAVE_X86
 #define AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl")))
@@ -590,8 +621,7 @@ static void *run_deep(void *argument) {
                 norm_statistics(e->out[l], rows, width, e->norm[3 * l + 2], w->mean[l], w->var[l], w->scale[l]);
                 if (t == 0) norm_move(mine, e->norm + 3 * l, w->mean[l], w->var[l], width);
                 lap(profile, DEEP_STATISTICS, &mark);
-                norm_apply(out, count, width, mine[2], mine[3], w->mean[l], w->scale[l], e->x_hat[l] + r0 * width,
-                           e->normed[l] + r0 * width);
+                norm_apply(out, count, width, mine[2], mine[3], w->mean[l], w->scale[l], e->normed[l] + r0 * width);
             }
         }
         lap(profile, DEEP_ABOVE, &mark);
@@ -625,18 +655,28 @@ static void *run_deep(void *argument) {
             } else {
                 int64_t i0, i1;
                 share(in, w, &i0, &i1);
-                kernel_gradient(e->input[l] + i0, in, e->delta[l], rows, i1 - i0, width, e->grad[l][0] + i0 * width);
+                const float *inputs_here = e->input[l] + i0;
+                int64_t stride = in;
+                if (e->input[l] != e->out[l - 1]) { /* A BatchNormalization's or a Dropout's output. */
+                    float *const *below_arrays = e->arrays + ARRAYS * (l - 1);
+                    input_columns(e->out[l - 1], rows, in, i0, i1, w->mean[l - 1], w->scale[l - 1], below_arrays[2],
+                                  below_arrays[3], e->dropout[l] > 0.0f ? e->masks[l] : NULL, 1.0f - e->dropout[l],
+                                  w->columns);
+                    inputs_here = w->columns, stride = i1 - i0;
+                }
+                kernel_gradient(inputs_here, stride, e->delta[l], rows, i1 - i0, width, e->grad[l][0] + i0 * width);
             }
             int64_t u0, u1;
             share(width, w, &u0, &u1);
             sum_rows(e->delta[l], rows, width, u0, u1, e->grad[l][1]);
             if (normed)
-                norm_sums(e->upper[l - 1], e->x_hat[l - 1], rows, in, w->sum_gamma[l - 1], w->sum_beta[l - 1]);
+                norm_sums(e->upper[l - 1], e->out[l - 1], w->mean[l - 1], w->scale[l - 1], rows, in,
+                          w->sum_gamma[l - 1], w->sum_beta[l - 1]);
             lap(profile, DEEP_GRADIENTS, &mark);
             if (l == 0) break;
             if (normed) {
-                norm_gradient(below, e->x_hat[l - 1] + r0 * in, count, rows, in, e->arrays[ARRAYS * (l - 1) + 2],
-                              w->scale[l - 1], w->sum_gamma[l - 1], w->sum_beta[l - 1], w->factors,
+                norm_gradient(below, e->out[l - 1] + r0 * in, count, rows, in, e->arrays[ARRAYS * (l - 1) + 2],
+                              w->mean[l - 1], w->scale[l - 1], w->sum_gamma[l - 1], w->sum_beta[l - 1], w->factors,
                               e->delta[l - 1] + r0 * in);
             }
             activation_gradient(e->delta[l - 1] + r0 * in, e->out[l - 1] + r0 * in, count * in,
@@ -705,16 +745,16 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
         e.widest = units[l] > e.widest ? units[l] : e.widest;
     }
     const int64_t inputs = units[0], widest = e.widest, capacity = batch * most_per_row + 1;
-    /* Per layer, a batch of rows each: out, x_hat, normed, upper, delta (5 x total), and the Dropout's output. */
+    /* Per layer, a batch of rows each: out, normed, upper, delta (4 x total), and the Dropout's output. */
     void *blocks[2]; /* Where the two page-aligned buffers lie, to free. */
     float *buffers =
-        aligned_block(sizeof(float) * batch * (5 * total + layers * widest), PAGE_BYTES, &blocks[0]);
+        aligned_block(sizeof(float) * batch * (4 * total + layers * widest), PAGE_BYTES, &blocks[0]);
     unsigned char *masks = malloc((size_t)(batch * widest * layers));
     float *grads = aligned_block(sizeof(float) * (inputs * units[1] + widest * widest * layers + 4 * total), PAGE_BYTES,
                                  &blocks[1]);
     float *transposes = malloc(sizeof(float) * widest * widest * layers);
     /* Each thread's statistics, a row, and norm_gradient's factors. */
-    const int64_t own_size = 5 * total + units[1] + 3 * e.widest;
+    const int64_t own_size = 5 * total + units[1] + 3 * e.widest + batch * e.widest;
     float *own = malloc(sizeof(float) * own_size * threads);
     e.row_losses = malloc(sizeof(double) * batch);
     e.batch_targets = malloc(sizeof(float) * batch * units[layers]);
@@ -730,9 +770,9 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
         float *next = buffers, *next_grad = grads + inputs * units[1];
         for (int64_t l = 0; l < layers; l++) {
             const int64_t width = units[l + 1];
-            e.out[l] = next, e.x_hat[l] = next + batch * width, e.normed[l] = next + 2 * batch * width;
-            e.upper[l] = next + 3 * batch * width, e.delta[l] = next + 4 * batch * width;
-            next += 5 * batch * width;
+            e.out[l] = next, e.normed[l] = next + batch * width;
+            e.upper[l] = next + 2 * batch * width, e.delta[l] = next + 3 * batch * width;
+            next += 4 * batch * width;
             if (!arrays[ARRAYS * l + 2]) e.normed[l] = NULL;
             e.masks[l] = masks + l * batch * widest;
             e.grad[l][0] = l == 0 ? grads : next_grad;
@@ -764,6 +804,7 @@ int digitlab_train_epoch_deep_timed(const int64_t *starts, const uint16_t *cols,
             }
             w->scratch = mine;
             w->factors = mine + units[1];
+            w->columns = w->factors + 3 * e.widest;
             e.offsets[t] = offsets + (inputs + 1) * t;
             e.entries[t] = entries + capacity * t;
         }
