@@ -4,15 +4,16 @@ Where the CPU has AVX-512, the AVX2 path runs its first layer for 64 units in AV
 forward pass (a row of each half of the batch, their transpose entries through two sets of cursors) and two pixels
 at a time in the update. Each lane does the AVX2 version's FMAs in its order, so every result must be the same
 bits: the outputs, the transpose, and the weights after whole epochs on any number of threads (odd row counts
-included: a batch of 57 rows, and each thread's share of it). The fit comparisons of tests/test_engine.py run on
+included: a batch of 57 rows, and each thread's share of it); the deep net's first-layer Adam, which runs with its
+gradient in AVX-512 (never stored), too. The fit comparisons of tests/test_engine.py run on
 this path too where the CPU has it. On a CPU without AVX-512 there is nothing to compare, and the tests say so.
 """
 
 import numpy as np
 import pytest
 
-from digitlab import data
-from digitlab.engine import sparse
+from digitlab import config, data, engine, models
+from digitlab.engine import cores, sparse
 
 IMAGES = 3001  # 23 batches of 128, then one of 57 rows.
 
@@ -87,3 +88,27 @@ def test_whole_epochs_train_to_the_avx2_bits(images, either, threads):
     for a, b in zip(wide, narrow, strict=True):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
     assert np.abs(wide[0] - initial[0]).max() > 1e-3  # The first layer learned: not two untouched copies.
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_deep_nets_epochs_are_the_avx2_bits(mnist_arrays, either, threads, monkeypatch):
+    """The deep net's first-layer Adam sums each pixel's gradient and updates its row at once in AVX-512
+    (digitlab_sparse_adam_rows), leaving alone the rows of pixels no image has had yet; the AVX2 path sums the
+    gradient into a kernel, then updates every row. The same bits, on any number of threads, Dropout included."""
+    monkeypatch.setattr(cores.FreeCores, "threads", lambda self, wanted: wanted)  # As many as asked, whatever the load.
+    (x, y), validation, _ = data.prepare(mnist_arrays, train_limit=IMAGES)
+
+    def train():
+        cfg = config.TrainConfig(model="deep", seed=3).resolved()
+        fast = engine.FastEngine(models.create_seeded_models(cfg), cfg, backend="numpy", workers=threads)
+        assert fast.path.startswith("whole epochs in C")
+        fast.fit(x, y, validation, epochs=2, rngs=[np.random.RandomState(3)])
+        return fast.get_state()
+
+    wide, narrow = either(True, train), either(False, train)
+    assert set(wide) == set(narrow)
+    for name, array in wide.items():
+        assert np.asarray(array).tobytes() == np.asarray(narrow[name]).tobytes(), name
+    velocity = np.asarray(wide["velocity/dense_0/kernel"])[0]
+    rows_moved = np.abs(velocity).max(axis=1) > 0
+    assert 0 < (~rows_moved).sum() < 784 // 2  # Both kinds of row: updated, and left alone (no image had the pixel).

@@ -86,9 +86,10 @@ enum {
     DEEP_STATISTICS,     /* BatchNormalization's batch statistics (over every row) and its moving ones. */
     DEEP_LOSS,           /* The loss, the answers and the last layer's gradient; gathering the targets and labels. */
     DEEP_BACKWARD,       /* The thread's rows backward: each layer's gradient below, Dropout, BatchNormalization. */
-    DEEP_FIRST_GRADIENT, /* The first layer's kernel gradient on the thread's pixels (every row). */
+    DEEP_FIRST_GRADIENT, /* The first layer's kernel gradient on the thread's pixels (every row), summed apart. */
     DEEP_GRADIENTS,      /* The other kernels' and the biases' gradients, BatchNormalization's sums. */
-    DEEP_FIRST_UPDATE,   /* The optimizer on the thread's pixels of the first layer's kernel. */
+    DEEP_FIRST_UPDATE,   /* The optimizer on the thread's pixels of the first layer's kernel (Adam in AVX-512: with
+                          * the gradient, summed where it is used: digitlab_sparse_adam_rows). */
     DEEP_OTHER_UPDATES,  /* The optimizer on its share of the other arrays, the kernels' transposes, the loss. */
     DEEP_WAIT,           /* Waiting at the barriers (for the slowest thread). */
     DEEP_SETUP,          /* Buffers, the kernels' transposes, starting and joining the threads. */
@@ -425,6 +426,8 @@ typedef struct {
     int64_t batch_number;            /* The batch it is at: its cuts (Balance). */
     int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates in this batch. */
     int64_t waited;                  /* Nanoseconds at the barriers in this batch (not its share's time). */
+    int first_updated;               /* Whether its pixels of the first layer's kernel were updated with their
+                                      * gradient (digitlab_sparse_adam_rows) in this batch. */
     /* This thread's own copies of each layer's batch statistics (mean, var, 1 / sqrt(var + epsilon)) and of the
      * BatchNormalization's backward sums (thread 0's are the gradients gamma and beta are updated with). */
     float *mean[MAX_LAYERS], *var[MAX_LAYERS], *scale[MAX_LAYERS], *sum_gamma[MAX_LAYERS], *sum_beta[MAX_LAYERS];
@@ -644,14 +647,24 @@ static void *run_deep(void *argument) {
             meet(w, &sense);
             lap(profile, DEEP_WAIT, &mark);
             if (l == 0) {
-                /* The first layer's gradient on this thread's pixels, through _train.c's SGD of pixel ranges over
-                 * the threads' transposes: on zeros with the rate -1 it leaves 0 - sum * -1, the sum itself,
-                 * exactly (the sums start at +0, so never end at -0), with the bits of one transpose. */
-                float *grad = e->grad[0][0] + w->first_pixel * width;
-                memset(grad, 0, sizeof(float) * (w->last_pixel - w->first_pixel) * width);
-                digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel,
-                                         e->delta[0], width, w->scratch, e->grad[0][0], -1.0f);
-                lap(profile, DEEP_FIRST_GRADIENT, &mark);
+                /* Adam on this thread's pixels of the first layer's kernel, each gradient row used as it is summed
+                 * from the threads' transposes, where the CPU can (nothing reads the kernel before the next batch);
+                 * else the gradient, through _train.c's SGD of pixel ranges: on zeros with the rate -1 it leaves
+                 * 0 - sum * -1, the sum itself, exactly (the sums start at +0, so never end at -0), with the bits
+                 * of one transpose; the update below then takes it. */
+                float *const *moments = e->slots;
+                w->first_updated = e->optimizer == OPTIMIZER_ADAM &&
+                                   digitlab_sparse_adam_rows(e->offsets, e->entries, w->threads, w->first_pixel,
+                                                             w->last_pixel, e->delta[0], width, e->arrays[0],
+                                                             moments[0], moments[1], e->hyper,
+                                                             e->step_sizes[batch_number]);
+                if (!w->first_updated) {
+                    float *grad = e->grad[0][0] + w->first_pixel * width;
+                    memset(grad, 0, sizeof(float) * (w->last_pixel - w->first_pixel) * width);
+                    digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel,
+                                             e->delta[0], width, w->scratch, e->grad[0][0], -1.0f);
+                }
+                lap(profile, w->first_updated ? DEEP_FIRST_UPDATE : DEEP_FIRST_GRADIENT, &mark);
             } else {
                 int64_t i0, i1;
                 share(in, w, &i0, &i1);
@@ -695,7 +708,7 @@ static void *run_deep(void *argument) {
             if (l == 0) i0 = w->first_pixel, i1 = w->last_pixel;
             for (int part = 0; part < TRAINED; part++) {
                 float *weight = e->arrays[ARRAYS * l + part];
-                if (!weight) continue;
+                if (!weight || (l == 0 && part == 0 && w->first_updated)) continue;
                 float *const *moments = e->slots + 2 * (TRAINED * l + part);
                 const int64_t first = part == 0 ? i0 * width : u0, size = part == 0 ? (i1 - i0) * width : u1 - u0;
                 update(weight + first, moments[0] ? moments[0] + first : NULL, moments[1] ? moments[1] + first : NULL,

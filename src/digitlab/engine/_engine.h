@@ -48,6 +48,9 @@ void digitlab_sparse_forward_levels(const int64_t *starts, const uint16_t *cols,
 void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
                               int64_t last_pixel, const float *dz, int64_t units, float *scratch, float *weight,
                               float rate);
+int digitlab_sparse_adam_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
+                              int64_t last_pixel, const float *dz, int64_t units, float *weight, float *m, float *v,
+                              const float *hyper, float step_size);
 
 /* From _dense.c: the layers above the first. */
 void digitlab_dense_forward(const float *a, int64_t rows, int64_t inputs, const float *kernel, const float *bias,

@@ -18,8 +18,9 @@
  * digitlab_sparse_forward (with or without the transpose; the NumPy backend's batches, validation)
  * and digitlab_sparse_forward_levels (the same, reading the rows' one-byte levels in place of their values
  * where they have them: each thread's rows in _train.c and _deep.c), digitlab_sparse_weight_gradient (or the
- * SGD update) for the NumPy backend's per-batch steps, and digitlab_sparse_sgd_rows (a range of pixels, from the
- * transposes of several row ranges) for _train.c's threads. Units are handled in blocks of 64 (eight AVX2
+ * SGD update) for the NumPy backend's per-batch steps, digitlab_sparse_sgd_rows (a range of pixels, from the
+ * transposes of several row ranges) for _train.c's threads, and digitlab_sparse_adam_rows (the same, with Adam, for
+ * _deep.c's on AVX-512). Units are handled in blocks of 64 (eight AVX2
  * registers), then of 8, then one by one.
  *
  * Where the CPU has AVX-512F, the AVX2 path runs its first layer for 64 units (the book's nets) in AVX-512, with
@@ -403,19 +404,20 @@ static void forward_avx512(const int64_t *restrict starts, const uint16_t *restr
         a3 = _mm512_fmadd_ps(value, _mm512_loadu_ps(s + 48), a3);                                                 \
     } while (0)
 
-/* Plain SGD on the kernel rows of pixels p and p + 1 (64 units: the caller checks), as sgd_pixel_avx2 does each:
- * weight -= rate * sum, the sum over the batch rows of every part in order, each FMA in every lane as there, so
- * the bits are the AVX2 version's. The two pixels' sums take 8 of the 32 registers. */
-__attribute__((target("avx512f,avx2,fma")))
-static void sgd_pair_avx512(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t p, const float *dz,
-                            float *rows, float rate) {
+/* The gradient sums of pixel p (into s[0 ... 3], 64 units) and, unless `single`, of pixel p + 1 (s[4 ... 7]) over
+ * their entries in every part, each in row order: the two pixels' chains interleaved, so that the loads of one
+ * overlap the other's. touched[k]: whether any image of the batch has the pixel. Inlined, the sums stay in
+ * registers. */
+__attribute__((target("avx512f,avx2,fma"))) static inline __attribute__((always_inline)) void
+pair_sums_avx512(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t p, int single, const float *dz,
+                 __m512 *s, int *touched) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    int touched0 = 0, touched1 = 0;
+    touched[0] = touched[1] = 0;
     for (int64_t part = 0; part < parts; part++) {
         const Entry *own = entries[part];
-        const int32_t k0 = offsets[part][p], k1 = offsets[part][p + 1], k2 = offsets[part][p + 2];
+        const int32_t k0 = offsets[part][p], k1 = offsets[part][p + 1], k2 = single ? k1 : offsets[part][p + 2];
         const int32_t both = k1 - k0 < k2 - k1 ? k1 - k0 : k2 - k1;
-        touched0 |= k1 > k0, touched1 |= k2 > k1;
+        touched[0] |= k1 > k0, touched[1] |= k2 > k1;
         for (int32_t k = 0; k < both; k++) {
             DZ64_512(k0 + k, a0, a1, a2, a3);
             DZ64_512(k1 + k, b0, b1, b2, b3);
@@ -423,19 +425,60 @@ static void sgd_pair_avx512(int32_t *const *offsets, Entry *const *entries, int6
         for (int32_t k = k0 + both; k < k1; k++) DZ64_512(k, a0, a1, a2, a3);
         for (int32_t k = k1 + both; k < k2; k++) DZ64_512(k, b0, b1, b2, b3);
     }
+    s[0] = a0, s[1] = a1, s[2] = a2, s[3] = a3, s[4] = b0, s[5] = b1, s[6] = b2, s[7] = b3;
+}
+
+/* Plain SGD on the kernel rows of pixels p and p + 1 (64 units: the caller checks), as sgd_pixel_avx2 does each:
+ * weight -= rate * sum, the sum over the batch rows of every part in order, each FMA in every lane as there, so
+ * the bits are the AVX2 version's. The two pixels' sums take 8 of the 32 registers. */
+__attribute__((target("avx512f,avx2,fma")))
+static void sgd_pair_avx512(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t p, const float *dz,
+                            float *rows, float rate) {
+    __m512 s[8];
+    int touched[2];
+    pair_sums_avx512(offsets, entries, parts, p, 0, dz, s, touched);
     const __m512 step = _mm512_set1_ps(rate);
-    if (touched0) { /* No image of the batch has the pixel: a zero gradient leaves its row. */
-        _mm512_storeu_ps(rows, _mm512_sub_ps(_mm512_loadu_ps(rows), _mm512_mul_ps(a0, step)));
-        _mm512_storeu_ps(rows + 16, _mm512_sub_ps(_mm512_loadu_ps(rows + 16), _mm512_mul_ps(a1, step)));
-        _mm512_storeu_ps(rows + 32, _mm512_sub_ps(_mm512_loadu_ps(rows + 32), _mm512_mul_ps(a2, step)));
-        _mm512_storeu_ps(rows + 48, _mm512_sub_ps(_mm512_loadu_ps(rows + 48), _mm512_mul_ps(a3, step)));
+    for (int pixel = 0; pixel < 2; pixel++) {
+        if (!touched[pixel]) continue; /* No image of the batch has the pixel: a zero gradient leaves its row. */
+        float *row = rows + 64 * pixel;
+        for (int c = 0; c < 4; c++)
+            _mm512_storeu_ps(row + 16 * c, _mm512_sub_ps(_mm512_loadu_ps(row + 16 * c),
+                                                         _mm512_mul_ps(s[4 * pixel + c], step)));
     }
-    if (touched1) {
-        rows += 64;
-        _mm512_storeu_ps(rows, _mm512_sub_ps(_mm512_loadu_ps(rows), _mm512_mul_ps(b0, step)));
-        _mm512_storeu_ps(rows + 16, _mm512_sub_ps(_mm512_loadu_ps(rows + 16), _mm512_mul_ps(b1, step)));
-        _mm512_storeu_ps(rows + 32, _mm512_sub_ps(_mm512_loadu_ps(rows + 32), _mm512_mul_ps(b2, step)));
-        _mm512_storeu_ps(rows + 48, _mm512_sub_ps(_mm512_loadu_ps(rows + 48), _mm512_mul_ps(b3, step)));
+}
+
+/* Adam on the kernel rows of pixel p and, unless `single`, of p + 1 (64 units), with their gradients summed as
+ * sgd_pair_avx512 sums them and used at once: _deep.c's update (adam_avx2), lane by lane, on each row. A row whose
+ * gradient and moments are all +0 (a pixel no image has had yet: MNIST has 67 that no training image has) would
+ * stay as it is, bit for bit (m and v +0, a step of +0 / epsilon), so it is left alone. */
+__attribute__((target("avx512f,avx2,fma")))
+static void adam_pair_avx512(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t p, int single,
+                             const float *dz, float *weight, float *m, float *v, const float *hyper, float step_size) {
+    __m512 s[8];
+    int touched[2];
+    pair_sums_avx512(offsets, entries, parts, p, single, dz, s, touched);
+    const __m512 r1 = _mm512_set1_ps(hyper[0]), r2 = _mm512_set1_ps(hyper[1]), eps = _mm512_set1_ps(hyper[2]),
+                 alpha = _mm512_set1_ps(step_size);
+    for (int pixel = 0; pixel < 2 - single; pixel++) {
+        if (!touched[pixel]) {
+            __m512i bits = _mm512_setzero_si512();
+            for (int c = 0; c < 4; c++) {
+                const int64_t k = 64 * pixel + 16 * c;
+                bits = _mm512_or_si512(bits, _mm512_or_si512(_mm512_loadu_si512(m + k), _mm512_loadu_si512(v + k)));
+            }
+            if (!_mm512_test_epi32_mask(bits, bits)) continue;
+        }
+        for (int c = 0; c < 4; c++) {
+            const int64_t k = 64 * pixel + 16 * c;
+            const __m512 g = s[4 * pixel + c];
+            __m512 mk = _mm512_loadu_ps(m + k), vk = _mm512_loadu_ps(v + k);
+            mk = _mm512_add_ps(mk, _mm512_mul_ps(_mm512_sub_ps(g, mk), r1));
+            vk = _mm512_add_ps(vk, _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(g, g), vk), r2));
+            const __m512 step = _mm512_div_ps(_mm512_mul_ps(mk, alpha), _mm512_add_ps(_mm512_sqrt_ps(vk), eps));
+            _mm512_storeu_ps(m + k, mk);
+            _mm512_storeu_ps(v + k, vk);
+            _mm512_storeu_ps(weight + k, _mm512_sub_ps(_mm512_loadu_ps(weight + k), step));
+        }
     }
 }
 #undef DZ64_512
@@ -711,6 +754,30 @@ void digitlab_sparse_sgd_rows(int32_t *const *offsets, Entry *const *entries, in
             row[u] -= step;
         }
     }
+}
+
+/* Adam on the first layer's kernel rows first_pixel ... last_pixel - 1 (64 units), each row's gradient summed from
+ * the transposes of `parts` row ranges as digitlab_sparse_sgd_rows sums it and used at once, never stored: m and v
+ * its slots, hyper Adam's 1 - beta_1, 1 - beta_2 and epsilon, step_size this step's alpha (_deep.c's update, the
+ * same bits). An untouched pixel's gradient is +0, as a zeroed gradient row would hold. A gradient kernel written
+ * out and read back was 3 x 200 KB of traffic a batch beside the update's own (docs/engine.md, "The ninth round").
+ * Returns 1, or 0 where this CPU has no AVX-512 or units is not 64: the caller then sums and updates apart. */
+int digitlab_sparse_adam_rows(int32_t *const *offsets, Entry *const *entries, int64_t parts, int64_t first_pixel,
+                              int64_t last_pixel, const float *dz, int64_t units, float *weight, float *m, float *v,
+                              const float *hyper, float step_size) {
+#ifdef HAVE_X86
+    if (units != 64 || !avx512_on()) return 0;
+    for (int64_t p = first_pixel; p < last_pixel; p += 2) {
+        const int single = p + 1 == last_pixel;
+        adam_pair_avx512(offsets, entries, parts, p, single, dz, weight + p * 64, m + p * 64, v + p * 64, hyper,
+                         step_size);
+    }
+    return 1;
+#else
+    (void)offsets, (void)entries, (void)parts, (void)first_pixel, (void)last_pixel, (void)dz, (void)units;
+    (void)weight, (void)m, (void)v, (void)hyper, (void)step_size;
+    return 0;
+#endif
 }
 
 /* grad = x_batch.T @ dz from the transpose the forward pass built. With `weight` not NULL it is

@@ -42,7 +42,7 @@ DEEP_PHASES = (
     "BatchNormalization statistics",
     "loss",
     "backward",
-    "first layer gradient",
+    "first layer gradient",  # Where it is summed apart (not Adam on AVX-512: the update holds it there).
     "other gradients",  # The other kernels', the biases', BatchNormalization's sums.
     "first layer update",
     "other updates",
