@@ -296,16 +296,8 @@ AVX2 static int64_t adam_avx2(float *weight, float *m, float *v, const float *gr
     const int64_t done = size - size % 8;
     const __m256 r1 = _mm256_set1_ps(rest_1), r2 = _mm256_set1_ps(rest_2), eps = _mm256_set1_ps(epsilon),
                  alpha = _mm256_set1_ps(step_size);
-    for (int64_t k = 0; k < done; k += 8) {
-        const __m256 g = _mm256_loadu_ps(grad + k);
-        __m256 mk = _mm256_loadu_ps(m + k), vk = _mm256_loadu_ps(v + k);
-        mk = _mm256_add_ps(mk, _mm256_mul_ps(_mm256_sub_ps(g, mk), r1));
-        vk = _mm256_add_ps(vk, _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(g, g), vk), r2));
-        const __m256 step = _mm256_div_ps(_mm256_mul_ps(mk, alpha), _mm256_add_ps(_mm256_sqrt_ps(vk), eps));
-        _mm256_storeu_ps(m + k, mk);
-        _mm256_storeu_ps(v + k, vk);
-        _mm256_storeu_ps(weight + k, _mm256_sub_ps(_mm256_loadu_ps(weight + k), step));
-    }
+    for (int64_t k = 0; k < done; k += 8)
+        ADAM_LANES(_mm256, __m256, _mm256_loadu_ps(grad + k), m + k, v + k, weight + k, r1, r2, eps, alpha);
     return done;
 }
 #endif

@@ -36,6 +36,21 @@ static inline void *aligned_block(size_t bytes, size_t alignment, void **block) 
     return *block ? (void *)(((uintptr_t)*block + alignment - 1) & ~(uintptr_t)(alignment - 1)) : NULL;
 }
 
+/* Adam's update of one register of weights at w, their moments at m and v and their gradient g, lane by lane as
+ * _deep.c's portable `update` does it (no fused multiply-add): m += (g - m) * r1, v += (g * g - v) * r2,
+ * w -= m * alpha / (sqrt(v) + eps). P and T: _mm256 and __m256 (_deep.c's AVX2 update) or _mm512 and __m512
+ * (_kernels.c's first layer in AVX-512). */
+#define ADAM_LANES(P, T, g, m, v, w, r1, r2, eps, alpha)                                                           \
+    do {                                                                                                          \
+        T m_ = P##_loadu_ps(m), v_ = P##_loadu_ps(v);                                                             \
+        m_ = P##_add_ps(m_, P##_mul_ps(P##_sub_ps(g, m_), r1));                                                   \
+        v_ = P##_add_ps(v_, P##_mul_ps(P##_sub_ps(P##_mul_ps(g, g), v_), r2));                                    \
+        const T step_ = P##_div_ps(P##_mul_ps(m_, alpha), P##_add_ps(P##_sqrt_ps(v_), eps));                      \
+        P##_storeu_ps(m, m_);                                                                                     \
+        P##_storeu_ps(v, v_);                                                                                     \
+        P##_storeu_ps(w, P##_sub_ps(P##_loadu_ps(w), step_));                                                     \
+    } while (0)
+
 /* From _kernels.c: the sparse first layer (AVX2, AVX-512 or portable, as digitlab_kernels_simd_on() says). */
 int digitlab_kernels_simd_on(void);
 void digitlab_sparse_forward(const int64_t *starts, const uint16_t *cols, const float *vals, const int64_t *index,

@@ -470,14 +470,7 @@ static void adam_pair_avx512(int32_t *const *offsets, Entry *const *entries, int
         }
         for (int c = 0; c < 4; c++) {
             const int64_t k = 64 * pixel + 16 * c;
-            const __m512 g = s[4 * pixel + c];
-            __m512 mk = _mm512_loadu_ps(m + k), vk = _mm512_loadu_ps(v + k);
-            mk = _mm512_add_ps(mk, _mm512_mul_ps(_mm512_sub_ps(g, mk), r1));
-            vk = _mm512_add_ps(vk, _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(g, g), vk), r2));
-            const __m512 step = _mm512_div_ps(_mm512_mul_ps(mk, alpha), _mm512_add_ps(_mm512_sqrt_ps(vk), eps));
-            _mm512_storeu_ps(m + k, mk);
-            _mm512_storeu_ps(v + k, vk);
-            _mm512_storeu_ps(weight + k, _mm512_sub_ps(_mm512_loadu_ps(weight + k), step));
+            ADAM_LANES(_mm512, __m512, s[4 * pixel + c], m + k, v + k, weight + k, r1, r2, eps, alpha);
         }
     }
 }
