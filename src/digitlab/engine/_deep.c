@@ -145,7 +145,8 @@ static void norm_move(float *const *arrays, const float *settings, const float *
     }
 }
 
-/* x_hat = (x - mean) * scale, the normalized value, for unit u of row r of x. It is computed where it is used, not
+/* x_hat = (x - mean) * scale, the normalized value, for unit u of row r of x, with the `units`, `mean` and `scale`
+ * of the function that uses it. It is computed where it is used, not
  * kept: written to a buffer of its own and read again by the other thread's sums, it cost the second thread more
  * than the arithmetic (docs/engine.md, "The ninth round"). The same operations every time: the same bits. */
 #define X_HAT(x, r, u) (((x)[(r) * units + (u)] - mean[u]) * scale[u])
@@ -418,8 +419,6 @@ typedef struct {
     int64_t batch_number;            /* The batch it is at: its cuts (Balance). */
     int64_t first_pixel, last_pixel; /* The first layer's kernel rows this thread updates in this batch. */
     int64_t waited;                  /* Nanoseconds at the barriers in this batch (not its share's time). */
-    int first_updated;               /* Whether its pixels of the first layer's kernel were updated with their
-                                      * gradient (digitlab_sparse_adam_rows) in this batch. */
     /* This thread's own copies of each layer's batch statistics (mean, var, 1 / sqrt(var + epsilon)) and of the
      * BatchNormalization's backward sums (thread 0's are the gradients gamma and beta are updated with). */
     float *mean[MAX_LAYERS], *var[MAX_LAYERS], *scale[MAX_LAYERS], *sum_gamma[MAX_LAYERS], *sum_beta[MAX_LAYERS];
@@ -591,6 +590,7 @@ static void *run_deep(void *argument) {
         w->first_pixel = pixel_cut(e->pixel_count, inputs, cuts[t]);
         w->last_pixel = pixel_cut(e->pixel_count, inputs, cuts[t + 1]);
         int64_t r0, r1;
+        int first_updated = 0; /* Its pixels of the first layer's kernel updated with their gradient (Adam rows). */
         share_rows(rows, w, &r0, &r1);
         const int64_t count = r1 - r0;
         gather(e, index, r0, r1);
@@ -645,18 +645,17 @@ static void *run_deep(void *argument) {
                  * 0 - sum * -1, the sum itself, exactly (the sums start at +0, so never end at -0), with the bits
                  * of one transpose; the update below then takes it. */
                 float *const *moments = e->slots;
-                w->first_updated = e->optimizer == OPTIMIZER_ADAM &&
-                                   digitlab_sparse_adam_rows(e->offsets, e->entries, w->threads, w->first_pixel,
-                                                             w->last_pixel, e->delta[0], width, e->arrays[0],
-                                                             moments[0], moments[1], e->hyper,
-                                                             e->step_sizes[batch_number]);
-                if (!w->first_updated) {
+                first_updated = e->optimizer == OPTIMIZER_ADAM &&
+                                digitlab_sparse_adam_rows(e->offsets, e->entries, w->threads, w->first_pixel,
+                                                          w->last_pixel, e->delta[0], width, e->arrays[0], moments[0],
+                                                          moments[1], e->hyper, e->step_sizes[batch_number]);
+                if (!first_updated) {
                     float *grad = e->grad[0][0] + w->first_pixel * width;
                     memset(grad, 0, sizeof(float) * (w->last_pixel - w->first_pixel) * width);
                     digitlab_sparse_sgd_rows(e->offsets, e->entries, w->threads, w->first_pixel, w->last_pixel,
                                              e->delta[0], width, w->scratch, e->grad[0][0], -1.0f);
                 }
-                lap(profile, w->first_updated ? DEEP_FIRST_UPDATE : DEEP_FIRST_GRADIENT, &mark);
+                lap(profile, first_updated ? DEEP_FIRST_UPDATE : DEEP_FIRST_GRADIENT, &mark);
             } else {
                 int64_t i0, i1;
                 share(in, w, &i0, &i1);
@@ -700,7 +699,7 @@ static void *run_deep(void *argument) {
             if (l == 0) i0 = w->first_pixel, i1 = w->last_pixel;
             for (int part = 0; part < TRAINED; part++) {
                 float *weight = e->arrays[ARRAYS * l + part];
-                if (!weight || (l == 0 && part == 0 && w->first_updated)) continue;
+                if (!weight || (l == 0 && part == 0 && first_updated)) continue;
                 float *const *moments = e->slots + 2 * (TRAINED * l + part);
                 const int64_t first = part == 0 ? i0 * width : u0, size = part == 0 ? (i1 - i0) * width : u1 - u0;
                 update(weight + first, moments[0] ? moments[0] + first : NULL, moments[1] ? moments[1] + first : NULL,
