@@ -109,6 +109,7 @@ def test_deep_net_rows_time_fit_against_the_engine(tmp_path):
         assert all(entry["limit_seconds"] == 0 for entry in row["breakdown"])
     assert "Where an epoch goes" in markdown and "| BatchNormalization statistics | " in markdown
     assert "× limit" not in markdown and "have no limits counted" in markdown
+    assert "the first layer's update sums its gradient as it goes" in markdown
     # Where the host had the cores before and after the rows: read, or None where it could not be (one core).
     handover = results["handover_ns"]
     assert set(handover) == {"before", "after"}

@@ -130,7 +130,8 @@ def to_markdown(results: rows.Results) -> str:
         lines += [
             "",
             "Each thread's phases add up to its epoch; validation runs on every thread. The deep net's phases "
-            "(_deep.c) have no limits counted (engine.timing.work counts the shallow net's): their seconds alone.",
+            "(_deep.c) have no limits counted (engine.timing.work counts the shallow net's): their seconds alone. "
+            "With Adam on AVX-512 the first layer's update sums its gradient as it goes (the gradient's row is 0).",
         ]
     elif bandwidth:
         lines += [
