@@ -109,6 +109,7 @@ def to_markdown(results: rows.Results) -> str:
         "",
         "s/epoch: median of the epochs after the first (the first includes compilation). "
         f"{book_epochs} epochs (the book's run): the first epoch plus {book_epochs - 1} more. "
+        "Speedups compare those runs (the first epoch's compilation included), not s/epoch alone. "
         "Rows with N seeds train N networks; their times are for all N and their speedups are per network. "
         "× arithmetic limit: s/epoch over (the epoch's multiply-adds × 2 ÷ the measured "
         f"GFLOP/s, {gflops['limit']:.0f}); dense counts every pixel, useful only the nonzero ones (the first "
