@@ -146,9 +146,9 @@ static void norm_move(float *const *arrays, const float *settings, const float *
 }
 
 /* x_hat = (x - mean) * scale, the normalized value, for unit u of row r of x, with the `units`, `mean` and `scale`
- * of the function that uses it. It is computed where it is used, not
- * kept: written to a buffer of its own and read again by the other thread's sums, it cost the second thread more
- * than the arithmetic (docs/engine.md, "The ninth round"). The same operations every time: the same bits. */
+ * of the function that uses it. It is computed where it is used, not kept: written to a buffer of its own and read
+ * again by the other thread's sums, it cost the second thread more than the arithmetic (docs/engine.md, "The ninth
+ * round"). The same operations every time: the same bits. */
 #define X_HAT(x, r, u) (((x)[(r) * units + (u)] - mean[u]) * scale[u])
 
 /* The layer's output for `rows` rows of x: y = x_hat * gamma + beta. */
