@@ -56,6 +56,12 @@ def test_bad_data_from_the_environment(capsys, tmp_path, monkeypatch, contents, 
     expect_clear_error(capsys, ["explore", "--out", tmp_path / "figures"], message)
     expect_clear_error(capsys, ["train", "--epochs", "1", "--runs-dir", tmp_path / "runs"], message)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    # digitlab bench says so before any worker starts, and the last bench's results stay as they were.
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench.json").write_text('{"last": "run"}')
+    for model in ("deep", "lenet"):
+        expect_clear_error(capsys, ["bench", "--model", model, "--epochs", "1", "--out", tmp_path / "bench"], message)
+    assert snapshot(tmp_path / "bench") == {"bench.json": b'{"last": "run"}'}
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from digitlab import atomic, backends, errors, system
+from digitlab import atomic, backends, data, errors, system
 from digitlab.bench import arithmetic, breakdown, rows
 from digitlab.bench import markdown as bench_markdown
 from digitlab.config import MODEL_DEFAULTS
@@ -99,6 +99,7 @@ def run_bench(
         raise errors.DigitlabError(f"Unknown Keras backend(s) {', '.join(unknown)}; choose tensorflow and/or jax.")
     if model not in EPOCH_MODELS:
         raise errors.DigitlabError(f"Unknown net {model!r} for the epoch rows; choose {' or '.join(EPOCH_MODELS)}.")
+    _check_data(data_path)
     common: rows.WorkerSpec = {
         "data_path": str(data_path) if data_path else None,
         "train_limit": train_limit,
@@ -188,6 +189,7 @@ def run_lenet_bench(
     is what `digitlab train --model lenet` uses with no KERAS_BACKEND set (`"default": true`).
     """
     _check_whole("steps", steps, WARMUP_STEPS + 1)
+    _check_data(data_path)
     common: rows.WorkerSpec = {
         "kind": "steps",
         "model": "lenet",
@@ -266,6 +268,13 @@ def run_comparison(
 def _check_whole(name: str, value, least: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise errors.DigitlabError(f"{name} must be a whole number of at least {least}, got {value!r}.")
+
+
+def _check_data(data_path) -> None:
+    """Finds and checks MNIST as each row's worker will (a DataError where it cannot), once, before any of them
+    starts: a wrong path or a damaged file is one clear error, not a failed row per contender and a table of
+    failures written over the last bench.json; where it has to be downloaded, that happens here, once."""
+    data.load(data_path)
 
 
 def _keras_row(backend: str, spec: rows.WorkerSpec) -> rows.Row:
