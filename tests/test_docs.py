@@ -38,10 +38,30 @@ def test_every_file_is_listed_once_and_every_listed_file_exists():
             assert path in entries or path.startswith(folders), f"{path} is missing from docs/files.md"
 
 
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens, and a
+    heading seen before gets -1, -2, ... (fenced code is not headings)."""
+    anchors: set[str] = set()
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, seen = slug, 0
+        while anchor in anchors:
+            seen += 1
+            anchor = f"{slug}-{seen}"
+        anchors.add(anchor)
+    return anchors
+
+
 def test_every_link_in_readme_and_docs_resolves():
+    """Every relative link names a file that exists, and its #anchor, where it has one, a heading of that page."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     for page in pages:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
-            if target.startswith(("http://", "https://", "mailto:")):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")) or not (target or anchor):
                 continue
-            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}, which is missing"
+            linked = page.parent / target if target else page
+            assert linked.exists(), f"{page.relative_to(ROOT)} links to {target}, which is missing"
+            if anchor and linked.suffix == ".md":
+                where = f"{page.relative_to(ROOT)} links to {target}#{anchor}"
+                assert anchor in _anchors(linked), f"{where}: no such heading"
