@@ -501,10 +501,10 @@ import test_engine as t
 from digitlab import data, engine
 from digitlab.engine import cores
 times = []  # (threads, ms) of each epoch, for a failure's message.
-record = cores.FreeCores.record
-cores.FreeCores.record = lambda self, threads, seconds: times.append((threads, round(seconds * 1e3, 1))) or record(
-    self, threads, seconds
-)
+def record(self, threads, seconds, record=cores.FreeCores.record):
+    times.append((threads, round(seconds * 1e3, 1)))
+    record(self, threads, seconds)
+cores.FreeCores.record = record
 # 12,000 images: epochs of ~12 ms on one thread, 35-50 ms on two beside the busy one, so that one time slice
 # lost to another program (the suite's LeNet run: ~10 ms) cannot make the one-thread probe lose, as it did
 # with 2,000 images (2-ms epochs, one of 12 ms).
