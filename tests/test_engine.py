@@ -505,7 +505,7 @@ def record(self, threads, seconds, record=cores.FreeCores.record):
     times.append((threads, round(seconds * 1e3, 1)))
     record(self, threads, seconds)
 cores.FreeCores.record = record
-# 12,000 images: epochs of ~12 ms on one thread, 35-50 ms on two beside the busy one, so that one time slice
+# 12,000 images: epochs of ~12 ms on one thread, 35-56 ms on two beside the busy one, so that one time slice
 # lost to another program (the suite's LeNet run: ~10 ms) cannot make the one-thread probe lose, as it did
 # with 2,000 images (2-ms epochs, one of 12 ms).
 (x_train, y_train), (x_valid, y_valid), _ = data.split(data.load_arrays(), train_limit=12000)
