@@ -59,8 +59,8 @@ def test_bad_data_from_the_environment(capsys, tmp_path, monkeypatch, contents, 
     # digitlab bench says so before any worker starts, and the last bench's results stay as they were.
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "bench.json").write_text('{"last": "run"}')
-    for model in ("deep", "lenet"):
-        expect_clear_error(capsys, ["bench", "--model", model, "--epochs", "1", "--out", tmp_path / "bench"], message)
+    for model, length in (("deep", ["--epochs", "1"]), ("lenet", ["--steps", "6"])):
+        expect_clear_error(capsys, ["bench", "--model", model, *length, "--out", tmp_path / "bench"], message)
     assert snapshot(tmp_path / "bench") == {"bench.json": b'{"last": "run"}'}
 
 
@@ -92,6 +92,30 @@ def test_bad_flag_values(capsys, tmp_path, mnist_path, flags, message):
         message,
     )
     assert not any(path for path in tmp_path.iterdir() if (path / "model.keras").exists())
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--model", "lenet", "--epochs", "2"],
+            "--epochs does not apply to --model lenet, whose bench times fit's --steps: leave it out",
+        ),
+        (["--model", "lenet", "--seeds", "2", "--profile"], "--seeds, --profile do not apply to --model lenet"),
+        (["--model", "lenet", "--compare-seeds", "2"], "--compare-seeds does not apply to --model lenet"),
+        (
+            ["--model", "deep", "--steps", "40"],
+            "--steps does not apply to --model deep, whose bench times epochs (--epochs): leave it out, or bench "
+            "--model lenet.",
+        ),
+        (["--steps", "40"], "--steps does not apply to --model shallow"),
+    ],
+)
+def test_bench_flags_of_the_other_net_are_refused_not_ignored(capsys, tmp_path, flags, message):
+    """`digitlab bench --model lenet` times fit's steps: the epoch rows' flags would be ignored there (and --steps
+    by the epoch rows), so they are refused before anything runs or is written."""
+    expect_clear_error(capsys, ["bench", *flags, "--out", tmp_path / "bench"], message)
+    assert not (tmp_path / "bench").exists()
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "ten"], ["--model"], ["--learning-rate", "0,01"], ["--colour", "red"]])

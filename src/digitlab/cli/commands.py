@@ -244,6 +244,17 @@ def command_bench(args) -> int:
     """`digitlab bench`: Keras fit against digitlab's engine (or LeNet's steps per backend)."""
     from digitlab.bench import runner as bench
 
+    other = _flags_of_the_other_bench(args, bench.DEFAULTS)
+    if other:
+        does, it = ("does", "it") if len(other) == 1 else ("do", "them")
+        if args.model == "lenet":
+            what, instead = "times fit's --steps", "--model shallow or deep"
+        else:
+            what, instead = "times epochs (--epochs)", "--model lenet"
+        raise errors.DigitlabError(
+            f"{', '.join(other)} {does} not apply to --model {args.model}, whose bench {what}: "
+            f"leave {it} out, or bench {instead}."
+        )
     if args.model == "lenet":
         bench.run_lenet_bench(steps=args.steps, out_dir=args.out, data_path=args.data)
         return 0
@@ -259,6 +270,16 @@ def command_bench(args) -> int:
         model=args.model,
     )
     return 0
+
+
+def _flags_of_the_other_bench(args, defaults: dict) -> list[str]:
+    """The flags given that only the other kind of bench reads: the epoch rows' with --model lenet, --steps with
+    shallow or deep (refused, not ignored). The config flags count where given; the others where not their default."""
+    if args.model != "lenet":
+        return ["--steps"] if args.steps != defaults["steps"] else []
+    given = ["--" + name.replace("_", "-") for name in cli_flags.flags_given(args)]  # --epochs, --seeds, --train-limit
+    others = (("profile", False), ("compare_seeds", 0), ("compare_epochs", defaults["compare_epochs"]))
+    return given + ["--" + name.replace("_", "-") for name, default in others if getattr(args, name) != default]
 
 
 COMMANDS = {
